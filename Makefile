@@ -30,9 +30,8 @@ typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy src
 
 pytest: $(VENV)/.installed-test
-	rm -f .coverage .coverage.*
-	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/coverage run -m pytest
-	$(BIN)/coverage combine --quiet
+	rm -f .coverage
+	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage report
 
 test: lint typecheck pytest

@@ -1,0 +1,60 @@
+"""``create_app(settings)``: the Quart-Trio app, and ``app``, the one ``hypercorn`` loads.
+
+``hypercorn -k trio triorelay.app:app`` serves the module-level :data:`app`, built from the
+``TRIORELAY_*`` environment at import. The app's lifespan runs the :class:`Relay` in the
+lifespan nursery, so the hub's background work lives exactly as long as the app.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from quart_trio import QuartTrio
+
+from triorelay.relay import Relay
+from triorelay.routes.http import blueprint
+from triorelay.routes.websocket import RelayWebSockets
+from triorelay.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, handle_signals: bool = True) -> QuartTrio:
+    """Build the relay app.
+
+    ``handle_signals``: take SIGINT/SIGTERM in the app (what the ``hypercorn`` CLI needs);
+    ``triorelay serve`` passes False and handles them itself.
+    """
+    settings = settings if settings is not None else load_settings()
+    relay = Relay(settings, handle_signals=handle_signals)
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
+    app.extensions["triorelay"] = relay
+    app.register_blueprint(blueprint)
+    app.asgi_app = RelayWebSockets(app.asgi_app, relay)  # type: ignore[method-assign, assignment, arg-type]
+    run_scope = trio.CancelScope()
+
+    @app.before_serving
+    async def _start_relay() -> None:
+        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with run_scope:
+                await relay.run(task_status=task_status)
+
+        await app.nursery.start(run)
+
+    @app.after_serving
+    async def _stop_relay() -> None:
+        relay.shutdown()
+        run_scope.cancel()
+
+    return app
+
+
+def relay_of(app: QuartTrio) -> Relay:
+    """The :class:`Relay` behind an app made by :func:`create_app`."""
+    relay: Relay = app.extensions["triorelay"]
+    return relay
+
+
+app = create_app()

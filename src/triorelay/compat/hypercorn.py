@@ -1,0 +1,86 @@
+"""What triorelay needs from Hypercorn 0.18.0's trio worker that its public API does not give.
+
+1. Shutdown is invisible to WebSocket apps. On SIGINT/SIGTERM Hypercorn stops accepting and then
+   waits ``graceful_timeout`` for connections to end by themselves; a WebSocket app is never told,
+   so every client ends up with 1006 when the deadline cancels it (Hypercorn's own lifespan
+   shutdown only starts after that). Under the ``hypercorn`` CLI the worker is a child process
+   told to stop through a ``multiprocessing.Event`` that Hypercorn polls
+   (``hypercorn/trio/run.py: trio_worker``, ``hypercorn/run.py``):
+   :func:`cli_shutdown_event` finds that event so the relay can watch it too.
+2. Socket sends are shielded from cancellation (``hypercorn/trio/tcp_server.py:
+   TCPServer.protocol_send``), so a send to a peer that stopped reading cannot be timed out and
+   can block shutdown forever. :func:`abort_transport` closes the connection's socket from
+   outside, which wakes the shielded send with ``ClosedResourceError`` (Hypercorn handles that
+   as a closed connection).
+
+The ASGI ``send`` callable that Hypercorn hands the app is the bound method
+``WSStream.app_send``; from it we walk ``WSStream.send`` (``H11Protocol.stream_send``) and
+``H11Protocol.send`` (``TCPServer.protocol_send``) to the ``TCPServer`` and its stream.
+Upstream: https://github.com/pgjones/hypercorn/issues (graceful WebSocket shutdown, shielded
+sends); these helpers return ``None`` / do nothing when the structure is not what they expect,
+and ``tests/compat/test_hypercorn.py`` checks the structure against the pinned version.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def _bound_self(method: object) -> Any:
+    return getattr(method, "__self__", None)
+
+
+def transport_of(send: Callable[..., Any]) -> trio.abc.Stream | None:
+    """The trio stream under a Hypercorn WebSocket ``send`` callable, or None if not found."""
+    ws_stream = _bound_self(send)
+    protocol = _bound_self(getattr(ws_stream, "send", None))
+    tcp_server = _bound_self(getattr(protocol, "send", None))
+    stream = getattr(tcp_server, "stream", None)
+    return stream if isinstance(stream, trio.abc.Stream) else None
+
+
+def abort_transport(send: Callable[..., Any]) -> bool:
+    """Close the socket under ``send`` at once, waking any send blocked on it.
+
+    Returns False when the transport could not be found (the app runs under another server).
+    """
+    stream = transport_of(send)
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        # TLS: the socket is one level down.
+        socket = getattr(getattr(stream, "transport_stream", None), "socket", None)
+    if socket is None:
+        return False
+    socket.close()
+    return True
+
+
+def is_closed(send: Callable[..., Any]) -> bool:
+    """True once Hypercorn considers the WebSocket under ``send`` closed.
+
+    After that Hypercorn's ``app_send`` silently discards what the app sends (and returns
+    without a checkpoint).
+    """
+    return bool(getattr(_bound_self(send), "closed", False))
+
+
+def cli_shutdown_event() -> ProcessEvent | None:
+    """The event the ``hypercorn`` CLI sets to stop this worker process, if we are one."""
+    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
+    event = kwargs.get("shutdown_event")
+    return event if isinstance(event, ProcessEvent) else None
+
+
+async def wait_for_cli_shutdown(event: ProcessEvent, poll_seconds: float = 0.05) -> None:
+    """Return once the Hypercorn CLI asks this worker to stop (polled, as Hypercorn does)."""
+    while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
+        await trio.sleep(poll_seconds)
+    log.info("the hypercorn supervisor asked this worker to stop")

@@ -1,0 +1,120 @@
+"""The relay's app-lifetime state: settings, hub, broker, and the tasks they need.
+
+:class:`Relay` is created by :func:`triorelay.app.create_app` and runs for the app's lifetime
+in the lifespan nursery (:meth:`Relay.run`). It owns:
+
+- the :class:`~triorelay.hub.Hub` and its broker;
+- the :class:`CloseReaper`, which bounds every close the relay starts;
+- the shutdown watchers: signals (when the relay runs under the ``hypercorn`` CLI, not
+  under ``triorelay serve``, which handles them itself) and the CLI supervisor's stop event.
+
+:meth:`Relay.shutdown` closes every connection with 1001 at once; it is what SIGINT/SIGTERM
+lead to, whichever way the relay was launched.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from triorelay.brokers import open_broker
+from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.errors import CloseCode
+from triorelay.hub import Hub
+from triorelay.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_REASON = "server shutting down"
+
+
+class CloseReaper:
+    """Drops the socket of any connection whose close takes longer than ``timeout_seconds``.
+
+    Hypercorn shields its socket sends (:mod:`triorelay.compat.hypercorn`), so a close frame
+    to a peer that stopped reading can wait forever; cancellation cannot end it, closing the
+    socket can. One task serves every connection, and costs nothing until a close starts.
+    """
+
+    def __init__(self, timeout_seconds: float) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._deadlines: dict[object, tuple[float, Callable[..., Any]]] = {}
+        self._wakeup = trio.Event()
+
+    def arm(self, key: object, send: Callable[..., Any]) -> None:
+        """Start the clock for ``key``'s close (no-op if it is already running)."""
+        if key not in self._deadlines:
+            self._deadlines[key] = (trio.current_time() + self.timeout_seconds, send)
+            self._wakeup.set()
+
+    def disarm(self, key: object) -> None:
+        """The connection ended by itself: stop its clock."""
+        self._deadlines.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            for key, (deadline, send) in list(self._deadlines.items()):
+                if deadline <= now:
+                    del self._deadlines[key]
+                    log.warning(
+                        "close did not finish in %.1f s: dropping the socket", self.timeout_seconds
+                    )
+                    hypercorn_compat.abort_transport(send)
+            self._wakeup = trio.Event()
+            next_deadline = min((d for d, _ in self._deadlines.values()), default=float("inf"))
+            with trio.move_on_at(next_deadline):
+                await self._wakeup.wait()
+
+
+class Relay:
+    """Everything one relay process shares between its connections."""
+
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+        self.settings = settings
+        self.hub = Hub(settings, open_broker(settings.broker))
+        self.reaper = CloseReaper(settings.close_timeout_seconds)
+        self.handle_signals = handle_signals
+        self.shutting_down = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the relay's background work until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.hub.broker.run)
+            await nursery.start(self.reaper.run)
+            if self.handle_signals:
+                await nursery.start(self._shutdown_on_signal)
+            event = hypercorn_compat.cli_shutdown_event()
+            if event is not None:
+                nursery.start_soon(self._shutdown_on_event, event)
+            task_status.started()
+
+    def shutdown(self) -> None:
+        """Refuse new connections and close every open one with 1001. Idempotent."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            log.info("shutting down: closing %d channels", len(self.hub))
+        self.hub.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+
+    async def _shutdown_on_signal(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # Under the hypercorn CLI the worker ignores SIGINT and dies on SIGTERM; taking both
+        # here makes Ctrl-C and `kill -TERM -<pgid>` close every client with 1001.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.shutdown()
+
+    async def _shutdown_on_event(self, event: Any) -> None:
+        await hypercorn_compat.wait_for_cli_shutdown(event)
+        self.shutdown()

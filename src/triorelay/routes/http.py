@@ -1,0 +1,82 @@
+"""The HTTP API: publish over HTTP, channel statistics, health.
+
+``POST /channels/{channel}/messages``  publish the body; 202 ``{"id": N}``, 413 if too big
+``GET  /channels``                      every live channel's statistics
+``GET  /channels/{channel}``            one channel, with its connections; 404 if not live
+``GET  /healthz``                       200 when serving, 503 while shutting down or the
+                                        broker is unavailable
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from triorelay.errors import MessageTooBig, RequestError
+from triorelay.hub import Payload
+from triorelay.relay import Relay
+
+blueprint = Blueprint("triorelay", __name__)
+
+
+def _relay() -> Relay:
+    relay: Relay = current_app.extensions["triorelay"]
+    return relay
+
+
+def _is_text(content_type: str) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime.startswith("text/") or mime == "application/json" or mime.endswith("+json")
+
+
+@blueprint.errorhandler(RequestError)
+async def _request_error(error: RequestError) -> tuple[Response, int]:
+    return jsonify({"error": str(error)}), error.status
+
+
+@blueprint.post("/channels/<channel>/messages")
+async def publish(channel: str) -> tuple[Response, int]:
+    relay = _relay()
+    limit = relay.settings.max_message_bytes
+    body = await request.get_data(cache=False)
+    assert isinstance(body, bytes)
+    if len(body) > limit:
+        raise MessageTooBig(f"message of {len(body)} bytes over the limit {limit}")
+    payload: Payload = body
+    if _is_text(request.headers.get("content-type", "")):
+        try:
+            payload = body.decode(request.mimetype_params.get("charset", "utf-8"))
+        except (UnicodeDecodeError, LookupError):
+            return jsonify({"error": "the body is not valid text in its charset"}), 400
+    with relay.hub.attach_producer(channel) as producer:
+        seq = await producer.publish(payload)
+    return jsonify({"id": seq}), 202
+
+
+@blueprint.get("/channels")
+async def list_channels() -> Response:
+    stats = _relay().hub.statistics()
+    return jsonify({"channels": [dataclasses.asdict(s) for s in stats]})
+
+
+@blueprint.get("/channels/<channel>")
+async def show_channel(channel: str) -> tuple[Response, int]:
+    hub = _relay().hub
+    stats = hub.channel_statistics(channel)
+    if stats is None:
+        return jsonify({"error": f"no live channel {channel!r}"}), 404
+    body: dict[str, Any] = dataclasses.asdict(stats)
+    body["connections"] = [dataclasses.asdict(c) for c in hub.connection_statistics(channel)]
+    return jsonify(body), 200
+
+
+@blueprint.get("/healthz")
+async def healthz() -> tuple[Response, int]:
+    relay = _relay()
+    if relay.shutting_down:
+        return jsonify({"status": "shutting down"}), 503
+    if not relay.hub.broker.ready:
+        return jsonify({"status": "broker unavailable"}), 503
+    return jsonify({"status": "ok", "channels": len(relay.hub)}), 200

@@ -1,0 +1,239 @@
+"""The relay's WebSocket endpoints, on a lean ASGI path beside the Quart app.
+
+``/ws/producer[/{channel}]`` and ``/ws/consumer[/{channel}]`` are served here, straight on the
+ASGI ``receive``/``send`` callables Hypercorn gives us, not through Quart's ``websocket``
+object. Quart-Trio's WebSocket layer adds a task and a queue per connection (two more task
+hops per message, most of a naive relay's cost) and has three traps this path avoids:
+
+- it delivers an empty binary message as ``None`` (``event.get("bytes") or event["text"]``);
+- its reader stops reading at 10 unread messages, so it never sees the disconnect, and the
+  handler is never cancelled;
+- after a disconnect, its ``send`` returns without a checkpoint, so a send loop spins.
+
+Every other path (HTTP, unknown WebSocket paths) goes to Quart. Errors become HTTP statuses
+before the upgrade and close codes after it (:mod:`triorelay.errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import ExitStack
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+import trio
+
+from triorelay.errors import CloseCode, InvalidQuery, MessageTooBig, RequestError
+from triorelay.hub import Connection, Consumer, Payload, Producer, validate_channel_name
+from triorelay.relay import Relay
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+AckMode = Literal["echo", "id", "none"]
+DEFAULT_CHANNEL = "default"
+_ROLES = {"/ws/producer": "producer", "/ws/consumer": "consumer"}
+
+
+def parse_route(path: str) -> tuple[str, str] | None:
+    """``(role, channel)`` for a relay path, ``None`` for any other path.
+
+    The channel is not validated here: ``/ws/producer/a/b`` is a relay path with a bad name.
+    """
+    role = _ROLES.get(path)
+    if role is not None:
+        return role, DEFAULT_CHANNEL
+    for prefix, role in _ROLES.items():
+        if path.startswith(prefix + "/"):
+            return role, path[len(prefix) + 1 :]
+    return None
+
+
+def _query_value(query: dict[str, list[str]], name: str, allowed: tuple[str, ...]) -> str:
+    values = query.get(name, [allowed[0]])
+    if len(values) != 1 or values[0] not in allowed:
+        raise InvalidQuery(f"{name} must be one of {', '.join(allowed)}")
+    return values[0]
+
+
+class RelayWebSockets:
+    """ASGI middleware: relay WebSocket paths are served here, the rest by ``app``."""
+
+    def __init__(self, app: ASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = parse_route(scope["path"]) if scope["type"] == "websocket" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        role, channel = route
+        connect = await receive()
+        if connect["type"] != "websocket.connect":  # pragma: no cover - the ASGI spec's order
+            return
+        try:
+            validate_channel_name(channel)
+            query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            if role == "producer":
+                ack: AckMode = _query_value(query, "ack", ("echo", "id", "none"))  # type: ignore[assignment]
+            else:
+                notices = _query_value(query, "notices", ("false", "true")) == "true"
+        except RequestError as error:
+            await _reject(send, error)
+            return
+        try:
+            if role == "producer":
+                await self._produce(channel, ack, receive, send)
+            else:
+                await self._consume(channel, notices, receive, send)
+        except _Rejected as rejected:
+            await _reject(send, rejected.error)
+
+    async def _produce(self, name: str, ack: AckMode, receive: Receive, send: Send) -> None:
+        with ExitStack() as stack:
+            try:
+                producer = stack.enter_context(self.relay.hub.attach_producer(name))
+            except RequestError as error:
+                raise _Rejected(error) from None
+            stack.callback(self.relay.reaper.disarm, producer)
+            await send({"type": "websocket.accept"})
+            with trio.CancelScope() as scope:
+                self._bind(producer, scope, send)
+                try:
+                    await self._produce_loop(producer, ack, receive, send)
+                except RequestError as error:
+                    producer.close(error.close_code, str(error))
+                except trio.ClosedResourceError:  # the hub closed the channel: shutting down
+                    producer.close(CloseCode.GOING_AWAY, "server shutting down")
+            await self._finish(producer, send)
+
+    async def _produce_loop(
+        self, producer: Producer, ack: AckMode, receive: Receive, send: Send
+    ) -> None:
+        max_bytes = self.relay.settings.max_message_bytes
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                producer.disconnected = True
+                return  # websocket.disconnect
+            payload: Payload | None = event.get("bytes")
+            if payload is None:
+                payload = event.get("text") or ""
+            if len(payload) > max_bytes:
+                raise MessageTooBig(f"message of {len(payload)} bytes over the limit {max_bytes}")
+            seq = await producer.publish(payload)
+            if ack == "echo":
+                await _send_payload(send, payload)
+            elif ack == "id":
+                await send({"type": "websocket.send", "text": f'{{"id": {seq}}}'})
+
+    async def _consume(self, name: str, notices: bool, receive: Receive, send: Send) -> None:
+        with ExitStack() as stack:
+            try:
+                consumer = stack.enter_context(self.relay.hub.attach_consumer(name))
+            except RequestError as error:
+                raise _Rejected(error) from None
+            stack.callback(self.relay.reaper.disarm, consumer)
+            await send({"type": "websocket.accept"})
+            async with trio.open_nursery() as nursery:
+                self._bind(consumer, nursery.cancel_scope, send)
+                nursery.start_soon(_read_until_disconnect, consumer, receive, nursery.cancel_scope)
+                await _write_loop(consumer, send, notices)
+                # The hub ended this consumer's stream: the relay is shutting down.
+                consumer.close(CloseCode.GOING_AWAY, "server shutting down")
+            await self._finish(consumer, send)
+
+    def _bind(self, connection: Connection, scope: trio.CancelScope, send: Send) -> None:
+        reaper = self.relay.reaper
+        connection.bind(scope, on_close=lambda: reaper.arm(connection, send))
+
+    async def _finish(self, connection: Connection, send: Send) -> None:
+        """Send the close the hub asked for, unless the client is already gone."""
+        if connection.disconnected or connection.close_code is None:
+            return
+        # Shielded, but bounded: the reaper drops the socket if the peer does not take it.
+        self.relay.reaper.arm(connection, send)
+        with trio.CancelScope(shield=True):
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": int(connection.close_code),
+                    "reason": connection.close_reason,
+                }
+            )
+
+
+class _Rejected(Exception):
+    """A request refused before the upgrade."""
+
+    def __init__(self, error: RequestError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _reject(send: Send, error: RequestError) -> None:
+    """Refuse the upgrade with an HTTP status and the reason as a plain-text body."""
+    body = str(error).encode()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def _send_payload(send: Send, payload: Payload) -> None:
+    if type(payload) is bytes:
+        await send({"type": "websocket.send", "bytes": payload})
+    else:
+        await send({"type": "websocket.send", "text": payload})
+
+
+async def _read_until_disconnect(
+    consumer: Consumer, receive: Receive, cancel_scope: trio.CancelScope
+) -> None:
+    """A consumer's reader: discard what the client sends; end the connection on disconnect."""
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
+            consumer.disconnected = True
+            cancel_scope.cancel()
+            return
+
+
+async def _write_loop(consumer: Consumer, send: Send, notices: bool) -> None:
+    """A consumer's writer: send its messages until its stream ends (``EndOfChannel``)."""
+    queue_mode = consumer.channel.config.mode == "queue"
+    while True:
+        try:
+            payload = await consumer.receive()
+        except trio.EndOfChannel:
+            return
+        if notices and consumer.pending_dropped:
+            dropped = consumer.take_dropped_notice()
+            await send(
+                {
+                    "type": "websocket.send",
+                    "text": f'{{"triorelay": "dropped", "count": {dropped}, '
+                    f'"total": {consumer.dropped}}}',
+                }
+            )
+        try:
+            await _send_payload(send, payload)
+        except trio.Cancelled:
+            # Queue mode: a message taken but not sent goes back for another consumer.
+            if queue_mode:
+                consumer.requeue(payload)
+            raise

@@ -1,0 +1,83 @@
+"""``serve(settings)``: run the relay on Hypercorn's trio worker, with signal handling.
+
+On SIGINT or SIGTERM the relay stops accepting, closes every WebSocket with 1001 and a reason,
+and returns once every connection has ended or ``graceful_timeout_seconds`` has passed,
+whichever comes first. A second signal does not hurry it: the deadline already bounds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from triorelay.app import create_app, relay_of
+from triorelay.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """The Hypercorn configuration for ``settings``."""
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = settings.graceful_timeout_seconds
+    # Hypercorn closes with 1009 itself past this; the relay checks the same bound again.
+    config.websocket_max_message_size = settings.max_message_bytes
+    config.websocket_ping_interval = settings.ping_interval_seconds
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: trio.Event | None = None,
+    app: QuartTrio | None = None,
+) -> None:
+    """Serve until SIGINT, SIGTERM, or ``shutdown_trigger`` is set; then shut down cleanly.
+
+    ``task_status.started()`` receives the bound addresses (``["http://127.0.0.1:PORT"]``),
+    so ``await nursery.start(serve, settings_with_port_0)`` gives the real port. ``app``
+    defaults to ``create_app(settings, handle_signals=False)``.
+    """
+    if app is None:
+        app = create_app(settings, handle_signals=False)
+    relay = relay_of(app)
+    stop = shutdown_trigger if shutdown_trigger is not None else trio.Event()
+
+    async def wait_for_stop() -> None:
+        await stop.wait()
+        relay.shutdown()
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def watch_signals() -> None:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                stop.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            binds = await nursery.start(
+                lambda task_status: hypercorn_serve(
+                    app,
+                    hypercorn_config(settings),
+                    shutdown_trigger=wait_for_stop,
+                    task_status=task_status,
+                )
+            )
+            for bind in binds:
+                log.info("triorelay listening on %s", bind)
+            task_status.started(binds)
+            await stop.wait()
+            # Hypercorn returns once its connections are done (bounded by graceful_timeout).
+            nursery.cancel_scope.deadline = (
+                trio.current_time() + settings.graceful_timeout_seconds + 1
+            )

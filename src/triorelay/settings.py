@@ -1,0 +1,183 @@
+"""Typed settings, read from ``TRIORELAY_*`` environment variables and an optional TOML file.
+
+Precedence, highest first: keyword arguments, environment variables, the TOML file
+(``TRIORELAY_CONFIG`` or ``triorelay serve --config``), the defaults below. Every value is
+validated at start-up; :func:`load_settings` turns all problems into one :class:`SettingsError`
+that names each bad setting.
+
+Units are in the names (``*_bytes``, ``*_seconds``, ``*_messages``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from triorelay.errors import SettingsError
+
+Mode = Literal["broadcast", "queue"]
+Policy = Literal["disconnect", "drop_oldest", "drop_newest", "block"]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+_config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
+
+
+class ChannelRule(BaseModel):
+    """Overrides for the channels whose names match one glob pattern of ``channels``.
+
+    Any field left out falls back to the global setting of the same name.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode | None = None
+    slow_consumer_policy: Policy | None = None
+    consumer_buffer_messages: PositiveInt | None = None
+    consumer_buffer_bytes: PositiveInt | None = None
+    queue_buffer_messages: PositiveInt | None = None
+
+
+class ChannelConfig(BaseModel):
+    """The resolved, complete configuration of one channel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Mode
+    slow_consumer_policy: Policy
+    consumer_buffer_messages: int
+    consumer_buffer_bytes: int
+    queue_buffer_messages: int
+
+
+class Settings(BaseSettings):
+    """Every setting of the relay. See README "Settings" for the memory arithmetic."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIORELAY_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+
+    #: Delivery mode of channels no rule matches.
+    mode: Mode = "broadcast"
+    #: What happens to a broadcast consumer whose buffer is full.
+    slow_consumer_policy: Policy = "disconnect"
+    #: Per-consumer buffer, in messages and in bytes (whichever fills first).
+    consumer_buffer_messages: PositiveInt = 256
+    consumer_buffer_bytes: PositiveInt = 4 * 1024 * 1024
+    #: Queue-mode channels: messages waiting for a consumer, before producers are backpressured.
+    queue_buffer_messages: PositiveInt = 1024
+    #: Largest message accepted, over WebSocket or HTTP. Text counts characters.
+    max_message_bytes: PositiveInt = 1024 * 1024
+    #: Most channels alive at once; past it new channels are refused (503 / close 1013).
+    max_channels: PositiveInt = 100_000
+    #: Per-channel overrides: glob pattern -> rule. The first matching pattern wins.
+    channels: dict[str, ChannelRule] = Field(default_factory=dict)
+
+    #: On SIGINT/SIGTERM: the deadline for every connection to end, after which they are cut.
+    graceful_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
+    #: How long a close the relay starts may take before the socket is dropped.
+    close_timeout_seconds: Annotated[float, Field(gt=0)] = 1.0
+    #: WebSocket pings to every client; ``None`` disables them.
+    ping_interval_seconds: Annotated[float, Field(gt=0)] | None = 20.0
+    ping_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
+
+    #: Where messages travel between hubs: ``memory`` (one process) for now.
+    broker: str = "memory"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check_buffers_fit_a_message(self) -> Settings:
+        smallest = min(
+            [self.consumer_buffer_bytes]
+            + [
+                rule.consumer_buffer_bytes
+                for rule in self.channels.values()
+                if rule.consumer_buffer_bytes is not None
+            ]
+        )
+        if smallest < self.max_message_bytes:
+            raise ValueError(
+                f"consumer_buffer_bytes ({smallest}) must be at least max_message_bytes "
+                f"({self.max_message_bytes}), or a largest message could never be delivered"
+            )
+        if self.close_timeout_seconds >= self.graceful_timeout_seconds:
+            raise ValueError(
+                f"close_timeout_seconds ({self.close_timeout_seconds}) must be below "
+                f"graceful_timeout_seconds ({self.graceful_timeout_seconds})"
+            )
+        if self.broker != "memory":
+            raise ValueError(f"broker {self.broker!r} is not available; use 'memory'")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def channel_config(self, name: str) -> ChannelConfig:
+        """The configuration of channel ``name``: the first matching rule over the defaults."""
+        rule = next(
+            (rule for pattern, rule in self.channels.items() if fnmatch.fnmatchcase(name, pattern)),
+            ChannelRule(),
+        )
+        return ChannelConfig(
+            mode=rule.mode or self.mode,
+            slow_consumer_policy=rule.slow_consumer_policy or self.slow_consumer_policy,
+            consumer_buffer_messages=rule.consumer_buffer_messages or self.consumer_buffer_messages,
+            consumer_buffer_bytes=rule.consumer_buffer_bytes or self.consumer_buffer_bytes,
+            queue_buffer_messages=rule.queue_buffer_messages or self.queue_buffer_messages,
+        )
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings.
+
+    ``config_file`` defaults to the ``TRIORELAY_CONFIG`` environment variable. Raises
+    :class:`SettingsError` listing every bad value, or naming a config file that cannot be read.
+    """
+    path = config_file if config_file is not None else os.environ.get("TRIORELAY_CONFIG")
+    resolved = Path(path) if path else None
+    if resolved is not None and not resolved.is_file():
+        raise SettingsError(f"config file {resolved} does not exist")
+    token = _config_file.set(resolved)
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+    except ValueError as error:  # a malformed TOML file or JSON value
+        raise SettingsError(f"cannot read settings: {error}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"]) or "settings"
+        env = f"TRIORELAY_{name.split('.')[0].upper()}" if problem["loc"] else ""
+        where = f"{name} ({env})" if env else name
+        lines.append(f"  {where}: {problem['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Fixtures: settings, and a real Hypercorn server on port 0 in the test's trio run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+
+from tests.helpers import RunningRelay
+from triorelay.app import create_app, relay_of
+from triorelay.server import serve
+from triorelay.settings import Settings, load_settings
+
+StartRelay = Callable[..., Awaitable[RunningRelay]]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "ping_interval_seconds": None}
+    base.update(overrides)
+    return load_settings(**base)
+
+
+@pytest.fixture
+async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
+    """``await start_relay(**settings)``: serve a relay on a free port until the test ends."""
+    running: list[RunningRelay] = []
+
+    async def start(**overrides: Any) -> RunningRelay:
+        settings = make_settings(**overrides)
+        app = create_app(settings, handle_signals=False)
+        stop = trio.Event()
+        binds = await nursery.start(partial(serve, settings, shutdown_trigger=stop, app=app))
+        server = RunningRelay(relay=relay_of(app), http_url=binds[0], stop=stop)
+        running.append(server)
+        return server
+
+    yield start
+    for server in running:
+        if server._http is not None:
+            await server._http.aclose()
+        server.stop.set()
+
+
+@pytest.fixture
+async def relay(start_relay: StartRelay) -> RunningRelay:
+    """A relay with the default settings."""
+    return await start_relay()

@@ -1,0 +1,122 @@
+"""Test helpers: a running relay, HTTP access to it, and a raw client that can stall."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import trio
+import wsproto
+import wsproto.events as ws_events
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from triorelay.relay import Relay
+
+
+@dataclass
+class RunningRelay:
+    """A relay served by Hypercorn on a free port, in the test's own trio run."""
+
+    relay: Relay
+    http_url: str
+    stop: trio.Event
+    _http: httpx.AsyncClient | None = field(default=None, repr=False)
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.http_url.removeprefix("http")
+
+    @property
+    def port(self) -> int:
+        return int(self.http_url.rsplit(":", 1)[1])
+
+    def websocket(self, path: str, **kwargs: Any) -> Any:
+        """``async with server.websocket("/ws/consumer/x") as ws``: a trio-websocket client."""
+        return open_websocket_url(self.ws_url + path, **kwargs)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.http_url, timeout=10)
+        return self._http
+
+    async def channel(self, name: str) -> dict[str, Any]:
+        response = await self.http.get(f"/channels/{name}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+async def receive_n(ws: WebSocketConnection, count: int) -> list[str | bytes]:
+    return [await ws.get_message() for _ in range(count)]
+
+
+class RawWebSocket:
+    """A WebSocket client on a raw socket with a tiny receive buffer, that reads only when told.
+
+    trio-websocket keeps reading its socket in a background task; to stall a consumer for
+    real, the test needs a client that does not read at all.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+
+    @classmethod
+    async def connect(cls, port: int, path: str, receive_buffer_bytes: int = 4096) -> RawWebSocket:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+        await sock.connect(("127.0.0.1", port))
+        raw = cls(sock)
+        await raw._send(ws_events.Request(host="127.0.0.1", target=path))
+        while True:
+            for event in await raw._events():
+                if isinstance(event, ws_events.AcceptConnection):
+                    return raw
+                raise AssertionError(f"handshake failed: {event!r}")
+
+    async def _send(self, event: ws_events.Event) -> None:
+        await self.sock.send(self.conn.send(event))
+
+    async def _events(self) -> list[ws_events.Event]:
+        data = await self.sock.recv(65536)
+        self.conn.receive_data(data or None)
+        return list(self.conn.events())
+
+    async def read_until_closed(self) -> tuple[list[str | bytes], int | None, str | None]:
+        """Read everything the server sends; return (messages, close code, close reason).
+
+        A connection dropped without a close frame returns code None.
+        """
+        messages: list[str | bytes] = []
+        partial: list[Any] = []
+        while True:
+            try:
+                events = await self._events()
+            except OSError:
+                return messages, None, None
+            if not events and self.conn.state is wsproto.connection.ConnectionState.CLOSED:
+                return messages, None, None
+            for event in events:
+                if isinstance(event, ws_events.Message):
+                    partial.append(event.data)
+                    if event.message_finished:
+                        joined: str | bytes = (
+                            "".join(partial)
+                            if isinstance(event, ws_events.TextMessage)
+                            else b"".join(partial)
+                        )
+                        messages.append(joined)
+                        partial = []
+                elif isinstance(event, ws_events.CloseConnection):
+                    with contextlib.suppress(OSError):
+                        await self._send(event.response())
+                    return messages, event.code, event.reason
+                elif isinstance(event, ws_events.Ping):
+                    await self._send(event.response())
+
+    def close(self) -> None:
+        self.sock.close()
