@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import httpx
 import trio
 import wsproto
@@ -14,6 +15,40 @@ import wsproto.events as ws_events
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from triorelay.relay import Relay
+
+
+async def refused_upgrade(port: int, path: str) -> tuple[int, bytes]:
+    """Send a WebSocket upgrade request for ``path``; return the HTTP status and body.
+
+    For requests the relay refuses before the upgrade (a trio-websocket client leaks its
+    socket when refused, so the tests speak HTTP themselves).
+    """
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target=path,
+        headers=[
+            ("Host", "127.0.0.1"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        status, body = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response | h11.InformationalResponse):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, body
 
 
 @dataclass
@@ -78,6 +113,9 @@ class RawWebSocket:
                     return raw
                 raise AssertionError(f"handshake failed: {event!r}")
 
+    async def send_text(self, text: str) -> None:
+        await self._send(ws_events.TextMessage(data=text))
+
     async def _send(self, event: ws_events.Event) -> None:
         await self.sock.send(self.conn.send(event))
 
@@ -85,6 +123,23 @@ class RawWebSocket:
         data = await self.sock.recv(65536)
         self.conn.receive_data(data or None)
         return list(self.conn.events())
+
+    async def read_messages(self, count: int) -> list[str | bytes]:
+        """Read exactly ``count`` messages (fails if the connection closes first)."""
+        messages: list[str | bytes] = []
+        partial: list[Any] = []
+        while len(messages) < count:
+            for event in await self._events():
+                if isinstance(event, ws_events.Message):
+                    partial.append(event.data)
+                    if event.message_finished:
+                        messages.append(_join(event, partial))
+                        partial = []
+                elif isinstance(event, ws_events.Ping):
+                    await self._send(event.response())
+                else:
+                    raise AssertionError(f"unexpected {event!r} after {len(messages)} messages")
+        return messages
 
     async def read_until_closed(self) -> tuple[list[str | bytes], int | None, str | None]:
         """Read everything the server sends; return (messages, close code, close reason).
@@ -104,12 +159,7 @@ class RawWebSocket:
                 if isinstance(event, ws_events.Message):
                     partial.append(event.data)
                     if event.message_finished:
-                        joined: str | bytes = (
-                            "".join(partial)
-                            if isinstance(event, ws_events.TextMessage)
-                            else b"".join(partial)
-                        )
-                        messages.append(joined)
+                        messages.append(_join(event, partial))
                         partial = []
                 elif isinstance(event, ws_events.CloseConnection):
                     with contextlib.suppress(OSError):
@@ -120,3 +170,7 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _join(event: ws_events.Message[Any], parts: list[Any]) -> str | bytes:
+    return "".join(parts) if isinstance(event, ws_events.TextMessage) else b"".join(parts)

@@ -395,7 +395,15 @@ class Channel:
 
     async def _publish_blocking(self, payload: Payload, size: int) -> None:
         max_bytes = self._max_bytes
+        # Offer to everyone first, so a full consumer does not hold the message back from the
+        # consumers after it; then wait for room in each one that was full.
+        full: list[Consumer] = []
         for consumer in self.consumers:
+            if consumer._offer(payload, size, max_bytes):
+                self._count_buffered()
+            else:
+                full.append(consumer)
+        for consumer in full:
             # A consumer that leaves while we wait is detached: skip it.
             while not consumer.detached:
                 if consumer._offer(payload, size, max_bytes):
@@ -471,7 +479,7 @@ class Channel:
         """End every consumer's stream and refuse further publishes."""
         self.closed = True
         for consumer in self.consumers:
-            consumer._detach()
+            self.buffered -= consumer._detach()
         if self._queue_send is not None:
             self._queue_send.close()
 
