@@ -65,14 +65,16 @@ def split_rate(
 ) -> list[RateSchedule]:
     """Split an offered rate over ``streams`` interleaved schedules.
 
-    The union of the returned schedules is one schedule at ``total_rate_per_s`` whose due times
-    lie in ``[start_ns, start_ns + duration_ns)``: stream ``i`` takes messages ``i, i + streams,
-    ...`` of it. Raises :class:`ValueError` for a non-positive rate or stream count.
+    The union of the returned schedules is one schedule at ``total_rate_per_s`` holding
+    ``round(total_rate_per_s * duration)`` messages due from ``start_ns`` on: stream ``i`` takes
+    messages ``i, i + streams, ...`` of it. Raises :class:`ValueError` for a non-positive rate
+    or stream count.
     """
     if total_rate_per_s <= 0 or streams <= 0 or duration_ns < 0:
         raise ValueError("rate and streams must be positive, duration not negative")
     base_interval = max(1, round(NS_PER_S / total_rate_per_s))
-    total = -(-duration_ns // base_interval)  # ceil: due times strictly before the end
+    # The count comes from the exact rate, not the rounded interval, so 300/s for 1 s is 300.
+    total = round(total_rate_per_s * duration_ns / NS_PER_S)
     schedules = []
     for i in range(streams):
         count = max(0, -(-(total - i) // streams))

@@ -77,13 +77,13 @@ def start_baseline(log_path: Path) -> tuple[subprocess.Popen[str], int]:
 
 
 def stop_process(proc: subprocess.Popen[str]) -> None:
-    """Terminate ``proc`` (kill after 10 s) and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """Kill ``proc`` and reap it.
+
+    SIGKILL, not SIGTERM: uvicorn's graceful shutdown waits for every handler, and the
+    baseline's consumer handlers whose clients left stay blocked in ``queue.get()`` forever.
+    """
+    proc.kill()
+    proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
 

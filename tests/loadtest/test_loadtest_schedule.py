@@ -38,6 +38,12 @@ def test_split_rate_interleaves_into_one_schedule() -> None:
     assert all(t < NS_PER_S for t in times)
 
 
+def test_split_rate_counts_follow_the_exact_rate() -> None:
+    """300/s for 1 s is 300 messages even though the interval was rounded."""
+    parts = split_rate(0, 300.0, NS_PER_S, 2)
+    assert sum(p.count for p in parts) == 300
+
+
 def test_split_rate_with_more_streams_than_messages() -> None:
     """Streams beyond the message count get empty schedules."""
     parts = split_rate(0, 2.0, NS_PER_S, 4)
