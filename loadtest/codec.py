@@ -2,8 +2,10 @@
 
 A message is one JSON text frame with the scheduling data at a fixed prefix::
 
-    {"i":"0003","s":"000000000042","t":"00000123456789012345","p":"xxxx..."}
+    {"r":"1a2b3c4d","i":"0003","s":"000000000042","t":"00000123456789012345","p":"xxxx..."}
 
+* ``r``: run id, 8 lowercase hex digits, so consumers can ignore messages of earlier runs that
+  a server still holds (the baseline's global queue keeps whatever nobody consumed);
 * ``i``: producer index, 4 digits; ``s``: per-producer sequence number, 12 digits;
 * ``t``: *scheduled* send time in ``time.monotonic_ns()`` nanoseconds, 20 digits (the clock is
   system-wide on Linux, so producers and consumers in different processes on one host agree);
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 from typing import Final, NamedTuple
 
+RUN_ID_CHARS: Final = 8
 PRODUCER_DIGITS: Final = 4
 SEQ_DIGITS: Final = 12
 TIME_DIGITS: Final = 20
@@ -28,7 +31,8 @@ MAX_PRODUCER: Final = 10**PRODUCER_DIGITS - 1
 MAX_SEQ: Final = 10**SEQ_DIGITS - 1
 MAX_TIME_NS: Final = 10**TIME_DIGITS - 1
 
-_I_AT: Final = len('{"i":"')
+_R_AT: Final = len('{"r":"')
+_I_AT: Final = _R_AT + RUN_ID_CHARS + len('","i":"')
 _S_AT: Final = _I_AT + PRODUCER_DIGITS + len('","s":"')
 _T_AT: Final = _S_AT + SEQ_DIGITS + len('","t":"')
 _P_AT: Final = _T_AT + TIME_DIGITS + len('","p":"')
@@ -45,6 +49,7 @@ class CodecError(ValueError):
 class Header(NamedTuple):
     """The decoded fixed prefix of a message."""
 
+    run: str
     producer: int
     seq: int
     scheduled_ns: int
@@ -59,17 +64,30 @@ def padding_for(payload_bytes: int) -> str:
     return "x" * max(0, payload_bytes - MIN_MESSAGE_BYTES)
 
 
-def encode(producer: int, seq: int, scheduled_ns: int, padding: str = "") -> str:
+def new_run_id(entropy: bytes) -> str:
+    """Return a run id made from the first 4 bytes of ``entropy`` (pass ``os.urandom(4)``)."""
+    if len(entropy) < 4:
+        raise CodecError("a run id needs 4 bytes of entropy")
+    return entropy[:4].hex()
+
+
+def encode(run: str, producer: int, seq: int, scheduled_ns: int, padding: str = "") -> str:
     """Return the JSON text of one message.
 
-    Raises :class:`CodecError` if a field does not fit its width or is negative. ``padding`` must
-    be JSON-safe without escaping (use :func:`padding_for`).
+    Raises :class:`CodecError` if a field does not fit its width or is negative, or if ``run``
+    is not :data:`RUN_ID_CHARS` lowercase hex digits. ``padding`` must be JSON-safe without
+    escaping (use :func:`padding_for`).
     """
+    if len(run) != RUN_ID_CHARS or run.strip("0123456789abcdef"):
+        raise CodecError(f"run id must be {RUN_ID_CHARS} lowercase hex digits, got {run!r}")
     if not (
         0 <= producer <= MAX_PRODUCER and 0 <= seq <= MAX_SEQ and 0 <= scheduled_ns <= MAX_TIME_NS
     ):
         raise CodecError(f"field out of range: producer={producer} seq={seq} t={scheduled_ns}")
-    return f'{{"i":"{producer:04d}","s":"{seq:012d}","t":"{scheduled_ns:020d}","p":"{padding}"}}'
+    return (
+        f'{{"r":"{run}","i":"{producer:04d}","s":"{seq:012d}",'
+        f'"t":"{scheduled_ns:020d}","p":"{padding}"}}'
+    )
 
 
 def decode(text: str) -> Header:
@@ -79,9 +97,10 @@ def decode(text: str) -> Header:
     example a server that re-serialises with other separators). Raises :class:`CodecError` when the
     frame is not a load-test message.
     """
-    if text.startswith('{"i":"') and text[_P_AT - 7 : _P_AT] == '","p":"':
+    if text.startswith('{"r":"') and text[_P_AT - 7 : _P_AT] == '","p":"':
         try:
             return Header(
+                text[_R_AT : _R_AT + RUN_ID_CHARS],
                 int(text[_I_AT : _I_AT + PRODUCER_DIGITS]),
                 int(text[_S_AT : _S_AT + SEQ_DIGITS]),
                 int(text[_T_AT : _T_AT + TIME_DIGITS]),
@@ -90,6 +109,6 @@ def decode(text: str) -> Header:
             pass  # not digits where they should be: let the slow path decide
     try:
         obj = json.loads(text)
-        return Header(int(obj["i"]), int(obj["s"]), int(obj["t"]))
+        return Header(str(obj["r"]), int(obj["i"]), int(obj["s"]), int(obj["t"]))
     except (ValueError, TypeError, KeyError) as exc:
         raise CodecError(f"not a load-test message: {text[:80]!r}") from exc

@@ -40,7 +40,7 @@ from loadtest.clients import (
     produce_lean,
     trio_deadline,
 )
-from loadtest.codec import padding_for
+from loadtest.codec import new_run_id, padding_for
 from loadtest.endpoints import Ack, endpoint_url
 from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
@@ -68,6 +68,7 @@ class RoleSpec:
     """
 
     url: str
+    run_id: str = "00000000"
     channel: str | None = None
     ack: Ack | None = None
     producers: list[int] = field(default_factory=list)
@@ -142,7 +143,8 @@ class LocalRun:
         self._schedules: dict[int, RateSchedule] = {}
         self._plans: dict[int, ProducerPlan] = {}
         self._start_ns = 0
-        self._producers_done_at = (0.0, 0.0)
+        self._sending = len(spec.producers)
+        self._sending_done_at: tuple[float, float] | None = None
 
     def begin(self, start_ns: int) -> None:
         """Fix the start instant and release the producers. Call once, after ``run`` started."""
@@ -154,11 +156,13 @@ class LocalRun:
             for i in spec.producers:
                 self._schedules[i] = schedules[i]
                 self._plans[i] = ProducerPlan(
+                    run=spec.run_id,
                     index=i,
                     padding=padding,
                     send_cutoff_ns=cutoff,
                     drain_deadline_ns=drain_deadline,
                     expect_acks=spec.ack != "none",
+                    on_sending_done=self._one_stopped_sending,
                 )
         self.stopper.set_deadline(trio_deadline(drain_deadline))
         self._start_ns = start_ns
@@ -168,6 +172,11 @@ class LocalRun:
         """Let consumers stop once they delivered ``target`` in total (``None``: at deadline)."""
         if target is not None:
             self.counter.set_target(target)
+
+    def _one_stopped_sending(self) -> None:
+        self._sending -= 1
+        if self._sending == 0:
+            self._sending_done_at = (time.monotonic(), _process_cpu_s())
 
     def _plan_for(self, index: int) -> tuple[RateSchedule, ProducerPlan]:
         return self._schedules[index], self._plans[index]
@@ -192,6 +201,7 @@ class LocalRun:
                     functools.partial(
                         consume,
                         consumer_url,
+                        spec.run_id,
                         stats,
                         self.counter,
                         self.stopper,
@@ -228,17 +238,16 @@ class LocalRun:
                 task_status.started()
                 await self._go.wait()
                 wall0, cpu0 = time.monotonic(), _process_cpu_s()
-            self._producers_done_at = (time.monotonic(), _process_cpu_s())
             self.producers_done.set()
             if spec.consumers or spec.stalled_consumers:
                 with self.stopper.scope():
                     await self.counter.reached.wait()
-            # The CPU window is the active one: sending (and draining) when this process
-            # produces, otherwise until every expected message arrived (or the deadline).
-            wall1, cpu1 = time.monotonic(), _process_cpu_s()
-            if spec.producers:
-                wall1, cpu1 = self._producers_done_at
-            stats.cpu_percent.append(round(cpu_percent_between(wall0, cpu0, wall1, cpu1), 1))
+            # The CPU window is the busy one: until the last send when this process produces
+            # (the ack drain would dilute it), else until every expected message arrived (or
+            # the deadline). A process with no role here (the orchestrator) records nothing.
+            wall1, cpu1 = self._sending_done_at or (time.monotonic(), _process_cpu_s())
+            if spec.producers or spec.consumers:
+                stats.cpu_percent.append(round(cpu_percent_between(wall0, cpu0, wall1, cpu1), 1))
             self.stopper.stop()
 
 
@@ -419,6 +428,8 @@ async def execute(
     with the fraction of the send window elapsed. Returns when every process has finished; a
     worker that dies raises ``RuntimeError``.
     """
+    # A fresh run id per run: consumers ignore what earlier runs left in the server.
+    spec = dataclasses.replace(spec, run_id=new_run_id(os.urandom(4)))
     parts = split_spec(spec, producer_procs, consumer_procs)
     local = LocalRun(parts[0])
     workers = [WorkerProcess(p) for p in parts[1:]]

@@ -92,6 +92,7 @@ class Counters:
     * ``offered``: messages the schedule contained; ``sent``: handed to the socket;
     * ``acks``: echoes/acks the producers drained; ``delivered``: received by consumers;
     * ``errors``: connection or protocol failures; ``bad_frames``: frames that did not decode;
+    * ``foreign``: well-formed messages of another run (left over in the server), ignored;
     * ``connected``/``failed_connects``: connection attempts that did or did not complete.
     """
 
@@ -101,6 +102,7 @@ class Counters:
     delivered: int = 0
     errors: int = 0
     bad_frames: int = 0
+    foreign: int = 0
     connected: int = 0
     failed_connects: int = 0
 

@@ -150,3 +150,14 @@ def test_cli_writes_json(baseline_server: RunningServer, tmp_path: Path) -> None
     result = json.loads(out.read_text())
     assert check_result(result) == []
     assert result["summary"]["counts"]["delivered"] == 50
+
+
+async def test_leftovers_of_earlier_runs_are_ignored(baseline_server: RunningServer) -> None:
+    """Messages a previous run left in the baseline's queue count as foreign, not delivered."""
+    common = _common(baseline_server, duration_s=0.5)
+    first = await scenarios.run_pair(common, producers=1, consumers=0, rate_per_s=100)
+    assert first["summary"]["counts"]["acks"] == 50
+    second = await scenarios.run_pair(common, producers=1, consumers=1, rate_per_s=100)
+    counts = second["summary"]["counts"]
+    assert counts["foreign"] == 50
+    assert counts["delivered"] == counts["sent"] == 50
