@@ -236,8 +236,10 @@ async def run_max(
     """Step the offered rate up; report the highest rate with p99 <= bound and >= 99% delivered.
 
     Each step is a full run of ``common.duration_s``. Stops after the first failed step unless
-    ``keep_going``. ``extra.limited_by`` says whether the first failed step was
-    generator-bound (then the number is the generator's ceiling, not the server's).
+    ``keep_going``. ``extra.limited_by`` says whether the first failed step above the best one
+    was generator-bound (then the number is the generator's ceiling, not the server's); it is
+    ``None`` when no step failed. Use a fresh server: leftovers of earlier runs are ignored by
+    the consumers but still cost the server and the consumers time.
     """
     ladder = rate_steps(max_rate_per_s, steps)
     results: list[dict[str, Any]] = []
@@ -262,10 +264,14 @@ async def run_max(
         results.append({"rate_per_s": rate, "sustained": ok, "summary": summary})
         if ok:
             best, best_rate = summary, rate
-        elif limited_by is None:
-            limited_by = "generator" if summary["generator"]["generator_bound"] else "server"
-            if not keep_going:
-                break
+        elif not keep_going:
+            break
+    # What stopped the climb: the first failed step above the best sustained one.
+    for step in results:
+        if not step["sustained"] and (best_rate is None or step["rate_per_s"] > best_rate):
+            bound = step["summary"]["generator"]["generator_bound"]
+            limited_by = "generator" if bound else "server"
+            break
     params = {
         "producers": producers,
         "consumers": consumers,
