@@ -1,0 +1,278 @@
+"""``python -m loadtest``: the command line of the load generator.
+
+Every scenario takes ``--url``, ``--channel``, ``--duration-seconds``, ``--payload-bytes`` and
+``--json-out``; see ``python -m loadtest SCENARIO --help``. A one-line summary goes to stdout,
+the full result (see :mod:`loadtest.report`) to ``--json-out`` (``-`` for stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import trio
+
+from loadtest import connections, scenarios
+from loadtest.report import one_line
+from loadtest.schedule import DEFAULT_RATE_STEPS
+
+logger = logging.getLogger(__name__)
+
+SCENARIOS = ("pair", "fanout", "queue", "max", "slow", "connections")
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("target and run")
+    g.add_argument("--url", required=True, help="server base URL, e.g. ws://127.0.0.1:8000")
+    g.add_argument("--channel", default=None, help="channel (default: the plain endpoints)")
+    g.add_argument("--duration-seconds", type=float, default=10.0, help="send window (per step)")
+    g.add_argument("--payload-bytes", type=int, default=128, help="frame size, min 74")
+    g.add_argument("--json-out", default=None, help="write the result JSON here ('-': stdout)")
+    g.add_argument("--server-pid", type=int, default=None, help="sample this PID's CPU and RSS")
+    g.add_argument("--sample-interval-seconds", type=float, default=0.5)
+    g.add_argument("--connect-timeout-seconds", type=float, default=10.0)
+    g.add_argument("--connect-concurrency", type=int, default=64)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _traffic_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("traffic")
+    g.add_argument("--drain-seconds", type=float, default=2.0, help="wait for stragglers")
+    g.add_argument(
+        "--ack",
+        choices=["echo", "id", "none"],
+        default=None,
+        help="triorelay producer ack mode (omitted: server default; baseline echoes)",
+    )
+    g.add_argument(
+        "--producer-procs",
+        type=int,
+        default=0,
+        help="run producers in this many worker processes (0: in this process)",
+    )
+    g.add_argument(
+        "--consumer-procs",
+        type=int,
+        default=0,
+        help="run consumers in this many worker processes (0: in this process)",
+    )
+    g.add_argument(
+        "--lean",
+        action="store_true",
+        help="send with the batching wsproto client instead of trio-websocket",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m loadtest``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="Open-loop WebSocket load generator for triorelay and the asyncio baseline.",
+    )
+    sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    common, traffic = _common_parser(), _traffic_parser()
+    delivery_help = (
+        "expected delivery: broadcast (every consumer gets every message) or competing "
+        "(one consumer per message; the baseline)"
+    )
+
+    p = sub.add_parser("pair", parents=[common, traffic], help="P producers -> C consumers")
+    p.add_argument("--producers", type=int, default=1)
+    p.add_argument("--consumers", type=int, default=1)
+    p.add_argument("--rate", type=float, default=1000.0, help="total offered msg/s")
+    p.add_argument(
+        "--delivery", choices=["broadcast", "competing"], default="broadcast", help=delivery_help
+    )
+
+    p = sub.add_parser("fanout", parents=[common, traffic], help="1 producer -> N consumers")
+    p.add_argument("--consumers", type=int, default=100)
+    p.add_argument("--rate", type=float, default=10.0, help="offered msg/s (before fan-out)")
+
+    p = sub.add_parser("queue", parents=[common, traffic], help="competing consumers")
+    p.add_argument("--producers", type=int, default=1)
+    p.add_argument("--consumers", type=int, default=4)
+    p.add_argument("--rate", type=float, default=1000.0)
+
+    p = sub.add_parser("max", parents=[common, traffic], help="step the rate up to the limit")
+    p.add_argument("--producers", type=int, default=1)
+    p.add_argument("--consumers", type=int, default=1)
+    p.add_argument("--max-rate", type=float, default=50_000.0)
+    p.add_argument(
+        "--steps",
+        default=",".join(str(s) for s in DEFAULT_RATE_STEPS),
+        help="comma-separated msg/s ladder (capped at --max-rate)",
+    )
+    p.add_argument("--p99-bound-ms", type=float, default=50.0)
+    p.add_argument("--min-delivered-ratio", type=float, default=0.99)
+    p.add_argument("--keep-going", action="store_true", help="run every step")
+    p.add_argument(
+        "--delivery", choices=["broadcast", "competing"], default="broadcast", help=delivery_help
+    )
+
+    p = sub.add_parser("slow", parents=[common, traffic], help="stalled consumers")
+    p.add_argument("--producers", type=int, default=1)
+    p.add_argument("--consumers", type=int, default=2)
+    p.add_argument("--stalled", type=int, default=1)
+    p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument(
+        "--delivery", choices=["broadcast", "competing"], default="broadcast", help=delivery_help
+    )
+
+    p = sub.add_parser("connections", parents=[common], help="ramp to N idle connections")
+    p.add_argument("--connections", type=int, default=1000)
+    p.add_argument("--role", choices=["consumer", "producer"], default="consumer")
+    p.add_argument("--hold-seconds", type=float, default=1.0)
+    return parser
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft open-files limit towards ``wanted`` (capped by the hard limit); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def _progress_bar(enabled: bool, desc: str) -> tuple[AbstractContextManager[Any], Any]:
+    if not enabled:
+        return nullcontext(), None
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, leave=False)
+    return bar, bar
+
+
+def _make_progress(bar: Any) -> Callable[[float], None] | None:
+    if bar is None:
+        return None
+
+    def update(fraction: float) -> None:
+        bar.n = int(fraction * 1000)
+        bar.refresh()
+
+    return update
+
+
+async def run_scenario(
+    args: argparse.Namespace, progress: Callable[[float], None] | None
+) -> dict[str, Any]:
+    """Run the scenario named in ``args`` and return its result object."""
+    if args.scenario == "connections":
+        return await connections.run_connections(
+            url=args.url,
+            channel=args.channel,
+            connections=args.connections,
+            role=args.role,
+            connect_concurrency=args.connect_concurrency,
+            connect_timeout_s=args.connect_timeout_seconds,
+            hold_s=args.hold_seconds,
+            server_pid=args.server_pid,
+            sample_interval_s=args.sample_interval_seconds,
+            progress=progress,
+        )
+    common = scenarios.Common(
+        url=args.url,
+        channel=args.channel,
+        duration_s=args.duration_seconds,
+        payload_bytes=args.payload_bytes,
+        drain_s=args.drain_seconds,
+        ack=args.ack,
+        server_pid=args.server_pid,
+        producer_procs=args.producer_procs,
+        consumer_procs=args.consumer_procs,
+        lean=args.lean,
+        connect_timeout_s=args.connect_timeout_seconds,
+        connect_concurrency=args.connect_concurrency,
+        sample_interval_s=args.sample_interval_seconds,
+        progress=progress,
+    )
+    if args.scenario == "pair":
+        return await scenarios.run_pair(
+            common,
+            producers=args.producers,
+            consumers=args.consumers,
+            rate_per_s=args.rate,
+            delivery=args.delivery,
+        )
+    if args.scenario == "fanout":
+        return await scenarios.run_fanout(common, consumers=args.consumers, rate_per_s=args.rate)
+    if args.scenario == "queue":
+        return await scenarios.run_queue(
+            common, producers=args.producers, consumers=args.consumers, rate_per_s=args.rate
+        )
+    if args.scenario == "slow":
+        return await scenarios.run_slow(
+            common,
+            producers=args.producers,
+            consumers=args.consumers,
+            stalled=args.stalled,
+            rate_per_s=args.rate,
+            delivery=args.delivery,
+        )
+    if args.scenario == "max":
+        return await scenarios.run_max(
+            common,
+            producers=args.producers,
+            consumers=args.consumers,
+            max_rate_per_s=args.max_rate,
+            steps=[int(s) for s in args.steps.split(",") if s.strip()],
+            p99_bound_ms=args.p99_bound_ms,
+            min_delivered_ratio=args.min_delivered_ratio,
+            delivery=args.delivery,
+            keep_going=args.keep_going,
+        )
+    raise AssertionError(f"unknown scenario {args.scenario!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one scenario; return 0 on success, 2 on bad arguments, 1 if the run failed."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.payload_bytes < 0 or args.duration_seconds <= 0:
+        parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
+    wanted_fds = 4 * getattr(args, "connections", 0) + 8 * getattr(args, "consumers", 0) + 1024
+    raise_fd_limit(wanted_fds)
+    show = not args.no_progress and sys.stderr.isatty()
+    bar_cm, bar = _progress_bar(show, args.scenario)
+    try:
+        with bar_cm:
+            result = trio.run(run_scenario, args, _make_progress(bar))
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        logger.exception("the %s run failed", args.scenario)
+        return 1
+    print(one_line(result))
+    if args.scenario == "max":
+        print(
+            f"max sustained: {result['extra']['max_sustained_per_s']} msg/s "
+            f"(limited by {result['extra']['limited_by']})"
+        )
+    if args.scenario == "connections":
+        extra = result["extra"]
+        print(
+            f"connected {extra['connected']} at {extra['connect_rate_per_s']}/s; server RSS "
+            f"per connection {extra['server_rss_per_connection_bytes']} bytes"
+        )
+    if args.json_out == "-":
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,485 @@
+"""WebSocket clients for the load generator (the I/O layer).
+
+* :func:`consume` - a trio-websocket consumer that decodes the fixed message prefix and records
+  latency from the scheduled send time.
+* :func:`produce` - an open-loop producer on trio-websocket, with a drain task for echoes/acks.
+* :class:`LeanWebSocket` - a minimal client on wsproto over a raw trio TCP stream. It batches
+  every due message into one ``send_all`` (one syscall) for high-rate producers, and, because it
+  only reads when asked to, it doubles as a truly *stalled* consumer: after the handshake nothing
+  reads the socket, so the kernel buffers fill and the server sees real backpressure (a
+  trio-websocket client would keep reading into its own queue in the background).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from loadtest.codec import CodecError, decode, encode
+from loadtest.endpoints import host_port, resource
+from loadtest.schedule import RateSchedule
+from loadtest.stats import RoleStats
+
+logger = logging.getLogger(__name__)
+
+#: Largest number of due messages a lean producer writes in one ``send_all``.
+LEAN_BATCH_MESSAGES = 512
+#: The lean producer wakes at most once per tick and then writes every message already due.
+#: Each message keeps its own scheduled time, so the tick shows up honestly as up to 1 ms of
+#: latency; in exchange the ~50 us cost of a loopback ``send`` is paid once per tick instead of
+#: once per message.
+LEAN_TICK_NS = 1_000_000
+#: Bytes asked for per ``receive_some`` by the lean client.
+RECEIVE_BYTES = 65536
+#: Per-connection trio-websocket queue bound (messages), to keep generator memory bounded:
+#: 1000 consumers x 64 messages x 1 kB = 64 MB at worst.
+WS_MESSAGE_QUEUE = 64
+
+#: Exceptions that mean "this connection failed" (peer or network), not a bug in the generator.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    ConnectionClosed,
+    HandshakeError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+def trio_deadline(monotonic_ns: int) -> float:
+    """Convert a ``time.monotonic_ns()`` instant to a trio deadline (``inf`` stays ``inf``)."""
+    return trio.current_time() + (monotonic_ns - time.monotonic_ns()) / 1e9
+
+
+class Stopper:
+    """Lets one party end many tasks' waits early: each task waits inside :meth:`scope`.
+
+    :meth:`stop` cancels every open scope (and any opened later); :meth:`set_deadline` moves
+    their shared deadline. Tasks then leave their ``async with`` blocks normally, so connections
+    close with a proper close handshake.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: set[trio.CancelScope] = set()
+        self._deadline = math.inf
+        self.stopped = False
+
+    @contextmanager
+    def scope(self) -> Iterator[trio.CancelScope]:
+        """Enter a cancel scope that :meth:`stop` cancels and :meth:`set_deadline` moves."""
+        cs = trio.CancelScope(deadline=self._deadline)
+        if self.stopped:
+            cs.cancel()
+        self._scopes.add(cs)
+        try:
+            with cs:
+                yield cs
+        finally:
+            self._scopes.discard(cs)
+
+    def stop(self) -> None:
+        """Cancel every current and future scope."""
+        self.stopped = True
+        for cs in self._scopes:
+            cs.cancel()
+
+    def set_deadline(self, deadline: float) -> None:
+        """Give every current and future scope this trio deadline."""
+        self._deadline = deadline
+        for cs in self._scopes:
+            cs.deadline = deadline
+
+
+@dataclass
+class DeliveryCounter:
+    """Counts deliveries across consumers and fires :attr:`reached` at a target.
+
+    The target is unknown (``None``) until the producers have finished sending.
+    """
+
+    delivered: int = 0
+    target: int | None = None
+    reached: trio.Event = field(default_factory=trio.Event)
+
+    def add(self, n: int = 1) -> None:
+        """Count ``n`` deliveries."""
+        self.delivered += n
+        if self.target is not None and self.delivered >= self.target:
+            self.reached.set()
+
+    def set_target(self, target: int) -> None:
+        """Set the expected total; fires at once if it is already met."""
+        self.target = target
+        if self.delivered >= target:
+            self.reached.set()
+
+
+async def consume(
+    url: str,
+    run_id: str,
+    stats: RoleStats,
+    counter: DeliveryCounter,
+    stopper: Stopper,
+    *,
+    connect_timeout_s: float = 10.0,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect a consumer to ``url`` and record every message until ``stopper`` says stop.
+
+    Messages of another run (a different ``run_id``) are counted as ``foreign`` and ignored.
+    Reports ``task_status.started(True)`` once connected, or ``started(False)`` when the
+    connection could not be made (counted in ``stats``). Errors after connecting are counted, not
+    raised. Latency is receive time minus the message's scheduled time.
+    """
+    ledger = stats.ledger
+    latency = stats.latency
+    counters = stats.counters
+    delivered = 0
+    started = False
+    try:
+        async with open_websocket_url(
+            url,
+            connect_timeout=connect_timeout_s,
+            disconnect_timeout=2.0,
+            message_queue_size=WS_MESSAGE_QUEUE,
+        ) as ws:
+            counters.connected += 1
+            started = True
+            task_status.started(True)
+            with stopper.scope():
+                while True:
+                    text = await ws.get_message()
+                    now = time.monotonic_ns()
+                    try:
+                        header = decode(text) if isinstance(text, str) else decode(text.decode())
+                    except (CodecError, UnicodeDecodeError):
+                        counters.bad_frames += 1
+                        continue
+                    if header.run != run_id:
+                        counters.foreign += 1
+                        continue
+                    latency.record_ns(now - header.scheduled_ns)
+                    if ledger is not None:
+                        ledger.record(header.producer, header.seq)
+                    delivered += 1
+                    counters.delivered += 1
+                    counter.add()
+    except CONNECTION_ERRORS as exc:
+        if not started:
+            counters.failed_connects += 1
+            stats.note_error(f"consumer connect: {exc!r}")
+            task_status.started(False)
+        elif not stopper.stopped:
+            stats.note_error(f"consumer: {exc!r}")
+    finally:
+        if started:
+            stats.per_consumer_delivered.append(delivered)
+
+
+@dataclass
+class ProducerPlan:
+    """What one producer sends: run id, index, padding, and how long it may keep trying.
+
+    ``send_cutoff_ns`` ends sending (messages still unsent are counted as offered, not sent);
+    ``drain_deadline_ns`` ends the wait for outstanding acks. Both are ``monotonic_ns`` instants.
+    """
+
+    run: str
+    index: int
+    padding: str
+    send_cutoff_ns: int
+    drain_deadline_ns: int
+    expect_acks: bool = True
+    #: Called once when this producer stops sending (before the ack drain).
+    on_sending_done: Callable[[], None] = lambda: None
+
+
+async def _wait_until_ns(due_ns: int) -> None:
+    delay = due_ns - time.monotonic_ns()
+    if delay > 0:
+        await trio.sleep(delay / 1e9)
+
+
+async def produce(
+    url: str,
+    stats: RoleStats,
+    schedule_ready: Callable[[], trio.Event],
+    get_plan: Callable[[int], tuple[RateSchedule, ProducerPlan]],
+    index: int,
+    *,
+    connect_timeout_s: float = 10.0,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect a trio-websocket producer, wait for the start, send on schedule, drain acks.
+
+    ``started(True/False)`` reports whether the connection was made. After ``schedule_ready()``
+    fires, ``get_plan(index)`` gives this producer's schedule and plan. The drain task counts
+    every frame received (echo or ``{"id": N}``) as an ack.
+    """
+    counters = stats.counters
+    started = False
+    try:
+        async with open_websocket_url(
+            url,
+            connect_timeout=connect_timeout_s,
+            disconnect_timeout=2.0,
+            message_queue_size=WS_MESSAGE_QUEUE,
+        ) as ws:
+            counters.connected += 1
+            started = True
+            task_status.started(True)
+            await schedule_ready().wait()
+            schedule, plan = get_plan(index)
+            counters.offered += schedule.count
+            acked = 0
+            sent = 0
+            all_acked = trio.Event()
+            sending_done = False
+
+            async def drain() -> None:
+                nonlocal acked
+                while True:
+                    await ws.get_message()
+                    acked += 1
+                    counters.acks += 1
+                    if sending_done and acked >= sent:
+                        all_acked.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                with trio.move_on_at(trio_deadline(plan.send_cutoff_ns)):
+                    for n in range(schedule.count):
+                        due = schedule.send_time_ns(n)
+                        await _wait_until_ns(due)
+                        await ws.send_message(encode(plan.run, plan.index, n, due, plan.padding))
+                        sent += 1
+                        counters.sent += 1
+                        stats.sent_per_producer[plan.index] = sent
+                sending_done = True
+                plan.on_sending_done()
+                if plan.expect_acks and acked < sent:
+                    with trio.move_on_at(trio_deadline(plan.drain_deadline_ns)):
+                        await all_acked.wait()
+                nursery.cancel_scope.cancel()
+    except CONNECTION_ERRORS as exc:
+        if not started:
+            counters.failed_connects += 1
+            stats.note_error(f"producer connect: {exc!r}")
+            task_status.started(False)
+        else:
+            stats.note_error(f"producer: {exc!r}")
+
+
+class LeanHandshakeError(Exception):
+    """The server refused or broke the WebSocket handshake of a :class:`LeanWebSocket`."""
+
+
+#: Called by :meth:`LeanWebSocket.pump` with each whole incoming message.
+MessageCallback = Callable[[str | bytes | bytearray], None]
+
+#: What :meth:`LeanWebSocket.open` raises when a connection cannot be made.
+LEAN_CONNECT_ERRORS: tuple[type[Exception], ...] = (
+    *CONNECTION_ERRORS,
+    LeanHandshakeError,
+    trio.TooSlowError,
+)
+
+
+class LeanWebSocket:
+    """A minimal WebSocket client: wsproto over a raw trio TCP stream, reading only on request.
+
+    Use :meth:`connect` (an async context manager); :meth:`send_texts` writes many messages in one
+    ``send_all``; :meth:`pump` reads and counts incoming messages (answering pings) until the
+    peer closes. Nothing reads the socket unless :meth:`pump` runs, which is how a stalled
+    consumer is made. Not safe for concurrent :meth:`send_texts` calls from several tasks except
+    through the internal lock, which also serialises pong replies.
+    """
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self._stream = stream
+        self._ws = ws
+        self._send_lock = trio.Lock()
+        self.received = 0
+
+    @staticmethod
+    async def open(url: str, *, connect_timeout_s: float = 10.0) -> LeanWebSocket:
+        """Connect and complete the handshake; the caller must :meth:`aclose` the result.
+
+        Raises :class:`LeanHandshakeError` if the server rejects, ``OSError`` or
+        ``trio.TooSlowError`` on network failure or timeout.
+        """
+        host, port = host_port(url)
+        with trio.fail_after(connect_timeout_s):
+            stream = await trio.open_tcp_stream(host, port)
+            try:
+                ws = WSConnection(ConnectionType.CLIENT)
+                await stream.send_all(ws.send(Request(host=f"{host}:{port}", target=resource(url))))
+                while True:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        raise LeanHandshakeError("connection closed during the handshake")
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, AcceptConnection):
+                            return LeanWebSocket(stream, ws)
+                        if isinstance(event, RejectConnection):
+                            raise LeanHandshakeError(f"rejected with HTTP {event.status_code}")
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+
+    async def send_texts(self, texts: list[str]) -> None:
+        """Send each text as one frame, all in one ``send_all``."""
+        ws = self._ws
+        data = b"".join([ws.send(Message(data=t)) for t in texts])
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
+    async def pump(
+        self, on_message: Callable[[str | bytes | bytearray], None] | None = None
+    ) -> None:
+        """Read until the peer closes, counting whole messages in :attr:`received`.
+
+        Pings are answered; a close from the peer is answered and ends the pump. Raises
+        ``trio.BrokenResourceError`` / ``OSError`` if the connection breaks.
+        """
+        ws = self._ws
+        while True:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            ws.receive_data(data or None)
+            replies = []
+            for event in ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    if event.message_finished:
+                        self.received += 1
+                        if on_message is not None:
+                            on_message(event.data)
+                elif isinstance(event, Ping):
+                    replies.append(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state.name == "REMOTE_CLOSING":
+                        replies.append(ws.send(event.response()))
+                    if replies:
+                        async with self._send_lock:
+                            await self._stream.send_all(b"".join(replies))
+                    return
+            if replies:
+                async with self._send_lock:
+                    await self._stream.send_all(b"".join(replies))
+            if not data:
+                return
+
+    async def aclose(self) -> None:
+        """Close the TCP stream without a close handshake (the peer sees an abrupt close)."""
+        await trio.aclose_forcefully(self._stream)
+
+
+async def produce_lean(
+    url: str,
+    stats: RoleStats,
+    schedule_ready: Callable[[], trio.Event],
+    get_plan: Callable[[int], tuple[RateSchedule, ProducerPlan]],
+    index: int,
+    *,
+    connect_timeout_s: float = 10.0,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Like :func:`produce`, on a :class:`LeanWebSocket` that batches all due messages per write.
+
+    The sender wakes at most once per :data:`LEAN_TICK_NS` and sends every message already due
+    (up to :data:`LEAN_BATCH_MESSAGES`) in one write, each stamped with its own scheduled time.
+    """
+    counters = stats.counters
+    try:
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s)
+    except LEAN_CONNECT_ERRORS as exc:
+        counters.failed_connects += 1
+        stats.note_error(f"lean producer connect: {exc!r}")
+        task_status.started(False)
+        return
+    counters.connected += 1
+    task_status.started(True)
+    try:
+        await schedule_ready().wait()
+        schedule, plan = get_plan(index)
+        counters.offered += schedule.count
+        sent = 0
+        sending_done = False
+        all_acked = trio.Event()
+
+        def on_ack(_message: str | bytes | bytearray) -> None:
+            if sending_done and lean.received >= sent:
+                all_acked.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lean.pump, on_ack)
+            last_wake = 0
+            with trio.move_on_at(trio_deadline(plan.send_cutoff_ns)):
+                while sent < schedule.count:
+                    await _wait_until_ns(max(schedule.send_time_ns(sent), last_wake + LEAN_TICK_NS))
+                    last_wake = time.monotonic_ns()
+                    due = min(schedule.due_count(time.monotonic_ns()), sent + LEAN_BATCH_MESSAGES)
+                    texts = [
+                        encode(plan.run, plan.index, n, schedule.send_time_ns(n), plan.padding)
+                        for n in range(sent, due)
+                    ]
+                    await lean.send_texts(texts)
+                    counters.sent += len(texts)
+                    sent = due
+                    stats.sent_per_producer[plan.index] = sent
+            sending_done = True
+            plan.on_sending_done()
+            if plan.expect_acks and lean.received < sent:
+                with trio.move_on_at(trio_deadline(plan.drain_deadline_ns)):
+                    await all_acked.wait()
+            counters.acks += lean.received
+            nursery.cancel_scope.cancel()
+    except CONNECTION_ERRORS as exc:
+        stats.note_error(f"lean producer: {exc!r}")
+    finally:
+        await lean.aclose()
+
+
+async def hold_stalled(
+    url: str,
+    stats: RoleStats,
+    stopper: Stopper,
+    *,
+    connect_timeout_s: float = 10.0,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect a consumer that never reads after the handshake; hold it until ``stopper`` stops.
+
+    ``started(True/False)`` reports whether the connection was made.
+    """
+    try:
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s)
+    except LEAN_CONNECT_ERRORS as exc:
+        stats.counters.failed_connects += 1
+        stats.note_error(f"stalled consumer connect: {exc!r}")
+        task_status.started(False)
+        return
+    stats.counters.connected += 1
+    task_status.started(True)
+    try:
+        with stopper.scope():
+            await trio.sleep_forever()
+    finally:
+        await lean.aclose()

@@ -1,0 +1,160 @@
+"""The ``connections`` scenario: ramp to N idle WebSocket connections and measure their cost.
+
+Reports the connect rate, per-connection connect latency (in ``summary.latency_ms``) and the
+server's RSS per connection: ``(RSS after the ramp and hold - RSS before) / connected``. The
+idle connections are trio-websocket clients, so they answer the server's pings like real ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Any
+
+import trio
+from trio_websocket import open_websocket_url
+
+from loadtest.clients import CONNECTION_ERRORS, Stopper
+from loadtest.endpoints import Role, endpoint_url
+from loadtest.engine import ProgressFn, sample_loop, start_many
+from loadtest.monitor import ProcessSampler, Sample
+from loadtest.report import build_result, run_summary
+from loadtest.stats import RoleStats
+
+logger = logging.getLogger(__name__)
+
+
+async def hold_idle(
+    url: str,
+    stats: RoleStats,
+    stopper: Stopper,
+    *,
+    connect_timeout_s: float,
+    on_connected: ProgressFn | None = None,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Open one connection, record its connect time, and hold it until ``stopper`` stops.
+
+    Reports ``started(True)`` once connected, ``started(False)`` on failure (counted).
+    """
+    t0 = time.monotonic_ns()
+    started = False
+    try:
+        async with open_websocket_url(
+            url, connect_timeout=connect_timeout_s, disconnect_timeout=2.0
+        ):
+            stats.latency.record_ns(time.monotonic_ns() - t0)
+            stats.counters.connected += 1
+            started = True
+            if on_connected is not None:
+                on_connected(1.0)
+            task_status.started(True)
+            with stopper.scope():
+                await trio.sleep_forever()
+    except CONNECTION_ERRORS as exc:
+        if not started:
+            stats.counters.failed_connects += 1
+            stats.note_error(f"connect: {exc!r}")
+            task_status.started(False)
+        elif not stopper.stopped:
+            stats.note_error(f"idle connection: {exc!r}")
+
+
+async def run_connections(
+    *,
+    url: str,
+    channel: str | None = None,
+    connections: int = 1000,
+    role: Role = "consumer",
+    connect_concurrency: int = 64,
+    connect_timeout_s: float = 10.0,
+    hold_s: float = 1.0,
+    server_pid: int | None = None,
+    sample_interval_s: float = 0.5,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Ramp to ``connections`` idle connections, hold them ``hold_s``, then close them all.
+
+    RSS per connection needs ``server_pid``; without it those fields are ``None``.
+    """
+    stats = RoleStats()
+    stopper = Stopper()
+    target = endpoint_url(url, role, channel)
+    server = ProcessSampler(server_pid) if server_pid is not None else None
+    server_samples: list[Sample] = []
+    generator_samples: dict[str, list[Sample]] = {"main": []}
+    before = server.sample() if server is not None else None
+    done = 0
+
+    def on_connected(_: float) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done / connections if connections else 1.0)
+
+    stop_sampling = trio.Event()
+    async with trio.open_nursery() as nursery:
+        samplers = [(ProcessSampler(os.getpid()), generator_samples["main"])]
+        if server is not None:
+            samplers.append((server, server_samples))
+        nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
+        t0 = time.monotonic()
+        connected = await start_many(
+            nursery,
+            [
+                functools.partial(
+                    hold_idle,
+                    target,
+                    stats,
+                    stopper,
+                    connect_timeout_s=connect_timeout_s,
+                    on_connected=on_connected,
+                )
+                for _ in range(connections)
+            ],
+            connect_concurrency,
+        )
+        connect_s = time.monotonic() - t0
+        await trio.sleep(hold_s)  # let the server settle before reading RSS
+        after = server.sample() if server is not None else None
+        stopper.stop()
+        stop_sampling.set()
+
+    rss_delta = None
+    per_conn = None
+    if before is not None and after is not None:
+        rss_delta = after.rss_bytes - before.rss_bytes
+        per_conn = round(rss_delta / connected, 1) if connected else None
+    summary = run_summary(
+        stats,
+        expected=0,
+        duration_s=connect_s,
+        server_samples=server_samples if server is not None else None,
+        generator_samples=generator_samples,
+    )
+    return build_result(
+        scenario="connections",
+        url=url,
+        channel=channel,
+        server_pid=server_pid,
+        params={
+            "connections": connections,
+            "role": role,
+            "connect_concurrency": connect_concurrency,
+            "connect_timeout_s": connect_timeout_s,
+            "hold_s": hold_s,
+            "sample_interval_s": sample_interval_s,
+        },
+        summary=summary,
+        extra={
+            "connected": connected,
+            "connect_seconds": round(connect_s, 3),
+            "connect_rate_per_s": round(connected / connect_s, 1) if connect_s > 0 else None,
+            "server_rss_before_bytes": None if before is None else before.rss_bytes,
+            "server_rss_after_bytes": None if after is None else after.rss_bytes,
+            "server_rss_delta_bytes": rss_delta,
+            "server_rss_per_connection_bytes": per_conn,
+        },
+    )

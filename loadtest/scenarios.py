@@ -1,0 +1,294 @@
+"""The traffic scenarios: ``pair``, ``fanout``, ``queue``, ``slow`` and ``max``.
+
+Each is an async function taking a :class:`Common` (target URL, durations, process split...)
+plus its own knobs, and returning the result object of :mod:`loadtest.report`. They never
+print; the CLI does. Point them at any base URL: the baseline, triorelay, or anything speaking
+the same protocol.
+
+Delivery semantics differ between servers, so the expectation is a parameter: ``broadcast``
+(each consumer gets every message; triorelay's plain channels) or ``competing`` (each message
+goes to one consumer; triorelay's queue channels such as ``jobs.x``, and the baseline
+everywhere, since it has one global queue).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loadtest.endpoints import Ack
+from loadtest.engine import Delivery, ProgressFn, RoleSpec, RunOutcome, execute
+from loadtest.report import build_result, run_summary
+from loadtest.schedule import DEFAULT_RATE_STEPS, rate_steps, step_sustained
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Common:
+    """Settings every traffic scenario shares.
+
+    ``producer_procs``/``consumer_procs`` > 0 move producers/consumers into that many worker
+    processes; ``lean`` sends with the batching wsproto client instead of trio-websocket.
+    ``drain_s`` is the time after the send window allowed for acks and deliveries.
+    """
+
+    url: str
+    channel: str | None = None
+    duration_s: float = 10.0
+    payload_bytes: int = 128
+    drain_s: float = 2.0
+    ack: Ack | None = None
+    server_pid: int | None = None
+    producer_procs: int = 0
+    consumer_procs: int = 0
+    lean: bool = False
+    connect_timeout_s: float = 10.0
+    connect_concurrency: int = 64
+    sample_interval_s: float = 0.5
+    progress: ProgressFn | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Return the JSON-ready parameters (everything but the progress callback)."""
+        out = dataclasses.asdict(self)
+        out.pop("progress")
+        return out
+
+
+def _spec(common: Common, **kwargs: Any) -> RoleSpec:
+    return RoleSpec(
+        url=common.url,
+        channel=common.channel,
+        ack=common.ack,
+        payload_bytes=common.payload_bytes,
+        duration_s=common.duration_s,
+        drain_s=common.drain_s,
+        lean_producers=common.lean,
+        connect_timeout_s=common.connect_timeout_s,
+        connect_concurrency=common.connect_concurrency,
+        **kwargs,
+    )
+
+
+async def _run(common: Common, spec: RoleSpec, delivery: Delivery) -> RunOutcome:
+    return await execute(
+        spec,
+        delivery=delivery,
+        producer_procs=common.producer_procs,
+        consumer_procs=common.consumer_procs,
+        server_pid=common.server_pid,
+        sample_interval_s=common.sample_interval_s,
+        progress=common.progress,
+    )
+
+
+def _summary(outcome: RunOutcome, *, keep_series: bool = True) -> dict[str, Any]:
+    return run_summary(
+        outcome.stats,
+        expected=outcome.expected,
+        duration_s=outcome.duration_s,
+        server_samples=None if not outcome.server_samples else outcome.server_samples,
+        generator_samples=outcome.generator_samples,
+        keep_series=keep_series,
+    )
+
+
+def _consumer_spread(delivered: Sequence[int]) -> dict[str, Any]:
+    if not delivered:
+        return {"consumers": 0, "min": None, "max": None, "mean": None}
+    return {
+        "consumers": len(delivered),
+        "min": min(delivered),
+        "max": max(delivered),
+        "mean": round(sum(delivered) / len(delivered), 1),
+    }
+
+
+def _result(
+    scenario: str, common: Common, outcome: RunOutcome, params: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return build_result(
+        scenario=scenario,
+        url=common.url,
+        channel=common.channel,
+        server_pid=common.server_pid,
+        params={**common.params(), **params},
+        summary=_summary(outcome),
+        extra={
+            "connect_seconds": outcome.connect_s,
+            "per_consumer_delivered": _consumer_spread(outcome.stats.per_consumer_delivered),
+            **extra,
+        },
+    )
+
+
+async def run_pair(
+    common: Common,
+    *,
+    producers: int = 1,
+    consumers: int = 1,
+    rate_per_s: float = 1000.0,
+    delivery: Delivery = "broadcast",
+) -> dict[str, Any]:
+    """P producers -> C consumers on one channel at a fixed total offered rate (open loop)."""
+    spec = _spec(common, total_producers=producers, consumers=consumers, rate_per_s=rate_per_s)
+    outcome = await _run(common, spec, delivery)
+    params = {
+        "producers": producers,
+        "consumers": consumers,
+        "rate_per_s": rate_per_s,
+        "delivery": delivery,
+    }
+    return _result("pair", common, outcome, params)
+
+
+async def run_fanout(
+    common: Common, *, consumers: int = 100, rate_per_s: float = 10.0
+) -> dict[str, Any]:
+    """1 producer -> N consumers; reports deliveries/s and per-delivery latency.
+
+    Expects broadcast delivery: ``expected`` is sent x N (the baseline delivers each message
+    once, so its ``delivered_ratio`` is about 1/N: that is its semantics, not a generator fault).
+    """
+    spec = _spec(common, total_producers=1, consumers=consumers, rate_per_s=rate_per_s)
+    outcome = await _run(common, spec, "broadcast")
+    params = {"producers": 1, "consumers": consumers, "rate_per_s": rate_per_s}
+    deliveries = outcome.stats.counters.delivered
+    return _result(
+        "fanout",
+        common,
+        outcome,
+        params,
+        deliveries_per_s=round(deliveries / common.duration_s, 1) if common.duration_s else None,
+    )
+
+
+async def run_queue(
+    common: Common, *, producers: int = 1, consumers: int = 4, rate_per_s: float = 1000.0
+) -> dict[str, Any]:
+    """Competing consumers: each message should reach exactly one consumer.
+
+    Keeps a delivery ledger, so ``counts.duplicates`` and ``counts.missing`` are exact. Use a
+    queue channel (``--channel jobs.x``) against triorelay.
+    """
+    spec = _spec(
+        common,
+        total_producers=producers,
+        consumers=consumers,
+        rate_per_s=rate_per_s,
+        track_ledger=True,
+    )
+    outcome = await _run(common, spec, "competing")
+    params = {"producers": producers, "consumers": consumers, "rate_per_s": rate_per_s}
+    return _result("queue", common, outcome, params)
+
+
+async def run_slow(
+    common: Common,
+    *,
+    producers: int = 1,
+    consumers: int = 2,
+    stalled: int = 1,
+    rate_per_s: float = 1000.0,
+    delivery: Delivery = "broadcast",
+) -> dict[str, Any]:
+    """Stalled consumers (connected, never reading) next to normal ones.
+
+    Watch ``summary.server.series`` (RSS over time) and the normal consumers' latency; the
+    expectation counts normal consumers only.
+    """
+    spec = _spec(
+        common,
+        total_producers=producers,
+        consumers=consumers,
+        stalled_consumers=stalled,
+        rate_per_s=rate_per_s,
+    )
+    outcome = await _run(common, spec, delivery)
+    params = {
+        "producers": producers,
+        "consumers": consumers,
+        "stalled": stalled,
+        "rate_per_s": rate_per_s,
+        "delivery": delivery,
+    }
+    server = _summary(outcome, keep_series=False)["server"]
+    rss = None if server is None else server["rss_bytes"]
+    growth = None if rss is None or rss["start"] is None else rss["max"] - rss["start"]
+    return _result("slow", common, outcome, params, server_rss_growth_bytes=growth)
+
+
+async def run_max(
+    common: Common,
+    *,
+    producers: int = 1,
+    consumers: int = 1,
+    max_rate_per_s: float = 50_000.0,
+    steps: Sequence[int] = DEFAULT_RATE_STEPS,
+    p99_bound_ms: float = 50.0,
+    min_delivered_ratio: float = 0.99,
+    delivery: Delivery = "broadcast",
+    keep_going: bool = False,
+) -> dict[str, Any]:
+    """Step the offered rate up; report the highest rate with p99 <= bound and >= 99% delivered.
+
+    Each step is a full run of ``common.duration_s``. Stops after the first failed step unless
+    ``keep_going``. ``extra.limited_by`` says whether the first failed step above the best one
+    was generator-bound (then the number is the generator's ceiling, not the server's); it is
+    ``None`` when no step failed. Use a fresh server: leftovers of earlier runs are ignored by
+    the consumers but still cost the server and the consumers time.
+    """
+    ladder = rate_steps(max_rate_per_s, steps)
+    results: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_rate: int | None = None
+    limited_by: str | None = None
+    first_summary: dict[str, Any] | None = None
+    for rate in ladder:
+        logger.info("max: stepping to %d msg/s", rate)
+        spec = _spec(common, total_producers=producers, consumers=consumers, rate_per_s=float(rate))
+        outcome = await _run(common, spec, delivery)
+        summary = _summary(outcome, keep_series=False)
+        first_summary = first_summary or summary
+        ok = step_sustained(
+            offered=outcome.stats.counters.offered,
+            delivered=outcome.stats.counters.delivered,
+            expected=outcome.expected,
+            p99_ms=summary["latency_ms"]["p99"],
+            p99_bound_ms=p99_bound_ms,
+            min_delivered_ratio=min_delivered_ratio,
+        )
+        results.append({"rate_per_s": rate, "sustained": ok, "summary": summary})
+        if ok:
+            best, best_rate = summary, rate
+        elif not keep_going:
+            break
+    # What stopped the climb: the first failed step above the best sustained one.
+    for step in results:
+        if not step["sustained"] and (best_rate is None or step["rate_per_s"] > best_rate):
+            bound = step["summary"]["generator"]["generator_bound"]
+            limited_by = "generator" if bound else "server"
+            break
+    params = {
+        "producers": producers,
+        "consumers": consumers,
+        "max_rate_per_s": max_rate_per_s,
+        "steps": ladder,
+        "p99_bound_ms": p99_bound_ms,
+        "min_delivered_ratio": min_delivered_ratio,
+        "delivery": delivery,
+    }
+    headline = best or first_summary
+    assert headline is not None  # the ladder is never empty
+    return build_result(
+        scenario="max",
+        url=common.url,
+        channel=common.channel,
+        server_pid=common.server_pid,
+        params={**common.params(), **params},
+        summary=headline,
+        extra={"max_sustained_per_s": best_rate, "limited_by": limited_by, "steps": results},
+    )

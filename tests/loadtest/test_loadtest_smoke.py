@@ -1,0 +1,163 @@
+"""Seconds-long smoke runs of every scenario against a real baseline server on port 0.
+
+The scenario functions take any base URL, so the same tests can later point at triorelay.
+The baseline has competing-consumer semantics, hence ``delivery="competing"`` where it matters.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("hdrh")
+pytest.importorskip("psutil")
+
+from conftest import RunningServer
+
+from loadtest import scenarios
+from loadtest.cli import main
+from loadtest.connections import run_connections
+from loadtest.report import check_result
+
+pytestmark = pytest.mark.timeout(45)
+
+
+def _common(server: RunningServer, **kwargs: Any) -> scenarios.Common:
+    settings: dict[str, Any] = {"duration_s": 1.0, "drain_s": 1.0, "sample_interval_s": 0.25}
+    return scenarios.Common(url=server.url, server_pid=server.pid, **{**settings, **kwargs})
+
+
+def _assert_delivered(result: dict[str, Any], scenario: str) -> None:
+    assert check_result(json.loads(json.dumps(result))) == []
+    assert result["scenario"] == scenario
+    counts = result["summary"]["counts"]
+    assert counts["sent"] > 0
+    assert counts["delivered"] > 0
+    assert counts["errors"] == 0, result["summary"]["errors"]
+    assert result["summary"]["latency_ms"]["p99"] is not None
+    assert result["summary"]["server"]["rss_bytes"]["max"] > 0
+
+
+async def test_pair(baseline_server: RunningServer) -> None:
+    """2 producers -> 2 consumers: every message is echoed and delivered once."""
+    result = await scenarios.run_pair(
+        _common(baseline_server), producers=2, consumers=2, rate_per_s=200, delivery="competing"
+    )
+    _assert_delivered(result, "pair")
+    counts = result["summary"]["counts"]
+    assert counts["acks"] == counts["sent"] == counts["offered"] == 200
+    assert counts["delivered"] == counts["expected"] == 200
+
+
+async def test_pair_lean_producers_in_a_worker_process(baseline_server: RunningServer) -> None:
+    """The lean wsproto sender in a worker process delivers across process boundaries."""
+    result = await scenarios.run_pair(
+        _common(baseline_server, lean=True, producer_procs=1),
+        producers=2,
+        consumers=1,
+        rate_per_s=300,
+    )
+    _assert_delivered(result, "pair")
+    assert result["summary"]["counts"]["delivered"] == 300
+    assert result["summary"]["generator"]["processes"] == 2
+
+
+async def test_fanout(baseline_server: RunningServer) -> None:
+    """1 producer -> 5 consumers: the baseline delivers each message once, not 5 times."""
+    result = await scenarios.run_fanout(_common(baseline_server), consumers=5, rate_per_s=50)
+    _assert_delivered(result, "fanout")
+    counts = result["summary"]["counts"]
+    assert counts["expected"] == 5 * counts["sent"]
+    assert counts["delivered"] == counts["sent"]  # competing semantics: no fan-out
+    assert result["extra"]["per_consumer_delivered"]["consumers"] == 5
+    assert result["extra"]["deliveries_per_s"] > 0
+
+
+async def test_queue(baseline_server: RunningServer) -> None:
+    """Competing consumers: the ledger finds no duplicates and nothing missing."""
+    result = await scenarios.run_queue(
+        _common(baseline_server), producers=2, consumers=3, rate_per_s=200
+    )
+    _assert_delivered(result, "queue")
+    counts = result["summary"]["counts"]
+    assert counts["duplicates"] == 0
+    assert counts["missing"] == 0
+
+
+async def test_slow(baseline_server: RunningServer) -> None:
+    """A stalled consumer next to normal ones: normal consumers still get messages."""
+    result = await scenarios.run_slow(
+        _common(baseline_server, payload_bytes=1024),
+        consumers=2,
+        stalled=1,
+        rate_per_s=200,
+        delivery="competing",
+    )
+    _assert_delivered(result, "slow")
+    assert result["params"]["stalled"] == 1
+    assert result["summary"]["counts"]["connected"] == 4
+    assert len(result["summary"]["server"]["series"]) >= 2
+
+
+async def test_max(baseline_server: RunningServer) -> None:
+    """Two low steps: both sustained on an idle machine, the best is reported."""
+    result = await scenarios.run_max(
+        _common(baseline_server, duration_s=0.5),
+        max_rate_per_s=400,
+        steps=[200],
+        p99_bound_ms=1000.0,
+        min_delivered_ratio=0.9,
+    )
+    _assert_delivered(result, "max")
+    steps = result["extra"]["steps"]
+    assert [s["rate_per_s"] for s in steps] == [200, 400]
+    assert result["extra"]["max_sustained_per_s"] == 400
+    assert "series" not in steps[0]["summary"]["server"]
+
+
+async def test_connections(baseline_server: RunningServer) -> None:
+    """Ramp to 30 idle connections and report RSS per connection and the connect rate."""
+    result = await run_connections(
+        url=baseline_server.url, connections=30, hold_s=0.1, server_pid=baseline_server.pid
+    )
+    assert check_result(json.loads(json.dumps(result))) == []
+    extra = result["extra"]
+    assert extra["connected"] == 30
+    assert extra["connect_rate_per_s"] > 0
+    assert extra["server_rss_per_connection_bytes"] is not None
+    assert result["summary"]["latency_ms"]["count"] == 30
+
+
+def test_cli_writes_json(baseline_server: RunningServer, tmp_path: Path) -> None:
+    """python -m loadtest pair ... --json-out writes a well-formed result."""
+    out = tmp_path / "pair.json"
+    code = main(
+        [
+            "pair",
+            "--url", baseline_server.url,
+            "--duration-seconds", "0.5",
+            "--drain-seconds", "1",
+            "--rate", "100",
+            "--server-pid", str(baseline_server.pid),
+            "--no-progress",
+            "--json-out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert check_result(result) == []
+    assert result["summary"]["counts"]["delivered"] == 50
+
+
+async def test_leftovers_of_earlier_runs_are_ignored(baseline_server: RunningServer) -> None:
+    """Messages a previous run left in the baseline's queue count as foreign, not delivered."""
+    common = _common(baseline_server, duration_s=0.5)
+    first = await scenarios.run_pair(common, producers=1, consumers=0, rate_per_s=100)
+    assert first["summary"]["counts"]["acks"] == 50
+    second = await scenarios.run_pair(common, producers=1, consumers=1, rate_per_s=100)
+    counts = second["summary"]["counts"]
+    assert counts["foreign"] == 50
+    assert counts["delivered"] == counts["sent"] == 50
