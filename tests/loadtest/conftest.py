@@ -46,8 +46,6 @@ def start_baseline(log_path: Path) -> tuple[subprocess.Popen[str], int]:
     Waits (with a selector timeout, not a sleep) for the listening line; stderr goes to
     ``log_path`` so a full pipe can never block the server.
     """
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log = log_path.open("w")

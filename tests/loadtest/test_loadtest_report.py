@@ -7,9 +7,6 @@ import json
 
 import pytest
 
-pytest.importorskip("hdrh")
-pytest.importorskip("psutil")
-
 from loadtest.endpoints import endpoint_url, host_port, resource
 from loadtest.engine import RoleSpec, expected_deliveries, split_spec
 from loadtest.monitor import Sample, cpu_percent_between, summarize

@@ -11,10 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("hdrh")
-pytest.importorskip("psutil")
-
 from conftest import RunningServer
 
 from loadtest import scenarios

@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-pytest.importorskip("hdrh")
-
 from loadtest.stats import (
     Counters,
     DeliveryLedger,
