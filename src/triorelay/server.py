@@ -64,20 +64,19 @@ async def serve(
                 stop.set()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals)
-            binds = await nursery.start(
-                lambda task_status: hypercorn_serve(
+
+            async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(
                     app,
                     hypercorn_config(settings),
                     shutdown_trigger=wait_for_stop,
                     task_status=task_status,
                 )
-            )
+                # Hypercorn returned: every connection has ended. Stop watching signals.
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            binds = await nursery.start(run_hypercorn)
             for bind in binds:
-                log.info("triorelay listening on %s", bind)
+                log.info("triorelay: Running on %s", bind)
             task_status.started(binds)
-            await stop.wait()
-            # Hypercorn returns once its connections are done (bounded by graceful_timeout).
-            nursery.cancel_scope.deadline = (
-                trio.current_time() + settings.graceful_timeout_seconds + 1
-            )
