@@ -99,6 +99,7 @@ class RawWebSocket:
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self.sock = sock
         self.conn = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._partial: list[Any] = []  # fragments of a message not yet finished
 
     @classmethod
     async def connect(cls, port: int, path: str, receive_buffer_bytes: int = 4096) -> RawWebSocket:
@@ -125,16 +126,15 @@ class RawWebSocket:
         return list(self.conn.events())
 
     async def read_messages(self, count: int) -> list[str | bytes]:
-        """Read exactly ``count`` messages (fails if the connection closes first)."""
+        """Read at least ``count`` messages (fails if the connection closes first)."""
         messages: list[str | bytes] = []
-        partial: list[Any] = []
         while len(messages) < count:
             for event in await self._events():
                 if isinstance(event, ws_events.Message):
-                    partial.append(event.data)
+                    self._partial.append(event.data)
                     if event.message_finished:
-                        messages.append(_join(event, partial))
-                        partial = []
+                        messages.append(_join(event, self._partial))
+                        self._partial = []
                 elif isinstance(event, ws_events.Ping):
                     await self._send(event.response())
                 else:
@@ -147,7 +147,6 @@ class RawWebSocket:
         A connection dropped without a close frame returns code None.
         """
         messages: list[str | bytes] = []
-        partial: list[Any] = []
         while True:
             try:
                 events = await self._events()
@@ -157,10 +156,10 @@ class RawWebSocket:
                 return messages, None, None
             for event in events:
                 if isinstance(event, ws_events.Message):
-                    partial.append(event.data)
+                    self._partial.append(event.data)
                     if event.message_finished:
-                        messages.append(_join(event, partial))
-                        partial = []
+                        messages.append(_join(event, self._partial))
+                        self._partial = []
                 elif isinstance(event, ws_events.CloseConnection):
                     with contextlib.suppress(OSError):
                         await self._send(event.response())

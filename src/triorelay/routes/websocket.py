@@ -102,7 +102,7 @@ class RelayWebSockets:
                 producer = stack.enter_context(self.relay.hub.attach_producer(name))
             except RequestError as error:
                 raise _Rejected(error) from None
-            stack.callback(self.relay.reaper.disarm, producer)
+            self._track(stack, producer, send)
             await send({"type": "websocket.accept"})
             with trio.CancelScope() as scope:
                 self._bind(producer, scope, send)
@@ -140,7 +140,7 @@ class RelayWebSockets:
                 consumer = stack.enter_context(self.relay.hub.attach_consumer(name))
             except RequestError as error:
                 raise _Rejected(error) from None
-            stack.callback(self.relay.reaper.disarm, consumer)
+            self._track(stack, consumer, send)
             await send({"type": "websocket.accept"})
             async with trio.open_nursery() as nursery:
                 self._bind(consumer, nursery.cancel_scope, send)
@@ -150,16 +150,20 @@ class RelayWebSockets:
                 consumer.close(CloseCode.GOING_AWAY, "server shutting down")
             await self._finish(consumer, send)
 
+    def _track(self, stack: ExitStack, connection: Connection, send: Send) -> None:
+        self.relay.reaper.track(connection, send)
+        stack.callback(self.relay.reaper.forget, connection)
+
     def _bind(self, connection: Connection, scope: trio.CancelScope, send: Send) -> None:
         reaper = self.relay.reaper
-        connection.bind(scope, on_close=lambda: reaper.arm(connection, send))
+        connection.bind(scope, on_close=lambda: reaper.arm(connection))
 
     async def _finish(self, connection: Connection, send: Send) -> None:
         """Send the close the hub asked for, unless the client is already gone."""
         if connection.disconnected or connection.close_code is None:
             return
         # Shielded, but bounded: the reaper drops the socket if the peer does not take it.
-        self.relay.reaper.arm(connection, send)
+        self.relay.reaper.arm(connection)
         with trio.CancelScope(shield=True):
             await send(
                 {
