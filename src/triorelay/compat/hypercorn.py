@@ -30,6 +30,10 @@ from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import trio
+from hypercorn.events import Closed
+from wsproto.connection import Connection as WSConnection
+from wsproto.events import BytesMessage, TextMessage
+from wsproto.utilities import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +88,75 @@ async def wait_for_cli_shutdown(event: ProcessEvent, poll_seconds: float = 0.05)
     while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
         await trio.sleep(poll_seconds)
     log.info("the hypercorn supervisor asked this worker to stop")
+
+
+class DirectWebSocket:
+    """Batch access to one accepted Hypercorn WebSocket, beside its ASGI callables.
+
+    Hypercorn turns each ASGI ``websocket.send`` into one wsproto frame, one lock, one shielded
+    scope and one socket write, and hands each inbound message over a memory channel with a
+    checkpoint. Under load a relay has several messages ready at once; this writes them as one
+    socket write (:meth:`send_messages`) and reads what is already queued without a task switch
+    (:meth:`receive_nowait`). It uses ``WSStream.connection`` (wsproto), ``TCPServer.send_lock``
+    and ``TCPServer.stream`` exactly as ``TCPServer.protocol_send`` does, shield included, so
+    frames never interleave with Hypercorn's own (pings, close).
+
+    :func:`open_direct` returns None when the structure is not the expected one; callers then
+    use the ASGI callables.
+    """
+
+    def __init__(self, ws_stream: Any, tcp_server: Any, receive_channel: Any) -> None:
+        self._ws_stream = ws_stream
+        self._tcp_server = tcp_server
+        self._receive_channel = receive_channel
+
+    def receive_nowait(self) -> dict[str, Any]:
+        """The next queued ASGI event, or raise :class:`trio.WouldBlock`."""
+        event: dict[str, Any] = self._receive_channel.receive_nowait()
+        return event
+
+    async def send_messages(self, payloads: list[bytes | str]) -> None:
+        """Send ``payloads`` as WebSocket messages in one socket write (shielded, as Hypercorn).
+
+        Does nothing once the connection is closed, like Hypercorn's ``app_send``.
+        """
+        ws_stream = self._ws_stream
+        if ws_stream.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        connection = ws_stream.connection
+        try:
+            data = b"".join(
+                [
+                    connection.send(
+                        TextMessage(data=p) if isinstance(p, str) else BytesMessage(data=p)
+                    )
+                    for p in payloads
+                ]
+            )
+        except LocalProtocolError:  # closing: Hypercorn ignores sends then too
+            await trio.lowlevel.checkpoint()
+            return
+        tcp_server = self._tcp_server
+        async with tcp_server.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    await tcp_server.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await tcp_server.protocol.handle(Closed())
+
+
+def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> DirectWebSocket | None:
+    """Batch access to the accepted WebSocket behind ``receive``/``send``, or None."""
+    ws_stream = _bound_self(send)
+    protocol = _bound_self(getattr(ws_stream, "send", None))
+    tcp_server = _bound_self(getattr(protocol, "send", None))
+    receive_channel = _bound_self(receive)
+    if (
+        not isinstance(getattr(ws_stream, "connection", None), WSConnection)
+        or not isinstance(getattr(tcp_server, "send_lock", None), trio.Lock)
+        or not isinstance(getattr(tcp_server, "stream", None), trio.abc.Stream)
+        or not isinstance(receive_channel, trio.MemoryReceiveChannel)
+    ):
+        return None
+    return DirectWebSocket(ws_stream, tcp_server, receive_channel)

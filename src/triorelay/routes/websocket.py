@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import trio
 
+from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.errors import CloseCode, InvalidQuery, MessageTooBig, RequestError
 from triorelay.hub import Connection, Consumer, Payload, Producer, validate_channel_name
 from triorelay.relay import Relay
@@ -117,22 +118,41 @@ class RelayWebSockets:
     async def _produce_loop(
         self, producer: Producer, ack: AckMode, receive: Receive, send: Send
     ) -> None:
+        """Publish what the producer sends until it disconnects.
+
+        Messages already queued by Hypercorn are taken in one go (up to MAX_BATCH), and their
+        acks go back in one socket write: under load this is what keeps the cost per message
+        low. Each ack is only sent once its message is published.
+        """
+        socket = _Socket(receive, send)
         max_bytes = self.relay.settings.max_message_bytes
+        event: Message | None = await receive()
         while True:
-            event = await receive()
-            if event["type"] != "websocket.receive":
-                producer.disconnected = True
-                return  # websocket.disconnect
-            payload: Payload | None = event.get("bytes")
-            if payload is None:
-                payload = event.get("text") or ""
-            if len(payload) > max_bytes:
-                raise MessageTooBig(f"message of {len(payload)} bytes over the limit {max_bytes}")
-            seq = await producer.publish(payload)
-            if ack == "echo":
-                await _send_payload(send, payload)
-            elif ack == "id":
-                await send({"type": "websocket.send", "text": f'{{"id": {seq}}}'})
+            acks: list[Payload] = []
+            for _ in range(MAX_BATCH):
+                assert event is not None
+                if event["type"] != "websocket.receive":
+                    producer.disconnected = True
+                    return  # websocket.disconnect: nobody is left to ack
+                payload = _payload_of(event)
+                if len(payload) > max_bytes:
+                    await socket.send_many(acks)
+                    raise MessageTooBig(
+                        f"message of {len(payload)} bytes over the limit {max_bytes}"
+                    )
+                seq = await producer.publish(payload)
+                if ack == "echo":
+                    acks.append(payload)
+                elif ack == "id":
+                    acks.append(f'{{"id": {seq}}}')
+                try:
+                    event = socket.receive_nowait()
+                except trio.WouldBlock:
+                    event = None
+                    break
+            await socket.send_many(acks)
+            if event is None:
+                event = await receive()
 
     async def _consume(self, name: str, notices: bool, receive: Receive, send: Send) -> None:
         with ExitStack() as stack:
@@ -145,7 +165,7 @@ class RelayWebSockets:
             async with trio.open_nursery() as nursery:
                 self._bind(consumer, nursery.cancel_scope, send)
                 nursery.start_soon(_read_until_disconnect, consumer, receive, nursery.cancel_scope)
-                await _write_loop(consumer, send, notices)
+                await _write_loop(consumer, _Socket(receive, send), notices)
                 # The hub ended this consumer's stream: the relay is shutting down.
                 consumer.close(CloseCode.GOING_AWAY, "server shutting down")
             await self._finish(consumer, send)
@@ -172,6 +192,41 @@ class RelayWebSockets:
                     "reason": connection.close_reason,
                 }
             )
+
+
+MAX_BATCH = 64
+"""Most messages taken or written in one go by a producer's or consumer's loop."""
+
+
+class _Socket:
+    """An accepted WebSocket: its ASGI callables, plus Hypercorn's batch path when available."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._send = send
+        self._direct = hypercorn_compat.open_direct(receive, send)
+
+    def receive_nowait(self) -> Message:
+        """The next event Hypercorn already queued, or raise :class:`trio.WouldBlock`."""
+        if self._direct is None:
+            raise trio.WouldBlock
+        return self._direct.receive_nowait()
+
+    async def send_many(self, payloads: list[Payload]) -> None:
+        """Send ``payloads`` in order; in one socket write where possible."""
+        if not payloads:
+            return
+        if self._direct is not None:
+            await self._direct.send_messages(payloads)
+            return
+        for payload in payloads:
+            await _send_payload(self._send, payload)
+
+
+def _payload_of(event: Message) -> Payload:
+    payload: Payload | None = event.get("bytes")
+    if payload is None:
+        payload = event.get("text") or ""
+    return payload
 
 
 class _Rejected(Exception):
@@ -217,27 +272,31 @@ async def _read_until_disconnect(
             return
 
 
-async def _write_loop(consumer: Consumer, send: Send, notices: bool) -> None:
-    """A consumer's writer: send its messages until its stream ends (``EndOfChannel``)."""
-    queue_mode = consumer.channel.config.mode == "queue"
+async def _write_loop(consumer: Consumer, socket: _Socket, notices: bool) -> None:
+    """A consumer's writer: send its messages until its stream ends (``EndOfChannel``).
+
+    Broadcast consumers send what is buffered in one go (up to MAX_BATCH); queue consumers take
+    one message at a time, so the others get their share.
+    """
+    batch_limit = 1 if consumer.channel.config.mode == "queue" else MAX_BATCH
     while True:
         try:
-            payload = await consumer.receive()
+            batch: list[Payload] = [await consumer.receive()]
         except trio.EndOfChannel:
             return
+        try:
+            while len(batch) < batch_limit:
+                batch.append(consumer.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass  # send what we have; an ended stream shows on the next receive
         if notices and consumer.pending_dropped:
             dropped = consumer.take_dropped_notice()
-            await send(
-                {
-                    "type": "websocket.send",
-                    "text": f'{{"triorelay": "dropped", "count": {dropped}, '
-                    f'"total": {consumer.dropped}}}',
-                }
-            )
+            notice = f'{{"triorelay": "dropped", "count": {dropped}, "total": {consumer.dropped}}}'
+            batch.insert(0, notice)
         try:
-            await _send_payload(send, payload)
+            await socket.send_many(batch)
         except trio.Cancelled:
             # Queue mode: a message taken but not sent goes back for another consumer.
-            if queue_mode:
-                consumer.requeue(payload)
+            if batch_limit == 1:
+                consumer.requeue(batch[-1])
             raise
