@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import struct
 from collections.abc import Callable
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
@@ -32,8 +33,8 @@ from typing import Any
 import trio
 from hypercorn.events import Closed
 from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, TextMessage
-from wsproto.utilities import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -116,34 +117,66 @@ class DirectWebSocket:
         return event
 
     async def send_messages(self, payloads: list[bytes | str]) -> None:
-        """Send ``payloads`` as WebSocket messages in one socket write (shielded, as Hypercorn).
+        """Send ``payloads`` as WebSocket messages in one socket write.
 
-        Does nothing once the connection is closed, like Hypercorn's ``app_send``.
+        Does nothing once the connection is closed, like Hypercorn's ``app_send``. When the
+        socket takes the whole write at once (the common case), this does not yield; otherwise
+        the rest goes out shielded under the send lock, as Hypercorn sends.
         """
         ws_stream = self._ws_stream
-        if ws_stream.closed:
-            await trio.lowlevel.checkpoint()
-            return
         connection = ws_stream.connection
-        try:
-            data = b"".join(
-                [
-                    connection.send(
-                        TextMessage(data=p) if isinstance(p, str) else BytesMessage(data=p)
-                    )
-                    for p in payloads
-                ]
-            )
-        except LocalProtocolError:  # closing: Hypercorn ignores sends then too
+        if ws_stream.closed or connection.state is not ConnectionState.OPEN:
             await trio.lowlevel.checkpoint()
             return
+        if any(extension.enabled() for extension in connection._proto.extensions):
+            data = b"".join([connection.send(_as_event(p)) for p in payloads])
+        else:
+            data = b"".join([_frame(p) for p in payloads])
         tcp_server = self._tcp_server
-        async with tcp_server.send_lock:
+        lock: trio.Lock = tcp_server.send_lock
+        if not lock.locked():
+            # Nobody else is writing, and we do not yield before writing: try the socket now.
+            try:
+                sent = tcp_server.stream.socket._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                await tcp_server.protocol.handle(Closed())
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        async with lock:
             try:
                 with trio.CancelScope(shield=True):
                     await tcp_server.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await tcp_server.protocol.handle(Closed())
+
+
+def _as_event(payload: bytes | str) -> TextMessage | BytesMessage:
+    if isinstance(payload, str):
+        return TextMessage(data=payload)
+    return BytesMessage(data=payload)
+
+
+_SHORT = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def _frame(payload: bytes | str) -> bytes:
+    """One unfragmented, unmasked server frame (RFC 6455 section 5.2) holding ``payload``."""
+    if isinstance(payload, str):
+        first, data = 0x81, payload.encode()
+    else:
+        first, data = 0x82, payload
+    length = len(data)
+    if length < 126:
+        return _SHORT.pack(first, length) + data
+    if length < 65536:
+        return _MEDIUM.pack(first, 126, length) + data
+    return _LONG.pack(first, 127, length) + data
 
 
 def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> DirectWebSocket | None:
