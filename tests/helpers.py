@@ -12,6 +12,7 @@ import httpx
 import trio
 import wsproto
 import wsproto.events as ws_events
+from wsproto.extensions import PerMessageDeflate
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from triorelay.relay import Relay
@@ -102,12 +103,15 @@ class RawWebSocket:
         self._partial: list[Any] = []  # fragments of a message not yet finished
 
     @classmethod
-    async def connect(cls, port: int, path: str, receive_buffer_bytes: int = 4096) -> RawWebSocket:
+    async def connect(
+        cls, port: int, path: str, receive_buffer_bytes: int = 4096, *, deflate: bool = False
+    ) -> RawWebSocket:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
         await sock.connect(("127.0.0.1", port))
         raw = cls(sock)
-        await raw._send(ws_events.Request(host="127.0.0.1", target=path))
+        extensions = [PerMessageDeflate()] if deflate else []
+        await raw._send(ws_events.Request(host="127.0.0.1", target=path, extensions=extensions))
         while True:
             for event in await raw._events():
                 if isinstance(event, ws_events.AcceptConnection):

@@ -194,3 +194,18 @@ async def test_oversized_message_closes_1009_and_others_carry_on(
             assert code == 1009
             await other.send_message("y" * 1024)
             assert await consumer.get_message() == "y" * 1024
+
+
+async def test_compressed_connections_relay_too(relay: RunningRelay) -> None:
+    """A consumer that negotiated permessage-deflate gets the same messages, decompressed."""
+    consumer = await RawWebSocket.connect(relay.port, "/ws/consumer/z", 65536, deflate=True)
+    assert consumer.conn.connection is not None
+    (extension,) = consumer.conn.connection._proto.extensions
+    assert extension.enabled(), "the server accepted permessage-deflate"
+    try:
+        async with relay.websocket("/ws/producer/z?ack=none") as producer:
+            await producer.send_message("a" * 1000)
+            await producer.send_message(b"\x01" * 10)
+            assert await consumer.read_messages(2) == ["a" * 1000, b"\x01" * 10]
+    finally:
+        consumer.close()

@@ -26,7 +26,7 @@ async def _probe(found: dict[str, Any], scope: Any, receive: Any, send: Any) -> 
     found["transport"] = compat.transport_of(send)
     found["closed_before"] = compat.is_closed(send)
     assert direct is not None
-    await direct.send_messages(["one", b"two", ""])
+    await direct.send_messages(["one", b"two", "", "é" * 200, b"x" * 70_000])
     event = await receive()
     await direct.send_messages([event["text"]])
     while (await receive())["type"] != "websocket.disconnect":
@@ -51,7 +51,8 @@ async def test_hypercorn_structure_is_what_compat_expects(nursery: trio.Nursery)
     binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
     url = "ws" + binds[0].removeprefix("http")
     async with open_websocket_url(url + "/") as ws:
-        assert [await ws.get_message() for _ in range(3)] == ["one", b"two", ""]
+        got = [await ws.get_message() for _ in range(5)]
+        assert got == ["one", b"two", "", "é" * 200, b"x" * 70_000]
         await ws.send_message("back")
         assert await ws.get_message() == "back"
     stop.set()
@@ -74,3 +75,11 @@ def test_outside_hypercorn_compat_finds_nothing() -> None:
     assert compat.abort_transport(send) is False
     assert compat.is_closed(send) is False
     assert compat.cli_shutdown_event() is None
+
+
+def test_frames_follow_rfc6455_lengths() -> None:
+    """Server frames: FIN + opcode, then 7-bit, 16-bit or 64-bit lengths, no mask."""
+    assert compat._frame("hi") == b"\x81\x02hi"
+    assert compat._frame(b"\x00") == b"\x82\x01\x00"
+    assert compat._frame(b"a" * 126)[:4] == b"\x82\x7e\x00\x7e"
+    assert compat._frame(b"a" * 65536)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
