@@ -12,8 +12,8 @@ import httpx
 import trio
 import wsproto
 import wsproto.events as ws_events
-from wsproto.extensions import PerMessageDeflate
 from trio_websocket import WebSocketConnection, open_websocket_url
+from wsproto.extensions import PerMessageDeflate
 
 from triorelay.relay import Relay
 
