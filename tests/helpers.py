@@ -121,6 +121,20 @@ class RawWebSocket:
     async def send_text(self, text: str) -> None:
         await self._send(ws_events.TextMessage(data=text))
 
+    async def send_events(self, *events: ws_events.Event) -> None:
+        """Send several events in one socket write (so the server reads them together)."""
+        await self.sock.send(b"".join(self.conn.send(event) for event in events))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.sock.send(data)
+
+    async def read_events(self, count: int) -> list[ws_events.Event]:
+        """Read at least ``count`` wsproto events (messages, pongs, close...)."""
+        events: list[ws_events.Event] = []
+        while len(events) < count:
+            events += await self._events()
+        return events
+
     async def _send(self, event: ws_events.Event) -> None:
         await self.sock.send(self.conn.send(event))
 
@@ -165,6 +179,8 @@ class RawWebSocket:
                         messages.append(_join(event, self._partial))
                         self._partial = []
                 elif isinstance(event, ws_events.CloseConnection):
+                    if self.conn.state is wsproto.connection.ConnectionState.CLOSED:
+                        return messages, None, None  # dropped without a close frame
                     with contextlib.suppress(OSError):
                         await self._send(event.response())
                     return messages, event.code, event.reason

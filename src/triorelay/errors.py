@@ -28,6 +28,8 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     #: A frame type the endpoint does not take (for example binary where only text is allowed).
     UNSUPPORTED_DATA = 1003
+    #: A text message that is not valid UTF-8.
+    INVALID_PAYLOAD = 1007
     #: A policy was broken: bad channel name, bad query parameter.
     POLICY_VIOLATION = 1008
     #: A message was larger than ``max_message_bytes``.

@@ -26,17 +26,21 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 import trio
 from hypercorn.events import Closed
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.ws_stream import ASGIWebsocketState
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, TextMessage
 
 log = logging.getLogger(__name__)
+
+_CONNECTED = ASGIWebsocketState.CONNECTED
 
 
 def _bound_self(method: object) -> Any:
@@ -193,3 +197,172 @@ def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> Direct
     ):
         return None
     return DirectWebSocket(ws_stream, tcp_server, receive_channel)
+
+
+OnMessages = Callable[[list[bytes | str]], Awaitable[None]]
+OnInvalid = Callable[[str], None]
+
+
+class InboundTap:
+    """Hands a WebSocket's inbound messages to the relay from Hypercorn's own reader task.
+
+    Hypercorn parses each frame with wsproto, copies each message through a ``StringIO`` and
+    hands it to the app task over a memory channel, with a task switch per message. The tap
+    replaces both steps for the common case:
+
+    - ``WSStream.handle`` is wrapped: complete, unfragmented, masked text/binary frames without
+      RSV bits are parsed here, a whole TCP read at a time. Anything else (control frames,
+      fragments, compression, invalid UTF-8, a frame over the size limit) goes to wsproto
+      exactly as before, from that frame on, until wsproto is idle again.
+    - ``WSStream.app_put`` is wrapped: messages wsproto produced go to the same callback instead
+      of the app's channel, so every message arrives in order, on one task.
+
+    ``on_messages`` runs in Hypercorn's reader task: it must not raise (except Cancelled), and
+    whatever it waits for is backpressure on that connection's socket. :meth:`remove` restores
+    Hypercorn's behaviour.
+    """
+
+    def __init__(
+        self,
+        ws_stream: Any,
+        on_messages: OnMessages,
+        on_invalid_utf8: OnInvalid,
+        max_message_bytes: int,
+    ) -> None:
+        self._ws_stream = ws_stream
+        self._on_messages = on_messages
+        self._on_invalid_utf8 = on_invalid_utf8
+        self._failed = False
+        self._max_message_bytes = max_message_bytes
+        self._pending = b""
+        self._handle = ws_stream.handle
+        self._app_put = ws_stream.app_put
+        ws_stream.handle = self._tapped_handle
+        ws_stream.app_put = self._tapped_app_put
+
+    def remove(self) -> None:
+        """Give the connection back to Hypercorn's own reading."""
+        ws_stream = self._ws_stream
+        if ws_stream.handle == self._tapped_handle:
+            ws_stream.handle = self._handle
+            ws_stream.app_put = self._app_put
+        if self._pending:  # pragma: no cover - the connection is ending anyway
+            self._pending = b""
+
+    async def _tapped_app_put(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.receive":
+            payload = message.get("bytes")
+            await self._on_messages([payload if payload is not None else message["text"]])
+        else:
+            await self._app_put(message)
+
+    def _wsproto_idle(self) -> bool:
+        ws_stream = self._ws_stream
+        proto = ws_stream.connection._proto
+        decoder = proto._frame_decoder
+        return (
+            ws_stream.buffer.value is None
+            and decoder.header is None
+            and len(decoder.buffer.buffer) == decoder.buffer.bytes_used
+            and proto._message_decoder.opcode is None
+            and not any(extension.enabled() for extension in proto.extensions)
+        )
+
+    async def _tapped_handle(self, event: Any) -> None:
+        ws_stream = self._ws_stream
+        if self._failed and isinstance(event, Data):
+            return  # the connection is being closed for invalid data: read no further
+        if (
+            not isinstance(event, Data)
+            or ws_stream.closed
+            or ws_stream.state is not _CONNECTED
+            or not self._wsproto_idle()
+        ):
+            await self._handle(event)
+            return
+        data = self._pending + event.data if self._pending else event.data
+        messages, used, status = _parse_simple_frames(data, self._max_message_bytes)
+        if messages:
+            await self._on_messages(messages)
+        if status is _INVALID_UTF8:
+            # wsproto would fail the connection without a close frame; close with 1007.
+            self._failed = True
+            self._pending = b""
+            self._on_invalid_utf8("invalid UTF-8 in a text message")
+        elif status is _SIMPLE:
+            self._pending = data[used:]
+        else:
+            self._pending = b""
+            await self._handle(Data(stream_id=event.stream_id, data=data[used:]))
+
+
+_SIMPLE = "simple"  # data[used:] is an incomplete simple frame, or empty
+_WSPROTO = "wsproto"  # the frame at data[used:] is one wsproto must handle
+_INVALID_UTF8 = "invalid-utf8"  # the text frame at data[used:] is not UTF-8
+
+
+def _parse_simple_frames(data: bytes, max_bytes: int) -> tuple[list[bytes | str], int, str]:
+    """Parse complete simple client frames from ``data``: (messages, bytes used, status)."""
+    messages: list[bytes | str] = []
+    used = 0
+    end = len(data)
+    while end - used >= 2:
+        first, second = data[used], data[used + 1]
+        opcode = first & 0x0F
+        if first & 0xF0 != 0x80 or opcode not in (1, 2) or not second & 0x80:
+            return messages, used, _WSPROTO  # fragment, RSV bits, control frame, or unmasked
+        length = second & 0x7F
+        header = 6
+        if length == 126:
+            if end - used < 4:
+                break
+            length = int.from_bytes(data[used + 2 : used + 4], "big")
+            header = 8
+        elif length == 127:
+            if end - used < 10:
+                break
+            length = int.from_bytes(data[used + 2 : used + 10], "big")
+            header = 14
+        if length > max_bytes:
+            return messages, used, _WSPROTO  # let wsproto and Hypercorn enforce the limit
+        if end - used < header + length:
+            break
+        mask = data[used + header - 4 : used + header]
+        start = used + header
+        payload = _unmask(data[start : start + length], mask)
+        if opcode == 1:
+            try:
+                messages.append(payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                return messages, used, _INVALID_UTF8
+        else:
+            messages.append(payload)
+        used = start + length
+    return messages, used, _SIMPLE
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    length = len(payload)
+    if not length:
+        return b""
+    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
+
+
+def tap_inbound(
+    send: Callable[..., Any],
+    on_messages: OnMessages,
+    on_invalid_utf8: OnInvalid,
+    max_message_bytes: int,
+) -> InboundTap | None:
+    """Install an :class:`InboundTap` on the accepted WebSocket behind ``send``, or None."""
+    ws_stream = _bound_self(send)
+    connection = getattr(ws_stream, "connection", None)
+    if (
+        not isinstance(connection, WSConnection)
+        or not hasattr(ws_stream, "app_put")
+        or getattr(ws_stream, "state", None) is not _CONNECTED
+        or not hasattr(getattr(connection, "_proto", None), "_frame_decoder")
+    ):
+        return None
+    return InboundTap(ws_stream, on_messages, on_invalid_utf8, max_message_bytes)

@@ -105,54 +105,31 @@ class RelayWebSockets:
                 raise _Rejected(error) from None
             self._track(stack, producer, send)
             await send({"type": "websocket.accept"})
+            max_bytes = self.relay.settings.max_message_bytes
+            publisher = _Publisher(producer, ack, _Socket(receive, send), max_bytes)
+            # Where Hypercorn allows, its reader task publishes each TCP read's messages
+            # itself: no task switch per message. Otherwise this task reads them.
+            tap = hypercorn_compat.tap_inbound(
+                send,
+                publisher.publish_from_reader,
+                lambda reason: producer.close(CloseCode.INVALID_PAYLOAD, reason),
+                max_bytes,
+            )
+            if tap is not None:
+                stack.callback(tap.remove)
             with trio.CancelScope() as scope:
                 self._bind(producer, scope, send)
                 try:
-                    await self._produce_loop(producer, ack, receive, send)
+                    if tap is not None:
+                        await _wait_for_disconnect(receive)
+                    else:
+                        await publisher.run(receive)
+                    producer.disconnected = True
                 except RequestError as error:
                     producer.close(error.close_code, str(error))
                 except trio.ClosedResourceError:  # the hub closed the channel: shutting down
                     producer.close(CloseCode.GOING_AWAY, "server shutting down")
             await self._finish(producer, send)
-
-    async def _produce_loop(
-        self, producer: Producer, ack: AckMode, receive: Receive, send: Send
-    ) -> None:
-        """Publish what the producer sends until it disconnects.
-
-        Messages already queued by Hypercorn are taken in one go (up to MAX_BATCH), and their
-        acks go back in one socket write: under load this is what keeps the cost per message
-        low. Each ack is only sent once its message is published.
-        """
-        socket = _Socket(receive, send)
-        max_bytes = self.relay.settings.max_message_bytes
-        event: Message | None = await receive()
-        while True:
-            acks: list[Payload] = []
-            for _ in range(MAX_BATCH):
-                assert event is not None
-                if event["type"] != "websocket.receive":
-                    producer.disconnected = True
-                    return  # websocket.disconnect: nobody is left to ack
-                payload = _payload_of(event)
-                if len(payload) > max_bytes:
-                    await socket.send_many(acks)
-                    raise MessageTooBig(
-                        f"message of {len(payload)} bytes over the limit {max_bytes}"
-                    )
-                seq = await producer.publish(payload)
-                if ack == "echo":
-                    acks.append(payload)
-                elif ack == "id":
-                    acks.append(f'{{"id": {seq}}}')
-                try:
-                    event = socket.receive_nowait()
-                except trio.WouldBlock:
-                    event = None
-                    break
-            await socket.send_many(acks)
-            if event is None:
-                event = await receive()
 
     async def _consume(self, name: str, notices: bool, receive: Receive, send: Send) -> None:
         with ExitStack() as stack:
@@ -196,6 +173,77 @@ class RelayWebSockets:
 
 MAX_BATCH = 64
 """Most messages taken or written in one go by a producer's or consumer's loop."""
+
+
+class _Publisher:
+    """Publishes a producer's messages and answers with acks, a batch at a time."""
+
+    def __init__(self, producer: Producer, ack: AckMode, socket: _Socket, max_bytes: int) -> None:
+        self.producer = producer
+        self.ack = ack
+        self.socket = socket
+        self.max_bytes = max_bytes
+
+    async def publish(self, payloads: list[Payload]) -> None:
+        """Publish ``payloads`` in order, then send their acks in one write.
+
+        Each ack covers a published message only: on MessageTooBig the acks of the messages
+        before it still go out, then the error propagates.
+        """
+        acks: list[Payload] = []
+        try:
+            for payload in payloads:
+                if len(payload) > self.max_bytes:
+                    raise MessageTooBig(
+                        f"message of {len(payload)} bytes over the limit {self.max_bytes}"
+                    )
+                seq = await self.producer.publish(payload)
+                if self.ack == "echo":
+                    acks.append(payload)
+                elif self.ack == "id":
+                    acks.append(f'{{"id": {seq}}}')
+        finally:
+            if acks:
+                with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
+                    await self.socket.send_many(acks)
+
+    async def publish_from_reader(self, payloads: list[Payload]) -> None:
+        """:meth:`publish`, called from Hypercorn's reader task: errors close the producer."""
+        producer = self.producer
+        if producer.close_code is not None:
+            return  # closing: what still arrives is not accepted (and not acked)
+        try:
+            await self.publish(payloads)
+        except RequestError as error:
+            producer.close(error.close_code, str(error))
+        except trio.ClosedResourceError:
+            producer.close(CloseCode.GOING_AWAY, "server shutting down")
+
+    async def run(self, receive: Receive) -> None:
+        """Read and publish until the producer disconnects (when no tap is available).
+
+        Messages Hypercorn already queued are taken in one go (up to MAX_BATCH).
+        """
+        event = await receive()
+        while event["type"] == "websocket.receive":
+            batch = [_payload_of(event)]
+            following: Message | None = None
+            while len(batch) < MAX_BATCH:
+                try:
+                    queued = self.socket.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if queued["type"] != "websocket.receive":
+                    following = queued
+                    break
+                batch.append(_payload_of(queued))
+            await self.publish(batch)
+            event = following if following is not None else await receive()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "websocket.disconnect":
+        pass  # pragma: no cover - the inbound tap takes every message
 
 
 class _Socket:

@@ -1,0 +1,91 @@
+"""Producers' frames of every shape reach consumers in order.
+
+The relay parses simple frames itself and hands anything else (fragments, control frames,
+compression, invalid UTF-8, oversized frames) to wsproto; these tests mix both in one read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import wsproto.events as ws
+
+from tests.conftest import StartRelay
+from tests.helpers import RawWebSocket, RunningRelay, receive_n
+
+
+def masked_frame(first_byte: int, payload: bytes) -> bytes:
+    """A client frame built by hand (for payloads wsproto refuses to send)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    assert len(payload) < 126
+    return bytes([first_byte, 0x80 | len(payload)]) + mask + masked
+
+
+async def test_fragments_and_pings_between_simple_frames(relay: RunningRelay) -> None:
+    """Simple frames, a fragmented message with a ping inside, in one write: all in order."""
+    async with relay.websocket("/ws/consumer/frag") as consumer:
+        producer = await RawWebSocket.connect(relay.port, "/ws/producer/frag?ack=id", 65536)
+        try:
+            await producer.send_events(
+                ws.TextMessage(data="a"),
+                ws.TextMessage(data="he", message_finished=False),
+                ws.Ping(payload=b"p"),
+                ws.TextMessage(data="llo", message_finished=True),
+                ws.BytesMessage(data=b"z" * 70_000),
+                ws.TextMessage(data="b"),
+            )
+            assert await receive_n(consumer, 4) == ["a", "hello", b"z" * 70_000, "b"]
+            events = await producer.read_events(5)
+        finally:
+            producer.close()
+    acks = [json.loads(e.data) for e in events if isinstance(e, ws.TextMessage)]
+    assert acks == [{"id": 1}, {"id": 2}, {"id": 3}, {"id": 4}]
+    assert any(isinstance(e, ws.Pong) and e.payload == b"p" for e in events)
+
+
+async def test_compressed_producer(relay: RunningRelay) -> None:
+    """A producer that negotiated permessage-deflate is relayed through wsproto."""
+    async with relay.websocket("/ws/consumer/zp") as consumer:
+        producer = await RawWebSocket.connect(relay.port, "/ws/producer/zp", 65536, deflate=True)
+        try:
+            await producer.send_events(ws.TextMessage(data="x" * 5000), ws.BytesMessage(data=b""))
+            assert await receive_n(consumer, 2) == ["x" * 5000, b""]
+            echoes = await producer.read_messages(2)
+        finally:
+            producer.close()
+    assert echoes == ["x" * 5000, b""]
+
+
+async def test_invalid_utf8_closes_1007_after_the_valid_ones(relay: RunningRelay) -> None:
+    """Invalid UTF-8 in a text frame closes that producer with 1007; earlier messages went."""
+    async with relay.websocket("/ws/consumer/utf") as consumer:
+        producer = await RawWebSocket.connect(relay.port, "/ws/producer/utf?ack=none", 65536)
+        try:
+            await producer.send_raw(
+                masked_frame(0x81, b"ok")
+                + masked_frame(0x81, b"\xff\xfe")
+                + masked_frame(0x81, b"no")
+            )
+            _, code, _ = await producer.read_until_closed()
+        finally:
+            producer.close()
+        assert code == 1007
+        assert await consumer.get_message() == "ok"
+        async with relay.websocket("/ws/producer/utf?ack=none") as other:
+            await other.send_message("still relaying")
+            assert await consumer.get_message() == "still relaying"
+
+
+async def test_oversized_frame_closes_1009(start_relay: StartRelay) -> None:
+    """A frame declaring more than max_message_bytes closes that producer with 1009."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096)
+    producer = await RawWebSocket.connect(relay.port, "/ws/producer/big", 65536)
+    try:
+        await producer.send_events(ws.TextMessage(data="fine"), ws.BytesMessage(data=b"x" * 2048))
+        messages, code, _ = await producer.read_until_closed()
+    finally:
+        producer.close()
+    assert messages == ["fine"]
+    assert code == 1009
