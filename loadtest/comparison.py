@@ -114,12 +114,21 @@ def generator_cpu_percent(result: Mapping[str, Any]) -> float | None:
     summaries = [result["summary"]]
     if result["scenario"] == "max":
         summaries += [step["summary"] for step in result["extra"].get("steps", [])]
-    sums = [
-        sum(s["generator"]["cpu_percent_by_process"])
-        for s in summaries
-        if s.get("generator") and s["generator"]["cpu_percent_by_process"]
-    ]
-    return round(max(sums), 1) if sums else None
+    sums = [_generator_sum(s["generator"]) for s in summaries if s.get("generator")]
+    present = [x for x in sums if x is not None]
+    return round(max(present), 1) if present else None
+
+
+def _generator_sum(generator: Mapping[str, Any]) -> float | None:
+    """Sum over processes of the in-window CPU; else of each sampled series' mean (connections)."""
+    if generator.get("cpu_percent_by_process"):
+        return float(sum(generator["cpu_percent_by_process"]))
+    means = []
+    for series in (generator.get("series") or {}).values():
+        cpus = [cpu for _t, cpu, _rss in series if cpu is not None]
+        if cpus:
+            means.append(sum(cpus) / len(cpus))
+    return sum(means) if means else None
 
 
 def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None) -> bool:
@@ -297,14 +306,15 @@ def render_table(rows: Sequence[Row], sides: Sequence[str] = SIDES) -> str:
 def render_runs(runs: Sequence[Run]) -> str:
     """Return the per-run markdown table: server CPU, generator CPU and flags of every run."""
     lines = [
-        "| repeat | scenario | side | server CPU (s) | generator CPU (% core) | gen-bound "
-        "| flags |",
-        "|---|---|---|---|---|---|---|",
+        "| repeat | scenario | side | server CPU (s) | generator CPU (s) | generator CPU (% core) "
+        "| gen-bound | flags |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
             f"| {r.repeat + 1} | {r.job_key} | {r.side} | "
             f"{format_value(r.metrics.get('server_cpu_s'), 2)} | "
+            f"{format_value(r.metrics.get('generator_cpu_s'), 2)} | "
             f"{format_value(r.generator_cpu_percent, 0)} | "
             f"{'**yes**' if r.generator_bound else 'no'} | {', '.join(r.flags) or '—'} |"
         )

@@ -129,7 +129,7 @@ def test_render_runs_lists_generator_cpu_and_flags() -> None:
     runs = [_run("triorelay", 0, 1.0, bound=True)]
     runs[0].flags.append("generator_bound")
     text = render_runs(runs)
-    assert "| 1 | pair@2000 | triorelay | — | 40 | **yes** | generator_bound |" in text
+    assert "| 1 | pair@2000 | triorelay | — | — | 40 | **yes** | generator_bound |" in text
 
 
 def test_format_value_uses_separators() -> None:
@@ -174,3 +174,10 @@ def test_max_is_generator_bound_when_the_generator_stopped_the_climb() -> None:
 def test_sides_are_triorelay_then_asyncio() -> None:
     """Ratios are triorelay over asyncio, so triorelay is the first side."""
     assert SIDES == ("triorelay", "asyncio")
+
+
+def test_generator_cpu_falls_back_to_the_sampled_series() -> None:
+    """Without in-window figures (connections), the mean of each sampled series is summed."""
+    result = _result(cpu=[])
+    result["summary"]["generator"]["series"] = {"main": [[0.0, None, 1], [0.5, 30.0, 1]]}
+    assert generator_cpu_percent(result) == 30.0
