@@ -18,13 +18,13 @@ from typing import Any
 
 import trio
 
-from loadtest import connections, scenarios
+from loadtest import compare, connections, scenarios
 from loadtest.report import one_line
 from loadtest.schedule import DEFAULT_RATE_STEPS
 
 logger = logging.getLogger(__name__)
 
-SCENARIOS = ("pair", "fanout", "queue", "max", "slow", "connections")
+SCENARIOS = ("pair", "fanout", "queue", "max", "slow", "connections")  # plus "compare"
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=1000)
     p.add_argument("--role", choices=["consumer", "producer"], default="consumer")
     p.add_argument("--hold-seconds", type=float, default=1.0)
+
+    p = sub.add_parser(
+        "compare",
+        help="triorelay vs the asyncio baseline: fresh pinned servers, medians, ratios, charts",
+        description=(compare.__doc__ or "").split("\n\n")[0],
+    )
+    compare.add_arguments(p)
     return parser
 
 
@@ -243,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.scenario == "compare":
+        return compare.main(args)
     if args.payload_bytes < 0 or args.duration_seconds <= 0:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
     wanted_fds = 4 * getattr(args, "connections", 0) + 8 * getattr(args, "consumers", 0) + 1024
