@@ -192,7 +192,8 @@ def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> Direct
     if (
         not isinstance(getattr(ws_stream, "connection", None), WSConnection)
         or not isinstance(getattr(tcp_server, "send_lock", None), trio.Lock)
-        or not isinstance(getattr(tcp_server, "stream", None), trio.abc.Stream)
+        # Plain TCP only: the direct write goes to the socket (TLS keeps Hypercorn's sends).
+        or not isinstance(getattr(tcp_server, "stream", None), trio.SocketStream)
         or not isinstance(receive_channel, trio.MemoryReceiveChannel)
     ):
         return None
@@ -241,13 +242,15 @@ class InboundTap:
         ws_stream.app_put = self._tapped_app_put
 
     def remove(self) -> None:
-        """Give the connection back to Hypercorn's own reading."""
+        """Give the connection back to Hypercorn's own reading.
+
+        Called when the relay's handler ends, so the connection is closing: a partial frame
+        still held back is dropped with it.
+        """
         ws_stream = self._ws_stream
         if ws_stream.handle == self._tapped_handle:
             ws_stream.handle = self._handle
             ws_stream.app_put = self._app_put
-        if self._pending:  # pragma: no cover - the connection is ending anyway
-            self._pending = b""
 
     async def _tapped_app_put(self, message: dict[str, Any]) -> None:
         if message["type"] == "websocket.receive":
@@ -278,6 +281,10 @@ class InboundTap:
             or ws_stream.state is not _CONNECTED
             or not self._wsproto_idle()
         ):
+            if self._pending and isinstance(event, Data):
+                # A partial simple frame was held back: wsproto gets it whole.
+                event = Data(stream_id=event.stream_id, data=self._pending + event.data)
+                self._pending = b""
             await self._handle(event)
             return
         data = self._pending + event.data if self._pending else event.data
