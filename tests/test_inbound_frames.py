@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import wsproto.events as ws
 
 from tests.conftest import StartRelay
@@ -45,8 +46,9 @@ async def test_fragments_and_pings_between_simple_frames(relay: RunningRelay) ->
     assert any(isinstance(e, ws.Pong) and e.payload == b"p" for e in events)
 
 
-async def test_compressed_producer(relay: RunningRelay) -> None:
-    """A producer that negotiated permessage-deflate is relayed through wsproto."""
+async def test_compressed_producer(start_relay: StartRelay) -> None:
+    """With compression on, a permessage-deflate producer is relayed through wsproto."""
+    relay = await start_relay(compression=True)
     async with relay.websocket("/ws/consumer/zp") as consumer:
         producer = await RawWebSocket.connect(relay.port, "/ws/producer/zp", 65536, deflate=True)
         try:
@@ -89,3 +91,19 @@ async def test_oversized_frame_closes_1009(start_relay: StartRelay) -> None:
         producer.close()
     assert messages == ["fine"]
     assert code == 1009
+
+
+@pytest.mark.parametrize("role", ["producer", "consumer"])
+async def test_huge_frame_is_refused_on_its_header(start_relay: StartRelay, role: str) -> None:
+    """A frame header declaring 300 MiB is answered with 1009 before any payload arrives."""
+    relay = await start_relay()
+    client = await RawWebSocket.connect(relay.port, f"/ws/{role}/huge", 65536)
+    try:
+        header = bytes([0x82, 0x80 | 127]) + (300 * 1024 * 1024).to_bytes(8, "big")
+        await client.send_raw(header + os.urandom(4) + b"\x00" * 1000)  # mask, a little payload
+        _, code, reason = await client.read_until_closed()
+    finally:
+        client.close()
+    assert code == 1009
+    assert reason is not None
+    assert "limit" in reason

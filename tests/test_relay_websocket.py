@@ -196,8 +196,9 @@ async def test_oversized_message_closes_1009_and_others_carry_on(
             assert await consumer.get_message() == "y" * 1024
 
 
-async def test_compressed_connections_relay_too(relay: RunningRelay) -> None:
-    """A consumer that negotiated permessage-deflate gets the same messages, decompressed."""
+async def test_compressed_connections_relay_too(start_relay: StartRelay) -> None:
+    """With compression on, a permessage-deflate consumer gets the same messages."""
+    relay = await start_relay(compression=True)
     consumer = await RawWebSocket.connect(relay.port, "/ws/consumer/z", 65536, deflate=True)
     assert consumer.conn.connection is not None
     (extension,) = consumer.conn.connection._proto.extensions
@@ -207,5 +208,19 @@ async def test_compressed_connections_relay_too(relay: RunningRelay) -> None:
             await producer.send_message("a" * 1000)
             await producer.send_message(b"\x01" * 10)
             assert await consumer.read_messages(2) == ["a" * 1000, b"\x01" * 10]
+    finally:
+        consumer.close()
+
+
+async def test_compression_is_refused_by_default(relay: RunningRelay) -> None:
+    """By default a client offering permessage-deflate gets an uncompressed connection."""
+    consumer = await RawWebSocket.connect(relay.port, "/ws/consumer/plain", 65536, deflate=True)
+    try:
+        assert consumer.conn.connection is not None
+        extensions = consumer.conn.connection._proto.extensions
+        assert not any(extension.enabled() for extension in extensions)
+        async with relay.websocket("/ws/producer/plain?ack=none") as producer:
+            await producer.send_message("x" * 1000)
+            assert await consumer.read_messages(1) == ["x" * 1000]
     finally:
         consumer.close()

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     queue_buffer_messages: PositiveInt = 1024
     #: Largest message accepted, over WebSocket or HTTP. Text counts characters.
     max_message_bytes: PositiveInt = 1024 * 1024
+    #: Accept permessage-deflate when a client offers it. Off by default: Hypercorn inflates a
+    #: message before checking its size, so a small compressed frame can take a lot of memory.
+    compression: bool = False
     #: Most channels alive at once; past it new channels are refused (503 / close 1013).
     max_channels: PositiveInt = 100_000
     #: Per-channel overrides: glob pattern -> rule. The first matching pattern wins.

@@ -81,6 +81,21 @@ def is_closed(send: Callable[..., Any]) -> bool:
     return bool(getattr(_bound_self(send), "closed", False))
 
 
+def refuse_compression(send: Callable[..., Any]) -> bool:
+    """Make Hypercorn accept the WebSocket behind ``send`` without permessage-deflate.
+
+    Hypercorn 0.18 negotiates permessage-deflate whenever the client offers it, and inflates a
+    message before checking its size (https://github.com/pgjones/hypercorn/issues/307): a
+    small compressed frame can take hundreds of MiB. Call before sending ``websocket.accept``.
+    Returns False when the handshake could not be found.
+    """
+    handshake = getattr(_bound_self(send), "handshake", None)
+    if handshake is None or not hasattr(handshake, "extensions"):
+        return False
+    handshake.extensions = None
+    return True
+
+
 def cli_shutdown_event() -> ProcessEvent | None:
     """The event the ``hypercorn`` CLI sets to stop this worker process, if we are one."""
     kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
@@ -201,7 +216,8 @@ def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> Direct
 
 
 OnMessages = Callable[[list[bytes | str]], Awaitable[None]]
-OnInvalid = Callable[[str], None]
+OnInvalid = Callable[[int, str], None]
+"""Called with a close code and reason when the peer sent something the relay refuses."""
 
 
 class InboundTap:
@@ -227,12 +243,12 @@ class InboundTap:
         self,
         ws_stream: Any,
         on_messages: OnMessages,
-        on_invalid_utf8: OnInvalid,
+        on_invalid: OnInvalid,
         max_message_bytes: int,
     ) -> None:
         self._ws_stream = ws_stream
         self._on_messages = on_messages
-        self._on_invalid_utf8 = on_invalid_utf8
+        self._on_invalid = on_invalid
         self._failed = False
         self._max_message_bytes = max_message_bytes
         self._pending = b""
@@ -271,6 +287,11 @@ class InboundTap:
             and not any(extension.enabled() for extension in proto.extensions)
         )
 
+    def _fail(self, code: int, reason: str) -> None:
+        self._failed = True
+        self._pending = b""
+        self._on_invalid(code, reason)
+
     async def _tapped_handle(self, event: Any) -> None:
         ws_stream = self._ws_stream
         if self._failed and isinstance(event, Data):
@@ -293,9 +314,11 @@ class InboundTap:
             await self._on_messages(messages)
         if status is _INVALID_UTF8:
             # wsproto would fail the connection without a close frame; close with 1007.
-            self._failed = True
-            self._pending = b""
-            self._on_invalid_utf8("invalid UTF-8 in a text message")
+            self._fail(1007, "invalid UTF-8 in a text message")
+        elif status is _TOO_BIG:
+            # Refused on its header: the frame is never buffered (Hypercorn would buffer it
+            # whole before checking, https://github.com/pgjones/hypercorn/issues/307).
+            self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
         elif status is _SIMPLE:
             self._pending = data[used:]
         else:
@@ -306,6 +329,7 @@ class InboundTap:
 _SIMPLE = "simple"  # data[used:] is an incomplete simple frame, or empty
 _WSPROTO = "wsproto"  # the frame at data[used:] is one wsproto must handle
 _INVALID_UTF8 = "invalid-utf8"  # the text frame at data[used:] is not UTF-8
+_TOO_BIG = "too-big"  # the frame at data[used:] declares more than the limit
 
 
 def _parse_simple_frames(data: bytes, max_bytes: int) -> tuple[list[bytes | str], int, str]:
@@ -331,7 +355,7 @@ def _parse_simple_frames(data: bytes, max_bytes: int) -> tuple[list[bytes | str]
             length = int.from_bytes(data[used + 2 : used + 10], "big")
             header = 14
         if length > max_bytes:
-            return messages, used, _WSPROTO  # let wsproto and Hypercorn enforce the limit
+            return messages, used, _TOO_BIG
         if end - used < header + length:
             break
         mask = data[used + header - 4 : used + header]
@@ -359,7 +383,7 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 def tap_inbound(
     send: Callable[..., Any],
     on_messages: OnMessages,
-    on_invalid_utf8: OnInvalid,
+    on_invalid: OnInvalid,
     max_message_bytes: int,
 ) -> InboundTap | None:
     """Install an :class:`InboundTap` on the accepted WebSocket behind ``send``, or None."""
@@ -372,4 +396,4 @@ def tap_inbound(
         or not hasattr(getattr(connection, "_proto", None), "_frame_decoder")
     ):
         return None
-    return InboundTap(ws_stream, on_messages, on_invalid_utf8, max_message_bytes)
+    return InboundTap(ws_stream, on_messages, on_invalid, max_message_bytes)

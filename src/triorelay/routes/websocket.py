@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import ExitStack
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
@@ -104,16 +105,13 @@ class RelayWebSockets:
             except RequestError as error:
                 raise _Rejected(error) from None
             self._track(stack, producer, send)
-            await send({"type": "websocket.accept"})
+            await self._accept(send)
             max_bytes = self.relay.settings.max_message_bytes
             publisher = _Publisher(producer, ack, _Socket(receive, send), max_bytes)
             # Where Hypercorn allows, its reader task publishes each TCP read's messages
             # itself: no task switch per message. Otherwise this task reads them.
             tap = hypercorn_compat.tap_inbound(
-                send,
-                publisher.publish_from_reader,
-                lambda reason: producer.close(CloseCode.INVALID_PAYLOAD, reason),
-                max_bytes,
+                send, publisher.publish_from_reader, partial(_refuse, producer), max_bytes
             )
             if tap is not None:
                 stack.callback(tap.remove)
@@ -138,7 +136,15 @@ class RelayWebSockets:
             except RequestError as error:
                 raise _Rejected(error) from None
             self._track(stack, consumer, send)
-            await send({"type": "websocket.accept"})
+            await self._accept(send)
+            # What a consumer sends is discarded, but its size limit still holds, checked on
+            # each frame's header before anything is buffered.
+            max_bytes = self.relay.settings.max_message_bytes
+            tap = hypercorn_compat.tap_inbound(
+                send, _discard, partial(_refuse, consumer), max_bytes
+            )
+            if tap is not None:
+                stack.callback(tap.remove)
             async with trio.open_nursery() as nursery:
                 self._bind(consumer, nursery.cancel_scope, send)
                 nursery.start_soon(_read_until_disconnect, consumer, receive, nursery.cancel_scope)
@@ -146,6 +152,11 @@ class RelayWebSockets:
                 # The hub ended this consumer's stream: the relay is shutting down.
                 consumer.close(CloseCode.GOING_AWAY, "server shutting down")
             await self._finish(consumer, send)
+
+    async def _accept(self, send: Send) -> None:
+        if not self.relay.settings.compression:
+            hypercorn_compat.refuse_compression(send)
+        await send({"type": "websocket.accept"})
 
     def _track(self, stack: ExitStack, connection: Connection, send: Send) -> None:
         self.relay.reaper.track(connection, send)
@@ -239,6 +250,15 @@ class _Publisher:
                 batch.append(_payload_of(queued))
             await self.publish(batch)
             event = following if following is not None else await receive()
+
+
+def _refuse(connection: Connection, code: int, reason: str) -> None:
+    """Close ``connection`` for what its client sent (invalid UTF-8, an oversized frame)."""
+    connection.close(CloseCode(code), reason)
+
+
+async def _discard(payloads: list[Payload]) -> None:
+    """What consumers send is not relayed."""
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
