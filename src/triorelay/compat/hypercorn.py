@@ -135,10 +135,11 @@ class DirectWebSocket:
         event: dict[str, Any] = self._receive_channel.receive_nowait()
         return event
 
-    async def send_messages(self, payloads: list[bytes | str]) -> None:
+    async def send_messages(self, payloads: list[bytes | str]) -> bool:
         """Send ``payloads`` as WebSocket messages in one socket write.
 
-        Does nothing once the connection is closed, like Hypercorn's ``app_send``. When the
+        Returns False, having sent nothing, once the connection is closed or closing (where
+        Hypercorn's ``app_send`` silently drops messages), or when the socket fails. When the
         socket takes the whole write at once (the common case), this does not yield; otherwise
         the rest goes out shielded under the send lock, as Hypercorn sends.
         """
@@ -146,7 +147,7 @@ class DirectWebSocket:
         connection = ws_stream.connection
         if ws_stream.closed or connection.state is not ConnectionState.OPEN:
             await trio.lowlevel.checkpoint()
-            return
+            return False
         if any(extension.enabled() for extension in connection._proto.extensions):
             data = b"".join([connection.send(_as_event(p)) for p in payloads])
         else:
@@ -161,9 +162,9 @@ class DirectWebSocket:
                 sent = 0
             except OSError:
                 await tcp_server.protocol.handle(Closed())
-                return
+                return False
             if sent == len(data):
-                return
+                return True
             data = data[sent:]
         async with lock:
             try:
@@ -171,6 +172,8 @@ class DirectWebSocket:
                     await tcp_server.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await tcp_server.protocol.handle(Closed())
+                return False
+        return True
 
 
 def _as_event(payload: bytes | str) -> TextMessage | BytesMessage:

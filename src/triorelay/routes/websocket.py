@@ -149,8 +149,12 @@ class RelayWebSockets:
                 self._bind(consumer, nursery.cancel_scope, send)
                 nursery.start_soon(_read_until_disconnect, consumer, receive, nursery.cancel_scope)
                 await _write_loop(consumer, _Socket(receive, send), notices)
-                # The hub ended this consumer's stream: the relay is shutting down.
-                consumer.close(CloseCode.GOING_AWAY, "server shutting down")
+                if consumer.detached:
+                    # The hub ended this consumer's stream: the relay is shutting down.
+                    consumer.close(CloseCode.GOING_AWAY, "server shutting down")
+                else:
+                    consumer.disconnected = True  # the client went away mid-send
+                    nursery.cancel_scope.cancel()
             await self._finish(consumer, send)
 
     async def _accept(self, send: Send) -> None:
@@ -279,15 +283,20 @@ class _Socket:
             raise trio.WouldBlock
         return self._direct.receive_nowait()
 
-    async def send_many(self, payloads: list[Payload]) -> None:
-        """Send ``payloads`` in order; in one socket write where possible."""
+    async def send_many(self, payloads: list[Payload]) -> bool:
+        """Send ``payloads`` in order, in one socket write where possible.
+
+        Returns False when the connection was already closed, so nothing went out.
+        """
         if not payloads:
-            return
+            return True
         if self._direct is not None:
-            await self._direct.send_messages(payloads)
-            return
+            return await self._direct.send_messages(payloads)
+        if hypercorn_compat.is_closed(self._send):
+            return False
         for payload in payloads:
             await _send_payload(self._send, payload)
+        return True
 
 
 def _payload_of(event: Message) -> Payload:
@@ -361,10 +370,12 @@ async def _write_loop(consumer: Consumer, socket: _Socket, notices: bool) -> Non
             dropped = consumer.take_dropped_notice()
             notice = f'{{"triorelay": "dropped", "count": {dropped}, "total": {consumer.dropped}}}'
             batch.insert(0, notice)
+        sent = False
         try:
-            await socket.send_many(batch)
-        except trio.Cancelled:
+            sent = await socket.send_many(batch)
+        finally:
             # Queue mode: a message taken but not sent goes back for another consumer.
-            if batch_limit == 1:
+            if not sent and batch_limit == 1:
                 consumer.requeue(batch[-1])
-            raise
+        if not sent:
+            return  # the client is gone; the reader sees its disconnect
