@@ -252,6 +252,8 @@ class InboundTap:
         self._ws_stream = ws_stream
         self._on_messages = on_messages
         self._on_invalid = on_invalid
+        #: Called instead of queueing ``websocket.disconnect`` for the app, when set.
+        self.on_disconnect: Callable[[], None] | None = None
         self._failed = False
         self._max_message_bytes = max_message_bytes
         self._pending = b""
@@ -275,6 +277,8 @@ class InboundTap:
         if message["type"] == "websocket.receive":
             payload = message.get("bytes")
             await self._on_messages([payload if payload is not None else message["text"]])
+        elif message["type"] == "websocket.disconnect" and self.on_disconnect is not None:
+            self.on_disconnect()
         else:
             await self._app_put(message)
 

@@ -145,16 +145,23 @@ class RelayWebSockets:
             )
             if tap is not None:
                 stack.callback(tap.remove)
-            async with trio.open_nursery() as nursery:
-                self._bind(consumer, nursery.cancel_scope, send)
-                nursery.start_soon(_read_until_disconnect, consumer, receive, nursery.cancel_scope)
-                await _write_loop(consumer, _Socket(receive, send), notices)
+            socket = _Socket(receive, send)
+            with trio.CancelScope() as scope:
+                self._bind(consumer, scope, send)
+                if tap is not None:
+                    # Hypercorn's reader reports the disconnect: no reader task of our own.
+                    tap.on_disconnect = partial(_disconnected, consumer, scope)
+                    await _write_loop(consumer, socket, notices)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_read_until_disconnect, consumer, receive, scope)
+                        await _write_loop(consumer, socket, notices)
+                        nursery.cancel_scope.cancel()
                 if consumer.detached:
                     # The hub ended this consumer's stream: the relay is shutting down.
                     consumer.close(CloseCode.GOING_AWAY, "server shutting down")
                 else:
                     consumer.disconnected = True  # the client went away mid-send
-                    nursery.cancel_scope.cancel()
             await self._finish(consumer, send)
 
     async def _accept(self, send: Send) -> None:
@@ -337,16 +344,18 @@ async def _send_payload(send: Send, payload: Payload) -> None:
         await send({"type": "websocket.send", "text": payload})
 
 
+def _disconnected(consumer: Consumer, cancel_scope: trio.CancelScope) -> None:
+    consumer.disconnected = True
+    cancel_scope.cancel()
+
+
 async def _read_until_disconnect(
     consumer: Consumer, receive: Receive, cancel_scope: trio.CancelScope
 ) -> None:
-    """A consumer's reader: discard what the client sends; end the connection on disconnect."""
-    while True:
-        event = await receive()
-        if event["type"] == "websocket.disconnect":
-            consumer.disconnected = True
-            cancel_scope.cancel()
-            return
+    """A consumer's reader (without a tap): discard what the client sends until it leaves."""
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+    _disconnected(consumer, cancel_scope)
 
 
 async def _write_loop(consumer: Consumer, socket: _Socket, notices: bool) -> None:
