@@ -23,17 +23,22 @@ def make_settings(**overrides: Any) -> Settings:
     return load_settings(**base)
 
 
+async def start_server(nursery: trio.Nursery, **overrides: Any) -> RunningRelay:
+    """Serve a relay on a free port in ``nursery`` until its ``stop`` event is set."""
+    settings = make_settings(**overrides)
+    app = create_app(settings, handle_signals=False)
+    stop = trio.Event()
+    binds = await nursery.start(partial(serve, settings, shutdown_trigger=stop, app=app))
+    return RunningRelay(relay=relay_of(app), http_url=binds[0], stop=stop)
+
+
 @pytest.fixture
 async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
     """``await start_relay(**settings)``: serve a relay on a free port until the test ends."""
     running: list[RunningRelay] = []
 
     async def start(**overrides: Any) -> RunningRelay:
-        settings = make_settings(**overrides)
-        app = create_app(settings, handle_signals=False)
-        stop = trio.Event()
-        binds = await nursery.start(partial(serve, settings, shutdown_trigger=stop, app=app))
-        server = RunningRelay(relay=relay_of(app), http_url=binds[0], stop=stop)
+        server = await start_server(nursery, **overrides)
         running.append(server)
         return server
 

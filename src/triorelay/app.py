@@ -12,6 +12,7 @@ import logging
 import trio
 from quart_trio import QuartTrio
 
+from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.relay import Relay
 from triorelay.routes.http import blueprint
 from triorelay.routes.websocket import RelayWebSockets
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     ``triorelay serve`` passes False and handles them itself.
     """
     settings = settings if settings is not None else load_settings()
+    hypercorn_compat.isolate_connection_errors()
     relay = Relay(settings, handle_signals=handle_signals)
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
