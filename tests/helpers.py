@@ -159,10 +159,13 @@ class RawWebSocket:
                     raise AssertionError(f"unexpected {event!r} after {len(messages)} messages")
         return messages
 
-    async def read_until_closed(self) -> tuple[list[str | bytes], int | None, str | None]:
+    async def read_until_closed(
+        self, *, answer_pings: bool = True
+    ) -> tuple[list[str | bytes], int | None, str | None]:
         """Read everything the server sends; return (messages, close code, close reason).
 
-        A connection dropped without a close frame returns code None.
+        A connection dropped without a close frame returns code None. ``answer_pings=False``
+        plays a peer that reads but never answers (a dead peer, seen from the server).
         """
         messages: list[str | bytes] = []
         while True:
@@ -184,7 +187,7 @@ class RawWebSocket:
                     with contextlib.suppress(OSError):
                         await self._send(event.response())
                     return messages, event.code, event.reason
-                elif isinstance(event, ws_events.Ping):
+                elif isinstance(event, ws_events.Ping) and answer_pings:
                     await self._send(event.response())
 
     def close(self) -> None:

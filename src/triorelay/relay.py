@@ -23,8 +23,9 @@ import trio
 
 from triorelay.brokers import open_broker
 from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.compat.hypercorn import DirectWebSocket, InboundTap
 from triorelay.errors import CloseCode
-from triorelay.hub import Hub
+from triorelay.hub import Connection, Hub
 from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,49 @@ class CloseReaper:
                 await self._wakeup.wait()
 
 
+class Liveness:
+    """Pings quiet connections and closes the ones that stay silent: dead peers.
+
+    Hypercorn's own ping only sends pings; nothing notices a peer that never answers. Every
+    ``interval_seconds`` this pings each connection that sent nothing for that long (a pong,
+    like any byte from the peer, counts as a sign of life), and closes with 1011 one that sent
+    nothing for ``interval_seconds + timeout_seconds``. One task serves every connection.
+    """
+
+    def __init__(self, interval_seconds: float | None, timeout_seconds: float) -> None:
+        self.interval_seconds = interval_seconds
+        self.timeout_seconds = timeout_seconds
+        self._peers: dict[Connection, tuple[InboundTap, DirectWebSocket]] = {}
+
+    def track(self, connection: Connection, tap: InboundTap, direct: DirectWebSocket) -> None:
+        self._peers[connection] = (tap, direct)
+
+    def forget(self, connection: Connection) -> None:
+        self._peers.pop(connection, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        interval = self.interval_seconds
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            if interval is None:
+                return
+            while True:
+                await trio.sleep(interval)
+                self._check(nursery, interval, trio.current_time())
+
+    def _check(self, nursery: trio.Nursery, interval: float, now: float) -> None:
+        for connection, (tap, direct) in list(self._peers.items()):
+            silent = now - tap.last_received
+            if silent >= interval + self.timeout_seconds:
+                self.forget(connection)
+                log.info("closing a connection silent for %.1f s", silent)
+                connection.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            elif silent >= interval:
+                rest = direct.ping_nowait()
+                if rest:  # the socket took part of the frame: finish it in the background
+                    nursery.start_soon(direct.finish_write, rest)
+
+
 class Relay:
     """Everything one relay process shares between its connections."""
 
@@ -99,6 +143,7 @@ class Relay:
         self.settings = settings
         self.hub = Hub(settings, open_broker(settings.broker))
         self.reaper = CloseReaper(settings.close_timeout_seconds)
+        self.liveness = Liveness(settings.ping_interval_seconds, settings.ping_timeout_seconds)
         self.handle_signals = handle_signals
         self.shutting_down = False
 
@@ -117,6 +162,7 @@ class Relay:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.broker.run)
             await nursery.start(self.reaper.run)
+            await nursery.start(self.liveness.run)
             if self.handle_signals:
                 await nursery.start(self._shutdown_on_signal)
             event = hypercorn_compat.cli_shutdown_event()

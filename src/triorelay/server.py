@@ -28,7 +28,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.graceful_timeout = settings.graceful_timeout_seconds
     # Hypercorn closes with 1009 itself past this; the relay checks the same bound again.
     config.websocket_max_message_size = settings.max_message_bytes
-    config.websocket_ping_interval = settings.ping_interval_seconds
+    # The relay pings, and closes peers that do not answer (triorelay.relay.Liveness).
+    config.websocket_ping_interval = None
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config

@@ -38,7 +38,7 @@ from hypercorn.trio import run as run_module
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, TextMessage
+from wsproto.events import BytesMessage, Ping, TextMessage
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ class DirectWebSocket:
             data = b"".join([connection.send(_as_event(p)) for p in payloads])
         else:
             data = b"".join([_frame(p) for p in payloads])
+        return await self._write(data)
+
+    async def _write(self, data: bytes) -> bool:
         tcp_server = self._tcp_server
         lock: trio.Lock = tcp_server.send_lock
         if not lock.locked():
@@ -176,6 +179,33 @@ class DirectWebSocket:
                 await tcp_server.protocol.handle(Closed())
                 return False
         return True
+
+    def ping_nowait(self) -> bytes | None:
+        """Write a ping frame if the socket takes it now, without waiting.
+
+        Returns None when nothing was written (closed, another write in progress, or a full
+        socket: skipped this time), else the bytes still to write (``b""`` almost always),
+        which the caller must finish with :meth:`finish_write`.
+        """
+        ws_stream = self._ws_stream
+        connection = ws_stream.connection
+        tcp_server = self._tcp_server
+        if (
+            ws_stream.closed
+            or connection.state is not ConnectionState.OPEN
+            or tcp_server.send_lock.locked()
+        ):
+            return None
+        data: bytes = connection.send(Ping())
+        try:
+            sent = tcp_server.stream.socket._sock.send(data)
+        except OSError:  # EAGAIN: full; anything else: the reader will see it
+            return None
+        return data[sent:]
+
+    async def finish_write(self, data: bytes) -> None:
+        """Write the rest of a frame :meth:`ping_nowait` started."""
+        await self._write(data)
 
 
 def _as_event(payload: bytes | str) -> TextMessage | BytesMessage:
@@ -254,6 +284,8 @@ class InboundTap:
         self._ws_stream = ws_stream
         self._on_messages = on_messages
         self._on_invalid = on_invalid
+        #: trio.current_time() of the last bytes received from the peer (for dead-peer checks).
+        self.last_received = trio.current_time()
         #: Called instead of queueing ``websocket.disconnect`` for the app, when set.
         self.on_disconnect: Callable[[], None] | None = None
         self._failed = False
@@ -303,6 +335,8 @@ class InboundTap:
 
     async def _tapped_handle(self, event: Any) -> None:
         ws_stream = self._ws_stream
+        if isinstance(event, Data):
+            self.last_received = trio.current_time()
         if self._failed and isinstance(event, Data):
             return  # the connection is being closed for invalid data: read no further
         if (

@@ -106,15 +106,12 @@ class RelayWebSockets:
                 raise _Rejected(error) from None
             self._track(stack, producer, send)
             await self._accept(send)
+            socket = _Socket(receive, send)
             max_bytes = self.relay.settings.max_message_bytes
-            publisher = _Publisher(producer, ack, _Socket(receive, send), max_bytes)
+            publisher = _Publisher(producer, ack, socket, max_bytes)
             # Where Hypercorn allows, its reader task publishes each TCP read's messages
             # itself: no task switch per message. Otherwise this task reads them.
-            tap = hypercorn_compat.tap_inbound(
-                send, publisher.publish_from_reader, partial(_refuse, producer), max_bytes
-            )
-            if tap is not None:
-                stack.callback(tap.remove)
+            tap = self._tap(stack, producer, send, socket, publisher.publish_from_reader)
             with trio.CancelScope() as scope:
                 self._bind(producer, scope, send)
                 try:
@@ -137,15 +134,10 @@ class RelayWebSockets:
                 raise _Rejected(error) from None
             self._track(stack, consumer, send)
             await self._accept(send)
+            socket = _Socket(receive, send)
             # What a consumer sends is discarded, but its size limit still holds, checked on
             # each frame's header before anything is buffered.
-            max_bytes = self.relay.settings.max_message_bytes
-            tap = hypercorn_compat.tap_inbound(
-                send, _discard, partial(_refuse, consumer), max_bytes
-            )
-            if tap is not None:
-                stack.callback(tap.remove)
-            socket = _Socket(receive, send)
+            tap = self._tap(stack, consumer, send, socket, _discard)
             with trio.CancelScope() as scope:
                 self._bind(consumer, scope, send)
                 if tap is not None:
@@ -163,6 +155,28 @@ class RelayWebSockets:
                 else:
                     consumer.disconnected = True  # the client went away mid-send
             await self._finish(consumer, send)
+
+    def _tap(
+        self,
+        stack: ExitStack,
+        connection: Connection,
+        send: Send,
+        socket: _Socket,
+        on_messages: hypercorn_compat.OnMessages,
+    ) -> hypercorn_compat.InboundTap | None:
+        """Take the connection's inbound frames from Hypercorn's reader, and watch liveness."""
+        tap = hypercorn_compat.tap_inbound(
+            send,
+            on_messages,
+            partial(_refuse, connection),
+            self.relay.settings.max_message_bytes,
+        )
+        if tap is not None:
+            stack.callback(tap.remove)
+            if socket.direct is not None:
+                self.relay.liveness.track(connection, tap, socket.direct)
+                stack.callback(self.relay.liveness.forget, connection)
+        return tap
 
     async def _accept(self, send: Send) -> None:
         if not self.relay.settings.compression:
@@ -283,6 +297,10 @@ class _Socket:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._send = send
         self._direct = hypercorn_compat.open_direct(receive, send)
+
+    @property
+    def direct(self) -> hypercorn_compat.DirectWebSocket | None:
+        return self._direct
 
     def receive_nowait(self) -> Message:
         """The next event Hypercorn already queued, or raise :class:`trio.WouldBlock`."""

@@ -1,0 +1,25 @@
+"""Dead peers: a peer that never answers pings is closed; a live one stays."""
+
+from __future__ import annotations
+
+from tests.conftest import StartRelay
+from tests.helpers import RawWebSocket
+
+
+async def test_silent_peer_is_closed_and_live_peer_stays(start_relay: StartRelay) -> None:
+    """No pong within interval + timeout: close 1011; a peer that answers pings carries on."""
+    relay = await start_relay(ping_interval_seconds=0.1, ping_timeout_seconds=0.1)
+    async with relay.websocket("/ws/consumer/live") as live:
+        silent = await RawWebSocket.connect(relay.port, "/ws/consumer/live", 65536)
+        try:
+            _, code, reason = await silent.read_until_closed(answer_pings=False)
+        finally:
+            silent.close()
+        assert code == 1011
+        assert reason == "keepalive ping timeout"
+        # At least interval + timeout has passed: the live consumer, which answered, remains.
+        async with relay.websocket("/ws/producer/live?ack=none") as producer:
+            await producer.send_message("still connected")
+            assert await live.get_message() == "still connected"
+    stats = (await relay.http.get("/channels")).json()["channels"]
+    assert stats == []
