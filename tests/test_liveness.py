@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
+import trio
+
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket
+from triorelay.compat import hypercorn as compat
 
 
 async def test_silent_peer_is_closed_and_live_peer_stays(start_relay: StartRelay) -> None:
@@ -23,3 +28,14 @@ async def test_silent_peer_is_closed_and_live_peer_stays(start_relay: StartRelay
             assert await live.get_message() == "still connected"
     stats = (await relay.http.get("/channels")).json()["channels"]
     assert stats == []
+
+
+async def test_accepted_sockets_get_tcp_user_timeout(start_relay: StartRelay) -> None:
+    """Every accepted WebSocket's socket carries TCP_USER_TIMEOUT from the settings."""
+    relay = await start_relay(tcp_user_timeout_seconds=7.5)
+    async with relay.websocket("/ws/consumer/tcp"):
+        (send,) = relay.relay.reaper._sends.values()
+        stream = compat.transport_of(send)
+        assert isinstance(stream, trio.SocketStream)
+        value = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+    assert value == 7500

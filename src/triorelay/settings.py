@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     graceful_timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
     #: How long a close the relay starts may take before the socket is dropped.
     close_timeout_seconds: Annotated[float, Field(gt=0)] = 1.0
+    #: TCP_USER_TIMEOUT on every WebSocket: the kernel fails a send whose data stays
+    #: unacknowledged this long, freeing sockets whose peer vanished or stopped reading.
+    tcp_user_timeout_seconds: Annotated[float, Field(gt=0)] | None = 30.0
     #: WebSocket pings to every client; ``None`` disables them.
     ping_interval_seconds: Annotated[float, Field(gt=0)] | None = 20.0
     ping_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import socket as socket_module
 import struct
 from collections.abc import Awaitable, Callable
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -71,6 +72,22 @@ def abort_transport(send: Callable[..., Any]) -> bool:
     if socket is None:
         return False
     socket.close()
+    return True
+
+
+def set_user_timeout(send: Callable[..., Any], seconds: float) -> bool:
+    """Set ``TCP_USER_TIMEOUT`` on the socket under ``send`` (Linux).
+
+    Hypercorn's socket sends cannot be cancelled; with this, the kernel fails a send whose data
+    stays unacknowledged for ``seconds`` (a vanished peer, a peer that stopped reading), which
+    frees the connection. Returns False where the socket or the option is not available.
+    """
+    stream = transport_of(send)
+    sock = getattr(stream, "socket", None)
+    option = getattr(socket_module, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None:
+        return False
+    sock.setsockopt(socket_module.IPPROTO_TCP, option, int(seconds * 1000))
     return True
 
 

@@ -179,8 +179,11 @@ class RelayWebSockets:
         return tap
 
     async def _accept(self, send: Send) -> None:
-        if not self.relay.settings.compression:
+        settings = self.relay.settings
+        if not settings.compression:
             hypercorn_compat.refuse_compression(send)
+        if settings.tcp_user_timeout_seconds is not None:
+            hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send({"type": "websocket.accept"})
 
     def _track(self, stack: ExitStack, connection: Connection, send: Send) -> None:

@@ -1,0 +1,56 @@
+"""Why the relay's WebSocket paths bypass Quart-Trio 0.12's WebSocket layer.
+
+Each test pins one known behaviour of the pinned version; if an upgrade changes it, the test
+fails and the bypass in ``triorelay.routes.websocket`` can be reconsidered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIWebsocketConnection
+
+
+def _connection() -> TrioASGIWebsocketConnection:
+    scope: Any = {"type": "websocket", "path": "/", "query_string": b"", "headers": []}
+    return TrioASGIWebsocketConnection(QuartTrio(__name__), scope)
+
+
+async def test_quart_trio_turns_an_empty_binary_message_into_none() -> None:
+    """Quart-Trio delivers b"" as None (``event.get("bytes") or event["text"]``)."""
+    connection = _connection()
+    events = iter(
+        [
+            {"type": "websocket.receive", "bytes": b"", "text": None},
+            {"type": "websocket.disconnect", "code": 1000},
+        ]
+    )
+
+    async def receive() -> Any:
+        return next(events)
+
+    async with trio.open_nursery() as nursery:
+        await connection.handle_messages(nursery, receive)
+    assert connection.receive_channel.receive_nowait() is None
+
+
+async def test_quart_trio_stops_reading_after_10_unread_messages() -> None:
+    """Its reader blocks on a 10-message channel, so a later disconnect is never seen."""
+    connection = _connection()
+    served = 0
+
+    async def receive() -> Any:
+        nonlocal served
+        served += 1
+        if served <= 11:
+            return {"type": "websocket.receive", "bytes": None, "text": "x"}
+        return {"type": "websocket.disconnect", "code": 1000}  # pragma: no cover
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connection.handle_messages, nursery, receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert served == 11, "it stopped reading: the disconnect is never received"
+        nursery.cancel_scope.cancel()
