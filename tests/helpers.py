@@ -143,16 +143,20 @@ class RawWebSocket:
         self.conn.receive_data(data or None)
         return list(self.conn.events())
 
+    def _collect(self, event: ws_events.Message[Any], messages: list[str | bytes]) -> None:
+        """Add a message's fragment; append the whole message once it is finished."""
+        self._partial.append(event.data)
+        if event.message_finished:
+            messages.append(_join(event, self._partial))
+            self._partial = []
+
     async def read_messages(self, count: int) -> list[str | bytes]:
         """Read at least ``count`` messages (fails if the connection closes first)."""
         messages: list[str | bytes] = []
         while len(messages) < count:
             for event in await self._events():
                 if isinstance(event, ws_events.Message):
-                    self._partial.append(event.data)
-                    if event.message_finished:
-                        messages.append(_join(event, self._partial))
-                        self._partial = []
+                    self._collect(event, messages)
                 elif isinstance(event, ws_events.Ping):
                     await self._send(event.response())
                 else:
@@ -177,10 +181,7 @@ class RawWebSocket:
                 return messages, None, None
             for event in events:
                 if isinstance(event, ws_events.Message):
-                    self._partial.append(event.data)
-                    if event.message_finished:
-                        messages.append(_join(event, self._partial))
-                        self._partial = []
+                    self._collect(event, messages)
                 elif isinstance(event, ws_events.CloseConnection):
                     if self.conn.state is wsproto.connection.ConnectionState.CLOSED:
                         return messages, None, None  # dropped without a close frame

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs
 
 import trio
@@ -39,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 AckMode = Literal["echo", "id", "none"]
+C = TypeVar("C", bound=Connection)
 DEFAULT_CHANNEL = "default"
 _ROLES = {"/ws/producer": "producer", "/ws/consumer": "consumer"}
 
@@ -98,14 +99,25 @@ class RelayWebSockets:
         except _Rejected as rejected:
             await _reject(send, rejected.error)
 
+    async def _open(self, stack: ExitStack, attach: AbstractContextManager[C], send: Send) -> C:
+        """Attach to the hub (refusing the upgrade on a RequestError), then accept."""
+        try:
+            connection = stack.enter_context(attach)
+        except RequestError as error:
+            raise _Rejected(error) from None
+        self.relay.reaper.track(connection, send)
+        stack.callback(self.relay.reaper.forget, connection)
+        settings = self.relay.settings
+        if not settings.compression:
+            hypercorn_compat.refuse_compression(send)
+        if settings.tcp_user_timeout_seconds is not None:
+            hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
+        await send({"type": "websocket.accept"})
+        return connection
+
     async def _produce(self, name: str, ack: AckMode, receive: Receive, send: Send) -> None:
         with ExitStack() as stack:
-            try:
-                producer = stack.enter_context(self.relay.hub.attach_producer(name))
-            except RequestError as error:
-                raise _Rejected(error) from None
-            self._track(stack, producer, send)
-            await self._accept(send)
+            producer = await self._open(stack, self.relay.hub.attach_producer(name), send)
             socket = _Socket(receive, send)
             max_bytes = self.relay.settings.max_message_bytes
             publisher = _Publisher(producer, ack, socket, max_bytes)
@@ -128,12 +140,7 @@ class RelayWebSockets:
 
     async def _consume(self, name: str, notices: bool, receive: Receive, send: Send) -> None:
         with ExitStack() as stack:
-            try:
-                consumer = stack.enter_context(self.relay.hub.attach_consumer(name))
-            except RequestError as error:
-                raise _Rejected(error) from None
-            self._track(stack, consumer, send)
-            await self._accept(send)
+            consumer = await self._open(stack, self.relay.hub.attach_consumer(name), send)
             socket = _Socket(receive, send)
             # What a consumer sends is discarded, but its size limit still holds, checked on
             # each frame's header before anything is buffered.
@@ -177,18 +184,6 @@ class RelayWebSockets:
                 self.relay.liveness.track(connection, tap, socket.direct)
                 stack.callback(self.relay.liveness.forget, connection)
         return tap
-
-    async def _accept(self, send: Send) -> None:
-        settings = self.relay.settings
-        if not settings.compression:
-            hypercorn_compat.refuse_compression(send)
-        if settings.tcp_user_timeout_seconds is not None:
-            hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
-        await send({"type": "websocket.accept"})
-
-    def _track(self, stack: ExitStack, connection: Connection, send: Send) -> None:
-        self.relay.reaper.track(connection, send)
-        stack.callback(self.relay.reaper.forget, connection)
 
     def _bind(self, connection: Connection, scope: trio.CancelScope, send: Send) -> None:
         reaper = self.relay.reaper
