@@ -125,7 +125,7 @@ class RelayWebSockets:
             # itself: no task switch per message. Otherwise this task reads them.
             tap = self._tap(stack, producer, send, socket, publisher.publish_from_reader)
             with trio.CancelScope() as scope:
-                self._bind(producer, scope, send)
+                self._bind(producer, scope)
                 try:
                     if tap is not None:
                         await _wait_for_disconnect(receive)
@@ -146,7 +146,7 @@ class RelayWebSockets:
             # each frame's header before anything is buffered.
             tap = self._tap(stack, consumer, send, socket, _discard)
             with trio.CancelScope() as scope:
-                self._bind(consumer, scope, send)
+                self._bind(consumer, scope)
                 if tap is not None:
                     # Hypercorn's reader reports the disconnect: no reader task of our own.
                     tap.on_disconnect = partial(_disconnected, consumer, scope)
@@ -185,7 +185,8 @@ class RelayWebSockets:
                 stack.callback(self.relay.liveness.forget, connection)
         return tap
 
-    def _bind(self, connection: Connection, scope: trio.CancelScope, send: Send) -> None:
+    def _bind(self, connection: Connection, scope: trio.CancelScope) -> None:
+        """Let the hub cancel ``scope`` to end the connection, with the close clock running."""
         reaper = self.relay.reaper
         connection.bind(scope, on_close=lambda: reaper.arm(connection))
 
