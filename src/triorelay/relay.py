@@ -93,22 +93,32 @@ class CloseReaper:
                 await self._wakeup.wait()
 
 
+class _Peer:
+    __slots__ = ("direct", "pinged_at", "tap")
+
+    def __init__(self, tap: InboundTap, direct: DirectWebSocket) -> None:
+        self.tap = tap
+        self.direct = direct
+        self.pinged_at: float | None = None
+
+
 class Liveness:
     """Pings quiet connections and closes the ones that stay silent: dead peers.
 
-    Hypercorn's own ping only sends pings; nothing notices a peer that never answers. Every
-    ``interval_seconds`` this pings each connection that sent nothing for that long (a pong,
-    like any byte from the peer, counts as a sign of life), and closes with 1011 one that sent
-    nothing for ``interval_seconds + timeout_seconds``. One task serves every connection.
+    Hypercorn's own ping only sends pings; nothing notices a peer that never answers. A
+    connection that sent nothing for ``interval_seconds`` is pinged; one that then sends
+    nothing for ``timeout_seconds`` more (a pong, like any byte from the peer, counts) is closed
+    with 1011. A ping that a full socket cannot take counts as sent: a peer that stopped
+    reading is as dead as one that stopped answering. One task serves every connection.
     """
 
     def __init__(self, interval_seconds: float | None, timeout_seconds: float) -> None:
         self.interval_seconds = interval_seconds
         self.timeout_seconds = timeout_seconds
-        self._peers: dict[Connection, tuple[InboundTap, DirectWebSocket]] = {}
+        self._peers: dict[Connection, _Peer] = {}
 
     def track(self, connection: Connection, tap: InboundTap, direct: DirectWebSocket) -> None:
-        self._peers[connection] = (tap, direct)
+        self._peers[connection] = _Peer(tap, direct)
 
     def forget(self, connection: Connection) -> None:
         self._peers.pop(connection, None)
@@ -119,21 +129,26 @@ class Liveness:
             task_status.started()
             if interval is None:
                 return
+            tick = min(interval, self.timeout_seconds) / 2
             while True:
-                await trio.sleep(interval)
+                await trio.sleep(tick)
                 self._check(nursery, interval, trio.current_time())
 
     def _check(self, nursery: trio.Nursery, interval: float, now: float) -> None:
-        for connection, (tap, direct) in list(self._peers.items()):
-            silent = now - tap.last_received
-            if silent >= interval + self.timeout_seconds:
+        for connection, peer in list(self._peers.items()):
+            last_received = peer.tap.last_received
+            if peer.pinged_at is not None and last_received >= peer.pinged_at:
+                peer.pinged_at = None  # it answered (or sent something)
+            if peer.pinged_at is None:
+                if now - last_received >= interval:
+                    peer.pinged_at = now
+                    rest = peer.direct.ping_nowait()
+                    if rest:  # the socket took part of the frame: finish it in the background
+                        nursery.start_soon(peer.direct.finish_write, rest)
+            elif now - peer.pinged_at >= self.timeout_seconds:
                 self.forget(connection)
-                log.info("closing a connection silent for %.1f s", silent)
+                log.info("closing a connection that did not answer a ping")
                 connection.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-            elif silent >= interval:
-                rest = direct.ping_nowait()
-                if rest:  # the socket took part of the frame: finish it in the background
-                    nursery.start_soon(direct.finish_write, rest)
 
 
 class Relay:
