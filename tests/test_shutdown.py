@@ -19,11 +19,13 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 GRACEFUL_TIMEOUT_SECONDS = 2.0
+STARTUP_TIMEOUT_SECONDS = 20
 LAUNCHERS = {
     "hypercorn": [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", "127.0.0.1:0",
                   "triorelay.app:app"],
     "serve": [sys.executable, "-m", "triorelay", "serve", "--port", "0"],
 }  # fmt: skip
+BOUNDED = {"connect_timeout": 10, "disconnect_timeout": 10}
 LISTENING = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
 
 
@@ -38,10 +40,16 @@ async def _start(launcher: str) -> tuple[trio.Process, int, bytearray]:
     )
     assert process.stderr is not None
     output = bytearray()
-    while (match := LISTENING.search(output)) is None:
-        chunk = await process.stderr.receive_some()
-        assert chunk, f"the relay exited before listening: {output.decode()}"
-        output += chunk
+    with trio.move_on_after(STARTUP_TIMEOUT_SECONDS) as startup:
+        while (match := LISTENING.search(output)) is None:
+            chunk = await process.stderr.receive_some()
+            assert chunk, f"the relay exited before listening: {output.decode()}"
+            output += chunk
+    if startup.cancelled_caught:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise AssertionError(f"the relay did not start listening: {output.decode()!r}")
+    assert match is not None
     return process, int(match.group(1)), output
 
 
@@ -56,8 +64,8 @@ async def test_signal_closes_every_client_with_1001(
     try:
         url = f"ws://127.0.0.1:{port}"
         async with (
-            open_websocket_url(url + "/ws/consumer/live") as consumer,
-            open_websocket_url(url + "/ws/producer/live") as producer,
+            open_websocket_url(url + "/ws/consumer/live", **BOUNDED) as consumer,
+            open_websocket_url(url + "/ws/producer/live", **BOUNDED) as producer,
         ):
             await producer.send_message("before shutdown")
             assert await producer.get_message() == "before shutdown"
