@@ -107,7 +107,7 @@ class Connection:
 
     role = "connection"
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel | None) -> None:
         self.id = next(_connection_ids)
         self.channel = channel
         self.cancel_scope: trio.CancelScope | None = None
@@ -159,7 +159,7 @@ class Connection:
         return ConnectionStatistics(
             id=self.id,
             role=self.role,
-            channel=self.channel.name,
+            channel=self.channel.name if self.channel is not None else "",
             messages_in=self.messages_in,
             bytes_in=self.bytes_in,
             messages_out=self.messages_out,
@@ -172,6 +172,8 @@ class Connection:
 
 class Producer(Connection):
     """A producer attached to a channel. Publish with :meth:`publish`."""
+
+    channel: Channel
 
     role = "producer"
 
@@ -196,6 +198,7 @@ class Consumer(Connection):
     """
 
     role = "consumer"
+    channel: Channel
 
     def __init__(
         self,
@@ -544,6 +547,19 @@ class Hub:
             channel.detach_consumer(consumer)
             self._connections.discard(consumer)
             self._release(channel)
+
+    @contextmanager
+    def attach_echo(self) -> Iterator[Connection]:
+        """Register an echo connection (no channel) so that shutdown reaches it too."""
+        if self.closing:
+            raise ShuttingDown("the relay is shutting down")
+        connection = Connection(None)
+        connection.role = "echo"
+        self._connections.add(connection)
+        try:
+            yield connection
+        finally:
+            self._connections.discard(connection)
 
     def channel_statistics(self, name: str) -> ChannelStatistics | None:
         channel = self._channels.get(name)

@@ -42,6 +42,7 @@ AckMode = Literal["echo", "id", "none"]
 C = TypeVar("C", bound=Connection)
 DEFAULT_CHANNEL = "default"
 _ROLES = {"/ws/producer": "producer", "/ws/consumer": "consumer"}
+ECHO_PATH = "/ws/echo"
 
 
 def parse_route(path: str) -> tuple[str, str] | None:
@@ -49,6 +50,8 @@ def parse_route(path: str) -> tuple[str, str] | None:
 
     The channel is not validated here: ``/ws/producer/a/b`` is a relay path with a bad name.
     """
+    if path == ECHO_PATH:
+        return "echo", ""
     role = _ROLES.get(path)
     if role is not None:
         return role, DEFAULT_CHANNEL
@@ -80,6 +83,12 @@ class RelayWebSockets:
         role, channel = route
         connect = await receive()
         if connect["type"] != "websocket.connect":  # pragma: no cover - the ASGI spec's order
+            return
+        if role == "echo":
+            try:
+                await self._echo(receive, send)
+            except _Rejected as rejected:
+                await _reject(send, rejected.error)
             return
         try:
             validate_channel_name(channel)
@@ -162,6 +171,32 @@ class RelayWebSockets:
                 else:
                     consumer.disconnected = True  # the client went away mid-send
             await self._finish(consumer, send)
+
+    async def _echo(self, receive: Receive, send: Send) -> None:
+        """Send every message back as it came (diagnostics and protocol conformance)."""
+        with ExitStack() as stack:
+            connection = await self._open(stack, self.relay.hub.attach_echo(), send)
+            socket = _Socket(receive, send)
+
+            async def echo(payloads: list[Payload]) -> None:
+                if connection.close_code is None:
+                    await socket.send_many(payloads)
+
+            tap = self._tap(stack, connection, send, socket, echo)
+            with trio.CancelScope() as scope:
+                self._bind(connection, scope)
+                if tap is not None:
+                    await _wait_for_disconnect(receive)
+                else:
+                    max_bytes = self.relay.settings.max_message_bytes
+                    while (event := await receive())["type"] == "websocket.receive":
+                        payload = _payload_of(event)
+                        if len(payload) > max_bytes:
+                            connection.close(CloseCode.MESSAGE_TOO_BIG, "message over the limit")
+                            break
+                        await socket.send_many([payload])
+                connection.disconnected = connection.close_code is None
+            await self._finish(connection, send)
 
     def _tap(
         self,
