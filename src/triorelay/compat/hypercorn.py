@@ -294,6 +294,7 @@ class InboundTap:
     def __init__(
         self,
         ws_stream: Any,
+        receive_channel: trio.MemoryReceiveChannel[Any],
         on_messages: OnMessages,
         on_invalid: OnInvalid,
         max_message_bytes: int,
@@ -312,6 +313,41 @@ class InboundTap:
         self._app_put = ws_stream.app_put
         ws_stream.handle = self._tapped_handle
         ws_stream.app_put = self._tapped_app_put
+        # Messages that reached the app's channel before the tap (during the accept) are
+        # delivered first, by start(); until then the reader waits, so the order holds.
+        self._started = trio.Event()
+        self._backlog: list[bytes | str] = []
+        channel = _bound_self(self._app_put)
+        held: list[dict[str, Any]] = []
+        while True:
+            try:
+                event = receive_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if event["type"] == "websocket.receive" and not held:
+                payload = event.get("bytes")
+                self._backlog.append(payload if payload is not None else event["text"])
+            else:
+                held.append(event)
+        for event in held:  # a disconnect (and anything after it) goes back for the app
+            channel.send_nowait(event)
+        self._disconnected_early = any(e["type"] == "websocket.disconnect" for e in held)
+
+    async def start(self) -> None:
+        """Deliver what arrived before the tap, then let the reader deliver directly."""
+        try:
+            if self._backlog:
+                backlog, self._backlog = self._backlog, []
+                await self._on_messages(backlog)
+        finally:
+            self._started.set()
+        if self._disconnected_early and self.on_disconnect is not None:
+            self.on_disconnect()
+
+    async def _deliver(self, messages: list[bytes | str]) -> None:
+        if not self._started.is_set():
+            await self._started.wait()
+        await self._on_messages(messages)
 
     def remove(self) -> None:
         """Give the connection back to Hypercorn's own reading.
@@ -327,7 +363,7 @@ class InboundTap:
     async def _tapped_app_put(self, message: dict[str, Any]) -> None:
         if message["type"] == "websocket.receive":
             payload = message.get("bytes")
-            await self._on_messages([payload if payload is not None else message["text"]])
+            await self._deliver([payload if payload is not None else message["text"]])
         elif message["type"] == "websocket.disconnect" and self.on_disconnect is not None:
             self.on_disconnect()
         else:
@@ -371,7 +407,7 @@ class InboundTap:
         data = self._pending + event.data if self._pending else event.data
         messages, used, status = _parse_simple_frames(data, self._max_message_bytes)
         if messages:
-            await self._on_messages(messages)
+            await self._deliver(messages)
         if status is _INVALID_UTF8:
             # wsproto would fail the connection without a close frame; close with 1007.
             self._fail(1007, "invalid UTF-8 in a text message")
@@ -441,6 +477,7 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 
 def tap_inbound(
+    receive: Callable[..., Any],
     send: Callable[..., Any],
     on_messages: OnMessages,
     on_invalid: OnInvalid,
@@ -449,14 +486,17 @@ def tap_inbound(
     """Install an :class:`InboundTap` on the accepted WebSocket behind ``send``, or None."""
     ws_stream = _bound_self(send)
     connection = getattr(ws_stream, "connection", None)
+    receive_channel = _bound_self(receive)
     if (
         not isinstance(connection, WSConnection)
+        or not isinstance(receive_channel, trio.MemoryReceiveChannel)
+        or not isinstance(_bound_self(getattr(ws_stream, "app_put", None)), trio.MemorySendChannel)
         or not hasattr(ws_stream, "app_put")
         or getattr(ws_stream, "state", None) is not _CONNECTED
         or not hasattr(getattr(connection, "_proto", None), "_frame_decoder")
     ):
         return None
-    return InboundTap(ws_stream, on_messages, on_invalid, max_message_bytes)
+    return InboundTap(ws_stream, receive_channel, on_messages, on_invalid, max_message_bytes)
 
 
 def isolate_connection_errors() -> None:

@@ -132,11 +132,12 @@ class RelayWebSockets:
             publisher = _Publisher(producer, ack, socket, max_bytes)
             # Where Hypercorn allows, its reader task publishes each TCP read's messages
             # itself: no task switch per message. Otherwise this task reads them.
-            tap = self._tap(stack, producer, send, socket, publisher.publish_from_reader)
+            tap = self._tap(stack, producer, receive, send, socket, publisher.publish_from_reader)
             with trio.CancelScope() as scope:
                 self._bind(producer, scope)
                 try:
                     if tap is not None:
+                        await tap.start()
                         await _wait_for_disconnect(receive)
                     else:
                         await publisher.run(receive)
@@ -153,12 +154,13 @@ class RelayWebSockets:
             socket = _Socket(receive, send)
             # What a consumer sends is discarded, but its size limit still holds, checked on
             # each frame's header before anything is buffered.
-            tap = self._tap(stack, consumer, send, socket, _discard)
+            tap = self._tap(stack, consumer, receive, send, socket, _discard)
             with trio.CancelScope() as scope:
                 self._bind(consumer, scope)
                 if tap is not None:
                     # Hypercorn's reader reports the disconnect: no reader task of our own.
                     tap.on_disconnect = partial(_disconnected, consumer, scope)
+                    await tap.start()
                     await _write_loop(consumer, socket, notices)
                 else:
                     async with trio.open_nursery() as nursery:
@@ -182,10 +184,11 @@ class RelayWebSockets:
                 if connection.close_code is None:
                     await socket.send_many(payloads)
 
-            tap = self._tap(stack, connection, send, socket, echo)
+            tap = self._tap(stack, connection, receive, send, socket, echo)
             with trio.CancelScope() as scope:
                 self._bind(connection, scope)
                 if tap is not None:
+                    await tap.start()
                     await _wait_for_disconnect(receive)
                 else:
                     max_bytes = self.relay.settings.max_message_bytes
@@ -202,12 +205,14 @@ class RelayWebSockets:
         self,
         stack: ExitStack,
         connection: Connection,
+        receive: Receive,
         send: Send,
         socket: _Socket,
         on_messages: hypercorn_compat.OnMessages,
     ) -> hypercorn_compat.InboundTap | None:
         """Take the connection's inbound frames from Hypercorn's reader, and watch liveness."""
         tap = hypercorn_compat.tap_inbound(
+            receive,
             send,
             on_messages,
             partial(_refuse, connection),
