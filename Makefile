@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ run: $(VENV)/.installed-run
 	$(BIN)/triorelay serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests loadtest
-	$(BIN)/ruff format --check src tests loadtest
+	$(BIN)/ruff check src tests loadtest tools
+	$(BIN)/ruff format --check src tests loadtest tools
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy src
@@ -35,6 +35,10 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/coverage report
 
 test: lint typecheck pytest
+
+# Autobahn|Testsuite against /ws/echo (Python 2.7 from $$PYTHON2 or pyenv); report in build/autobahn.
+conformance: $(VENV)/.installed-run
+	$(BIN)/python tools/conformance.py
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .pytest_cache .ruff_cache build
