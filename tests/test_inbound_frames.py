@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import pytest
 import wsproto.events as ws
 
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket, RunningRelay, receive_n
+
+MiB = 1024 * 1024
 
 
 def masked_frame(first_byte: int, payload: bytes) -> bytes:
@@ -107,3 +110,20 @@ async def test_huge_frame_is_refused_on_its_header(start_relay: StartRelay, role
     assert code == 1009
     assert reason is not None
     assert "limit" in reason
+
+
+async def test_compressed_frame_without_negotiation_is_refused(relay: RunningRelay) -> None:
+    """With compression off, a deflate bomb (RSV1 frame) is a protocol error: close 1002."""
+    bomb = zlib.compressobj(wbits=-15)
+    payload = bomb.compress(b"\x00" * (64 * MiB)) + bomb.flush(zlib.Z_SYNC_FLUSH)[:-4]
+    assert len(payload) < 100_000
+    client = await RawWebSocket.connect(relay.port, "/ws/producer/bomb", 65536, deflate=True)
+    try:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        header = bytes([0xC2, 0x80 | 127]) + len(payload).to_bytes(8, "big")  # FIN+RSV1, binary
+        await client.send_raw(header + mask + masked)
+        _, code, _ = await client.read_until_closed()
+    finally:
+        client.close()
+    assert code == 1002

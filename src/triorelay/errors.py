@@ -26,6 +26,8 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     #: The server is shutting down (SIGINT/SIGTERM): reconnect to another instance later.
     GOING_AWAY = 1001
+    #: A frame that breaks RFC 6455 (for example reserved bits set without an extension).
+    PROTOCOL_ERROR = 1002
     #: A frame type the endpoint does not take (for example binary where only text is allowed).
     UNSUPPORTED_DATA = 1003
     #: A text message that is not valid UTF-8.

@@ -411,6 +411,9 @@ class InboundTap:
         if status is _INVALID_UTF8:
             # wsproto would fail the connection without a close frame; close with 1007.
             self._fail(1007, "invalid UTF-8 in a text message")
+        elif status is _RESERVED_BITS:
+            # wsproto would fail the connection without a close frame; close with 1002.
+            self._fail(1002, "reserved bits set without a negotiated extension")
         elif status is _TOO_BIG:
             # Refused on its header: the frame is never buffered (Hypercorn would buffer it
             # whole before checking, https://github.com/pgjones/hypercorn/issues/307).
@@ -426,6 +429,7 @@ _SIMPLE = "simple"  # data[used:] is an incomplete simple frame, or empty
 _WSPROTO = "wsproto"  # the frame at data[used:] is one wsproto must handle
 _INVALID_UTF8 = "invalid-utf8"  # the text frame at data[used:] is not UTF-8
 _TOO_BIG = "too-big"  # the frame at data[used:] declares more than the limit
+_RESERVED_BITS = "reserved-bits"  # RSV1-3 set with no extension negotiated
 
 
 def _parse_simple_frames(data: bytes, max_bytes: int) -> tuple[list[bytes | str], int, str]:
@@ -436,7 +440,9 @@ def _parse_simple_frames(data: bytes, max_bytes: int) -> tuple[list[bytes | str]
     while end - used >= 2:
         first, second = data[used], data[used + 1]
         opcode = first & 0x0F
-        if first & 0xF0 != 0x80 or opcode not in (1, 2) or not second & 0x80:
+        if first & 0x70:
+            return messages, used, _RESERVED_BITS  # no extension is on when the tap parses
+        if first & 0x80 != 0x80 or opcode not in (1, 2) or not second & 0x80:
             return messages, used, _WSPROTO  # fragment, RSV bits, control frame, or unmasked
         length = second & 0x7F
         header = 6
