@@ -1,0 +1,43 @@
+"""Without the Hypercorn fast path (compat helpers declining), the relay still works."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from trio_websocket import ConnectionClosed
+
+from tests.conftest import StartRelay
+from tests.helpers import receive_n
+from triorelay.compat import hypercorn as compat
+
+
+@pytest.fixture
+def no_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def decline(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(compat, "tap_inbound", decline)
+    monkeypatch.setattr(compat, "open_direct", decline)
+
+
+@pytest.mark.usefixtures("no_fast_path")
+async def test_relay_echo_and_acks_over_plain_asgi(start_relay: StartRelay) -> None:
+    """Producers, consumers and /ws/echo work on Hypercorn's ASGI callables alone."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096)
+    async with relay.websocket("/ws/consumer/plain") as consumer:
+        async with relay.websocket("/ws/producer/plain?ack=id") as producer:
+            for i in range(20):
+                await producer.send_message(f"m{i}")
+            acks = [json.loads(m) for m in await receive_n(producer, 20)]
+            assert acks == [{"id": i + 1} for i in range(20)]
+            assert await receive_n(consumer, 20) == [f"m{i}" for i in range(20)]
+            await producer.send_message("x" * 1025)
+            with pytest.raises(ConnectionClosed) as closed:
+                await producer.get_message()
+            assert closed.value.reason.code == 1009
+    async with relay.websocket("/ws/echo") as echo:
+        await echo.send_message(b"")
+        assert await echo.get_message() == b""
+    assert (await relay.http.get("/channels")).json() == {"channels": []}
