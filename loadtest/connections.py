@@ -62,6 +62,34 @@ async def hold_idle(
             stats.note_error(f"idle connection: {exc!r}")
 
 
+async def probe_round_trip(
+    url: str, channel: str | None, *, rounds: int = 20, timeout_s: float = 10.0
+) -> dict[str, float]:
+    """A new producer's connect time and echo round trips, in ms, while others are held.
+
+    Echo round trips work against both servers (the baseline always echoes; triorelay's
+    default ``?ack=echo``). Hold the idle connections as producers to keep this a pure
+    round trip (idle consumers would receive the probe messages too).
+    """
+    target = endpoint_url(url, "producer", channel)
+    with trio.fail_after(timeout_s):
+        t0 = time.perf_counter()
+        async with open_websocket_url(target) as ws:
+            connect_ms = (time.perf_counter() - t0) * 1000
+            rtts: list[float] = []
+            for i in range(rounds):
+                sent = time.perf_counter()
+                await ws.send_message(f'{{"probe": {i}}}')
+                await ws.get_message()
+                rtts.append((time.perf_counter() - sent) * 1000)
+    rtts.sort()
+    return {
+        "probe_connect_ms": round(connect_ms, 3),
+        "probe_rtt_ms_p50": round(rtts[len(rtts) // 2], 3),
+        "probe_rtt_ms_max": round(rtts[-1], 3),
+    }
+
+
 async def run_connections(
     *,
     url: str,
@@ -119,6 +147,7 @@ async def run_connections(
         connect_s = time.monotonic() - t0
         await trio.sleep(hold_s)  # let the server settle before reading RSS
         after = server.sample() if server is not None else None
+        probe = await probe_round_trip(url, channel)
         stopper.stop()
         stop_sampling.set()
 
@@ -156,5 +185,6 @@ async def run_connections(
             "server_rss_after_bytes": None if after is None else after.rss_bytes,
             "server_rss_delta_bytes": rss_delta,
             "server_rss_per_connection_bytes": per_conn,
+            **probe,
         },
     )

@@ -115,9 +115,13 @@ async def test_max(baseline_server: RunningServer) -> None:
 
 
 async def test_connections(baseline_server: RunningServer) -> None:
-    """Ramp to 30 idle connections and report RSS per connection and the connect rate."""
+    """Ramp to 30 idle connections; report RSS per connection, connect rate, a probe's RTT."""
     result = await run_connections(
-        url=baseline_server.url, connections=30, hold_s=0.1, server_pid=baseline_server.pid
+        url=baseline_server.url,
+        connections=30,
+        role="producer",
+        hold_s=0.1,
+        server_pid=baseline_server.pid,
     )
     assert check_result(json.loads(json.dumps(result))) == []
     extra = result["extra"]
@@ -125,6 +129,8 @@ async def test_connections(baseline_server: RunningServer) -> None:
     assert extra["connect_rate_per_s"] > 0
     assert extra["server_rss_per_connection_bytes"] is not None
     assert result["summary"]["latency_ms"]["count"] == 30
+    assert 0 < extra["probe_rtt_ms_p50"] <= extra["probe_rtt_ms_max"]
+    assert extra["probe_connect_ms"] > 0
 
 
 def test_cli_writes_json(baseline_server: RunningServer, tmp_path: Path) -> None:
