@@ -27,7 +27,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check src tests loadtest tools
 
 typecheck: $(VENV)/.installed-test
-	$(BIN)/mypy src
+	$(BIN)/mypy src loadtest
 
 pytest: $(VENV)/.installed-test
 	rm -f .coverage

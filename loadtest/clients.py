@@ -16,11 +16,16 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -52,6 +57,19 @@ RECEIVE_BYTES = 65536
 #: Per-connection trio-websocket queue bound (messages), to keep generator memory bounded:
 #: 1000 consumers x 64 messages x 1 kB = 64 MB at worst.
 WS_MESSAGE_QUEUE = 64
+
+
+def open_client(
+    url: str, connect_timeout_s: float
+) -> AbstractAsyncContextManager[WebSocketConnection]:
+    """A trio-websocket client as every scenario opens it (bounded connect and close)."""
+    return open_websocket_url(
+        url,
+        connect_timeout=connect_timeout_s,
+        disconnect_timeout=2.0,
+        message_queue_size=WS_MESSAGE_QUEUE,
+    )
+
 
 #: Exceptions that mean "this connection failed" (peer or network), not a bug in the generator.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
@@ -154,12 +172,7 @@ async def consume(
     delivered = 0
     started = False
     try:
-        async with open_websocket_url(
-            url,
-            connect_timeout=connect_timeout_s,
-            disconnect_timeout=2.0,
-            message_queue_size=WS_MESSAGE_QUEUE,
-        ) as ws:
+        async with open_client(url, connect_timeout_s) as ws:
             counters.connected += 1
             started = True
             task_status.started(True)
@@ -236,12 +249,7 @@ async def produce(
     counters = stats.counters
     started = False
     try:
-        async with open_websocket_url(
-            url,
-            connect_timeout=connect_timeout_s,
-            disconnect_timeout=2.0,
-            message_queue_size=WS_MESSAGE_QUEUE,
-        ) as ws:
+        async with open_client(url, connect_timeout_s) as ws:
             counters.connected += 1
             started = True
             task_status.started(True)

@@ -14,9 +14,8 @@ import time
 from typing import Any
 
 import trio
-from trio_websocket import open_websocket_url
 
-from loadtest.clients import CONNECTION_ERRORS, Stopper
+from loadtest.clients import CONNECTION_ERRORS, Stopper, open_client
 from loadtest.endpoints import Role, endpoint_url
 from loadtest.engine import ProgressFn, sample_loop, start_many
 from loadtest.monitor import ProcessSampler, Sample
@@ -42,9 +41,7 @@ async def hold_idle(
     t0 = time.monotonic_ns()
     started = False
     try:
-        async with open_websocket_url(
-            url, connect_timeout=connect_timeout_s, disconnect_timeout=2.0
-        ):
+        async with open_client(url, connect_timeout_s):
             stats.latency.record_ns(time.monotonic_ns() - t0)
             stats.counters.connected += 1
             started = True
@@ -74,7 +71,7 @@ async def probe_round_trip(
     target = endpoint_url(url, "producer", channel)
     with trio.fail_after(timeout_s):
         t0 = time.perf_counter()
-        async with open_websocket_url(target) as ws:
+        async with open_client(target, timeout_s) as ws:
             connect_ms = (time.perf_counter() - t0) * 1000
             rtts: list[float] = []
             for i in range(rounds):
