@@ -54,3 +54,27 @@ async def test_quart_trio_stops_reading_after_10_unread_messages() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert served == 11, "it stopped reading: the disconnect is never received"
         nursery.cancel_scope.cancel()
+
+
+async def test_hypercorn_send_after_disconnect_returns_without_a_checkpoint() -> None:
+    """Hypercorn's app_send on a closed WebSocket returns at once: a send loop would spin."""
+    from hypercorn.protocol.ws_stream import WSStream
+
+    stream = object.__new__(WSStream)
+    stream.closed = True
+    with trio.testing.assert_no_checkpoints():
+        await stream.app_send({"type": "websocket.send", "text": "x"})
+
+
+async def test_relay_send_on_a_closed_socket_reports_it_and_checkpoints() -> None:
+    """The relay's direct send says nothing went out, and yields, so its loops end."""
+    from hypercorn.protocol.ws_stream import WSStream
+
+    from triorelay.compat.hypercorn import DirectWebSocket
+
+    stream = object.__new__(WSStream)
+    stream.closed = True
+    stream.connection = None
+    direct = DirectWebSocket(stream, None, None)
+    with trio.testing.assert_checkpoints():
+        assert await direct.send_messages(["x"]) is False
