@@ -64,9 +64,6 @@ class CloseReaper:
             self._deadlines[key] = trio.current_time() + self.timeout_seconds
             self._wakeup.set()
 
-    def __len__(self) -> int:
-        return len(self._deadlines)
-
     def abort_all(self) -> None:
         """Drop every tracked socket at once (the relay is being torn down)."""
         for key in list(self._sends):

@@ -162,11 +162,10 @@ class DirectWebSocket:
         socket takes the whole write at once (the common case), this does not yield; otherwise
         the rest goes out shielded under the send lock, as Hypercorn sends.
         """
-        ws_stream = self._ws_stream
-        connection = ws_stream.connection
-        if ws_stream.closed or connection.state is not ConnectionState.OPEN:
+        if not self._is_open():
             await trio.lowlevel.checkpoint()
             return False
+        connection = self._ws_stream.connection
         if any(extension.enabled() for extension in connection._proto.extensions):
             data = b"".join([connection.send(_as_event(p)) for p in payloads])
         else:
@@ -179,9 +178,7 @@ class DirectWebSocket:
         if not lock.locked():
             # Nobody else is writing, and we do not yield before writing: try the socket now.
             try:
-                sent = tcp_server.stream.socket._sock.send(data)
-            except BlockingIOError:
-                sent = 0
+                sent = self._send_now(data)
             except OSError:
                 await tcp_server.protocol.handle(Closed())
                 return False
@@ -197,6 +194,18 @@ class DirectWebSocket:
                 return False
         return True
 
+    def _send_now(self, data: bytes) -> int:
+        """Write what the socket takes at once; 0 when it is full. Other errors propagate."""
+        try:
+            sent: int = self._tcp_server.stream.socket._sock.send(data)
+        except BlockingIOError:
+            return 0
+        return sent
+
+    def _is_open(self) -> bool:
+        ws_stream = self._ws_stream
+        return not ws_stream.closed and ws_stream.connection.state is ConnectionState.OPEN
+
     def ping_nowait(self) -> bytes | None:
         """Write a ping frame if the socket takes it now, without waiting.
 
@@ -204,21 +213,14 @@ class DirectWebSocket:
         socket: skipped this time), else the bytes still to write (``b""`` almost always),
         which the caller must finish with :meth:`finish_write`.
         """
-        ws_stream = self._ws_stream
-        connection = ws_stream.connection
-        tcp_server = self._tcp_server
-        if (
-            ws_stream.closed
-            or connection.state is not ConnectionState.OPEN
-            or tcp_server.send_lock.locked()
-        ):
+        if not self._is_open() or self._tcp_server.send_lock.locked():
             return None
-        data: bytes = connection.send(Ping())
+        data: bytes = self._ws_stream.connection.send(Ping())
         try:
-            sent = tcp_server.stream.socket._sock.send(data)
-        except OSError:  # EAGAIN: full; anything else: the reader will see it
+            sent = self._send_now(data)
+        except OSError:  # the reader will see it
             return None
-        return data[sent:]
+        return data[sent:] if sent else None
 
     async def finish_write(self, data: bytes) -> None:
         """Write the rest of a frame :meth:`ping_nowait` started."""

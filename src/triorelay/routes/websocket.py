@@ -326,8 +326,9 @@ async def _discard(payloads: list[Payload]) -> None:
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
+    """Discard events until the client disconnects (with a tap, only the disconnect comes)."""
     while (await receive())["type"] != "websocket.disconnect":
-        pass  # pragma: no cover - the inbound tap takes every message
+        pass
 
 
 class _Socket:
@@ -410,8 +411,7 @@ async def _read_until_disconnect(
     consumer: Consumer, receive: Receive, cancel_scope: trio.CancelScope
 ) -> None:
     """A consumer's reader (without a tap): discard what the client sends until it leaves."""
-    while (await receive())["type"] != "websocket.disconnect":
-        pass
+    await _wait_for_disconnect(receive)
     _disconnected(consumer, cancel_scope)
 
 
