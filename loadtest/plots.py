@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from loadtest.comparison import SIDES, Row
 
@@ -26,8 +27,15 @@ PLOT_FILES = ("latency.png", "throughput.png", "slow_memory.png")
 _COLORS = {"triorelay": "tab:blue", "asyncio": "tab:orange"}
 
 
-def _no_data(ax: Axes) -> None:
-    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+def _finish(fig: Figure, ax: Axes, path: Path, *, has_data: bool) -> None:
+    """Add the legend (or a "no data" mark), write the PNG, and free the figure."""
+    if has_data:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_latency(path: Path, rows: Sequence[Row]) -> None:
@@ -52,12 +60,7 @@ def plot_latency(path: Path, rows: Sequence[Row]) -> None:
     ax.set_title("Latency vs offered rate")
     if plotted:
         ax.set_yscale("log")
-        ax.legend()
-    else:
-        _no_data(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, path, has_data=plotted)
 
 
 def plot_throughput(path: Path, rows: Sequence[Row]) -> None:
@@ -80,13 +83,7 @@ def plot_throughput(path: Path, rows: Sequence[Row]) -> None:
     )
     ax.set_ylabel("msg/s (fan-out: deliveries/s)")
     ax.set_title("Throughput (baseline fan-out: each message to ONE consumer)")
-    if wanted:
-        ax.legend()
-    else:
-        _no_data(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, path, has_data=bool(wanted))
 
 
 def plot_slow_memory(path: Path, series: Mapping[str, Sequence[Sequence[float]]]) -> None:
@@ -105,13 +102,7 @@ def plot_slow_memory(path: Path, series: Mapping[str, Sequence[Sequence[float]]]
     ax.set_xlabel("seconds since the run began")
     ax.set_ylabel("server RSS (MiB)")
     ax.set_title("Server memory with a stalled consumer")
-    if any(series.values()):
-        ax.legend()
-    else:
-        _no_data(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _finish(fig, ax, path, has_data=any(series.values()))
 
 
 def write_plots(
