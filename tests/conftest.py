@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.helpers import RunningRelay
+from tests.redis_server import RedisServer
 from triorelay.app import create_app, relay_of
 from triorelay.server import serve
 from triorelay.settings import Settings, load_settings
@@ -53,3 +54,14 @@ async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
 async def relay(start_relay: StartRelay) -> RunningRelay:
     """A relay with the default settings."""
     return await start_relay()
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A fresh redis-server of the test's own on a free port, killed when the test ends."""
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()

@@ -8,7 +8,8 @@ Exception tree::
         ├── InvalidChannelName     HTTP 400 / close 1008
         ├── InvalidQuery           HTTP 400 / close 1008
         ├── MessageTooBig          HTTP 413 / close 1009
-        └── TooManyChannels        HTTP 503 / close 1013
+        ├── TooManyChannels        HTTP 503 / close 1013
+        └── BrokerUnavailable      HTTP 503 / close 1013
 
 Local misuse (a bad setting) and peer failure (a bad request) are separate branches, so a
 handler can turn every :class:`RequestError` into the right status or close code in one place.
@@ -39,7 +40,7 @@ class CloseCode(IntEnum):
     #: The server failed unexpectedly while handling this connection.
     INTERNAL_ERROR = 1011
     #: Try again later: the consumer was too slow for its channel (policy ``disconnect``),
-    #: or the relay is at its channel limit.
+    #: the relay is at its channel limit, or its broker (Redis) is unavailable.
     TRY_AGAIN_LATER = 1013
 
 
@@ -80,6 +81,13 @@ class MessageTooBig(RequestError):
 
 class TooManyChannels(RequestError):
     """The relay already holds ``max_channels`` channels."""
+
+    status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
+
+
+class BrokerUnavailable(RequestError):
+    """The broker (Redis) cannot take the request now: nothing was published or subscribed."""
 
     status = 503
     close_code = CloseCode.TRY_AGAIN_LATER

@@ -26,6 +26,7 @@ Nothing here sends on a socket: the routes read each consumer's messages with
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ class ChannelStatistics:
     disconnected_slow: int
     buffered: int
     peak_buffered: int
+    #: Gaps the broker reported: messages this relay may have missed (Redis outage, trimming).
+    gaps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +197,9 @@ class Consumer(Connection):
     """A consumer attached to a channel. Read its messages with :meth:`receive`.
 
     ``pending_dropped`` counts the messages this consumer lost since it last looked
-    (:meth:`take_dropped_notice`), so the route can tell the client about gaps.
+    (:meth:`take_dropped_notice`), so the route can tell the client about gaps. A consumer
+    with ``notices`` also gets a gap notice in its stream when the broker reports one
+    (:meth:`Channel.report_gap`).
     """
 
     role = "consumer"
@@ -216,6 +221,7 @@ class Consumer(Connection):
         self.buffered_bytes = 0
         self.pending_dropped = 0
         self.detached = False
+        self.notices = False
 
     @property
     def buffered(self) -> int:
@@ -337,6 +343,7 @@ class Channel:
         self.messages_out = self.bytes_out = 0
         self.dropped = 0
         self.disconnected_slow = 0
+        self.gaps = 0
         self.buffered = 0
         self.peak_buffered = 0
         self.closed = False
@@ -431,6 +438,23 @@ class Channel:
             f"consumer too slow: its buffer was full ({buffered} messages, {buffered_bytes} bytes)",
         )
 
+    def report_gap(self, count: int | None, reason: str) -> None:
+        """The broker may have lost messages on their way here: tell every consumer.
+
+        ``count`` is the number of messages missed when the broker knows it (it is counted as
+        dropped for each consumer), ``None`` when it cannot know (Redis restarted). Consumers
+        with ``notices`` get ``{"triorelay": "gap", "count": N or null, "reason": ...}`` in
+        their stream, unless their buffer is full (they are losing messages anyway).
+        """
+        self.gaps += 1
+        notice = json.dumps({"triorelay": "gap", "count": count, "reason": reason})
+        for consumer in self.consumers:
+            if count:  # counted as dropped, but told as a gap, not again as "dropped"
+                consumer.dropped += count
+                self.dropped += count
+            if consumer.notices and consumer._offer(notice, len(notice), self._max_bytes):
+                self._count_buffered()
+
     def requeue(self, consumer: Consumer, payload: Payload) -> bool:
         """Queue mode: put back a message a consumer took but did not deliver."""
         assert self._queue_send is not None
@@ -452,6 +476,8 @@ class Channel:
         else:
             send, receive = trio.open_memory_channel[Payload](self.config.consumer_buffer_messages)
             consumer = Consumer(self, receive, send)
+        if not self.consumers:
+            self.hub.broker.watch(self.name)
         self.consumers = (*self.consumers, consumer)
         return consumer
 
@@ -460,6 +486,8 @@ class Channel:
             return
         self.consumers = tuple(c for c in self.consumers if c is not consumer)
         self.buffered -= consumer._detach()
+        if not self.consumers:
+            self.hub.broker.unwatch(self.name)
 
     def statistics(self) -> ChannelStatistics:
         return ChannelStatistics(
@@ -476,6 +504,7 @@ class Channel:
             disconnected_slow=self.disconnected_slow,
             buffered=self.buffered,
             peak_buffered=self.peak_buffered,
+            gaps=self.gaps,
         )
 
     def close(self) -> None:
@@ -483,6 +512,8 @@ class Channel:
         self.closed = True
         for consumer in self.consumers:
             self.buffered -= consumer._detach()
+        if self.consumers:
+            self.hub.broker.unwatch(self.name)
         if self._queue_send is not None:
             self._queue_send.close()
 
@@ -536,10 +567,14 @@ class Hub:
             self._release(channel)
 
     @contextmanager
-    def attach_consumer(self, name: str) -> Iterator[Consumer]:
-        """Attach a consumer to channel ``name`` (created if needed) for the ``with`` block."""
+    def attach_consumer(self, name: str, *, notices: bool = False) -> Iterator[Consumer]:
+        """Attach a consumer to channel ``name`` (created if needed) for the ``with`` block.
+
+        ``notices``: the consumer also gets the broker's gap notices in its stream.
+        """
         channel = self._channel(name)
         consumer = channel.attach_consumer()
+        consumer.notices = notices
         self._connections.add(consumer)
         try:
             yield consumer
@@ -560,6 +595,22 @@ class Hub:
             yield connection
         finally:
             self._connections.discard(connection)
+
+    async def deliver(self, name: str, payload: Payload, size: int) -> None:
+        """Deliver a message the broker brought from elsewhere to channel ``name``'s consumers.
+
+        Applies the channel's mode and policy like a local publish (``block`` waits). A channel
+        with no local consumers (they left while the message travelled) takes nothing.
+        """
+        channel = self._channels.get(name)
+        if channel is not None and channel.consumers and not channel.closed:
+            await channel.publish(payload, size)
+
+    def report_gap(self, name: str, count: int | None, reason: str) -> None:
+        """The broker may have lost messages of channel ``name``: see :meth:`Channel.report_gap`."""
+        channel = self._channels.get(name)
+        if channel is not None:
+            channel.report_gap(count, reason)
 
     def channel_statistics(self, name: str) -> ChannelStatistics | None:
         channel = self._channels.get(name)

@@ -153,7 +153,7 @@ class Relay:
 
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
-        self.hub = Hub(settings, open_broker(settings.broker))
+        self.hub = Hub(settings, open_broker(settings))
         self.reaper = CloseReaper(settings.close_timeout_seconds)
         self.liveness = Liveness(settings.ping_interval_seconds, settings.ping_timeout_seconds)
         self.handle_signals = handle_signals
@@ -172,7 +172,7 @@ class Relay:
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.hub.broker.run)
+            await nursery.start(self.hub.broker.run, self.hub)
             await nursery.start(self.reaper.run)
             await nursery.start(self.liveness.run)
             if self.handle_signals:

@@ -100,8 +100,24 @@ class Settings(BaseSettings):
     ping_interval_seconds: Annotated[float, Field(gt=0)] | None = 20.0
     ping_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
 
-    #: Where messages travel between hubs: ``memory`` (one process) for now.
+    #: Where messages travel between relays: ``memory`` (this process only) or a Redis URL,
+    #: ``redis://host:port/db`` or ``rediss://...``, shared by every relay process that uses it.
     broker: str = "memory"
+    #: Redis broker: prefix of every key the relay uses (several relays can share one Redis).
+    redis_key_prefix: str = "triorelay:"
+    #: Redis broker: messages kept per channel stream (approximate ``MAXLEN``). A relay that
+    #: falls further behind than this, or reconnects after more were published, reports a gap.
+    redis_stream_max_messages: PositiveInt = 10_000
+    #: Redis broker: a channel's stream expires after this long without a publish.
+    redis_stream_ttl_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    #: Redis broker: most messages read per stream in one round trip.
+    redis_read_batch_messages: PositiveInt = 256
+    #: Redis broker: how long a publish, or a consumer's subscription, may wait for Redis
+    #: before the client gets an error (close 1013 / HTTP 503).
+    broker_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    #: Redis broker: reconnection backoff doubles from 0.05 s up to this cap, and resets after
+    #: a successful connection.
+    broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -125,8 +141,22 @@ class Settings(BaseSettings):
                 f"graceful_timeout_seconds ({self.graceful_timeout_seconds})"
             )
         if self.broker != "memory":
-            raise ValueError(f"broker {self.broker!r} is not available; use 'memory'")
+            if not self.broker.startswith(("redis://", "rediss://")):
+                raise ValueError(
+                    f"broker {self.broker!r}: use 'memory' or a redis:// or rediss:// URL"
+                )
+            modes = {self.mode} | {rule.mode for rule in self.channels.values() if rule.mode}
+            if "queue" in modes:
+                raise ValueError(
+                    "queue mode is not available with the Redis broker yet: "
+                    "use broadcast channels, or the memory broker"
+                )
         return self
+
+    @property
+    def shared_broker(self) -> bool:
+        """True when channels are shared between processes (any broker but ``memory``)."""
+        return self.broker != "memory"
 
     @classmethod
     def settings_customise_sources(

@@ -1,17 +1,27 @@
 """How published messages travel from producers to the hubs that have consumers.
 
 :class:`~triorelay.brokers.base.Broker` is the interface; :class:`MemoryBroker` (one process)
-is the embedded default. A Redis broker will implement the same interface.
+is the embedded default; :class:`~triorelay.brokers.redis.RedisBroker` shares channels between
+relay processes through Redis Streams.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from triorelay.brokers.base import Broker
 from triorelay.brokers.memory import MemoryBroker
 
+if TYPE_CHECKING:
+    from triorelay.settings import Settings
+
 __all__ = ["Broker", "MemoryBroker", "open_broker"]
 
 
-def open_broker(url: str) -> Broker:
-    """The broker for the ``broker`` setting (validated by the settings)."""
-    if url == "memory":
+def open_broker(settings: Settings) -> Broker:
+    """The broker the ``broker`` setting names (validated by the settings)."""
+    if settings.broker == "memory":
         return MemoryBroker()
-    raise ValueError(f"unknown broker {url!r}")  # pragma: no cover - settings reject it first
+    from triorelay.brokers.redis import RedisBroker  # coredis is only loaded when used
+
+    return RedisBroker(settings)

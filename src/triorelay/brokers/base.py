@@ -2,33 +2,61 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 if TYPE_CHECKING:
-    from triorelay.hub import Channel, Payload
+    from triorelay.hub import Channel, Hub, Payload
 
 
 class Broker(Protocol):
     """Carries each published message to every hub with consumers on its channel.
 
-    Contract: :meth:`publish` returns once the message is accepted (its sequence number is
-    final): delivered into the local channel for the memory broker, acknowledged by the server
-    for a networked one. It may block for backpressure and raises on failure, so a producer's
-    ack never covers a lost message. :meth:`run` owns any background work (listeners,
-    reconnection) for the app's lifetime and signals readiness with ``task_status.started()``.
+    Contract:
+
+    - :meth:`publish` returns once the message is accepted (its sequence number is final):
+      delivered into the local channel for the memory broker, stored by Redis for the Redis
+      broker. It may block for backpressure and raises on failure
+      (:class:`~triorelay.errors.BrokerUnavailable`), so a producer's ack never covers a lost
+      message.
+    - The hub calls :meth:`watch` when a channel gets its first local consumer and
+      :meth:`unwatch` when it loses its last one; the route awaits :meth:`wait_watching`
+      before accepting a consumer, so every message published after that reaches it.
+    - :meth:`run` owns any background work (listeners, reconnection) for the app's lifetime and
+      signals readiness with ``task_status.started()``.
     """
 
     async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
         """Publish one message on ``channel``; return its sequence number."""
         ...
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled."""
+    def watch(self, name: str) -> None:
+        """Channel ``name`` has local consumers: deliver its messages to this hub."""
+        ...
+
+    def unwatch(self, name: str) -> None:
+        """Channel ``name`` has no local consumers any more."""
+        ...
+
+    async def wait_watching(self, name: str) -> None:
+        """Return once messages published on ``name`` from now on reach this hub.
+
+        Raises :class:`~triorelay.errors.BrokerUnavailable` if that cannot happen in time.
+        """
+        ...
+
+    async def run(
+        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver other relays' messages to ``hub`` (:meth:`Hub.deliver`) until cancelled."""
         ...
 
     @property
     def ready(self) -> bool:
         """False while the broker cannot accept messages (for ``/healthz``)."""
+        ...
+
+    def statistics(self) -> dict[str, Any]:
+        """The broker's counters, for ``/healthz``."""
         ...

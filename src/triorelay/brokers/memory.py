@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 if TYPE_CHECKING:
-    from triorelay.hub import Channel, Payload
+    from triorelay.hub import Channel, Hub, Payload
 
 
 class MemoryBroker:
@@ -16,10 +16,24 @@ class MemoryBroker:
     async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
         return await channel.publish(payload, size)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def watch(self, name: str) -> None:
+        """Nothing to do: the local channel is the only one."""
+
+    def unwatch(self, name: str) -> None:
+        """Nothing to do: the local channel is the only one."""
+
+    async def wait_watching(self, name: str) -> None:
+        """Return at once (no checkpoint): local delivery needs no subscription."""
+
+    async def run(
+        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         await trio.sleep_forever()
 
     @property
     def ready(self) -> bool:
         return True
+
+    def statistics(self) -> dict[str, Any]:
+        return {"kind": "memory", "ready": True}

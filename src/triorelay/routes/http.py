@@ -75,8 +75,9 @@ async def show_channel(channel: str) -> tuple[Response, int]:
 @blueprint.get("/healthz")
 async def healthz() -> tuple[Response, int]:
     relay = _relay()
+    broker = relay.hub.broker.statistics()
     if relay.shutting_down:
-        return jsonify({"status": "shutting down"}), 503
+        return jsonify({"status": "shutting down", "broker": broker}), 503
     if not relay.hub.broker.ready:
-        return jsonify({"status": "broker unavailable"}), 503
-    return jsonify({"status": "ok", "channels": len(relay.hub)}), 200
+        return jsonify({"status": "broker unavailable", "broker": broker}), 503
+    return jsonify({"status": "ok", "channels": len(relay.hub), "broker": broker}), 200

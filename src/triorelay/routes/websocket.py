@@ -26,7 +26,13 @@ from urllib.parse import parse_qs
 import trio
 
 from triorelay.compat import hypercorn as hypercorn_compat
-from triorelay.errors import CloseCode, InvalidQuery, MessageTooBig, RequestError
+from triorelay.errors import (
+    BrokerUnavailable,
+    CloseCode,
+    InvalidQuery,
+    MessageTooBig,
+    RequestError,
+)
 from triorelay.hub import Connection, Consumer, Payload, Producer, validate_channel_name
 from triorelay.relay import Relay
 
@@ -108,10 +114,22 @@ class RelayWebSockets:
         except _Rejected as rejected:
             await _reject(send, rejected.error)
 
-    async def _open(self, stack: ExitStack, attach: AbstractContextManager[C], send: Send) -> C:
-        """Attach to the hub (refusing the upgrade on a RequestError), then accept."""
+    async def _open(
+        self,
+        stack: ExitStack,
+        attach: AbstractContextManager[C],
+        send: Send,
+        subscribe: str | None = None,
+    ) -> C:
+        """Attach to the hub (refusing the upgrade on a RequestError), then accept.
+
+        ``subscribe``: a consumer's channel; the upgrade waits until the broker delivers its
+        messages here, so the consumer gets every message published once it is accepted.
+        """
         try:
             connection = stack.enter_context(attach)
+            if subscribe is not None:
+                await self.relay.hub.broker.wait_watching(subscribe)
         except RequestError as error:
             raise _Rejected(error) from None
         self.relay.reaper.track(connection, send)
@@ -125,6 +143,8 @@ class RelayWebSockets:
         return connection
 
     async def _produce(self, name: str, ack: AckMode, receive: Receive, send: Send) -> None:
+        if not self.relay.hub.broker.ready:
+            raise _Rejected(BrokerUnavailable("the broker is unavailable: try again later"))
         with ExitStack() as stack:
             producer = await self._open(stack, self.relay.hub.attach_producer(name), send)
             socket = _Socket(receive, send)
@@ -150,7 +170,8 @@ class RelayWebSockets:
 
     async def _consume(self, name: str, notices: bool, receive: Receive, send: Send) -> None:
         with ExitStack() as stack:
-            consumer = await self._open(stack, self.relay.hub.attach_consumer(name), send)
+            attach = self.relay.hub.attach_consumer(name, notices=notices)
+            consumer = await self._open(stack, attach, send, subscribe=name)
             socket = _Socket(receive, send)
             # What a consumer sends is discarded, but its size limit still holds, checked on
             # each frame's header before anything is buffered.

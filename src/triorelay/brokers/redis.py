@@ -1,0 +1,326 @@
+"""The Redis broker: channels shared by every relay process on one Redis, over Redis Streams.
+
+Each channel is a stream, ``{prefix}ch:{name}``. Publishing runs one Lua script that takes the
+channel's next sequence number (``{prefix}seq:{name}``, ``INCR``), appends the message with it
+(``XADD ... MAXLEN ~ redis_stream_max_messages``) and renews both keys' expiry. One reader
+task per relay reads every stream with local consumers in one blocking ``XREAD`` and hands
+the messages to the hub, which applies the channel's slow-consumer policy as for a local
+publish. Why streams rather than pub/sub:
+
+- **Bounded end to end.** The reader asks for at most ``redis_read_batch_messages`` per
+  stream and reads again only after delivering them, so nothing accumulates in this process;
+  Redis keeps at most ``redis_stream_max_messages`` per channel. (coredis's pub/sub reader
+  buffers pushed messages without bound, and Redis would cut a slow subscriber with no trace.)
+- **No silent gaps.** Each message carries its channel sequence number, so a relay that missed
+  some (it fell further behind than the stream keeps, or Redis restarted and lost them) sees
+  the jump and reports it: :meth:`~triorelay.hub.Channel.report_gap` (statistics, and a
+  ``{"triorelay": "gap"}`` notice to consumers that asked for notices). A reconnection resumes
+  from the last message read, so a network blip loses nothing.
+  (coredis's pub/sub reconnects and resubscribes silently, losing what was published meanwhile.)
+- **Per-producer order.** A producer's messages are appended in the order it sends them, and
+  every relay reads a stream in order.
+
+When Redis is unreachable the relay stays up: consumers stay connected; publishes fail at once
+with :class:`~triorelay.errors.BrokerUnavailable` (a producer is closed with 1013, HTTP gets
+503); new producers and consumers are refused with 503; ``/healthz`` answers 503. The reader
+reconnects with a backoff that doubles up to ``broker_reconnect_max_seconds`` and resets after
+a successful connection.
+
+Joining a channel: the hub calls :meth:`RedisBroker.watch` for a channel's first local
+consumer; the route then awaits :meth:`RedisBroker.wait_watching`, which reads the stream's
+last entry so that reading starts right after it, and wakes the reader (an ``XADD`` to this
+relay's wake stream, which the blocking ``XREAD`` also reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import coredis
+import coredis.exceptions
+import trio
+
+from triorelay.compat.coredis import open_client
+from triorelay.errors import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from triorelay.hub import Channel, Hub, Payload
+    from triorelay.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'p', ARGV[1], 't', ARGV[2], 's', seq)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return seq
+"""
+_WAKE = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'w', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
+
+#: What a lost or refused Redis connection raises (coredis, trio's deadlines, the OS).
+REDIS_ERRORS = (coredis.exceptions.RedisError, TimeoutError, trio.TooSlowError, OSError)
+
+#: How long one blocking XREAD waits before it is issued again (it also wakes on a wake-up).
+_BLOCK_MILLISECONDS = 10_000
+
+
+class Backoff:
+    """Reconnection delays: ``base``, doubling per failure up to ``cap``; :meth:`reset` after
+    a success."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self._next = base
+
+    def next(self) -> float:
+        """The delay before the next attempt."""
+        delay = min(self._next, self.cap)
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.base
+
+
+class _Watch:
+    """One watched channel: where its stream is read from, and the last sequence seen."""
+
+    __slots__ = ("last_seq", "position", "positioned", "positioning")
+
+    def __init__(self) -> None:
+        self.position: bytes | None = None
+        self.last_seq: int | None = None
+        self.positioned = trio.Event()
+        self.positioning = False
+
+
+class RedisBroker:
+    """Channels shared through Redis Streams by every relay process on the same Redis."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.broker
+        self.timeout_seconds = settings.broker_timeout_seconds
+        self._max_len = str(settings.redis_stream_max_messages)
+        self._ttl_ms = str(max(1, round(settings.redis_stream_ttl_seconds * 1000)))
+        self._batch = settings.redis_read_batch_messages
+        self._prefix = settings.redis_key_prefix
+        self._backoff = Backoff(0.05, settings.broker_reconnect_max_seconds)
+        self._client = open_client(self.url, connect_timeout=self.timeout_seconds)
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._wake_script = self._client.register_script(_WAKE)
+        self._wake_key = f"{self._prefix}wake:{uuid.uuid4().hex}".encode()
+        self._wake_id = b"0-0"
+        self._watches: dict[str, _Watch] = {}
+        self._run_id: str | None = None
+        self._hub: Hub | None = None
+        self._ready = False
+        self._ready_changed = trio.Event()
+        self.reconnects = 0
+        self.gaps = 0
+        self.last_error: str | None = None
+
+    # -- publishing --
+
+    async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
+        """Append the message to the channel's stream; return its channel sequence number.
+
+        Raises :class:`BrokerUnavailable` at once while Redis is known to be down, or when
+        Redis does not confirm within ``broker_timeout_seconds``: then the message may or may
+        not have been stored, and the producer is told it was not acknowledged.
+        """
+        if not self._ready:
+            raise BrokerUnavailable("the broker is unavailable: message not published")
+        data, text = (payload.encode(), b"1") if isinstance(payload, str) else (payload, b"0")
+        name = channel.name
+        try:
+            with trio.fail_after(self.timeout_seconds):
+                seq: Any = await self._publish_script(
+                    keys=[f"{self._prefix}ch:{name}", f"{self._prefix}seq:{name}"],
+                    args=[data, text, self._max_len, self._ttl_ms],
+                )
+        except REDIS_ERRORS as error:
+            self.last_error = f"publish: {error}"
+            raise BrokerUnavailable("the broker is unavailable: message not published") from None
+        return int(seq)
+
+    # -- joining and leaving channels --
+
+    def watch(self, name: str) -> None:
+        self._watches.setdefault(name, _Watch())
+
+    def unwatch(self, name: str) -> None:
+        self._watches.pop(name, None)
+
+    async def wait_watching(self, name: str) -> None:
+        """Start reading channel ``name`` after its current last message; wake the reader."""
+        watch = self._watches.get(name)
+        if watch is None or watch.positioned.is_set():
+            return
+        if not self._ready:
+            raise BrokerUnavailable("the broker is unavailable: try again later")
+        if watch.positioning:  # another consumer of this channel is doing it
+            with trio.move_on_after(self.timeout_seconds):
+                await watch.positioned.wait()
+            if watch.positioned.is_set():
+                return
+            raise BrokerUnavailable("the broker did not answer in time: try again later")
+        watch.positioning = True
+        try:
+            with trio.fail_after(self.timeout_seconds):
+                entries = await self._client.xrevrange(f"{self._prefix}ch:{name}", count=1)
+                if entries:
+                    watch.position = _as_bytes(entries[0].identifier)
+                    watch.last_seq = int(entries[0].field_values[b"s"])
+                else:
+                    watch.position = b"0-0"
+                watch.positioned.set()
+                await self._wake_script(keys=[self._wake_key], args=[self._ttl_ms])
+        except REDIS_ERRORS as error:
+            self.last_error = f"subscribe: {error}"
+            if not watch.positioned.is_set():
+                raise BrokerUnavailable("the broker is unavailable: try again later") from None
+        finally:
+            watch.positioning = False
+
+    # -- the reader --
+
+    async def run(
+        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, then read every watched stream into ``hub`` until cancelled.
+
+        Started at once: the relay serves (and answers ``/healthz`` with 503) while Redis is
+        unreachable, and this task keeps reconnecting.
+        """
+        self._hub = hub
+        async with self._client:
+            task_status.started()
+            try:
+                while True:
+                    try:
+                        await self._connect()
+                        await self._read_forever(hub)
+                    except REDIS_ERRORS as error:
+                        self._lost(error)
+                    await trio.sleep(self._backoff.next())
+            finally:
+                # Not deleting the wake stream: it expires by itself, and a command sent while
+                # the client is being torn down leaks one of coredis's connections.
+                self._set_ready(False)
+
+    async def _connect(self) -> None:
+        with trio.fail_after(self.timeout_seconds):
+            info = await self._client.info("server")
+        self._note_run_id(str(info["run_id"]))
+        self._set_ready(True)
+        self._backoff.reset()
+        log.info("connected to the Redis broker at %s", self._safe_url)
+
+    def _lost(self, error: BaseException) -> None:
+        if self._ready:
+            log.warning("lost the Redis broker (%s): reconnecting", error)
+            self.reconnects += 1
+        self._set_ready(False)
+        self.last_error = str(error) or type(error).__name__
+
+    async def _read_forever(self, hub: Hub) -> None:
+        while True:
+            streams: dict[bytes, bytes] = {self._wake_key: self._wake_id}
+            for name, watch in self._watches.items():
+                if watch.position is not None:
+                    streams[f"{self._prefix}ch:{name}".encode()] = watch.position
+            result = await self._client.xread(streams, count=self._batch, block=_BLOCK_MILLISECONDS)
+            for key, entries in (result or {}).items():
+                if key == self._wake_key:
+                    self._wake_id = _as_bytes(entries[-1].identifier)
+                    continue
+                name = key.decode()[len(self._prefix) + 3 :]
+                await self._deliver(hub, name, entries)
+
+    async def _deliver(self, hub: Hub, name: str, entries: tuple[Any, ...]) -> None:
+        for entry in entries:
+            watch = self._watches.get(name)
+            if watch is None:
+                return  # the last local consumer left
+            watch.position = _as_bytes(entry.identifier)
+            fields = entry.field_values
+            seq = int(fields[b"s"])
+            await self._check_sequence(hub, name, watch, seq)
+            data: bytes = fields[b"p"]
+            payload: Payload = data.decode() if fields[b"t"] == b"1" else data
+            await hub.deliver(name, payload, len(payload))
+
+    async def _check_sequence(self, hub: Hub, name: str, watch: _Watch, seq: int) -> None:
+        last, watch.last_seq = watch.last_seq, seq
+        if last is None or seq == last + 1:
+            return
+        if seq > last + 1:
+            self._gap(name, seq - last - 1, "messages trimmed before this relay read them")
+            return
+        # The sequence started again: the keys expired (no publish for the stream's time to
+        # live: nothing was missed), or Redis restarted (what it held is lost).
+        with trio.fail_after(self.timeout_seconds):
+            info = await self._client.info("server")
+        self._note_run_id(str(info["run_id"]))
+        watch.last_seq = seq
+
+    def _note_run_id(self, run_id: str) -> None:
+        """A new Redis ``run_id`` means a restart: every watched channel may have a gap."""
+        restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        if restarted:
+            for name, watch in self._watches.items():
+                watch.last_seq = None  # the sequence starts again
+                self._gap(name, None, "the broker restarted: messages may have been lost")
+
+    def _gap(self, name: str, count: int | None, reason: str) -> None:
+        self.gaps += 1
+        log.warning("channel %s: gap of %s messages (%s)", name, count, reason)
+        if self._hub is not None:
+            self._hub.report_gap(name, count, reason)
+
+    # -- state --
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self._ready:
+            self._ready = ready
+            self._ready_changed.set()
+            self._ready_changed = trio.Event()
+
+    async def wait_ready(self, ready: bool = True) -> None:
+        """Wait until :attr:`ready` is ``ready`` (connected, or known to be disconnected)."""
+        while self._ready != ready:
+            await self._ready_changed.wait()
+
+    @property
+    def _safe_url(self) -> str:
+        """The URL without its password, for logs and statistics."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "kind": "redis",
+            "url": self._safe_url,
+            "ready": self._ready,
+            "reconnects": self.reconnects,
+            "gaps": self.gaps,
+            "watched_channels": len(self._watches),
+            "last_error": self.last_error,
+        }
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    """A stream id as bytes (the client decodes nothing: ``decode_responses=False``)."""
+    return value if isinstance(value, bytes) else value.encode()

