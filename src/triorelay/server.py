@@ -20,6 +20,8 @@ from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def hypercorn_config(settings: Settings) -> Config:
     """The Hypercorn configuration for ``settings``."""
@@ -33,6 +35,30 @@ def hypercorn_config(settings: Settings) -> Config:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Serve with ``workers`` processes under Hypercorn's supervisor; return its exit status.
+
+    Each worker imports ``triorelay.app:app``, so it reads its settings from the environment
+    (and ``TRIORELAY_CONFIG``) as under ``hypercorn -w N``, and shuts down the same way. Only
+    useful with a shared broker: with ``memory`` each worker would have channels of its own.
+    """
+    from hypercorn.run import run
+
+    config = hypercorn_config(settings)
+    # Worker processes start with logging unconfigured: Hypercorn applies this dict in each.
+    config.logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "root": {"level": settings.log_level, "handlers": ["stderr"]},
+    }
+    config.application_path = "triorelay.app:app"
+    config.worker_class = "trio"
+    config.workers = workers
+    return run(config)
 
 
 async def serve(
