@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -12,7 +13,7 @@ import httpx
 import trio
 import wsproto
 import wsproto.events as ws_events
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from wsproto.extensions import PerMessageDeflate
 
 from triorelay.relay import Relay
@@ -84,6 +85,23 @@ class RunningRelay:
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
+
+
+async def closed_with(ws: WebSocketConnection) -> tuple[int, str | None]:
+    """Read until the server closes ``ws``; return its close code and reason."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed as closed:
+        reason = closed.reason
+    assert reason is not None
+    return reason.code, reason.reason
+
+
+def stored_files(relay: RunningRelay) -> list[Path]:
+    """Every file in the relay's upload directory (temporary ones included)."""
+    directory = relay.relay.settings.upload_dir
+    return sorted(directory.iterdir()) if directory.exists() else []
 
 
 async def receive_n(ws: WebSocketConnection, count: int) -> list[str | bytes]:

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import WebSocketConnection
 
 from tests.conftest import StartRelay
-from tests.helpers import RawWebSocket, RunningRelay, exchange_raw
+from tests.helpers import RawWebSocket, RunningRelay, closed_with, exchange_raw, stored_files
 from tests.upstream import close_after_first, reply_prefixed, start_upstream
 from triorelay.uploads import Upload
-
-
-def stored_files(relay: RunningRelay) -> list[Path]:
-    """Every file in the relay's upload directory (temporary ones included)."""
-    directory = relay.relay.settings.upload_dir
-    return sorted(directory.iterdir()) if directory.exists() else []
-
-
-async def closed_with(ws: WebSocketConnection) -> tuple[int, str | None]:
-    """Read until the server closes ``ws``; return its close code and reason."""
-    with pytest.raises(ConnectionClosed) as closed:
-        while True:
-            await ws.get_message()
-    assert closed.value.reason is not None
-    return closed.value.reason.code, closed.value.reason.reason
 
 
 async def test_the_exact_ws_exchange(start_relay: StartRelay, nursery: trio.Nursery) -> None:

@@ -16,6 +16,7 @@ client with 1014; a client lost without one closes the upstream with 1001.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -79,19 +80,25 @@ async def open_upstream(settings: Settings, name: str) -> AsyncIterator[WebSocke
     if url is None:
         raise UnknownUpstream(f"no upstream named {name[:64]!r}")
     timeout = settings.proxy_connect_timeout_seconds
+    too_slow = UpstreamError(f"upstream {name!r} did not answer within {timeout:g} s")
     connected = False
     try:
-        async with open_websocket_url(
-            str(url),
-            message_queue_size=settings.flow_buffer_messages,
-            max_message_size=settings.max_message_bytes,
-            connect_timeout=timeout,
-            disconnect_timeout=settings.close_timeout_seconds,
-        ) as upstream:
-            connected = True
-            yield upstream
+        # trio-websocket 0.12.2 raises ConnectionTimeout only once its reader task ends, which
+        # waits for the peer: a peer that accepts TCP and never answers hangs it for good.
+        # This deadline cancels that reader too; it is lifted once connected.
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as connecting:
+            async with open_websocket_url(
+                str(url),
+                message_queue_size=settings.flow_buffer_messages,
+                max_message_size=settings.max_message_bytes,
+                connect_timeout=timeout,
+                disconnect_timeout=settings.close_timeout_seconds,
+            ) as upstream:
+                connected = True
+                connecting.deadline = math.inf
+                yield upstream
     except ConnectionTimeout:
-        raise UpstreamError(f"upstream {name!r} did not answer within {timeout:g} s") from None
+        raise too_slow from None
     except ConnectionRejected as rejected:
         raise UpstreamError(
             f"upstream {name!r} refused the connection (HTTP {rejected.status_code})"
@@ -103,6 +110,8 @@ async def open_upstream(settings: Settings, name: str) -> AsyncIterator[WebSocke
             raise
         log.info("cannot reach upstream %r: %r", name, error.__cause__ or error)
         raise UpstreamError(f"cannot reach upstream {name!r}") from None
+    if connecting.cancelled_caught:
+        raise too_slow
 
 
 async def close_upstream(upstream: WebSocketConnection, close: Close, timeout: float) -> None:
@@ -113,26 +122,18 @@ async def close_upstream(upstream: WebSocketConnection, close: Close, timeout: f
         await upstream.aclose(close.code, close.reason)
 
 
-async def ask(settings: Settings, name: str, message: Payload) -> Payload:
-    """Send ``message`` to upstream ``name`` over a new connection; return its first reply.
+async def request(upstream: WebSocketConnection, name: str, message: Payload) -> Payload:
+    """Send ``message`` to ``upstream`` (named ``name``) and return its next message.
 
-    Raises what :func:`open_upstream` raises, and :class:`UpstreamError` when the upstream
-    closes without replying. Waits for the reply as long as it takes: cancel to give up.
+    Raises :class:`UpstreamError` when the upstream closes without replying. Waits for the
+    reply as long as it takes: cancel to give up.
     """
-    async with open_upstream(settings, name) as upstream:
-        replied = False
-        try:
-            await upstream.send_message(message)
-            reply = await upstream.get_message()
-            replied = True
-            return reply
-        except ConnectionClosed as closed:
-            code = closed.reason.code if closed.reason is not None else NO_STATUS
-            raise UpstreamError(f"upstream {name!r} closed before replying ({code})") from None
-        finally:
-            # Also when cancelled (the client left, shutdown): the upstream gets a close frame.
-            close = Close(CloseCode.NORMAL, "") if replied else Close(CloseCode.GOING_AWAY, "")
-            await close_upstream(upstream, close, settings.close_timeout_seconds)
+    try:
+        await upstream.send_message(message)
+        return await upstream.get_message()
+    except ConnectionClosed as closed:
+        code = closed.reason.code if closed.reason is not None else NO_STATUS
+        raise UpstreamError(f"upstream {name!r} closed before replying ({code})") from None
 
 
 async def pipe(
@@ -143,7 +144,9 @@ async def pipe(
 
     Returns the close the route must send to the client when the upstream closed first; None
     when the client went first (the upstream has then been closed, waiting at most
-    ``close_timeout`` seconds). Cancelling it leaves the upstream open: the caller closes it.
+    ``close_timeout`` seconds). Cancelling it leaves the upstream open: the caller closes it,
+    which needs trio-websocket's reader task, so the caller must not cancel a scope around
+    :func:`open_upstream` before that.
     """
     endings: list[Close | None] = []
 

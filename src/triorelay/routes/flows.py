@@ -164,9 +164,7 @@ class FlowWebSockets(RelayWebSockets):
                         return  # the client left mid-file: the partial file is removed
                 reply = "File received successfully"
             elif isinstance(action, ProxyRequest):
-                answer: Payload | None = None
-                with client.cancelled_on_disconnect():
-                    answer = await proxy.ask(self.relay.settings, DEFAULT_UPSTREAM, action.text)
+                answer = await self._ask_upstream(connection, client, action.text)
                 if answer is None:
                     return  # the client left while the upstream was asked
                 prefix = "External response: "
@@ -192,19 +190,59 @@ class FlowWebSockets(RelayWebSockets):
             if not await client.send(json.dumps(asdict(stored))):
                 return
 
+    async def _ask_upstream(
+        self, connection: Connection, client: _Client, text: str
+    ) -> Payload | None:
+        """The ``/ws`` proxy flow: ``text`` to the upstream ``default``, its reply back.
+
+        None when the client left before the reply (the upstream is then closed with 1001).
+        """
+        settings = self.relay.settings
+        timeout = settings.close_timeout_seconds
+        answer: Payload | None = None
+        async with proxy.open_upstream(settings, DEFAULT_UPSTREAM) as upstream:
+            with self._rebound(connection):
+                try:
+                    with client.cancelled_on_disconnect():
+                        answer = await proxy.request(upstream, DEFAULT_UPSTREAM, text)
+                finally:
+                    code = CloseCode.NORMAL if answer is not None else CloseCode.GOING_AWAY
+                    await proxy.close_upstream(upstream, proxy.Close(code, ""), timeout)
+        return answer
+
     async def _proxy(self, name: str, connection: Connection, client: _Client) -> None:
         """``/ws/proxy/{name}``: a full-duplex pipe to the upstream ``name``."""
         settings = self.relay.settings
+        timeout = settings.close_timeout_seconds
         async with proxy.open_upstream(settings, name) as upstream:
-            try:
-                ending = await proxy.pipe(client, upstream, settings.close_timeout_seconds)
-            finally:
-                if connection.close_code is not None:
-                    # The relay is closing the client (shutdown, a limit): the upstream too.
-                    going = proxy.Close(CloseCode.GOING_AWAY, connection.close_reason)
-                    await proxy.close_upstream(upstream, going, settings.close_timeout_seconds)
+            with self._rebound(connection):
+                try:
+                    ending = await proxy.pipe(client, upstream, timeout)
+                finally:
+                    if connection.close_code is not None:
+                        # The relay is closing the client (shutdown, a limit): the upstream too.
+                        going = proxy.Close(CloseCode.GOING_AWAY, connection.close_reason)
+                        await proxy.close_upstream(upstream, going, timeout)
         if ending is not None:
             connection.close(ending.code, ending.reason)
+
+    @contextmanager
+    def _rebound(self, connection: Connection) -> Iterator[None]:
+        """Make the hub's close of ``connection`` cancel only the ``with`` block.
+
+        Around an open upstream: cancelling the scope around :func:`proxy.open_upstream` would
+        also cancel trio-websocket's reader task, and the upstream could no longer be closed
+        with a close handshake. On leaving, the connection's own scope is bound again (and
+        cancelled then if the connection was closed meanwhile).
+        """
+        outer = connection.cancel_scope
+        with trio.CancelScope() as inner:
+            self._bind(connection, inner)
+            try:
+                yield
+            finally:
+                if outer is not None:
+                    self._bind(connection, outer)
 
 
 async def _store(
