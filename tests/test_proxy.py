@@ -10,11 +10,12 @@ import trio
 import trio.testing
 import wsproto
 import wsproto.events as ws_events
-from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import CloseReason, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket, RunningRelay, closed_with, exchange_raw
 from tests.upstream import Upstream, close_after_first, echo, start_upstream
+from triorelay import proxy
 
 MiB = 1024 * 1024
 
@@ -239,3 +240,37 @@ async def test_shutdown_closes_client_and_upstream_1001(
     close = await upstream.next_close()
     assert close is not None
     assert (close.code, close.reason) == (1001, "server shutting down")
+
+
+@pytest.mark.parametrize(
+    ("upstream_code", "reason", "client_gets"),
+    [
+        (4001, "bye", (4001, "bye")),
+        (1011, None, (1011, "")),
+        (1005, None, (1000, "")),  # no code in the frame: cannot be sent as such
+        (1006, None, (1014, "upstream connection lost")),  # no close frame at all
+        (1015, None, (1014, "upstream connection lost")),
+    ],
+)
+def test_upstream_closes_map_to_client_closes(
+    upstream_code: int, reason: str | None, client_gets: tuple[int, str]
+) -> None:
+    """What the client is sent for each way an upstream can close."""
+    close = proxy._for_client(CloseReason(upstream_code, reason))
+    assert (close.code, close.reason) == client_gets
+
+
+@pytest.mark.parametrize(
+    ("client_close", "upstream_gets"),
+    [
+        (proxy.Close(4002, "bye"), (4002, "bye")),
+        (proxy.Close(1005, ""), (1000, "")),
+        (None, (1001, "client connection lost")),
+    ],
+)
+def test_client_closes_map_to_upstream_closes(
+    client_close: proxy.Close | None, upstream_gets: tuple[int, str]
+) -> None:
+    """What the upstream is sent for each way a client can close."""
+    close = proxy._for_upstream(client_close)
+    assert (close.code, close.reason) == upstream_gets

@@ -23,8 +23,8 @@ class Upstream:
     """A running upstream: its URL, and how each of its connections ended (seen from it)."""
 
     port: int
+    _closes: trio.MemoryReceiveChannel[CloseReason | None] = field(repr=False)
     connections: int = 0
-    _closes: trio.MemoryReceiveChannel[CloseReason | None] = field(repr=False, default=None)  # type: ignore[assignment]
 
     @property
     def url(self) -> str:
