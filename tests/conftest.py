@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,11 +35,15 @@ async def start_server(nursery: trio.Nursery, **overrides: Any) -> RunningRelay:
 
 
 @pytest.fixture
-async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
-    """``await start_relay(**settings)``: serve a relay on a free port until the test ends."""
+async def start_relay(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartRelay]:
+    """``await start_relay(**settings)``: serve a relay on a free port until the test ends.
+
+    Uploads go to ``tmp_path / "uploads"`` unless ``upload_dir`` is given.
+    """
     running: list[RunningRelay] = []
 
     async def start(**overrides: Any) -> RunningRelay:
+        overrides.setdefault("upload_dir", tmp_path / "uploads")
         server = await start_server(nursery, **overrides)
         running.append(server)
         return server

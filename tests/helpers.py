@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -12,7 +13,7 @@ import httpx
 import trio
 import wsproto
 import wsproto.events as ws_events
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 from wsproto.extensions import PerMessageDeflate
 
 from triorelay.relay import Relay
@@ -84,6 +85,23 @@ class RunningRelay:
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
+
+
+async def closed_with(ws: WebSocketConnection) -> tuple[int, str | None]:
+    """Read until the server closes ``ws``; return its close code and reason."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed as closed:
+        reason = closed.reason
+    assert reason is not None
+    return reason.code, reason.reason
+
+
+def stored_files(relay: RunningRelay) -> list[Path]:
+    """Every file in the relay's upload directory (temporary ones included)."""
+    directory = relay.relay.settings.upload_dir
+    return sorted(directory.iterdir()) if directory.exists() else []
 
 
 async def receive_n(ws: WebSocketConnection, count: int) -> list[str | bytes]:
@@ -197,3 +215,73 @@ class RawWebSocket:
 
 def _join(event: ws_events.Message[Any], parts: list[Any]) -> str | bytes:
     return "".join(parts) if isinstance(event, ws_events.TextMessage) else b"".join(parts)
+
+
+_UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def client_frame(payload: str | bytes, opcode: int | None = None) -> bytes:
+    """One masked client frame (mask 0, so the payload goes as it is)."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    first = 0x80 | (opcode if opcode is not None else 1 if isinstance(payload, str) else 2)
+    length = len(data)
+    if length < 126:
+        header = bytes([first, 0x80 | length])
+    elif length < 65536:
+        header = bytes([first, 0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([first, 0x80 | 127]) + length.to_bytes(8, "big")
+    return header + b"\0\0\0\0" + data
+
+
+async def exchange_raw(
+    port: int, path: str, messages: list[str | bytes]
+) -> tuple[list[str | bytes], int | None, str]:
+    """Send ``messages`` on a new WebSocket, then read until the server closes it.
+
+    Returns (messages received, close code, reason): parsed here, not by wsproto, which
+    refuses close codes it does not know (1014) as a protocol error.
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(_UPGRADE.format(path=path).encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"no handshake response: {data!r}"
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        await stream.send_all(b"".join(client_frame(message) for message in messages))
+        received: list[str | bytes] = []
+        while True:
+            frame = _server_frame(data)
+            if frame is None:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return received, None, ""
+                data += chunk
+                continue
+            opcode, payload, data = frame
+            if opcode == 8:
+                code = int.from_bytes(payload[:2], "big") if payload else None
+                return received, code, payload[2:].decode()
+            if opcode in (1, 2):
+                received.append(payload.decode() if opcode == 1 else payload)
+
+
+def _server_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """(opcode, payload, rest) of the first complete unmasked unfragmented frame, or None."""
+    if len(data) < 2:
+        return None
+    opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+    if length == 126:
+        length, start = int.from_bytes(data[2:4], "big"), 4
+    elif length == 127:
+        length, start = int.from_bytes(data[2:10], "big"), 10
+    if len(data) < start + length:
+        return None
+    return opcode, data[start : start + length], data[start + length :]

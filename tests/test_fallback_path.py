@@ -6,10 +6,12 @@ import json
 from typing import Any
 
 import pytest
+import trio
 from trio_websocket import ConnectionClosed
 
 from tests.conftest import StartRelay
-from tests.helpers import receive_n
+from tests.helpers import closed_with, receive_n
+from tests.upstream import reply_prefixed, start_upstream
 from triorelay.compat import hypercorn as compat
 
 
@@ -41,3 +43,37 @@ async def test_relay_echo_and_acks_over_plain_asgi(start_relay: StartRelay) -> N
         await echo.send_message(b"")
         assert await echo.get_message() == b""
     assert (await relay.http.get("/channels")).json() == {"channels": []}
+
+
+@pytest.mark.usefixtures("no_fast_path")
+async def test_flows_uploads_and_proxy_over_plain_asgi(
+    start_relay: StartRelay, nursery: trio.Nursery
+) -> None:
+    """/ws, /ws/upload and /ws/proxy work on Hypercorn's ASGI callables alone, size limit too."""
+    upstream = await start_upstream(nursery, reply_prefixed)
+    relay = await start_relay(
+        proxy_upstreams={"default": upstream.url},
+        max_message_bytes=1024,
+        consumer_buffer_bytes=4096,
+    )
+    async with relay.websocket("/ws") as ws:
+        for message in ["text", "a", "file", b"xy", b"EOF", "proxy", "q"]:
+            await ws.send_message(message)
+        got = await receive_n(ws, 3)
+        assert got == ["Echo: a", "File received successfully", "External response: upstream got q"]
+    async with relay.websocket("/ws/upload") as ws:
+        await ws.send_message("{}")
+        await ws.send_message(b"z")
+        await ws.send_message("EOF")
+        assert json.loads(await ws.get_message())["bytes"] == 1
+    async with relay.websocket("/ws/proxy/default") as ws:
+        await ws.send_message(b"b")
+        assert await ws.get_message() == b"upstream got b"
+        await ws.send_message("x" * 1025)
+        assert (await closed_with(ws))[0] == 1009  # Hypercorn's own check, before the relay's
+    close = await upstream.next_close()
+    assert close is not None
+    assert close.code == 1000  # the /ws proxy flow's own connection, closed after its reply
+    close = await upstream.next_close()
+    assert close is not None
+    assert close.code == 1009  # the proxied client's close, passed on

@@ -286,3 +286,57 @@ def test_settings_are_frozen() -> None:
     settings = load_settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.port = 1
+
+
+def test_upload_and_proxy_defaults() -> None:
+    """Uploads go to ./uploads, at most 1 GiB each; no upstream is configured."""
+    settings = load_settings()
+    assert settings.upload_dir == Path("./uploads")
+    assert settings.max_upload_bytes == 1024**3
+    assert settings.flow_buffer_messages == 4
+    assert settings.proxy_upstreams == {}
+    assert settings.proxy_connect_timeout_seconds == 5.0
+
+
+def test_upload_and_proxy_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRIORELAY_PROXY_UPSTREAMS is a JSON object of name -> ws:// or wss:// URL."""
+    upstreams = {"default": "ws://127.0.0.1:9000/echo", "secure.api": "wss://example.com/ws?x=1"}
+    monkeypatch.setenv("TRIORELAY_PROXY_UPSTREAMS", json.dumps(upstreams))
+    monkeypatch.setenv("TRIORELAY_UPLOAD_DIR", "/srv/relay/files")
+    monkeypatch.setenv("TRIORELAY_MAX_UPLOAD_BYTES", "1048576")
+    monkeypatch.setenv("TRIORELAY_PROXY_CONNECT_TIMEOUT_SECONDS", "0.5")
+    settings = load_settings()
+    assert {name: str(url) for name, url in settings.proxy_upstreams.items()} == upstreams
+    assert settings.upload_dir == Path("/srv/relay/files")
+    assert settings.max_upload_bytes == 1048576
+    assert settings.proxy_connect_timeout_seconds == 0.5
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "message"),
+    [
+        ({"default": "http://127.0.0.1:9000/"}, "URL scheme should be 'ws' or 'wss'"),
+        ({"default": "file:///etc/passwd"}, "URL scheme should be 'ws' or 'wss'"),
+        ({"default": "not a url"}, "relative URL without a base"),
+        ({"a/b": "ws://127.0.0.1/"}, "String should match pattern"),
+        ({"": "ws://127.0.0.1/"}, "String should match pattern"),
+    ],
+    ids=["http", "file", "not-a-url", "slash-in-name", "empty-name"],
+)
+def test_proxy_upstreams_are_websocket_urls_under_plain_names(
+    monkeypatch: pytest.MonkeyPatch, upstreams: dict[str, str], message: str
+) -> None:
+    """Only ws:// and wss:// URLs, under names fit for a URL path segment, are accepted."""
+    monkeypatch.setenv("TRIORELAY_PROXY_UPSTREAMS", json.dumps(upstreams))
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert "TRIORELAY_PROXY_UPSTREAMS" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_upload_limits_must_be_positive() -> None:
+    """A zero upload limit, buffer or connect timeout is refused, each named."""
+    with pytest.raises(SettingsError) as error:
+        load_settings(max_upload_bytes=0, flow_buffer_messages=0, proxy_connect_timeout_seconds=0)
+    for name in ("max_upload_bytes", "flow_buffer_messages", "proxy_connect_timeout_seconds"):
+        assert name in str(error.value)

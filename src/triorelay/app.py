@@ -14,8 +14,8 @@ from quart_trio import QuartTrio
 
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.relay import Relay
-from triorelay.routes.http import blueprint
-from triorelay.routes.websocket import RelayWebSockets
+from triorelay.routes.flows import FlowWebSockets
+from triorelay.routes.http import FileResponse, blueprint
 from triorelay.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.extensions["triorelay"] = relay
+    app.response_class = FileResponse
     app.register_blueprint(blueprint)
-    app.asgi_app = RelayWebSockets(app.asgi_app, relay)  # type: ignore[method-assign, assignment, arg-type]
+    app.asgi_app = FlowWebSockets(app.asgi_app, relay)  # type: ignore[method-assign, assignment, arg-type]
     run_scope = trio.CancelScope()
 
     @app.before_serving

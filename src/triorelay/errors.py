@@ -4,15 +4,24 @@ Exception tree::
 
     TriorelayError                 every error raised on purpose by triorelay
     ├── SettingsError              a setting has a bad value (raised at start-up)
-    └── RequestError               a client asked for something invalid; carries the answer
-        ├── InvalidChannelName     HTTP 400 / close 1008
-        ├── InvalidQuery           HTTP 400 / close 1008
-        ├── MessageTooBig          HTTP 413 / close 1009
-        ├── TooManyChannels        HTTP 503 / close 1013
-        └── BrokerUnavailable      HTTP 503 / close 1013
+    ├── RequestError               a client asked for something invalid; carries the answer
+    │   ├── InvalidChannelName     HTTP 400 / close 1008
+    │   ├── InvalidQuery           HTTP 400 / close 1008
+    │   ├── MessageTooBig          HTTP 413 / close 1009
+    │   │   └── UploadTooBig       HTTP 413 / close 1009
+    │   ├── TooManyChannels        HTTP 503 / close 1013
+    │   ├── BrokerUnavailable      HTTP 503 / close 1013
+    │   ├── UnsupportedData        close 1003: binary where the protocol wants text, or back
+    │   ├── ProtocolViolation      close 1008: a message the protocol does not allow there
+    │   ├── UploadMismatch         close 1008: the upload is not what its metadata declared
+    │   └── UnknownUpstream        HTTP 404 / close 4404
+    └── ServiceError               a valid request the relay could not serve; carries the answer
+        ├── UpstreamError          HTTP 502 / close 1014: an upstream unreachable or failing
+        └── StorageError           HTTP 500 / close 1011: the upload directory failed
 
-Local misuse (a bad setting) and peer failure (a bad request) are separate branches, so a
-handler can turn every :class:`RequestError` into the right status or close code in one place.
+Local misuse (a bad setting), a bad request (the client's fault) and a failure behind the relay
+(an upstream, the disk) are separate branches, so a handler can turn every
+:class:`RequestError` and :class:`ServiceError` into the right status or close code in one place.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ class CloseCode(IntEnum):
     #: Try again later: the consumer was too slow for its channel (policy ``disconnect``),
     #: the relay is at its channel limit, or its broker (Redis) is unavailable.
     TRY_AGAIN_LATER = 1013
+    #: The proxy could not reach its upstream (refused, timed out, rejected the handshake), or
+    #: the upstream went away without a close frame. RFC 6455 registry: "Bad Gateway".
+    BAD_GATEWAY = 1014
+    #: ``/ws/proxy/{name}`` or the ``/ws`` proxy flow asked for an upstream that is not
+    #: configured (4000-4999 is for applications; 4404 mirrors HTTP 404).
+    UNKNOWN_UPSTREAM = 4404
 
 
 class TriorelayError(Exception):
@@ -91,3 +106,50 @@ class BrokerUnavailable(RequestError):
 
     status = 503
     close_code = CloseCode.TRY_AGAIN_LATER
+
+
+class UploadTooBig(MessageTooBig):
+    """An upload over ``max_upload_bytes`` (declared in its metadata, or as it arrived)."""
+
+
+class UnsupportedData(RequestError):
+    """A binary message where the protocol expects text, or a text one where it expects binary."""
+
+    close_code = CloseCode.UNSUPPORTED_DATA
+
+
+class ProtocolViolation(RequestError):
+    """A message the endpoint's protocol does not allow at that point (an unknown flow name)."""
+
+
+class UploadMismatch(RequestError):
+    """An upload whose size or sha256 is not the one its metadata declared; it is discarded."""
+
+
+class UnknownUpstream(RequestError):
+    """A proxy upstream name that ``proxy_upstreams`` does not configure."""
+
+    status = 404
+    close_code = CloseCode.UNKNOWN_UPSTREAM
+
+
+class ServiceError(TriorelayError):
+    """A valid request the relay could not serve because of something behind it.
+
+    Like :class:`RequestError`, ``status`` and ``close_code`` are the answer, and
+    ``str(error)`` is the reason sent to the client: nothing internal (no upstream URL, no path).
+    """
+
+    status: int = 500
+    close_code: CloseCode = CloseCode.INTERNAL_ERROR
+
+
+class UpstreamError(ServiceError):
+    """A proxy upstream could not be reached in time, refused the handshake, or failed."""
+
+    status = 502
+    close_code = CloseCode.BAD_GATEWAY
+
+
+class StorageError(ServiceError):
+    """The upload directory could not take a file (full disk, permissions)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -117,7 +117,8 @@ class Connection:
         self._on_close: Callable[[], object] | None = None
         #: Set by the route when the client went away first (nothing left to close).
         self.disconnected = False
-        self.close_code: CloseCode | None = None
+        #: A :class:`CloseCode`, or a code relayed as it came (a proxied upstream's own code).
+        self.close_code: int | None = None
         self.close_reason = ""
         self.messages_in = self.bytes_in = 0
         self.messages_out = self.bytes_out = 0
@@ -136,7 +137,7 @@ class Connection:
         if self.close_code is not None:
             self.close(self.close_code, self.close_reason)
 
-    def close(self, code: CloseCode, reason: str) -> None:
+    def close(self, code: int, reason: str) -> None:
         """Ask the owning route to close this connection with ``code`` and ``reason``.
 
         The first call wins; the route's cancel scope is cancelled at once.
@@ -583,13 +584,18 @@ class Hub:
             self._connections.discard(consumer)
             self._release(channel)
 
-    @contextmanager
-    def attach_echo(self) -> Iterator[Connection]:
+    def attach_echo(self) -> AbstractContextManager[Connection]:
         """Register an echo connection (no channel) so that shutdown reaches it too."""
+        return self.attach_standalone("echo")
+
+    @contextmanager
+    def attach_standalone(self, role: str) -> Iterator[Connection]:
+        """Register a connection outside any channel (echo, flows, uploads, proxy) for the
+        ``with`` block, so that shutdown reaches it too. Raises ShuttingDown once closing."""
         if self.closing:
             raise ShuttingDown("the relay is shutting down")
         connection = Connection(None)
-        connection.role = "echo"
+        connection.role = role
         self._connections.add(connection)
         try:
             yield connection

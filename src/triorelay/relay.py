@@ -5,6 +5,7 @@ in the lifespan nursery (:meth:`Relay.run`). It owns:
 
 - the :class:`~triorelay.hub.Hub` and its broker;
 - the :class:`CloseReaper`, which bounds every close the relay starts;
+- the :class:`~triorelay.uploads.UploadStore` of ``/ws`` files and ``/ws/upload``;
 - the shutdown watchers: signals (when the relay runs under the ``hypercorn`` CLI, not
   under ``triorelay serve``, which handles them itself) and the CLI supervisor's stop event.
 
@@ -27,6 +28,7 @@ from triorelay.compat.hypercorn import DirectWebSocket, InboundTap
 from triorelay.errors import CloseCode
 from triorelay.hub import Connection, Hub
 from triorelay.settings import Settings
+from triorelay.uploads import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,7 @@ class Relay:
         self.hub = Hub(settings, open_broker(settings))
         self.reaper = CloseReaper(settings.close_timeout_seconds)
         self.liveness = Liveness(settings.ping_interval_seconds, settings.ping_timeout_seconds)
+        self.uploads = UploadStore(settings.upload_dir, settings.max_upload_bytes)
         self.handle_signals = handle_signals
         self.shutting_down = False
 

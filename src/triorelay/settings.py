@@ -16,7 +16,16 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    UrlConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +38,11 @@ from triorelay.errors import SettingsError
 Mode = Literal["broadcast", "queue"]
 Policy = Literal["disconnect", "drop_oldest", "drop_newest", "block"]
 PositiveInt = Annotated[int, Field(gt=0)]
+UpstreamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+"""A proxy upstream's name: what ``/ws/proxy/{name}`` says, never a URL."""
+WebSocketUrl = Annotated[
+    AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], host_required=True, max_length=2083)
+]
 
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
@@ -99,6 +113,19 @@ class Settings(BaseSettings):
     #: WebSocket pings to every client; ``None`` disables them.
     ping_interval_seconds: Annotated[float, Field(gt=0)] | None = 20.0
     ping_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
+
+    #: Where uploads are stored, under server-generated names (created on the first upload).
+    upload_dir: Path = Path("./uploads")
+    #: Largest upload (``/ws`` file flow, ``/ws/upload``); past it the partial file is removed
+    #: and the connection closed with 1009.
+    max_upload_bytes: PositiveInt = 1024 * 1024 * 1024
+    #: Messages held per direction on ``/ws``, ``/ws/upload`` and ``/ws/proxy`` connections
+    #: between the socket and the handler (or the upstream); past it the sender waits.
+    flow_buffer_messages: PositiveInt = 4
+    #: The only upstreams the proxy dials: name -> ``ws://`` or ``wss://`` URL.
+    proxy_upstreams: dict[UpstreamName, WebSocketUrl] = Field(default_factory=dict)
+    #: Dialling an upstream (TCP, TLS, handshake) past this closes the client with 1014.
+    proxy_connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
 
     #: Where messages travel between relays: ``memory`` (this process only) or a Redis URL,
     #: ``redis://host:port/db`` or ``rediss://...``, shared by every relay process that uses it.

@@ -39,7 +39,7 @@ from hypercorn.trio import run as run_module
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,43 @@ def refuse_compression(send: Callable[..., Any]) -> bool:
         return False
     handshake.extensions = None
     return True
+
+
+class PeerClose:
+    """The code and reason of the close frame a WebSocket's peer sent (``code`` None until then).
+
+    Hypercorn 0.18 answers the peer's close frame itself and tells the app only
+    ``websocket.disconnect`` with 1006 (``WSStream.handle(StreamClosed)``: the app had not
+    closed), so the peer's own code and reason are lost; a proxy needs them to pass them on.
+    """
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self.reason = ""
+
+
+def watch_peer_close(send: Callable[..., Any]) -> PeerClose | None:
+    """Record the peer's close frame on the WebSocket behind ``send``, or return None.
+
+    Wraps ``events()`` of the connection's wsproto object, through which Hypercorn takes every
+    close frame (the inbound tap leaves control frames to wsproto).
+    """
+    connection = getattr(_bound_self(send), "connection", None)
+    if not isinstance(connection, WSConnection):
+        return None
+    watch = PeerClose()
+    events = connection.events
+
+    def watched_events() -> Any:
+        for event in events():
+            if isinstance(event, CloseConnection):
+                watch.code, watch.reason = event.code, event.reason or ""
+            yield event
+
+    setattr(connection, "events", watched_events)  # noqa: B010 - shadows the method
+    return watch
 
 
 def cli_shutdown_event() -> ProcessEvent | None:

@@ -1,0 +1,162 @@
+"""/ws/upload with metadata and sha256, GET /files/{id}, and what the store leaves on disk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import WebSocketConnection
+
+from tests.conftest import StartRelay
+from tests.helpers import RunningRelay, closed_with, refused_upgrade, stored_files
+from triorelay.uploads import UploadStore
+
+
+async def upload(ws: WebSocketConnection, metadata: dict[str, Any], chunks: list[bytes]) -> Any:
+    await ws.send_message(json.dumps(metadata))
+    for chunk in chunks:
+        await ws.send_message(chunk)
+    await ws.send_message("EOF")
+    return json.loads(await ws.get_message())
+
+
+async def test_upload_answers_id_size_and_sha256_then_downloads_byte_for_byte(
+    relay: RunningRelay,
+) -> None:
+    """Two uploads on one connection; each downloads identical, with its name and digest."""
+    first = [b"EOF", bytes(range(256)) * 1000, b""]  # a chunk "EOF" is data here
+    data = b"".join(first)
+    sha = hashlib.sha256(data).hexdigest()
+    async with relay.websocket("/ws/upload") as ws:
+        answer = await upload(
+            ws, {"filename": "../../etc/réport.bin", "size": len(data), "sha256": sha}, first
+        )
+        second = await upload(ws, {}, [b"plain"])
+    assert answer["bytes"] == len(data)
+    assert answer["sha256"] == sha
+    assert answer["filename"] == "réport.bin"  # a hint only: directories stripped
+    assert second["sha256"] == hashlib.sha256(b"plain").hexdigest()
+    assert second["filename"] is None
+    assert answer["id"] != second["id"]
+
+    response = await relay.http.get(f"/files/{answer['id']}")
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"r_port.bin\"; filename*=UTF-8''r%C3%A9port.bin"
+    )
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    assert response.headers["repr-digest"] == f"sha-256=:{digest}:"
+    partial = await relay.http.get(f"/files/{answer['id']}", headers={"Range": "bytes=3-5"})
+    assert partial.status_code == 206
+    assert partial.content == data[3:6]
+    assert (await relay.http.get(f"/files/{second['id']}")).content == b"plain"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "chunks", "code", "reason"),
+    [
+        ({"sha256": "0" * 64}, [b"abc"], 1008, "sha256 mismatch: declared 000000000000…, got "),
+        ({"size": 2}, [b"abc"], 1008, "more bytes than the 2 declared"),
+        ({"size": 4}, [b"abc"], 1008, "3 bytes received, 4 declared"),
+        ({"size": 10_001}, [], 1009, "upload of 10001 bytes over the limit 10000"),
+        ({}, [b"x" * 6000, b"x" * 6000], 1009, "upload over the limit of 10000 bytes"),
+        ({"path": "/etc/passwd"}, [], 1008, "unknown upload metadata: path"),
+        ({"sha256": "xyz"}, [], 1008, "sha256 must be 64 hexadecimal digits"),
+        ({}, ["END"], 1008, "during an upload, the only text message is EOF"),
+    ],
+    ids=["sha256", "size-over", "size-under", "declared-too-big", "too-big", "unknown-key",
+         "bad-sha256", "bad-text"],
+)  # fmt: skip
+async def test_a_bad_upload_closes_with_a_reason_and_leaves_nothing(
+    start_relay: StartRelay, metadata: dict[str, Any], chunks: list[bytes], code: int, reason: str
+) -> None:
+    """A mismatch or a limit closes the connection and discards the file."""
+    relay = await start_relay(max_upload_bytes=10_000)
+    async with relay.websocket("/ws/upload") as ws:
+        await ws.send_message(json.dumps(metadata))
+        for chunk in chunks:
+            await ws.send_message(chunk)
+        await ws.send_message("EOF")
+        got_code, got_reason = await closed_with(ws)
+    assert got_code == code
+    assert got_reason is not None
+    assert got_reason.startswith(reason)
+    assert stored_files(relay) == []
+
+
+@pytest.mark.parametrize(("message", "code"), [(b"{}", 1003), ("not json", 1008), ("[1]", 1008)])
+async def test_metadata_must_be_a_json_object_as_text(
+    relay: RunningRelay, message: str | bytes, code: int
+) -> None:
+    """Metadata as binary closes with 1003, anything but a JSON object with 1008."""
+    async with relay.websocket("/ws/upload") as ws:
+        await ws.send_message(message)
+        assert (await closed_with(ws))[0] == code
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/../settings.py",
+        "/files/..%2F..%2Fetc%2Fpasswd",
+        "/files/%2Fetc%2Fpasswd",
+        "/files/..",
+        "/files/" + "0" * 31,
+        "/files/" + "A" * 32,
+        "/files/" + "0" * 32,  # well formed, but no such file
+    ],
+)
+async def test_downloads_refuse_anything_but_a_stored_id(relay: RunningRelay, path: str) -> None:
+    """Path traversal, malformed and unknown ids are all 404."""
+    secret = relay.relay.settings.upload_dir.parent / "secret"
+    secret.write_text("never served")
+    response = await relay.http.get(path)
+    assert response.status_code == 404
+    assert b"never served" not in response.content
+
+
+async def test_an_upload_in_progress_cannot_be_downloaded(relay: RunningRelay) -> None:
+    """Neither the temporary file nor the description of a file is served."""
+    async with relay.websocket("/ws/upload") as ws:
+        await ws.send_message(json.dumps({"filename": "x"}))
+        await ws.send_message(b"partial")
+        while not stored_files(relay):
+            await trio.testing.wait_all_tasks_blocked()
+        (part,) = stored_files(relay)
+        assert part.name.startswith(".part-")
+        assert (await relay.http.get(f"/files/{part.name}")).status_code == 404
+        assert (await relay.http.get(f"/files/{part.name[6:]}")).status_code == 404
+        await ws.send_message("EOF")
+        answer = json.loads(await ws.get_message())
+    assert (await relay.http.get(f"/files/{answer['id']}.json")).status_code == 404
+    assert (await relay.http.get(f"/files/{answer['id']}")).content == b"partial"
+
+
+def test_store_paths_are_only_well_formed_ids(tmp_path: Any) -> None:
+    """UploadStore.path_of turns nothing but 32 lowercase hex digits into a path."""
+    store = UploadStore(tmp_path, 10)
+    assert store.path_of("0123456789abcdef" * 2) == tmp_path / ("0123456789abcdef" * 2)
+    for bad in ["../x", "/etc/passwd", "0" * 31, "0" * 33, ".part-" + "0" * 32, "0" * 31 + "\n"]:
+        assert store.path_of(bad) is None
+
+
+async def test_an_unwritable_upload_directory_closes_1011(start_relay: StartRelay) -> None:
+    """An upload directory that cannot be created closes with 1011, nothing internal said."""
+    relay = await start_relay()
+    blocker = relay.relay.settings.upload_dir
+    blocker.write_text("a file where the directory should be")
+    async with relay.websocket("/ws") as ws:
+        await ws.send_message("file")
+        assert await closed_with(ws) == (1011, "the upload could not be stored")
+
+
+async def test_unknown_proxy_upstream_is_refused_before_the_upgrade(relay: RunningRelay) -> None:
+    """/ws/proxy/{name} for an unconfigured name is HTTP 404, nothing dialled."""
+    status, body = await refused_upgrade(relay.port, "/ws/proxy/elsewhere")
+    assert (status, body) == (404, b"no upstream named 'elsewhere'")
