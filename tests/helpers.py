@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,14 @@ def stored_files(relay: RunningRelay) -> list[Path]:
     """Every file in the relay's upload directory (temporary ones included)."""
     directory = relay.relay.settings.upload_dir
     return sorted(directory.iterdir()) if directory.exists() else []
+
+
+async def wait_until(condition: Callable[[], bool], timeout_seconds: float = 10) -> None:
+    """Wait for ``condition()``, for state nothing signals with an event (a publish under way
+    inside the relay, answered by a Redis in another process). Bounded by ``timeout_seconds``."""
+    with trio.fail_after(timeout_seconds):
+        while not condition():  # noqa: ASYNC110 - no event exists for this state
+            await trio.sleep(0.01)
 
 
 async def receive_n(ws: WebSocketConnection, count: int) -> list[str | bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import coredis
 import pytest
@@ -10,7 +11,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from tests.conftest import StartRelay, make_settings
-from tests.helpers import RunningRelay, refused_upgrade
+from tests.helpers import RawWebSocket, RunningRelay, refused_upgrade, wait_until
 from tests.redis_server import RedisServer, free_port
 from triorelay.brokers.redis import Backoff, RedisBroker
 from triorelay.errors import SettingsError
@@ -216,18 +217,116 @@ def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     assert backoff.next() == 0.05
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"broker": "amqp://localhost"}, "use 'memory' or a redis://"),
-        ({"broker": "redis://localhost", "mode": "queue"}, "queue mode is not available"),
-        (
-            {"broker": "redis://localhost", "channels": {"jobs.*": {"mode": "queue"}}},
-            "queue mode is not available",
-        ),
-    ],
-)
-def test_broker_settings_are_checked(overrides: dict[str, object], message: str) -> None:
-    """Unknown broker URLs, and queue mode over Redis (not built yet), are refused at start."""
-    with pytest.raises(SettingsError, match=message):
-        make_settings(**overrides)
+def test_broker_urls_are_checked() -> None:
+    """A broker that is neither memory nor a redis:// or rediss:// URL is refused at start."""
+    with pytest.raises(SettingsError, match="use 'memory' or a redis://"):
+        make_settings(broker="amqp://localhost")
+
+
+QUEUE = {"channels": {"jobs.*": {"mode": "queue"}}}
+
+
+async def drained(client: coredis.Redis[Any], key: str) -> None:
+    """Every message of queue ``key`` is acknowledged and deleted (the last ack follows the
+    last delivery by a round trip, so this waits for it)."""
+    with trio.fail_after(10):
+        while await client.xlen(key):  # noqa: ASYNC110 - Redis state, no event
+            await trio.sleep(0.01)
+
+
+async def test_queue_gives_each_message_to_exactly_one_consumer_anywhere(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Queue mode over Redis: 4 consumers on 2 relays share 200 messages, each once."""
+    a = await start_relay(broker=redis_server.url, **QUEUE)
+    b = await start_relay(broker=redis_server.url, **QUEUE)
+    count = 200
+    got: dict[str, list[str | bytes]] = {}
+    done = trio.Event()
+
+    async def consume(server: RunningRelay, tag: str) -> None:
+        async with server.websocket("/ws/consumer/jobs.a") as consumer:
+            mine = got.setdefault(tag, [])
+            while True:
+                mine.append(await consumer.get_message())
+                if sum(map(len, got.values())) == count:
+                    done.set()
+
+    async with trio.open_nursery() as nursery:
+        for tag, server in (("a1", a), ("a2", a), ("b1", b), ("b2", b)):
+            nursery.start_soon(consume, server, tag)
+        async with a.websocket("/ws/producer/jobs.a?ack=id") as producer:
+            for i in range(count):
+                await producer.send_message(f"job{i}")
+            acks = [json.loads(await producer.get_message())["id"] for _ in range(count)]
+        assert acks == list(range(1, count + 1))
+        with trio.fail_after(20):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    delivered = [m for messages in got.values() for m in messages]
+    assert sorted(delivered) == sorted(f"job{i}" for i in range(count))  # each exactly once
+    assert got.get("a1", []) or got.get("a2", [])
+    assert got.get("b1", []) or got.get("b2", [])
+
+
+async def test_a_full_redis_queue_holds_its_producers_back(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """queue_buffer_messages bounds the backlog in Redis: the producer waits for consumers."""
+    server = await start_relay(broker=redis_server.url, queue_buffer_messages=5, **QUEUE)
+    async with (
+        server.websocket("/ws/producer/jobs.b?ack=id") as producer,
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        for i in range(5):
+            await producer.send_message(f"job{i}")
+        assert [json.loads(await producer.get_message())["id"] for _ in range(5)] == [1, 2, 3, 4, 5]
+        for i in range(5, 10):
+            await producer.send_message(f"job{i}")
+        # The relay has the 6th message in hand (a publish under way) but Redis refuses it.
+        await wait_until(
+            lambda: server.relay.hub.connection_statistics("jobs.b")[0].messages_in > 5
+        )
+        assert await client.xlen("triorelay:q:jobs.b") == 5
+        async with server.websocket("/ws/consumer/jobs.b") as consumer:
+            with trio.fail_after(10):
+                got = [await consumer.get_message() for _ in range(10)]
+                acks = [json.loads(await producer.get_message())["id"] for _ in range(5)]
+        assert got == [f"job{i}" for i in range(10)]
+        assert acks == [6, 7, 8, 9, 10]
+        await drained(client, "triorelay:q:jobs.b")
+
+
+async def test_a_queue_consumer_that_leaves_gives_its_message_back_at_once(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """A consumer leaves holding a message it could not send: another relay gets it at once
+    (not after the claim time: the relay gives it back)."""
+    settings = {"broker": redis_server.url, "redis_claim_idle_seconds": 600, **QUEUE}
+    a = await start_relay(**settings)
+    b = await start_relay(**settings)
+    padding = "x" * 65536
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        stalled = await RawWebSocket.connect(a.port, "/ws/consumer/jobs.c")  # never reads
+        try:
+            async with a.websocket("/ws/producer/jobs.c?ack=id") as producer:
+                for i in range(20):
+                    await producer.send_message(f"job{i}:{padding}")
+                for _ in range(20):
+                    await producer.get_message()
+
+            async def pending() -> int:
+                summary: Any = await client.xpending("triorelay:q:jobs.c", "triorelay")
+                return int(summary.pending)
+
+            with trio.fail_after(10):
+                while await pending() == 0:  # noqa: ASYNC110 - Redis state, no event
+                    await trio.sleep(0.01)
+            waiting = await client.xlen("triorelay:q:jobs.c")  # not yet handed to a socket
+        finally:
+            stalled.close()
+        async with b.websocket("/ws/consumer/jobs.c") as consumer:
+            with trio.fail_after(10):
+                got = [await consumer.get_message() for _ in range(waiting)]
+        assert len(set(got)) == waiting
+        await drained(client, "triorelay:q:jobs.c")

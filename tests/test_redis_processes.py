@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import coredis
 import psutil
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from tests.helpers import RawWebSocket
-from tests.processes import LAUNCHERS, relay_process
+from tests.processes import LAUNCHERS, kill_group, relay_process
 from tests.redis_server import RedisServer
 
 BOUNDED = {"connect_timeout": 10, "disconnect_timeout": 10}
@@ -87,3 +89,51 @@ async def test_two_workers_share_channels(redis_server: RedisServer, launcher: s
         finally:
             for raw in [*consumers.values(), *extra]:
                 raw.close()
+
+
+async def test_a_dead_relays_unacknowledged_queue_message_goes_to_another(
+    redis_server: RedisServer,
+) -> None:
+    """Queue mode: SIGKILL a relay whose consumer holds a message it could not send; another
+    relay's consumer gets that message after the claim time, and every message arrives once."""
+    env = {
+        "TRIORELAY_BROKER": redis_server.url,
+        "TRIORELAY_CHANNELS": '{"jobs.*": {"mode": "queue"}}',
+        "TRIORELAY_REDIS_CLAIM_IDLE_SECONDS": "0.5",
+    }
+    count, padding = 200, "x" * 65536  # 12.8 MiB: more than the stalled socket can hold
+    expected = [f"job{i}:{padding}" for i in range(count)]
+    async with (
+        relay_process(LAUNCHERS["serve"], env) as a,
+        relay_process(LAUNCHERS["serve"], env) as b,
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        stalled = await RawWebSocket.connect(a.port, "/ws/consumer/jobs.k")  # never reads
+        try:
+            async with open_websocket_url(
+                b.ws_url + "/ws/producer/jobs.k?ack=id", **BOUNDED
+            ) as producer:
+                for message in expected:
+                    await producer.send_message(message)
+                for _ in range(count):
+                    await producer.get_message()
+
+            async def holders() -> dict[bytes, int]:
+                summary: Any = await client.xpending("triorelay:q:jobs.k", "triorelay")
+                return dict(summary.consumers)
+
+            with trio.fail_after(10):
+                while not (held_by_a := await holders()):  # noqa: ASYNC110 - Redis state
+                    await trio.sleep(0.05)
+            assert list(held_by_a.values()) == [1]  # A's consumer: one message, unacknowledged
+            kill_group(a)
+            await a.process.wait()
+            from_a, _, _ = await stalled.read_until_closed()  # what A had written before
+        finally:
+            stalled.close()
+        assert len(from_a) < count  # (usually none: the first message already fills it)
+        async with open_websocket_url(b.ws_url + "/ws/consumer/jobs.k", **BOUNDED) as on_b:
+            with trio.fail_after(20):
+                from_b = [await on_b.get_message() for _ in range(count - len(from_a))]
+        assert sorted([*from_a, *from_b]) == sorted(expected)  # each exactly once
+        assert not set(held_by_a) & set(await holders())  # A's consumer holds nothing now

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import trio
 
-from triorelay.brokers import Broker, MemoryBroker
+from triorelay.brokers import Broker, MemoryBroker, QueueSource
 from triorelay.errors import CloseCode, InvalidChannelName, RequestError, TooManyChannels
 from triorelay.settings import ChannelConfig, Settings
 
@@ -263,6 +263,12 @@ class Consumer(Connection):
         """
         return self.channel.requeue(self, payload)
 
+    async def acknowledge(self) -> None:
+        """The message last received is handed to the client's socket (queue mode).
+
+        Nothing to do for a local queue (no checkpoint); a broker-held queue deletes it.
+        """
+
     def take_dropped_notice(self) -> int:
         """Return how many messages were dropped for this consumer since the last call."""
         dropped, self.pending_dropped = self.pending_dropped, 0
@@ -327,6 +333,51 @@ class Consumer(Connection):
         return left
 
 
+class SourcedConsumer(Consumer):
+    """A queue-mode consumer fed one message at a time by a broker-held queue (Redis).
+
+    Nothing is buffered here: :meth:`receive` takes the next message from the broker and
+    :meth:`acknowledge` confirms it once sent. A message received and not acknowledged (the
+    client left first) stays the broker's and goes back to the queue when the consumer
+    detaches (:meth:`QueueSource.release`).
+    """
+
+    def __init__(self, channel: Channel, source: QueueSource) -> None:
+        send, receive = trio.open_memory_channel[Payload](0)
+        send.close()
+        super().__init__(channel, receive, None)
+        self._source = source
+        self._receipt: object | None = None
+
+    async def receive(self) -> Payload:
+        if self.detached:
+            raise trio.EndOfChannel
+        payload, self._receipt = await self._source.take(self.id)
+        size = len(payload)
+        self.messages_out += 1
+        self.bytes_out += size
+        self.channel.messages_out += 1
+        self.channel.bytes_out += size
+        return payload
+
+    def receive_nowait(self) -> Payload:
+        raise trio.WouldBlock
+
+    def requeue(self, payload: Payload) -> bool:
+        """Left unacknowledged: the broker gives it back when this consumer detaches."""
+        return True
+
+    async def acknowledge(self) -> None:
+        receipt, self._receipt = self._receipt, None
+        if receipt is not None:
+            await self._source.acknowledge(receipt)
+
+    def _detach(self) -> int:
+        if not self.detached:
+            self._source.release(self.id)
+        return super()._detach()
+
+
 class Channel:
     """A named channel: its consumers, its counters, and delivery by mode and policy."""
 
@@ -350,7 +401,9 @@ class Channel:
         self.closed = False
         self._queue_send: trio.MemorySendChannel[Payload] | None = None
         self._queue_receive: trio.MemoryReceiveChannel[Payload] | None = None
-        if config.mode == "queue":
+        # Queue mode: the broker's queue (shared by relays) if it has one, else a local one.
+        self._source = hub.broker.queue(name) if config.mode == "queue" else None
+        if config.mode == "queue" and self._source is None:
             self._queue_send, self._queue_receive = trio.open_memory_channel[Payload](
                 config.queue_buffer_messages
             )
@@ -472,12 +525,15 @@ class Channel:
         return True
 
     def attach_consumer(self) -> Consumer:
-        if self._queue_receive is not None:
+        consumer: Consumer
+        if self._source is not None:
+            consumer = SourcedConsumer(self, self._source)
+        elif self._queue_receive is not None:
             consumer = Consumer(self, self._queue_receive.clone(), None)
         else:
             send, receive = trio.open_memory_channel[Payload](self.config.consumer_buffer_messages)
             consumer = Consumer(self, receive, send)
-        if not self.consumers:
+        if not self.consumers and self.config.mode == "broadcast":
             self.hub.broker.watch(self.name)
         self.consumers = (*self.consumers, consumer)
         return consumer
@@ -487,14 +543,14 @@ class Channel:
             return
         self.consumers = tuple(c for c in self.consumers if c is not consumer)
         self.buffered -= consumer._detach()
-        if not self.consumers:
+        if not self.consumers and self.config.mode == "broadcast":
             self.hub.broker.unwatch(self.name)
 
     def statistics(self) -> ChannelStatistics:
         return ChannelStatistics(
             name=self.name,
             mode=self.config.mode,
-            slow_consumer_policy=self._policy if self._queue_send is None else "block",
+            slow_consumer_policy=self._policy if self.config.mode == "broadcast" else "block",
             producers=len(self.producers),
             consumers=len(self.consumers),
             messages_in=self.messages_in,
@@ -513,7 +569,7 @@ class Channel:
         self.closed = True
         for consumer in self.consumers:
             self.buffered -= consumer._detach()
-        if self.consumers:
+        if self.consumers and self.config.mode == "broadcast":
             self.hub.broker.unwatch(self.name)
         if self._queue_send is not None:
             self._queue_send.close()

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     redis_stream_ttl_seconds: Annotated[float, Field(gt=0)] = 3600.0
     #: Redis broker: most messages read per stream in one round trip.
     redis_read_batch_messages: PositiveInt = 256
+    #: Redis broker, queue mode: a message taken by a consumer and not acknowledged for this
+    #: long (its relay died) is given to another consumer.
+    redis_claim_idle_seconds: Annotated[float, Field(gt=0)] = 30.0
     #: Redis broker: how long a publish, or a consumer's subscription, may wait for Redis
     #: before the client gets an error (close 1013 / HTTP 503).
     broker_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
@@ -167,17 +170,8 @@ class Settings(BaseSettings):
                 f"close_timeout_seconds ({self.close_timeout_seconds}) must be below "
                 f"graceful_timeout_seconds ({self.graceful_timeout_seconds})"
             )
-        if self.broker != "memory":
-            if not self.broker.startswith(("redis://", "rediss://")):
-                raise ValueError(
-                    f"broker {self.broker!r}: use 'memory' or a redis:// or rediss:// URL"
-                )
-            modes = {self.mode} | {rule.mode for rule in self.channels.values() if rule.mode}
-            if "queue" in modes:
-                raise ValueError(
-                    "queue mode is not available with the Redis broker yet: "
-                    "use broadcast channels, or the memory broker"
-                )
+        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://")):
+            raise ValueError(f"broker {self.broker!r}: use 'memory' or a redis:// or rediss:// URL")
         return self
 
     @property

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from triorelay.brokers.base import Broker
+from triorelay.brokers.base import Broker, QueueSource
 from triorelay.brokers.memory import MemoryBroker
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
 
-__all__ = ["Broker", "MemoryBroker", "open_broker"]
+__all__ = ["Broker", "MemoryBroker", "QueueSource", "open_broker"]
 
 
 def open_broker(settings: Settings) -> Broker:

@@ -10,6 +10,27 @@ if TYPE_CHECKING:
     from triorelay.hub import Channel, Hub, Payload
 
 
+class QueueSource(Protocol):
+    """Where a queue channel's consumers take messages when the broker holds the queue (Redis).
+
+    Each message goes to exactly one consumer; it stays the broker's until acknowledged, so a
+    consumer that leaves, or a relay that dies, before its client has the message gives it
+    back for another consumer.
+    """
+
+    async def take(self, consumer_id: int) -> tuple[Payload, object]:
+        """Wait for the next message; return it with the receipt that acknowledges it."""
+        ...
+
+    async def acknowledge(self, receipt: object) -> None:
+        """The message is handed to the consumer's socket: it is delivered."""
+        ...
+
+    def release(self, consumer_id: int) -> None:
+        """The consumer left: give back what it took and did not acknowledge (in the background)."""
+        ...
+
+
 class Broker(Protocol):
     """Carries each published message to every hub with consumers on its channel.
 
@@ -29,6 +50,10 @@ class Broker(Protocol):
 
     async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
         """Publish one message on ``channel``; return its sequence number."""
+        ...
+
+    def queue(self, name: str) -> QueueSource | None:
+        """The broker-held queue of queue channel ``name``; ``None``: the hub queues locally."""
         ...
 
     def watch(self, name: str) -> None:

@@ -16,6 +16,9 @@ class MemoryBroker:
     async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
         return await channel.publish(payload, size)
 
+    def queue(self, name: str) -> None:
+        """The hub's own queue serves queue channels."""
+
     def watch(self, name: str) -> None:
         """Nothing to do: the local channel is the only one."""
 

@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import coredis
 import coredis.exceptions
 import trio
 
+from triorelay.brokers.redis_queue import RedisQueue, RedisQueues
 from triorelay.compat.coredis import open_client
 from triorelay.errors import BrokerUnavailable
 
@@ -104,18 +107,28 @@ class _Watch:
 class RedisBroker:
     """Channels shared through Redis Streams by every relay process on the same Redis."""
 
+    #: What a lost or refused Redis connection raises.
+    errors = REDIS_ERRORS
+
     def __init__(self, settings: Settings) -> None:
         self.url = settings.broker
         self.timeout_seconds = settings.broker_timeout_seconds
         self._max_len = str(settings.redis_stream_max_messages)
-        self._ttl_ms = str(max(1, round(settings.redis_stream_ttl_seconds * 1000)))
+        self.ttl_ms = str(max(1, round(settings.redis_stream_ttl_seconds * 1000)))
         self._batch = settings.redis_read_batch_messages
-        self._prefix = settings.redis_key_prefix
+        self.prefix = settings.redis_key_prefix
+        #: This relay's name in Redis (its wake stream, its queue consumers).
+        self.node = uuid.uuid4().hex
         self._backoff = Backoff(0.05, settings.broker_reconnect_max_seconds)
-        self._client = open_client(self.url, connect_timeout=self.timeout_seconds)
-        self._publish_script = self._client.register_script(_PUBLISH)
-        self._wake_script = self._client.register_script(_WAKE)
-        self._wake_key = f"{self._prefix}wake:{uuid.uuid4().hex}".encode()
+        self.client = open_client(self.url, connect_timeout=self.timeout_seconds)
+        self._publish_script = self.client.register_script(_PUBLISH)
+        self._wake_script = self.client.register_script(_WAKE)
+        self._wake_key = f"{self.prefix}wake:{self.node}".encode()
+        self.queues = RedisQueues(
+            self,
+            max_messages=settings.queue_buffer_messages,
+            claim_idle_seconds=settings.redis_claim_idle_seconds,
+        )
         self._wake_id = b"0-0"
         self._watches: dict[str, _Watch] = {}
         self._run_id: str | None = None
@@ -139,16 +152,32 @@ class RedisBroker:
             raise BrokerUnavailable("the broker is unavailable: message not published")
         data, text = (payload.encode(), b"1") if isinstance(payload, str) else (payload, b"0")
         name = channel.name
+        if channel.config.mode == "queue":
+            return await self.queues.publish(name, data, text)
+        with self.failing_as_unavailable("publish"):
+            seq: Any = await self._publish_script(
+                keys=[f"{self.prefix}ch:{name}", f"{self.prefix}seq:{name}"],
+                args=[data, text, self._max_len, self.ttl_ms],
+            )
+        return int(seq)
+
+    @contextmanager
+    def failing_as_unavailable(self, what: str) -> Iterator[None]:
+        """Bound the block by ``broker_timeout_seconds``; Redis errors become
+        :class:`BrokerUnavailable` (the message says nothing was published)."""
         try:
             with trio.fail_after(self.timeout_seconds):
-                seq: Any = await self._publish_script(
-                    keys=[f"{self._prefix}ch:{name}", f"{self._prefix}seq:{name}"],
-                    args=[data, text, self._max_len, self._ttl_ms],
-                )
+                yield
         except REDIS_ERRORS as error:
-            self.last_error = f"publish: {error}"
+            self.note_error(f"{what}: {error}")
             raise BrokerUnavailable("the broker is unavailable: message not published") from None
-        return int(seq)
+
+    def note_error(self, error: str) -> None:
+        """Remember the last Redis error (``/healthz``)."""
+        self.last_error = error
+
+    def queue(self, name: str) -> RedisQueue:
+        return RedisQueue(self.queues, name)
 
     # -- joining and leaving channels --
 
@@ -174,14 +203,14 @@ class RedisBroker:
         watch.positioning = True
         try:
             with trio.fail_after(self.timeout_seconds):
-                entries = await self._client.xrevrange(f"{self._prefix}ch:{name}", count=1)
+                entries = await self.client.xrevrange(f"{self.prefix}ch:{name}", count=1)
                 if entries:
                     watch.position = _as_bytes(entries[0].identifier)
                     watch.last_seq = int(entries[0].field_values[b"s"])
                 else:
                     watch.position = b"0-0"
                 watch.positioned.set()
-                await self._wake_script(keys=[self._wake_key], args=[self._ttl_ms])
+                await self._wake_script(keys=[self._wake_key], args=[self.ttl_ms])
         except REDIS_ERRORS as error:
             self.last_error = f"subscribe: {error}"
             if not watch.positioned.is_set():
@@ -196,19 +225,27 @@ class RedisBroker:
     ) -> None:
         """Connect, then read every watched stream into ``hub`` until cancelled.
 
-        Started at once: the relay serves (and answers ``/healthz`` with 503) while Redis is
-        unreachable, and this task keeps reconnecting.
+        Started after the first connection attempt, successful or not (bounded by
+        ``broker_timeout_seconds``): the relay then serves, ready at once when Redis is up,
+        and answering ``/healthz`` with 503 while it is not, as this task keeps reconnecting.
         """
         self._hub = hub
-        async with self._client:
-            task_status.started()
+        async with self.client, trio.open_nursery() as nursery:
+            nursery.start_soon(self.queues.run_releases)
+            started = False
             try:
                 while True:
                     try:
                         await self._connect()
+                        if not started:
+                            started = True
+                            task_status.started()
                         await self._read_forever(hub)
                     except REDIS_ERRORS as error:
                         self._lost(error)
+                    if not started:
+                        started = True
+                        task_status.started()
                     await trio.sleep(self._backoff.next())
             finally:
                 # Not deleting the wake stream: it expires by itself, and a command sent while
@@ -217,7 +254,7 @@ class RedisBroker:
 
     async def _connect(self) -> None:
         with trio.fail_after(self.timeout_seconds):
-            info = await self._client.info("server")
+            info = await self.client.info("server")
         self._note_run_id(str(info["run_id"]))
         self._set_ready(True)
         self._backoff.reset()
@@ -235,13 +272,13 @@ class RedisBroker:
             streams: dict[bytes, bytes] = {self._wake_key: self._wake_id}
             for name, watch in self._watches.items():
                 if watch.position is not None:
-                    streams[f"{self._prefix}ch:{name}".encode()] = watch.position
-            result = await self._client.xread(streams, count=self._batch, block=_BLOCK_MILLISECONDS)
+                    streams[f"{self.prefix}ch:{name}".encode()] = watch.position
+            result = await self.client.xread(streams, count=self._batch, block=_BLOCK_MILLISECONDS)
             for key, entries in (result or {}).items():
                 if key == self._wake_key:
                     self._wake_id = _as_bytes(entries[-1].identifier)
                     continue
-                name = key.decode()[len(self._prefix) + 3 :]
+                name = key.decode()[len(self.prefix) + 3 :]
                 await self._deliver(hub, name, entries)
 
     async def _deliver(self, hub: Hub, name: str, entries: tuple[Any, ...]) -> None:
@@ -267,7 +304,7 @@ class RedisBroker:
         # The sequence started again: the keys expired (no publish for the stream's time to
         # live: nothing was missed), or Redis restarted (what it held is lost).
         with trio.fail_after(self.timeout_seconds):
-            info = await self._client.info("server")
+            info = await self.client.info("server")
         self._note_run_id(str(info["run_id"]))
         watch.last_seq = seq
 

@@ -466,3 +466,5 @@ async def _write_loop(consumer: Consumer, socket: _Socket, notices: bool) -> Non
                 consumer.requeue(batch[-1])
         if not sent:
             return  # the client is gone; the reader sees its disconnect
+        if batch_limit == 1:
+            await consumer.acknowledge()  # queue mode: handed to the socket, so delivered

@@ -1,0 +1,229 @@
+"""Queue-mode channels on Redis: one stream per channel read by a consumer group.
+
+Every relay's consumers of channel ``c`` read ``{prefix}q:{c}`` in the group ``triorelay``, so
+each message goes to exactly one consumer anywhere:
+
+- **Publish** (one Lua script): refuse while the stream holds ``queue_buffer_messages`` (the
+  producer waits and retries: backpressure, as with the memory broker), else take the next
+  sequence number, ``XADD``, create the group if needed, renew the keys' expiry.
+- **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
+  consumer name ``{relay}:{consumer id}``) when its socket is ready for it: nothing is buffered
+  in the relay.
+- **Acknowledge** once the message is handed to the consumer's socket: ``XACK`` and ``XDEL``
+  (so the stream's length is the backlog the bound applies to).
+- **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
+  to the end of the stream, the original acknowledged), in the background.
+- **Claim**: a relay that dies leaves its consumers' messages pending; every relay's consumers
+  claim messages idle for ``redis_claim_idle_seconds`` (``XAUTOCLAIM``) before reading new ones.
+
+Delivery is at least once: a message written to a socket just before its relay dies, and not
+yet acknowledged, is delivered again after the claim time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import coredis.exceptions
+import trio
+
+from triorelay.errors import BrokerUnavailable
+
+if TYPE_CHECKING:
+    from triorelay.brokers.redis import RedisBroker
+    from triorelay.hub import Payload
+
+log = logging.getLogger(__name__)
+
+GROUP = "triorelay"
+
+_PUBLISH = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], '*', 'p', ARGV[1], 't', ARGV[2], 's', seq)
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[5], '0')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return seq
+"""
+_ACKNOWLEDGE = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+_RELEASE = """
+local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #entry > 0 then
+  redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+
+#: Longest wait for a producer whose queue is full between two tries.
+_FULL_RETRY_MAX_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What acknowledges one taken message: its stream and entry id."""
+
+    key: str
+    entry: str | bytes
+
+
+class RedisQueues:
+    """The queue-mode side of :class:`~triorelay.brokers.redis.RedisBroker`."""
+
+    def __init__(
+        self, broker: RedisBroker, *, max_messages: int, claim_idle_seconds: float
+    ) -> None:
+        self._broker = broker
+        client = broker.client
+        self._publish_script = client.register_script(_PUBLISH)
+        self._acknowledge_script = client.register_script(_ACKNOWLEDGE)
+        self._release_script = client.register_script(_RELEASE)
+        self._max_messages = str(max_messages)
+        self._claim_idle_ms = max(1, round(claim_idle_seconds * 1000))
+        # A blocked read returns this often, so that idle messages are claimed in time.
+        self._block_ms = max(1, min(5_000, self._claim_idle_ms // 2))
+        self._next_claim: dict[str, float] = {}
+        self._to_release: list[tuple[str, str]] = []
+        self._release_wanted = trio.Event()
+
+    def key(self, name: str) -> str:
+        return f"{self._broker.prefix}q:{name}"
+
+    def consumer_name(self, consumer_id: int) -> str:
+        return f"{self._broker.node}:{consumer_id}"
+
+    async def publish(self, name: str, data: bytes, text: bytes) -> int:
+        """Append a message; wait while the queue is full. Return its sequence number."""
+        broker = self._broker
+        keys = [self.key(name), f"{broker.prefix}qseq:{name}"]
+        args: list[str | bytes] = [data, text, self._max_messages, broker.ttl_ms, GROUP]
+        delay = 0.005
+        while True:
+            with broker.failing_as_unavailable("publish"):
+                seq: Any = await self._publish_script(keys=keys, args=args)
+            if int(seq):
+                return int(seq)
+            await trio.sleep(delay)  # full: backpressure until consumers make room
+            delay = min(delay * 2, _FULL_RETRY_MAX_SECONDS)
+
+    async def take(self, name: str, consumer_id: int) -> tuple[Payload, object]:
+        """The next message for this consumer, claimed from a dead relay or new."""
+        broker = self._broker
+        key, consumer = self.key(name), self.consumer_name(consumer_id)
+        while True:
+            await broker.wait_ready()
+            try:
+                entry = await self._claim(name, key, consumer)
+                if entry is None:
+                    result = await broker.client.xreadgroup(
+                        GROUP, consumer, {key: ">"}, count=1, block=self._block_ms
+                    )
+                    entries = next(iter((result or {}).values()), ())
+                    entry = entries[0] if entries else None
+            except coredis.exceptions.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                await self._create_group(key)  # expired, or Redis restarted empty
+                continue
+            except BrokerUnavailable:
+                continue
+            except broker.errors as error:
+                broker.note_error(f"queue read: {error}")
+                await trio.sleep(0.05)  # the reader notices the outage; then wait_ready waits
+                continue
+            if entry is not None:
+                fields = entry.field_values
+                data: bytes = fields[b"p"]
+                payload: Payload = data.decode() if fields[b"t"] == b"1" else data
+                return payload, Receipt(key, entry.identifier)
+
+    async def _claim(self, name: str, key: str, consumer: str) -> Any:
+        now = trio.current_time()
+        if now < self._next_claim.get(name, 0.0):
+            return None
+        self._next_claim[name] = now + self._block_ms / 1000
+        result = await self._broker.client.xautoclaim(
+            key, GROUP, consumer, min_idle_time=self._claim_idle_ms, start="0-0", count=1
+        )
+        claimed = [entry for entry in result[1] if entry is not None and entry.field_values]
+        return claimed[0] if claimed else None
+
+    async def _create_group(self, key: str) -> None:
+        broker = self._broker
+        try:
+            with broker.failing_as_unavailable("queue group"):
+                await broker.client.xgroup_create(key, GROUP, "0", mkstream=True)
+        except coredis.exceptions.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def acknowledge(self, receipt: object) -> None:
+        """Delete a delivered message. If Redis is unreachable it is delivered again later."""
+        assert isinstance(receipt, Receipt)
+        try:
+            with trio.fail_after(self._broker.timeout_seconds):
+                await self._acknowledge_script(keys=[receipt.key], args=[GROUP, receipt.entry])
+        except self._broker.errors as error:
+            self._broker.note_error(f"acknowledge: {error}")
+            log.warning("could not acknowledge a queue message (%s): it will be redelivered", error)
+
+    def release(self, name: str, consumer_id: int) -> None:
+        """Give back what consumer ``consumer_id`` took and did not acknowledge (background)."""
+        self._to_release.append((name, self.consumer_name(consumer_id)))
+        self._release_wanted.set()
+
+    async def run_releases(self) -> None:
+        """Process :meth:`release` requests until cancelled (retried while Redis is down)."""
+        while True:
+            await self._release_wanted.wait()
+            self._release_wanted = trio.Event()
+            while self._to_release:
+                name, consumer = self._to_release[0]
+                await self._broker.wait_ready()
+                try:
+                    with trio.fail_after(self._broker.timeout_seconds):
+                        await self._release_all(self.key(name), consumer)
+                except self._broker.errors as error:
+                    self._broker.note_error(f"release: {error}")
+                    await trio.sleep(0.05)
+                    continue
+                self._to_release.pop(0)
+
+    async def _release_all(self, key: str, consumer: str) -> None:
+        client = self._broker.client
+        try:
+            pending: Any = await client.xpending(key, GROUP, "-", "+", 100, consumer=consumer)
+        except coredis.exceptions.ResponseError as error:
+            if "NOGROUP" in str(error):
+                return  # the stream is gone, and what it held with it
+            raise
+        for entry in pending:
+            await self._release_script(keys=[key], args=[GROUP, entry.identifier])
+        await client.xgroup_delconsumer(key, GROUP, consumer)
+
+
+class RedisQueue:
+    """One queue channel's :class:`~triorelay.brokers.base.QueueSource` on Redis."""
+
+    __slots__ = ("name", "queues")
+
+    def __init__(self, queues: RedisQueues, name: str) -> None:
+        self.queues = queues
+        self.name = name
+
+    async def take(self, consumer_id: int) -> tuple[Payload, object]:
+        return await self.queues.take(self.name, consumer_id)
+
+    async def acknowledge(self, receipt: object) -> None:
+        await self.queues.acknowledge(receipt)
+
+    def release(self, consumer_id: int) -> None:
+        self.queues.release(self.name, consumer_id)
