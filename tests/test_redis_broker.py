@@ -330,3 +330,35 @@ async def test_a_queue_consumer_that_leaves_gives_its_message_back_at_once(
                 got = [await consumer.get_message() for _ in range(waiting)]
         assert len(set(got)) == waiting
         await drained(client, "triorelay:q:jobs.c")
+
+
+async def test_many_waiting_queue_consumers_do_not_starve_publishes(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """80 queue consumers waiting on one relay (more than coredis's 64-connection pool):
+    publishes still go through, and every message is delivered once."""
+    server = await start_relay(broker=redis_server.url, **QUEUE)
+    count = 80
+    got: list[str | bytes] = []
+    all_in = trio.Event()
+
+    async def consume(task_status: trio.TaskStatus[None]) -> None:
+        async with server.websocket("/ws/consumer/jobs.p") as consumer:
+            task_status.started()
+            while True:
+                got.append(await consumer.get_message())
+                if len(got) == count:
+                    all_in.set()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            await nursery.start(consume)
+        async with server.websocket("/ws/producer/jobs.p?ack=id") as producer:
+            for i in range(count):
+                await producer.send_message(f"job{i}")
+            with trio.fail_after(10):
+                for _ in range(count):
+                    await producer.get_message()
+                await all_in.wait()
+        nursery.cancel_scope.cancel()
+    assert sorted(got) == sorted(f"job{i}" for i in range(count))

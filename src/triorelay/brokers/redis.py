@@ -121,6 +121,11 @@ class RedisBroker:
         self.node = uuid.uuid4().hex
         self._backoff = Backoff(0.05, settings.broker_reconnect_max_seconds)
         self.client = open_client(self.url, connect_timeout=self.timeout_seconds)
+        #: For the queue consumers' blocking reads, each of which holds a connection while it
+        #: waits: apart, so that they can never take the connections publishes need.
+        self.blocking_client = open_client(
+            self.url, connect_timeout=self.timeout_seconds, max_connections=100_000
+        )
         self._publish_script = self.client.register_script(_PUBLISH)
         self._wake_script = self.client.register_script(_WAKE)
         self._wake_key = f"{self.prefix}wake:{self.node}".encode()
@@ -230,7 +235,7 @@ class RedisBroker:
         and answering ``/healthz`` with 503 while it is not, as this task keeps reconnecting.
         """
         self._hub = hub
-        async with self.client, trio.open_nursery() as nursery:
+        async with self.client, self.blocking_client, trio.open_nursery() as nursery:
             nursery.start_soon(self.queues.run_releases)
             started = False
             try:

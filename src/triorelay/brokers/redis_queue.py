@@ -123,7 +123,7 @@ class RedisQueues:
             try:
                 entry = await self._claim(name, key, consumer)
                 if entry is None:
-                    result = await broker.client.xreadgroup(
+                    result = await broker.blocking_client.xreadgroup(
                         GROUP, consumer, {key: ">"}, count=1, block=self._block_ms
                     )
                     entries = next(iter((result or {}).values()), ())

@@ -42,10 +42,19 @@ class ClosingTCPConnection(TCPConnection):
                 getattr(self, name).close()
 
 
-def open_client(url: str, *, connect_timeout: float) -> coredis.Redis[bytes]:
-    """A coredis client for ``url`` (``redis://`` or ``rediss://``) that answers bytes."""
+def open_client(
+    url: str, *, connect_timeout: float, max_connections: int | None = None
+) -> coredis.Redis[bytes]:
+    """A coredis client for ``url`` (``redis://`` or ``rediss://``) that answers bytes.
+
+    coredis multiplexes commands on its connections, but a blocking command (``XREAD BLOCK``)
+    holds one until it returns; ``max_connections`` (coredis's default: 64) bounds them.
+    """
     pool = coredis.ConnectionPool.from_url(
-        url, decode_responses=False, connect_timeout=connect_timeout
+        url,
+        decode_responses=False,
+        connect_timeout=connect_timeout,
+        max_connections=max_connections,
     )
     if pool.connection_class is TCPConnection:
         pool.connection_class = ClosingTCPConnection
