@@ -8,6 +8,7 @@ from typing import Any
 import coredis
 import pytest
 import trio
+import wsproto.events as ws_events
 from trio_websocket import ConnectionClosed
 
 from tests.conftest import StartRelay, make_settings
@@ -362,3 +363,27 @@ async def test_many_waiting_queue_consumers_do_not_starve_publishes(
                 await all_in.wait()
         nursery.cancel_scope.cancel()
     assert sorted(got) == sorted(f"job{i}" for i in range(count))
+
+
+async def test_a_burst_from_one_producer_is_published_in_order_in_one_batch(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """50 messages in one TCP write (one batch, one Redis round trip): acked with consecutive
+    ids and delivered in order on another relay."""
+    a = await start_relay(broker=redis_server.url)
+    b = await start_relay(broker=redis_server.url)
+    async with b.websocket("/ws/consumer/burst") as consumer:
+        producer = await RawWebSocket.connect(a.port, "/ws/producer/burst?ack=id", 65536)
+        try:
+            await producer.send_events(
+                *(ws_events.TextMessage(data=f"m{i}") for i in range(25)),
+                *(ws_events.BytesMessage(data=f"m{i}".encode()) for i in range(25, 50)),
+            )
+            with trio.fail_after(10):
+                acks = [json.loads(m)["id"] for m in await producer.read_messages(50)]
+        finally:
+            producer.close()
+        assert acks == list(range(1, 51))
+        with trio.fail_after(10):
+            got = [await consumer.get_message() for _ in range(50)]
+        assert got == [f"m{i}" for i in range(25)] + [f"m{i}".encode() for i in range(25, 50)]

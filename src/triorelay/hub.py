@@ -193,6 +193,13 @@ class Producer(Connection):
         self.bytes_in += size
         return await self.channel.hub.broker.publish(self.channel, payload, size)
 
+    async def publish_many(self, payloads: list[Payload], published: list[int]) -> None:
+        """Publish ``payloads`` in order (see :meth:`Broker.publish_many`): each accepted
+        one's sequence number is appended to ``published``, also when this raises."""
+        self.messages_in += len(payloads)
+        self.bytes_in += sum(map(len, payloads))
+        await self.channel.hub.broker.publish_many(self.channel, payloads, published)
+
 
 class Consumer(Connection):
     """A consumer attached to a channel. Read its messages with :meth:`receive`.

@@ -52,6 +52,15 @@ class Broker(Protocol):
         """Publish one message on ``channel``; return its sequence number."""
         ...
 
+    async def publish_many(
+        self, channel: Channel, payloads: list[Payload], published: list[int]
+    ) -> None:
+        """Publish ``payloads`` in order, appending each one's sequence number to
+        ``published`` as it is accepted: if this raises, ``published`` holds the accepted
+        ones (the first ``len(published)`` payloads). A networked broker takes them in one
+        round trip where it can."""
+        ...
+
     def queue(self, name: str) -> QueueSource | None:
         """The broker-held queue of queue channel ``name``; ``None``: the hub queues locally."""
         ...

@@ -16,6 +16,12 @@ class MemoryBroker:
     async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
         return await channel.publish(payload, size)
 
+    async def publish_many(
+        self, channel: Channel, payloads: list[Payload], published: list[int]
+    ) -> None:
+        for payload in payloads:
+            published.append(await channel.publish(payload, len(payload)))
+
     def queue(self, name: str) -> None:
         """The hub's own queue serves queue channels."""
 

@@ -1,8 +1,9 @@
 """The Redis broker: channels shared by every relay process on one Redis, over Redis Streams.
 
 Each channel is a stream, ``{prefix}ch:{name}``. Publishing runs one Lua script that takes the
-channel's next sequence number (``{prefix}seq:{name}``, ``INCR``), appends the message with it
-(``XADD ... MAXLEN ~ redis_stream_max_messages``) and renews both keys' expiry. One reader
+channel's next sequence numbers (``{prefix}seq:{name}``, ``INCRBY``), appends the messages with
+them (``XADD ... MAXLEN ~ redis_stream_max_messages``) and renews both keys' expiry: one round
+trip for all the messages a producer sent in one TCP read. One reader
 task per relay reads every stream with local consumers in one blocking ``XREAD`` and hands
 the messages to the hub, which applies the channel's slow-consumer policy as for a local
 publish. Why streams rather than pub/sub:
@@ -60,6 +61,17 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'p', ARGV[1], 't', ARGV
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return seq
+"""
+_PUBLISH_MANY = """
+local n = tonumber(ARGV[3])
+local first = redis.call('INCRBY', KEYS[2], n) - n + 1
+for i = 0, n - 1 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+             'p', ARGV[4 + 2 * i], 't', ARGV[5 + 2 * i], 's', first + i)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return first
 """
 _WAKE = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'w', '1')
@@ -127,6 +139,7 @@ class RedisBroker:
             self.url, connect_timeout=self.timeout_seconds, max_connections=100_000
         )
         self._publish_script = self.client.register_script(_PUBLISH)
+        self._publish_many_script = self.client.register_script(_PUBLISH_MANY)
         self._wake_script = self.client.register_script(_WAKE)
         self._wake_key = f"{self.prefix}wake:{self.node}".encode()
         self.queues = RedisQueues(
@@ -165,6 +178,30 @@ class RedisBroker:
                 args=[data, text, self._max_len, self.ttl_ms],
             )
         return int(seq)
+
+    async def publish_many(
+        self, channel: Channel, payloads: list[Payload], published: list[int]
+    ) -> None:
+        """Broadcast: all of ``payloads`` in one script call (one round trip); queue mode: one
+        at a time (each may wait for room)."""
+        if channel.config.mode == "queue" or len(payloads) == 1:
+            for payload in payloads:
+                published.append(await self.publish(channel, payload, len(payload)))
+            return
+        if not self._ready:
+            raise BrokerUnavailable("the broker is unavailable: message not published")
+        name = channel.name
+        args: list[str | bytes] = [self._max_len, self.ttl_ms, str(len(payloads))]
+        for payload in payloads:
+            if isinstance(payload, str):
+                args += [payload.encode(), b"1"]
+            else:
+                args += [payload, b"0"]
+        with self.failing_as_unavailable("publish"):
+            first: Any = await self._publish_many_script(
+                keys=[f"{self.prefix}ch:{name}", f"{self.prefix}seq:{name}"], args=args
+            )
+        published.extend(range(int(first), int(first) + len(payloads)))
 
     @contextmanager
     def failing_as_unavailable(self, what: str) -> Iterator[None]:

@@ -286,19 +286,22 @@ class _Publisher:
         Each ack covers a published message only: on MessageTooBig the acks of the messages
         before it still go out, then the error propagates.
         """
-        acks: list[Payload] = []
+        max_bytes = self.max_bytes
+        too_big = next((p for p in payloads if len(p) > max_bytes), None)
+        accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
+        published: list[int] = []
         try:
-            for payload in payloads:
-                if len(payload) > self.max_bytes:
-                    raise MessageTooBig(
-                        f"message of {len(payload)} bytes over the limit {self.max_bytes}"
-                    )
-                seq = await self.producer.publish(payload)
-                if self.ack == "echo":
-                    acks.append(payload)
-                elif self.ack == "id":
-                    acks.append(f'{{"id": {seq}}}')
+            if accepted:
+                await self.producer.publish_many(accepted, published)
+            if too_big is not None:
+                raise MessageTooBig(f"message of {len(too_big)} bytes over the limit {max_bytes}")
         finally:
+            if self.ack == "echo":
+                acks: list[Payload] = accepted[: len(published)]
+            elif self.ack == "id":
+                acks = [f'{{"id": {seq}}}' for seq in published]
+            else:
+                acks = []
             if acks:
                 with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
                     await self.socket.send_many(acks)
