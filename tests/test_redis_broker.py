@@ -387,3 +387,36 @@ async def test_a_burst_from_one_producer_is_published_in_order_in_one_batch(
         with trio.fail_after(10):
             got = [await consumer.get_message() for _ in range(50)]
         assert got == [f"m{i}" for i in range(25)] + [f"m{i}".encode() for i in range(25, 50)]
+
+
+async def test_a_stalled_consumer_on_another_relay_is_evicted_and_holds_nothing_up(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Through Redis the per-consumer policy still applies: a consumer that stops reading on
+    relay B is closed with 1013 once its buffer is full; B's other consumer gets everything."""
+    size, count = 64 * 1024, 400  # 25 MiB: far more than socket buffers and the buffer hold
+    a = await start_relay(broker=redis_server.url, max_message_bytes=size)
+    b = await start_relay(
+        broker=redis_server.url,
+        max_message_bytes=size,
+        consumer_buffer_messages=8,
+        close_timeout_seconds=30,  # the stalled consumer can still read its close frame
+        graceful_timeout_seconds=40,
+    )
+    stalled = await RawWebSocket.connect(b.port, "/ws/consumer/feed")
+    try:
+        async with (
+            b.websocket("/ws/consumer/feed") as fast,
+            a.websocket("/ws/producer/feed?ack=id") as producer,
+        ):
+            for i in range(count):  # in lockstep with the fast consumer
+                await producer.send_message(f"{i:06d}".ljust(size, "."))
+                await producer.get_message()
+                with trio.fail_after(10):
+                    assert (await fast.get_message())[:6] == f"{i:06d}"
+            stats = await b.channel("feed")
+        _, code, reason = await stalled.read_until_closed()
+    finally:
+        stalled.close()
+    assert (code, "too slow" in (reason or "")) == (1013, True)
+    assert stats["disconnected_slow"] == 1
