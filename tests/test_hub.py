@@ -12,8 +12,9 @@ import pytest
 import trio
 import trio.testing
 
+from triorelay.connections import Consumer, Payload, Producer
 from triorelay.errors import CloseCode, InvalidChannelName, TooManyChannels
-from triorelay.hub import Consumer, Hub, Payload, Producer, ShuttingDown
+from triorelay.hub import Hub, ShuttingDown
 from triorelay.settings import load_settings
 
 QUEUE_RULES = {"jobs.*": {"mode": "queue"}}

@@ -25,8 +25,9 @@ import trio
 from triorelay.brokers import open_broker
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.compat.hypercorn import DirectWebSocket, InboundTap
+from triorelay.connections import Connection
 from triorelay.errors import CloseCode
-from triorelay.hub import Connection, Hub
+from triorelay.hub import Hub
 from triorelay.settings import Settings
 from triorelay.uploads import UploadStore
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from triorelay.hub import Channel, Hub, Payload
+    from triorelay.connections import Payload
+    from triorelay.hub import Channel, Hub
 
 
 class MemoryBroker:

@@ -50,7 +50,8 @@ from triorelay.compat.coredis import open_client
 from triorelay.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
-    from triorelay.hub import Channel, Hub, Payload
+    from triorelay.connections import Payload
+    from triorelay.hub import Channel, Hub
     from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from triorelay.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from triorelay.brokers.redis import RedisBroker
-    from triorelay.hub import Payload
+    from triorelay.connections import Payload
 
 log = logging.getLogger(__name__)
 

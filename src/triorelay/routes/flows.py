@@ -28,8 +28,8 @@ import trio
 
 from triorelay import proxy
 from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.connections import Connection, Payload
 from triorelay.errors import CloseCode, RequestError, ServiceError, UnknownUpstream
-from triorelay.hub import Connection, Payload
 from triorelay.protocols import (
     Chunk,
     Echo,

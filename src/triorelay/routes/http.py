@@ -20,8 +20,8 @@ from urllib.parse import quote
 from quart import Blueprint, Response, current_app, jsonify, request, send_file
 from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
+from triorelay.connections import Payload
 from triorelay.errors import MessageTooBig, RequestError
-from triorelay.hub import Payload
 from triorelay.relay import Relay
 
 blueprint = Blueprint("triorelay", __name__)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 import trio
 
 from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.connections import Connection, Consumer, Payload, Producer
 from triorelay.errors import (
     BrokerUnavailable,
     CloseCode,
@@ -33,7 +34,7 @@ from triorelay.errors import (
     MessageTooBig,
     RequestError,
 )
-from triorelay.hub import Connection, Consumer, Payload, Producer, validate_channel_name
+from triorelay.hub import validate_channel_name
 from triorelay.relay import Relay
 
 log = logging.getLogger(__name__)
