@@ -34,12 +34,12 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from triorelay.connections import Payload
 from triorelay.errors import CloseCode, UnknownUpstream, UpstreamError
 from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Payload = bytes | str
 NO_STATUS = 1005
 LOST = (1006, 1015)
 """Close codes that mean no close frame came (1015: the TLS layer failed)."""
