@@ -30,9 +30,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from triorelay.connections import Payload
 from triorelay.errors import ProtocolViolation, UnsupportedData, UploadMismatch, UploadTooBig
-
-Payload = bytes | str
 
 FILE_EOF = b"EOF"
 """The binary frame that ends a file in ``/ws``."""
