@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from typing import Any
 
 import coredis
@@ -14,6 +16,12 @@ from trio_websocket import open_websocket_url
 from tests.helpers import RawWebSocket
 from tests.processes import LAUNCHERS, kill_group, relay_process
 from tests.redis_server import RedisServer
+
+
+def without_broker() -> dict[str, str]:
+    """This environment without any TRIORELAY_BROKER: the memory broker."""
+    return {k: v for k, v in os.environ.items() if k != "TRIORELAY_BROKER"}
+
 
 BOUNDED = {"connect_timeout": 10, "disconnect_timeout": 10}
 COUNT = 100
@@ -137,3 +145,23 @@ async def test_a_dead_relays_unacknowledged_queue_message_goes_to_another(
                 from_b = [await on_b.get_message() for _ in range(count - len(from_a))]
         assert sorted([*from_a, *from_b]) == sorted(expected)  # each exactly once
         assert not set(held_by_a) & set(await holders())  # A's consumer holds nothing now
+
+
+async def test_several_hypercorn_workers_with_the_memory_broker_are_refused() -> None:
+    """hypercorn -w 2 without a shared broker: the server stops at start with the reason
+    (each worker would have channels of its own), instead of silently splitting them."""
+    argv = TWO_WORKERS["hypercorn"]
+    process = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=without_broker()
+    )
+    assert process.stderr is not None
+    output = b""
+    with trio.fail_after(30):
+        async for chunk in process.stderr:
+            output += chunk
+        # The supervisor stops (its exit status is 0 all the same: Hypercorn 0.18's run()
+        # recomputes it after terminating the other workers, from those already joined).
+        await process.wait()
+    assert b"with the memory broker each worker would have channels of its own" in output
+    assert b"Running on" not in output
+    assert b"Traceback" not in output

@@ -13,6 +13,7 @@ import trio
 from quart_trio import QuartTrio
 
 from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.errors import SettingsError
 from triorelay.relay import Relay
 from triorelay.routes.flows import FlowWebSockets
 from triorelay.routes.http import FileResponse, blueprint
@@ -28,6 +29,13 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     ``triorelay serve`` passes False and handles them itself.
     """
     settings = settings if settings is not None else load_settings()
+    workers = hypercorn_compat.cli_worker_count()
+    if workers > 1 and not settings.shared_broker:
+        raise SettingsError(
+            f"hypercorn -w {workers}: with the memory broker each worker would have channels of "
+            "its own (a producer and a consumer on different workers would never meet); set "
+            "TRIORELAY_BROKER=redis://... to share them, or run one worker"
+        )
     hypercorn_compat.isolate_connection_errors()
     relay = Relay(settings, handle_signals=handle_signals)
     app = QuartTrio(__name__)
@@ -60,4 +68,12 @@ def relay_of(app: QuartTrio) -> Relay:
     return relay
 
 
-app = create_app()
+def _app_from_environment() -> QuartTrio:
+    """The app ``hypercorn`` loads; a bad setting stops the worker with a one-line reason."""
+    try:
+        return create_app()
+    except SettingsError as error:
+        raise SystemExit(f"triorelay: {error}") from None
+
+
+app = _app_from_environment()

@@ -75,6 +75,7 @@ def test_outside_hypercorn_compat_finds_nothing() -> None:
     assert compat.abort_transport(send) is False
     assert compat.is_closed(send) is False
     assert compat.cli_shutdown_event() is None
+    assert compat.cli_worker_count() == 0
 
 
 def test_frames_follow_rfc6455_lengths() -> None:

@@ -159,6 +159,16 @@ def cli_shutdown_event() -> ProcessEvent | None:
     return event if isinstance(event, ProcessEvent) else None
 
 
+def cli_worker_count() -> int:
+    """How many worker processes the ``hypercorn`` CLI runs, if this is one of them; else 0.
+
+    Reads the ``config`` Hypercorn passes to each worker (``hypercorn/run.py``, ``_populate``).
+    """
+    kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
+    workers = getattr(kwargs.get("config"), "workers", 0)
+    return workers if isinstance(workers, int) else 0
+
+
 async def wait_for_cli_shutdown(event: ProcessEvent, poll_seconds: float = 0.05) -> None:
     """Return once the Hypercorn CLI asks this worker to stop (polled, as Hypercorn does)."""
     while not event.is_set():  # noqa: ASYNC110 - a multiprocessing event cannot be awaited
