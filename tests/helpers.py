@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +21,43 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from wsproto.extensions import PerMessageDeflate
 
 from triorelay.relay import Relay
+
+STARTUP_TIMEOUT_SECONDS = 20
+LAUNCHERS = {
+    "hypercorn": [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", "127.0.0.1:0",
+                  "triorelay.app:app"],
+    "serve": [sys.executable, "-m", "triorelay", "serve", "--port", "0"],
+}  # fmt: skip
+_LISTENING = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
+
+
+async def start_relay_process(launcher: str, **env: str) -> tuple[trio.Process, int, bytearray]:
+    """Start a relay process (``LAUNCHERS[launcher]``, ``env`` added to the environment).
+
+    Returns the process (in its own process group, like a shell job; the caller kills it), its
+    port, and its stderr so far. The caller reads the rest of stderr, or the relay may block
+    on a full pipe.
+    """
+    process = await trio.lowlevel.open_process(
+        LAUNCHERS[launcher],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, **env),
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    output = bytearray()
+    with trio.move_on_after(STARTUP_TIMEOUT_SECONDS) as startup:
+        while (match := _LISTENING.search(output)) is None:
+            chunk = await process.stderr.receive_some()
+            assert chunk, f"the relay exited before listening: {output.decode()}"
+            output += chunk
+    if startup.cancelled_caught:
+        os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise AssertionError(f"the relay did not start listening: {output.decode()!r}")
+    assert match is not None
+    return process, int(match.group(1)), output
 
 
 async def refused_upgrade(port: int, path: str) -> tuple[int, bytes]:
@@ -126,7 +168,27 @@ class RawWebSocket:
         await self.sock.send(b"".join(self.conn.send(event) for event in events))
 
     async def send_raw(self, data: bytes) -> None:
-        await self.sock.send(data)
+        """Send all of ``data`` (bytes the client built itself), however the socket takes it."""
+        view = memoryview(data)
+        while view:
+            view = view[await self.sock.send(view) :]
+
+    async def wait_for_close(self) -> tuple[int | None, str | None]:
+        """Read until the server's close frame, answering nothing; (code, reason).
+
+        (None, None) when the connection was dropped without a close frame. Safe to run while
+        another task sends (it never writes).
+        """
+        while True:
+            try:
+                events = await self._events()
+            except OSError:
+                return None, None
+            for event in events:
+                if isinstance(event, ws_events.CloseConnection):
+                    if self.conn.state is wsproto.connection.ConnectionState.CLOSED:
+                        return None, None  # the socket ended, no close frame
+                    return event.code, event.reason
 
     async def read_events(self, count: int) -> list[ws_events.Event]:
         """Read at least ``count`` wsproto events (messages, pongs, close...)."""

@@ -9,48 +9,16 @@ no traceback.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from tests.helpers import LAUNCHERS, start_relay_process
+
 GRACEFUL_TIMEOUT_SECONDS = 2.0
-STARTUP_TIMEOUT_SECONDS = 20
-LAUNCHERS = {
-    "hypercorn": [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", "127.0.0.1:0",
-                  "triorelay.app:app"],
-    "serve": [sys.executable, "-m", "triorelay", "serve", "--port", "0"],
-}  # fmt: skip
 BOUNDED = {"connect_timeout": 10, "disconnect_timeout": 10}
-LISTENING = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
-
-
-async def _start(launcher: str) -> tuple[trio.Process, int, bytearray]:
-    env = dict(os.environ, TRIORELAY_GRACEFUL_TIMEOUT_SECONDS=str(GRACEFUL_TIMEOUT_SECONDS))
-    process = await trio.lowlevel.open_process(
-        LAUNCHERS[launcher],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # its own process group, like a shell job
-    )
-    assert process.stderr is not None
-    output = bytearray()
-    with trio.move_on_after(STARTUP_TIMEOUT_SECONDS) as startup:
-        while (match := LISTENING.search(output)) is None:
-            chunk = await process.stderr.receive_some()
-            assert chunk, f"the relay exited before listening: {output.decode()}"
-            output += chunk
-    if startup.cancelled_caught:
-        os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise AssertionError(f"the relay did not start listening: {output.decode()!r}")
-    assert match is not None
-    return process, int(match.group(1)), output
 
 
 @pytest.mark.parametrize("target", ["process", "group"])
@@ -60,7 +28,9 @@ async def test_signal_closes_every_client_with_1001(
     launcher: str, signum: signal.Signals, target: str
 ) -> None:
     """A signal closes producers and consumers with 1001 and exits 0, no traceback."""
-    process, port, output = await _start(launcher)
+    process, port, output = await start_relay_process(
+        launcher, TRIORELAY_GRACEFUL_TIMEOUT_SECONDS=str(GRACEFUL_TIMEOUT_SECONDS)
+    )
     try:
         url = f"ws://127.0.0.1:{port}"
         async with (
