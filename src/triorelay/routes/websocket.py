@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 import trio
 
 from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.compat import message_limits
 from triorelay.errors import CloseCode, InvalidQuery, MessageTooBig, RequestError
 from triorelay.hub import Connection, Consumer, Payload, Producer, validate_channel_name
 from triorelay.relay import Relay
@@ -119,6 +120,8 @@ class RelayWebSockets:
         settings = self.relay.settings
         if not settings.compression:
             hypercorn_compat.refuse_compression(send)
+        # Fragmented and compressed messages: bounded inside Hypercorn and wsproto too.
+        message_limits.limit_inbound(send, settings.max_message_bytes)
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send({"type": "websocket.accept"})
