@@ -223,9 +223,11 @@ class RelayWebSockets:
         )
         if tap is not None:
             stack.callback(tap.remove)
-            if socket.direct is not None:
-                self.relay.liveness.track(connection, tap, socket.direct)
-                stack.callback(self.relay.liveness.forget, connection)
+        if tap is not None and socket.direct is not None:
+            self.relay.liveness.track(connection, tap, socket.direct)
+            stack.callback(self.relay.liveness.forget, connection)
+        else:
+            self.relay.liveness.cannot_track()
         return tap
 
     def _bind(self, connection: Connection, scope: trio.CancelScope) -> None:
