@@ -165,6 +165,7 @@ async def test_oversized_input_leaves_the_worker_rss_near_the_limit(launcher: st
             nursery.start_soon(drain_stderr)
             worker = _worker(process, launcher)
             await _round_trip(port)  # warm up
+            baseline = worker.memory_info().rss / MiB
             growth: dict[str, float] = {}
             for attack in attacks():
                 before = _reset_peak_rss(worker)
@@ -177,8 +178,9 @@ async def test_oversized_input_leaves_the_worker_rss_near_the_limit(launcher: st
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-    report = ", ".join(f"{name}: {mib:.1f}" for name, mib in growth.items())
-    print(f"peak RSS growth (MiB) under {launcher}: {report}")  # noqa: T201 - shown with -s
+    report = ", ".join(f"{name}: +{mib:.1f}" for name, mib in growth.items())
+    # Shown with -s: the figures the README quotes.
+    print(f"{launcher}: RSS {baseline:.1f} MiB after warm-up; peak growth (MiB): {report}")  # noqa: T201
     limit = (LIMIT_BYTES + HEADROOM_BYTES) / MiB
     assert all(mib < limit for mib in growth.values()), f"over {limit} MiB: {report}"
     assert b"Traceback" not in output, output.decode()

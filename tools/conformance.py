@@ -1,11 +1,15 @@
 """Run the Autobahn|Testsuite fuzzingclient against ``/ws/echo``; fail on any FAILED case.
 
-Usage: ``python tools/conformance.py [--cases 1.*,2.*] [--build-dir build/autobahn]``
-(``make conformance`` runs it with the project's virtualenv).
+Usage: ``python tools/conformance.py [--cases 1.*,2.*] [--compression-cases 12.*,13.*]
+[--build-dir build/autobahn]`` (``make conformance`` runs it with the project's virtualenv).
+
+Two relays are tested in one fuzzingclient run, one report: ``triorelay`` (compression off, the
+default) with sections 1-7, 9 and 10, and ``triorelay-deflate`` (``TRIORELAY_COMPRESSION=true``)
+with sections 12 and 13, the permessage-deflate ones.
 
 Autobahn|Testsuite is Python 2 only. The interpreter comes from ``$PYTHON2``, else the newest
 pyenv 2.7; ``autobahntestsuite==0.8.2`` is installed with that interpreter's pip into a user
-base under the build folder (``PYTHONUSERBASE``), once. The relay runs as
+base under the build folder (``PYTHONUSERBASE``), once. Each relay runs as
 ``python -m triorelay serve`` on a free port, with messages up to 16 MiB (section 9 sends them).
 """
 
@@ -24,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 DEFAULT_CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]
+COMPRESSION_CASES = ["12.*", "13.*"]
 LISTENING = re.compile(r"Running on http://127\.0\.0\.1:(\d+)")
 
 
@@ -49,19 +54,20 @@ def install_wstest(python2: str, userbase: Path) -> Path:
     return wstest
 
 
-def start_relay(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_relay(log_path: Path, *, compression: bool) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(
         os.environ,
         TRIORELAY_MAX_MESSAGE_BYTES=str(16 * 1024 * 1024),
         TRIORELAY_CONSUMER_BUFFER_BYTES=str(64 * 1024 * 1024),
-        TRIORELAY_LOG_LEVEL="WARNING",
+        TRIORELAY_COMPRESSION="true" if compression else "false",
+        TRIORELAY_LOG_LEVEL="INFO",
     )
     log = log_path.open("wb")
     relay = subprocess.Popen(
         [sys.executable, "-m", "triorelay", "serve", "--port", "0"],
         stderr=log,
         stdout=subprocess.DEVNULL,
-        env=dict(env, TRIORELAY_LOG_LEVEL="INFO"),
+        env=env,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -78,6 +84,7 @@ def start_relay(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES))
+    parser.add_argument("--compression-cases", default=",".join(COMPRESSION_CASES))
     parser.add_argument("--build-dir", default="build/autobahn")
     args = parser.parse_args(argv)
     build = Path(args.build_dir).resolve()
@@ -86,14 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     python2 = find_python2()
     userbase = build / "userbase"
     wstest = install_wstest(python2, userbase)
-    relay, port = start_relay(build / "relay.log")
+    cases = [case for case in args.cases.split(",") if case]
+    compression_cases = [case for case in args.compression_cases.split(",") if case]
+    relay, port = start_relay(build / "relay.log", compression=False)
+    deflate_relay, deflate_port = start_relay(build / "relay-deflate.log", compression=True)
+    started = time.monotonic()
     try:
         spec = {
             "outdir": str(reports),
-            "servers": [{"agent": "triorelay", "url": f"ws://127.0.0.1:{port}/ws/echo"}],
-            "cases": args.cases.split(","),
+            "servers": [
+                {"agent": "triorelay", "url": f"ws://127.0.0.1:{port}/ws/echo"},
+                {"agent": "triorelay-deflate", "url": f"ws://127.0.0.1:{deflate_port}/ws/echo"},
+            ],
+            "cases": cases + compression_cases,
             "exclude-cases": [],
-            "exclude-agent-cases": {},
+            # Each relay runs its own sections only.
+            "exclude-agent-cases": {
+                "triorelay": compression_cases,
+                "triorelay-deflate": cases,
+            },
         }
         spec_path = build / "fuzzingclient.json"
         spec_path.write_text(json.dumps(spec, indent=2))
@@ -101,16 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([str(wstest), "-m", "fuzzingclient", "-s", str(spec_path)], check=True,
                        env=env, cwd=build)  # fmt: skip
     finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=10)
-    results = json.loads((reports / "index.json").read_text())["triorelay"]
-    behaviours = Counter(result["behavior"] for result in results.values())
-    failed = sorted(case for case, result in results.items() if result["behavior"] == "FAILED")
-    print(f"conformance: {len(results)} cases: {dict(behaviours)}; report {reports}/index.html")
-    if failed:
-        print(f"conformance: FAILED cases: {', '.join(failed)}")
-        return 1
-    return 0
+        for process in (relay, deflate_relay):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+    elapsed = time.monotonic() - started
+    index = json.loads((reports / "index.json").read_text())
+    status = 0
+    for agent in ("triorelay", "triorelay-deflate"):
+        results = index.get(agent, {})
+        behaviours = Counter(result["behavior"] for result in results.values())
+        failed = sorted(case for case, result in results.items() if result["behavior"] != "OK"
+                        and result["behavior"] not in ("NON-STRICT", "INFORMATIONAL"))  # fmt: skip
+        print(f"conformance: {agent}: {len(results)} cases: {dict(behaviours)}")
+        if not results:
+            print(f"conformance: {agent}: no results")
+            status = 1
+        if failed:
+            print(f"conformance: {agent}: FAILED cases: {', '.join(failed)}")
+            status = 1
+    print(f"conformance: {elapsed:.0f} s of tests; report {reports}/index.html")
+    return status
 
 
 if __name__ == "__main__":
