@@ -77,7 +77,10 @@ class BoundedDeflate(PerMessageDeflate):
     """permessage-deflate that stops inflating a message once it passes ``buffer``'s limit.
 
     Past the limit it returns nothing more (the chunk is dropped, not inflated) and marks
-    ``buffer`` exceeded, whose next write makes Hypercorn close with 1009.
+    ``buffer`` exceeded, whose next write makes Hypercorn close with 1009. (One exception: if
+    that was the last chunk of a text message whose earlier chunks ended inside a UTF-8
+    sequence, wsproto fails the message as invalid UTF-8 first and Hypercorn drops the
+    connection without a close frame. Memory stays bounded either way.)
     """
 
     def __init__(self, buffer: LimitedBuffer) -> None:
