@@ -37,7 +37,7 @@ pytest: $(VENV)/.installed-test
 test: lint typecheck pytest
 
 # Autobahn|Testsuite against /ws/echo (Python 2.7 from $$PYTHON2 or pyenv); report in build/autobahn.
-# Sections 1-7, 9, 10, and 72 of the 216 compression cases (12, 13); -full runs all 216 (~20 min).
+# Sections 1-7, 9, 10 and 72 of the 216 compression cases (12, 13): ~4 min; -full: all, ~23 min.
 conformance: $(VENV)/.installed-run
 	$(BIN)/python tools/conformance.py
 
