@@ -153,7 +153,27 @@ class RawWebSocket:
         await self.sock.send(b"".join(self.conn.send(event) for event in events))
 
     async def send_raw(self, data: bytes) -> None:
-        await self.sock.send(data)
+        """Send all of ``data`` (bytes the client built itself), however the socket takes it."""
+        view = memoryview(data)
+        while view:
+            view = view[await self.sock.send(view) :]
+
+    async def wait_for_close(self) -> tuple[int | None, str | None]:
+        """Read until the server's close frame, answering nothing; (code, reason).
+
+        (None, None) when the connection was dropped without a close frame. Safe to run while
+        another task sends (it never writes).
+        """
+        while True:
+            try:
+                events = await self._events()
+            except OSError:
+                return None, None
+            for event in events:
+                if isinstance(event, ws_events.CloseConnection):
+                    if self.conn.state is wsproto.connection.ConnectionState.CLOSED:
+                        return None, None  # the socket ended, no close frame
+                    return event.code, event.reason
 
     async def read_events(self, count: int) -> list[ws_events.Event]:
         """Read at least ``count`` wsproto events (messages, pongs, close...)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -77,3 +78,18 @@ async def test_flows_uploads_and_proxy_over_plain_asgi(
     close = await upstream.next_close()
     assert close is not None
     assert close.code == 1009  # the proxied client's close, passed on
+
+
+@pytest.mark.usefixtures("no_fast_path")
+async def test_without_the_fast_path_dead_peers_are_not_watched(
+    start_relay: StartRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Plain ASGI has no ping or pong: the relay says once that dead-peer detection is off."""
+    relay = await start_relay(ping_interval_seconds=0.05, ping_timeout_seconds=0.05)
+    with caplog.at_level(logging.WARNING, logger="triorelay.relay"):
+        async with relay.websocket("/ws/consumer/quiet"), relay.websocket("/ws/echo") as echo:
+            await echo.send_message("hello")
+            assert await echo.get_message() == "hello"
+            assert relay.relay.liveness._peers == {}
+    warnings = [r.message for r in caplog.records if "dead-peer detection is off" in r.message]
+    assert len(warnings) == 1

@@ -127,3 +127,67 @@ async def test_compressed_frame_without_negotiation_is_refused(relay: RunningRel
     finally:
         client.close()
     assert code == 1002
+
+
+@pytest.mark.parametrize("path", ["/ws/producer/frag", "/ws/consumer/frag", "/ws/echo"])
+async def test_fragmented_message_over_the_limit_closes_1009(
+    start_relay: StartRelay, path: str
+) -> None:
+    """Fragments each under the limit, together over it: close 1009, whatever the role."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096)
+    client = await RawWebSocket.connect(relay.port, path, 65536)
+    try:
+        await client.send_events(
+            ws.BytesMessage(data=b"x" * 512, message_finished=False),
+            ws.BytesMessage(data=b"x" * 512, message_finished=False),
+            ws.BytesMessage(data=b"x", message_finished=True),
+        )
+        _, code, _ = await client.read_until_closed()
+    finally:
+        client.close()
+    assert code == 1009
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+async def test_fragmented_message_at_the_limit_is_relayed(
+    start_relay: StartRelay, deflate: bool
+) -> None:
+    """A message of exactly max_message_bytes in fragments, compressed or not, is relayed."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096, compression=True)
+    message = bytes(range(256)) * 4
+    async with relay.websocket("/ws/consumer/edge") as consumer:
+        producer = await RawWebSocket.connect(
+            relay.port, "/ws/producer/edge?ack=none", 65536, deflate=deflate
+        )
+        try:
+            await producer.send_events(
+                *[
+                    ws.BytesMessage(data=message[i : i + 256], message_finished=i == 768)
+                    for i in range(0, 1024, 256)
+                ],
+                ws.TextMessage(data="é" * 512),  # 1024 bytes in UTF-8: fits
+            )
+            assert await receive_n(consumer, 2) == [message, "é" * 512]
+        finally:
+            producer.close()
+
+
+async def test_compressed_message_over_the_limit_closes_1009(start_relay: StartRelay) -> None:
+    """With compression on, a message inflating past the limit closes 1009; others carry on."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096, compression=True)
+    async with relay.websocket("/ws/consumer/zbig") as consumer:
+        producer = await RawWebSocket.connect(
+            relay.port, "/ws/producer/zbig?ack=none", 65536, deflate=True
+        )
+        try:
+            await producer.send_events(
+                ws.BytesMessage(data=bytes(1024)), ws.BytesMessage(data=bytes(64 * 1024))
+            )
+            _, code, _ = await producer.read_until_closed()
+        finally:
+            producer.close()
+        assert code == 1009
+        assert await consumer.get_message() == bytes(1024)
+        async with relay.websocket("/ws/producer/zbig?ack=none") as other:
+            await other.send_message("still relaying")
+            assert await consumer.get_message() == "still relaying"

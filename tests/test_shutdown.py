@@ -21,12 +21,6 @@ GRACEFUL_TIMEOUT_SECONDS = 2.0
 BOUNDED = {"connect_timeout": 10, "disconnect_timeout": 10}
 
 
-async def _start(launcher: str) -> tuple[trio.Process, int, bytearray]:
-    env = {"TRIORELAY_GRACEFUL_TIMEOUT_SECONDS": str(GRACEFUL_TIMEOUT_SECONDS)}
-    relay = await start_relay_process(LAUNCHERS[launcher], env)
-    return relay.process, relay.port, relay.output
-
-
 @pytest.mark.parametrize("target", ["process", "group"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
@@ -34,7 +28,10 @@ async def test_signal_closes_every_client_with_1001(
     launcher: str, signum: signal.Signals, target: str
 ) -> None:
     """A signal closes producers and consumers with 1001 and exits 0, no traceback."""
-    process, port, output = await _start(launcher)
+    relay = await start_relay_process(
+        LAUNCHERS[launcher], {"TRIORELAY_GRACEFUL_TIMEOUT_SECONDS": str(GRACEFUL_TIMEOUT_SECONDS)}
+    )
+    process, port, output = relay.process, relay.port, relay.output
     try:
         url = f"ws://127.0.0.1:{port}"
         async with (

@@ -110,15 +110,30 @@ class Liveness:
     nothing for ``timeout_seconds`` more (a pong, like any byte from the peer, counts) is closed
     with 1011. A ping that a full socket cannot take counts as sent: a peer that stopped
     reading is as dead as one that stopped answering. One task serves every connection.
+
+    It needs Hypercorn's fast path (:mod:`triorelay.compat.hypercorn`): the tap sees every byte
+    from the peer, pongs included, and the direct socket writes pings. Plain ASGI has neither
+    (no ping, no pong events), so connections without it (a Hypercorn whose internals changed,
+    TLS terminated by Hypercorn) are not watched: :meth:`cannot_track` says so once.
     """
 
     def __init__(self, interval_seconds: float | None, timeout_seconds: float) -> None:
         self.interval_seconds = interval_seconds
         self.timeout_seconds = timeout_seconds
         self._peers: dict[Connection, _Peer] = {}
+        self._warned = False
 
     def track(self, connection: Connection, tap: InboundTap, direct: DirectWebSocket) -> None:
         self._peers[connection] = _Peer(tap, direct)
+
+    def cannot_track(self) -> None:
+        """A connection runs without the fast path: warn, once, that dead peers go unnoticed."""
+        if self.interval_seconds is not None and not self._warned:
+            self._warned = True
+            log.warning(
+                "dead-peer detection is off for connections without Hypercorn's fast path "
+                "(plain ASGI has no ping or pong); TCP_USER_TIMEOUT and shutdown still apply"
+            )
 
     def forget(self, connection: Connection) -> None:
         self._peers.pop(connection, None)

@@ -28,7 +28,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.graceful_timeout_seconds
-    # Hypercorn closes with 1009 itself past this; the relay checks the same bound again.
+    # Hypercorn's own bound on a message; the relay's WebSocket paths replace it with a stricter
+    # one, checked before buffering (triorelay.compat.message_limits), under either launcher.
     config.websocket_max_message_size = settings.max_message_bytes
     # The relay pings, and closes peers that do not answer (triorelay.relay.Liveness).
     config.websocket_ping_interval = None

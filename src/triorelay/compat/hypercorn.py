@@ -41,6 +41,8 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
+from triorelay.compat.message_limits import LimitedBuffer
+
 log = logging.getLogger(__name__)
 
 _CONNECTED = ASGIWebsocketState.CONNECTED
@@ -357,6 +359,9 @@ class InboundTap:
         self.on_disconnect: Callable[[], None] | None = None
         self._failed = False
         self._max_message_bytes = max_message_bytes
+        # Set by compat.message_limits.limit_inbound: what goes to wsproto is bounded there.
+        buffer = getattr(ws_stream, "buffer", None)
+        self._limit = buffer if isinstance(buffer, LimitedBuffer) else None
         self._pending = b""
         self._handle = ws_stream.handle
         self._app_put = ws_stream.app_put
@@ -451,7 +456,7 @@ class InboundTap:
                 # A partial simple frame was held back: wsproto gets it whole.
                 event = Data(stream_id=event.stream_id, data=self._pending + event.data)
                 self._pending = b""
-            await self._handle(event)
+            await self._to_wsproto(event)
             return
         data = self._pending + event.data if self._pending else event.data
         messages, used, status = _parse_simple_frames(data, self._max_message_bytes)
@@ -471,7 +476,14 @@ class InboundTap:
             self._pending = data[used:]
         else:
             self._pending = b""
-            await self._handle(Data(stream_id=event.stream_id, data=data[used:]))
+            await self._to_wsproto(Data(stream_id=event.stream_id, data=data[used:]))
+
+    async def _to_wsproto(self, event: Any) -> None:
+        await self._handle(event)
+        if self._limit is not None and self._limit.exceeded and not self._failed:
+            # A fragmented or compressed message passed the limit: Hypercorn has closed with
+            # 1009 (compat.message_limits). Read no further, and end the relay's handler.
+            self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
 
 
 _SIMPLE = "simple"  # data[used:] is an incomplete simple frame, or empty

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 import trio
 
 from triorelay.compat import hypercorn as hypercorn_compat
+from triorelay.compat import message_limits
 from triorelay.connections import Connection, Consumer, Payload, Producer
 from triorelay.errors import (
     BrokerUnavailable,
@@ -138,6 +139,8 @@ class RelayWebSockets:
         settings = self.relay.settings
         if not settings.compression:
             hypercorn_compat.refuse_compression(send)
+        # Fragmented and compressed messages: bounded inside Hypercorn and wsproto too.
+        message_limits.limit_inbound(send, settings.max_message_bytes)
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send({"type": "websocket.accept"})
@@ -242,9 +245,11 @@ class RelayWebSockets:
         )
         if tap is not None:
             stack.callback(tap.remove)
-            if socket.direct is not None:
-                self.relay.liveness.track(connection, tap, socket.direct)
-                stack.callback(self.relay.liveness.forget, connection)
+        if tap is not None and socket.direct is not None:
+            self.relay.liveness.track(connection, tap, socket.direct)
+            stack.callback(self.relay.liveness.forget, connection)
+        else:
+            self.relay.liveness.cannot_track()
         return tap
 
     def _bind(self, connection: Connection, scope: trio.CancelScope) -> None:
