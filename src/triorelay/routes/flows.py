@@ -41,18 +41,16 @@ from triorelay.protocols import (
     UploadParser,
 )
 from triorelay.relay import Relay
-from triorelay.routes.websocket import (
+from triorelay.routes.asgi import (
     ASGIApp,
     Receive,
-    RelayWebSockets,
+    Rejected,
     Scope,
     Send,
-    _payload_of,
-    _reject,
-    _Rejected,
-    _Socket,
-    _wait_for_disconnect,
+    Socket,
+    reject,
 )
+from triorelay.routes.websocket import RelayWebSockets
 from triorelay.uploads import StoredFile, Upload
 
 FLOWS_PATH = "/ws"
@@ -84,12 +82,12 @@ class FlowWebSockets(RelayWebSockets):
             name = path.removeprefix(PROXY_PREFIX)
             if name not in self.relay.settings.proxy_upstreams:
                 # Refused before the upgrade: nothing is dialled for an unknown name.
-                await _reject(send, UnknownUpstream(f"no upstream named {name[:64]!r}"))
+                await reject(send, UnknownUpstream(f"no upstream named {name[:64]!r}"))
                 return
         try:
             await self._serve(role, handler, receive, send)
-        except _Rejected as rejected:
-            await _reject(send, rejected.error)
+        except Rejected as rejected:
+            await reject(send, rejected.error)
 
     def _route(self, path: str) -> tuple[str, Handler | None]:
         if path == FLOWS_PATH:
@@ -105,7 +103,7 @@ class FlowWebSockets(RelayWebSockets):
         with ExitStack() as stack:
             attach = self.relay.hub.attach_standalone(role)
             connection = await self._open(stack, attach, send)
-            socket = _Socket(receive, send)
+            socket = Socket(receive, send)
             client = _Client(
                 self.relay.settings.flow_buffer_messages,
                 socket,
@@ -133,18 +131,8 @@ class FlowWebSockets(RelayWebSockets):
         tap: hypercorn_compat.InboundTap | None,
     ) -> None:
         """Feed the client's messages to ``client`` until it disconnects, then end it."""
-        if tap is not None:
-            await tap.start()  # from here on Hypercorn's reader calls client.put
-            await _wait_for_disconnect(receive)
-        else:
-            max_bytes = self.relay.settings.max_message_bytes
-            while (event := await receive())["type"] == "websocket.receive":
-                payload = _payload_of(event)
-                if len(payload) > max_bytes:
-                    connection.close(CloseCode.MESSAGE_TOO_BIG, "message over the limit")
-                    return
-                await client.put([payload])
-        client.end()
+        if await self._read_inbound(connection, receive, tap, client.put):
+            client.end()
 
     async def _flows(self, connection: Connection, client: _Client) -> None:
         """``/ws``: text, file and proxy flows, one after the other, until the client leaves."""
@@ -273,7 +261,7 @@ class _Client:
     def __init__(
         self,
         buffer_messages: int,
-        socket: _Socket,
+        socket: Socket,
         peer: hypercorn_compat.PeerClose | None,
     ) -> None:
         self._sender, self._receiver = trio.open_memory_channel[Payload](buffer_messages)

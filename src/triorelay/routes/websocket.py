@@ -17,10 +17,9 @@ before the upgrade and close codes after it (:mod:`triorelay.errors`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import parse_qs
 
 import trio
@@ -37,14 +36,20 @@ from triorelay.errors import (
 )
 from triorelay.hub import validate_channel_name
 from triorelay.relay import Relay
+from triorelay.routes.asgi import (
+    ASGIApp,
+    Message,
+    Receive,
+    Rejected,
+    Scope,
+    Send,
+    Socket,
+    payload_of,
+    reject,
+    wait_for_disconnect,
+)
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 AckMode = Literal["echo", "id", "none"]
 C = TypeVar("C", bound=Connection)
@@ -95,8 +100,8 @@ class RelayWebSockets:
         if role == "echo":
             try:
                 await self._echo(receive, send)
-            except _Rejected as rejected:
-                await _reject(send, rejected.error)
+            except Rejected as rejected:
+                await reject(send, rejected.error)
             return
         try:
             validate_channel_name(channel)
@@ -106,15 +111,15 @@ class RelayWebSockets:
             else:
                 notices = _query_value(query, "notices", ("false", "true")) == "true"
         except RequestError as error:
-            await _reject(send, error)
+            await reject(send, error)
             return
         try:
             if role == "producer":
                 await self._produce(channel, ack, receive, send)
             else:
                 await self._consume(channel, notices, receive, send)
-        except _Rejected as rejected:
-            await _reject(send, rejected.error)
+        except Rejected as rejected:
+            await reject(send, rejected.error)
 
     async def _open(
         self,
@@ -133,7 +138,7 @@ class RelayWebSockets:
             if subscribe is not None:
                 await self.relay.hub.broker.wait_watching(subscribe)
         except RequestError as error:
-            raise _Rejected(error) from None
+            raise Rejected(error) from None
         self.relay.reaper.track(connection, send)
         stack.callback(self.relay.reaper.forget, connection)
         settings = self.relay.settings
@@ -148,10 +153,10 @@ class RelayWebSockets:
 
     async def _produce(self, name: str, ack: AckMode, receive: Receive, send: Send) -> None:
         if not self.relay.hub.broker.ready:
-            raise _Rejected(BrokerUnavailable("the broker is unavailable: try again later"))
+            raise Rejected(BrokerUnavailable("the broker is unavailable: try again later"))
         with ExitStack() as stack:
             producer = await self._open(stack, self.relay.hub.attach_producer(name), send)
-            socket = _Socket(receive, send)
+            socket = Socket(receive, send)
             max_bytes = self.relay.settings.max_message_bytes
             publisher = _Publisher(producer, ack, socket, max_bytes)
             # Where Hypercorn allows, its reader task publishes each TCP read's messages
@@ -162,7 +167,7 @@ class RelayWebSockets:
                 try:
                     if tap is not None:
                         await tap.start()
-                        await _wait_for_disconnect(receive)
+                        await wait_for_disconnect(receive)
                     else:
                         await publisher.run(receive)
                     producer.disconnected = True
@@ -176,7 +181,7 @@ class RelayWebSockets:
         with ExitStack() as stack:
             attach = self.relay.hub.attach_consumer(name, notices=notices)
             consumer = await self._open(stack, attach, send, subscribe=name)
-            socket = _Socket(receive, send)
+            socket = Socket(receive, send)
             # What a consumer sends is discarded, but its size limit still holds, checked on
             # each frame's header before anything is buffered.
             tap = self._tap(stack, consumer, receive, send, socket, _discard)
@@ -203,7 +208,7 @@ class RelayWebSockets:
         """Send every message back as it came (diagnostics and protocol conformance)."""
         with ExitStack() as stack:
             connection = await self._open(stack, self.relay.hub.attach_echo(), send)
-            socket = _Socket(receive, send)
+            socket = Socket(receive, send)
 
             async def echo(payloads: list[Payload]) -> None:
                 if connection.close_code is None:
@@ -212,19 +217,35 @@ class RelayWebSockets:
             tap = self._tap(stack, connection, receive, send, socket, echo)
             with trio.CancelScope() as scope:
                 self._bind(connection, scope)
-                if tap is not None:
-                    await tap.start()
-                    await _wait_for_disconnect(receive)
-                else:
-                    max_bytes = self.relay.settings.max_message_bytes
-                    while (event := await receive())["type"] == "websocket.receive":
-                        payload = _payload_of(event)
-                        if len(payload) > max_bytes:
-                            connection.close(CloseCode.MESSAGE_TOO_BIG, "message over the limit")
-                            break
-                        await socket.send_many([payload])
+                await self._read_inbound(connection, receive, tap, echo)
                 connection.disconnected = connection.close_code is None
             await self._finish(connection, send)
+
+    async def _read_inbound(
+        self,
+        connection: Connection,
+        receive: Receive,
+        tap: hypercorn_compat.InboundTap | None,
+        deliver: hypercorn_compat.OnMessages,
+    ) -> bool:
+        """Hand the client's messages to ``deliver`` until it disconnects (True), or sends one
+        over ``max_message_bytes`` (closed with 1009; False).
+
+        With a tap, Hypercorn's reader task calls ``deliver`` and this only waits for the
+        disconnect; on plain ASGI this task reads and delivers one message at a time.
+        """
+        if tap is not None:
+            await tap.start()
+            await wait_for_disconnect(receive)
+            return True
+        max_bytes = self.relay.settings.max_message_bytes
+        while (event := await receive())["type"] == "websocket.receive":
+            payload = payload_of(event)
+            if len(payload) > max_bytes:
+                connection.close(CloseCode.MESSAGE_TOO_BIG, "message over the limit")
+                return False
+            await deliver([payload])
+        return True
 
     def _tap(
         self,
@@ -232,7 +253,7 @@ class RelayWebSockets:
         connection: Connection,
         receive: Receive,
         send: Send,
-        socket: _Socket,
+        socket: Socket,
         on_messages: hypercorn_compat.OnMessages,
     ) -> hypercorn_compat.InboundTap | None:
         """Take the connection's inbound frames from Hypercorn's reader, and watch liveness."""
@@ -280,7 +301,7 @@ MAX_BATCH = 64
 class _Publisher:
     """Publishes a producer's messages and answers with acks, a batch at a time."""
 
-    def __init__(self, producer: Producer, ack: AckMode, socket: _Socket, max_bytes: int) -> None:
+    def __init__(self, producer: Producer, ack: AckMode, socket: Socket, max_bytes: int) -> None:
         self.producer = producer
         self.ack = ack
         self.socket = socket
@@ -331,7 +352,7 @@ class _Publisher:
         """
         event = await receive()
         while event["type"] == "websocket.receive":
-            batch = [_payload_of(event)]
+            batch = [payload_of(event)]
             following: Message | None = None
             while len(batch) < MAX_BATCH:
                 try:
@@ -341,7 +362,7 @@ class _Publisher:
                 if queued["type"] != "websocket.receive":
                     following = queued
                     break
-                batch.append(_payload_of(queued))
+                batch.append(payload_of(queued))
             await self.publish(batch)
             event = following if following is not None else await receive()
 
@@ -355,83 +376,6 @@ async def _discard(payloads: list[Payload]) -> None:
     """What consumers send is not relayed."""
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    """Discard events until the client disconnects (with a tap, only the disconnect comes)."""
-    while (await receive())["type"] != "websocket.disconnect":
-        pass
-
-
-class _Socket:
-    """An accepted WebSocket: its ASGI callables, plus Hypercorn's batch path when available."""
-
-    def __init__(self, receive: Receive, send: Send) -> None:
-        self._send = send
-        self._direct = hypercorn_compat.open_direct(receive, send)
-
-    @property
-    def direct(self) -> hypercorn_compat.DirectWebSocket | None:
-        return self._direct
-
-    def receive_nowait(self) -> Message:
-        """The next event Hypercorn already queued, or raise :class:`trio.WouldBlock`."""
-        if self._direct is None:
-            raise trio.WouldBlock
-        return self._direct.receive_nowait()
-
-    async def send_many(self, payloads: list[Payload]) -> bool:
-        """Send ``payloads`` in order, in one socket write where possible.
-
-        Returns False when the connection was already closed, so nothing went out.
-        """
-        if not payloads:
-            return True
-        if self._direct is not None:
-            return await self._direct.send_messages(payloads)
-        if hypercorn_compat.is_closed(self._send):
-            return False
-        for payload in payloads:
-            await _send_payload(self._send, payload)
-        return True
-
-
-def _payload_of(event: Message) -> Payload:
-    payload: Payload | None = event.get("bytes")
-    if payload is None:
-        payload = event.get("text") or ""
-    return payload
-
-
-class _Rejected(Exception):
-    """A request refused before the upgrade."""
-
-    def __init__(self, error: RequestError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-async def _reject(send: Send, error: RequestError) -> None:
-    """Refuse the upgrade with an HTTP status and the reason as a plain-text body."""
-    body = str(error).encode()
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "websocket.http.response.body", "body": body})
-
-
-async def _send_payload(send: Send, payload: Payload) -> None:
-    if type(payload) is bytes:
-        await send({"type": "websocket.send", "bytes": payload})
-    else:
-        await send({"type": "websocket.send", "text": payload})
-
-
 def _disconnected(consumer: Consumer, cancel_scope: trio.CancelScope) -> None:
     consumer.disconnected = True
     cancel_scope.cancel()
@@ -441,11 +385,11 @@ async def _read_until_disconnect(
     consumer: Consumer, receive: Receive, cancel_scope: trio.CancelScope
 ) -> None:
     """A consumer's reader (without a tap): discard what the client sends until it leaves."""
-    await _wait_for_disconnect(receive)
+    await wait_for_disconnect(receive)
     _disconnected(consumer, cancel_scope)
 
 
-async def _write_loop(consumer: Consumer, socket: _Socket, notices: bool) -> None:
+async def _write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     """A consumer's writer: send its messages until its stream ends (``EndOfChannel``).
 
     Broadcast consumers send what is buffered in one go (up to MAX_BATCH); queue consumers take
