@@ -39,6 +39,7 @@ from loadtest.comparison import (
     BASELINE,
     BASELINE_TABLE,
     REDIS_SIDES,
+    REDIS_TABLE,
     Row,
     Run,
     Step,
@@ -152,7 +153,7 @@ def render_report(
         pin_text = "**not pinned**: fewer than 2 CPUs, server and generator share the machine"
     if redis_md:
         redis_section = (
-            "## Through Redis vs in memory\n\n"
+            f"## {REDIS_TABLE.title.capitalize()}\n\n"
             f"- {redis.describe()}\n"
             "- `triorelay+redis`: one relay with `TRIORELAY_BROKER=redis://...`, producer and "
             "consumer on it (each message goes to Redis and back); `triorelay+redis-2relays`: "
@@ -163,7 +164,7 @@ def render_report(
             f"{redis_md}\n"
         )
     elif not redis.available:
-        redis_section = f"## Through Redis vs in memory\n\n{redis.describe()}\n\n"
+        redis_section = f"## {REDIS_TABLE.title.capitalize()}\n\n{redis.describe()}\n\n"
     else:
         redis_section = ""
     return (
@@ -181,7 +182,7 @@ def render_report(
         "- ⚠gen: every run of that side was generator-bound, so the figure is the generator's "
         "limit, not the server's; generator-bound runs are left out of the other medians\n"
         f"- wall time {wall_s:.0f} s\n\n"
-        "## triorelay vs the asyncio baseline\n\n"
+        f"## {BASELINE_TABLE.title}\n\n"
         f"{rows_md}\n"
         f"{redis_section}"
         "Charts: `latency.png` (pair latency vs offered rate), `throughput.png`, "
