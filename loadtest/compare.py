@@ -153,7 +153,7 @@ def render_report(
         pin_text = "**not pinned**: fewer than 2 CPUs, server and generator share the machine"
     if redis_md:
         redis_section = (
-            f"## {REDIS_TABLE.title.capitalize()}\n\n"
+            f"## {REDIS_TABLE.title}\n\n"
             f"- {redis.describe()}\n"
             "- `triorelay+redis`: one relay with `TRIORELAY_BROKER=redis://...`, producer and "
             "consumer on it (each message goes to Redis and back); `triorelay+redis-2relays`: "
@@ -164,7 +164,7 @@ def render_report(
             f"{redis_md}\n"
         )
     elif not redis.available:
-        redis_section = f"## {REDIS_TABLE.title.capitalize()}\n\n{redis.describe()}\n\n"
+        redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
     else:
         redis_section = ""
     return (

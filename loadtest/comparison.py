@@ -260,7 +260,7 @@ BASELINE_TABLE: Final = Table(
 )
 #: The same relay through Redis (one relay, then two sharing it) against in memory.
 REDIS_TABLE: Final = Table(
-    "through Redis vs in memory",
+    "Through Redis vs in memory",
     (MEMORY, *REDIS_SIDES),
     (("redis/memory", REDIS, MEMORY), ("2relays/memory", REDIS_2RELAYS, MEMORY)),
 )
