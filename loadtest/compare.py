@@ -40,6 +40,7 @@ from loadtest.comparison import (
     BASELINE_TABLE,
     REDIS_SIDES,
     REDIS_TABLE,
+    SIDES,
     Row,
     Run,
     Step,
@@ -169,9 +170,9 @@ def render_report(
         redis_section = ""
     return (
         "# triorelay vs the asyncio baseline, and through Redis\n\n"
-        "- "
-        f"{plan.repeats} repeat(s), sides alternating (triorelay, asyncio, triorelay+redis, "
-        "triorelay+redis-2relays, ...), fresh server processes per run; medians over repeats\n"
+        f"- {plan.repeats} repeat(s), sides alternating within each job "
+        f"({', '.join((*SIDES, *plan.redis_sides))}, where the job runs on them), fresh server "
+        "processes per run; medians over repeats\n"
         f"- {pin_text}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
         "- triorelay: `python -m triorelay serve` (Hypercorn trio worker); baseline: "
         "`python -m loadtest.baseline` (FastAPI on uvicorn)\n"
@@ -223,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-sides",
         default=None,
-        help=f"comma-separated subset of {','.join(REDIS_SIDES)} (default: both; quick: the first)",
+        help=f"comma-separated subset of {','.join(REDIS_SIDES)} (default: both)",
     )
     parser.add_argument("--redis-pair-rates", default=None, help="1→1 msg/s for the Redis sides")
     parser.add_argument("--redis-max-steps", default=None, help="max ladder of the Redis sides")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.comparison import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
@@ -100,7 +100,6 @@ class Deployment:
     consumer_url: str | None
     servers: list[Server]
     redis: Server | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -148,7 +147,7 @@ def deploy(
             assert redis.binary is not None
             deployment.redis = start_redis(redis.binary, _log(stem, "redis"), cpus=cpus)
             url = deployment.redis.url
-        deployment.env = {
+        relay_env = {
             **(env or {}),
             "TRIORELAY_BROKER": url,
             # Runs never see each other's streams, even on a shared --redis-url.
@@ -158,7 +157,7 @@ def deploy(
         relays = 2 if side == REDIS_2RELAYS else 1
         for i in range(relays):
             name = "server" if relays == 1 else f"server{i + 1}"
-            relay = start_server(MEMORY, _log(stem, name), cpus=cpus, env=deployment.env)
+            relay = start_server(MEMORY, _log(stem, name), cpus=cpus, env=relay_env)
             deployment.servers.append(relay)
     except BaseException:
         deployment.stop()

@@ -243,7 +243,9 @@ def _fanouts(text: str) -> tuple[tuple[int, int], ...]:
 def build_plan(args: argparse.Namespace) -> Plan:
     """Return the plan for ``args``: FULL or QUICK with the given overrides.
 
-    Raises ``ValueError`` for an unknown scenario or Redis side.
+    Raises ``ValueError`` for an unknown scenario or Redis side, or a ``--redis-fanout`` that
+    is not one of the fan-outs. Without ``--redis-fanout``, the Redis sides run the default's
+    fan-outs that are planned, else the first planned one.
     """
     base = QUICK if args.quick else FULL
     scenarios = base.scenarios
@@ -265,6 +267,13 @@ def build_plan(args: argparse.Namespace) -> Plan:
         return default if value is None else value
 
     fanouts = _fanouts(args.fanout) if args.fanout else base.fanouts
+    if args.redis_fanout:
+        redis_fanouts = _fanouts(args.redis_fanout)
+        missing = [f"{c}x{r}" for c, r in redis_fanouts if (c, r) not in fanouts]
+        if missing:
+            raise ValueError(f"--redis-fanout {','.join(missing)} is not one of the fan-outs")
+    else:
+        redis_fanouts = tuple(f for f in base.redis_fanouts if f in fanouts) or fanouts[:1]
     return Plan(
         repeats=pick(args.repeats, base.repeats),
         duration_s=pick(args.duration_seconds, base.duration_s),
@@ -284,7 +293,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         redis_max_steps=(
             _ints(args.redis_max_steps) if args.redis_max_steps else base.redis_max_steps
         ),
-        redis_fanouts=_fanouts(args.redis_fanout) if args.redis_fanout else base.redis_fanouts,
+        redis_fanouts=redis_fanouts,
     )
 
 

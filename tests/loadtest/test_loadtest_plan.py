@@ -160,3 +160,13 @@ def test_report_says_why_the_redis_sides_were_skipped() -> None:
     )
     assert "its CPU is **not** counted" in ran
     assert "T2\n" in ran.split("## Through Redis vs in memory", 1)[1]
+
+
+def test_redis_fanout_must_be_one_of_the_fanouts() -> None:
+    """An explicit --redis-fanout outside --fanout is refused (it would silently not run);
+    without one, the Redis sides take the first planned fan-out."""
+    parse = build_parser().parse_args
+    with pytest.raises(ValueError, match="--redis-fanout 50x10 is not one of the fan-outs"):
+        build_plan(parse(["compare", "--fanout", "100x100", "--redis-fanout", "50x10"]))
+    assert build_plan(parse(["compare", "--fanout", "20x50,30x5"])).redis_fanouts == ((20, 50),)
+    assert build_plan(parse(["compare"])).redis_fanouts == ((100, 100),)
