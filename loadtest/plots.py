@@ -2,10 +2,10 @@
 
 * ``latency.png``: pair p50/p99 against the offered rate, per side (log scale);
 * ``throughput.png``: highest sustained 1→1 rate and fan-out deliveries/s, per side;
-
-(both with the Redis sides when they ran: rows of the Redis table repeat the in-memory
-relay's cells, so each point is taken once per side and job)
 * ``slow_memory.png``: server RSS over time with a stalled consumer, per side.
+
+The first two include the Redis sides when they ran. Rows of the Redis table repeat the
+in-memory relay's cells, so each point is taken once per side and job (:func:`side_values`).
 
 A chart whose data is missing (scenario not run) is still written, with a "no data" note, so
 the set of files does not depend on ``--scenarios``.

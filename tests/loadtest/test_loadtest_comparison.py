@@ -251,3 +251,15 @@ def test_extract_metrics_shows_redis_cpu_and_max_latency() -> None:
     assert metrics["redis_cpu_us_per_msg"] == pytest.approx(1.0)
     assert metrics["max_ms"] == 5.0
     assert extract_metrics(_result(cpu=[10.0]), server_cpu_s=0.005)["redis_cpu_us_per_msg"] is None
+
+
+def test_chart_points_are_taken_once_per_side_and_job() -> None:
+    """Both tables hold the in-memory relay's p99 for pair@1000: the chart gets one point."""
+    from loadtest.plots import side_values
+
+    runs = _redis_runs()
+    rows = aggregate(runs, [("pair@1000", ["p99_ms"])])
+    rows += aggregate(runs, [("pair@1000", ["p99_ms"])], table=REDIS_TABLE)
+    assert side_values(rows, MEMORY, "p99_ms") == {"pair@1000": 2.0}
+    assert side_values(rows, REDIS_2RELAYS, "p99_ms") == {"pair@1000": 8.0}
+    assert side_values(rows, REDIS, "p50_ms") == {}
