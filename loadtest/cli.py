@@ -47,6 +47,12 @@ def _common_parser() -> argparse.ArgumentParser:
 def _traffic_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("traffic")
+    g.add_argument(
+        "--consumer-url",
+        default=None,
+        help="connect consumers to this server instead of --url (another relay process "
+        "sharing channels through Redis: producers on one, consumers on the other)",
+    )
     g.add_argument("--drain-seconds", type=float, default=2.0, help="wait for stragglers")
     g.add_argument(
         "--ack",
@@ -192,6 +198,7 @@ async def run_scenario(
         )
     common = scenarios.Common(
         url=args.url,
+        consumer_url=args.consumer_url,
         channel=args.channel,
         duration_s=args.duration_seconds,
         payload_bytes=args.payload_bytes,

@@ -2,11 +2,15 @@
 
 :mod:`loadtest.compare` runs the measurements (servers, pinning, generator processes); this
 module decides their order, turns each run's result JSON into flat metrics, aggregates repeats
-into medians and triorelay/asyncio ratios, and renders ``compare.md``. Everything here is a pure
-function of its arguments, so it is tested synchronously.
+into medians and ratios, and renders ``compare.md``. Everything here is a pure function of its
+arguments, so it is tested synchronously.
 
 Vocabulary: a *job* is one scenario configuration (``pair@5000``); a *run* is one job measured
-once against one *side* (``triorelay`` or ``asyncio``) on a fresh server.
+once against one *side* on fresh server processes. The sides: ``triorelay`` (in-memory
+broker), ``asyncio`` (the baseline), ``triorelay+redis`` (one relay on a Redis broker: every
+message goes through Redis and back) and ``triorelay+redis-2relays`` (two relays on one Redis,
+producers on the first, consumers on the second). A *table* compares some sides with ratios:
+triorelay against the baseline, and Redis against memory.
 """
 
 from __future__ import annotations
@@ -16,8 +20,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-#: The two sides, in the order they run within each repeat (A B A B ...).
-SIDES: Final = ("triorelay", "asyncio")
+MEMORY: Final = "triorelay"
+BASELINE: Final = "asyncio"
+REDIS: Final = "triorelay+redis"
+REDIS_2RELAYS: Final = "triorelay+redis-2relays"
+#: The original two sides (the default of a :class:`Job`), in the order they run.
+SIDES: Final = (MEMORY, BASELINE)
+#: The sides on a Redis broker.
+REDIS_SIDES: Final = (REDIS, REDIS_2RELAYS)
+#: Every side, in the order they run within each job of a repeat (A B C D A B C D ...).
+ALL_SIDES: Final = (*SIDES, *REDIS_SIDES)
 #: Sum of the generator's in-window CPU percents at or above this, with the generator pinned to
 #: one core, means the generator (not the server) was the bottleneck.
 GENERATOR_CORE_PERCENT: Final = 90.0
@@ -30,14 +42,16 @@ class Job:
     ``argv`` is the scenario's command line for ``python -m loadtest`` (without ``--url``,
     ``--server-pid`` and ``--json-out``, which the runner adds); ``side_argv`` adds per-side
     flags (``--delivery competing`` for the baseline, where semantics differ by design).
+    ``sides`` are the sides this job runs on, in run order.
     """
 
     key: str
     scenario: str
     argv: tuple[str, ...]
     side_argv: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: Environment overrides for the triorelay server of this job.
+    #: Environment overrides for every triorelay server of this job (memory or Redis).
     triorelay_env: Mapping[str, str] = field(default_factory=dict)
+    sides: tuple[str, ...] = SIDES
 
     def argv_for(self, side: str) -> list[str]:
         """Return the generator's argv for ``side``."""
@@ -53,13 +67,15 @@ class Step:
     side: str
 
 
-def alternation(jobs: Sequence[Job], repeats: int, sides: Sequence[str] = SIDES) -> list[Step]:
-    """Return the run order: for each repeat, each job, each side in turn (A B A B ...).
+def alternation(jobs: Sequence[Job], repeats: int) -> list[Step]:
+    """Return the run order: for each repeat, each job, each of its sides in turn (A B A B ...).
 
     Alternating sides next to each other means slow drift of the machine (thermal, other load)
-    hits both sides alike instead of biasing whichever ran later.
+    hits every side alike instead of biasing whichever ran later.
     """
-    return [Step(repeat, job, side) for repeat in range(repeats) for job in jobs for side in sides]
+    return [
+        Step(repeat, job, side) for repeat in range(repeats) for job in jobs for side in job.sides
+    ]
 
 
 def median(values: Iterable[float | None]) -> float | None:
@@ -149,11 +165,15 @@ def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None
     return total >= GENERATOR_CORE_PERCENT * generator_cores
 
 
-def extract_metrics(result: Mapping[str, Any], *, server_cpu_s: float | None) -> dict[str, Any]:
+def extract_metrics(
+    result: Mapping[str, Any], *, server_cpu_s: float | None, redis_cpu_s: float | None = None
+) -> dict[str, Any]:
     """Return the flat metrics of one scenario result (see :data:`METRICS` for their meaning).
 
-    ``server_cpu_s`` is the server's CPU time over the whole generator run (connect, send,
-    drain), measured by the runner; per-message figures divide it by delivered messages.
+    ``server_cpu_s`` is the server side's CPU time over the whole generator run (connect, send,
+    drain), measured by the runner: every relay process plus ``redis-server`` when the runner
+    started it; ``redis_cpu_s`` is the ``redis-server`` part of it (``None``: no Redis, or not
+    measured). Per-message figures divide them by delivered messages.
     """
     scenario = result["scenario"]
     summary = result["summary"]
@@ -163,10 +183,14 @@ def extract_metrics(result: Mapping[str, Any], *, server_cpu_s: float | None) ->
     server = summary.get("server") or {}
     rss = server.get("rss_bytes") or {}
     out: dict[str, Any] = {"server_cpu_s": server_cpu_s}
+    if redis_cpu_s is not None:
+        out["redis_cpu_s"] = redis_cpu_s
     if scenario in ("pair", "fanout", "slow"):
         out["server_cpu_us_per_msg"] = _per_us(server_cpu_s, counts["delivered"])
+        out["redis_cpu_us_per_msg"] = _per_us(redis_cpu_s, counts["delivered"])
         out["p50_ms"] = latency["p50"]
         out["p99_ms"] = latency["p99"]
+        out["max_ms"] = latency["max"]
         out["delivered_per_s"] = summary["throughput_per_s"]["delivered"]
         out["delivered_ratio"] = summary["delivered_ratio"]
     if scenario == "max":
@@ -194,8 +218,11 @@ class Metric:
 
 METRICS: Final[Mapping[str, Metric]] = {
     "server_cpu_us_per_msg": Metric("server CPU per delivered msg", "µs", 1, False),
+    "redis_cpu_us_per_msg": Metric("… of which redis-server", "µs", 1, False),
     "p50_ms": Metric("latency p50", "ms", 2, False),
     "p99_ms": Metric("latency p99", "ms", 2, False),
+    "max_ms": Metric("latency max", "ms", 2, False),
+    "delivered_ratio": Metric("delivered / expected", "", 4, True),
     "delivered_per_s": Metric("delivered msg/s", "/s", 0, True),
     "max_sustained_per_s": Metric("max sustained 1→1", "msg/s", 0, True),
     "rss_per_connection_bytes": Metric("idle RSS per connection", "bytes", 0, False),
@@ -216,13 +243,42 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Table:
+    """Which sides one report table shows, and its ratios as ``(label, numerator, denominator)``.
+
+    A job enters a table only if it runs on every side of it (see :func:`table_jobs`).
+    """
+
+    title: str
+    sides: tuple[str, ...]
+    ratios: tuple[tuple[str, str, str], ...]
+
+
+#: triorelay (in memory) against the asyncio baseline: the original comparison.
+BASELINE_TABLE: Final = Table(
+    "triorelay vs the asyncio baseline", SIDES, ((f"{MEMORY}/{BASELINE}", MEMORY, BASELINE),)
+)
+#: The same relay through Redis (one relay, then two sharing it) against in memory.
+REDIS_TABLE: Final = Table(
+    "Through Redis vs in memory",
+    (MEMORY, *REDIS_SIDES),
+    (("redis/memory", REDIS, MEMORY), ("2relays/memory", REDIS_2RELAYS, MEMORY)),
+)
+
+
+def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
+    """Return the jobs of ``jobs`` that run on every side of ``table``."""
+    return [job for job in jobs if set(table.sides) <= set(job.sides)]
+
+
+@dataclass(frozen=True)
 class Row:
-    """One aggregated metric of one job, both sides and their ratio (triorelay / asyncio)."""
+    """One aggregated metric of one job: each side's cell and the table's ratios by label."""
 
     job_key: str
     metric: str
     cells: Mapping[str, Cell]
-    ratio: float | None
+    ratios: Mapping[str, float | None]
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,7 +290,7 @@ class Row:
                 side: {"median": c.median, "runs": c.runs, "generator_bound": c.generator_bound}
                 for side, c in self.cells.items()
             },
-            "ratio_triorelay_over_asyncio": self.ratio,
+            "ratios": dict(self.ratios),
             "note": self.note,
         }
 
@@ -254,21 +310,26 @@ def aggregate(
     runs: Sequence[Run],
     job_metrics: Sequence[tuple[str, Sequence[str]]],
     notes: Mapping[tuple[str, str], str] | None = None,
-    sides: Sequence[str] = SIDES,
+    table: Table = BASELINE_TABLE,
 ) -> list[Row]:
-    """Return one :class:`Row` per ``(job key, metric)`` in ``job_metrics`` order.
+    """Return one :class:`Row` of ``table`` per ``(job key, metric)`` in ``job_metrics`` order.
 
     Medians skip generator-bound runs unless every run of that side was bound (then the cell is
     flagged). ``notes`` maps ``(job key, metric)`` to the design difference shown beside it.
     """
     rows = []
     for job_key, metrics in job_metrics:
-        by_side = {s: [r for r in runs if r.job_key == job_key and r.side == s] for s in sides}
+        by_side = {
+            s: [r for r in runs if r.job_key == job_key and r.side == s] for s in table.sides
+        }
         for metric in metrics:
-            cells = {s: _cell(by_side[s], metric) for s in sides}
+            cells = {s: _cell(by_side[s], metric) for s in table.sides}
+            ratios = {
+                label: ratio(cells[num].median, cells[den].median)
+                for label, num, den in table.ratios
+            }
             note = (notes or {}).get((job_key, metric), "")
-            r = ratio(cells[sides[0]].median, cells[sides[1]].median)
-            rows.append(Row(job_key, metric, cells, r, note))
+            rows.append(Row(job_key, metric, cells, ratios, note))
     return rows
 
 
@@ -286,21 +347,26 @@ def _format_cell(cell: Cell, metric: Metric) -> str:
     return text
 
 
-def render_table(rows: Sequence[Row], sides: Sequence[str] = SIDES) -> str:
-    """Return the markdown table of ``rows``: job, metric, each side's median, ratio, note.
+def render_table(rows: Sequence[Row], table: Table = BASELINE_TABLE) -> str:
+    """Return the markdown table of ``rows``: job, metric, each side's median, ratios, note.
 
     A ``⚠gen`` mark means every run of that side was generator-bound: the figure is the
     generator's limit, not the server's.
     """
-    header = ["scenario", "metric", *sides, f"{sides[0]}/{sides[1]}", "note"]
+    labels = [label for label, _num, _den in table.ratios]
+    header = ["scenario", "metric", *table.sides, *labels, "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         metric = METRICS[row.metric]
-        ratio_text = "—" if row.ratio is None else f"{row.ratio:.2f}x"
-        cells = [_format_cell(row.cells[s], metric) for s in sides]
-        label = f"{metric.label} ({metric.unit})"
-        lines.append("| " + " | ".join([row.job_key, label, *cells, ratio_text, row.note]) + " |")
+        ratios = [_format_ratio(row.ratios.get(label)) for label in labels]
+        cells = [_format_cell(row.cells[s], metric) for s in table.sides]
+        label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
+        lines.append("| " + " | ".join([row.job_key, label, *cells, *ratios, row.note]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _format_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
 
 
 def render_runs(runs: Sequence[Run]) -> str:

@@ -63,12 +63,15 @@ class RoleSpec:
     """What one process runs; JSON-serialisable so it can be shipped to a worker.
 
     ``producers`` are the producer indices run here, out of ``total_producers`` sharing
-    ``rate_per_s``. Sends stop at ``duration_s`` plus half of ``drain_s``; everything stops at
-    ``duration_s + drain_s`` after the start.
+    ``rate_per_s``. Consumers connect to ``consumer_url`` when set (another relay process
+    sharing the channel through a broker), else to ``url`` like the producers. Sends stop at
+    ``duration_s`` plus half of ``drain_s``; everything stops at ``duration_s + drain_s`` after
+    the start.
     """
 
     url: str
     run_id: str = "00000000"
+    consumer_url: str | None = None
     channel: str | None = None
     ack: Ack | None = None
     producers: list[int] = field(default_factory=list)
@@ -92,6 +95,13 @@ class RoleSpec:
     def from_json(cls, text: str) -> RoleSpec:
         """Inverse of :meth:`to_json`; raises ``ValueError``/``TypeError`` on bad input."""
         return cls(**json.loads(text))
+
+    def endpoints(self) -> tuple[str, str]:
+        """Return ``(producer URL, consumer URL)`` with role, channel and ack mode."""
+        return (
+            endpoint_url(self.url, "producer", self.channel, self.ack),
+            endpoint_url(self.consumer_url or self.url, "consumer", self.channel),
+        )
 
     def window_ns(self, start_ns: int) -> tuple[int, int, int]:
         """Return ``(end_ns, send_cutoff_ns, drain_deadline_ns)`` for a run starting at start."""
@@ -191,8 +201,7 @@ class LocalRun:
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         spec = self.spec
         stats = self.stats
-        consumer_url = endpoint_url(spec.url, "consumer", spec.channel)
-        producer_url = endpoint_url(spec.url, "producer", spec.channel, spec.ack)
+        producer_url, consumer_url = spec.endpoints()
         timeout = spec.connect_timeout_s
         async with trio.open_nursery() as consumers:
             await start_many(

@@ -4,12 +4,16 @@
 * ``throughput.png``: highest sustained 1→1 rate and fan-out deliveries/s, per side;
 * ``slow_memory.png``: server RSS over time with a stalled consumer, per side.
 
+The first two include the Redis sides when they ran. Rows of the Redis table repeat the
+in-memory relay's cells, so each point is taken once per side and job (:func:`side_values`).
+
 A chart whose data is missing (scenario not run) is still written, with a "no data" note, so
 the set of files does not depend on ``--scenarios``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,10 +25,25 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from loadtest.comparison import SIDES, Row
+from loadtest.comparison import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS, Row
 
 PLOT_FILES = ("latency.png", "throughput.png", "slow_memory.png")
-_COLORS = {"triorelay": "tab:blue", "asyncio": "tab:orange"}
+_COLORS = {
+    MEMORY: "tab:blue",
+    BASELINE: "tab:orange",
+    REDIS: "tab:red",
+    REDIS_2RELAYS: "tab:purple",
+}
+
+
+def side_values(rows: Sequence[Row], side: str, metric: str) -> dict[str, float]:
+    """Return ``{job key: median}`` of ``side`` for ``metric``, over every row that has it."""
+    out: dict[str, float] = {}
+    for row in rows:
+        cell = row.cells.get(side)
+        if row.metric == metric and cell is not None and cell.median is not None:
+            out.setdefault(row.job_key, cell.median)
+    return out
 
 
 def _finish(fig: Figure, ax: Axes, path: Path, *, has_data: bool) -> None:
@@ -42,15 +61,15 @@ def plot_latency(path: Path, rows: Sequence[Row]) -> None:
     """Write pair latency percentiles against the offered rate."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plotted = False
-    for side in SIDES:
+    for side in ALL_SIDES:
         for metric, style in (("p50_ms", "--"), ("p99_ms", "-")):
             points = sorted(
-                (int(r.job_key.split("@")[1]), r.cells[side].median)
-                for r in rows
-                if r.job_key.startswith("pair@") and r.metric == metric
+                (int(key.split("@")[1]), y)
+                for key, y in side_values(rows, side, metric).items()
+                if key.startswith("pair@")
             )
-            xs = [x for x, y in points if y is not None]
-            ys = [y for _, y in points if y is not None]
+            xs = [x for x, _ in points]
+            ys = [y for _, y in points]
             if xs:
                 plotted = True
                 label = f"{side} {metric.removesuffix('_ms')}"
@@ -65,22 +84,27 @@ def plot_latency(path: Path, rows: Sequence[Row]) -> None:
 
 def plot_throughput(path: Path, rows: Sequence[Row]) -> None:
     """Write the highest sustained 1→1 rate and fan-out deliveries/s as grouped bars."""
-    wanted = [
-        r
-        for r in rows
-        if r.metric == "max_sustained_per_s"
-        or (r.job_key.startswith("fanout") and r.metric == "delivered_per_s")
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    width = 0.38
-    for i, side in enumerate(SIDES):
-        xs = [j + (i - 0.5) * width for j in range(len(wanted))]
-        ys = [r.cells[side].median or 0.0 for r in wanted]
+    values = {
+        side: {
+            **side_values(rows, side, "max_sustained_per_s"),
+            **{
+                key: y
+                for key, y in side_values(rows, side, "delivered_per_s").items()
+                if key.startswith("fanout")
+            },
+        }
+        for side in ALL_SIDES
+    }
+    wanted = list(dict.fromkeys(key for by_job in values.values() for key in by_job))
+    shown = [side for side in ALL_SIDES if values[side]]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(1, len(shown))
+    for i, side in enumerate(shown):
+        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(wanted))]
+        ys = [values[side].get(key, math.nan) for key in wanted]  # nan: no bar, not a 0
         ax.bar(xs, ys, width, label=side, color=_COLORS[side])
     ax.set_xticks(range(len(wanted)))
-    ax.set_xticklabels(
-        ["max sustained 1→1" if r.metric == "max_sustained_per_s" else r.job_key for r in wanted]
-    )
+    ax.set_xticklabels(["max sustained 1→1" if key == "max" else key for key in wanted])
     ax.set_ylabel("msg/s (fan-out: deliveries/s)")
     ax.set_title("Throughput (baseline fan-out: each message to ONE consumer)")
     _finish(fig, ax, path, has_data=bool(wanted))
@@ -89,7 +113,7 @@ def plot_throughput(path: Path, rows: Sequence[Row]) -> None:
 def plot_slow_memory(path: Path, series: Mapping[str, Sequence[Sequence[float]]]) -> None:
     """Write server RSS over time in the slow-consumer scenario."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for side in SIDES:
+    for side in ALL_SIDES:
         points = series.get(side) or []
         if points:
             ax.plot(

