@@ -68,3 +68,47 @@ class RedisServer:
         """Kill the server, then start a fresh, empty one on the same port."""
         await self.kill()
         await self.start()
+
+
+class TcpProxy:
+    """Forwards TCP connections to ``target_port``; :meth:`cut` stops forwarding without
+    closing anything, as a network partition does (no FIN, no RST); :meth:`mend` resumes."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._flowing = trio.Event()
+        self._flowing.set()
+
+    def cut(self) -> None:
+        self._flowing = trio.Event()
+
+    def mend(self) -> None:
+        self._flowing.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._forward, listeners)
+
+    async def _forward(self, client: trio.SocketStream) -> None:
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
+            nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await source.receive_some():
+                await self._flowing.wait()  # cut: what arrives is held, not forwarded
+                await sink.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+        scope.cancel()

@@ -13,7 +13,8 @@ from trio_websocket import ConnectionClosed
 
 from tests.conftest import StartRelay, make_settings
 from tests.helpers import RawWebSocket, RunningRelay, refused_upgrade, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, TcpProxy, free_port
+from triorelay.brokers import redis as redis_broker_module
 from triorelay.brokers.redis import Backoff, RedisBroker
 from triorelay.errors import SettingsError
 
@@ -420,3 +421,41 @@ async def test_a_stalled_consumer_on_another_relay_is_evicted_and_holds_nothing_
         stalled.close()
     assert (code, "too slow" in (reason or "")) == (1013, True)
     assert stats["disconnected_slow"] == 1
+
+
+async def test_a_partitioned_redis_is_noticed_and_survived(
+    start_relay: StartRelay,
+    redis_server: RedisServer,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis unreachable without the connection closing (a partition): the blocked read is
+    bounded, so the relay notices (503), fails publishes (1013), and resumes when it heals."""
+    monkeypatch.setattr(redis_broker_module, "_BLOCK_MILLISECONDS", 200)
+    proxy = TcpProxy(redis_server.port)
+    await nursery.start(proxy.run)
+    server = await start_relay(
+        broker=f"redis://127.0.0.1:{proxy.port}/0",
+        broker_timeout_seconds=0.5,
+        broker_reconnect_max_seconds=0.2,
+    )
+    broker = broker_of(server)
+    async with server.websocket("/ws/consumer/cut") as consumer:
+        async with server.websocket("/ws/producer/cut") as producer:
+            await producer.send_message("before")
+            assert await producer.get_message() == "before"
+        assert await consumer.get_message() == "before"
+
+        proxy.cut()
+        with trio.fail_after(10):
+            await broker.wait_ready(False)
+        assert (await server.http.get("/healthz")).status_code == 503
+
+        proxy.mend()
+        with trio.fail_after(10):
+            await broker.wait_ready(True)
+        async with server.websocket("/ws/producer/cut") as producer:
+            await producer.send_message("after")
+            assert await producer.get_message() == "after"
+        with trio.fail_after(10):
+            assert await consumer.get_message() == "after"

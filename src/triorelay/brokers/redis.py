@@ -316,7 +316,12 @@ class RedisBroker:
             for name, watch in self._watches.items():
                 if watch.position is not None:
                     streams[f"{self.prefix}ch:{name}".encode()] = watch.position
-            result = await self.client.xread(streams, count=self._batch, block=_BLOCK_MILLISECONDS)
+            # Bounded: a Redis that vanished without closing the connection (a network
+            # partition) would otherwise leave this read waiting for ever.
+            with trio.fail_after(_BLOCK_MILLISECONDS / 1000 + self.timeout_seconds):
+                result = await self.client.xread(
+                    streams, count=self._batch, block=_BLOCK_MILLISECONDS
+                )
             for key, entries in (result or {}).items():
                 if key == self._wake_key:
                     self._wake_id = _as_bytes(entries[-1].identifier)

@@ -123,9 +123,10 @@ class RedisQueues:
             try:
                 entry = await self._claim(name, key, consumer)
                 if entry is None:
-                    result = await broker.blocking_client.xreadgroup(
-                        GROUP, consumer, {key: ">"}, count=1, block=self._block_ms
-                    )
+                    with trio.fail_after(self._block_ms / 1000 + broker.timeout_seconds):
+                        result = await broker.blocking_client.xreadgroup(
+                            GROUP, consumer, {key: ">"}, count=1, block=self._block_ms
+                        )
                     entries = next(iter((result or {}).values()), ())
                     entry = entries[0] if entries else None
             except coredis.exceptions.ResponseError as error:
@@ -150,9 +151,10 @@ class RedisQueues:
         if now < self._next_claim.get(name, 0.0):
             return None
         self._next_claim[name] = now + self._block_ms / 1000
-        result = await self._broker.client.xautoclaim(
-            key, GROUP, consumer, min_idle_time=self._claim_idle_ms, start="0-0", count=1
-        )
+        with trio.fail_after(self._broker.timeout_seconds):
+            result = await self._broker.client.xautoclaim(
+                key, GROUP, consumer, min_idle_time=self._claim_idle_ms, start="0-0", count=1
+            )
         claimed = [entry for entry in result[1] if entry is not None and entry.field_values]
         return claimed[0] if claimed else None
 
