@@ -57,13 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PUBLISH = """
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'p', ARGV[1], 't', ARGV[2], 's', seq)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return seq
-"""
-_PUBLISH_MANY = """
 local n = tonumber(ARGV[3])
 local first = redis.call('INCRBY', KEYS[2], n) - n + 1
 for i = 0, n - 1 do
@@ -140,7 +133,6 @@ class RedisBroker:
             self.url, connect_timeout=self.timeout_seconds, max_connections=100_000
         )
         self._publish_script = self.client.register_script(_PUBLISH)
-        self._publish_many_script = self.client.register_script(_PUBLISH_MANY)
         self._wake_script = self.client.register_script(_WAKE)
         self._wake_key = f"{self.prefix}wake:{self.node}".encode()
         self.queues = RedisQueues(
@@ -167,39 +159,28 @@ class RedisBroker:
         Redis does not confirm within ``broker_timeout_seconds``: then the message may or may
         not have been stored, and the producer is told it was not acknowledged.
         """
-        if not self._ready:
-            raise BrokerUnavailable("the broker is unavailable: message not published")
-        data, text = (payload.encode(), b"1") if isinstance(payload, str) else (payload, b"0")
-        name = channel.name
-        if channel.config.mode == "queue":
-            return await self.queues.publish(name, data, text)
-        with self.failing_as_unavailable("publish"):
-            seq: Any = await self._publish_script(
-                keys=[f"{self.prefix}ch:{name}", f"{self.prefix}seq:{name}"],
-                args=[data, text, self._max_len, self.ttl_ms],
-            )
-        return int(seq)
+        published: list[int] = []
+        await self.publish_many(channel, [payload], published)
+        return published[0]
 
     async def publish_many(
         self, channel: Channel, payloads: list[Payload], published: list[int]
     ) -> None:
         """Broadcast: all of ``payloads`` in one script call (one round trip); queue mode: one
-        at a time (each may wait for room)."""
-        if channel.config.mode == "queue" or len(payloads) == 1:
-            for payload in payloads:
-                published.append(await self.publish(channel, payload, len(payload)))
-            return
+        at a time (each may wait for room). Errors as for :meth:`publish`."""
         if not self._ready:
             raise BrokerUnavailable("the broker is unavailable: message not published")
         name = channel.name
+        encoded = [_encoded(payload) for payload in payloads]
+        if channel.config.mode == "queue":
+            for data, text in encoded:
+                published.append(await self.queues.publish(name, data, text))
+            return
         args: list[str | bytes] = [self._max_len, self.ttl_ms, str(len(payloads))]
-        for payload in payloads:
-            if isinstance(payload, str):
-                args += [payload.encode(), b"1"]
-            else:
-                args += [payload, b"0"]
+        for data, text in encoded:
+            args += [data, text]
         with self.failing_as_unavailable("publish"):
-            first: Any = await self._publish_many_script(
+            first: Any = await self._publish_script(
                 keys=[f"{self.prefix}ch:{name}", f"{self.prefix}seq:{name}"], args=args
             )
         published.extend(range(int(first), int(first) + len(payloads)))
@@ -409,3 +390,8 @@ class RedisBroker:
 def _as_bytes(value: str | bytes) -> bytes:
     """A stream id as bytes (the client decodes nothing: ``decode_responses=False``)."""
     return value if isinstance(value, bytes) else value.encode()
+
+
+def _encoded(payload: Payload) -> tuple[bytes, bytes]:
+    """A message as stored: its bytes, and ``b"1"`` for text or ``b"0"`` for binary."""
+    return (payload.encode(), b"1") if isinstance(payload, str) else (payload, b"0")
