@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 import coredis
 import pytest
 import trio
 import wsproto.events as ws_events
+from coredis.response.types import StreamEntry
 from trio_websocket import ConnectionClosed
 
 from tests.conftest import StartRelay, make_settings
@@ -459,3 +461,26 @@ async def test_a_partitioned_redis_is_noticed_and_survived(
             assert await producer.get_message() == "after"
         with trio.fail_after(10):
             assert await consumer.get_message() == "after"
+
+
+async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> None:
+    """What the reader read for a consumer that left is not given to the next one to join
+    (it starts after what was published before it): the read's watch must be current."""
+    broker = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"))
+    delivered: list[object] = []
+
+    class Hub:
+        async def deliver(self, name: str, payload: object, size: int) -> None:
+            delivered.append(payload)
+
+    entry = StreamEntry(
+        identifier=b"1-0", field_values=OrderedDict([(b"p", b"old"), (b"t", b"1"), (b"s", b"1")])
+    )
+    broker.watch("c")
+    old_watch = broker._watches["c"]
+    broker.unwatch("c")
+    broker.watch("c")  # joined again: a new watch
+    await broker._deliver(Hub(), "c", old_watch, (entry,))  # type: ignore[arg-type]
+    assert delivered == []
+    await broker._deliver(Hub(), "c", broker._watches["c"], (entry,))  # type: ignore[arg-type]
+    assert delivered == ["old"]

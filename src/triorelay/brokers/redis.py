@@ -294,9 +294,12 @@ class RedisBroker:
     async def _read_forever(self, hub: Hub) -> None:
         while True:
             streams: dict[bytes, bytes] = {self._wake_key: self._wake_id}
+            reading: dict[bytes, tuple[str, _Watch]] = {}
             for name, watch in self._watches.items():
                 if watch.position is not None:
-                    streams[f"{self.prefix}ch:{name}".encode()] = watch.position
+                    key = f"{self.prefix}ch:{name}".encode()
+                    streams[key] = watch.position
+                    reading[key] = (name, watch)
             # Bounded: a Redis that vanished without closing the connection (a network
             # partition) would otherwise leave this read waiting for ever.
             with trio.fail_after(_BLOCK_MILLISECONDS / 1000 + self.timeout_seconds):
@@ -306,15 +309,15 @@ class RedisBroker:
             for key, entries in (result or {}).items():
                 if key == self._wake_key:
                     self._wake_id = _as_bytes(entries[-1].identifier)
-                    continue
-                name = key.decode()[len(self.prefix) + 3 :]
-                await self._deliver(hub, name, entries)
+                elif key in reading:
+                    await self._deliver(hub, *reading[key], entries)
 
-    async def _deliver(self, hub: Hub, name: str, entries: tuple[Any, ...]) -> None:
+    async def _deliver(self, hub: Hub, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
+        """Deliver what was read for ``watch``, unless its channel was left (and perhaps joined
+        again: a new watch starts after what was published before it)."""
         for entry in entries:
-            watch = self._watches.get(name)
-            if watch is None:
-                return  # the last local consumer left
+            if self._watches.get(name) is not watch:
+                return
             watch.position = _as_bytes(entry.identifier)
             fields = entry.field_values
             seq = int(fields[b"s"])
