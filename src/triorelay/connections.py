@@ -166,7 +166,9 @@ class Consumer(Connection):
         self._receive_channel = receive_channel
         # Only broadcast consumers have a buffer of their own to fill.
         self._send_channel = send_channel
-        self._room = trio.lowlevel.ParkingLot()
+        # Where a ``block`` publisher waits for room: made on first use (only ``block`` needs
+        # it, and an idle connection should cost as little as possible).
+        self._room: trio.lowlevel.ParkingLot | None = None
         self._buffered = 0
         self._peak_buffered = 0
         self.buffered_bytes = 0
@@ -268,6 +270,8 @@ class Consumer(Connection):
         return True
 
     async def _wait_for_room(self) -> None:
+        if self._room is None:
+            self._room = trio.lowlevel.ParkingLot()
         await self._room.park()
 
     def _detach(self) -> int:
@@ -279,7 +283,8 @@ class Consumer(Connection):
             self._buffered = 0
             self.buffered_bytes = 0
         self._receive_channel.close()
-        self._room.unpark_all()
+        if self._room is not None:
+            self._room.unpark_all()
         return left
 
 
