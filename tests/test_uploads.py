@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,3 +163,22 @@ async def test_unknown_proxy_upstream_is_refused_before_the_upgrade(relay: Runni
     """/ws/proxy/{name} for an unconfigured name is HTTP 404, nothing dialled."""
     status, body = await refused_upgrade(relay.port, "/ws/proxy/elsewhere")
     assert (status, body) == (404, b"no upstream named 'elsewhere'")
+
+
+async def test_partial_uploads_a_dead_relay_left_are_removed_at_start(
+    start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """At start the relay removes temporary files untouched for stale_upload_seconds (their
+    relay died mid-upload), and leaves recent ones (another relay may be writing) and
+    committed files alone."""
+    directory = tmp_path / "shared-uploads"
+    directory.mkdir()
+    stale, recent = directory / ".part-stale", directory / ".part-recent"
+    committed = directory / ("0" * 32)
+    for path in (stale, recent, committed, directory / ".part-stale.json"):
+        path.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for path in (stale, committed, directory / ".part-stale.json"):
+        os.utime(path, (hour_ago, hour_ago))
+    await start_relay(upload_dir=directory, stale_upload_seconds=60)
+    assert sorted(p.name for p in directory.iterdir()) == [".part-recent", "0" * 32]

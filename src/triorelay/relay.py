@@ -190,6 +190,7 @@ class Relay:
             self.reaper.abort_all()
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        await self._remove_stale_uploads()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.broker.run, self.hub)
             await nursery.start(self.reaper.run)
@@ -200,6 +201,19 @@ class Relay:
             if event is not None:
                 nursery.start_soon(self._shutdown_on_event, event)
             task_status.started()
+
+    async def _remove_stale_uploads(self) -> None:
+        """Remove the partial uploads a relay that died left behind (before serving)."""
+        age = self.settings.stale_upload_seconds
+        try:
+            removed = await trio.to_thread.run_sync(self.uploads.remove_stale, age)
+        except OSError as error:
+            log.warning(
+                "could not clean up partial uploads in %s: %s", self.uploads.directory, error
+            )
+            return
+        if removed:
+            log.info("removed %d partial uploads older than %.0f s", removed, age)
 
     def shutdown(self) -> None:
         """Refuse new connections and close every open one with 1001. Idempotent."""

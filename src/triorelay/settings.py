@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     #: Largest upload (``/ws`` file flow, ``/ws/upload``); past it the partial file is removed
     #: and the connection closed with 1009.
     max_upload_bytes: PositiveInt = 1024 * 1024 * 1024
+    #: At start, partial uploads not written to for this long are removed (a relay died
+    #: mid-upload); more recent ones may belong to another relay sharing the directory.
+    stale_upload_seconds: Annotated[float, Field(gt=0)] = 3600.0
     #: Messages held per direction on ``/ws``, ``/ws/upload`` and ``/ws/proxy`` connections
     #: between the socket and the handler (or the upstream); past it the sender waits.
     flow_buffer_messages: PositiveInt = 4

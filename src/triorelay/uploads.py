@@ -9,7 +9,9 @@ file is visible under its id only once complete, and always with its description
 mismatch, shutdown) removes the temporary file.
 
 Ids are 32 lowercase hex digits made by the server; :meth:`UploadStore.path_of` accepts
-nothing else, so no client-supplied string ever becomes a path.
+nothing else, so no client-supplied string ever becomes a path. Temporary files a dead relay
+left behind are removed when a relay starts, once ``stale_upload_seconds`` old
+(:meth:`UploadStore.remove_stale`).
 
 Files are not fsynced: a completed upload is visible atomically, but a power loss may lose it.
 """
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +56,24 @@ class UploadStore:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+
+    def remove_stale(self, older_than_seconds: float) -> int:
+        """Remove temporary files nothing has written for ``older_than_seconds``: left by a
+        relay that died mid-upload. Several relays may share the directory, so a file still
+        being written (recently) is left alone. Returns how many were removed. Blocking: run
+        it in a thread."""
+        if not self.directory.is_dir():
+            return 0
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self.directory.glob(_PART_PREFIX + "*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass  # another relay removed or committed it meanwhile
+        return removed
 
     def upload(self, filename: str | None = None) -> Upload:
         """A new upload, for ``async with``: it creates its temporary file on entry."""
