@@ -11,6 +11,7 @@ import os
 import zlib
 
 import pytest
+import trio
 import wsproto.events as ws
 
 from tests.conftest import StartRelay
@@ -94,6 +95,34 @@ async def test_oversized_frame_closes_1009(start_relay: StartRelay) -> None:
         producer.close()
     assert messages == ["fine"]
     assert code == 1009
+
+
+@pytest.mark.parametrize("role", ["producer", "consumer", "echo"])
+async def test_a_client_that_never_answers_the_close_is_dropped(
+    start_relay: StartRelay, role: str
+) -> None:
+    """A client that reads the relay's close frame but never answers it is not kept open:
+    once the relay's handler has sent the close and ended, Hypercorn drops the connection."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096,
+                              close_timeout_seconds=0.3)  # fmt: skip
+    path = "/ws/echo" if role == "echo" else f"/ws/{role}/mute"
+    client = await RawWebSocket.connect(relay.port, path, 65536)
+    try:
+        await client.send_events(ws.BytesMessage(data=b"x" * 2048))  # over the limit: 1009
+        received = b""
+        with trio.fail_after(10):
+            while True:  # read everything, answer nothing
+                try:
+                    data = await client.sock.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                received += data
+    finally:
+        client.close()
+    assert received[:1] == b"\x88"  # the close frame came first, then the socket was dropped
+    assert int.from_bytes(received[2:4], "big") == 1009
 
 
 @pytest.mark.parametrize("role", ["producer", "consumer"])
