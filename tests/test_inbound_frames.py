@@ -16,6 +16,7 @@ import wsproto.events as ws
 
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket, RunningRelay, receive_n
+from triorelay.compat import hypercorn as compat
 
 MiB = 1024 * 1024
 
@@ -122,6 +123,41 @@ async def test_a_client_that_never_answers_the_close_is_dropped(
     finally:
         client.close()
     assert received[:1] == b"\x88"  # the close frame came first, then the socket was dropped
+    assert int.from_bytes(received[2:4], "big") == 1009
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "plain-asgi"])
+@pytest.mark.parametrize("role", ["producer", "consumer", "echo"])
+async def test_a_client_that_ignores_the_1009_for_fragments_is_dropped(
+    start_relay: StartRelay, role: str, fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fragments over the limit: Hypercorn closes with 1009 and the relay ends the connection,
+    so a client that ignores the close and keeps sending is not kept open (with the inbound
+    tap, which sees the limit passed, and without it, on plain ASGI)."""
+    if not fast_path:
+        monkeypatch.setattr(compat, "tap_inbound", lambda *args, **kwargs: None)
+        monkeypatch.setattr(compat, "open_direct", lambda *args, **kwargs: None)
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=4096)
+    path = "/ws/echo" if role == "echo" else f"/ws/{role}/chatty"
+    client = await RawWebSocket.connect(relay.port, path, 65536)
+    try:
+        fragments = [ws.BytesMessage(data=b"x" * 800, message_finished=False)] * 3
+        await client.send_events(*fragments)  # 2,400 bytes of one message: over the limit
+        received = b""
+        with trio.fail_after(10):
+            while True:  # keep sending more of the message, never answer the close
+                try:
+                    await client.send_events(fragments[0])
+                    with trio.move_on_after(0.05):
+                        data = await client.sock.recv(65536)
+                        if not data:
+                            break
+                        received += data
+                except OSError:
+                    break
+    finally:
+        client.close()
+    assert received[:1] == b"\x88"
     assert int.from_bytes(received[2:4], "big") == 1009
 
 

@@ -52,10 +52,13 @@ class LimitedBuffer(WebsocketBuffer):
     the relay's tap) that the limit was passed: the connection is being closed with 1009.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, on_exceeded: Callable[[], None] | None = None) -> None:
         super().__init__(max_bytes)
         self.exceeded = False
         self.size = 0  # bytes of the message so far
+        #: Called once when Hypercorn is made to close with 1009, so that the relay ends the
+        #: connection too (a peer that ignores the close would otherwise be kept open).
+        self.on_exceeded = on_exceeded
 
     def extend(self, event: Message[Any]) -> None:
         data = event.data
@@ -66,6 +69,9 @@ class LimitedBuffer(WebsocketBuffer):
             return
         self.exceeded = True
         self.clear()
+        if self.on_exceeded is not None:
+            on_exceeded, self.on_exceeded = self.on_exceeded, None
+            on_exceeded()
         raise FrameTooLargeError  # Hypercorn closes with 1009
 
     def clear(self) -> None:
@@ -135,7 +141,9 @@ class BoundedDeflate(PerMessageDeflate):
         return inflated
 
 
-def limit_inbound(send: Callable[..., Any], max_bytes: int) -> LimitedBuffer | None:
+def limit_inbound(
+    send: Callable[..., Any], max_bytes: int, on_exceeded: Callable[[], None] | None = None
+) -> LimitedBuffer | None:
     """Bound the WebSocket behind ``send`` to ``max_bytes`` per message. Call before accepting.
 
     Installs a :class:`LimitedBuffer`, and makes the accept use :class:`BoundedDeflate` if it
@@ -150,7 +158,7 @@ def limit_inbound(send: Callable[..., Any], max_bytes: int) -> LimitedBuffer | N
         or getattr(ws_stream, "state", None) is not ASGIWebsocketState.HANDSHAKE
     ):
         return None
-    buffer = LimitedBuffer(max_bytes)
+    buffer = LimitedBuffer(max_bytes, on_exceeded)
     ws_stream.buffer = buffer
     accept = handshake.accept
 

@@ -145,7 +145,9 @@ class RelayWebSockets:
         if not settings.compression:
             hypercorn_compat.refuse_compression(send)
         # Fragmented and compressed messages: bounded inside Hypercorn and wsproto too.
-        message_limits.limit_inbound(send, settings.max_message_bytes)
+        message_limits.limit_inbound(
+            send, settings.max_message_bytes, partial(_closed_with_1009, connection)
+        )
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send({"type": "websocket.accept"})
@@ -370,6 +372,13 @@ class _Publisher:
 def _refuse(connection: Connection, code: int, reason: str) -> None:
     """Close ``connection`` for what its client sent (invalid UTF-8, an oversized frame)."""
     connection.close(CloseCode(code), reason)
+
+
+def _closed_with_1009(connection: Connection) -> None:
+    """Hypercorn closed the connection with 1009 itself (a fragmented or compressed message
+    over the limit): end the handler, so that a peer that ignores the close is dropped."""
+    connection.close(CloseCode.MESSAGE_TOO_BIG, "message over the limit")
+    connection.disconnected = True  # the close frame is sent: nothing left for _finish
 
 
 async def _discard(payloads: list[Payload]) -> None:
