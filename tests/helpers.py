@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,12 +106,18 @@ def stored_files(relay: RunningRelay) -> list[Path]:
     return sorted(directory.iterdir()) if directory.exists() else []
 
 
-async def wait_until(condition: Callable[[], bool], timeout_seconds: float = 10) -> None:
-    """Wait for ``condition()``, for state nothing signals with an event (a publish under way
-    inside the relay, answered by a Redis in another process). Bounded by ``timeout_seconds``."""
+async def wait_until(condition: Callable[[], object], timeout_seconds: float = 10) -> Any:
+    """Wait until ``condition()`` (a function or a coroutine function) returns something true,
+    and return it: for state nothing signals with an event (a publish under way inside the
+    relay, what a Redis in another process holds). Bounded by ``timeout_seconds``."""
     with trio.fail_after(timeout_seconds):
-        while not condition():  # noqa: ASYNC110 - no event exists for this state
-            await trio.sleep(0.01)
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return result
+            await trio.sleep(0.01)  # no event exists for this state
 
 
 async def receive_n(ws: WebSocketConnection, count: int) -> list[str | bytes]:

@@ -233,9 +233,11 @@ QUEUE = {"channels": {"jobs.*": {"mode": "queue"}}}
 async def drained(client: coredis.Redis[Any], key: str) -> None:
     """Every message of queue ``key`` is acknowledged and deleted (the last ack follows the
     last delivery by a round trip, so this waits for it)."""
-    with trio.fail_after(10):
-        while await client.xlen(key):  # noqa: ASYNC110 - Redis state, no event
-            await trio.sleep(0.01)
+
+    async def empty() -> bool:
+        return await client.xlen(key) == 0
+
+    await wait_until(empty)
 
 
 async def test_queue_gives_each_message_to_exactly_one_consumer_anywhere(
@@ -323,9 +325,7 @@ async def test_a_queue_consumer_that_leaves_gives_its_message_back_at_once(
                 summary: Any = await client.xpending("triorelay:q:jobs.c", "triorelay")
                 return int(summary.pending)
 
-            with trio.fail_after(10):
-                while await pending() == 0:  # noqa: ASYNC110 - Redis state, no event
-                    await trio.sleep(0.01)
+            await wait_until(pending)
             waiting = await client.xlen("triorelay:q:jobs.c")  # not yet handed to a socket
         finally:
             stalled.close()

@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.helpers import RawWebSocket
+from tests.helpers import RawWebSocket, wait_until
 from tests.processes import LAUNCHERS, kill_group, relay_process
 from tests.redis_server import RedisServer
 
@@ -130,9 +130,7 @@ async def test_a_dead_relays_unacknowledged_queue_message_goes_to_another(
                 summary: Any = await client.xpending("triorelay:q:jobs.k", "triorelay")
                 return dict(summary.consumers)
 
-            with trio.fail_after(10):
-                while not (held_by_a := await holders()):  # noqa: ASYNC110 - Redis state
-                    await trio.sleep(0.05)
+            held_by_a = await wait_until(holders)
             assert list(held_by_a.values()) == [1]  # A's consumer: one message, unacknowledged
             kill_group(a)
             await a.process.wait()
