@@ -22,6 +22,7 @@ yet acknowledged, is delivered again after the claim time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -129,16 +130,13 @@ class RedisQueues:
                         )
                     entries = next(iter((result or {}).values()), ())
                     entry = entries[0] if entries else None
-            except coredis.exceptions.ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    raise
-                await self._create_group(key)  # expired, or Redis restarted empty
-                continue
-            except BrokerUnavailable:
-                continue
             except broker.errors as error:
+                if "NOGROUP" in str(error):  # expired, or Redis restarted empty
+                    with contextlib.suppress(BrokerUnavailable):
+                        await self._create_group(key)
+                        continue
                 broker.note_error(f"queue read: {error}")
-                await trio.sleep(0.05)  # the reader notices the outage; then wait_ready waits
+                await trio.sleep(0.05)  # the reader notices an outage; then wait_ready waits
                 continue
             if entry is not None:
                 fields = entry.field_values
