@@ -161,7 +161,8 @@ def render_report(
             "two relays on the same Redis, the producer on the first, the consumers on the "
             "second (the scale-out path); ratios are over the in-memory relay (`triorelay`)\n"
             "- the Redis sides skip `slow` and `connections` (the same relay code above the "
-            "broker); queue mode over Redis is not available yet, so broadcast only\n\n"
+            "broker); broadcast channels only (queue mode over Redis is measured by the tests, "
+            "not here)\n\n"
             f"{redis_md}\n"
         )
     elif not redis.available:
