@@ -236,7 +236,7 @@ class RedisBroker:
                 watch.positioned.set()
                 await self._wake_script(keys=[self._wake_key], args=[self.ttl_ms])
         except REDIS_ERRORS as error:
-            self.last_error = f"subscribe: {error}"
+            self.note_error(f"subscribe: {error}")
             if not watch.positioned.is_set():
                 raise BrokerUnavailable("the broker is unavailable: try again later") from None
         finally:
@@ -277,9 +277,7 @@ class RedisBroker:
                 self._set_ready(False)
 
     async def _connect(self) -> None:
-        with trio.fail_after(self.timeout_seconds):
-            info = await self.client.info("server")
-        self._note_run_id(str(info["run_id"]))
+        await self._check_run_id()
         self._set_ready(True)
         self._backoff.reset()
         log.info("connected to the Redis broker at %s", self._safe_url)
@@ -289,7 +287,7 @@ class RedisBroker:
             log.warning("lost the Redis broker (%s): reconnecting", error)
             self.reconnects += 1
         self._set_ready(False)
-        self.last_error = str(error) or type(error).__name__
+        self.note_error(str(error) or type(error).__name__)
 
     async def _read_forever(self, hub: Hub) -> None:
         while True:
@@ -335,13 +333,15 @@ class RedisBroker:
             return
         # The sequence started again: the keys expired (no publish for the stream's time to
         # live: nothing was missed), or Redis restarted (what it held is lost).
-        with trio.fail_after(self.timeout_seconds):
-            info = await self.client.info("server")
-        self._note_run_id(str(info["run_id"]))
+        await self._check_run_id()
         watch.last_seq = seq
 
-    def _note_run_id(self, run_id: str) -> None:
-        """A new Redis ``run_id`` means a restart: every watched channel may have a gap."""
+    async def _check_run_id(self) -> None:
+        """Ask Redis its ``run_id``: a new one means a restart, and every watched channel may
+        have a gap."""
+        with trio.fail_after(self.timeout_seconds):
+            info = await self.client.info("server")
+        run_id = str(info["run_id"])
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
         if restarted:
