@@ -11,6 +11,7 @@ Exception tree::
     │   │   └── UploadTooBig       HTTP 413 / close 1009
     │   ├── TooManyChannels        HTTP 503 / close 1013
     │   ├── BrokerUnavailable      HTTP 503 / close 1013
+    │   ├── ShuttingDown           HTTP 503 / close 1001: the relay takes no new connections
     │   ├── UnsupportedData        close 1003: binary where the protocol wants text, or back
     │   ├── ProtocolViolation      close 1008: a message the protocol does not allow there
     │   ├── UploadMismatch         close 1008: the upload is not what its metadata declared
@@ -106,6 +107,13 @@ class BrokerUnavailable(RequestError):
 
     status = 503
     close_code = CloseCode.TRY_AGAIN_LATER
+
+
+class ShuttingDown(RequestError):
+    """The relay is shutting down and takes no new connections."""
+
+    status = 503
+    close_code = CloseCode.GOING_AWAY
 
 
 class UploadTooBig(MessageTooBig):

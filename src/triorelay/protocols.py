@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from triorelay.connections import Payload
+from triorelay.envelopes import Payload
 from triorelay.errors import ProtocolViolation, UnsupportedData, UploadMismatch, UploadTooBig
 
 FILE_EOF = b"EOF"

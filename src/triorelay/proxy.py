@@ -34,7 +34,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from triorelay.connections import Payload
+from triorelay.envelopes import Payload
 from triorelay.errors import CloseCode, UnknownUpstream, UpstreamError
 from triorelay.settings import Settings
 

@@ -22,12 +22,11 @@ from typing import Any
 
 import trio
 
-from triorelay.brokers import open_broker
+from triorelay.brokers import broker_factory
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.compat.hypercorn import DirectWebSocket, InboundTap
-from triorelay.connections import Connection
 from triorelay.errors import CloseCode
-from triorelay.hub import Hub
+from triorelay.hub import Connection, Hub
 from triorelay.settings import Settings
 from triorelay.uploads import UploadStore
 
@@ -171,7 +170,7 @@ class Relay:
 
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
-        self.hub = Hub(settings, open_broker(settings))
+        self.hub = Hub(settings, broker_factory(settings))
         self.reaper = CloseReaper(settings.close_timeout_seconds)
         self.liveness = Liveness(settings.ping_interval_seconds, settings.ping_timeout_seconds)
         self.uploads = UploadStore(settings.upload_dir, settings.max_upload_bytes)
@@ -192,7 +191,7 @@ class Relay:
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         await self._remove_stale_uploads()
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.hub.broker.run, self.hub)
+            await nursery.start(self.hub.broker.run)
             await nursery.start(self.reaper.run)
             await nursery.start(self.liveness.run)
             if self.handle_signals:

@@ -9,19 +9,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from triorelay.brokers.base import Broker, QueueSource
+from triorelay.brokers.base import Broker, BrokerFactory, Deliver, Gap, QueueSource
 from triorelay.brokers.memory import MemoryBroker
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
 
-__all__ = ["Broker", "MemoryBroker", "QueueSource", "open_broker"]
+__all__ = [
+    "Broker",
+    "BrokerFactory",
+    "Deliver",
+    "Gap",
+    "MemoryBroker",
+    "QueueSource",
+    "broker_factory",
+]
 
 
-def open_broker(settings: Settings) -> Broker:
-    """The broker the ``broker`` setting names (validated by the settings)."""
+def broker_factory(settings: Settings) -> BrokerFactory:
+    """What makes the broker the ``broker`` setting names (validated by the settings)."""
     if settings.broker == "memory":
-        return MemoryBroker()
+        return MemoryBroker
     from triorelay.brokers.redis import RedisBroker  # coredis is only loaded when used
 
-    return RedisBroker(settings)
+    def open_redis(deliver: Deliver) -> Broker:
+        return RedisBroker(settings, deliver)
+
+    return open_redis

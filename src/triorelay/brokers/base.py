@@ -1,14 +1,44 @@
-"""The broker interface the hub reaches messages through."""
+"""The broker interface, in primitive terms: channel names, modes and payloads.
+
+A broker carries what producers publish to every relay that has consumers on the channel.
+It knows nothing of the hub, its channels or its connections: it is built with a
+:data:`Deliver` callback and hands everything it brings to this relay back through it.
+Data moves one way: a producer's route → :meth:`Hub.publish <triorelay.hub.Hub.publish>` →
+:meth:`Broker.publish` → (the broker's transport) → ``deliver`` → the hub's channel → each
+consumer's buffer → the consumer's route.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from triorelay.connections import Payload
-    from triorelay.hub import Channel, Hub
+from triorelay.envelopes import Payload
+from triorelay.settings import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages of a channel may have been lost on their way to this relay.
+
+    ``count`` is how many when the broker knows (a jump in sequence numbers), ``None`` when it
+    cannot (Redis restarted and lost what it held).
+    """
+
+    count: int | None
+    reason: str
+
+
+Deliver = Callable[[str, "Payload | Gap"], Awaitable[None]]
+"""``await deliver(channel_name, payload_or_gap)``: hand a message (or a gap) to this relay's
+consumers of the channel. It may wait (a ``block`` policy, a full local queue): that is
+backpressure on whatever feeds it."""
+
+BrokerFactory = Callable[[Deliver], "Broker"]
+"""Makes a broker that delivers through the given callback (the hub passes its own)."""
 
 
 class QueueSource(Protocol):
@@ -33,33 +63,31 @@ class QueueSource(Protocol):
 
 
 class Broker(Protocol):
-    """Carries each published message to every hub with consumers on its channel.
+    """Carries each published message to every relay with consumers on its channel.
 
     Contract:
 
-    - :meth:`publish` returns once the message is accepted (its sequence number is final):
-      delivered into the local channel for the memory broker, stored by Redis for the Redis
+    - :meth:`publish` returns once the messages are accepted (their sequence numbers are
+      final): handed to ``deliver`` for the memory broker, stored by Redis for the Redis
       broker. It may block for backpressure and raises on failure
       (:class:`~triorelay.errors.BrokerUnavailable`), so a producer's ack never covers a lost
       message.
-    - The hub calls :meth:`watch` when a channel gets its first local consumer and
-      :meth:`unwatch` when it loses its last one; the route awaits :meth:`wait_watching`
-      before accepting a consumer, so every message published after that reaches it.
-    - :meth:`run` owns any background work (listeners, reconnection) for the app's lifetime and
-      signals readiness with ``task_status.started()``.
+    - Broadcast channels reach ``deliver`` only while watched: the hub calls :meth:`watch`
+      when a channel gets its first local consumer and :meth:`unwatch` when it loses its last
+      one; the route awaits :meth:`wait_watching` before accepting a consumer, so every
+      message published after that reaches it. Queue channels the broker holds itself
+      (:meth:`queue` returns a source) are taken from it, not delivered.
+    - :meth:`run` owns any background work (listeners, reconnection) for the app's lifetime
+      and signals readiness with ``task_status.started()``.
     """
 
-    async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
-        """Publish one message on ``channel``; return its sequence number."""
-        ...
-
-    async def publish_many(
-        self, channel: Channel, payloads: list[Payload], published: list[int]
+    async def publish(
+        self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
     ) -> None:
-        """Publish ``payloads`` in order, appending each one's sequence number to
-        ``published`` as it is accepted: if this raises, ``published`` holds the accepted
-        ones (the first ``len(published)`` payloads). A networked broker takes them in one
-        round trip where it can."""
+        """Publish ``payloads`` on channel ``name`` in order, appending each one's sequence
+        number to ``published`` as it is accepted: if this raises, ``published`` holds the
+        accepted ones (the first ``len(published)`` payloads). A networked broker takes them
+        in one round trip where it can."""
         ...
 
     def queue(self, name: str) -> QueueSource | None:
@@ -67,7 +95,7 @@ class Broker(Protocol):
         ...
 
     def watch(self, name: str) -> None:
-        """Channel ``name`` has local consumers: deliver its messages to this hub."""
+        """Channel ``name`` has local consumers: deliver its messages to this relay."""
         ...
 
     def unwatch(self, name: str) -> None:
@@ -75,16 +103,19 @@ class Broker(Protocol):
         ...
 
     async def wait_watching(self, name: str) -> None:
-        """Return once messages published on ``name`` from now on reach this hub.
+        """Return once messages published on ``name`` from now on reach this relay.
 
         Raises :class:`~triorelay.errors.BrokerUnavailable` if that cannot happen in time.
         """
         ...
 
-    async def run(
-        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Deliver other relays' messages to ``hub`` (:meth:`Hub.deliver`) until cancelled."""
+    def forget(self, name: str) -> None:
+        """The hub dropped channel ``name`` (nobody attached, nothing buffered): let go of any
+        state the broker keeps for it in this process."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Do the broker's background work (deliver other relays' messages) until cancelled."""
         ...
 
     @property

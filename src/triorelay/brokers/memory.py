@@ -1,27 +1,38 @@
-"""The in-process broker: publishing is delivering into the local channel."""
+"""The in-process broker: publishing is delivering to this relay's own channel."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-if TYPE_CHECKING:
-    from triorelay.connections import Payload
-    from triorelay.hub import Channel, Hub
+from triorelay.brokers.base import Deliver
+from triorelay.envelopes import Payload
+from triorelay.settings import Mode
 
 
 class MemoryBroker:
-    """One process, no network: :meth:`publish` hands the message straight to the channel."""
+    """One process, no network: :meth:`publish` numbers each message and delivers it at once.
 
-    async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
-        return await channel.publish(payload, size)
+    It keeps one number per live channel, the last sequence number given out; the hub tells it
+    when a channel goes (:meth:`forget`), so a channel made again numbers from 1.
+    """
 
-    async def publish_many(
-        self, channel: Channel, payloads: list[Payload], published: list[int]
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._last_seq: dict[str, int] = {}
+
+    async def publish(
+        self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
     ) -> None:
+        deliver = self._deliver
+        last_seq = self._last_seq
         for payload in payloads:
-            published.append(await channel.publish(payload, len(payload)))
+            # Numbered before delivery, in the order publishes start: a delivery that waits
+            # (``block``, a full queue) may already have reached some consumers.
+            seq = last_seq[name] = last_seq.get(name, 0) + 1
+            await deliver(name, payload)
+            published.append(seq)
 
     def queue(self, name: str) -> None:
         """The hub's own queue serves queue channels."""
@@ -35,9 +46,10 @@ class MemoryBroker:
     async def wait_watching(self, name: str) -> None:
         """Return at once (no checkpoint): local delivery needs no subscription."""
 
-    async def run(
-        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    def forget(self, name: str) -> None:
+        self._last_seq.pop(name, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
 

@@ -3,10 +3,10 @@
 Each channel is a stream, ``{prefix}ch:{name}``. Publishing runs one Lua script that takes the
 channel's next sequence numbers (``{prefix}seq:{name}``, ``INCRBY``), appends the messages with
 them (``XADD ... MAXLEN ~ redis_stream_max_messages``) and renews both keys' expiry: one round
-trip for all the messages a producer sent in one TCP read. One reader
-task per relay reads every stream with local consumers in one blocking ``XREAD`` and hands
-the messages to the hub, which applies the channel's slow-consumer policy as for a local
-publish. Why streams rather than pub/sub:
+trip for all the messages a producer sent in one TCP read. One reader task per relay reads
+every stream with local consumers in one blocking ``XREAD`` and hands the messages to
+``deliver`` (the hub), which applies the channel's slow-consumer policy as for a local publish.
+Why streams rather than pub/sub:
 
 - **Bounded end to end.** The reader asks for at most ``redis_read_batch_messages`` per
   stream and reads again only after delivering them, so nothing accumulates in this process;
@@ -14,9 +14,9 @@ publish. Why streams rather than pub/sub:
   buffers pushed messages without bound, and Redis would cut a slow subscriber with no trace.)
 - **No silent gaps.** Each message carries its channel sequence number, so a relay that missed
   some (it fell further behind than the stream keeps, or Redis restarted and lost them) sees
-  the jump and reports it: :meth:`~triorelay.hub.Channel.report_gap` (statistics, and a
-  ``{"triorelay": "gap"}`` notice to consumers that asked for notices). A reconnection resumes
-  from the last message read, so a network blip loses nothing.
+  the jump and reports it: a :class:`~triorelay.brokers.base.Gap` through ``deliver``
+  (statistics, and a ``{"triorelay": "gap"}`` notice to consumers that asked for notices).
+  A reconnection resumes from the last message read, so a network blip loses nothing.
   (coredis's pub/sub reconnects and resubscribes silently, losing what was published meanwhile.)
 - **Per-producer order.** A producer's messages are appended in the order it sends them, and
   every relay reads a stream in order.
@@ -45,13 +45,14 @@ import coredis
 import coredis.exceptions
 import trio
 
+from triorelay.brokers.base import Deliver, Gap
 from triorelay.brokers.redis_queue import RedisQueue, RedisQueues
 from triorelay.compat.coredis import open_client
+from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
+from triorelay.settings import Mode
 
 if TYPE_CHECKING:
-    from triorelay.connections import Payload
-    from triorelay.hub import Channel, Hub
     from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class RedisBroker:
     #: What a lost or refused Redis connection raises.
     errors = REDIS_ERRORS
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, deliver: Deliver) -> None:
+        self._deliver_to = deliver
         self.url = settings.broker
         self.timeout_seconds = settings.broker_timeout_seconds
         self._max_len = str(settings.redis_stream_max_messages)
@@ -143,7 +145,6 @@ class RedisBroker:
         self._wake_id = b"0-0"
         self._watches: dict[str, _Watch] = {}
         self._run_id: str | None = None
-        self._hub: Hub | None = None
         self._ready = False
         self._ready_changed = trio.Event()
         self.reconnects = 0
@@ -152,27 +153,20 @@ class RedisBroker:
 
     # -- publishing --
 
-    async def publish(self, channel: Channel, payload: Payload, size: int) -> int:
-        """Append the message to the channel's stream; return its channel sequence number.
+    async def publish(
+        self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
+    ) -> None:
+        """Broadcast: append all of ``payloads`` to the channel's stream in one script call
+        (one round trip); queue mode: one at a time (each may wait for room).
 
         Raises :class:`BrokerUnavailable` at once while Redis is known to be down, or when
-        Redis does not confirm within ``broker_timeout_seconds``: then the message may or may
-        not have been stored, and the producer is told it was not acknowledged.
+        Redis does not confirm within ``broker_timeout_seconds``: then the messages may or may
+        not have been stored, and the producer is told they were not acknowledged.
         """
-        published: list[int] = []
-        await self.publish_many(channel, [payload], published)
-        return published[0]
-
-    async def publish_many(
-        self, channel: Channel, payloads: list[Payload], published: list[int]
-    ) -> None:
-        """Broadcast: all of ``payloads`` in one script call (one round trip); queue mode: one
-        at a time (each may wait for room). Errors as for :meth:`publish`."""
         if not self._ready:
             raise BrokerUnavailable("the broker is unavailable: message not published")
-        name = channel.name
         encoded = [_encoded(payload) for payload in payloads]
-        if channel.config.mode == "queue":
+        if mode == "queue":
             for data, text in encoded:
                 published.append(await self.queues.publish(name, data, text))
             return
@@ -211,6 +205,9 @@ class RedisBroker:
     def unwatch(self, name: str) -> None:
         self._watches.pop(name, None)
 
+    def forget(self, name: str) -> None:
+        """Nothing to let go: a channel's state here lives exactly as long as its watch."""
+
     async def wait_watching(self, name: str) -> None:
         """Start reading channel ``name`` after its current last message; wake the reader."""
         watch = self._watches.get(name)
@@ -244,16 +241,13 @@ class RedisBroker:
 
     # -- the reader --
 
-    async def run(
-        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Connect, then read every watched stream into ``hub`` until cancelled.
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, then read every watched stream into ``deliver`` until cancelled.
 
         Started after the first connection attempt, successful or not (bounded by
         ``broker_timeout_seconds``): the relay then serves, ready at once when Redis is up,
         and answering ``/healthz`` with 503 while it is not, as this task keeps reconnecting.
         """
-        self._hub = hub
         async with self.client, self.blocking_client, trio.open_nursery() as nursery:
             nursery.start_soon(self.queues.run_releases)
             started = False
@@ -264,7 +258,7 @@ class RedisBroker:
                         if not started:
                             started = True
                             task_status.started()
-                        await self._read_forever(hub)
+                        await self._read_forever()
                     except REDIS_ERRORS as error:
                         self._lost(error)
                     if not started:
@@ -289,7 +283,7 @@ class RedisBroker:
         self._set_ready(False)
         self.note_error(str(error) or type(error).__name__)
 
-    async def _read_forever(self, hub: Hub) -> None:
+    async def _read_forever(self) -> None:
         while True:
             streams: dict[bytes, bytes] = {self._wake_key: self._wake_id}
             reading: dict[bytes, tuple[str, _Watch]] = {}
@@ -308,9 +302,9 @@ class RedisBroker:
                 if key == self._wake_key:
                     self._wake_id = _as_bytes(entries[-1].identifier)
                 elif key in reading:
-                    await self._deliver(hub, *reading[key], entries)
+                    await self._deliver(*reading[key], entries)
 
-    async def _deliver(self, hub: Hub, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
+    async def _deliver(self, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
         """Deliver what was read for ``watch``, unless its channel was left (and perhaps joined
         again: a new watch starts after what was published before it)."""
         for entry in entries:
@@ -319,17 +313,17 @@ class RedisBroker:
             watch.position = _as_bytes(entry.identifier)
             fields = entry.field_values
             seq = int(fields[b"s"])
-            await self._check_sequence(hub, name, watch, seq)
+            await self._check_sequence(name, watch, seq)
             data: bytes = fields[b"p"]
             payload: Payload = data.decode() if fields[b"t"] == b"1" else data
-            await hub.deliver(name, payload, len(payload))
+            await self._deliver_to(name, payload)
 
-    async def _check_sequence(self, hub: Hub, name: str, watch: _Watch, seq: int) -> None:
+    async def _check_sequence(self, name: str, watch: _Watch, seq: int) -> None:
         last, watch.last_seq = watch.last_seq, seq
         if last is None or seq == last + 1:
             return
         if seq > last + 1:
-            self._gap(name, seq - last - 1, "messages trimmed before this relay read them")
+            await self._gap(name, seq - last - 1, "messages trimmed before this relay read them")
             return
         # The sequence started again: the keys expired (no publish for the stream's time to
         # live: nothing was missed), or Redis restarted (what it held is lost).
@@ -345,15 +339,14 @@ class RedisBroker:
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
         if restarted:
-            for name, watch in self._watches.items():
+            for name, watch in list(self._watches.items()):
                 watch.last_seq = None  # the sequence starts again
-                self._gap(name, None, "the broker restarted: messages may have been lost")
+                await self._gap(name, None, "the broker restarted: messages may have been lost")
 
-    def _gap(self, name: str, count: int | None, reason: str) -> None:
+    async def _gap(self, name: str, count: int | None, reason: str) -> None:
         self.gaps += 1
         log.warning("channel %s: gap of %s messages (%s)", name, count, reason)
-        if self._hub is not None:
-            self._hub.report_gap(name, count, reason)
+        await self._deliver_to(name, Gap(count, reason))
 
     # -- state --
 

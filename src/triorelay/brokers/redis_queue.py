@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import coredis.exceptions
 import trio
 
+from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from triorelay.brokers.redis import RedisBroker
-    from triorelay.connections import Payload
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from triorelay.compat import hypercorn as hypercorn_compat
-from triorelay.connections import Payload
+from triorelay.envelopes import Payload
 from triorelay.errors import RequestError
 
 Scope = MutableMapping[str, Any]

@@ -28,8 +28,9 @@ import trio
 
 from triorelay import proxy
 from triorelay.compat import hypercorn as hypercorn_compat
-from triorelay.connections import Connection, Payload
+from triorelay.envelopes import Payload
 from triorelay.errors import CloseCode, RequestError, ServiceError, UnknownUpstream
+from triorelay.hub import Connection
 from triorelay.protocols import (
     Chunk,
     Echo,

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from quart import Blueprint, Response, current_app, jsonify, request, send_file
 from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
-from triorelay.connections import Payload
+from triorelay.envelopes import Payload
 from triorelay.errors import MessageTooBig, RequestError
 from triorelay.relay import Relay
 

@@ -26,7 +26,7 @@ import trio
 
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.compat import message_limits
-from triorelay.connections import Connection, Consumer, Payload, Producer
+from triorelay.envelopes import Payload, dropped_notice, id_ack
 from triorelay.errors import (
     BrokerUnavailable,
     CloseCode,
@@ -34,7 +34,7 @@ from triorelay.errors import (
     MessageTooBig,
     RequestError,
 )
-from triorelay.hub import validate_channel_name
+from triorelay.hub import Connection, Consumer, Producer, validate_channel_name
 from triorelay.relay import Relay
 from triorelay.routes.asgi import (
     ASGIApp,
@@ -328,7 +328,7 @@ class _Publisher:
             if self.ack == "echo":
                 acks: list[Payload] = accepted[: len(published)]
             elif self.ack == "id":
-                acks = [f'{{"id": {seq}}}' for seq in published]
+                acks = [id_ack(seq) for seq in published]
             else:
                 acks = []
             if acks:
@@ -404,7 +404,7 @@ async def _write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None
     Broadcast consumers send what is buffered in one go (up to MAX_BATCH); queue consumers take
     one message at a time, so the others get their share.
     """
-    batch_limit = 1 if consumer.channel.config.mode == "queue" else MAX_BATCH
+    batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
     while True:
         try:
             batch: list[Payload] = [await consumer.receive()]
@@ -417,8 +417,7 @@ async def _write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None
             pass  # send what we have; an ended stream shows on the next receive
         if notices and consumer.pending_dropped:
             dropped = consumer.take_dropped_notice()
-            notice = f'{{"triorelay": "dropped", "count": {dropped}, "total": {consumer.dropped}}}'
-            batch.insert(0, notice)
+            batch.insert(0, dropped_notice(dropped, consumer.dropped))
         sent = False
         try:
             sent = await socket.send_many(batch)

@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from triorelay.connections import Consumer, Payload, Producer
-from triorelay.errors import CloseCode, InvalidChannelName, TooManyChannels
-from triorelay.hub import Hub, ShuttingDown
+from triorelay.envelopes import Payload
+from triorelay.errors import CloseCode, InvalidChannelName, ShuttingDown, TooManyChannels
+from triorelay.hub import Consumer, Hub, Producer
 from triorelay.settings import load_settings
 
 QUEUE_RULES = {"jobs.*": {"mode": "queue"}}

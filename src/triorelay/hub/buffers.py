@@ -1,0 +1,312 @@
+"""Where a channel's messages wait for their consumers. No I/O.
+
+Three kinds of :class:`Inbox`, one per way a consumer gets messages:
+
+- :class:`ConsumerBuffer`: a broadcast consumer's own bounded buffer. The channel
+  :meth:`~ConsumerBuffer.offer`\\ s each message; the slow-consumer policy decides what
+  happens when it is full.
+- :class:`QueueReader`: a queue consumer's view of its channel's shared :class:`LocalQueue`
+  (memory broker); each message goes to exactly one reader.
+- :class:`SourceReader`: a queue consumer fed one message at a time by a broker-held queue
+  (Redis); nothing is buffered here.
+
+Each buffer keeps the channel's :class:`Occupancy` (messages buffered, and the peak) itself,
+in the one place it changes, so the channel reads a total that cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from triorelay.brokers.base import QueueSource
+from triorelay.envelopes import Payload, size_of
+
+
+class Occupancy:
+    """How many messages a channel's buffers hold, and the most they held at once."""
+
+    __slots__ = ("messages", "peak")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.peak = 0
+
+    def add(self) -> None:
+        self.messages += 1
+        if self.messages > self.peak:
+            self.peak = self.messages
+
+    def remove(self, count: int = 1) -> None:
+        self.messages -= count
+
+
+class Inbox(Protocol):
+    """What a consumer reads its messages from."""
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: the stream has ended."""
+        ...
+
+    async def receive(self) -> Payload:
+        """The next message; raises :class:`trio.EndOfChannel` once closed."""
+        ...
+
+    def receive_nowait(self) -> Payload:
+        """The next message if one is ready, else :class:`trio.WouldBlock`; ended:
+        :class:`trio.EndOfChannel`."""
+        ...
+
+    def requeue(self, payload: Payload) -> bool:
+        """Give back a message taken but not delivered; False if it could not be kept."""
+        ...
+
+    async def acknowledge(self) -> None:
+        """The message last received is on the consumer's socket."""
+        ...
+
+    def close(self) -> int:
+        """End the stream; return how many messages it still held for this consumer."""
+        ...
+
+
+class ConsumerBuffer:
+    """A broadcast consumer's buffer: at most ``max_messages`` messages and ``max_bytes``.
+
+    A message larger than ``max_bytes`` still fits into an empty buffer (it is within
+    ``max_message_bytes``, or it would not have been accepted). ``messages`` and ``bytes`` are
+    what it holds now; ``peak`` the most messages it held.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_occupancy",
+        "_receive",
+        "_room",
+        "_send",
+        "bytes",
+        "max_bytes",
+        "messages",
+        "peak",
+    )
+
+    def __init__(self, max_messages: int, max_bytes: int, occupancy: Occupancy) -> None:
+        self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
+        self.max_bytes = max_bytes
+        self._occupancy = occupancy
+        # Where a ``block`` publisher waits for room: made on first use (only ``block`` needs
+        # it, and an idle connection should cost as little as possible).
+        self._room: trio.lowlevel.ParkingLot | None = None
+        self.messages = 0
+        self.bytes = 0
+        self.peak = 0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def offer(self, payload: Payload, size: int) -> bool:
+        """Buffer ``payload`` (of ``size``) if there is room; False, and nothing changes, if not."""
+        if self.bytes + size > self.max_bytes and self.messages:
+            return False
+        try:
+            self._send.send_nowait(payload)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        self.bytes += size
+        self.messages += 1
+        if self.messages > self.peak:
+            self.peak = self.messages
+        self._occupancy.add()
+        return True
+
+    def drop_oldest(self) -> bool:
+        """Discard the oldest buffered message; False if there was none."""
+        try:
+            payload = self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return False
+        self._taken(payload)
+        return True
+
+    async def wait_for_room(self) -> None:
+        """Wait until a message is taken out (or the buffer closes)."""
+        if self._room is None:
+            self._room = trio.lowlevel.ParkingLot()
+        await self._room.park()
+
+    async def receive(self) -> Payload:
+        try:
+            payload = await self._receive.receive()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+        self._taken(payload)
+        return payload
+
+    def receive_nowait(self) -> Payload:
+        try:
+            payload = self._receive.receive_nowait()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+        self._taken(payload)
+        return payload
+
+    def requeue(self, payload: Payload) -> bool:
+        """Broadcast messages are not taken back (each consumer has its own copy)."""
+        return False
+
+    async def acknowledge(self) -> None:
+        """Nothing to confirm: the message was this consumer's alone."""
+
+    def close(self) -> int:
+        left = self.messages
+        self._closed = True
+        self._send.close()
+        self._receive.close()
+        self._occupancy.remove(left)
+        self.messages = self.bytes = 0
+        if self._room is not None:
+            self._room.unpark_all()
+        return left
+
+    def _taken(self, payload: Payload) -> None:
+        self.messages -= 1
+        self.bytes -= size_of(payload)
+        self._occupancy.remove()
+        if self._room:
+            self._room.unpark_all()
+
+
+class LocalQueue:
+    """A queue channel's shared buffer of ``max_messages`` (memory broker).
+
+    :meth:`put` waits while it is full: backpressure on the publisher. Every consumer reads it
+    through its own :class:`QueueReader`, so each message goes to the one that has waited
+    longest (trio's memory channels serve receivers in order).
+    """
+
+    def __init__(self, max_messages: int, occupancy: Occupancy) -> None:
+        self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
+        self._occupancy = occupancy
+
+    async def put(self, payload: Payload) -> None:
+        """Queue ``payload``, waiting for room; :class:`trio.ClosedResourceError` once closed."""
+        # Count first: a waiting consumer may take the message before send() returns.
+        self._occupancy.add()
+        try:
+            await self._send.send(payload)
+        except BaseException:
+            self._occupancy.remove()
+            raise
+
+    def put_back(self, payload: Payload) -> bool:
+        """Queue ``payload`` again if there is room at once."""
+        try:
+            self._send.send_nowait(payload)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        self._occupancy.add()
+        return True
+
+    def reader(self) -> QueueReader:
+        return QueueReader(self, self._receive.clone(), self._occupancy)
+
+    def close(self) -> None:
+        """End every reader's stream once what is queued is gone; refuse further puts."""
+        self._send.close()
+
+
+class QueueReader:
+    """One consumer's side of a :class:`LocalQueue`."""
+
+    __slots__ = ("_closed", "_occupancy", "_queue", "_receive")
+
+    def __init__(
+        self,
+        queue: LocalQueue,
+        receive: trio.MemoryReceiveChannel[Payload],
+        occupancy: Occupancy,
+    ) -> None:
+        self._queue = queue
+        self._receive = receive
+        self._occupancy = occupancy
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def receive(self) -> Payload:
+        try:
+            payload = await self._receive.receive()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+        self._occupancy.remove()
+        return payload
+
+    def receive_nowait(self) -> Payload:
+        try:
+            payload = self._receive.receive_nowait()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+        self._occupancy.remove()
+        return payload
+
+    def requeue(self, payload: Payload) -> bool:
+        return self._queue.put_back(payload)
+
+    async def acknowledge(self) -> None:
+        """Nothing to confirm: a local queue forgets a message once taken."""
+
+    def close(self) -> int:
+        self._closed = True
+        self._receive.close()
+        return 0
+
+
+class SourceReader:
+    """A queue consumer's side of a broker-held queue (Redis): one message at a time.
+
+    :meth:`receive` takes the next message from the broker and :meth:`acknowledge` confirms it
+    once sent. A message received and not acknowledged (the client left first) stays the
+    broker's and goes back to the queue when the reader closes (:meth:`QueueSource.release`).
+    """
+
+    __slots__ = ("_closed", "_consumer_id", "_receipt", "_source")
+
+    def __init__(self, source: QueueSource, consumer_id: int) -> None:
+        self._source = source
+        self._consumer_id = consumer_id
+        self._receipt: object | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def receive(self) -> Payload:
+        if self._closed:
+            raise trio.EndOfChannel
+        payload, self._receipt = await self._source.take(self._consumer_id)
+        return payload
+
+    def receive_nowait(self) -> Payload:
+        raise trio.WouldBlock
+
+    def requeue(self, payload: Payload) -> bool:
+        """Left unacknowledged: the broker gives it back when this reader closes."""
+        return True
+
+    async def acknowledge(self) -> None:
+        receipt, self._receipt = self._receipt, None
+        if receipt is not None:
+            await self._source.acknowledge(receipt)
+
+    def close(self) -> int:
+        if not self._closed:
+            self._closed = True
+            self._source.release(self._consumer_id)
+        return 0

@@ -1,0 +1,220 @@
+"""One channel: its consumers, its counters, and delivery by mode and policy. No I/O.
+
+Delivery, per channel mode:
+
+``broadcast``
+    Every consumer has its own :class:`~triorelay.hub.buffers.ConsumerBuffer`.
+    :meth:`Channel.deliver` offers the message to each. When one is full, the channel's
+    slow-consumer policy decides: ``disconnect`` evicts that consumer (its connection is
+    cancelled and closed with 1013), ``drop_oldest`` / ``drop_newest`` lose a message for that
+    consumer only (counted), ``block`` makes ``deliver`` wait until that consumer has room.
+``queue``
+    One shared :class:`~triorelay.hub.buffers.LocalQueue`; each message goes to exactly one
+    consumer, the one that has waited longest. When it is full, ``deliver`` waits
+    (backpressure). With a broker that holds queues itself (Redis), consumers take from it
+    instead (:class:`~triorelay.hub.buffers.SourceReader`) and nothing is queued here.
+"""
+
+from __future__ import annotations
+
+from triorelay.brokers.base import Broker
+from triorelay.envelopes import Payload, gap_notice, size_of
+from triorelay.errors import CloseCode
+from triorelay.hub.buffers import ConsumerBuffer, LocalQueue, Occupancy, SourceReader
+from triorelay.hub.connections import Consumer, Producer, next_connection_id
+from triorelay.hub.statistics import ChannelCounters, ChannelStatistics
+from triorelay.settings import ChannelConfig
+
+
+class Channel:
+    """A named channel on this relay: its members, its counters, and local delivery.
+
+    ``broker`` is told when the channel gains its first consumer and loses its last one
+    (:meth:`Broker.watch` / :meth:`Broker.unwatch`), and provides the queue of a queue
+    channel when it holds queues itself.
+    """
+
+    def __init__(self, name: str, config: ChannelConfig, broker: Broker) -> None:
+        self.name = name
+        self.config = config
+        self._broker = broker
+        self._policy = config.slow_consumer_policy
+        self.counters = ChannelCounters()
+        self.occupancy = Occupancy()
+        self.producers: set[Producer] = set()
+        # Attach and detach are O(1); delivery iterates a snapshot, rebuilt after a change,
+        # so a policy may evict while a delivery is under way.
+        self._consumers: dict[Consumer, None] = {}
+        self._snapshot: tuple[Consumer, ...] | None = ()
+        self.closed = False
+        self._source = broker.queue(name) if config.mode == "queue" else None
+        self._queue: LocalQueue | None = None
+        if config.mode == "queue" and self._source is None:
+            self._queue = LocalQueue(config.queue_buffer_messages, self.occupancy)
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """The attached consumers, in the order they joined."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._snapshot = tuple(self._consumers)
+        return snapshot
+
+    @property
+    def buffered(self) -> int:
+        """Messages held for consumers: in their buffers, or in the local queue."""
+        return self.occupancy.messages
+
+    @property
+    def is_idle(self) -> bool:
+        """True when nobody is attached and nothing is buffered: the channel can go."""
+        return not self.producers and not self._consumers and not self.occupancy.messages
+
+    # -- members --
+
+    def attach_consumer(self, *, notices: bool = False) -> Consumer:
+        config = self.config
+        if self._source is not None:
+            consumer_id = next_connection_id()
+            reader = SourceReader(self._source, consumer_id)
+            consumer = Consumer(self.name, config.mode, reader, self.counters, id=consumer_id)
+        elif self._queue is not None:
+            consumer = Consumer(self.name, config.mode, self._queue.reader(), self.counters)
+        else:
+            buffer = ConsumerBuffer(
+                config.consumer_buffer_messages, config.consumer_buffer_bytes, self.occupancy
+            )
+            consumer = Consumer(self.name, config.mode, buffer, self.counters)
+        consumer.notices = notices
+        if not self._consumers and config.mode == "broadcast":
+            self._broker.watch(self.name)
+        self._consumers[consumer] = None
+        self._snapshot = None
+        return consumer
+
+    def detach_consumer(self, consumer: Consumer) -> None:
+        if consumer not in self._consumers:
+            return
+        del self._consumers[consumer]
+        self._snapshot = None
+        consumer.inbox.close()
+        if not self._consumers and self.config.mode == "broadcast":
+            self._broker.unwatch(self.name)
+
+    # -- delivery --
+
+    async def deliver(self, payload: Payload) -> None:
+        """Hand one message to this relay's consumers by the channel's mode and policy.
+
+        Waits only for a ``block`` policy or a full local queue; does not checkpoint otherwise.
+        Raises :class:`trio.ClosedResourceError` if the channel closes while it waits to queue.
+        """
+        size = size_of(payload)
+        counters = self.counters
+        counters.messages_delivered += 1
+        counters.bytes_delivered += size
+        if self._queue is not None:
+            await self._queue.put(payload)
+        elif self._policy == "block":
+            await self._deliver_blocking(payload, size)
+        else:
+            self._deliver_nowait(payload, size)
+
+    def _deliver_nowait(self, payload: Payload, size: int) -> None:
+        policy = self._policy
+        for consumer in self.consumers:
+            buffer = consumer.buffer
+            assert buffer is not None
+            if buffer.offer(payload, size):
+                continue
+            if policy == "drop_newest":
+                self._count_drop(consumer, 1)
+            elif policy == "drop_oldest":
+                while not buffer.offer(payload, size):
+                    if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
+                        break
+                    self._count_drop(consumer, 1)
+            else:  # disconnect
+                self._evict(consumer)
+
+    async def _deliver_blocking(self, payload: Payload, size: int) -> None:
+        # Offer to everyone first, so a full consumer does not hold the message back from the
+        # consumers after it; then wait for room in each one that was full.
+        full: list[ConsumerBuffer] = []
+        for consumer in self.consumers:
+            buffer = consumer.buffer
+            assert buffer is not None
+            if not buffer.offer(payload, size):
+                full.append(buffer)
+        for buffer in full:
+            # A consumer that leaves while we wait has its buffer closed: skip it.
+            while not buffer.closed and not buffer.offer(payload, size):
+                await buffer.wait_for_room()
+
+    def _count_drop(self, consumer: Consumer, count: int) -> None:
+        consumer.count_dropped(count)
+        self.counters.dropped += count
+
+    def _evict(self, consumer: Consumer) -> None:
+        self.counters.disconnected_slow += 1
+        buffered, buffered_bytes = consumer.buffered, consumer.buffered_bytes
+        self.detach_consumer(consumer)
+        # What it still held is lost to it, and so is the message that did not fit: count
+        # them, so no loss is silent.
+        self._count_drop(consumer, buffered + 1)
+        consumer.close(
+            CloseCode.TRY_AGAIN_LATER,
+            f"consumer too slow: its buffer was full ({buffered} messages, {buffered_bytes} bytes)",
+        )
+
+    def report_gap(self, count: int | None, reason: str) -> None:
+        """The broker may have lost messages on their way here: tell every consumer.
+
+        ``count`` is the number of messages missed when the broker knows it (it is counted as
+        dropped for each consumer), ``None`` when it cannot know (Redis restarted). Consumers
+        with ``notices`` get :func:`~triorelay.envelopes.gap_notice` in their stream, unless
+        their buffer is full (they are losing messages anyway).
+        """
+        self.counters.gaps += 1
+        notice = gap_notice(count, reason)
+        size = size_of(notice)
+        for consumer in self.consumers:
+            if count:  # counted as dropped, but told as a gap, not again as "dropped"
+                consumer.count_dropped(count, notice=False)
+                self.counters.dropped += count
+            buffer = consumer.buffer
+            if consumer.notices and buffer is not None:
+                buffer.offer(notice, size)
+
+    # -- state --
+
+    def statistics(self) -> ChannelStatistics:
+        counters = self.counters
+        return ChannelStatistics(
+            name=self.name,
+            mode=self.config.mode,
+            slow_consumer_policy=self._policy if self.config.mode == "broadcast" else "block",
+            producers=len(self.producers),
+            consumers=len(self._consumers),
+            messages_in=counters.messages_in,
+            bytes_in=counters.bytes_in,
+            messages_delivered=counters.messages_delivered,
+            bytes_delivered=counters.bytes_delivered,
+            messages_out=counters.messages_out,
+            bytes_out=counters.bytes_out,
+            dropped=counters.dropped,
+            disconnected_slow=counters.disconnected_slow,
+            buffered=self.occupancy.messages,
+            peak_buffered=self.occupancy.peak,
+            gaps=counters.gaps,
+        )
+
+    def close(self) -> None:
+        """End every consumer's stream and refuse further deliveries."""
+        self.closed = True
+        for consumer in self._consumers:
+            consumer.inbox.close()
+        if self._consumers and self.config.mode == "broadcast":
+            self._broker.unwatch(self.name)
+        if self._queue is not None:
+            self._queue.close()

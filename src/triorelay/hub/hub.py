@@ -1,0 +1,199 @@
+"""The hub: this relay's live channels, and the two ways messages move through them. No I/O.
+
+- **Publish** (:meth:`Hub.publish`, through a :class:`~triorelay.hub.connections.Producer`):
+  a producer's messages go to the broker, which numbers and carries them.
+- **Deliver** (:meth:`Hub.deliver`, the broker's callback): what the broker brings for a
+  channel is handed to that channel's consumers here (:meth:`Channel.deliver`).
+
+With the memory broker the second follows from the first at once; with Redis it comes from the
+broker's reader task, for messages published on any relay. Either way data moves down: route →
+hub → broker → hub's channel → consumer buffer → route (``docs/topics/architecture.md``).
+
+Producers and consumers attach with :meth:`Hub.attach_producer` / :meth:`Hub.attach_consumer`
+(context managers: leaving detaches, and a channel with nobody attached and nothing buffered
+is removed). Nothing here sends on a socket: routes read each consumer's messages with
+:meth:`Consumer.receive` and write them; cancellation reaches a connection through the scope
+its route binds, which is how eviction and shutdown end connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import trio
+
+from triorelay.brokers.base import BrokerFactory, Gap
+from triorelay.brokers.memory import MemoryBroker
+from triorelay.envelopes import Payload
+from triorelay.errors import CloseCode, InvalidChannelName, ShuttingDown, TooManyChannels
+from triorelay.hub.channel import Channel
+from triorelay.hub.connections import Connection, Consumer, Producer
+from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics
+from triorelay.settings import Settings
+
+_CHANNEL_NAME_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+)
+MAX_CHANNEL_NAME_LENGTH = 128
+
+
+def validate_channel_name(name: str) -> str:
+    """Return ``name`` if it matches ``[A-Za-z0-9._:-]{1,128}``; raise InvalidChannelName."""
+    if not 0 < len(name) <= MAX_CHANNEL_NAME_LENGTH or not _CHANNEL_NAME_CHARS.issuperset(name):
+        raise InvalidChannelName("channel names are 1 to 128 characters from A-Z a-z 0-9 . _ : -")
+    return name
+
+
+class Hub:
+    """All live channels of this process, created on first use and removed when idle.
+
+    ``broker`` makes the broker, handing it :meth:`deliver` (default: the memory broker).
+    """
+
+    def __init__(self, settings: Settings, broker: BrokerFactory | None = None) -> None:
+        self.settings = settings
+        self.broker = (broker if broker is not None else MemoryBroker)(self.deliver)
+        self._channels: dict[str, Channel] = {}
+        self._connections: set[Connection] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def _channel(self, name: str) -> Channel:
+        if self.closing:
+            raise ShuttingDown("the relay is shutting down")
+        channel = self._channels.get(name)
+        if channel is None:
+            validate_channel_name(name)
+            if len(self._channels) >= self.settings.max_channels:
+                raise TooManyChannels(
+                    f"the relay holds its maximum of {self.settings.max_channels} channels"
+                )
+            channel = Channel(name, self.settings.channel_config(name), self.broker)
+            self._channels[name] = channel
+        return channel
+
+    def _release(self, channel: Channel) -> None:
+        if channel.is_idle and self._channels.get(channel.name) is channel:
+            del self._channels[channel.name]
+            self.broker.forget(channel.name)
+
+    # -- the two ways through --
+
+    async def publish(
+        self, channel: Channel, payloads: list[Payload], published: list[int]
+    ) -> None:
+        """Publish a producer's ``payloads`` on ``channel`` through the broker, in order.
+
+        Each accepted message's sequence number is appended to ``published`` (also when this
+        raises), and only accepted messages are counted. Raises
+        :class:`trio.ClosedResourceError` once the channel is closed (shutdown).
+        """
+        if channel.closed:
+            raise trio.ClosedResourceError(f"channel {channel.name} is closed")
+        start = len(published)
+        try:
+            await self.broker.publish(channel.name, channel.config.mode, payloads, published)
+        finally:
+            channel.counters.count_in(payloads[: len(published) - start])
+
+    async def deliver(self, name: str, item: Payload | Gap) -> None:
+        """The broker's callback: hand ``item`` to this relay's consumers of channel ``name``.
+
+        A message goes through the channel's mode and policy (``block`` and a full local queue
+        wait); a :class:`Gap` is reported to the channel's consumers. A channel that is gone or
+        closed (its consumers left while the message travelled, or shutdown) takes nothing.
+        """
+        channel = self._channels.get(name)
+        if channel is None or channel.closed:
+            return
+        if isinstance(item, Gap):
+            channel.report_gap(item.count, item.reason)
+        else:
+            await channel.deliver(item)
+
+    # -- members --
+
+    @contextmanager
+    def attach_producer(self, name: str) -> Iterator[Producer]:
+        """Attach a producer to channel ``name`` (created if needed) for the ``with`` block.
+
+        Raises :class:`RequestError` subclasses for a bad name, too many channels, or shutdown.
+        """
+        channel = self._channel(name)
+
+        async def publish(payloads: list[Payload], published: list[int]) -> None:
+            await self.publish(channel, payloads, published)
+
+        producer = Producer(name, publish)
+        channel.producers.add(producer)
+        self._connections.add(producer)
+        try:
+            yield producer
+        finally:
+            channel.producers.discard(producer)
+            self._connections.discard(producer)
+            self._release(channel)
+
+    @contextmanager
+    def attach_consumer(self, name: str, *, notices: bool = False) -> Iterator[Consumer]:
+        """Attach a consumer to channel ``name`` (created if needed) for the ``with`` block.
+
+        ``notices``: the consumer also gets the broker's gap notices in its stream.
+        """
+        channel = self._channel(name)
+        consumer = channel.attach_consumer(notices=notices)
+        self._connections.add(consumer)
+        try:
+            yield consumer
+        finally:
+            channel.detach_consumer(consumer)
+            self._connections.discard(consumer)
+            self._release(channel)
+
+    def attach_echo(self) -> AbstractContextManager[Connection]:
+        """Register an echo connection (no channel) so that shutdown reaches it too."""
+        return self.attach_standalone("echo")
+
+    @contextmanager
+    def attach_standalone(self, role: str) -> Iterator[Connection]:
+        """Register a connection outside any channel (echo, flows, uploads, proxy) for the
+        ``with`` block, so that shutdown reaches it too. Raises ShuttingDown once closing."""
+        if self.closing:
+            raise ShuttingDown("the relay is shutting down")
+        connection = Connection()
+        connection.role = role
+        self._connections.add(connection)
+        try:
+            yield connection
+        finally:
+            self._connections.discard(connection)
+
+    # -- state --
+
+    def channel_statistics(self, name: str) -> ChannelStatistics | None:
+        channel = self._channels.get(name)
+        return None if channel is None else channel.statistics()
+
+    def statistics(self) -> list[ChannelStatistics]:
+        return [channel.statistics() for channel in self._channels.values()]
+
+    def connection_statistics(self, name: str) -> list[ConnectionStatistics]:
+        channel = self._channels.get(name)
+        if channel is None:
+            return []
+        members: list[Connection] = [*channel.producers, *channel.consumers]
+        return [member.statistics() for member in members]
+
+    def close(self, code: CloseCode = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Refuse new connections and ask every connection to close with ``code``.
+
+        Idempotent. Does not wait: each connection's route closes its socket.
+        """
+        self.closing = True
+        for connection in list(self._connections):
+            connection.close(code, reason)
+        for channel in self._channels.values():
+            channel.close()

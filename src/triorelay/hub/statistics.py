@@ -1,0 +1,93 @@
+"""Snapshots of the hub's counters (frozen: safe to hand out), and the ledger they come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from triorelay.envelopes import Payload, size_of
+
+
+class ChannelCounters:
+    """One channel's running totals, each kept by the code that causes it.
+
+    - ``messages_in`` / ``bytes_in``: accepted from this relay's producers (counted when the
+      broker has accepted them, so a publish that fails or is cancelled leaves no trace).
+    - ``messages_delivered`` / ``bytes_delivered``: handed by the broker to this relay's
+      channel for its consumers (memory broker: every accepted message; Redis: what this relay
+      read from the channel's stream while it had consumers). Queue channels held by the
+      broker (Redis) are taken from it, not delivered.
+    - ``messages_out`` / ``bytes_out``: taken by this relay's consumers to write to sockets.
+    - ``dropped``: messages lost to a consumer (policies ``drop_*``, an eviction, a gap).
+    """
+
+    __slots__ = (
+        "bytes_delivered",
+        "bytes_in",
+        "bytes_out",
+        "disconnected_slow",
+        "dropped",
+        "gaps",
+        "messages_delivered",
+        "messages_in",
+        "messages_out",
+    )
+
+    def __init__(self) -> None:
+        self.messages_in = self.bytes_in = 0
+        self.messages_delivered = self.bytes_delivered = 0
+        self.messages_out = self.bytes_out = 0
+        self.dropped = 0
+        self.disconnected_slow = 0
+        self.gaps = 0
+
+    def count_in(self, payloads: list[Payload]) -> None:
+        self.messages_in += len(payloads)
+        self.bytes_in += sum(map(size_of, payloads))
+
+    def count_out(self, size: int) -> None:
+        self.messages_out += 1
+        self.bytes_out += size
+
+    def uncount_out(self, size: int) -> None:
+        """A message taken out was put back (queue mode): it was not delivered after all."""
+        self.messages_out -= 1
+        self.bytes_out -= size
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """A snapshot of one channel's counters (see :class:`ChannelCounters` for their meaning)."""
+
+    name: str
+    mode: str
+    slow_consumer_policy: str
+    producers: int
+    consumers: int
+    messages_in: int
+    bytes_in: int
+    messages_delivered: int
+    bytes_delivered: int
+    messages_out: int
+    bytes_out: int
+    dropped: int
+    disconnected_slow: int
+    buffered: int
+    peak_buffered: int
+    #: Gaps the broker reported: messages this relay may have missed (Redis outage, trimming).
+    gaps: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of one producer's or consumer's counters."""
+
+    id: int
+    role: str
+    channel: str
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    dropped: int
+    buffered: int
+    peak_buffered: int
