@@ -42,7 +42,7 @@ async def test_echo_closes_1001_on_shutdown(relay: RunningRelay) -> None:
     """Shutdown reaches echo connections too."""
     client = await RawWebSocket.connect(relay.port, "/ws/echo", 65536)
     try:
-        relay.relay.shutdown()
+        relay.relay.shutdown.begin()
         _, code, reason = await client.read_until_closed()
     finally:
         client.close()

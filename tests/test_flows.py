@@ -120,7 +120,7 @@ async def test_shutdown_mid_file_closes_1001_and_leaves_nothing(relay: RunningRe
         await ws.send_message(b"z" * 1000)
         while not stored_files(relay):
             await trio.testing.wait_all_tasks_blocked()
-        relay.relay.shutdown()
+        relay.relay.shutdown.begin()
         assert await closed_with(ws) == (1001, "server shutting down")
     assert stored_files(relay) == []
 

@@ -72,7 +72,7 @@ async def test_healthz_reports_ready_then_shutting_down(relay: RunningRelay) -> 
     response = await relay.http.get("/healthz")
     assert response.status_code == 200
     assert json.loads(response.text)["status"] == "ok"
-    relay.relay.shutdown()
+    relay.relay.shutdown.begin()
     response = await relay.http.get("/healthz")
     assert response.status_code == 503
 

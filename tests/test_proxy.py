@@ -235,7 +235,7 @@ async def test_shutdown_closes_client_and_upstream_1001(
     async with relay.websocket("/ws/proxy/up") as ws:
         await ws.send_message("hi")
         assert await ws.get_message() == "hi"
-        relay.relay.shutdown()
+        relay.relay.shutdown.begin()
         assert await closed_with(ws) == (1001, "server shutting down")
     close = await upstream.next_close()
     assert close is not None

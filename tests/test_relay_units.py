@@ -8,7 +8,7 @@ import trio
 
 from triorelay.errors import CloseCode
 from triorelay.hub import Hub
-from triorelay.relay import Liveness
+from triorelay.lifecycle import Liveness
 from triorelay.settings import load_settings
 
 

@@ -1,13 +1,18 @@
 """``create_app(settings)``: the Quart-Trio app, and ``app``, the one ``hypercorn`` loads.
 
-``hypercorn -k trio triorelay.app:app`` serves the module-level :data:`app`, built from the
-``TRIORELAY_*`` environment at import. The app's lifespan runs the :class:`Relay` in the
-lifespan nursery, so the hub's background work lives exactly as long as the app.
+``hypercorn -k trio triorelay.app:app`` serves the module-level :data:`app`. Importing it
+builds nothing: at lifespan startup it reads the ``TRIORELAY_*`` environment, builds the relay
+with :func:`create_app` (its broker, the Hypercorn hooks) and hands every event to it from then
+on; a bad setting fails the startup with the reason, without a traceback. The app's lifespan
+runs the :class:`Relay` in the lifespan nursery, so the hub's background work lives exactly
+as long as the app.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import trio
 from quart_trio import QuartTrio
@@ -15,6 +20,7 @@ from quart_trio import QuartTrio
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.errors import SettingsError
 from triorelay.relay import Relay
+from triorelay.routes.asgi import Message, Receive, Scope, Send
 from triorelay.routes.flows import FlowWebSockets
 from triorelay.routes.http import FileResponse, blueprint
 from triorelay.settings import Settings, load_settings
@@ -56,7 +62,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
 
     @app.after_serving
     async def _stop_relay() -> None:
-        relay.shutdown()
+        relay.shutdown.begin("the app is stopping")
         run_scope.cancel()
 
     return app
@@ -68,12 +74,64 @@ def relay_of(app: QuartTrio) -> Relay:
     return relay
 
 
+class DeferredApp:
+    """The ASGI app ``hypercorn`` loads: it builds the relay app at lifespan startup.
+
+    Hypercorn runs the lifespan before it serves (``hypercorn/trio/run.py: worker_serve``),
+    so every request reaches the app built then. A server without lifespan support gets the
+    app built on its first request instead.
+    """
+
+    def __init__(self) -> None:
+        self._app: QuartTrio | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is not None:
+            await self._app(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if scope["type"] != "lifespan":
+            self._app = _app_from_environment()
+            await self._app(scope, receive, send)  # type: ignore[arg-type]
+            return
+        startup = await receive()
+        try:
+            self._app = _app_from_environment()
+        except SystemExit as failure:
+            _fail_startup(str(failure.code))
+            await send({"type": "lifespan.startup.failed", "message": str(failure.code)})
+            return
+        replayed = False
+
+        async def receive_startup_first() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return startup
+            return await receive()
+
+        await self._app(scope, receive_startup_first, send)  # type: ignore[arg-type]
+
+
+def _fail_startup(reason: str) -> None:
+    """Report a startup that cannot go on: the reason alone, once, on stderr.
+
+    Hypercorn 0.18 turns ``lifespan.startup.failed`` into a traceback of its own (and its
+    supervisor exits 0 all the same), so in one of its CLI worker processes this ends the
+    process after printing the reason; elsewhere the server is told through the lifespan.
+    """
+    print(reason, file=sys.stderr)  # noqa: T201 - the server's own output
+    if hypercorn_compat.cli_shutdown_event() is not None:
+        sys.stderr.flush()
+        os._exit(2)
+
+
 def _app_from_environment() -> QuartTrio:
-    """The app ``hypercorn`` loads; a bad setting stops the worker with a one-line reason."""
+    """The relay app from the environment; a bad setting is a one-line :class:`SystemExit`."""
     try:
         return create_app()
     except SettingsError as error:
         raise SystemExit(f"triorelay: {error}") from None
 
 
-app = _app_from_environment()
+app = DeferredApp()
+"""What ``hypercorn -k trio triorelay.app:app`` serves."""

@@ -8,7 +8,6 @@ whichever comes first. A second signal does not hurry it: the deadline already b
 from __future__ import annotations
 
 import logging
-import signal
 
 import trio
 from hypercorn.config import Config
@@ -16,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from triorelay.app import create_app, relay_of
+from triorelay.lifecycle import watch_signals
 from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # Hypercorn's own bound on a message; the relay's WebSocket paths replace it with a stricter
     # one, checked before buffering (triorelay.compat.message_limits), under either launcher.
     config.websocket_max_message_size = settings.max_message_bytes
-    # The relay pings, and closes peers that do not answer (triorelay.relay.Liveness).
+    # The relay pings, and closes peers that do not answer (triorelay.lifecycle.Liveness).
     config.websocket_ping_interval = None
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -77,34 +77,29 @@ async def serve(
     """
     if app is None:
         app = create_app(settings, handle_signals=False)
-    relay = relay_of(app)
-    stop = shutdown_trigger if shutdown_trigger is not None else trio.Event()
+    shutdown = relay_of(app).shutdown
 
-    async def wait_for_stop() -> None:
-        await stop.wait()
-        relay.shutdown()
+    async def stop_when_triggered(trigger: trio.Event) -> None:
+        await trigger.wait()
+        shutdown.begin("asked to stop")
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async with trio.open_nursery() as nursery:
 
-        async def watch_signals() -> None:
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                stop.set()
+        async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            # Hypercorn stops accepting once the relay's shutdown has begun.
+            await hypercorn_serve(
+                app,
+                hypercorn_config(settings),
+                shutdown_trigger=shutdown.wait,
+                task_status=task_status,
+            )
+            # Hypercorn returned: every connection has ended. Stop watching signals.
+            nursery.cancel_scope.cancel()
 
-        async with trio.open_nursery() as nursery:
-
-            async def run_hypercorn(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn_serve(
-                    app,
-                    hypercorn_config(settings),
-                    shutdown_trigger=wait_for_stop,
-                    task_status=task_status,
-                )
-                # Hypercorn returned: every connection has ended. Stop watching signals.
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_signals)
-            binds = await nursery.start(run_hypercorn)
-            for bind in binds:
-                log.info("triorelay: Running on %s", bind)
-            task_status.started(binds)
+        await nursery.start(watch_signals, shutdown)
+        if shutdown_trigger is not None:
+            nursery.start_soon(stop_when_triggered, shutdown_trigger)
+        binds = await nursery.start(run_hypercorn)
+        for bind in binds:
+            log.info("triorelay: Running on %s", bind)
+        task_status.started(binds)

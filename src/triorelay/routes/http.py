@@ -82,7 +82,7 @@ async def show_channel(channel: str) -> tuple[Response, int]:
 async def healthz() -> tuple[Response, int]:
     relay = _relay()
     broker = relay.hub.broker.statistics()
-    if relay.shutting_down:
+    if relay.shutdown.begun:
         return jsonify({"status": "shutting down", "broker": broker}), 503
     if not relay.hub.broker.ready:
         return jsonify({"status": "broker unavailable", "broker": broker}), 503
