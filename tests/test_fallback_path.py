@@ -88,7 +88,7 @@ async def test_without_the_fast_path_dead_peers_are_not_watched(
 ) -> None:
     """Plain ASGI has no ping or pong: the relay says once that dead-peer detection is off."""
     relay = await start_relay(ping_interval_seconds=0.05, ping_timeout_seconds=0.05)
-    with caplog.at_level(logging.WARNING, logger="triorelay.relay"):
+    with caplog.at_level(logging.WARNING, logger="triorelay.lifecycle.liveness"):
         async with relay.websocket("/ws/consumer/quiet"), relay.websocket("/ws/echo") as echo:
             await echo.send_message("hello")
             assert await echo.get_message() == "hello"

@@ -72,7 +72,40 @@ class Inbox(Protocol):
         ...
 
 
-class ConsumerBuffer:
+class _MemoryInbox:
+    """An inbox over a trio memory channel: receiving, and its end once closed."""
+
+    __slots__ = ("_closed", "_receive")
+
+    _receive: trio.MemoryReceiveChannel[Payload]
+    _closed: bool
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def receive(self) -> Payload:
+        try:
+            payload = await self._receive.receive()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+        self._taken(payload)
+        return payload
+
+    def receive_nowait(self) -> Payload:
+        try:
+            payload = self._receive.receive_nowait()
+        except trio.ClosedResourceError:
+            raise trio.EndOfChannel from None
+        self._taken(payload)
+        return payload
+
+    def _taken(self, payload: Payload) -> None:
+        """Account for ``payload`` leaving the inbox."""
+        raise NotImplementedError
+
+
+class ConsumerBuffer(_MemoryInbox):
     """A broadcast consumer's buffer: at most ``max_messages`` messages and ``max_bytes``.
 
     A message larger than ``max_bytes`` still fits into an empty buffer (it is within
@@ -81,9 +114,7 @@ class ConsumerBuffer:
     """
 
     __slots__ = (
-        "_closed",
         "_occupancy",
-        "_receive",
         "_room",
         "_send",
         "bytes",
@@ -103,10 +134,6 @@ class ConsumerBuffer:
         self.bytes = 0
         self.peak = 0
         self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def offer(self, payload: Payload, size: int) -> bool:
         """Buffer ``payload`` (of ``size``) if there is room; False, and nothing changes, if not."""
@@ -137,22 +164,6 @@ class ConsumerBuffer:
         if self._room is None:
             self._room = trio.lowlevel.ParkingLot()
         await self._room.park()
-
-    async def receive(self) -> Payload:
-        try:
-            payload = await self._receive.receive()
-        except trio.ClosedResourceError:
-            raise trio.EndOfChannel from None
-        self._taken(payload)
-        return payload
-
-    def receive_nowait(self) -> Payload:
-        try:
-            payload = self._receive.receive_nowait()
-        except trio.ClosedResourceError:
-            raise trio.EndOfChannel from None
-        self._taken(payload)
-        return payload
 
     def requeue(self, payload: Payload) -> bool:
         """Broadcast messages are not taken back (each consumer has its own copy)."""
@@ -219,10 +230,10 @@ class LocalQueue:
         self._send.close()
 
 
-class QueueReader:
+class QueueReader(_MemoryInbox):
     """One consumer's side of a :class:`LocalQueue`."""
 
-    __slots__ = ("_closed", "_occupancy", "_queue", "_receive")
+    __slots__ = ("_occupancy", "_queue")
 
     def __init__(
         self,
@@ -235,25 +246,8 @@ class QueueReader:
         self._occupancy = occupancy
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def receive(self) -> Payload:
-        try:
-            payload = await self._receive.receive()
-        except trio.ClosedResourceError:
-            raise trio.EndOfChannel from None
+    def _taken(self, payload: Payload) -> None:
         self._occupancy.remove()
-        return payload
-
-    def receive_nowait(self) -> Payload:
-        try:
-            payload = self._receive.receive_nowait()
-        except trio.ClosedResourceError:
-            raise trio.EndOfChannel from None
-        self._occupancy.remove()
-        return payload
 
     def requeue(self, payload: Payload) -> bool:
         return self._queue.put_back(payload)

@@ -22,6 +22,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Query = dict[str, list[str]]
+"""A request's query string, parsed (``urllib.parse.parse_qs``, blank values kept)."""
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

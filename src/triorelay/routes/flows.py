@@ -1,16 +1,13 @@
-"""``/ws`` (text, file and proxy flows), ``/ws/upload`` and ``/ws/proxy/{upstream}``.
+"""``/ws/echo``, ``/ws`` (text, file and proxy flows), ``/ws/upload``, ``/ws/proxy/{upstream}``.
 
-Served on the same lean ASGI path as the relay endpoints (this middleware extends
-:class:`RelayWebSockets`): each connection is attached to the hub so that shutdown closes it
-with 1001, its closes are bounded by the reaper, and its inbound frames come through the tap
-(the size limit checked on each frame header, liveness pings).
-
-Each connection has one nursery. A reader (Hypercorn's reader task through the tap, and a task
-waiting for the disconnect; or, without a tap, a reader task of ours) fills a channel of
-``flow_buffer_messages``; the handler takes the messages from it in order. A full channel
-stops the reading, so backpressure reaches the client's TCP window. Whichever ends first ends
-the other: the handler's end cancels the reader; the client's disconnect ends the channel (the
-handler still takes what came before it) and cancels any wait on an upstream.
+Thin handlers on :func:`~triorelay.routes.session.open_session`. Apart from echo, each runs
+:func:`_serve_client`: one nursery per connection, where a reader (Hypercorn's reader task
+through the tap, and a task waiting for the disconnect; or, without a tap, a reader task of
+ours) fills a channel of ``flow_buffer_messages`` and the handler takes the messages from it
+in order. A full channel stops the reading, so backpressure reaches the client's TCP window.
+Whichever ends first ends the other: the handler's end cancels the reader; the client's
+disconnect ends the channel (the handler still takes what came before it) and cancels any
+wait on an upstream.
 
 The protocols are in :mod:`triorelay.protocols`, the upload store in :mod:`triorelay.uploads`,
 the upstream side in :mod:`triorelay.proxy`.
@@ -20,9 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict
-from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -41,197 +38,164 @@ from triorelay.protocols import (
     UploadMetadata,
     UploadParser,
 )
-from triorelay.relay import Relay
-from triorelay.routes.asgi import (
-    ASGIApp,
-    Receive,
-    Rejected,
-    Scope,
-    Send,
-    Socket,
-    reject,
-)
-from triorelay.routes.websocket import RelayWebSockets
+from triorelay.routes.asgi import Query, Receive, Send, Socket
+from triorelay.routes.session import Session, open_session
 from triorelay.uploads import StoredFile, Upload
 
-FLOWS_PATH = "/ws"
-UPLOAD_PATH = "/ws/upload"
-PROXY_PREFIX = "/ws/proxy/"
+if TYPE_CHECKING:
+    from triorelay.relay import Relay
+
 DEFAULT_UPSTREAM = "default"
 """The upstream the ``/ws`` proxy flow asks."""
 
-Handler = Callable[[Connection, "_Client"], Awaitable[None]]
+Handler = Callable[[Session[Connection], "_Client"], Awaitable[None]]
 
 
-class FlowWebSockets(RelayWebSockets):
-    """ASGI middleware: flow, upload and proxy paths here; relay paths and the rest as before."""
+async def echo(relay: Relay, _: str, query: Query, receive: Receive, send: Send) -> None:
+    """``/ws/echo``: send every message back as it came (diagnostics, protocol conformance)."""
+    async with open_session(relay, relay.hub.attach_echo(), receive, send) as session:
+        connection, socket = session.connection, session.socket
 
-    def __init__(self, app: ASGIApp, relay: Relay) -> None:
-        super().__init__(app, relay)
-        self.store = relay.uploads
+        async def send_back(payloads: list[Payload]) -> None:
+            if connection.close_code is None:
+                await socket.send_many(payloads)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"] if scope["type"] == "websocket" else ""
-        role, handler = self._route(path)
-        if handler is None:
-            await super().__call__(scope, receive, send)
-            return
-        connect = await receive()
-        if connect["type"] != "websocket.connect":  # pragma: no cover - the ASGI spec's order
-            return
-        if role == "proxy":
-            name = path.removeprefix(PROXY_PREFIX)
-            if name not in self.relay.settings.proxy_upstreams:
-                # Refused before the upgrade: nothing is dialled for an unknown name.
-                await reject(send, UnknownUpstream(f"no upstream named {name[:64]!r}"))
-                return
+        await session.read_inbound(send_back)
+        connection.disconnected = connection.close_code is None
+
+
+async def flows(relay: Relay, _: str, query: Query, receive: Receive, send: Send) -> None:
+    """``/ws``: text, file and proxy flows, one after the other, until the client leaves."""
+    await _serve_client(relay, "flows", receive, send, _run_flows)
+
+
+async def uploads(relay: Relay, _: str, query: Query, receive: Receive, send: Send) -> None:
+    """``/ws/upload``: metadata, chunks, EOF; the stored id, size and sha256 back."""
+    await _serve_client(relay, "upload", receive, send, _run_uploads)
+
+
+async def proxy_pipe(relay: Relay, name: str, query: Query, receive: Receive, send: Send) -> None:
+    """``/ws/proxy/{name}``: a full-duplex pipe to the upstream ``name``."""
+    if name not in relay.settings.proxy_upstreams:
+        # Refused before the upgrade: nothing is dialled for an unknown name.
+        raise UnknownUpstream(f"no upstream named {name[:64]!r}")
+
+    async def run(session: Session[Connection], client: _Client) -> None:
+        await _pipe(session, client, name)
+
+    await _serve_client(relay, "proxy", receive, send, run)
+
+
+async def _serve_client(
+    relay: Relay, role: str, receive: Receive, send: Send, handler: Handler
+) -> None:
+    """Run ``handler`` on a session whose client's messages a reader puts in a channel."""
+    async with open_session(relay, relay.hub.attach_standalone(role), receive, send) as session:
+        connection = session.connection
+        client = _Client(
+            relay.settings.flow_buffer_messages,
+            session.socket,
+            hypercorn_compat.watch_peer_close(send),
+        )
         try:
-            await self._serve(role, handler, receive, send)
-        except Rejected as rejected:
-            await reject(send, rejected.error)
-
-    def _route(self, path: str) -> tuple[str, Handler | None]:
-        if path == FLOWS_PATH:
-            return "flows", self._flows
-        if path == UPLOAD_PATH:
-            return "upload", self._uploads
-        if path.startswith(PROXY_PREFIX):
-            return "proxy", partial(self._proxy, path.removeprefix(PROXY_PREFIX))
-        return "", None
-
-    async def _serve(self, role: str, handler: Handler, receive: Receive, send: Send) -> None:
-        """Accept, run ``handler`` beside the reader, then close as the hub or handler asked."""
-        with ExitStack() as stack:
-            attach = self.relay.hub.attach_standalone(role)
-            connection = await self._open(stack, attach, send)
-            socket = Socket(receive, send)
-            client = _Client(
-                self.relay.settings.flow_buffer_messages,
-                socket,
-                hypercorn_compat.watch_peer_close(send),
-            )
-            stack.callback(client.close)
-            tap = self._tap(stack, connection, receive, send, socket, client.put)
-            with trio.CancelScope() as scope:
-                self._bind(connection, scope)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, connection, client, receive, tap)
-                    try:
-                        await handler(connection, client)
-                    except (RequestError, ServiceError) as error:
-                        connection.close(error.close_code, str(error))
-                    nursery.cancel_scope.cancel()
-            connection.disconnected = client.gone and connection.close_code is None
-            await self._finish(connection, send)
-
-    async def _read(
-        self,
-        connection: Connection,
-        client: _Client,
-        receive: Receive,
-        tap: hypercorn_compat.InboundTap | None,
-    ) -> None:
-        """Feed the client's messages to ``client`` until it disconnects, then end it."""
-        if await self._read_inbound(connection, receive, tap, client.put):
-            client.end()
-
-    async def _flows(self, connection: Connection, client: _Client) -> None:
-        """``/ws``: text, file and proxy flows, one after the other, until the client leaves."""
-        parser = FlowParser()
-        while True:
-            try:
-                payload = await client.receive()
-            except trio.EndOfChannel:
-                return
-            action = parser.receive(payload)
-            reply: Payload
-            if isinstance(action, Echo):
-                reply = f"Echo: {action.text}"
-            elif isinstance(action, FileStart):
-                async with self.store.upload() as upload:
-                    if await _store(client, parser.receive, upload) is None:
-                        return  # the client left mid-file: the partial file is removed
-                reply = "File received successfully"
-            elif isinstance(action, ProxyRequest):
-                answer = await self._ask_upstream(connection, client, action.text)
-                if answer is None:
-                    return  # the client left while the upstream was asked
-                prefix = "External response: "
-                reply = prefix + answer if isinstance(answer, str) else prefix.encode() + answer
-            else:
-                continue  # a flow name: its payload comes next
-            if not await client.send(reply):
-                return
-
-    async def _uploads(self, connection: Connection, client: _Client) -> None:
-        """``/ws/upload``: metadata, chunks, EOF; the stored id, size and sha256 back."""
-        parser = UploadParser(self.store.max_bytes)
-        while True:
-            try:
-                metadata = parser.receive(await client.receive())
-            except trio.EndOfChannel:
-                return
-            assert isinstance(metadata, UploadMetadata)
-            async with self.store.upload(metadata.filename) as upload:
-                stored = await _store(client, parser.receive, upload, metadata.sha256)
-                if stored is None:
-                    return  # the client left mid-upload: the partial file is removed
-            if not await client.send(json.dumps(asdict(stored))):
-                return
-
-    async def _ask_upstream(
-        self, connection: Connection, client: _Client, text: str
-    ) -> Payload | None:
-        """The ``/ws`` proxy flow: ``text`` to the upstream ``default``, its reply back.
-
-        None when the client left before the reply (the upstream is then closed with 1001).
-        """
-        settings = self.relay.settings
-        timeout = settings.close_timeout_seconds
-        answer: Payload | None = None
-        async with proxy.open_upstream(settings, DEFAULT_UPSTREAM) as upstream:
-            with self._rebound(connection):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read, session, client)
                 try:
-                    with client.cancelled_on_disconnect():
-                        answer = await proxy.request(upstream, DEFAULT_UPSTREAM, text)
-                finally:
-                    code = CloseCode.NORMAL if answer is not None else CloseCode.GOING_AWAY
-                    await proxy.close_upstream(upstream, proxy.Close(code, ""), timeout)
-        return answer
+                    await handler(session, client)
+                except (RequestError, ServiceError) as error:
+                    connection.close(error.close_code, str(error))
+                nursery.cancel_scope.cancel()
+        finally:
+            client.close()
+        connection.disconnected = client.gone and connection.close_code is None
 
-    async def _proxy(self, name: str, connection: Connection, client: _Client) -> None:
-        """``/ws/proxy/{name}``: a full-duplex pipe to the upstream ``name``."""
-        settings = self.relay.settings
-        timeout = settings.close_timeout_seconds
-        async with proxy.open_upstream(settings, name) as upstream:
-            with self._rebound(connection):
-                try:
-                    ending = await proxy.pipe(client, upstream, timeout)
-                finally:
-                    if connection.close_code is not None:
-                        # The relay is closing the client (shutdown, a limit): the upstream too.
-                        going = proxy.Close(CloseCode.GOING_AWAY, connection.close_reason)
-                        await proxy.close_upstream(upstream, going, timeout)
-        if ending is not None:
-            connection.close(ending.code, ending.reason)
 
-    @contextmanager
-    def _rebound(self, connection: Connection) -> Iterator[None]:
-        """Make the hub's close of ``connection`` cancel only the ``with`` block.
+async def _read(session: Session[Connection], client: _Client) -> None:
+    """Feed the client's messages to ``client`` until it disconnects, then end it."""
+    if await session.read_inbound(client.put):
+        client.end()
 
-        Around an open upstream: cancelling the scope around :func:`proxy.open_upstream` would
-        also cancel trio-websocket's reader task, and the upstream could no longer be closed
-        with a close handshake. On leaving, the connection's own scope is bound again (and
-        cancelled then if the connection was closed meanwhile).
-        """
-        outer = connection.cancel_scope
-        with trio.CancelScope() as inner:
-            self._bind(connection, inner)
+
+async def _run_flows(session: Session[Connection], client: _Client) -> None:
+    parser = FlowParser()
+    store = session.relay.uploads
+    while True:
+        try:
+            payload = await client.receive()
+        except trio.EndOfChannel:
+            return
+        action = parser.receive(payload)
+        reply: Payload
+        if isinstance(action, Echo):
+            reply = f"Echo: {action.text}"
+        elif isinstance(action, FileStart):
+            async with store.upload() as upload:
+                if await _store(client, parser.receive, upload) is None:
+                    return  # the client left mid-file: the partial file is removed
+            reply = "File received successfully"
+        elif isinstance(action, ProxyRequest):
+            answer = await _ask_upstream(session, client, action.text)
+            if answer is None:
+                return  # the client left while the upstream was asked
+            prefix = "External response: "
+            reply = prefix + answer if isinstance(answer, str) else prefix.encode() + answer
+        else:
+            continue  # a flow name: its payload comes next
+        if not await client.send(reply):
+            return
+
+
+async def _run_uploads(session: Session[Connection], client: _Client) -> None:
+    store = session.relay.uploads
+    parser = UploadParser(store.max_bytes)
+    while True:
+        try:
+            metadata = parser.receive(await client.receive())
+        except trio.EndOfChannel:
+            return
+        assert isinstance(metadata, UploadMetadata)
+        async with store.upload(metadata.filename) as upload:
+            stored = await _store(client, parser.receive, upload, metadata.sha256)
+            if stored is None:
+                return  # the client left mid-upload: the partial file is removed
+        if not await client.send(json.dumps(asdict(stored))):
+            return
+
+
+async def _pipe(session: Session[Connection], client: _Client, name: str) -> None:
+    connection = session.connection
+    settings = session.relay.settings
+    timeout = settings.close_timeout_seconds
+    async with proxy.open_upstream(settings, name) as upstream:
+        with session.rebound():
             try:
-                yield
+                ending = await proxy.pipe(client, upstream, timeout)
             finally:
-                if outer is not None:
-                    self._bind(connection, outer)
+                if connection.close_code is not None:
+                    # The relay is closing the client (shutdown, a limit): the upstream too.
+                    going = proxy.Close(CloseCode.GOING_AWAY, connection.close_reason)
+                    await proxy.close_upstream(upstream, going, timeout)
+    if ending is not None:
+        connection.close(ending.code, ending.reason)
+
+
+async def _ask_upstream(session: Session[Connection], client: _Client, text: str) -> Payload | None:
+    """The ``/ws`` proxy flow: ``text`` to the upstream ``default``, its reply back.
+
+    None when the client left before the reply (the upstream is then closed with 1001).
+    """
+    settings = session.relay.settings
+    timeout = settings.close_timeout_seconds
+    answer: Payload | None = None
+    async with proxy.open_upstream(settings, DEFAULT_UPSTREAM) as upstream:
+        with session.rebound():
+            try:
+                with client.cancelled_on_disconnect():
+                    answer = await proxy.request(upstream, DEFAULT_UPSTREAM, text)
+            finally:
+                code = CloseCode.NORMAL if answer is not None else CloseCode.GOING_AWAY
+                await proxy.close_upstream(upstream, proxy.Close(code, ""), timeout)
+    return answer
 
 
 async def _store(

@@ -1,0 +1,203 @@
+"""``/ws/producer[/{channel}]`` and ``/ws/consumer[/{channel}]``: the relay's own endpoints.
+
+Each is a thin handler on :func:`~triorelay.routes.session.open_session`:
+
+- a producer's messages are published a TCP read at a time, from Hypercorn's reader task where
+  the fast path allows (:class:`Publisher`), and answered with acks;
+- a consumer's writer sends what its buffer holds, in one socket write per batch
+  (:func:`write_loop`); its client's disconnect is reported by Hypercorn's own reader.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import trio
+
+from triorelay.envelopes import Payload, dropped_notice, id_ack
+from triorelay.errors import BrokerUnavailable, CloseCode, InvalidQuery, MessageTooBig, RequestError
+from triorelay.hub import Consumer, Producer, validate_channel_name
+from triorelay.lifecycle import SHUTDOWN_REASON
+from triorelay.routes.asgi import (
+    Message,
+    Query,
+    Receive,
+    Send,
+    Socket,
+    payload_of,
+    wait_for_disconnect,
+)
+from triorelay.routes.session import Session, open_session
+
+if TYPE_CHECKING:
+    from triorelay.relay import Relay
+
+AckMode = Literal["echo", "id", "none"]
+
+MAX_BATCH = 64
+"""Most messages taken or written in one go by a producer's or consumer's loop."""
+
+
+def query_value(query: Query, name: str, allowed: tuple[str, ...]) -> str:
+    """The one value of query parameter ``name`` (default: the first allowed); else 400."""
+    values = query.get(name, [allowed[0]])
+    if len(values) != 1 or values[0] not in allowed:
+        raise InvalidQuery(f"{name} must be one of {', '.join(allowed)}")
+    return values[0]
+
+
+async def produce(relay: Relay, channel: str, query: Query, receive: Receive, send: Send) -> None:
+    """Publish each message the client sends on ``channel``; answer as ``?ack=`` says."""
+    validate_channel_name(channel)
+    ack: AckMode = query_value(query, "ack", ("echo", "id", "none"))  # type: ignore[assignment]
+    if not relay.hub.broker.ready:
+        raise BrokerUnavailable("the broker is unavailable: try again later")
+    async with open_session(relay, relay.hub.attach_producer(channel), receive, send) as session:
+        producer = session.connection
+        publisher = Publisher(producer, ack, session.socket, relay.settings.max_message_bytes)
+        try:
+            if session.tap is not None:
+                await session.read_inbound(publisher.publish_from_reader)
+            else:
+                await publisher.run(receive)
+            producer.disconnected = True
+        except trio.ClosedResourceError:  # the hub closed the channel: shutting down
+            producer.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+
+
+async def consume(relay: Relay, channel: str, query: Query, receive: Receive, send: Send) -> None:
+    """Send the client every message of ``channel``; ``?notices=true`` adds notices."""
+    validate_channel_name(channel)
+    notices = query_value(query, "notices", ("false", "true")) == "true"
+    attach = relay.hub.attach_consumer(channel, notices=notices)
+    async with open_session(relay, attach, receive, send, subscribe=channel) as session:
+        consumer = session.connection
+        if session.tap is not None:
+            # Hypercorn's reader reports the disconnect: no reader task of our own. What a
+            # consumer sends is discarded, but its size limit still holds, checked on each
+            # frame's header before anything is buffered.
+            session.tap.on_disconnect = lambda: _disconnected(session)
+            await session.tap.start()
+            await write_loop(consumer, session.socket, notices)
+        else:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_until_disconnect, session)
+                await write_loop(consumer, session.socket, notices)
+                nursery.cancel_scope.cancel()
+        if consumer.detached:
+            # The hub ended this consumer's stream: the relay is shutting down.
+            consumer.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+        else:
+            consumer.disconnected = True  # the client went away mid-send
+
+
+def _disconnected(session: Session[Consumer]) -> None:
+    session.connection.disconnected = True
+    session.scope.cancel()
+
+
+async def _read_until_disconnect(session: Session[Consumer]) -> None:
+    """A consumer's reader (without a tap): discard what the client sends until it leaves."""
+    await wait_for_disconnect(session.receive)
+    _disconnected(session)
+
+
+class Publisher:
+    """Publishes a producer's messages and answers with acks, a batch at a time."""
+
+    def __init__(self, producer: Producer, ack: AckMode, socket: Socket, max_bytes: int) -> None:
+        self.producer = producer
+        self.ack = ack
+        self.socket = socket
+        self.max_bytes = max_bytes
+
+    async def publish(self, payloads: list[Payload]) -> None:
+        """Publish ``payloads`` in order, then send their acks in one write.
+
+        Each ack covers a published message only: on MessageTooBig the acks of the messages
+        before it still go out, then the error propagates.
+        """
+        max_bytes = self.max_bytes
+        too_big = next((p for p in payloads if len(p) > max_bytes), None)
+        accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
+        published: list[int] = []
+        try:
+            if accepted:
+                await self.producer.publish_many(accepted, published)
+            if too_big is not None:
+                raise MessageTooBig(f"message of {len(too_big)} bytes over the limit {max_bytes}")
+        finally:
+            if self.ack == "echo":
+                acks: list[Payload] = accepted[: len(published)]
+            elif self.ack == "id":
+                acks = [id_ack(seq) for seq in published]
+            else:
+                acks = []
+            if acks:
+                with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
+                    await self.socket.send_many(acks)
+
+    async def publish_from_reader(self, payloads: list[Payload]) -> None:
+        """:meth:`publish`, called from Hypercorn's reader task: errors close the producer."""
+        producer = self.producer
+        if producer.close_code is not None:
+            return  # closing: what still arrives is not accepted (and not acked)
+        try:
+            await self.publish(payloads)
+        except RequestError as error:
+            producer.close(error.close_code, str(error))
+        except trio.ClosedResourceError:
+            producer.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+
+    async def run(self, receive: Receive) -> None:
+        """Read and publish until the producer disconnects (when no tap is available).
+
+        Messages Hypercorn already queued are taken in one go (up to MAX_BATCH).
+        """
+        event = await receive()
+        while event["type"] == "websocket.receive":
+            batch = [payload_of(event)]
+            following: Message | None = None
+            while len(batch) < MAX_BATCH:
+                try:
+                    queued = self.socket.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if queued["type"] != "websocket.receive":
+                    following = queued
+                    break
+                batch.append(payload_of(queued))
+            await self.publish(batch)
+            event = following if following is not None else await receive()
+
+
+async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
+    """A consumer's writer: send its messages until its stream ends (``EndOfChannel``).
+
+    Broadcast consumers send what is buffered in one go (up to MAX_BATCH); queue consumers take
+    one message at a time, so the others get their share.
+    """
+    batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
+    while True:
+        try:
+            batch: list[Payload] = [await consumer.receive()]
+        except trio.EndOfChannel:
+            return
+        try:
+            while len(batch) < batch_limit:
+                batch.append(consumer.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass  # send what we have; an ended stream shows on the next receive
+        if notices and consumer.pending_dropped:
+            batch.insert(0, dropped_notice(consumer.take_dropped_notice(), consumer.dropped))
+        sent = False
+        try:
+            sent = await socket.send_many(batch)
+        finally:
+            # Queue mode: a message taken but not sent goes back for another consumer.
+            if not sent and batch_limit == 1:
+                consumer.requeue(batch[-1])
+        if not sent:
+            return  # the client is gone; the reader sees its disconnect
+        if batch_limit == 1:
+            await consumer.acknowledge()  # queue mode: handed to the socket, so delivered
