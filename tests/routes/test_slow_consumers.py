@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket, RunningRelay
+
+pytestmark = pytest.mark.both_paths
+
 
 MESSAGE_BYTES = 64 * 1024
 COUNT = 400  # 25 MiB: far more than the loopback socket buffers and the relay's buffer hold

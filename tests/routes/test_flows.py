@@ -13,6 +13,8 @@ from tests.helpers import RawWebSocket, RunningRelay, closed_with, exchange_raw,
 from tests.upstream import close_after_first, reply_prefixed, start_upstream
 from triorelay.uploads import Upload
 
+pytestmark = pytest.mark.both_paths
+
 
 async def test_the_exact_ws_exchange(start_relay: StartRelay, nursery: trio.Nursery) -> None:
     """text, file (several chunks, byte-identical on disk) and proxy, repeatedly, on one socket."""

@@ -20,6 +20,9 @@ from triorelay import proxy
 MiB = 1024 * 1024
 
 
+pytestmark = pytest.mark.both_paths
+
+
 async def proxied(start_relay: StartRelay, upstream: Upstream, **settings: object) -> RunningRelay:
     return await start_relay(proxy_upstreams={"up": upstream.url}, **settings)
 

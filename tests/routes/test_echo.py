@@ -7,6 +7,8 @@ import wsproto.events as ws
 
 from tests.helpers import RawWebSocket, RunningRelay
 
+pytestmark = pytest.mark.both_paths
+
 
 @pytest.mark.parametrize(
     "payload", ["", b"", "héllo", b"\x00\xff" * 40_000], ids=["text", "binary", "utf8", "big"]

@@ -11,6 +11,8 @@ from trio_websocket import ConnectionClosed
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket, RunningRelay, receive_n, refused_upgrade
 
+pytestmark = pytest.mark.both_paths
+
 
 async def test_drop_in_for_the_asyncio_endpoints(relay: RunningRelay) -> None:
     """/ws/producer echoes each message and /ws/consumer receives it (channel ``default``)."""
