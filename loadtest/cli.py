@@ -18,7 +18,8 @@ from typing import Any
 
 import trio
 
-from loadtest import compare, connections, scenarios
+from loadtest import connections, scenarios
+from loadtest.compare import runner as compare
 from loadtest.report import one_line
 from loadtest.schedule import DEFAULT_RATE_STEPS
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import build_parser, main
-from loadtest.comparison import ALL_SIDES, MEMORY, REDIS, REDIS_2RELAYS, SIDES
-from loadtest.plan import FULL, QUICK, build_jobs, build_plan
-from loadtest.plots import PLOT_FILES
+from loadtest.compare.aggregate import ALL_SIDES, MEMORY, REDIS, REDIS_2RELAYS, SIDES
+from loadtest.compare.plan import FULL, QUICK, build_jobs, build_plan
+from loadtest.compare.plots import PLOT_FILES
 
 pytestmark = pytest.mark.timeout(60)
 

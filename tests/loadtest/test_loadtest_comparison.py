@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.comparison import (
+from loadtest.compare.aggregate import (
     ALL_SIDES,
     BASELINE,
     BASELINE_TABLE,
@@ -255,7 +255,7 @@ def test_extract_metrics_shows_redis_cpu_and_max_latency() -> None:
 
 def test_chart_points_are_taken_once_per_side_and_job() -> None:
     """Both tables hold the in-memory relay's p99 for pair@1000: the chart gets one point."""
-    from loadtest.plots import side_values
+    from loadtest.compare.plots import side_values
 
     runs = _redis_runs()
     rows = aggregate(runs, [("pair@1000", ["p99_ms"])])

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import deployments
 from loadtest.cli import build_parser
-from loadtest.compare import render_report
-from loadtest.comparison import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS
-from loadtest.deployments import RedisSource, find_redis
-from loadtest.engine import RoleSpec
-from loadtest.plan import (
+from loadtest.compare import deployments
+from loadtest.compare.aggregate import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS
+from loadtest.compare.deployments import RedisSource, find_redis
+from loadtest.compare.plan import (
     FULL,
     QUICK,
     build_jobs,
@@ -21,6 +19,8 @@ from loadtest.plan import (
     redis_notes,
     redis_table_for,
 )
+from loadtest.compare.runner import render_report
+from loadtest.engine import RoleSpec
 
 
 def _sides(plan_args: list[str]) -> dict[str, tuple[str, ...]]:

@@ -1,9 +1,9 @@
 """What ``python -m loadtest compare`` measures: the plan, its jobs, and what the report shows.
 
 I/O-free: :class:`Plan` (``FULL``, ``QUICK``, or either with command-line overrides) becomes the
-list of :class:`~loadtest.comparison.Job` s to run, each on the sides it makes sense for;
+list of :class:`~loadtest.compare.aggregate.Job` s to run, each on the sides it makes sense for;
 :func:`job_metrics`/:func:`redis_job_metrics` and the notes say what the two report tables show
-for each job. :mod:`loadtest.compare` runs them.
+for each job. :mod:`loadtest.compare.runner` runs them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from loadtest.comparison import (
+from loadtest.compare.aggregate import (
     ALL_SIDES,
     BASELINE,
     MEMORY,

@@ -26,7 +26,7 @@ from typing import IO, Any, Final
 
 import psutil  # type: ignore[import-untyped]
 
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 #: How long a server may take to announce its port and answer a request.
 STARTUP_TIMEOUT_S: Final = 30.0
 _PORT_RE: Final = re.compile(r"(?:Running on|listening on) http://[^\s:]+:(\d+)")

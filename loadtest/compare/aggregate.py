@@ -1,6 +1,6 @@
 """The I/O-free half of ``python -m loadtest compare``: plan, metrics, aggregation, markdown.
 
-:mod:`loadtest.compare` runs the measurements (servers, pinning, generator processes); this
+:mod:`loadtest.compare.runner` runs the measurements (servers, pinning, generator processes); this
 module decides their order, turns each run's result JSON into flat metrics, aggregates repeats
 into medians and ratios, and renders ``compare.md``. Everything here is a pure function of its
 arguments, so it is tested synchronously.

@@ -4,16 +4,16 @@ For every measurement the servers are started fresh (the baseline keeps leftover
 consumers between runs): triorelay with ``python -m triorelay serve`` (Hypercorn's trio worker,
 one process), the baseline with ``python -m loadtest.baseline`` (uvicorn), and the Redis sides
 (a relay on a Redis broker, or two sharing one Redis) with a fresh ``redis-server`` too (see
-:mod:`loadtest.deployments`). Each run is one ``python -m loadtest SCENARIO ...`` generator
+:mod:`loadtest.compare.deployments`). Each run is one ``python -m loadtest SCENARIO ...`` generator
 process. With two or more CPUs every server process (``redis-server`` included) is pinned to
 CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
 
 Sides alternate (triorelay, asyncio, triorelay+redis, triorelay+redis-2relays, triorelay ...)
 for ``--repeats`` rounds; the report (``compare.md``, ``compare.json``, PNG charts, and every
 raw result under ``runs/``) shows medians, triorelay/asyncio and redis/memory ratios. What to
-measure lives in :mod:`loadtest.plan`, the pure aggregation and rendering in
-:mod:`loadtest.comparison`, process handling in :mod:`loadtest.processes` and
-:mod:`loadtest.deployments`, the charts in :mod:`loadtest.plots`.
+measure lives in :mod:`loadtest.compare.plan`, the pure aggregation and rendering in
+:mod:`loadtest.compare.aggregate`, process handling in :mod:`loadtest.compare.processes` and
+:mod:`loadtest.compare.deployments`, the charts in :mod:`loadtest.compare.plots`.
 
 This runner is synchronous on purpose: it only starts processes and waits for them, so it
 never competes with the generator for the CPU.
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.comparison import (
+from loadtest.compare.aggregate import (
     ALL_SIDES,
     BASELINE,
     BASELINE_TABLE,
@@ -53,8 +53,8 @@ from loadtest.comparison import (
     render_table,
     table_jobs,
 )
-from loadtest.deployments import RedisSource, deploy, find_redis
-from loadtest.plan import (
+from loadtest.compare.deployments import RedisSource, deploy, find_redis
+from loadtest.compare.plan import (
     FULL,
     TRAFFIC_BUFFER_MESSAGES,
     Plan,
@@ -66,7 +66,7 @@ from loadtest.plan import (
     redis_notes,
     redis_table_for,
 )
-from loadtest.processes import REPO_ROOT, pinning, run_generator
+from loadtest.compare.processes import REPO_ROOT, pinning, run_generator
 
 logger = logging.getLogger(__name__)
 
@@ -238,11 +238,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict[str, Any]:
     """Run every step of ``plan``, write the report files into ``out`` and return compare.json.
 
-    ``redis`` (default: :func:`~loadtest.deployments.find_redis` without a URL) says where the
-    Redis sides get Redis; when it is not available they are skipped and the report says why.
+    ``redis`` (default: :func:`~loadtest.compare.deployments.find_redis` without a URL) says
+    where the Redis sides get Redis; when it is not available they are skipped and the report
+    says why.
     """
     from loadtest.cli import raise_fd_limit
-    from loadtest.plots import write_plots
+    from loadtest.compare.plots import write_plots
 
     if redis is None:
         redis = find_redis(None, disabled=not plan.redis_sides)
