@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +19,7 @@ import trio
 
 from loadtest import connections, scenarios
 from loadtest.compare import runner as compare
+from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
 from loadtest.schedule import DEFAULT_RATE_STEPS
 
@@ -148,16 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_arguments(p)
     return parser
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise the soft open-files limit towards ``wanted`` (capped by the hard limit); return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
 
 
 def _progress_bar(enabled: bool, desc: str) -> tuple[AbstractContextManager[Any], Any]:

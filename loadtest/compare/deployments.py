@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.compare.aggregate import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
 from loadtest.compare.processes import Server, redis_server_binary, start_redis, start_server
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
 
 
 @dataclass(frozen=True)

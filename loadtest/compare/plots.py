@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from loadtest.compare.aggregate import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS, Row
+from loadtest.compare.aggregate import Row
+from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS
 
 PLOT_FILES = ("latency.png", "throughput.png", "slow_memory.png")
 _COLORS = {

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import build_parser, main
-from loadtest.compare.aggregate import ALL_SIDES, MEMORY, REDIS, REDIS_2RELAYS, SIDES
 from loadtest.compare.plan import FULL, QUICK, build_jobs, build_plan
 from loadtest.compare.plots import PLOT_FILES
+from loadtest.compare.sides import ALL_SIDES, MEMORY, REDIS, REDIS_2RELAYS, SIDES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,28 +7,26 @@ from typing import Any
 import pytest
 
 from loadtest.compare.aggregate import (
-    ALL_SIDES,
-    BASELINE,
     BASELINE_TABLE,
-    MEMORY,
-    REDIS,
-    REDIS_2RELAYS,
-    REDIS_SIDES,
     REDIS_TABLE,
-    SIDES,
-    Job,
     Run,
     aggregate,
-    alternation,
     extract_metrics,
-    format_value,
     generator_cpu_percent,
     is_generator_bound,
     median,
     ratio,
-    render_runs,
-    render_table,
-    table_jobs,
+)
+from loadtest.compare.plan import Job, alternation, table_jobs
+from loadtest.compare.report import format_value, render_runs, render_table
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    REDIS,
+    REDIS_2RELAYS,
+    REDIS_SIDES,
+    SIDES,
 )
 
 

@@ -8,18 +8,16 @@ import pytest
 
 from loadtest.cli import build_parser
 from loadtest.compare import deployments
-from loadtest.compare.aggregate import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS
 from loadtest.compare.deployments import RedisSource, find_redis
 from loadtest.compare.plan import (
     FULL,
     QUICK,
     build_jobs,
     build_plan,
-    redis_job_metrics,
-    redis_notes,
     redis_table_for,
 )
-from loadtest.compare.runner import render_report
+from loadtest.compare.report import redis_job_metrics, redis_notes, render_report
+from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS
 from loadtest.engine import RoleSpec
 
 
