@@ -21,7 +21,7 @@ from loadtest import connections, scenarios
 from loadtest.compare import runner as compare
 from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
-from loadtest.schedule import DEFAULT_RATE_STEPS
+from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(str(s) for s in DEFAULT_RATE_STEPS),
         help="comma-separated msg/s ladder (capped at --max-rate)",
     )
-    p.add_argument("--p99-bound-ms", type=float, default=50.0)
-    p.add_argument("--min-delivered-ratio", type=float, default=0.99)
+    p.add_argument("--p99-bound-ms", type=float, default=DEFAULT_P99_BOUND_MS)
+    p.add_argument("--min-delivered-ratio", type=float, default=DEFAULT_MIN_DELIVERED_RATIO)
     p.add_argument("--keep-going", action="store_true", help="run every step")
     p.add_argument(
         "--delivery", choices=["broadcast", "competing"], default="broadcast", help=delivery_help
