@@ -2,11 +2,14 @@
 
 Not part of the load generator: this package starts fresh servers, runs the generator against
 them (``python -m loadtest SCENARIO ...``, a subprocess per run) and turns the result JSONs into
-a report. It speaks to triorelay through its command line and environment only.
+a report. It configures relays through their environment, named and defaulted from
+:class:`triorelay.settings.Settings` (:mod:`loadtest.compare.relay`, the only import of
+``triorelay``).
 
 I/O-free, tested synchronously:
 
 * :mod:`loadtest.compare.sides`: the names of the sides (server setups) compared;
+* :mod:`loadtest.compare.relay`: triorelay's settings as environment variables and defaults;
 * :mod:`loadtest.compare.plan`: what to measure (``FULL``, ``QUICK``, overrides), the jobs and
   their run order;
 * :mod:`loadtest.compare.aggregate`: each run's flat metrics, generator-bound runs, medians and

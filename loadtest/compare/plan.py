@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from loadtest.compare.aggregate import REDIS_TABLE, Table
+from loadtest.compare.relay import relay_env
 from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES
 
 #: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
@@ -137,7 +138,7 @@ def build_jobs(plan: Plan) -> list[Job]:
     # ?ack=echo), so they do the same work per message.
     triorelay_sides = (MEMORY, *plan.redis_sides)
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
-    deep = {"TRIORELAY_CONSUMER_BUFFER_MESSAGES": str(TRAFFIC_BUFFER_MESSAGES)}
+    deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
     lean = ("--lean", "--producer-procs", "1")
     redis = plan.redis_sides

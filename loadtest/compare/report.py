@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from loadtest.compare.aggregate import BASELINE_TABLE, REDIS_TABLE, Cell, Row, Run, Table
-from loadtest.compare.deployments import RedisSource
-from loadtest.compare.plan import TRAFFIC_BUFFER_MESSAGES, Job, Plan
-from loadtest.compare.sides import REDIS_SIDES, SIDES
+from loadtest.compare.deployments import RedisSource, describe_side
+from loadtest.compare.plan import Job, Plan, build_jobs
+from loadtest.compare.processes import SERVER_COMMANDS
+from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS_SIDES, SIDES
+from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,19 @@ def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
 
 
 def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
-    """Return the notes shown beside numbers where the two servers differ by design."""
+    """Return the notes shown beside numbers where the two servers differ by design.
+
+    Every setting and threshold they name is the one the job ran with: its argv, its relay
+    environment, or else the generator's and triorelay's defaults.
+    """
     notes: dict[tuple[str, str], str] = {}
     for job in jobs:
         if job.scenario == "pair":
+            ack = _last_value(job.side_argv.get(MEMORY, ()), "--ack")
             notes[(job.key, "server_cpu_us_per_msg")] = (
                 "both echo each message to its producer (triorelay ?ack=echo)"
+                if ack == "echo"
+                else f"the baseline echoes each message; triorelay ?ack={ack or 'default'}"
             )
         if job.scenario == "fanout":
             notes[(job.key, "delivered_per_s")] = (
@@ -84,15 +94,35 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
             notes[(job.key, "server_cpu_us_per_msg")] = "per delivery"
         if job.scenario == "slow":
             notes[(job.key, "rss_growth_mb")] = (
-                "triorelay buffers ≤ 256 msgs per consumer, then closes the stalled one "
-                "(1013); the baseline's queue is unbounded"
+                f"triorelay buffers {_consumer_bound(job)}, then {_slow_policy(job)}; the "
+                "baseline's queue is unbounded"
             )
         if job.scenario == "max":
             notes[(job.key, "max_sustained_per_s")] = (
-                f"p99 ≤ 50 ms and ≥ 99 % delivered; ladder {_ladder(job.argv)} msg/s "
+                f"{_sustained(job)}; ladder {_last_value(job.argv, '--steps')} msg/s "
                 "(— : not even the first step)"
             )
     return notes
+
+
+def _consumer_bound(job: Job) -> str:
+    """``≤ N msgs or M MiB per consumer``: the buffer of each consumer of ``job``'s relays."""
+    messages = effective("consumer_buffer_messages", job.triorelay_env)
+    mib = int(effective("consumer_buffer_bytes", job.triorelay_env)) / 2**20
+    return f"≤ {messages} msgs or {mib:g} MiB per consumer"
+
+
+def _slow_policy(job: Job) -> str:
+    """What ``job``'s relays do to the stalled consumer once its buffer is full."""
+    policy = effective("slow_consumer_policy", job.triorelay_env)
+    return f"{POLICY_EFFECTS[policy]} (policy `{policy}`)"
+
+
+def _sustained(job: Job) -> str:
+    """When a step of ``job`` (a ``max`` job) counts as sustained, as its generator decides."""
+    p99_ms = float(_last_value(job.argv, "--p99-bound-ms") or DEFAULT_P99_BOUND_MS)
+    ratio = float(_last_value(job.argv, "--min-delivered-ratio") or DEFAULT_MIN_DELIVERED_RATIO)
+    return f"p99 ≤ {p99_ms:g} ms and ≥ {100 * ratio:g} % delivered"
 
 
 def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[str, str], str]:
@@ -116,18 +146,19 @@ def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[s
         if job.scenario == "pair":
             notes[(job.key, "delivered_ratio")] = "< 1: messages lost or late past the drain"
         if job.scenario == "max":
-            redis_ladder = _ladder(job.side_argv.get(REDIS_SIDES[0], job.argv))
+            memory_ladder = _last_value(job.argv, "--steps")
+            redis_ladder = _last_value(job.argv_for(REDIS_SIDES[0]), "--steps")
             notes[(job.key, "max_sustained_per_s")] = (
-                f"p99 ≤ 50 ms and ≥ 99 % delivered; ladder memory {_ladder(job.argv)}, "
-                f"redis {redis_ladder} msg/s (— : not even the first step)"
+                f"{_sustained(job)}; ladder memory {memory_ladder}, redis {redis_ladder} msg/s "
+                "(— : not even the first step)"
             )
     return notes
 
 
-def _ladder(argv: Sequence[str]) -> str:
-    """The value of the last ``--steps`` in ``argv`` (the one argparse keeps)."""
-    last = max(i for i, arg in enumerate(argv) if arg == "--steps")
-    return argv[last + 1]
+def _last_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of the last ``flag`` in ``argv`` (the one argparse keeps), ``None`` without."""
+    at = [i for i, arg in enumerate(argv) if arg == flag]
+    return argv[at[-1] + 1] if at else None
 
 
 def format_value(value: float | None, digits: int) -> str:
@@ -193,8 +224,12 @@ def render_report(
     pins: tuple[set[int], set[int]] | None,
     redis: RedisSource,
     wall_s: float,
+    charts: Mapping[str, str] | None = None,
 ) -> str:
-    """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one)."""
+    """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
+
+    ``charts`` maps each chart file written beside it to what it shows.
+    """
     if pins:
         pin_text = (
             f"every server process (relays, baseline, redis-server) pinned to CPU "
@@ -202,33 +237,34 @@ def render_report(
         )
     else:
         pin_text = "**not pinned**: fewer than 2 CPUs, server and generator share the machine"
+    jobs = build_jobs(plan)
     if redis_md:
+        sides = "; ".join(f"`{side}`: {describe_side(side)}" for side in plan.redis_sides)
+        on_redis = {job.scenario for job in jobs if set(REDIS_SIDES) & set(job.sides)}
+        skipped = [f"`{s}`" for s in plan.scenarios if s not in on_redis]
         redis_section = (
             f"## {REDIS_TABLE.title}\n\n"
             f"- {redis.describe()}\n"
-            "- `triorelay+redis`: one relay with `TRIORELAY_BROKER=redis://...`, producer and "
-            "consumer on it (each message goes to Redis and back); `triorelay+redis-2relays`: "
-            "two relays on the same Redis, the producer on the first, the consumers on the "
-            "second (the scale-out path); ratios are over the in-memory relay (`triorelay`)\n"
-            "- the Redis sides skip `slow` and `connections` (the same relay code above the "
-            "broker); broadcast channels only (queue mode over Redis is measured by the tests, "
-            "not here)\n\n"
+            f"- {sides}; ratios are over the in-memory relay (`{MEMORY}`)\n"
+            + (f"- not run on Redis: {', '.join(skipped)}; " if skipped else "- ")
+            + "broadcast channels only (queue mode over Redis is measured by the tests, not "
+            "here)\n\n"
             f"{redis_md}\n"
         )
     elif not redis.available:
         redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
     else:
         redis_section = ""
+    chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
     return (
         "# triorelay vs the asyncio baseline, and through Redis\n\n"
         f"- {plan.repeats} repeat(s), sides alternating within each job "
         f"({', '.join((*SIDES, *plan.redis_sides))}, where the job runs on them), fresh server "
         "processes per run; medians over repeats\n"
         f"- {pin_text}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
-        "- triorelay: `python -m triorelay serve` (Hypercorn trio worker); baseline: "
-        "`python -m loadtest.baseline` (FastAPI on uvicorn)\n"
-        f"- triorelay per-consumer buffer {TRAFFIC_BUFFER_MESSAGES} msgs in pair/max/fanout, "
-        "default (256) in slow\n"
+        f"- {MEMORY}: `python {' '.join(SERVER_COMMANDS[MEMORY])}` (Hypercorn trio worker); "
+        f"{BASELINE}: `python {' '.join(SERVER_COMMANDS[BASELINE])}` (FastAPI on uvicorn)\n"
+        f"- {_buffers(jobs)}\n"
         "- server CPU per message = CPU seconds of every server process over the whole run "
         "(connect, send, drain) / delivered messages\n"
         "- ⚠gen: every run of that side was generator-bound, so the figure is the generator's "
@@ -237,8 +273,23 @@ def render_report(
         f"## {BASELINE_TABLE.title}\n\n"
         f"{rows_md}\n"
         f"{redis_section}"
-        "Charts: `latency.png` (pair latency vs offered rate), `throughput.png`, "
-        "`slow_memory.png` (server RSS over time with a stalled consumer).\n\n"
-        "## Every run\n\n"
+        + (f"Charts: {chart_text}.\n\n" if chart_text else "")
+        + "## Every run\n\n"
         f"{runs_md}"
     )
+
+
+def _buffers(jobs: Sequence[Job]) -> str:
+    """The relays' per-consumer buffer in each scenario of ``jobs``, and where it is the default."""
+    setting = "consumer_buffer_messages"
+    by_value: dict[str, list[str]] = {}
+    for job in jobs:
+        scenarios = by_value.setdefault(effective(setting, job.triorelay_env), [])
+        if job.scenario not in scenarios:
+            scenarios.append(job.scenario)
+    default_value = str(default(setting))
+    parts = [
+        f"{value} msgs{' (the default)' if value == default_value else ''} in {'/'.join(names)}"
+        for value, names in by_value.items()
+    ]
+    return f"triorelay per-consumer buffer (`{env_name(setting)}`): {', '.join(parts)}"

@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from loadtest.compare.aggregate import (
     BASELINE_TABLE,
@@ -43,6 +43,7 @@ from loadtest.compare.aggregate import (
 from loadtest.compare.deployments import RedisSource, deploy, find_redis
 from loadtest.compare.plan import (
     FULL,
+    QUICK,
     Plan,
     Step,
     alternation,
@@ -65,6 +66,9 @@ from loadtest.compare.sides import ALL_SIDES, BASELINE, REDIS_SIDES
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
+
+#: Where each comparison writes its report unless ``--out`` says otherwise (git-ignored).
+RESULTS_DIR: Final = REPO_ROOT / "loadtest" / "results"
 
 
 def _timeout_for(plan: Plan) -> float:
@@ -132,10 +136,18 @@ def slow_series(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` options to ``parser``."""
-    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 3; quick 1)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"rounds (default {FULL.repeats}; quick {QUICK.repeats})",
+    )
     parser.add_argument("--quick", action="store_true", help="reduced set, under 2 minutes")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output dir (default loadtest/results/<timestamp>)"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output dir (default {RESULTS_DIR.relative_to(REPO_ROOT)}/<timestamp>)",
     )
     parser.add_argument(
         "--scenarios",
@@ -178,7 +190,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
     where the Redis sides get Redis; when it is not available they are skipped and the report
     says why.
     """
-    from loadtest.compare.plots import write_plots
+    from loadtest.compare.plots import PLOT_FILES, write_plots
 
     if redis is None:
         redis = find_redis(None, disabled=not plan.redis_sides)
@@ -239,6 +251,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         pins=pins,
         redis=redis,
         wall_s=wall_s,
+        charts=PLOT_FILES,
     )
     (out / "compare.md").write_text(md)
     write_plots(out, [*rows, *redis_rows], slow_series(runs, results))
@@ -252,9 +265,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         logger.error("compare: %s", error)
         return 2
-    out = args.out or REPO_ROOT / "loadtest" / "results" / dt.datetime.now().strftime(
-        "%Y%m%d-%H%M%S"
-    )
+    out = args.out or RESULTS_DIR / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     redis = find_redis(args.redis_url, disabled=not plan.redis_sides)
     try:
         run_compare(plan, out, redis)

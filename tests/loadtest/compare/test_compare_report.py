@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sample_runs import pair_run, redis_runs
 
 from loadtest.compare.aggregate import REDIS_TABLE, aggregate
 from loadtest.compare.deployments import RedisSource, find_redis
-from loadtest.compare.plan import FULL, QUICK, build_jobs
+from loadtest.compare.plan import FULL, QUICK, TRAFFIC_BUFFER_MESSAGES, build_jobs
+from loadtest.compare.relay import default, relay_env
 from loadtest.compare.report import (
+    design_notes,
     format_value,
     redis_job_metrics,
     redis_notes,
@@ -18,6 +22,7 @@ from loadtest.compare.report import (
 from loadtest.compare.sides import (
     REDIS_2RELAYS,
 )
+from loadtest.schedule import DEFAULT_P99_BOUND_MS
 
 
 def test_render_table_has_a_header_and_one_line_per_row() -> None:
@@ -98,3 +103,41 @@ def test_report_says_why_the_redis_sides_were_skipped() -> None:
     )
     assert "its CPU is **not** counted" in ran
     assert "T2\n" in ran.split("## Through Redis vs in memory", 1)[1]
+
+
+def test_slow_and_max_notes_name_the_values_the_runs_used() -> None:
+    """The slow note names triorelay's default buffer and policy; max names its thresholds."""
+    notes = design_notes(build_jobs(FULL))
+    slow = notes[("slow", "rss_growth_mb")]
+    assert f"≤ {default('consumer_buffer_messages')} msgs" in slow
+    assert f"policy `{default('slow_consumer_policy')}`" in slow
+    assert f"p99 ≤ {DEFAULT_P99_BOUND_MS:g} ms" in notes[("max", "max_sustained_per_s")]
+    (job,) = [j for j in build_jobs(FULL) if j.key == "slow"]
+    deep = replace(job, triorelay_env=relay_env(consumer_buffer_messages=9))
+    assert "≤ 9 msgs" in design_notes([deep])[("slow", "rss_growth_mb")]
+
+
+def test_report_derives_commands_buffers_and_what_skips_redis() -> None:
+    """The header names the server commands and each scenario's buffer from the plan."""
+    md = render_report(
+        "T1\n", "T2\n", "R\n", plan=QUICK, pins=None, redis=find_redis("redis://h:1/0"), wall_s=1
+    )
+    assert "`python -m triorelay serve`" in md
+    assert "`python -m loadtest.baseline`" in md
+    buffers = f"{TRAFFIC_BUFFER_MESSAGES} msgs in pair/max/fanout"
+    assert buffers in md
+    assert f"{default('consumer_buffer_messages')} msgs (the default) in slow" in md
+    assert "not run on Redis: `max`, `slow`, `connections`" in md  # QUICK has no Redis ladder
+    assert "`TRIORELAY_BROKER=redis://...`" in md
+    assert "Charts:" not in md
+    charted = render_report(
+        "T1\n",
+        "",
+        "R\n",
+        plan=QUICK,
+        pins=None,
+        redis=RedisSource(),
+        wall_s=1,
+        charts={"a.png": "b"},
+    )
+    assert "Charts: `a.png` (b).\n" in charted
