@@ -33,6 +33,7 @@ import trio
 from loadtest.clients import (
     DeliveryCounter,
     ProducerPlan,
+    ProducerSlot,
     Stopper,
     consume,
     hold_stalled,
@@ -226,12 +227,9 @@ class LocalRun:
                     [
                         functools.partial(
                             producer_fn,
-                            producer_url,
-                            stats,
-                            lambda: self._go,
-                            self._plan_for,
-                            i,
-                            connect_timeout_s=timeout,
+                            ProducerSlot(
+                                producer_url, stats, lambda: self._go, self._plan_for, i, timeout
+                            ),
                         )
                         for i in spec.producers
                     ],
