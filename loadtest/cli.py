@@ -204,25 +204,20 @@ async def run_scenario(
         sample_interval_s=args.sample_interval_seconds,
         progress=progress,
     )
-    if args.scenario == "pair":
-        return await scenarios.run_pair(
-            common,
-            producers=args.producers,
-            consumers=args.consumers,
-            rate_per_s=args.rate,
-            delivery=args.delivery,
-        )
     if args.scenario == "fanout":
         return await scenarios.run_fanout(common, consumers=args.consumers, rate_per_s=args.rate)
+    p, c = args.producers, args.consumers
     if args.scenario == "queue":
-        return await scenarios.run_queue(
-            common, producers=args.producers, consumers=args.consumers, rate_per_s=args.rate
+        return await scenarios.run_queue(common, producers=p, consumers=c, rate_per_s=args.rate)
+    if args.scenario == "pair":
+        return await scenarios.run_pair(
+            common, producers=p, consumers=c, rate_per_s=args.rate, delivery=args.delivery
         )
     if args.scenario == "slow":
         return await scenarios.run_slow(
             common,
-            producers=args.producers,
-            consumers=args.consumers,
+            producers=p,
+            consumers=c,
             stalled=args.stalled,
             rate_per_s=args.rate,
             delivery=args.delivery,
@@ -230,8 +225,8 @@ async def run_scenario(
     if args.scenario == "max":
         return await scenarios.run_max(
             common,
-            producers=args.producers,
-            consumers=args.consumers,
+            producers=p,
+            consumers=c,
             max_rate_per_s=args.max_rate,
             steps=[int(s) for s in args.steps.split(",") if s.strip()],
             p99_bound_ms=args.p99_bound_ms,
