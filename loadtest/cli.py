@@ -25,8 +25,6 @@ from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS,
 
 logger = logging.getLogger(__name__)
 
-SCENARIOS = ("pair", "fanout", "queue", "max", "slow", "connections")  # plus "compare"
-
 
 def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
