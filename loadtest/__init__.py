@@ -1,4 +1,5 @@
-"""triorelay load generator: open-loop WebSocket load scenarios and the asyncio baseline server.
+"""triorelay load generator: open-loop WebSocket load scenarios, the asyncio baseline server, and
+the comparison of the two.
 
 Layout:
 
@@ -7,7 +8,11 @@ Layout:
   histograms and counters that merge across processes), :mod:`loadtest.report` (result JSON).
 * Thin I/O layers: :mod:`loadtest.clients` (trio-websocket clients, a lean wsproto sender and a
   stalled raw-socket reader), :mod:`loadtest.monitor` (psutil CPU/RSS sampling),
-  :mod:`loadtest.workers` (producer processes), :mod:`loadtest.scenarios` (one module per
-  scenario) and :mod:`loadtest.cli` (``python -m loadtest``).
+  :mod:`loadtest.engine` and :mod:`loadtest.workers` (one run over this process and worker
+  processes), :mod:`loadtest.scenarios` and :mod:`loadtest.connections` (the scenarios),
+  :mod:`loadtest.limits` (open files) and :mod:`loadtest.cli` (``python -m loadtest``).
 * :mod:`loadtest.baseline`: the FastAPI/uvicorn relay users run today.
+* :mod:`loadtest.compare`: ``python -m loadtest compare``, which runs the generator against
+  fresh servers and reports on it; of the generator only :mod:`loadtest.cli` imports it (for
+  the ``compare`` command).
 """

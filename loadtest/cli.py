@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -18,13 +17,13 @@ from typing import Any
 
 import trio
 
-from loadtest import compare, connections, scenarios
+from loadtest import connections, scenarios
+from loadtest.compare import runner as compare
+from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
-from loadtest.schedule import DEFAULT_RATE_STEPS
+from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
 
 logger = logging.getLogger(__name__)
-
-SCENARIOS = ("pair", "fanout", "queue", "max", "slow", "connections")  # plus "compare"
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -119,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(str(s) for s in DEFAULT_RATE_STEPS),
         help="comma-separated msg/s ladder (capped at --max-rate)",
     )
-    p.add_argument("--p99-bound-ms", type=float, default=50.0)
-    p.add_argument("--min-delivered-ratio", type=float, default=0.99)
+    p.add_argument("--p99-bound-ms", type=float, default=DEFAULT_P99_BOUND_MS)
+    p.add_argument("--min-delivered-ratio", type=float, default=DEFAULT_MIN_DELIVERED_RATIO)
     p.add_argument("--keep-going", action="store_true", help="run every step")
     p.add_argument(
         "--delivery", choices=["broadcast", "competing"], default="broadcast", help=delivery_help
@@ -147,16 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_arguments(p)
     return parser
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise the soft open-files limit towards ``wanted`` (capped by the hard limit); return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
 
 
 def _progress_bar(enabled: bool, desc: str) -> tuple[AbstractContextManager[Any], Any]:
@@ -213,25 +202,20 @@ async def run_scenario(
         sample_interval_s=args.sample_interval_seconds,
         progress=progress,
     )
-    if args.scenario == "pair":
-        return await scenarios.run_pair(
-            common,
-            producers=args.producers,
-            consumers=args.consumers,
-            rate_per_s=args.rate,
-            delivery=args.delivery,
-        )
     if args.scenario == "fanout":
         return await scenarios.run_fanout(common, consumers=args.consumers, rate_per_s=args.rate)
+    p, c = args.producers, args.consumers
     if args.scenario == "queue":
-        return await scenarios.run_queue(
-            common, producers=args.producers, consumers=args.consumers, rate_per_s=args.rate
+        return await scenarios.run_queue(common, producers=p, consumers=c, rate_per_s=args.rate)
+    if args.scenario == "pair":
+        return await scenarios.run_pair(
+            common, producers=p, consumers=c, rate_per_s=args.rate, delivery=args.delivery
         )
     if args.scenario == "slow":
         return await scenarios.run_slow(
             common,
-            producers=args.producers,
-            consumers=args.consumers,
+            producers=p,
+            consumers=c,
             stalled=args.stalled,
             rate_per_s=args.rate,
             delivery=args.delivery,
@@ -239,8 +223,8 @@ async def run_scenario(
     if args.scenario == "max":
         return await scenarios.run_max(
             common,
-            producers=args.producers,
-            consumers=args.consumers,
+            producers=p,
+            consumers=c,
             max_rate_per_s=args.max_rate,
             steps=[int(s) for s in args.steps.split(",") if s.strip()],
             p99_bound_ms=args.p99_bound_ms,

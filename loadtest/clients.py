@@ -230,32 +230,55 @@ async def _wait_until_ns(due_ns: int) -> None:
         await trio.sleep(delay / 1e9)
 
 
+@dataclass(frozen=True)
+class ProducerSlot:
+    """One producer of a run, for either producer client (:func:`produce`, :func:`produce_lean`).
+
+    The producer connects to ``url`` and counts into ``stats``; once ``schedule_ready()`` fires,
+    ``get_plan(index)`` gives its schedule and plan.
+    """
+
+    url: str
+    stats: RoleStats
+    schedule_ready: Callable[[], trio.Event]
+    get_plan: Callable[[int], tuple[RateSchedule, ProducerPlan]]
+    index: int
+    connect_timeout_s: float = 10.0
+
+    async def wait_for_start(self) -> tuple[RateSchedule, ProducerPlan]:
+        """Wait for the start; return this producer's schedule and plan (counted as offered)."""
+        await self.schedule_ready().wait()
+        schedule, plan = self.get_plan(self.index)
+        self.stats.counters.offered += schedule.count
+        return schedule, plan
+
+
+async def _stop_sending(plan: ProducerPlan, unacked: Callable[[], bool], acked: trio.Event) -> None:
+    """Report that sending stopped, then wait for ``acked`` while ``unacked()``, until the drain
+    deadline (not at all with ``plan.expect_acks`` false)."""
+    plan.on_sending_done()
+    if plan.expect_acks and unacked():
+        with trio.move_on_at(trio_deadline(plan.drain_deadline_ns)):
+            await acked.wait()
+
+
 async def produce(
-    url: str,
-    stats: RoleStats,
-    schedule_ready: Callable[[], trio.Event],
-    get_plan: Callable[[int], tuple[RateSchedule, ProducerPlan]],
-    index: int,
-    *,
-    connect_timeout_s: float = 10.0,
-    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+    slot: ProducerSlot, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Connect a trio-websocket producer, wait for the start, send on schedule, drain acks.
 
-    ``started(True/False)`` reports whether the connection was made. After ``schedule_ready()``
-    fires, ``get_plan(index)`` gives this producer's schedule and plan. The drain task counts
+    ``started(True/False)`` reports whether the connection was made. The drain task counts
     every frame received (echo or ``{"id": N}``) as an ack.
     """
+    stats = slot.stats
     counters = stats.counters
     started = False
     try:
-        async with open_client(url, connect_timeout_s) as ws:
+        async with open_client(slot.url, slot.connect_timeout_s) as ws:
             counters.connected += 1
             started = True
             task_status.started(True)
-            await schedule_ready().wait()
-            schedule, plan = get_plan(index)
-            counters.offered += schedule.count
+            schedule, plan = await slot.wait_for_start()
             acked = 0
             sent = 0
             all_acked = trio.Event()
@@ -281,10 +304,7 @@ async def produce(
                         counters.sent += 1
                         stats.sent_per_producer[plan.index] = sent
                 sending_done = True
-                plan.on_sending_done()
-                if plan.expect_acks and acked < sent:
-                    with trio.move_on_at(trio_deadline(plan.drain_deadline_ns)):
-                        await all_acked.wait()
+                await _stop_sending(plan, lambda: acked < sent, all_acked)
                 nursery.cancel_scope.cancel()
     except CONNECTION_ERRORS as exc:
         if not started:
@@ -400,23 +420,17 @@ class LeanWebSocket:
 
 
 async def produce_lean(
-    url: str,
-    stats: RoleStats,
-    schedule_ready: Callable[[], trio.Event],
-    get_plan: Callable[[int], tuple[RateSchedule, ProducerPlan]],
-    index: int,
-    *,
-    connect_timeout_s: float = 10.0,
-    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+    slot: ProducerSlot, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Like :func:`produce`, on a :class:`LeanWebSocket` that batches all due messages per write.
 
     The sender wakes at most once per :data:`LEAN_TICK_NS` and sends every message already due
     (up to :data:`LEAN_BATCH_MESSAGES`) in one write, each stamped with its own scheduled time.
     """
+    stats = slot.stats
     counters = stats.counters
     try:
-        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s)
+        lean = await LeanWebSocket.open(slot.url, connect_timeout_s=slot.connect_timeout_s)
     except LEAN_CONNECT_ERRORS as exc:
         counters.failed_connects += 1
         stats.note_error(f"lean producer connect: {exc!r}")
@@ -425,9 +439,7 @@ async def produce_lean(
     counters.connected += 1
     task_status.started(True)
     try:
-        await schedule_ready().wait()
-        schedule, plan = get_plan(index)
-        counters.offered += schedule.count
+        schedule, plan = await slot.wait_for_start()
         sent = 0
         sending_done = False
         all_acked = trio.Event()
@@ -453,10 +465,7 @@ async def produce_lean(
                     sent = due
                     stats.sent_per_producer[plan.index] = sent
             sending_done = True
-            plan.on_sending_done()
-            if plan.expect_acks and lean.received < sent:
-                with trio.move_on_at(trio_deadline(plan.drain_deadline_ns)):
-                    await all_acked.wait()
+            await _stop_sending(plan, lambda: lean.received < sent, all_acked)
             counters.acks += lean.received
             nursery.cancel_scope.cancel()
     except CONNECTION_ERRORS as exc:

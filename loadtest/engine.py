@@ -33,6 +33,7 @@ import trio
 from loadtest.clients import (
     DeliveryCounter,
     ProducerPlan,
+    ProducerSlot,
     Stopper,
     consume,
     hold_stalled,
@@ -148,7 +149,6 @@ class LocalRun:
         self.counter = DeliveryCounter()
         self.stopper = Stopper()
         self.producers_done = trio.Event()
-        self.finished = trio.Event()
         self._go = trio.Event()
         self._schedules: dict[int, RateSchedule] = {}
         self._plans: dict[int, ProducerPlan] = {}
@@ -193,12 +193,6 @@ class LocalRun:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect everything, report started, then run until the consumers stop."""
-        try:
-            await self._run(task_status)
-        finally:
-            self.finished.set()
-
-    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         spec = self.spec
         stats = self.stats
         producer_url, consumer_url = spec.endpoints()
@@ -233,12 +227,9 @@ class LocalRun:
                     [
                         functools.partial(
                             producer_fn,
-                            producer_url,
-                            stats,
-                            lambda: self._go,
-                            self._plan_for,
-                            i,
-                            connect_timeout_s=timeout,
+                            ProducerSlot(
+                                producer_url, stats, lambda: self._go, self._plan_for, i, timeout
+                            ),
                         )
                         for i in spec.producers
                     ],
@@ -310,7 +301,6 @@ class WorkerProcess:
         self.stats: RoleStats | None = None
         self.sent: dict[int, int] = {}
         self.sent_reported = trio.Event()
-        self.finished = trio.Event()
         self.pid: int | None = None
         self._channel: LineChannel | None = None
 
@@ -321,12 +311,6 @@ class WorkerProcess:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Spawn the child, report started when it is ready, collect its result."""
-        try:
-            await self._run(task_status)
-        finally:
-            self.finished.set()
-
-    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         cmd = [sys.executable, "-m", "loadtest.workers"]
         env = dict(os.environ)
         env["PYTHONPATH"] = _SOURCE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -447,48 +431,50 @@ async def execute(
     stop_sampling = trio.Event()
     t0 = time.monotonic()
 
+    # The outer nursery holds the sampling; the inner one the parts of the run, so sampling
+    # stops once every part (this process's and each worker's) has returned.
     async with trio.open_nursery() as nursery:
-        for w in workers:
-            await nursery.start(w.run)
-        await nursery.start(local.run)
-        connect_s = time.monotonic() - t0
-        samplers: list[tuple[ProcessSampler, list[Sample]]] = []
-        if server_pid is not None:
-            samplers.append((ProcessSampler(server_pid, include_children=True), server_samples))
-        samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
-        for n, w in enumerate(workers):
-            assert w.pid is not None
-            samplers.append((ProcessSampler(w.pid), generator_samples.setdefault(f"worker{n}", [])))
-        nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
-
-        start_ns = time.monotonic_ns() + START_LEAD_NS
-        local.begin(start_ns)
-        for w in workers:
-            await w.send({"go": start_ns})
-        if progress is not None:
-            nursery.start_soon(_progress_loop, progress, start_ns, spec.duration_s, local)
-
-        await local.producers_done.wait()
-        sent = local.stats.counters.sent
-        for w in workers:
-            if w.spec.producers:
-                await w.sent_reported.wait()
-                sent += sum(w.sent.values())
-        normal_consumers = spec.consumers
-        expected = expected_deliveries(sent, normal_consumers, delivery)
-        holders = [p for p in parts if p.consumers > 0]
-        if delivery == "broadcast":
-            local.expect(sent * parts[0].consumers if parts[0].consumers else None)
+        async with trio.open_nursery() as parts_nursery:
             for w in workers:
-                await w.send({"expect": sent * w.spec.consumers if w.spec.consumers else None})
-        else:
-            only_local = len(holders) == 1 and parts[0].consumers > 0
-            local.expect(expected if only_local else None)
+                await parts_nursery.start(w.run)
+            await parts_nursery.start(local.run)
+            connect_s = time.monotonic() - t0
+            samplers: list[tuple[ProcessSampler, list[Sample]]] = []
+            if server_pid is not None:
+                samplers.append((ProcessSampler(server_pid, include_children=True), server_samples))
+            samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
+            for n, w in enumerate(workers):
+                assert w.pid is not None
+                samplers.append(
+                    (ProcessSampler(w.pid), generator_samples.setdefault(f"worker{n}", []))
+                )
+            nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
+
+            start_ns = time.monotonic_ns() + START_LEAD_NS
+            local.begin(start_ns)
             for w in workers:
-                await w.send({"expect": expected if holders == [w.spec] else None})
-        await local.finished.wait()
-        for w in workers:
-            await w.finished.wait()
+                await w.send({"go": start_ns})
+            if progress is not None:
+                nursery.start_soon(_progress_loop, progress, start_ns, spec.duration_s, local)
+
+            await local.producers_done.wait()
+            sent = local.stats.counters.sent
+            for w in workers:
+                if w.spec.producers:
+                    await w.sent_reported.wait()
+                    sent += sum(w.sent.values())
+            normal_consumers = spec.consumers
+            expected = expected_deliveries(sent, normal_consumers, delivery)
+            holders = [p for p in parts if p.consumers > 0]
+            if delivery == "broadcast":
+                local.expect(sent * parts[0].consumers if parts[0].consumers else None)
+                for w in workers:
+                    await w.send({"expect": sent * w.spec.consumers if w.spec.consumers else None})
+            else:
+                only_local = len(holders) == 1 and parts[0].consumers > 0
+                local.expect(expected if only_local else None)
+                for w in workers:
+                    await w.send({"expect": expected if holders == [w.spec] else None})
         stop_sampling.set()
 
     stats = merge([local.stats, *(w.stats for w in workers if w.stats is not None)])

@@ -22,7 +22,13 @@ from typing import Any
 from loadtest.endpoints import Ack
 from loadtest.engine import Delivery, ProgressFn, RoleSpec, RunOutcome, execute
 from loadtest.report import build_result, run_summary
-from loadtest.schedule import DEFAULT_RATE_STEPS, rate_steps, step_sustained
+from loadtest.schedule import (
+    DEFAULT_MIN_DELIVERED_RATIO,
+    DEFAULT_P99_BOUND_MS,
+    DEFAULT_RATE_STEPS,
+    rate_steps,
+    step_sustained,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -232,12 +238,12 @@ async def run_max(
     consumers: int = 1,
     max_rate_per_s: float = 50_000.0,
     steps: Sequence[int] = DEFAULT_RATE_STEPS,
-    p99_bound_ms: float = 50.0,
-    min_delivered_ratio: float = 0.99,
+    p99_bound_ms: float = DEFAULT_P99_BOUND_MS,
+    min_delivered_ratio: float = DEFAULT_MIN_DELIVERED_RATIO,
     delivery: Delivery = "broadcast",
     keep_going: bool = False,
 ) -> dict[str, Any]:
-    """Step the offered rate up; report the highest rate with p99 <= bound and >= 99% delivered.
+    """Step the offered rate up; report the highest rate with p99 <= bound and enough delivered.
 
     Each step is a full run of ``common.duration_s``. Stops after the first failed step unless
     ``keep_going``. ``extra.limited_by`` says whether the first failed step above the best one

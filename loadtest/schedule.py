@@ -20,6 +20,10 @@ NS_PER_S: Final = 1_000_000_000
 
 #: The default offered rates (msg/s) stepped through by the ``max`` scenario.
 DEFAULT_RATE_STEPS: Final = (1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000, 40_000, 50_000)
+#: A ``max`` step is sustained when its p99 latency is at most this (milliseconds)...
+DEFAULT_P99_BOUND_MS: Final = 50.0
+#: ... and at least this fraction of the expected deliveries arrived.
+DEFAULT_MIN_DELIVERED_RATIO: Final = 0.99
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def step_sustained(
     expected: int,
     p99_ms: float | None,
     p99_bound_ms: float,
-    min_delivered_ratio: float = 0.99,
+    min_delivered_ratio: float = DEFAULT_MIN_DELIVERED_RATIO,
 ) -> bool:
     """Decide whether one rate step was sustained.
 

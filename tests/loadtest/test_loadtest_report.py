@@ -132,3 +132,11 @@ def test_expected_deliveries_by_semantics() -> None:
     assert expected_deliveries(10, 3, "broadcast") == 30
     assert expected_deliveries(10, 3, "competing") == 10
     assert expected_deliveries(10, 0, "broadcast") == 0
+
+
+def test_consumers_connect_to_the_consumer_url_when_given() -> None:
+    """--consumer-url: producers on one relay, consumers on another."""
+    spec = RoleSpec(url="ws://a:1", consumer_url="ws://b:2", channel="c", ack="echo")
+    assert spec.endpoints() == ("ws://a:1/ws/producer/c?ack=echo", "ws://b:2/ws/consumer/c")
+    assert RoleSpec(url="ws://a:1").endpoints()[1] == "ws://a:1/ws/consumer"
+    assert RoleSpec.from_json(spec.to_json()).consumer_url == "ws://b:2"

@@ -4,16 +4,14 @@ For every measurement the servers are started fresh (the baseline keeps leftover
 consumers between runs): triorelay with ``python -m triorelay serve`` (Hypercorn's trio worker,
 one process), the baseline with ``python -m loadtest.baseline`` (uvicorn), and the Redis sides
 (a relay on a Redis broker, or two sharing one Redis) with a fresh ``redis-server`` too (see
-:mod:`loadtest.deployments`). Each run is one ``python -m loadtest SCENARIO ...`` generator
-process. With two or more CPUs every server process (``redis-server`` included) is pinned to
-CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
+:mod:`loadtest.compare.deployments`). Each run is one ``python -m loadtest SCENARIO ...``
+generator process. With two or more CPUs every server process (``redis-server`` included) is
+pinned to CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
 
 Sides alternate (triorelay, asyncio, triorelay+redis, triorelay+redis-2relays, triorelay ...)
 for ``--repeats`` rounds; the report (``compare.md``, ``compare.json``, PNG charts, and every
-raw result under ``runs/``) shows medians, triorelay/asyncio and redis/memory ratios. What to
-measure lives in :mod:`loadtest.plan`, the pure aggregation and rendering in
-:mod:`loadtest.comparison`, process handling in :mod:`loadtest.processes` and
-:mod:`loadtest.deployments`, the charts in :mod:`loadtest.plots`.
+raw result under ``runs/``) shows medians, triorelay/asyncio and redis/memory ratios (the
+modules that decide each part: see :mod:`loadtest.compare`).
 
 This runner is synchronous on purpose: it only starts processes and waits for them, so it
 never competes with the generator for the CPU.
@@ -28,47 +26,49 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from loadtest.comparison import (
-    ALL_SIDES,
-    BASELINE,
+from loadtest.compare.aggregate import (
     BASELINE_TABLE,
-    REDIS_SIDES,
-    REDIS_TABLE,
-    SIDES,
     Row,
     Run,
-    Step,
     aggregate,
-    alternation,
     extract_metrics,
     generator_cpu_percent,
     is_generator_bound,
-    render_runs,
-    render_table,
-    table_jobs,
 )
-from loadtest.deployments import RedisSource, deploy, find_redis
-from loadtest.plan import (
+from loadtest.compare.deployments import RedisSource, deploy, find_redis
+from loadtest.compare.plan import (
     FULL,
-    TRAFFIC_BUFFER_MESSAGES,
+    QUICK,
     Plan,
+    Step,
+    alternation,
     build_jobs,
     build_plan,
+    redis_table_for,
+    table_jobs,
+)
+from loadtest.compare.processes import REPO_ROOT, pinning, run_generator
+from loadtest.compare.report import (
     design_notes,
     job_metrics,
     redis_job_metrics,
     redis_notes,
-    redis_table_for,
+    render_report,
+    render_runs,
+    render_table,
 )
-from loadtest.processes import REPO_ROOT, pinning, run_generator
+from loadtest.compare.sides import ALL_SIDES, BASELINE, REDIS_SIDES
+from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
+
+#: Where each comparison writes its report unless ``--out`` says otherwise (git-ignored).
+RESULTS_DIR: Final = REPO_ROOT / "loadtest" / "results"
 
 
 def _timeout_for(plan: Plan) -> float:
@@ -134,72 +134,20 @@ def slow_series(
     return out
 
 
-def render_report(
-    rows_md: str,
-    redis_md: str,
-    runs_md: str,
-    *,
-    plan: Plan,
-    pins: tuple[set[int], set[int]] | None,
-    redis: RedisSource,
-    wall_s: float,
-) -> str:
-    """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one)."""
-    if pins:
-        pin_text = (
-            f"every server process (relays, baseline, redis-server) pinned to CPU "
-            f"{sorted(pins[0])}, the generator to CPU {sorted(pins[1])}"
-        )
-    else:
-        pin_text = "**not pinned**: fewer than 2 CPUs, server and generator share the machine"
-    if redis_md:
-        redis_section = (
-            f"## {REDIS_TABLE.title}\n\n"
-            f"- {redis.describe()}\n"
-            "- `triorelay+redis`: one relay with `TRIORELAY_BROKER=redis://...`, producer and "
-            "consumer on it (each message goes to Redis and back); `triorelay+redis-2relays`: "
-            "two relays on the same Redis, the producer on the first, the consumers on the "
-            "second (the scale-out path); ratios are over the in-memory relay (`triorelay`)\n"
-            "- the Redis sides skip `slow` and `connections` (the same relay code above the "
-            "broker); broadcast channels only (queue mode over Redis is measured by the tests, "
-            "not here)\n\n"
-            f"{redis_md}\n"
-        )
-    elif not redis.available:
-        redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
-    else:
-        redis_section = ""
-    return (
-        "# triorelay vs the asyncio baseline, and through Redis\n\n"
-        f"- {plan.repeats} repeat(s), sides alternating within each job "
-        f"({', '.join((*SIDES, *plan.redis_sides))}, where the job runs on them), fresh server "
-        "processes per run; medians over repeats\n"
-        f"- {pin_text}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
-        "- triorelay: `python -m triorelay serve` (Hypercorn trio worker); baseline: "
-        "`python -m loadtest.baseline` (FastAPI on uvicorn)\n"
-        f"- triorelay per-consumer buffer {TRAFFIC_BUFFER_MESSAGES} msgs in pair/max/fanout, "
-        "default (256) in slow\n"
-        "- server CPU per message = CPU seconds of every server process over the whole run "
-        "(connect, send, drain) / delivered messages\n"
-        "- ⚠gen: every run of that side was generator-bound, so the figure is the generator's "
-        "limit, not the server's; generator-bound runs are left out of the other medians\n"
-        f"- wall time {wall_s:.0f} s\n\n"
-        f"## {BASELINE_TABLE.title}\n\n"
-        f"{rows_md}\n"
-        f"{redis_section}"
-        "Charts: `latency.png` (pair latency vs offered rate), `throughput.png`, "
-        "`slow_memory.png` (server RSS over time with a stalled consumer).\n\n"
-        "## Every run\n\n"
-        f"{runs_md}"
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``compare`` options to ``parser``."""
-    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 3; quick 1)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"rounds (default {FULL.repeats}; quick {QUICK.repeats})",
+    )
     parser.add_argument("--quick", action="store_true", help="reduced set, under 2 minutes")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output dir (default loadtest/results/<timestamp>)"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output dir (default {RESULTS_DIR.relative_to(REPO_ROOT)}/<timestamp>)",
     )
     parser.add_argument(
         "--scenarios",
@@ -238,11 +186,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict[str, Any]:
     """Run every step of ``plan``, write the report files into ``out`` and return compare.json.
 
-    ``redis`` (default: :func:`~loadtest.deployments.find_redis` without a URL) says where the
-    Redis sides get Redis; when it is not available they are skipped and the report says why.
+    ``redis`` (default: :func:`~loadtest.compare.deployments.find_redis` without a URL) says
+    where the Redis sides get Redis; when it is not available they are skipped and the report
+    says why.
     """
-    from loadtest.cli import raise_fd_limit
-    from loadtest.plots import write_plots
+    from loadtest.compare.plots import PLOT_FILES, write_plots
 
     if redis is None:
         redis = find_redis(None, disabled=not plan.redis_sides)
@@ -303,6 +251,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         pins=pins,
         redis=redis,
         wall_s=wall_s,
+        charts=PLOT_FILES,
     )
     (out / "compare.md").write_text(md)
     write_plots(out, [*rows, *redis_rows], slow_series(runs, results))
@@ -316,9 +265,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         logger.error("compare: %s", error)
         return 2
-    out = args.out or REPO_ROOT / "loadtest" / "results" / dt.datetime.now().strftime(
-        "%Y%m%d-%H%M%S"
-    )
+    out = args.out or RESULTS_DIR / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     redis = find_redis(args.redis_url, disabled=not plan.redis_sides)
     try:
         run_compare(plan, out, redis)

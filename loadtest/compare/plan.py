@@ -1,27 +1,22 @@
-"""What ``python -m loadtest compare`` measures: the plan, its jobs, and what the report shows.
+"""What ``python -m loadtest compare`` measures: the plan, its jobs, and their run order.
 
 I/O-free: :class:`Plan` (``FULL``, ``QUICK``, or either with command-line overrides) becomes the
-list of :class:`~loadtest.comparison.Job` s to run, each on the sides it makes sense for;
-:func:`job_metrics`/:func:`redis_job_metrics` and the notes say what the two report tables show
-for each job. :mod:`loadtest.compare` runs them.
+list of :class:`Job` s to run, each on the sides it makes sense for, and :func:`alternation`
+orders them. Vocabulary: a *job* is one scenario configuration (``pair@5000``), run on fresh
+servers once per side (see :mod:`loadtest.compare.sides`) and repeat.
+:mod:`loadtest.compare.runner` runs them.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from loadtest.comparison import (
-    ALL_SIDES,
-    BASELINE,
-    MEMORY,
-    REDIS_SIDES,
-    REDIS_TABLE,
-    Job,
-    Table,
-)
+from loadtest.compare.aggregate import REDIS_TABLE, Table
+from loadtest.compare.relay import relay_env
+from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES
 
 #: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
 #: scheduling hiccup of the pinned generator does not get a consumer disconnected mid-benchmark.
@@ -88,6 +83,49 @@ QUICK: Final = Plan(
 )
 
 
+@dataclass(frozen=True)
+class Job:
+    """One scenario configuration, run identically against both sides.
+
+    ``argv`` is the scenario's command line for ``python -m loadtest`` (without ``--url``,
+    ``--server-pid`` and ``--json-out``, which the runner adds); ``side_argv`` adds per-side
+    flags (``--delivery competing`` for the baseline, where semantics differ by design).
+    ``sides`` are the sides this job runs on, in run order.
+    """
+
+    key: str
+    scenario: str
+    argv: tuple[str, ...]
+    side_argv: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Environment overrides for every triorelay server of this job (memory or Redis).
+    triorelay_env: Mapping[str, str] = field(default_factory=dict)
+    sides: tuple[str, ...] = SIDES
+
+    def argv_for(self, side: str) -> list[str]:
+        """Return the generator's argv for ``side``."""
+        return [self.scenario, *self.argv, *self.side_argv.get(side, ())]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the plan: measure ``job`` against ``side`` in repeat ``repeat`` (0-based)."""
+
+    repeat: int
+    job: Job
+    side: str
+
+
+def alternation(jobs: Sequence[Job], repeats: int) -> list[Step]:
+    """Return the run order: for each repeat, each job, each of its sides in turn (A B A B ...).
+
+    Alternating sides next to each other means slow drift of the machine (thermal, other load)
+    hits every side alike instead of biasing whichever ran later.
+    """
+    return [
+        Step(repeat, job, side) for repeat in range(repeats) for job in jobs for side in job.sides
+    ]
+
+
 def build_jobs(plan: Plan) -> list[Job]:
     """Return the jobs of ``plan`` in run order.
 
@@ -100,7 +138,7 @@ def build_jobs(plan: Plan) -> list[Job]:
     # ?ack=echo), so they do the same work per message.
     triorelay_sides = (MEMORY, *plan.redis_sides)
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
-    deep = {"TRIORELAY_CONSUMER_BUFFER_MESSAGES": str(TRAFFIC_BUFFER_MESSAGES)}
+    deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
     lean = ("--lean", "--producer-procs", "1")
     redis = plan.redis_sides
@@ -145,91 +183,6 @@ def build_jobs(plan: Plan) -> list[Job]:
         argv = ("--connections", str(plan.connections), "--hold-seconds", "1", "--no-progress")
         jobs.append(Job("connections", "connections", argv))
     return jobs
-
-
-def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
-    """Return which metrics the baseline table shows for each job."""
-    shown = {
-        "pair": ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "generator_cpu_percent"],
-        "max": ["max_sustained_per_s", "generator_cpu_percent"],
-        "fanout": ["delivered_per_s", "server_cpu_us_per_msg", "p99_ms", "generator_cpu_percent"],
-        "slow": ["rss_growth_mb", "rss_max_mb", "p99_ms", "generator_cpu_percent"],
-        "connections": ["rss_per_connection_bytes"],
-    }
-    return [(job.key, shown[job.scenario]) for job in jobs]
-
-
-def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
-    """Return which metrics the Redis table shows for each job."""
-    traffic = ["server_cpu_us_per_msg", "redis_cpu_us_per_msg", "p50_ms", "p99_ms", "max_ms"]
-    shown = {
-        "pair": [*traffic, "delivered_ratio", "generator_cpu_percent"],
-        "max": ["max_sustained_per_s", "generator_cpu_percent"],
-        "fanout": ["delivered_per_s", *traffic, "generator_cpu_percent"],
-    }
-    return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
-
-
-def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
-    """Return the notes shown beside numbers where the two servers differ by design."""
-    notes: dict[tuple[str, str], str] = {}
-    for job in jobs:
-        if job.scenario == "pair":
-            notes[(job.key, "server_cpu_us_per_msg")] = (
-                "both echo each message to its producer (triorelay ?ack=echo)"
-            )
-        if job.scenario == "fanout":
-            notes[(job.key, "delivered_per_s")] = (
-                "baseline gives each message to ONE consumer (one global queue): compare "
-                "deliveries/s, not messages; triorelay delivers to all"
-            )
-            notes[(job.key, "server_cpu_us_per_msg")] = "per delivery"
-        if job.scenario == "slow":
-            notes[(job.key, "rss_growth_mb")] = (
-                "triorelay buffers ≤ 256 msgs per consumer, then closes the stalled one "
-                "(1013); the baseline's queue is unbounded"
-            )
-        if job.scenario == "max":
-            notes[(job.key, "max_sustained_per_s")] = (
-                f"p99 ≤ 50 ms and ≥ 99 % delivered; ladder {_ladder(job.argv)} msg/s "
-                "(— : not even the first step)"
-            )
-    return notes
-
-
-def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[str, str], str]:
-    """Return the notes of the Redis table: what each side's server cost includes.
-
-    ``redis_cpu_counted`` is false on someone else's Redis (``--redis-url``): then server CPU
-    is the relays' only.
-    """
-    with_redis = "relay(s) + redis-server" if redis_cpu_counted else "relay(s) only"
-    notes: dict[tuple[str, str], str] = {}
-    for job in jobs:
-        if job.scenario in ("pair", "fanout"):
-            notes[(job.key, "server_cpu_us_per_msg")] = (
-                f"memory: 1 relay; redis: {with_redis}, all on the server CPU"
-                + ("; per delivery" if job.scenario == "fanout" else "")
-            )
-            notes[(job.key, "p50_ms")] = (
-                "redis: published to Redis and read back, even on one relay; 2relays: "
-                "producer on relay A, consumers on relay B"
-            )
-        if job.scenario == "pair":
-            notes[(job.key, "delivered_ratio")] = "< 1: messages lost or late past the drain"
-        if job.scenario == "max":
-            redis_ladder = _ladder(job.side_argv.get(REDIS_SIDES[0], job.argv))
-            notes[(job.key, "max_sustained_per_s")] = (
-                f"p99 ≤ 50 ms and ≥ 99 % delivered; ladder memory {_ladder(job.argv)}, "
-                f"redis {redis_ladder} msg/s (— : not even the first step)"
-            )
-    return notes
-
-
-def _ladder(argv: Sequence[str]) -> str:
-    """The value of the last ``--steps`` in ``argv`` (the one argparse keeps)."""
-    last = max(i for i, arg in enumerate(argv) if arg == "--steps")
-    return argv[last + 1]
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -302,3 +255,8 @@ def redis_table_for(plan: Plan) -> Table:
     sides = tuple(side for side in REDIS_SIDES if side in plan.redis_sides)
     ratios = tuple(r for r in REDIS_TABLE.ratios if r[1] in sides)
     return Table(REDIS_TABLE.title, (MEMORY, *sides), ratios)
+
+
+def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
+    """Return the jobs of ``jobs`` that run on every side of ``table``."""
+    return [job for job in jobs if set(table.sides) <= set(job.sides)]

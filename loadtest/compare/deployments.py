@@ -21,9 +21,24 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from loadtest.comparison import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
-from loadtest.processes import Server, redis_server_binary, start_redis, start_server
+from loadtest.compare.processes import (
+    SERVER_COMMANDS,
+    Server,
+    redis_server_binary,
+    start_redis,
+    start_server,
+)
+from loadtest.compare.relay import env_name, relay_env
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
+
+#: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
+#: last).
+RELAYS: Final[Mapping[str, int]] = {REDIS: 1, REDIS_2RELAYS: 2}
+#: How long the streams of one run outlive it on a shared ``--redis-url`` (each run has its own
+#: key prefix, so nothing reads them again).
+REDIS_STREAM_TTL_SECONDS: Final = 600
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ def deploy(
     if side in (MEMORY, BASELINE):
         server = start_server(side, _log(stem, "server"), cpus=cpus, env=env)
         return Deployment(server.url, None, [server])
-    if side not in (REDIS, REDIS_2RELAYS):
+    if side not in RELAYS:
         raise ValueError(f"unknown side {side!r}")
     if not redis.available:
         raise ValueError(f"side {side} needs Redis: {redis.skipped}")
@@ -147,25 +162,41 @@ def deploy(
             assert redis.binary is not None
             deployment.redis = start_redis(redis.binary, _log(stem, "redis"), cpus=cpus)
             url = deployment.redis.url
-        relay_env = {
+        on_redis = {
             **(env or {}),
-            "TRIORELAY_BROKER": url,
-            # Runs never see each other's streams, even on a shared --redis-url.
-            "TRIORELAY_REDIS_KEY_PREFIX": f"loadtest:{uuid.uuid4().hex[:12]}:",
-            "TRIORELAY_REDIS_STREAM_TTL_SECONDS": "600",
+            **relay_env(
+                broker=url,
+                # Runs never see each other's streams, even on a shared --redis-url.
+                redis_key_prefix=f"loadtest:{uuid.uuid4().hex[:12]}:",
+                redis_stream_ttl_seconds=REDIS_STREAM_TTL_SECONDS,
+            ),
         }
-        relays = 2 if side == REDIS_2RELAYS else 1
+        relays = RELAYS[side]
         for i in range(relays):
             name = "server" if relays == 1 else f"server{i + 1}"
-            relay = start_server(MEMORY, _log(stem, name), cpus=cpus, env=relay_env)
+            relay = start_server(MEMORY, _log(stem, name), cpus=cpus, env=on_redis)
             deployment.servers.append(relay)
     except BaseException:
         deployment.stop()
         raise
     deployment.url = deployment.servers[0].url
-    if relays == 2:
-        deployment.consumer_url = deployment.servers[1].url
+    if relays > 1:
+        deployment.consumer_url = deployment.servers[-1].url
     return deployment
+
+
+def describe_side(side: str) -> str:
+    """One line for the report: the server processes of ``side`` and where clients connect."""
+    if side in SERVER_COMMANDS:
+        return f"`python {' '.join(SERVER_COMMANDS[side])}`, every client on it"
+    relays = RELAYS[side]  # KeyError: not a side
+    broker = f"`{env_name('broker')}=redis://...`"
+    if relays == 1:
+        return f"one relay with {broker}, producer and consumers on it (Redis and back)"
+    return (
+        f"{relays} relays with {broker} on the same Redis, the producer on the first, the "
+        "consumers on the last (the scale-out path)"
+    )
 
 
 def _log(stem: Path, name: str) -> Path:

@@ -1,11 +1,8 @@
 """The PNG charts of ``python -m loadtest compare`` (matplotlib, Agg backend: no display).
 
-* ``latency.png``: pair p50/p99 against the offered rate, per side (log scale);
-* ``throughput.png``: highest sustained 1→1 rate and fan-out deliveries/s, per side;
-* ``slow_memory.png``: server RSS over time with a stalled consumer, per side.
-
-The first two include the Redis sides when they ran. Rows of the Redis table repeat the
-in-memory relay's cells, so each point is taken once per side and job (:func:`side_values`).
+The files and what each shows, per side, are :data:`PLOT_FILES`. The first two include the
+Redis sides when they ran. Rows of the Redis table repeat the in-memory relay's cells, so each
+point is taken once per side and job (:func:`side_values`).
 
 A chart whose data is missing (scenario not run) is still written, with a "no data" note, so
 the set of files does not depend on ``--scenarios``.
@@ -16,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 import matplotlib
 
@@ -25,9 +23,15 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from loadtest.comparison import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS, Row
+from loadtest.compare.aggregate import Row
+from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS
 
-PLOT_FILES = ("latency.png", "throughput.png", "slow_memory.png")
+#: Every chart ``compare`` writes, and what it shows (the report lists them from here).
+PLOT_FILES: Final[Mapping[str, str]] = {
+    "latency.png": "pair latency p50/p99 vs offered rate, log scale",
+    "throughput.png": "highest sustained 1→1 rate and fan-out deliveries/s",
+    "slow_memory.png": "server RSS over time with a stalled consumer",
+}
 _COLORS = {
     MEMORY: "tab:blue",
     BASELINE: "tab:orange",
@@ -133,8 +137,8 @@ def write_plots(
     out: Path, rows: Sequence[Row], slow: Mapping[str, Sequence[Sequence[float]]]
 ) -> list[Path]:
     """Write every chart of :data:`PLOT_FILES` into ``out``; return their paths."""
-    paths = [out / name for name in PLOT_FILES]
-    plot_latency(paths[0], rows)
-    plot_throughput(paths[1], rows)
-    plot_slow_memory(paths[2], slow)
+    latency, throughput, slow_memory = paths = [out / name for name in PLOT_FILES]
+    plot_latency(latency, rows)
+    plot_throughput(throughput, rows)
+    plot_slow_memory(slow_memory, slow)
     return paths

@@ -26,7 +26,17 @@ from typing import IO, Any, Final
 
 import psutil  # type: ignore[import-untyped]
 
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+from loadtest.compare.relay import ENV_PREFIX, env_name
+from loadtest.compare.sides import BASELINE, MEMORY
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+#: The server of each side that has one of its own, as ``python ARGS --host H --port P``:
+#: the relay on Hypercorn's trio worker, and the baseline on uvicorn. The Redis sides start
+#: ``triorelay`` processes (see :mod:`loadtest.compare.deployments`).
+SERVER_COMMANDS: Final[Mapping[str, tuple[str, ...]]] = {
+    MEMORY: ("-m", "triorelay", "serve"),
+    BASELINE: ("-m", "loadtest.baseline"),
+}
 #: How long a server may take to announce its port and answer a request.
 STARTUP_TIMEOUT_S: Final = 30.0
 _PORT_RE: Final = re.compile(r"(?:Running on|listening on) http://[^\s:]+:(\d+)")
@@ -55,7 +65,13 @@ def pin_to(cpus: set[int] | None) -> Callable[[], None] | None:
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
+    """Return the environment of a child process: ours with this checkout on ``PYTHONPATH``,
+    without any ``TRIORELAY_*`` variable of ours, then ``extra``.
+
+    Relays run on triorelay's defaults plus what the job sets (``extra``): the values the
+    report names, whatever the shell that started ``compare`` exported.
+    """
+    env = {k: v for k, v in os.environ.items() if not (ENV_PREFIX and k.startswith(ENV_PREFIX))}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
@@ -114,20 +130,17 @@ def start_server(
 ) -> Server:
     """Start a fresh ``side`` server on a free port, pinned to ``cpus``; return once it serves.
 
-    ``side`` is ``triorelay`` (``python -m triorelay serve``; with ``TRIORELAY_BROKER`` in
-    ``env`` it returns only once ``/healthz`` says the broker is connected) or ``asyncio``.
+    ``side`` is one of :data:`SERVER_COMMANDS`; a relay with ``TRIORELAY_BROKER`` in ``env``
+    returns only once ``/healthz`` says the broker is connected.
     Raises ``RuntimeError`` (with the log tail) if it does not announce its port in time.
     """
-    if side == "triorelay":
-        argv = ["-m", "triorelay", "serve", "--host", "127.0.0.1", "--port", "0"]
-    elif side == "asyncio":
-        argv = ["-m", "loadtest.baseline", "--host", "127.0.0.1", "--port", "0"]
-    else:
+    if side not in SERVER_COMMANDS:
         raise ValueError(f"unknown side {side!r}")
-    server, port = _spawn(side, [sys.executable, *argv], log_path, cpus=cpus, env=env)
+    argv = [sys.executable, *SERVER_COMMANDS[side], "--host", "127.0.0.1", "--port", "0"]
+    server, port = _spawn(side, argv, log_path, cpus=cpus, env=env)
     server.url = f"ws://127.0.0.1:{port}"
     try:
-        if env and "TRIORELAY_BROKER" in env:
+        if env and env_name("broker") in env:
             wait_until_ready(port)
         else:
             wait_until_serving(port)

@@ -1,16 +1,12 @@
-"""The I/O-free half of ``python -m loadtest compare``: plan, metrics, aggregation, markdown.
+"""Runs into numbers: each run's flat metrics, whether the generator limited it, and the medians
+and ratios of the report tables (I/O-free).
 
-:mod:`loadtest.compare` runs the measurements (servers, pinning, generator processes); this
-module decides their order, turns each run's result JSON into flat metrics, aggregates repeats
-into medians and ratios, and renders ``compare.md``. Everything here is a pure function of its
-arguments, so it is tested synchronously.
-
-Vocabulary: a *job* is one scenario configuration (``pair@5000``); a *run* is one job measured
-once against one *side* on fresh server processes. The sides: ``triorelay`` (in-memory
-broker), ``asyncio`` (the baseline), ``triorelay+redis`` (one relay on a Redis broker: every
-message goes through Redis and back) and ``triorelay+redis-2relays`` (two relays on one Redis,
-producers on the first, consumers on the second). A *table* compares some sides with ratios:
-triorelay against the baseline, and Redis against memory.
+A *run* is one job (see :mod:`loadtest.compare.plan`) measured once against one side on fresh
+server processes; :func:`extract_metrics` turns its result JSON into flat metrics, and
+:func:`aggregate` turns the repeats of every side into one :class:`Row` per job and metric of
+a :class:`Table`: each side's median and the table's ratios. A table compares some sides:
+triorelay against the baseline, and Redis against memory. Everything here is a pure function
+of its arguments, so it is tested synchronously; :mod:`loadtest.compare.report` renders it.
 """
 
 from __future__ import annotations
@@ -20,62 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-MEMORY: Final = "triorelay"
-BASELINE: Final = "asyncio"
-REDIS: Final = "triorelay+redis"
-REDIS_2RELAYS: Final = "triorelay+redis-2relays"
-#: The original two sides (the default of a :class:`Job`), in the order they run.
-SIDES: Final = (MEMORY, BASELINE)
-#: The sides on a Redis broker.
-REDIS_SIDES: Final = (REDIS, REDIS_2RELAYS)
-#: Every side, in the order they run within each job of a repeat (A B C D A B C D ...).
-ALL_SIDES: Final = (*SIDES, *REDIS_SIDES)
-#: Sum of the generator's in-window CPU percents at or above this, with the generator pinned to
-#: one core, means the generator (not the server) was the bottleneck.
-GENERATOR_CORE_PERCENT: Final = 90.0
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS, REDIS_SIDES, SIDES
+from loadtest.monitor import GENERATOR_BOUND_PERCENT
 
-
-@dataclass(frozen=True)
-class Job:
-    """One scenario configuration, run identically against both sides.
-
-    ``argv`` is the scenario's command line for ``python -m loadtest`` (without ``--url``,
-    ``--server-pid`` and ``--json-out``, which the runner adds); ``side_argv`` adds per-side
-    flags (``--delivery competing`` for the baseline, where semantics differ by design).
-    ``sides`` are the sides this job runs on, in run order.
-    """
-
-    key: str
-    scenario: str
-    argv: tuple[str, ...]
-    side_argv: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: Environment overrides for every triorelay server of this job (memory or Redis).
-    triorelay_env: Mapping[str, str] = field(default_factory=dict)
-    sides: tuple[str, ...] = SIDES
-
-    def argv_for(self, side: str) -> list[str]:
-        """Return the generator's argv for ``side``."""
-        return [self.scenario, *self.argv, *self.side_argv.get(side, ())]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One entry of the plan: measure ``job`` against ``side`` in repeat ``repeat`` (0-based)."""
-
-    repeat: int
-    job: Job
-    side: str
-
-
-def alternation(jobs: Sequence[Job], repeats: int) -> list[Step]:
-    """Return the run order: for each repeat, each job, each of its sides in turn (A B A B ...).
-
-    Alternating sides next to each other means slow drift of the machine (thermal, other load)
-    hits every side alike instead of biasing whichever ran later.
-    """
-    return [
-        Step(repeat, job, side) for repeat in range(repeats) for job in jobs for side in job.sides
-    ]
+#: Sum of the generator's in-window CPU percents at or above this per core it is pinned to
+#: means the generator (not the server) was the bottleneck: the bound of one process, per core.
+GENERATOR_CORE_PERCENT: Final = GENERATOR_BOUND_PERCENT
 
 
 def median(values: Iterable[float | None]) -> float | None:
@@ -150,9 +96,10 @@ def _generator_sum(generator: Mapping[str, Any]) -> float | None:
 def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None) -> bool:
     """Return whether the generator, not the server, limited this run.
 
-    True when the scenario flagged it (a process at >= 90 % of a core), when ``max`` says it
-    was ``limited_by: generator``, or when the generator is pinned to ``generator_cores`` cores
-    and its processes together used >= 90 % of them.
+    True when the scenario flagged it (a process at or above
+    :data:`~loadtest.monitor.GENERATOR_BOUND_PERCENT` of a core), when ``max`` says it was
+    ``limited_by: generator``, or when the generator is pinned to ``generator_cores`` cores and
+    its processes together used :data:`GENERATOR_CORE_PERCENT` of each of them.
     """
     summary = result["summary"]
     if summary["generator"]["generator_bound"]:
@@ -168,7 +115,7 @@ def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None
 def extract_metrics(
     result: Mapping[str, Any], *, server_cpu_s: float | None, redis_cpu_s: float | None = None
 ) -> dict[str, Any]:
-    """Return the flat metrics of one scenario result (see :data:`METRICS` for their meaning).
+    """Return the flat metrics of one scenario result (shown as report ``METRICS`` say).
 
     ``server_cpu_s`` is the server side's CPU time over the whole generator run (connect, send,
     drain), measured by the runner: every relay process plus ``redis-server`` when the runner
@@ -207,32 +154,6 @@ def extract_metrics(
 
 
 @dataclass(frozen=True)
-class Metric:
-    """How to show one metric: label, unit, digits, and whether a higher value is better."""
-
-    label: str
-    unit: str
-    digits: int
-    higher_is_better: bool
-
-
-METRICS: Final[Mapping[str, Metric]] = {
-    "server_cpu_us_per_msg": Metric("server CPU per delivered msg", "µs", 1, False),
-    "redis_cpu_us_per_msg": Metric("… of which redis-server", "µs", 1, False),
-    "p50_ms": Metric("latency p50", "ms", 2, False),
-    "p99_ms": Metric("latency p99", "ms", 2, False),
-    "max_ms": Metric("latency max", "ms", 2, False),
-    "delivered_ratio": Metric("delivered / expected", "", 4, True),
-    "delivered_per_s": Metric("delivered msg/s", "/s", 0, True),
-    "max_sustained_per_s": Metric("max sustained 1→1", "msg/s", 0, True),
-    "rss_per_connection_bytes": Metric("idle RSS per connection", "bytes", 0, False),
-    "rss_growth_mb": Metric("server RSS growth", "MiB", 1, False),
-    "rss_max_mb": Metric("server RSS max", "MiB", 1, False),
-    "generator_cpu_percent": Metric("generator CPU (in window)", "% core", 0, False),
-}
-
-
-@dataclass(frozen=True)
 class Cell:
     """One side of one aggregated metric: the median, how many runs fed it, and whether all of
     them were generator-bound (then the number is not a server measurement)."""
@@ -264,11 +185,6 @@ REDIS_TABLE: Final = Table(
     (MEMORY, *REDIS_SIDES),
     (("redis/memory", REDIS, MEMORY), ("2relays/memory", REDIS_2RELAYS, MEMORY)),
 )
-
-
-def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
-    """Return the jobs of ``jobs`` that run on every side of ``table``."""
-    return [job for job in jobs if set(table.sides) <= set(job.sides)]
 
 
 @dataclass(frozen=True)
@@ -331,57 +247,3 @@ def aggregate(
             note = (notes or {}).get((job_key, metric), "")
             rows.append(Row(job_key, metric, cells, ratios, note))
     return rows
-
-
-def format_value(value: float | None, digits: int) -> str:
-    """Return ``value`` with ``digits`` decimals and thousands separators, ``—`` for ``None``."""
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}"
-
-
-def _format_cell(cell: Cell, metric: Metric) -> str:
-    text = format_value(cell.median, metric.digits)
-    if cell.generator_bound and cell.median is not None:
-        text += " ⚠gen"
-    return text
-
-
-def render_table(rows: Sequence[Row], table: Table = BASELINE_TABLE) -> str:
-    """Return the markdown table of ``rows``: job, metric, each side's median, ratios, note.
-
-    A ``⚠gen`` mark means every run of that side was generator-bound: the figure is the
-    generator's limit, not the server's.
-    """
-    labels = [label for label, _num, _den in table.ratios]
-    header = ["scenario", "metric", *table.sides, *labels, "note"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        metric = METRICS[row.metric]
-        ratios = [_format_ratio(row.ratios.get(label)) for label in labels]
-        cells = [_format_cell(row.cells[s], metric) for s in table.sides]
-        label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
-        lines.append("| " + " | ".join([row.job_key, label, *cells, *ratios, row.note]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _format_ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}x"
-
-
-def render_runs(runs: Sequence[Run]) -> str:
-    """Return the per-run markdown table: server CPU, generator CPU and flags of every run."""
-    lines = [
-        "| repeat | scenario | side | server CPU (s) | generator CPU (s) | generator CPU (% core) "
-        "| gen-bound | flags |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in runs:
-        lines.append(
-            f"| {r.repeat + 1} | {r.job_key} | {r.side} | "
-            f"{format_value(r.metrics.get('server_cpu_s'), 2)} | "
-            f"{format_value(r.metrics.get('generator_cpu_s'), 2)} | "
-            f"{format_value(r.generator_cpu_percent, 0)} | "
-            f"{'**yes**' if r.generator_bound else 'no'} | {', '.join(r.flags) or '—'} |"
-        )
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,295 @@
+"""Numbers into words: what each report table shows, the notes beside its numbers, and the
+markdown of ``compare.md`` (I/O-free).
+
+:mod:`loadtest.compare.aggregate` gives the rows; this module says which metrics each job shows
+(:func:`job_metrics`, :func:`redis_job_metrics`), how each metric is shown (:data:`METRICS`),
+the notes where the sides differ by design, and renders the tables and the whole report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from loadtest.compare.aggregate import BASELINE_TABLE, REDIS_TABLE, Cell, Row, Run, Table
+from loadtest.compare.deployments import RedisSource, describe_side
+from loadtest.compare.plan import Job, Plan, build_jobs
+from loadtest.compare.processes import SERVER_COMMANDS
+from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS_SIDES, SIDES
+from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How to show one metric: its label, unit and decimal digits."""
+
+    label: str
+    unit: str
+    digits: int
+
+
+METRICS: Final[Mapping[str, Metric]] = {
+    "server_cpu_us_per_msg": Metric("server CPU per delivered msg", "µs", 1),
+    "redis_cpu_us_per_msg": Metric("… of which redis-server", "µs", 1),
+    "p50_ms": Metric("latency p50", "ms", 2),
+    "p99_ms": Metric("latency p99", "ms", 2),
+    "max_ms": Metric("latency max", "ms", 2),
+    "delivered_ratio": Metric("delivered / expected", "", 4),
+    "delivered_per_s": Metric("delivered msg/s", "/s", 0),
+    "max_sustained_per_s": Metric("max sustained 1→1", "msg/s", 0),
+    "rss_per_connection_bytes": Metric("idle RSS per connection", "bytes", 0),
+    "rss_growth_mb": Metric("server RSS growth", "MiB", 1),
+    "rss_max_mb": Metric("server RSS max", "MiB", 1),
+    "generator_cpu_percent": Metric("generator CPU (in window)", "% core", 0),
+}
+
+
+def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the baseline table shows for each job."""
+    shown = {
+        "pair": ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "generator_cpu_percent"],
+        "max": ["max_sustained_per_s", "generator_cpu_percent"],
+        "fanout": ["delivered_per_s", "server_cpu_us_per_msg", "p99_ms", "generator_cpu_percent"],
+        "slow": ["rss_growth_mb", "rss_max_mb", "p99_ms", "generator_cpu_percent"],
+        "connections": ["rss_per_connection_bytes"],
+    }
+    return [(job.key, shown[job.scenario]) for job in jobs]
+
+
+def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the Redis table shows for each job."""
+    traffic = ["server_cpu_us_per_msg", "redis_cpu_us_per_msg", "p50_ms", "p99_ms", "max_ms"]
+    shown = {
+        "pair": [*traffic, "delivered_ratio", "generator_cpu_percent"],
+        "max": ["max_sustained_per_s", "generator_cpu_percent"],
+        "fanout": ["delivered_per_s", *traffic, "generator_cpu_percent"],
+    }
+    return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
+
+
+def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes shown beside numbers where the two servers differ by design.
+
+    Every setting and threshold they name is the one the job ran with: its argv, its relay
+    environment, or else the generator's and triorelay's defaults.
+    """
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario == "pair":
+            ack = _last_value(job.side_argv.get(MEMORY, ()), "--ack")
+            notes[(job.key, "server_cpu_us_per_msg")] = (
+                "both echo each message to its producer (triorelay ?ack=echo)"
+                if ack == "echo"
+                else f"the baseline echoes each message; triorelay ?ack={ack or 'default'}"
+            )
+        if job.scenario == "fanout":
+            notes[(job.key, "delivered_per_s")] = (
+                "baseline gives each message to ONE consumer (one global queue): compare "
+                "deliveries/s, not messages; triorelay delivers to all"
+            )
+            notes[(job.key, "server_cpu_us_per_msg")] = "per delivery"
+        if job.scenario == "slow":
+            notes[(job.key, "rss_growth_mb")] = (
+                f"triorelay buffers {_consumer_bound(job)}, then {_slow_policy(job)}; the "
+                "baseline's queue is unbounded"
+            )
+        if job.scenario == "max":
+            notes[(job.key, "max_sustained_per_s")] = (
+                f"{_sustained(job)}; ladder {_last_value(job.argv, '--steps')} msg/s "
+                "(— : not even the first step)"
+            )
+    return notes
+
+
+def _consumer_bound(job: Job) -> str:
+    """``≤ N msgs or M MiB per consumer``: the buffer of each consumer of ``job``'s relays."""
+    messages = effective("consumer_buffer_messages", job.triorelay_env)
+    mib = int(effective("consumer_buffer_bytes", job.triorelay_env)) / 2**20
+    return f"≤ {messages} msgs or {mib:g} MiB per consumer"
+
+
+def _slow_policy(job: Job) -> str:
+    """What ``job``'s relays do to the stalled consumer once its buffer is full."""
+    policy = effective("slow_consumer_policy", job.triorelay_env)
+    return f"{POLICY_EFFECTS[policy]} (policy `{policy}`)"
+
+
+def _sustained(job: Job) -> str:
+    """When a step of ``job`` (a ``max`` job) counts as sustained, as its generator decides."""
+    p99_ms = float(_last_value(job.argv, "--p99-bound-ms") or DEFAULT_P99_BOUND_MS)
+    ratio = float(_last_value(job.argv, "--min-delivered-ratio") or DEFAULT_MIN_DELIVERED_RATIO)
+    return f"p99 ≤ {p99_ms:g} ms and ≥ {100 * ratio:g} % delivered"
+
+
+def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[str, str], str]:
+    """Return the notes of the Redis table: what each side's server cost includes.
+
+    ``redis_cpu_counted`` is false on someone else's Redis (``--redis-url``): then server CPU
+    is the relays' only.
+    """
+    with_redis = "relay(s) + redis-server" if redis_cpu_counted else "relay(s) only"
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario in ("pair", "fanout"):
+            notes[(job.key, "server_cpu_us_per_msg")] = (
+                f"memory: 1 relay; redis: {with_redis}, all on the server CPU"
+                + ("; per delivery" if job.scenario == "fanout" else "")
+            )
+            notes[(job.key, "p50_ms")] = (
+                "redis: published to Redis and read back, even on one relay; 2relays: "
+                "producer on relay A, consumers on relay B"
+            )
+        if job.scenario == "pair":
+            notes[(job.key, "delivered_ratio")] = "< 1: messages lost or late past the drain"
+        if job.scenario == "max":
+            memory_ladder = _last_value(job.argv, "--steps")
+            redis_ladder = _last_value(job.argv_for(REDIS_SIDES[0]), "--steps")
+            notes[(job.key, "max_sustained_per_s")] = (
+                f"{_sustained(job)}; ladder memory {memory_ladder}, redis {redis_ladder} msg/s "
+                "(— : not even the first step)"
+            )
+    return notes
+
+
+def _last_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of the last ``flag`` in ``argv`` (the one argparse keeps), ``None`` without."""
+    at = [i for i, arg in enumerate(argv) if arg == flag]
+    return argv[at[-1] + 1] if at else None
+
+
+def format_value(value: float | None, digits: int) -> str:
+    """Return ``value`` with ``digits`` decimals and thousands separators, ``—`` for ``None``."""
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _format_cell(cell: Cell, metric: Metric) -> str:
+    text = format_value(cell.median, metric.digits)
+    if cell.generator_bound and cell.median is not None:
+        text += " ⚠gen"
+    return text
+
+
+def render_table(rows: Sequence[Row], table: Table = BASELINE_TABLE) -> str:
+    """Return the markdown table of ``rows``: job, metric, each side's median, ratios, note.
+
+    A ``⚠gen`` mark means every run of that side was generator-bound: the figure is the
+    generator's limit, not the server's.
+    """
+    labels = [label for label, _num, _den in table.ratios]
+    header = ["scenario", "metric", *table.sides, *labels, "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        metric = METRICS[row.metric]
+        ratios = [_format_ratio(row.ratios.get(label)) for label in labels]
+        cells = [_format_cell(row.cells[s], metric) for s in table.sides]
+        label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
+        lines.append("| " + " | ".join([row.job_key, label, *cells, *ratios, row.note]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def render_runs(runs: Sequence[Run]) -> str:
+    """Return the per-run markdown table: server CPU, generator CPU and flags of every run."""
+    lines = [
+        "| repeat | scenario | side | server CPU (s) | generator CPU (s) | generator CPU (% core) "
+        "| gen-bound | flags |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r.repeat + 1} | {r.job_key} | {r.side} | "
+            f"{format_value(r.metrics.get('server_cpu_s'), 2)} | "
+            f"{format_value(r.metrics.get('generator_cpu_s'), 2)} | "
+            f"{format_value(r.generator_cpu_percent, 0)} | "
+            f"{'**yes**' if r.generator_bound else 'no'} | {', '.join(r.flags) or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_report(
+    rows_md: str,
+    redis_md: str,
+    runs_md: str,
+    *,
+    plan: Plan,
+    pins: tuple[set[int], set[int]] | None,
+    redis: RedisSource,
+    wall_s: float,
+    charts: Mapping[str, str] | None = None,
+) -> str:
+    """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
+
+    ``charts`` maps each chart file written beside it to what it shows.
+    """
+    if pins:
+        pin_text = (
+            f"every server process (relays, baseline, redis-server) pinned to CPU "
+            f"{sorted(pins[0])}, the generator to CPU {sorted(pins[1])}"
+        )
+    else:
+        pin_text = "**not pinned**: fewer than 2 CPUs, server and generator share the machine"
+    jobs = build_jobs(plan)
+    if redis_md:
+        sides = "; ".join(f"`{side}`: {describe_side(side)}" for side in plan.redis_sides)
+        on_redis = {job.scenario for job in jobs if set(REDIS_SIDES) & set(job.sides)}
+        skipped = [f"`{s}`" for s in plan.scenarios if s not in on_redis]
+        redis_section = (
+            f"## {REDIS_TABLE.title}\n\n"
+            f"- {redis.describe()}\n"
+            f"- {sides}; ratios are over the in-memory relay (`{MEMORY}`)\n"
+            + (f"- not run on Redis: {', '.join(skipped)}; " if skipped else "- ")
+            + "broadcast channels only (queue mode over Redis is measured by the tests, not "
+            "here)\n\n"
+            f"{redis_md}\n"
+        )
+    elif not redis.available:
+        redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
+    else:
+        redis_section = ""
+    chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
+    return (
+        "# triorelay vs the asyncio baseline, and through Redis\n\n"
+        f"- {plan.repeats} repeat(s), sides alternating within each job "
+        f"({', '.join((*SIDES, *plan.redis_sides))}, where the job runs on them), fresh server "
+        "processes per run; medians over repeats\n"
+        f"- {pin_text}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
+        f"- {MEMORY}: `python {' '.join(SERVER_COMMANDS[MEMORY])}` (Hypercorn trio worker); "
+        f"{BASELINE}: `python {' '.join(SERVER_COMMANDS[BASELINE])}` (FastAPI on uvicorn)\n"
+        f"- {_buffers(jobs)}\n"
+        "- server CPU per message = CPU seconds of every server process over the whole run "
+        "(connect, send, drain) / delivered messages\n"
+        "- ⚠gen: every run of that side was generator-bound, so the figure is the generator's "
+        "limit, not the server's; generator-bound runs are left out of the other medians\n"
+        f"- wall time {wall_s:.0f} s\n\n"
+        f"## {BASELINE_TABLE.title}\n\n"
+        f"{rows_md}\n"
+        f"{redis_section}"
+        + (f"Charts: {chart_text}.\n\n" if chart_text else "")
+        + "## Every run\n\n"
+        f"{runs_md}"
+    )
+
+
+def _buffers(jobs: Sequence[Job]) -> str:
+    """The relays' per-consumer buffer in each scenario of ``jobs``, and where it is the default."""
+    setting = "consumer_buffer_messages"
+    by_value: dict[str, list[str]] = {}
+    for job in jobs:
+        scenarios = by_value.setdefault(effective(setting, job.triorelay_env), [])
+        if job.scenario not in scenarios:
+            scenarios.append(job.scenario)
+    default_value = str(default(setting))
+    parts = [
+        f"{value} msgs{' (the default)' if value == default_value else ''} in {'/'.join(names)}"
+        for value, names in by_value.items()
+    ]
+    return f"triorelay per-consumer buffer (`{env_name(setting)}`): {', '.join(parts)}"

@@ -1,0 +1,23 @@
+"""The sides a comparison measures, by name (I/O-free).
+
+A *side* is one server setup the same job runs against, on fresh processes every run (see
+:mod:`loadtest.compare.deployments` for what each one starts): ``triorelay`` (the in-memory
+broker), ``asyncio`` (the baseline), ``triorelay+redis`` (one relay on a Redis broker: every
+message goes through Redis and back) and ``triorelay+redis-2relays`` (two relays on one Redis,
+producers on the first, consumers on the second).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MEMORY: Final = "triorelay"
+BASELINE: Final = "asyncio"
+REDIS: Final = "triorelay+redis"
+REDIS_2RELAYS: Final = "triorelay+redis-2relays"
+#: The original two sides (the default of a job), in the order they run.
+SIDES: Final = (MEMORY, BASELINE)
+#: The sides on a Redis broker.
+REDIS_SIDES: Final = (REDIS, REDIS_2RELAYS)
+#: Every side, in the order they run within each job of a repeat (A B C D A B C D ...).
+ALL_SIDES: Final = (*SIDES, *REDIS_SIDES)
