@@ -16,8 +16,8 @@ from trio_websocket import ConnectionClosed
 from tests.conftest import StartRelay, make_settings
 from tests.helpers import RawWebSocket, RunningRelay, refused_upgrade, wait_until
 from tests.redis_server import RedisServer, TcpProxy, free_port
-from triorelay.brokers import redis as redis_broker_module
 from triorelay.brokers.redis import Backoff, RedisBroker
+from triorelay.brokers.redis import streams as streams_module
 from triorelay.errors import SettingsError
 
 FAST_RECONNECT = {"broker_reconnect_max_seconds": 0.2, "broker_timeout_seconds": 2.0}
@@ -433,7 +433,7 @@ async def test_a_partitioned_redis_is_noticed_and_survived(
 ) -> None:
     """Redis unreachable without the connection closing (a partition): the blocked read is
     bounded, so the relay notices (503), fails publishes (1013), and resumes when it heals."""
-    monkeypatch.setattr(redis_broker_module, "_BLOCK_MILLISECONDS", 200)
+    monkeypatch.setattr(streams_module, "_BLOCK_MILLISECONDS", 200)
     proxy = TcpProxy(redis_server.port)
     await nursery.start(proxy.run)
     server = await start_relay(
@@ -471,15 +471,15 @@ async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> 
     async def deliver(name: str, item: object) -> None:
         delivered.append(item)
 
-    broker = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver)
+    streams = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver).streams
     entry = StreamEntry(
         identifier=b"1-0", field_values=OrderedDict([(b"p", b"old"), (b"t", b"1"), (b"s", b"1")])
     )
-    broker.watch("c")
-    old_watch = broker._watches["c"]
-    broker.unwatch("c")
-    broker.watch("c")  # joined again: a new watch
-    await broker._deliver("c", old_watch, (entry,))
+    streams.watch("c")
+    old_watch = streams._watches["c"]
+    streams.unwatch("c")
+    streams.watch("c")  # joined again: a new watch
+    await streams._deliver("c", old_watch, (entry,))
     assert delivered == []
-    await broker._deliver("c", broker._watches["c"], (entry,))
+    await streams._deliver("c", streams._watches["c"], (entry,))
     assert delivered == ["old"]
