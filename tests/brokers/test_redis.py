@@ -16,9 +16,11 @@ from trio_websocket import ConnectionClosed
 from tests.conftest import StartRelay, make_settings
 from tests.helpers import RawWebSocket, RunningRelay, refused_upgrade, wait_until
 from tests.redis_server import RedisServer, TcpProxy, free_port
+from triorelay.brokers import broker_factory
 from triorelay.brokers.redis import Backoff, RedisBroker
 from triorelay.brokers.redis import streams as streams_module
 from triorelay.errors import SettingsError
+from triorelay.hub import Hub
 
 FAST_RECONNECT = {"broker_reconnect_max_seconds": 0.2, "broker_timeout_seconds": 2.0}
 
@@ -483,3 +485,55 @@ async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> 
     assert delivered == []
     await streams._deliver("c", streams._watches["c"], (entry,))
     assert delivered == ["old"]
+
+
+async def test_a_queue_consumer_before_any_publish_makes_the_group_and_waits_quietly(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A queue consumer of a channel nothing was published on yet (Redis answers NOGROUP)
+    creates the consumer group and waits for a message, with no error recorded."""
+    settings = make_settings(broker=redis_server.url, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        with hub.attach_consumer("jobs.new") as consumer:
+            received: list[str | bytes] = []
+
+            async def receive_one() -> None:
+                received.append(await consumer.receive())
+
+            async def groups() -> Any:
+                if not await client.exists(["triorelay:q:jobs.new"]):
+                    return None
+                return await client.xinfo_groups("triorelay:q:jobs.new")
+
+            nursery.start_soon(receive_one)
+            made: Any = await wait_until(groups)
+            assert [group[b"name"] for group in made] == [b"triorelay"]
+            with hub.attach_producer("jobs.new") as producer:
+                assert await producer.publish("first") == 1
+            await wait_until(lambda: received)
+        assert received == ["first"]
+    assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_a_release_for_a_queue_that_is_gone_holds_up_no_other_release(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Giving back for a queue whose stream is gone (expired, or Redis restarted: NOGROUP)
+    is done at once, so the release queued after it still gives its message back at once."""
+    settings = make_settings(broker=redis_server.url, redis_claim_idle_seconds=600, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    gone = hub.broker.queue("jobs.gone")
+    assert gone is not None
+    with hub.attach_producer("jobs.live") as producer:
+        assert await producer.publish("job") == 1
+    with trio.fail_after(10):
+        with hub.attach_consumer("jobs.live") as leaving:
+            assert await leaving.receive() == "job"  # taken, not acknowledged
+            gone.release(leaving.id)  # queued first
+        with hub.attach_consumer("jobs.live") as consumer:  # the claim time is 600 s
+            assert await consumer.receive() == "job"
+            await consumer.acknowledge()
+    assert hub.broker.statistics()["last_error"] is None

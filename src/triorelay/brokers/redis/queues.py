@@ -27,10 +27,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import coredis.exceptions
 import trio
 
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
+from triorelay.compat.coredis import is_existing_group, is_missing_group
 from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
 
@@ -125,7 +125,7 @@ class RedisQueues:
                 if entry is None:
                     entry = await self._read_new(key, consumer)
             except REDIS_ERRORS as error:
-                if "NOGROUP" in str(error):  # expired, or Redis restarted empty
+                if is_missing_group(error):  # nothing published yet, expired, Redis restarted
                     with contextlib.suppress(BrokerUnavailable):
                         await self._create_group(key)
                         continue
@@ -163,12 +163,12 @@ class RedisQueues:
 
     async def _create_group(self, key: str) -> None:
         connection = self._connection
-        try:
-            with connection.failing_as_unavailable("queue group"):
+        with connection.failing_as_unavailable("queue group"):
+            try:
                 await connection.client.xgroup_create(key, GROUP, "0", mkstream=True)
-        except coredis.exceptions.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+            except REDIS_ERRORS as error:
+                if not is_existing_group(error):  # another consumer made it first
+                    raise
 
     async def acknowledge(self, receipt: object) -> None:
         """Delete a delivered message. If Redis is unreachable it is delivered again later."""
@@ -206,8 +206,8 @@ class RedisQueues:
         client = self._connection.client
         try:
             pending: Any = await client.xpending(key, GROUP, "-", "+", 100, consumer=consumer)
-        except coredis.exceptions.ResponseError as error:
-            if "NOGROUP" in str(error):
+        except REDIS_ERRORS as error:
+            if is_missing_group(error):
                 return  # the stream is gone, and what it held with it
             raise
         for entry in pending:
