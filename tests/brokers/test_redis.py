@@ -537,3 +537,47 @@ async def test_a_release_for_a_queue_that_is_gone_holds_up_no_other_release(
             assert await consumer.receive() == "job"
             await consumer.acknowledge()
     assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_queue_consumers_past_the_blocking_bound_wait_their_turn(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """redis_max_blocking_connections=2 and 3 waiting queue consumers: 2 block in Redis, the
+    third waits in the relay (counted in statistics) and takes its turn when one returns;
+    every message is delivered once and no error is recorded."""
+    settings = make_settings(broker=redis_server.url, redis_max_blocking_connections=2, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    count = 9
+    send_got, got = trio.open_memory_channel[tuple[int, str | bytes]](count)
+
+    async def consume(index: int, *, task_status: trio.TaskStatus[None]) -> None:
+        with hub.attach_consumer("jobs.bound") as consumer:
+            task_status.started()
+            while True:
+                message = await consumer.receive()
+                await consumer.acknowledge()
+                await send_got.send((index, message))
+
+    def waiting_as_bounded() -> bool:
+        stats = hub.broker.statistics()
+        return (stats["blocking_reads"], stats["blocking_reads_waiting"]) == (2, 1)
+
+    received: dict[int, list[str | bytes]] = {0: [], 1: [], 2: []}
+    async with coredis.Redis.from_url(redis_server.url) as client, trio.open_nursery() as inner:
+        for index in range(3):
+            await inner.start(consume, index)
+        await wait_until(waiting_as_bounded)
+        info: Any = await client.info("clients")
+        assert info["blocked_clients"] == 3  # two queue consumers, and the broadcast reader
+        with trio.fail_after(10), hub.attach_producer("jobs.bound") as producer:
+            for i in range(count):  # in lockstep: each message finds the consumers waiting
+                await producer.publish(f"job{i}")
+                index, message = await got.receive()
+                received[index].append(message)
+        await wait_until(waiting_as_bounded)
+        inner.cancel_scope.cancel()
+    delivered = [message for messages in received.values() for message in messages]
+    assert sorted(delivered) == sorted(f"job{i}" for i in range(count))  # each exactly once
+    assert all(received.values())  # the one past the bound got its turns too
+    assert hub.broker.statistics()["last_error"] is None

@@ -132,6 +132,8 @@ class RedisBroker:
             "reconnects": connection["reconnects"],
             "gaps": self.streams.gaps,
             "watched_channels": self.streams.watched,
+            "blocking_reads": connection["blocking_reads"],
+            "blocking_reads_waiting": connection["blocking_reads_waiting"],
             "last_error": connection["last_error"],
         }
 

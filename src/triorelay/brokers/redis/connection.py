@@ -5,7 +5,8 @@ One :class:`RedisConnection` per broker, shared by broadcast (:mod:`.streams`) a
 
 - the clients: :attr:`~RedisConnection.client` for every short command (coredis multiplexes
   them on a few connections), and :meth:`~RedisConnection.blocking` for a queue consumer's
-  blocking read, which holds a connection of its own while it waits;
+  blocking read, which holds a connection of its own while it waits: at most
+  ``redis_max_blocking_connections`` at once, the others wait their turn;
 - key names (:meth:`~RedisConnection.key`), this relay's name in Redis
   (:attr:`~RedisConnection.node`), the keys' time to live (:attr:`~RedisConnection.ttl_ms`);
 - deadlines and errors: :meth:`~RedisConnection.deadline` bounds a command by
@@ -81,9 +82,13 @@ class RedisConnection:
         self._backoff = Backoff(0.05, settings.broker_reconnect_max_seconds)
         self.client = open_client(self.url, connect_timeout=self.timeout_seconds)
         # For the queue consumers' blocking reads, each of which holds a connection while it
-        # waits: apart, so that they can never take the connections publishes need.
+        # waits: apart, so that they can never take the connections publishes need. Bounded
+        # here, in the open (FIFO, outside any command's deadline), rather than by the pool
+        # alone, whose wait would count against the read's deadline and fail it as an outage.
+        self._max_blocking = settings.redis_max_blocking_connections
+        self._blocking_slots = trio.Semaphore(self._max_blocking)
         self._blocking_client = open_client(
-            self.url, connect_timeout=self.timeout_seconds, max_connections=100_000
+            self.url, connect_timeout=self.timeout_seconds, max_connections=self._max_blocking
         )
         self._run_id: str | None = None
         self._ready = False
@@ -99,8 +104,14 @@ class RedisConnection:
 
     @asynccontextmanager
     async def blocking(self) -> AsyncIterator[coredis.Redis[bytes]]:
-        """The client for one blocking command, which holds a connection until it returns."""
-        yield self._blocking_client
+        """The client for one blocking command, which holds a connection until it returns.
+
+        Waits, first come first served, while ``redis_max_blocking_connections`` blocking
+        commands are under way (counted in :meth:`statistics`). Start the command's deadline
+        inside the block, so that the wait for a turn does not count against it.
+        """
+        async with self._blocking_slots:
+            yield self._blocking_client
 
     def deadline(self, extra_seconds: float = 0.0) -> AbstractContextManager[trio.CancelScope]:
         """``trio.fail_after`` for one command: ``broker_timeout_seconds`` (plus
@@ -212,5 +223,7 @@ class RedisConnection:
             "url": self.safe_url,
             "ready": self._ready,
             "reconnects": self.reconnects,
+            "blocking_reads": self._max_blocking - self._blocking_slots.value,
+            "blocking_reads_waiting": self._blocking_slots.statistics().tasks_waiting,
             "last_error": self.last_error,
         }
