@@ -13,6 +13,7 @@ import wsproto.events as ws_events
 from coredis.response.types import StreamEntry
 from trio_websocket import ConnectionClosed
 
+from tests.brokers.conftest import Deliveries
 from tests.conftest import StartRelay, make_settings
 from tests.helpers import RawWebSocket, RunningRelay, refused_upgrade, wait_until
 from tests.redis_server import RedisServer, TcpProxy, free_port
@@ -581,3 +582,23 @@ async def test_queue_consumers_past_the_blocking_bound_wait_their_turn(
     assert sorted(delivered) == sorted(f"job{i}" for i in range(count))  # each exactly once
     assert all(received.values())  # the one past the bound got its turns too
     assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_a_channel_not_watched_is_not_delivered(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """The reader reads only watched channels: a publish on another channel reaches Redis
+    but not ``deliver``, while the watched channel's later message does."""
+    deliveries = Deliveries()
+    broker = RedisBroker(make_settings(broker=redis_server.url), deliveries.deliver)
+    await nursery.start(broker.run)
+    broker.watch("watched")
+    published: list[int] = []
+    with trio.fail_after(10):
+        await broker.wait_watching("watched")
+        await broker.publish("unwatched", "broadcast", ["not for us"], published)
+        await broker.publish("watched", "broadcast", ["for us"], published)
+        assert await deliveries.wait_for(1) == [("watched", "for us")]
+    assert published == [1, 1]
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        assert await client.xlen("triorelay:ch:unwatched") == 1
