@@ -21,7 +21,7 @@ from triorelay.brokers import broker_factory
 from triorelay.brokers.redis import Backoff, RedisBroker
 from triorelay.brokers.redis import streams as streams_module
 from triorelay.errors import SettingsError
-from triorelay.hub import Hub
+from triorelay.hub import Consumer, Hub
 
 FAST_RECONNECT = {"broker_reconnect_max_seconds": 0.2, "broker_timeout_seconds": 2.0}
 
@@ -488,33 +488,39 @@ async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> 
     assert delivered == ["old"]
 
 
-async def test_a_queue_consumer_before_any_publish_makes_the_group_and_waits_quietly(
+async def test_queue_consumers_before_any_publish_make_the_group_and_wait_quietly(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:
-    """A queue consumer of a channel nothing was published on yet (Redis answers NOGROUP)
-    creates the consumer group and waits for a message, with no error recorded."""
+    """Two queue consumers of a channel nothing was published on yet (Redis answers NOGROUP)
+    create the consumer group (one of them finds it made: BUSYGROUP) and its stream, which
+    expires as a published one would, and wait for messages, with no error recorded."""
     settings = make_settings(broker=redis_server.url, **QUEUE)
     hub = Hub(settings, broker_factory(settings))
     await nursery.start(hub.broker.run)
+    key = "triorelay:q:jobs.new"
     async with coredis.Redis.from_url(redis_server.url) as client:
-        with hub.attach_consumer("jobs.new") as consumer:
+        with hub.attach_consumer("jobs.new") as first, hub.attach_consumer("jobs.new") as second:
             received: list[str | bytes] = []
 
-            async def receive_one() -> None:
+            async def receive_one(consumer: Consumer) -> None:
                 received.append(await consumer.receive())
+                await consumer.acknowledge()
 
             async def groups() -> Any:
-                if not await client.exists(["triorelay:q:jobs.new"]):
+                if not await client.exists([key]):
                     return None
-                return await client.xinfo_groups("triorelay:q:jobs.new")
+                return await client.xinfo_groups(key)
 
-            nursery.start_soon(receive_one)
+            nursery.start_soon(receive_one, first)
+            nursery.start_soon(receive_one, second)
             made: Any = await wait_until(groups)
             assert [group[b"name"] for group in made] == [b"triorelay"]
+            assert 0 < await client.pttl(key) <= 3600 * 1000
             with hub.attach_producer("jobs.new") as producer:
                 assert await producer.publish("first") == 1
-            await wait_until(lambda: received)
-        assert received == ["first"]
+                assert await producer.publish("second") == 2
+            await wait_until(lambda: len(received) == 2)
+        assert sorted(received) == ["first", "second"]
     assert hub.broker.statistics()["last_error"] is None
 
 

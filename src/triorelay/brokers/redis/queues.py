@@ -9,6 +9,11 @@ each message goes to exactly one consumer anywhere:
 - **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
   consumer name ``{relay}:{consumer id}``) when its socket is ready for it: nothing is buffered
   in the relay.
+  A consumer that finds no group (``NOGROUP``: nothing published yet, the keys expired, Redis
+  restarted) creates it and the stream (one script, the stream expiring as a publish's
+  would); one that finds it made meanwhile (``BUSYGROUP``) carries on. At most
+  ``redis_max_blocking_connections`` consumers of a relay block in Redis at once; the others
+  wait their turn in the relay.
 - **Acknowledge** once the message is handed to the consumer's socket: ``XACK`` and ``XDEL``
   (so the stream's length is the backlog the bound applies to).
 - **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
@@ -49,6 +54,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return seq
 """
+_CREATE_GROUP = """
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(made) == 'table' and made.err then
+  return made
+end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return made
+"""
 _ACKNOWLEDGE = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -84,6 +99,7 @@ class RedisQueues:
         self._connection = connection
         client = connection.client
         self._publish_script = client.register_script(_PUBLISH)
+        self._create_group_script = client.register_script(_CREATE_GROUP)
         self._acknowledge_script = client.register_script(_ACKNOWLEDGE)
         self._release_script = client.register_script(_RELEASE)
         self._max_messages = str(max_messages)
@@ -162,10 +178,12 @@ class RedisQueues:
         return entries[0] if entries else None
 
     async def _create_group(self, key: str) -> None:
+        """Create the consumer group, and the stream if need be, expiring as a publish's would
+        (one script: a stream made here never outlives the keys' time to live)."""
         connection = self._connection
         with connection.failing_as_unavailable("queue group"):
             try:
-                await connection.client.xgroup_create(key, GROUP, "0", mkstream=True)
+                await self._create_group_script(keys=[key], args=[GROUP, connection.ttl_ms])
             except REDIS_ERRORS as error:
                 if not is_existing_group(error):  # another consumer made it first
                     raise
