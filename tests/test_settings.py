@@ -166,6 +166,7 @@ def test_config_file_applies_only_to_its_own_load(tmp_path: Path) -> None:
         ({"consumer_buffer_bytes": 0}, ["consumer_buffer_bytes"]),
         ({"queue_buffer_messages": 0}, ["queue_buffer_messages"]),
         ({"max_channels": 0}, ["max_channels"]),
+        ({"redis_max_blocking_connections": 0}, ["redis_max_blocking_connections"]),
         ({"max_message_bytes": -5}, ["max_message_bytes"]),
         ({"mode": "fanout"}, ["mode"]),
         ({"slow_consumer_policy": "ignore"}, ["slow_consumer_policy"]),
@@ -340,3 +341,13 @@ def test_upload_limits_must_be_positive() -> None:
         load_settings(max_upload_bytes=0, flow_buffer_messages=0, proxy_connect_timeout_seconds=0)
     for name in ("max_upload_bytes", "flow_buffer_messages", "proxy_connect_timeout_seconds"):
         assert name in str(error.value)
+
+
+def test_the_blocking_connection_bound_has_a_default_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis_max_blocking_connections is 1024 unless TRIORELAY_REDIS_MAX_BLOCKING_CONNECTIONS
+    says otherwise."""
+    assert load_settings().redis_max_blocking_connections == 1024
+    monkeypatch.setenv("TRIORELAY_REDIS_MAX_BLOCKING_CONNECTIONS", "16")
+    assert load_settings().redis_max_blocking_connections == 16

@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     #: Redis broker, queue mode: a message taken by a consumer and not acknowledged for this
     #: long (its relay died) is given to another consumer.
     redis_claim_idle_seconds: Annotated[float, Field(gt=0)] = 30.0
+    #: Redis broker, queue mode: most queue consumers of this relay waiting in a blocking read
+    #: at once, each holding a Redis connection of its own; past it a consumer waits (in
+    #: turn, and staying connected) for one of them to return before it reads.
+    redis_max_blocking_connections: PositiveInt = 1024
     #: Redis broker: how long a publish, or a consumer's subscription, may wait for Redis
     #: before the client gets an error (close 1013 / HTTP 503).
     broker_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0

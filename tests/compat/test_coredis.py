@@ -1,4 +1,4 @@
-"""The coredis 6.9.0 behaviour :mod:`triorelay.compat.coredis` works around, and the fix."""
+"""The coredis 6.9.0 behaviour :mod:`triorelay.compat.coredis` works around or relies on."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import coredis
 import pytest
 from coredis.connection import TCPConnection, TCPLocation
 
-from tests.redis_server import free_port
-from triorelay.compat.coredis import ClosingTCPConnection, open_client
+from tests.redis_server import RedisServer, free_port
+from triorelay.compat.coredis import (
+    ClosingTCPConnection,
+    is_existing_group,
+    is_missing_group,
+    open_client,
+)
 
 
 async def _fail_to_connect(connection_class: type[TCPConnection]) -> TCPConnection:
@@ -38,3 +43,44 @@ def test_open_client_uses_the_closing_connection() -> None:
     """The broker's client makes its connections with :class:`ClosingTCPConnection`."""
     client = open_client("redis://127.0.0.1:6379/0", connect_timeout=1)
     assert client.connection_pool.connection_class is ClosingTCPConnection
+
+
+async def test_a_missing_group_is_told_by_its_class_not_its_message(
+    redis_server: RedisServer,
+) -> None:
+    """Upstream: ``NOGROUP`` (no stream, or no group) raises ``StreamConsumerGroupError``,
+    not a ``ResponseError``, with the prefix stripped; :func:`is_missing_group` knows it."""
+    async with open_client(redis_server.url, connect_timeout=2) as client:
+        with pytest.raises(coredis.exceptions.StreamConsumerGroupError) as read:
+            await client.xreadgroup("group", "consumer", {"stream": ">"}, count=1)
+        with pytest.raises(coredis.exceptions.StreamConsumerGroupError) as pending:
+            await client.xpending("stream", "group", "-", "+", 10, consumer="consumer")
+    for caught in (read, pending):
+        assert not isinstance(caught.value, coredis.exceptions.ResponseError)
+        assert "NOGROUP" not in str(caught.value)
+        assert "No such key 'stream' or consumer group 'group'" in str(caught.value)
+        assert is_missing_group(caught.value)
+        assert not is_existing_group(caught.value)
+
+
+async def test_an_existing_group_is_told_by_its_class_not_its_message(
+    redis_server: RedisServer,
+) -> None:
+    """Upstream: ``BUSYGROUP`` raises ``StreamDuplicateConsumerGroupError``, a subclass of the
+    ``NOGROUP`` class, with the prefix stripped; :func:`is_existing_group` knows it."""
+    async with open_client(redis_server.url, connect_timeout=2) as client:
+        await client.xgroup_create("stream", "group", "0", mkstream=True)
+        with pytest.raises(coredis.exceptions.StreamDuplicateConsumerGroupError) as created:
+            await client.xgroup_create("stream", "group", "0", mkstream=True)
+    assert isinstance(created.value, coredis.exceptions.StreamConsumerGroupError)
+    assert not isinstance(created.value, coredis.exceptions.ResponseError)
+    assert "BUSYGROUP" not in str(created.value)
+    assert is_existing_group(created.value)
+    assert not is_missing_group(created.value)
+
+
+def test_other_errors_are_neither() -> None:
+    """Any other reply (here ``WRONGTYPE``), and errors that are not replies, are neither."""
+    for error in (coredis.exceptions.WrongTypeError("wrong kind"), TimeoutError()):
+        assert not is_missing_group(error)
+        assert not is_existing_group(error)

@@ -72,13 +72,25 @@ class Broker(Protocol):
       broker. It may block for backpressure and raises on failure
       (:class:`~triorelay.errors.BrokerUnavailable`), so a producer's ack never covers a lost
       message.
-    - Broadcast channels reach ``deliver`` only while watched: the hub calls :meth:`watch`
-      when a channel gets its first local consumer and :meth:`unwatch` when it loses its last
-      one; the route awaits :meth:`wait_watching` before accepting a consumer, so every
-      message published after that reaches it. Queue channels the broker holds itself
-      (:meth:`queue` returns a source) are taken from it, not delivered.
-    - :meth:`run` owns any background work (listeners, reconnection) for the app's lifetime
-      and signals readiness with ``task_status.started()``.
+    - Sequence numbers are per channel, from 1, contiguous, in the order messages are
+      accepted; a publish of several payloads appends them in order.
+    - Watching is what promises delivery: the hub calls :meth:`watch` when a broadcast
+      channel gets its first local consumer and :meth:`unwatch` when it loses its last one;
+      the route awaits :meth:`wait_watching` before accepting a consumer, and from then on
+      every message published on the channel reaches ``deliver``, in order, under the
+      channel's name, text as ``str`` and binary as ``bytes``. A channel that is not watched
+      is promised nothing: the Redis broker does not read it, the memory broker delivers
+      every publish anyway (publishing is delivering), and the hub ignores deliveries for
+      channels it does not hold.
+    - Queue channels the broker holds itself (:meth:`queue` returns a source) are taken
+      from it, each message by exactly one consumer, not delivered; when :meth:`queue`
+      returns ``None`` queue messages are delivered and the hub queues them.
+    - :meth:`run` owns any background work (listeners, reconnection) for the app's lifetime,
+      signals readiness with ``task_status.started()`` (:attr:`ready` is then true if the
+      backend is reachable) and ends when cancelled.
+    - :meth:`statistics` is a JSON object with at least ``kind`` and ``ready``.
+
+    ``tests/brokers/test_contract.py`` runs these cases on every broker.
     """
 
     async def publish(

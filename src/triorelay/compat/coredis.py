@@ -9,6 +9,15 @@ Not reported upstream as of 6.9.0. :class:`ClosingTCPConnection` closes them wha
 and :func:`open_client` makes a client that uses it (``ConnectionPool.from_url`` overrides a
 ``connection_class`` argument, so it is set on the pool afterwards).
 ``tests/compat/test_coredis.py`` fails if upstream changes this.
+
+Telling Redis errors apart: coredis raises a class chosen by the error reply's prefix (its
+first word, per the RESP spec; ``Parser.EXCEPTION_CLASSES`` in ``coredis/parser.py``) and
+strips that prefix from the message, so ``"NOGROUP" in str(error)`` is never true. Two of its
+classes matter here, and their hierarchy is a trap: ``NOGROUP`` raises
+``StreamConsumerGroupError`` and ``BUSYGROUP`` raises ``StreamDuplicateConsumerGroupError``,
+a *subclass* of it; neither is a ``ResponseError``. :func:`is_missing_group` and
+:func:`is_existing_group` say which reply an error was; ``tests/compat/test_coredis.py``
+checks them against a real redis-server.
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ from __future__ import annotations
 import anyio
 import coredis
 from coredis.connection import TCPConnection
+from coredis.exceptions import StreamConsumerGroupError, StreamDuplicateConsumerGroupError
 
-__all__ = ["ClosingTCPConnection", "open_client"]
+__all__ = ["ClosingTCPConnection", "is_existing_group", "is_missing_group", "open_client"]
 
 _BUFFERS = (
     "_write_buffer_in",
@@ -59,3 +69,13 @@ def open_client(
     if pool.connection_class is TCPConnection:
         pool.connection_class = ClosingTCPConnection
     return coredis.Redis(connection_pool=pool, decode_responses=False)
+
+
+def is_missing_group(error: BaseException) -> bool:
+    """``error`` is Redis's ``NOGROUP`` reply: no such stream, or no such consumer group."""
+    return isinstance(error, StreamConsumerGroupError) and not is_existing_group(error)
+
+
+def is_existing_group(error: BaseException) -> bool:
+    """``error`` is Redis's ``BUSYGROUP`` reply: the consumer group exists already."""
+    return isinstance(error, StreamDuplicateConsumerGroupError)

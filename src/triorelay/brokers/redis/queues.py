@@ -9,6 +9,11 @@ each message goes to exactly one consumer anywhere:
 - **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
   consumer name ``{relay}:{consumer id}``) when its socket is ready for it: nothing is buffered
   in the relay.
+  A consumer that finds no group (``NOGROUP``: nothing published yet, the keys expired, Redis
+  restarted) creates it and the stream (one script, the stream expiring as a publish's
+  would); one that finds it made meanwhile (``BUSYGROUP``) carries on. At most
+  ``redis_max_blocking_connections`` consumers of a relay block in Redis at once; the others
+  wait their turn in the relay.
 - **Acknowledge** once the message is handed to the consumer's socket: ``XACK`` and ``XDEL``
   (so the stream's length is the backlog the bound applies to).
 - **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
@@ -25,16 +30,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import coredis.exceptions
 import trio
 
+from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
+from triorelay.compat.coredis import is_existing_group, is_missing_group
 from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
-
-if TYPE_CHECKING:
-    from triorelay.brokers.redis import RedisBroker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,16 @@ redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[5], '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return seq
+"""
+_CREATE_GROUP = """
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(made) == 'table' and made.err then
+  return made
+end
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return made
 """
 _ACKNOWLEDGE = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -77,14 +90,16 @@ class Receipt:
 
 
 class RedisQueues:
-    """The queue-mode side of :class:`~triorelay.brokers.redis.RedisBroker`."""
+    """The queue-mode side of :class:`~triorelay.brokers.redis.RedisBroker`: publishing to,
+    taking from, acknowledging and giving back to queue channels' streams."""
 
     def __init__(
-        self, broker: RedisBroker, *, max_messages: int, claim_idle_seconds: float
+        self, connection: RedisConnection, *, max_messages: int, claim_idle_seconds: float
     ) -> None:
-        self._broker = broker
-        client = broker.client
+        self._connection = connection
+        client = connection.client
         self._publish_script = client.register_script(_PUBLISH)
+        self._create_group_script = client.register_script(_CREATE_GROUP)
         self._acknowledge_script = client.register_script(_ACKNOWLEDGE)
         self._release_script = client.register_script(_RELEASE)
         self._max_messages = str(max_messages)
@@ -96,19 +111,19 @@ class RedisQueues:
         self._release_wanted = trio.Event()
 
     def key(self, name: str) -> str:
-        return f"{self._broker.prefix}q:{name}"
+        return self._connection.key("q", name)
 
     def consumer_name(self, consumer_id: int) -> str:
-        return f"{self._broker.node}:{consumer_id}"
+        return f"{self._connection.node}:{consumer_id}"
 
     async def publish(self, name: str, data: bytes, text: bytes) -> int:
         """Append a message; wait while the queue is full. Return its sequence number."""
-        broker = self._broker
-        keys = [self.key(name), f"{broker.prefix}qseq:{name}"]
-        args: list[str | bytes] = [data, text, self._max_messages, broker.ttl_ms, GROUP]
+        connection = self._connection
+        keys = [self.key(name), connection.key("qseq", name)]
+        args: list[str | bytes] = [data, text, self._max_messages, connection.ttl_ms, GROUP]
         delay = 0.005
         while True:
-            with broker.failing_as_unavailable("publish"):
+            with connection.failing_as_unavailable("publish"):
                 seq: Any = await self._publish_script(keys=keys, args=args)
             if int(seq):
                 return int(seq)
@@ -117,25 +132,20 @@ class RedisQueues:
 
     async def take(self, name: str, consumer_id: int) -> tuple[Payload, object]:
         """The next message for this consumer, claimed from a dead relay or new."""
-        broker = self._broker
+        connection = self._connection
         key, consumer = self.key(name), self.consumer_name(consumer_id)
         while True:
-            await broker.wait_ready()
+            await connection.wait_ready()
             try:
                 entry = await self._claim(name, key, consumer)
                 if entry is None:
-                    with trio.fail_after(self._block_ms / 1000 + broker.timeout_seconds):
-                        result = await broker.blocking_client.xreadgroup(
-                            GROUP, consumer, {key: ">"}, count=1, block=self._block_ms
-                        )
-                    entries = next(iter((result or {}).values()), ())
-                    entry = entries[0] if entries else None
-            except broker.errors as error:
-                if "NOGROUP" in str(error):  # expired, or Redis restarted empty
+                    entry = await self._read_new(key, consumer)
+            except REDIS_ERRORS as error:
+                if is_missing_group(error):  # nothing published yet, expired, Redis restarted
                     with contextlib.suppress(BrokerUnavailable):
                         await self._create_group(key)
                         continue
-                broker.note_error(f"queue read: {error}")
+                connection.note_error(f"queue read: {error}")
                 await trio.sleep(0.05)  # the reader notices an outage; then wait_ready waits
                 continue
             if entry is not None:
@@ -149,30 +159,43 @@ class RedisQueues:
         if now < self._next_claim.get(name, 0.0):
             return None
         self._next_claim[name] = now + self._block_ms / 1000
-        with trio.fail_after(self._broker.timeout_seconds):
-            result = await self._broker.client.xautoclaim(
+        with self._connection.deadline():
+            result = await self._connection.client.xautoclaim(
                 key, GROUP, consumer, min_idle_time=self._claim_idle_ms, start="0-0", count=1
             )
         claimed = [entry for entry in result[1] if entry is not None and entry.field_values]
         return claimed[0] if claimed else None
 
+    async def _read_new(self, key: str, consumer: str) -> Any:
+        """Wait up to the block time for a message nobody has taken yet."""
+        connection = self._connection
+        async with connection.blocking() as client:
+            with connection.deadline(self._block_ms / 1000):
+                result = await client.xreadgroup(
+                    GROUP, consumer, {key: ">"}, count=1, block=self._block_ms
+                )
+        entries = next(iter((result or {}).values()), ())
+        return entries[0] if entries else None
+
     async def _create_group(self, key: str) -> None:
-        broker = self._broker
-        try:
-            with broker.failing_as_unavailable("queue group"):
-                await broker.client.xgroup_create(key, GROUP, "0", mkstream=True)
-        except coredis.exceptions.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        """Create the consumer group, and the stream if need be, expiring as a publish's would
+        (one script: a stream made here never outlives the keys' time to live)."""
+        connection = self._connection
+        with connection.failing_as_unavailable("queue group"):
+            try:
+                await self._create_group_script(keys=[key], args=[GROUP, connection.ttl_ms])
+            except REDIS_ERRORS as error:
+                if not is_existing_group(error):  # another consumer made it first
+                    raise
 
     async def acknowledge(self, receipt: object) -> None:
         """Delete a delivered message. If Redis is unreachable it is delivered again later."""
         assert isinstance(receipt, Receipt)
         try:
-            with trio.fail_after(self._broker.timeout_seconds):
+            with self._connection.deadline():
                 await self._acknowledge_script(keys=[receipt.key], args=[GROUP, receipt.entry])
-        except self._broker.errors as error:
-            self._broker.note_error(f"acknowledge: {error}")
+        except REDIS_ERRORS as error:
+            self._connection.note_error(f"acknowledge: {error}")
             log.warning("could not acknowledge a queue message (%s): it will be redelivered", error)
 
     def release(self, name: str, consumer_id: int) -> None:
@@ -187,22 +210,22 @@ class RedisQueues:
             self._release_wanted = trio.Event()
             while self._to_release:
                 name, consumer = self._to_release[0]
-                await self._broker.wait_ready()
+                await self._connection.wait_ready()
                 try:
-                    with trio.fail_after(self._broker.timeout_seconds):
+                    with self._connection.deadline():
                         await self._release_all(self.key(name), consumer)
-                except self._broker.errors as error:
-                    self._broker.note_error(f"release: {error}")
+                except REDIS_ERRORS as error:
+                    self._connection.note_error(f"release: {error}")
                     await trio.sleep(0.05)
                     continue
                 self._to_release.pop(0)
 
     async def _release_all(self, key: str, consumer: str) -> None:
-        client = self._broker.client
+        client = self._connection.client
         try:
             pending: Any = await client.xpending(key, GROUP, "-", "+", 100, consumer=consumer)
-        except coredis.exceptions.ResponseError as error:
-            if "NOGROUP" in str(error):
+        except REDIS_ERRORS as error:
+            if is_missing_group(error):
                 return  # the stream is gone, and what it held with it
             raise
         for entry in pending:

@@ -13,12 +13,15 @@ import wsproto.events as ws_events
 from coredis.response.types import StreamEntry
 from trio_websocket import ConnectionClosed
 
+from tests.brokers.conftest import Deliveries
 from tests.conftest import StartRelay, make_settings
 from tests.helpers import RawWebSocket, RunningRelay, refused_upgrade, wait_until
 from tests.redis_server import RedisServer, TcpProxy, free_port
-from triorelay.brokers import redis as redis_broker_module
+from triorelay.brokers import broker_factory
 from triorelay.brokers.redis import Backoff, RedisBroker
+from triorelay.brokers.redis import streams as streams_module
 from triorelay.errors import SettingsError
+from triorelay.hub import Consumer, Hub
 
 FAST_RECONNECT = {"broker_reconnect_max_seconds": 0.2, "broker_timeout_seconds": 2.0}
 
@@ -433,7 +436,7 @@ async def test_a_partitioned_redis_is_noticed_and_survived(
 ) -> None:
     """Redis unreachable without the connection closing (a partition): the blocked read is
     bounded, so the relay notices (503), fails publishes (1013), and resumes when it heals."""
-    monkeypatch.setattr(redis_broker_module, "_BLOCK_MILLISECONDS", 200)
+    monkeypatch.setattr(streams_module, "_BLOCK_MILLISECONDS", 200)
     proxy = TcpProxy(redis_server.port)
     await nursery.start(proxy.run)
     server = await start_relay(
@@ -471,15 +474,137 @@ async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> 
     async def deliver(name: str, item: object) -> None:
         delivered.append(item)
 
-    broker = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver)
+    streams = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver).streams
     entry = StreamEntry(
         identifier=b"1-0", field_values=OrderedDict([(b"p", b"old"), (b"t", b"1"), (b"s", b"1")])
     )
-    broker.watch("c")
-    old_watch = broker._watches["c"]
-    broker.unwatch("c")
-    broker.watch("c")  # joined again: a new watch
-    await broker._deliver("c", old_watch, (entry,))
+    streams.watch("c")
+    old_watch = streams._watches["c"]
+    streams.unwatch("c")
+    streams.watch("c")  # joined again: a new watch
+    await streams._deliver("c", old_watch, (entry,))
     assert delivered == []
-    await broker._deliver("c", broker._watches["c"], (entry,))
+    await streams._deliver("c", streams._watches["c"], (entry,))
     assert delivered == ["old"]
+
+
+async def test_queue_consumers_before_any_publish_make_the_group_and_wait_quietly(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Two queue consumers of a channel nothing was published on yet (Redis answers NOGROUP)
+    create the consumer group (one of them finds it made: BUSYGROUP) and its stream, which
+    expires as a published one would, and wait for messages, with no error recorded."""
+    settings = make_settings(broker=redis_server.url, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    key = "triorelay:q:jobs.new"
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        with hub.attach_consumer("jobs.new") as first, hub.attach_consumer("jobs.new") as second:
+            received: list[str | bytes] = []
+
+            async def receive_one(consumer: Consumer) -> None:
+                received.append(await consumer.receive())
+                await consumer.acknowledge()
+
+            async def groups() -> Any:
+                if not await client.exists([key]):
+                    return None
+                return await client.xinfo_groups(key)
+
+            nursery.start_soon(receive_one, first)
+            nursery.start_soon(receive_one, second)
+            made: Any = await wait_until(groups)
+            assert [group[b"name"] for group in made] == [b"triorelay"]
+            assert 0 < await client.pttl(key) <= 3600 * 1000
+            with hub.attach_producer("jobs.new") as producer:
+                assert await producer.publish("first") == 1
+                assert await producer.publish("second") == 2
+            await wait_until(lambda: len(received) == 2)
+        assert sorted(received) == ["first", "second"]
+    assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_a_release_for_a_queue_that_is_gone_holds_up_no_other_release(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Giving back for a queue whose stream is gone (expired, or Redis restarted: NOGROUP)
+    is done at once, so the release queued after it still gives its message back at once."""
+    settings = make_settings(broker=redis_server.url, redis_claim_idle_seconds=600, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    gone = hub.broker.queue("jobs.gone")
+    assert gone is not None
+    with hub.attach_producer("jobs.live") as producer:
+        assert await producer.publish("job") == 1
+    with trio.fail_after(10):
+        with hub.attach_consumer("jobs.live") as leaving:
+            assert await leaving.receive() == "job"  # taken, not acknowledged
+            gone.release(leaving.id)  # queued first
+        with hub.attach_consumer("jobs.live") as consumer:  # the claim time is 600 s
+            assert await consumer.receive() == "job"
+            await consumer.acknowledge()
+    assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_queue_consumers_past_the_blocking_bound_wait_their_turn(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """redis_max_blocking_connections=2 and 3 waiting queue consumers: 2 block in Redis, the
+    third waits in the relay (counted in statistics) and takes its turn when one returns;
+    every message is delivered once and no error is recorded."""
+    settings = make_settings(broker=redis_server.url, redis_max_blocking_connections=2, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    count = 9
+    send_got, got = trio.open_memory_channel[tuple[int, str | bytes]](count)
+
+    async def consume(index: int, *, task_status: trio.TaskStatus[None]) -> None:
+        with hub.attach_consumer("jobs.bound") as consumer:
+            task_status.started()
+            while True:
+                message = await consumer.receive()
+                await consumer.acknowledge()
+                await send_got.send((index, message))
+
+    def waiting_as_bounded() -> bool:
+        stats = hub.broker.statistics()
+        return (stats["blocking_reads"], stats["blocking_reads_waiting"]) == (2, 1)
+
+    received: dict[int, list[str | bytes]] = {0: [], 1: [], 2: []}
+    async with coredis.Redis.from_url(redis_server.url) as client, trio.open_nursery() as inner:
+        for index in range(3):
+            await inner.start(consume, index)
+        await wait_until(waiting_as_bounded)
+        info: Any = await client.info("clients")
+        assert info["blocked_clients"] == 3  # two queue consumers, and the broadcast reader
+        with trio.fail_after(10), hub.attach_producer("jobs.bound") as producer:
+            for i in range(count):  # in lockstep: each message finds the consumers waiting
+                await producer.publish(f"job{i}")
+                index, message = await got.receive()
+                received[index].append(message)
+        await wait_until(waiting_as_bounded)
+        inner.cancel_scope.cancel()
+    delivered = [message for messages in received.values() for message in messages]
+    assert sorted(delivered) == sorted(f"job{i}" for i in range(count))  # each exactly once
+    assert all(received.values())  # the one past the bound got its turns too
+    assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_a_channel_not_watched_is_not_delivered(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """The reader reads only watched channels: a publish on another channel reaches Redis
+    but not ``deliver``, while the watched channel's later message does."""
+    deliveries = Deliveries()
+    broker = RedisBroker(make_settings(broker=redis_server.url), deliveries.deliver)
+    await nursery.start(broker.run)
+    broker.watch("watched")
+    published: list[int] = []
+    with trio.fail_after(10):
+        await broker.wait_watching("watched")
+        await broker.publish("unwatched", "broadcast", ["not for us"], published)
+        await broker.publish("watched", "broadcast", ["for us"], published)
+        assert await deliveries.wait_for(1) == [("watched", "for us")]
+    assert published == [1, 1]
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        assert await client.xlen("triorelay:ch:unwatched") == 1
