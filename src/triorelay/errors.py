@@ -12,6 +12,10 @@ Exception tree::
     │   ├── TooManyChannels        HTTP 503 / close 1013
     │   ├── BrokerUnavailable      HTTP 503 / close 1013
     │   ├── ShuttingDown           HTTP 503 / close 1001: the relay takes no new connections
+    │   ├── TooManyConnections     HTTP 503 / close 1013: the relay's or the client's limit
+    │   ├── RateLimited            close 1008: a producer publishing past its rate
+    │   ├── Unauthorized           HTTP 401 / close 4401: no valid token (where one is needed)
+    │   ├── Forbidden              HTTP 403 / close 4403: the token (or origin) lacks the right
     │   ├── UnsupportedData        close 1003: binary where the protocol wants text, or back
     │   ├── ProtocolViolation      close 1008: a message the protocol does not allow there
     │   ├── UploadMismatch         close 1008: the upload is not what its metadata declared
@@ -55,8 +59,13 @@ class CloseCode(IntEnum):
     #: The proxy could not reach its upstream (refused, timed out, rejected the handshake), or
     #: the upstream went away without a close frame. RFC 6455 registry: "Bad Gateway".
     BAD_GATEWAY = 1014
+    #: The connection's token expired (at its ``exp``, unless refreshed in-band), or a refresh
+    #: carried an invalid token (4000-4999 is for applications; 4401 mirrors HTTP 401).
+    TOKEN_EXPIRED = 4401
+    #: A refreshed token no longer grants what the connection does (4403 mirrors HTTP 403).
+    FORBIDDEN = 4403
     #: ``/ws/proxy/{name}`` or the ``/ws`` proxy flow asked for an upstream that is not
-    #: configured (4000-4999 is for applications; 4404 mirrors HTTP 404).
+    #: configured (4404 mirrors HTTP 404).
     UNKNOWN_UPSTREAM = 4404
 
 
@@ -114,6 +123,35 @@ class ShuttingDown(RequestError):
 
     status = 503
     close_code = CloseCode.GOING_AWAY
+
+
+class TooManyConnections(RequestError):
+    """The relay holds ``max_connections``, or the client ``max_connections_per_client``."""
+
+    status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
+
+
+class RateLimited(RequestError):
+    """A producer published past ``publish_rate_*_per_second``."""
+
+
+class Unauthorized(RequestError):
+    """No valid token where one is needed: missing, expired, badly signed, not for us.
+
+    The reason says which, and never repeats the token.
+    """
+
+    status = 401
+    close_code = CloseCode.TOKEN_EXPIRED
+
+
+class Forbidden(RequestError):
+    """A valid client without the right, a page from another origin, or an anonymous client
+    where anonymous clients are not served."""
+
+    status = 403
+    close_code = CloseCode.FORBIDDEN
 
 
 class UploadTooBig(MessageTooBig):

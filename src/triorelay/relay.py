@@ -7,6 +7,7 @@ app's lifetime in the lifespan nursery (:meth:`Relay.run`). It owns:
 - the :class:`~triorelay.lifecycle.CloseReaper`, which bounds every close the relay starts,
   and :class:`~triorelay.lifecycle.Liveness`, which closes dead peers;
 - the :class:`~triorelay.uploads.UploadStore` of ``/ws`` files and ``/ws/upload``;
+- access control: :class:`~triorelay.auth.access.Access` and the connection limits;
 - the :class:`~triorelay.lifecycle.Shutdown`, and what starts it: signals (when the relay
   runs under the ``hypercorn`` CLI, not under ``triorelay serve``, which handles them itself)
   and the CLI supervisor's stop event.
@@ -18,6 +19,9 @@ import logging
 
 import trio
 
+from triorelay.auth.access import Access
+from triorelay.auth.limits import ConnectionLimits
+from triorelay.auth.redaction import redact_logs
 from triorelay.brokers import broker_factory
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.hub import Hub
@@ -37,6 +41,12 @@ class Relay:
         self.reaper = CloseReaper(settings.close_timeout_seconds)
         self.liveness = Liveness(settings.ping_interval_seconds, settings.ping_timeout_seconds)
         self.uploads = UploadStore(settings.upload_dir, settings.max_upload_bytes)
+        #: Who may do what, and how many connections each client may hold.
+        self.access = Access(settings)
+        self.limits = ConnectionLimits(
+            settings.max_connections, settings.max_connections_per_client
+        )
+        redact_logs(settings.auth_query_parameter)
         #: The one way to shut the relay down: ``relay.shutdown.begin()``.
         self.shutdown = Shutdown(self.hub)
         self.handle_signals = handle_signals
@@ -53,6 +63,7 @@ class Relay:
             self.reaper.abort_all()
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        log.info("access: %s", self.access.describe())
         await self._remove_stale_uploads()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.broker.run)

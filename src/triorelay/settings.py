@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
     UrlConstraints,
     ValidationError,
@@ -33,6 +34,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from triorelay.auth.grants import Grant
+from triorelay.auth.origins import parse_origin_patterns
 from triorelay.errors import SettingsError
 
 Mode = Literal["broadcast", "queue"]
@@ -43,6 +46,12 @@ UpstreamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$
 WebSocketUrl = Annotated[
     AnyUrl, UrlConstraints(allowed_schemes=["ws", "wss"], host_required=True, max_length=2083)
 ]
+
+ALGORITHMS = frozenset(
+    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    | {"ES256", "ES384", "ES512", "EdDSA"}
+)
+"""JWT algorithms a relay can be set to accept (``none`` is never one)."""
 
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
@@ -157,6 +166,43 @@ class Settings(BaseSettings):
     broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # -- access control (docs/how-to/secure-a-relay.md) --
+    #: HMAC secret that signs tokens (HS256/384/512). Any key setting turns tokens on.
+    auth_hmac_secret: SecretStr | None = None
+    #: PEM file of the public key that verifies tokens (RS*, PS*, ES*, EdDSA).
+    auth_public_key_file: Path | None = None
+    #: JWKS document, a file path or an ``https://`` URL; refetched on an unknown ``kid``.
+    auth_jwks_url: str | None = None
+    #: Fetching the JWKS: time limit, keys kept, and how long a fetched set is trusted.
+    auth_jwks_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    auth_jwks_max_keys: PositiveInt = 16
+    auth_jwks_lifespan_seconds: Annotated[float, Field(gt=0)] = 300.0
+    #: Algorithms accepted (never taken from the token); default: HS256 with an HMAC secret,
+    #: RS256 and ES256 with a public key or JWKS.
+    auth_algorithms: list[str] = Field(default_factory=list)
+    #: When set, a token's ``aud`` / ``iss`` must match.
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
+    #: Clock skew tolerated on ``exp`` and ``nbf``.
+    auth_leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    #: Where browsers put their token: the query parameter (redacted from logs), and a cookie.
+    auth_query_parameter: str = "token"
+    auth_cookie_name: str | None = None
+    #: With tokens on: what a client without a token may do (same shape as a token's claim).
+    auth_anonymous: dict[str, Any] = Field(default_factory=dict)
+    #: Without any key: serve anonymous clients from non-loopback addresses too.
+    allow_anonymous: bool = False
+    #: Origins a browser page may connect from besides the relay's own (same origin), exact
+    #: (``https://app.example.com``) or ``https://*.example.com``.
+    allowed_origins: list[str] = Field(default_factory=list)
+    #: WebSocket connections at once, in all and per client (token ``sub``, else address).
+    max_connections: PositiveInt = 50_000
+    max_connections_per_client: PositiveInt = 5_000
+    #: A producer connection's publish rate (a token bucket holding one second's worth); past
+    #: it the producer is closed with 1008.
+    publish_rate_messages_per_second: Annotated[float, Field(gt=0)] = 100_000.0
+    publish_rate_bytes_per_second: Annotated[float, Field(gt=0)] = 256.0 * 1024 * 1024
+
     @model_validator(mode="after")
     def _check_buffers_fit_a_message(self) -> Settings:
         smallest = min(
@@ -179,7 +225,41 @@ class Settings(BaseSettings):
             )
         if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://")):
             raise ValueError(f"broker {self.broker!r}: use 'memory' or a redis:// or rediss:// URL")
+        self._check_auth()
         return self
+
+    def _check_auth(self) -> None:
+        keys = [
+            name
+            for name in ("auth_hmac_secret", "auth_public_key_file", "auth_jwks_url")
+            if getattr(self, name) is not None
+        ]
+        if len(keys) > 1:
+            raise ValueError(f"set one key source, not {' and '.join(keys)}")
+        for algorithm in self.auth_algorithms:
+            if algorithm not in ALGORITHMS:
+                raise ValueError(
+                    f"auth_algorithms: {algorithm!r} is not one of {sorted(ALGORITHMS)}"
+                )
+            symmetric = algorithm.startswith("HS")
+            if keys and symmetric != (keys[0] == "auth_hmac_secret"):
+                raise ValueError(
+                    f"auth_algorithms: {algorithm} does not go with {keys[0]} "
+                    "(HS* needs the HMAC secret; the others a public key or JWKS)"
+                )
+        if self.auth_public_key_file is not None and not self.auth_public_key_file.is_file():
+            raise ValueError(f"auth_public_key_file {self.auth_public_key_file} does not exist")
+        Grant.parse(self.auth_anonymous)  # each raises a ValueError naming what is wrong
+        parse_origin_patterns(self.allowed_origins)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when a key is configured: clients are identified by tokens."""
+        return (
+            self.auth_hmac_secret is not None
+            or self.auth_public_key_file is not None
+            or self.auth_jwks_url is not None
+        )
 
     @property
     def shared_broker(self) -> bool:

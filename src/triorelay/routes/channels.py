@@ -10,27 +10,24 @@ Each is a thin handler on :func:`~triorelay.routes.session.open_session`:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import trio
 
+from triorelay.auth.limits import TokenBucket
 from triorelay.envelopes import Payload, dropped_notice, id_ack
-from triorelay.errors import BrokerUnavailable, CloseCode, InvalidQuery, MessageTooBig, RequestError
+from triorelay.errors import (
+    BrokerUnavailable,
+    CloseCode,
+    InvalidQuery,
+    MessageTooBig,
+    RateLimited,
+    RequestError,
+)
 from triorelay.hub import Consumer, Producer, validate_channel_name
 from triorelay.lifecycle import SHUTDOWN_REASON
-from triorelay.routes.asgi import (
-    Message,
-    Query,
-    Receive,
-    Send,
-    Socket,
-    payload_of,
-    wait_for_disconnect,
-)
-from triorelay.routes.session import Session, open_session
-
-if TYPE_CHECKING:
-    from triorelay.relay import Relay
+from triorelay.routes.asgi import Message, Receive, Socket, payload_of
+from triorelay.routes.session import Request, Session, open_session
 
 AckMode = Literal["echo", "id", "none"]
 
@@ -38,7 +35,7 @@ MAX_BATCH = 64
 """Most messages taken or written in one go by a producer's or consumer's loop."""
 
 
-def query_value(query: Query, name: str, allowed: tuple[str, ...]) -> str:
+def query_value(query: dict[str, list[str]], name: str, allowed: tuple[str, ...]) -> str:
     """The one value of query parameter ``name`` (default: the first allowed); else 400."""
     values = query.get(name, [allowed[0]])
     if len(values) != 1 or values[0] not in allowed:
@@ -46,33 +43,35 @@ def query_value(query: Query, name: str, allowed: tuple[str, ...]) -> str:
     return values[0]
 
 
-async def produce(relay: Relay, channel: str, query: Query, receive: Receive, send: Send) -> None:
-    """Publish each message the client sends on ``channel``; answer as ``?ack=`` says."""
+async def produce(request: Request) -> None:
+    """Publish each message the client sends on its channel; answer as ``?ack=`` says."""
+    relay, channel = request.relay, request.argument
     validate_channel_name(channel)
-    ack: AckMode = query_value(query, "ack", ("echo", "id", "none"))  # type: ignore[assignment]
+    ack: AckMode = query_value(request.query, "ack", ("echo", "id", "none"))  # type: ignore[assignment]
     if not relay.hub.broker.ready:
         raise BrokerUnavailable("the broker is unavailable: try again later")
-    async with open_session(relay, relay.hub.attach_producer(channel), receive, send) as session:
+    async with open_session(request, relay.hub.attach_producer(channel)) as session:
         producer = session.connection
-        publisher = Publisher(producer, ack, session.socket, relay.settings.max_message_bytes)
+        publisher = Publisher(session, ack)
         try:
             if session.tap is not None:
                 await session.read_inbound(publisher.publish_from_reader)
             else:
-                await publisher.run(receive)
+                await publisher.run(request.receive)
             producer.disconnected = True
         except trio.ClosedResourceError:  # the hub closed the channel: shutting down
             producer.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
 
 
-async def consume(relay: Relay, channel: str, query: Query, receive: Receive, send: Send) -> None:
-    """Send the client every message of ``channel``; ``?notices=true`` adds notices."""
+async def consume(request: Request) -> None:
+    """Send the client every message of its channel; ``?notices=true`` adds notices."""
+    relay, channel = request.relay, request.argument
     validate_channel_name(channel)
-    notices = query_value(query, "notices", ("false", "true")) == "true"
+    notices = query_value(request.query, "notices", ("false", "true")) == "true"
     attach = relay.hub.attach_consumer(channel, notices=notices)
-    async with open_session(relay, attach, receive, send, subscribe=channel) as session:
+    async with open_session(request, attach, subscribe=channel) as session:
         consumer = session.connection
-        if session.tap is not None:
+        if session.tap is not None and not session.refreshable:
             # Hypercorn's reader reports the disconnect: no reader task of our own. What a
             # consumer sends is discarded, but its size limit still holds, checked on each
             # frame's header before anything is buffered.
@@ -97,26 +96,45 @@ def _disconnected(session: Session[Consumer]) -> None:
 
 
 async def _read_until_disconnect(session: Session[Consumer]) -> None:
-    """A consumer's reader (without a tap): discard what the client sends until it leaves."""
-    await wait_for_disconnect(session.receive)
+    """A consumer's reader (without a tap, or with a token): take what the client sends for
+    its control messages (a token refresh) until it leaves."""
+    await session.read_controls()
     _disconnected(session)
 
 
 class Publisher:
-    """Publishes a producer's messages and answers with acks, a batch at a time."""
+    """Publishes a producer's messages and answers with acks, a batch at a time.
 
-    def __init__(self, producer: Producer, ack: AckMode, socket: Socket, max_bytes: int) -> None:
-        self.producer = producer
+    Each producer connection has a publish rate (``publish_rate_*_per_second``, token
+    buckets holding one second's worth): past it the producer is closed with 1008.
+    """
+
+    def __init__(self, session: Session[Producer], ack: AckMode) -> None:
+        self.session = session
+        self.producer = session.connection
         self.ack = ack
-        self.socket = socket
-        self.max_bytes = max_bytes
+        self.socket = session.socket
+        settings = session.relay.settings
+        self.max_bytes = settings.max_message_bytes
+        now = trio.current_time()
+        self._messages = TokenBucket(settings.publish_rate_messages_per_second, now)
+        self._bytes = TokenBucket(settings.publish_rate_bytes_per_second, now)
 
     async def publish(self, payloads: list[Payload]) -> None:
         """Publish ``payloads`` in order, then send their acks in one write.
 
-        Each ack covers a published message only: on MessageTooBig the acks of the messages
-        before it still go out, then the error propagates.
+        Each ack covers a published message only: on MessageTooBig (or RateLimited) the acks
+        of the messages before it still go out, then the error propagates.
         """
+        if self.session.refreshable:
+            payloads = await self.session.take_controls(payloads)
+            if not payloads:
+                return
+        now = trio.current_time()
+        if not self._messages.take(len(payloads), now) or not self._bytes.take(
+            sum(map(len, payloads)), now
+        ):
+            raise RateLimited("publishing faster than this relay's rate limit for a producer")
         max_bytes = self.max_bytes
         too_big = next((p for p in payloads if len(p) > max_bytes), None)
         accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]

@@ -19,11 +19,11 @@ import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 import trio
 
 from triorelay import proxy
+from triorelay.auth.grants import PROXY_RIGHT_PREFIX
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.envelopes import Payload
 from triorelay.errors import CloseCode, RequestError, ServiceError, UnknownUpstream
@@ -38,12 +38,9 @@ from triorelay.protocols import (
     UploadMetadata,
     UploadParser,
 )
-from triorelay.routes.asgi import Query, Receive, Send, Socket
-from triorelay.routes.session import Session, open_session
+from triorelay.routes.asgi import Socket
+from triorelay.routes.session import Request, Session, open_session
 from triorelay.uploads import StoredFile, Upload
-
-if TYPE_CHECKING:
-    from triorelay.relay import Relay
 
 DEFAULT_UPSTREAM = "default"
 """The upstream the ``/ws`` proxy flow asks."""
@@ -51,9 +48,9 @@ DEFAULT_UPSTREAM = "default"
 Handler = Callable[[Session[Connection], "_Client"], Awaitable[None]]
 
 
-async def echo(relay: Relay, _: str, query: Query, receive: Receive, send: Send) -> None:
+async def echo(request: Request) -> None:
     """``/ws/echo``: send every message back as it came (diagnostics, protocol conformance)."""
-    async with open_session(relay, relay.hub.attach_echo(), receive, send) as session:
+    async with open_session(request, request.relay.hub.attach_echo()) as session:
         connection, socket = session.connection, session.socket
 
         async def send_back(payloads: list[Payload]) -> None:
@@ -64,38 +61,38 @@ async def echo(relay: Relay, _: str, query: Query, receive: Receive, send: Send)
         connection.disconnected = connection.close_code is None
 
 
-async def flows(relay: Relay, _: str, query: Query, receive: Receive, send: Send) -> None:
+async def flows(request: Request) -> None:
     """``/ws``: text, file and proxy flows, one after the other, until the client leaves."""
-    await _serve_client(relay, "flows", receive, send, _run_flows)
+    await _serve_client(request, "flows", _run_flows)
 
 
-async def uploads(relay: Relay, _: str, query: Query, receive: Receive, send: Send) -> None:
+async def uploads(request: Request) -> None:
     """``/ws/upload``: metadata, chunks, EOF; the stored id, size and sha256 back."""
-    await _serve_client(relay, "upload", receive, send, _run_uploads)
+    await _serve_client(request, "upload", _run_uploads)
 
 
-async def proxy_pipe(relay: Relay, name: str, query: Query, receive: Receive, send: Send) -> None:
+async def proxy_pipe(request: Request) -> None:
     """``/ws/proxy/{name}``: a full-duplex pipe to the upstream ``name``."""
-    if name not in relay.settings.proxy_upstreams:
+    name = request.argument
+    if name not in request.relay.settings.proxy_upstreams:
         # Refused before the upgrade: nothing is dialled for an unknown name.
         raise UnknownUpstream(f"no upstream named {name[:64]!r}")
 
     async def run(session: Session[Connection], client: _Client) -> None:
         await _pipe(session, client, name)
 
-    await _serve_client(relay, "proxy", receive, send, run)
+    await _serve_client(request, "proxy", run)
 
 
-async def _serve_client(
-    relay: Relay, role: str, receive: Receive, send: Send, handler: Handler
-) -> None:
+async def _serve_client(request: Request, role: str, handler: Handler) -> None:
     """Run ``handler`` on a session whose client's messages a reader puts in a channel."""
-    async with open_session(relay, relay.hub.attach_standalone(role), receive, send) as session:
+    relay = request.relay
+    async with open_session(request, relay.hub.attach_standalone(role)) as session:
         connection = session.connection
         client = _Client(
             relay.settings.flow_buffer_messages,
             session.socket,
-            hypercorn_compat.watch_peer_close(send),
+            hypercorn_compat.watch_peer_close(request.send),
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -129,11 +126,13 @@ async def _run_flows(session: Session[Connection], client: _Client) -> None:
         if isinstance(action, Echo):
             reply = f"Echo: {action.text}"
         elif isinstance(action, FileStart):
+            session.relay.access.require(session.identity, "upload")
             async with store.upload() as upload:
                 if await _store(client, parser.receive, upload) is None:
                     return  # the client left mid-file: the partial file is removed
             reply = "File received successfully"
         elif isinstance(action, ProxyRequest):
+            session.relay.access.require(session.identity, PROXY_RIGHT_PREFIX + DEFAULT_UPSTREAM)
             answer = await _ask_upstream(session, client, action.text)
             if answer is None:
                 return  # the client left while the upstream was asked

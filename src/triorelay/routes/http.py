@@ -1,12 +1,17 @@
 """The HTTP API: publish over HTTP, channel statistics, health.
 
 ``POST /channels/{channel}/messages``  publish the body; 202 ``{"id": N}``, 413 if too big
-``GET  /channels``                      every live channel's statistics
+                                        (right: ``publish`` on the channel)
+``GET  /channels``                      every live channel's statistics (``admin``)
 ``GET  /channels/{channel}``            one channel, with its connections; 404 if not live
+                                        (``admin``)
 ``GET  /healthz``                       200 when serving, 503 while shutting down or the
-                                        broker is unavailable
+                                        broker is unavailable; the details for ``admin``
 ``GET  /files/{id}``                    an uploaded file (Range requests work); 404 for an
-                                        unknown or malformed id
+                                        unknown or malformed id (``download``)
+
+Every request is identified first (:class:`~triorelay.auth.access.Access`); a state-changing
+one (POST) from a page of another origin is refused with 403.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from urllib.parse import quote
 from quart import Blueprint, Response, current_app, jsonify, request, send_file
 from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
+from triorelay.auth.access import Access, credentials_from_headers
+from triorelay.auth.tokens import Identity
 from triorelay.envelopes import Payload
 from triorelay.errors import MessageTooBig, RequestError
 from triorelay.relay import Relay
@@ -42,9 +49,20 @@ async def _request_error(error: RequestError) -> tuple[Response, int]:
     return jsonify({"error": str(error)}), error.status
 
 
+async def _identify() -> Identity:
+    """Who sends the current request; raise Unauthorized or Forbidden."""
+    relay = _relay()
+    headers = [(name.lower(), value) for name, value in request.headers.items()]
+    credentials = credentials_from_headers(
+        headers, request.query_string.decode("latin-1"), request.remote_addr, relay.settings
+    )
+    return await relay.access.identify(credentials, check_origin=request.method == "POST")
+
+
 @blueprint.post("/channels/<channel>/messages")
 async def publish(channel: str) -> tuple[Response, int]:
     relay = _relay()
+    Access.require_channel(await _identify(), "publish", channel)
     limit = relay.settings.max_message_bytes
     body = await request.get_data(cache=False)
     assert isinstance(body, bytes)
@@ -63,12 +81,14 @@ async def publish(channel: str) -> tuple[Response, int]:
 
 @blueprint.get("/channels")
 async def list_channels() -> Response:
+    Access.require(await _identify(), "admin")
     stats = _relay().hub.statistics()
     return jsonify({"channels": [dataclasses.asdict(s) for s in stats]})
 
 
 @blueprint.get("/channels/<channel>")
 async def show_channel(channel: str) -> tuple[Response, int]:
+    Access.require(await _identify(), "admin")
     hub = _relay().hub
     stats = hub.channel_statistics(channel)
     if stats is None:
@@ -80,13 +100,24 @@ async def show_channel(channel: str) -> tuple[Response, int]:
 
 @blueprint.get("/healthz")
 async def healthz() -> tuple[Response, int]:
+    """The status for anyone (a load balancer has no token); the details for ``admin``."""
     relay = _relay()
-    broker = relay.hub.broker.statistics()
+    try:
+        detailed = (await _identify()).grant.allows("admin")
+    except RequestError:
+        detailed = False
     if relay.shutdown.begun:
-        return jsonify({"status": "shutting down", "broker": broker}), 503
-    if not relay.hub.broker.ready:
-        return jsonify({"status": "broker unavailable", "broker": broker}), 503
-    return jsonify({"status": "ok", "channels": len(relay.hub), "broker": broker}), 200
+        body: dict[str, Any] = {"status": "shutting down"}
+        status = 503
+    elif not relay.hub.broker.ready:
+        body, status = {"status": "broker unavailable"}, 503
+    else:
+        body, status = {"status": "ok"}, 200
+    if detailed:
+        body["broker"] = relay.hub.broker.statistics()
+        if status == 200:
+            body["channels"] = len(relay.hub)
+    return jsonify(body), status
 
 
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
@@ -107,6 +138,7 @@ class FileResponse(TrioResponse):
 @blueprint.get("/files/<file_id>")
 async def download(file_id: str) -> Response | tuple[Response, int]:
     """A stored upload as ``application/octet-stream``, with its filename hint and sha256."""
+    Access.require(await _identify(), "download")
     uploads = _relay().uploads
     stored = await uploads.describe(file_id)  # None for anything but a 32-hex-digit id
     path = uploads.path_of(file_id)

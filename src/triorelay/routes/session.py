@@ -11,28 +11,64 @@ A :class:`~triorelay.errors.RequestError` while attaching refuses the upgrade wi
 status (:class:`~triorelay.routes.asgi.Rejected`); one raised by the body (or a
 :class:`~triorelay.errors.ServiceError`) closes the connection with its close code. The close
 is sent shielded but bounded: the close reaper drops the socket of a peer that does not take
-it. Handlers (``routes/relay.py``, ``routes/flows.py``) only say what to do with messages.
+it. Handlers (``routes/channels.py``, ``routes/flows.py``) only say what to do with messages.
+
+A connection opened with a token is closed at the token's ``exp`` with 4401 ``token expired``
+(a deadline on the session's cancel scope: no task of its own), unless its client refreshes
+the token in-band first (:meth:`Session.take_controls`). When it ends, one access-log line
+says who it was and what it did (never the token).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import trio
 
+from triorelay.auth.tokens import Identity
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.compat import message_limits
-from triorelay.errors import CloseCode, RequestError, ServiceError
+from triorelay.envelopes import Payload
+from triorelay.errors import CloseCode, Forbidden, RequestError, ServiceError, Unauthorized
 from triorelay.hub import Connection
-from triorelay.routes.asgi import Receive, Rejected, Send, Socket, payload_of, wait_for_disconnect
+from triorelay.routes.asgi import Query, Receive, Rejected, Send, Socket, payload_of
 
 if TYPE_CHECKING:
     from triorelay.relay import Relay
 
 C = TypeVar("C", bound=Connection)
+
+access_log = logging.getLogger("triorelay.access")
+
+REFRESH_PREFIX = '{"triorelay"'
+"""How a text message that may be a control message starts (``{"triorelay": "refresh", ...}``)."""
+
+
+@dataclass(slots=True)
+class Request:
+    """One WebSocket handshake the relay serves: everything a handler starts from.
+
+    ``argument`` is what the path names (a channel, an upstream) or ``""``; ``right`` and
+    ``channel`` the right the route needed (checked before the handler runs), which a
+    refreshed token must still grant.
+    """
+
+    relay: Relay
+    path: str
+    argument: str
+    query: Query
+    identity: Identity
+    client: str
+    right: str
+    channel: str | None
+    receive: Receive
+    send: Send
 
 
 class Session(Generic[C]):
@@ -44,19 +80,73 @@ class Session(Generic[C]):
 
     def __init__(
         self,
-        relay: Relay,
+        request: Request,
         connection: C,
-        receive: Receive,
         socket: Socket,
         tap: hypercorn_compat.InboundTap | None,
     ) -> None:
-        self.relay = relay
+        self.request = request
+        self.relay = request.relay
         self.connection = connection
-        self.receive = receive
+        self.receive = request.receive
         self.socket = socket
         self.tap = tap
         self._deliver: hypercorn_compat.OnMessages = _discard
         self.scope = trio.CancelScope()
+        self.identity = request.identity
+        #: Whether the client may refresh its token in-band (it came with one).
+        self.refreshable = request.identity.expires_at is not None
+        self._expire_at_deadline()
+
+    def _expire_at_deadline(self) -> None:
+        verifier = self.relay.access.verifier
+        left = verifier.seconds_left(self.identity) if verifier is not None else None
+        if left is not None:
+            self.scope.deadline = trio.current_time() + left
+
+    @property
+    def expired(self) -> bool:
+        """True once the session's token has expired (its deadline has passed)."""
+        return self.refreshable and trio.current_time() >= self.scope.deadline
+
+    async def take_controls(self, payloads: list[Payload]) -> list[Payload]:
+        """Act on the client's control messages in ``payloads``; return the others.
+
+        The one control message is a token refresh, on a connection opened with a token: a
+        text message ``{"triorelay": "refresh", "token": "<jwt>"}``. A valid token for the
+        same subject that still grants the connection's right moves its expiry; an invalid
+        one closes it with 4401, one without the right with 4403.
+        """
+        if not self.refreshable or not any(
+            type(p) is str and p.startswith(REFRESH_PREFIX) for p in payloads
+        ):
+            return payloads
+        kept: list[Payload] = []
+        for payload in payloads:
+            token = _refresh_token(payload)
+            if token is None:
+                kept.append(payload)
+            elif not await self._refresh(token):
+                break
+        return kept
+
+    async def _refresh(self, token: str) -> bool:
+        access, request = self.relay.access, self.request
+        assert access.verifier is not None
+        try:
+            identity = await access.verifier.verify(token)
+            if identity.sub != self.identity.sub:
+                raise Forbidden("a refreshed token must be for the same subject")
+            if request.channel is not None:
+                access.require_channel(identity, request.right, request.channel)  # type: ignore[arg-type]
+            else:
+                access.require(identity, request.right)
+        except (Unauthorized, Forbidden) as error:
+            self.connection.close(error.close_code, str(error))
+            return False
+        self.identity = identity
+        self._expire_at_deadline()
+        return True
 
     async def _from_tap(self, payloads: list[bytes | str]) -> None:
         await self._deliver(payloads)
@@ -71,7 +161,7 @@ class Session(Generic[C]):
         self._deliver = deliver
         if self.tap is not None:
             await self.tap.start()
-            await wait_for_disconnect(self.receive)
+            await self.wait_for_disconnect()
             return True
         max_bytes = self.relay.settings.max_message_bytes
         while (event := await self.receive())["type"] == "websocket.receive":
@@ -81,6 +171,19 @@ class Session(Generic[C]):
                 return False
             await deliver([payload])
         return True
+
+    async def read_controls(self) -> None:
+        """Read the client only for its control messages (a consumer), until it leaves."""
+
+        async def controls(payloads: list[Payload]) -> None:
+            await self.take_controls(payloads)
+
+        await self.read_inbound(controls)
+
+    async def wait_for_disconnect(self) -> None:
+        """Discard events until the client disconnects (with a tap, only the disconnect comes)."""
+        while (await self.receive())["type"] != "websocket.disconnect":
+            pass
 
     def bind(self, scope: trio.CancelScope) -> None:
         """Let the hub cancel ``scope`` to end the connection, with the close clock running."""
@@ -96,12 +199,16 @@ class Session(Generic[C]):
         handshake. On leaving, the session's own scope is bound again (and cancelled then if
         the connection was closed meanwhile).
         """
-        with trio.CancelScope() as inner:
+        outer = self.scope
+        with trio.CancelScope(deadline=outer.deadline) as inner:
+            # The token's expiry too ends the block, not the session's scope, while it runs.
+            outer.deadline = float("inf")
             self.bind(inner)
             try:
                 yield
             finally:
-                self.bind(self.scope)
+                outer.deadline = inner.deadline
+                self.bind(outer)
 
     async def finish(self, send: Send) -> None:
         """Send the close the hub or the handler asked for, unless the client is already gone."""
@@ -122,12 +229,7 @@ class Session(Generic[C]):
 
 @asynccontextmanager
 async def open_session(
-    relay: Relay,
-    attach: AbstractContextManager[C],
-    receive: Receive,
-    send: Send,
-    *,
-    subscribe: str | None = None,
+    request: Request, attach: AbstractContextManager[C], *, subscribe: str | None = None
 ) -> AsyncIterator[Session[C]]:
     """Attach, accept and serve one WebSocket for the ``async with`` block, then close it.
 
@@ -136,7 +238,9 @@ async def open_session(
     Raises :class:`Rejected` (refuse the upgrade) for a RequestError before the accept. The
     block runs in the session's cancel scope: the hub's close (eviction, shutdown) cancels it.
     """
+    relay, receive, send = request.relay, request.receive, request.send
     settings = relay.settings
+    started = trio.current_time()
     with ExitStack() as stack:
         try:
             connection = stack.enter_context(attach)
@@ -156,7 +260,7 @@ async def open_session(
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send({"type": "websocket.accept"})
         socket = Socket(receive, send)
-        session = Session(relay, connection, receive, socket, None)
+        session = Session(request, connection, socket, None)
         # Where Hypercorn allows, its reader task hands each TCP read's messages to the
         # session itself: no task switch per message.
         tap = hypercorn_compat.tap_inbound(
@@ -180,7 +284,47 @@ async def open_session(
                 yield session
             except (RequestError, ServiceError) as error:
                 connection.close(error.close_code, str(error))
+        if connection.close_code is None and not connection.disconnected and session.expired:
+            connection.close(CloseCode.TOKEN_EXPIRED, "token expired")
         await session.finish(send)
+        _log_access(session, trio.current_time() - started)
+
+
+def _log_access(session: Session[C], seconds: float) -> None:
+    """One line per connection, when it ends: who, where, what, how it ended. Never a token."""
+    request, connection = session.request, session.connection
+    if connection.disconnected or connection.close_code is None:
+        ended = "client"
+    else:
+        ended = str(int(connection.close_code))
+    access_log.info(
+        "%s sub=%s path=%s role=%s channel=%s seconds=%.3f in=%d/%dB out=%d/%dB close=%s",
+        request.client,
+        session.identity.sub or "-",
+        request.path,
+        connection.role,
+        connection.channel_name or "-",
+        seconds,
+        connection.messages_in,
+        connection.bytes_in,
+        connection.messages_out,
+        connection.bytes_out,
+        ended,
+    )
+
+
+def _refresh_token(payload: Payload) -> str | None:
+    """The token of a refresh message, or None if ``payload`` is not one."""
+    if type(payload) is not str or not payload.startswith(REFRESH_PREFIX):
+        return None
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("triorelay") != "refresh":
+        return None
+    token = message.get("token")
+    return token if isinstance(token, str) else ""
 
 
 def _refuse(connection: Connection, code: int, reason: str) -> None:

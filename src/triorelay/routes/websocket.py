@@ -10,51 +10,72 @@ has three traps this path avoids:
   handler is never cancelled;
 - after a disconnect, its ``send`` returns without a checkpoint, so a send loop spins.
 
-Every other path (HTTP, unknown WebSocket paths) goes to Quart. A handler raises a
-:class:`~triorelay.errors.RequestError` before the upgrade to refuse it with an HTTP status;
-after the upgrade, :func:`~triorelay.routes.session.open_session` turns errors into close codes.
+Every other path (HTTP, unknown WebSocket paths) goes to Quart.
+
+Each route names the right it needs (:mod:`triorelay.auth.grants`): before any work, the
+handshake's origin, token and right are checked (:class:`~triorelay.auth.access.Access`) and
+the client's connection counted against ``max_connections`` / ``max_connections_per_client``.
+A refusal, or a :class:`~triorelay.errors.RequestError` a handler raises before the upgrade,
+is an HTTP status; after the upgrade :func:`~triorelay.routes.session.open_session` turns
+errors into close codes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
+from triorelay.auth.access import Access, credentials_from_headers
+from triorelay.auth.grants import PROXY_RIGHT_PREFIX
 from triorelay.errors import RequestError
 from triorelay.routes import channels, flows
-from triorelay.routes.asgi import ASGIApp, Query, Receive, Rejected, Scope, Send, reject
+from triorelay.routes.asgi import ASGIApp, Receive, Rejected, Scope, Send, reject
+from triorelay.routes.session import Request
 
 if TYPE_CHECKING:
     from triorelay.relay import Relay
 
-Handler = Callable[["Relay", str, Query, Receive, Send], Awaitable[None]]
-"""``await handler(relay, argument, query, receive, send)``; ``argument`` is what the path
-names (a channel, an upstream) or ``""``."""
+Handler = Callable[[Request], Awaitable[None]]
 
 DEFAULT_CHANNEL = "default"
 """The channel of ``/ws/producer`` and ``/ws/consumer``: the asyncio version's clients."""
 
-PATHS: dict[str, tuple[Handler, str]] = {
-    "/ws/producer": (channels.produce, DEFAULT_CHANNEL),
-    "/ws/consumer": (channels.consume, DEFAULT_CHANNEL),
-    "/ws/echo": (flows.echo, ""),
-    "/ws": (flows.flows, ""),
-    "/ws/upload": (flows.uploads, ""),
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A handler and the right it needs: on the channel the path names (``publish``,
+    ``subscribe``), an endpoint right, or ``proxy:`` followed by the path's upstream name."""
+
+    handler: Handler
+    right: str
+    on_channel: bool = False
+
+
+PRODUCER = Route(channels.produce, "publish", on_channel=True)
+CONSUMER = Route(channels.consume, "subscribe", on_channel=True)
+
+PATHS: dict[str, tuple[Route, str]] = {
+    "/ws/producer": (PRODUCER, DEFAULT_CHANNEL),
+    "/ws/consumer": (CONSUMER, DEFAULT_CHANNEL),
+    "/ws/echo": (Route(flows.echo, "echo"), ""),
+    "/ws": (Route(flows.flows, "echo"), ""),
+    "/ws/upload": (Route(flows.uploads, "upload"), ""),
 }
 """Exact paths, with the argument their handler gets."""
 
-PREFIXES: tuple[tuple[str, Handler], ...] = (
-    ("/ws/producer/", channels.produce),
-    ("/ws/consumer/", channels.consume),
-    ("/ws/proxy/", flows.proxy_pipe),
+PREFIXES: tuple[tuple[str, Route], ...] = (
+    ("/ws/producer/", PRODUCER),
+    ("/ws/consumer/", CONSUMER),
+    ("/ws/proxy/", Route(flows.proxy_pipe, PROXY_RIGHT_PREFIX)),
 )
 """Path prefixes; the rest of the path is the handler's argument (not validated here:
 ``/ws/producer/a/b`` is a producer path with a bad channel name)."""
 
 
-def route(path: str) -> tuple[Handler, str] | None:
-    """The handler of a WebSocket ``path`` and its argument, or None for any other path."""
+def route(path: str) -> tuple[Route, str] | None:
+    """The route of a WebSocket ``path`` and its argument, or None for any other path."""
     found = PATHS.get(path)
     if found is not None:
         return found
@@ -76,14 +97,45 @@ class RelayWebSockets:
         if found is None:
             await self.app(scope, receive, send)
             return
-        handler, argument = found
         connect = await receive()
         if connect["type"] != "websocket.connect":  # pragma: no cover - the ASGI spec's order
             return
-        query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         try:
-            await handler(self.relay, argument, query, receive, send)
+            await self._serve(scope, *found, receive, send)
         except RequestError as error:  # refused before the upgrade
             await reject(send, error)
         except Rejected as rejected:  # refused while attaching
             await reject(send, rejected.error)
+
+    async def _serve(
+        self, scope: Scope, route: Route, argument: str, receive: Receive, send: Send
+    ) -> None:
+        relay = self.relay
+        query_string = scope["query_string"].decode("latin-1")
+        peer = scope.get("client")
+        address = peer[0] if peer else None
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        credentials = credentials_from_headers(headers, query_string, address, relay.settings)
+        identity = await relay.access.identify(credentials)
+        right, channel = route.right, None
+        if route.on_channel:
+            channel = argument
+            Access.require_channel(identity, right, channel)  # type: ignore[arg-type]
+        else:
+            if right == PROXY_RIGHT_PREFIX:
+                right += argument
+            Access.require(identity, right)
+        request = Request(
+            relay=relay,
+            path=scope["path"],
+            argument=argument,
+            query=parse_qs(query_string, keep_blank_values=True),
+            identity=identity,
+            client=address or "local",
+            right=right,
+            channel=channel,
+            receive=receive,
+            send=send,
+        )
+        with relay.limits.hold(Access.client_key(identity, credentials)):
+            await route.handler(request)

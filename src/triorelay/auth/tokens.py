@@ -1,0 +1,168 @@
+"""Tokens: JWTs verified with PyJWT against keys and algorithms from the settings.
+
+The algorithms come from ``auth_algorithms`` (never from the token's header), so ``alg: none``
+and HS/RS confusion (a token signed with HS256 using the RSA public key as the secret) are
+refused: PyJWT checks the header's ``alg`` against that list, and refuses an asymmetric key as
+an HMAC secret. ``exp`` and ``sub`` are required; ``aud`` and ``iss`` are checked when set.
+
+Keys, one source (the settings allow only one):
+
+- ``auth_hmac_secret``: HS256/384/512;
+- ``auth_public_key_file``: a PEM public key (RSA, EC or Ed25519), read at start;
+- ``auth_jwks_url``: a JWKS document (a file path or a URL), fetched in a worker thread by
+  PyJWT's ``PyJWKClient``, which keeps the set for ``auth_jwks_lifespan_seconds``, at most
+  ``auth_jwks_max_keys`` keys, and fetches again when a token names an unknown ``kid`` (no more
+  than once every 30 s); each fetch is bounded by ``auth_jwks_timeout_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import trio
+
+from triorelay.auth.grants import Grant, InvalidGrant
+from triorelay.errors import Unauthorized
+from triorelay.settings import Settings
+
+CLAIM = "triorelay"
+"""The claim that holds a token's rights (:class:`~triorelay.auth.grants.Grant`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a client is and what it may do.
+
+    ``sub`` is the token's subject (None for an anonymous client); ``expires_at`` its ``exp``
+    (Unix time; None without a token).
+    """
+
+    sub: str | None
+    grant: Grant
+    expires_at: float | None = None
+
+
+def default_algorithms(settings: Settings) -> list[str]:
+    """``auth_algorithms``, or the default for the configured key."""
+    if settings.auth_algorithms:
+        return list(settings.auth_algorithms)
+    return ["HS256"] if settings.auth_hmac_secret is not None else ["RS256", "ES256"]
+
+
+class TokenVerifier:
+    """Verifies tokens for one relay; build it at startup (it reads the key file)."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self._algorithms = default_algorithms(settings)
+        self._audience = settings.auth_audience
+        self._issuer = settings.auth_issuer
+        self._leeway = settings.auth_leeway_seconds
+        self._clock = clock
+        self._key: Any = None
+        self._jwks: jwt.PyJWKClient | None = None
+        if settings.auth_hmac_secret is not None:
+            self._key = settings.auth_hmac_secret.get_secret_value()
+        elif settings.auth_public_key_file is not None:
+            self._key = Path(settings.auth_public_key_file).read_bytes()
+        elif settings.auth_jwks_url is not None:
+            url = settings.auth_jwks_url
+            if "://" not in url:
+                url = Path(url).resolve().as_uri()
+            self._jwks = jwt.PyJWKClient(
+                url,
+                cache_keys=True,
+                max_cached_keys=settings.auth_jwks_max_keys,
+                lifespan=settings.auth_jwks_lifespan_seconds,
+                timeout=settings.auth_jwks_timeout_seconds,
+            )
+        self._jwks_limiter = trio.CapacityLimiter(1)
+
+    async def verify(self, token: str) -> Identity:
+        """The identity ``token`` proves; raise :class:`Unauthorized` with the reason.
+
+        The reason names what is wrong (expired, bad signature, wrong audience...) and never
+        repeats the token.
+        """
+        key = self._key
+        if self._jwks is not None:
+            key = await self._signing_key(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self._audience is not None,
+                    "verify_iss": self._issuer is not None,
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("invalid token: expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("invalid token: not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("invalid token: wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("invalid token: wrong issuer") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise Unauthorized(f"invalid token: no {error.claim!r} claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthorized("invalid token: algorithm not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("invalid token: bad signature") from None
+        except jwt.InvalidKeyError:
+            raise Unauthorized("invalid token: algorithm not accepted for this key") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token: malformed") from None
+        try:
+            grant = Grant.parse(claims.get(CLAIM))
+        except InvalidGrant as error:
+            raise Unauthorized(f"invalid token: {error}") from None
+        return Identity(sub=str(claims["sub"]), grant=grant, expires_at=float(claims["exp"]))
+
+    async def _signing_key(self, token: str) -> Any:
+        assert self._jwks is not None
+        jwks = self._jwks
+        try:
+            async with self._jwks_limiter:  # one fetch at a time; others use its result
+                signing_key = await trio.to_thread.run_sync(jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError:
+            raise Unauthorized("cannot verify tokens now: the key set is unavailable") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("invalid token: no key for it in the key set") from None
+        return signing_key.key
+
+    def seconds_left(self, identity: Identity) -> float | None:
+        """Seconds until ``identity``'s token expires (leeway included); None: never."""
+        if identity.expires_at is None:
+            return None
+        return identity.expires_at + self._leeway - self._clock()
+
+
+def mint(
+    secret: str,
+    sub: str,
+    grant: dict[str, Any],
+    *,
+    ttl_seconds: float,
+    audience: str | None = None,
+    issuer: str | None = None,
+    algorithm: str = "HS256",
+) -> str:
+    """A token signed with ``secret`` (for development: ``triorelay token``)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + int(ttl_seconds), CLAIM: grant}
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm=algorithm)
