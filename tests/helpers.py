@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,11 @@ from wsproto.extensions import PerMessageDeflate
 from triorelay.relay import Relay
 
 
-async def refused_upgrade(port: int, path: str) -> tuple[int, bytes]:
-    """Send a WebSocket upgrade request for ``path``; return the HTTP status and body.
+async def refused_upgrade(
+    port: int, path: str, headers: Sequence[tuple[str, str]] = ()
+) -> tuple[int, bytes]:
+    """Send a WebSocket upgrade request for ``path`` (with ``headers`` added); return the HTTP
+    status and body.
 
     For requests the relay refuses before the upgrade (a trio-websocket client leaks its
     socket when refused, so the tests speak HTTP themselves).
@@ -37,6 +40,7 @@ async def refused_upgrade(port: int, path: str) -> tuple[int, bytes]:
             ("Connection", "Upgrade"),
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("Sec-WebSocket-Version", "13"),
+            *headers,
         ],
     )
     stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -9,10 +9,12 @@ Keys, one source (the settings allow only one):
 
 - ``auth_hmac_secret``: HS256/384/512;
 - ``auth_public_key_file``: a PEM public key (RSA, EC or Ed25519), read at start;
-- ``auth_jwks_url``: a JWKS document (a file path or a URL), fetched in a worker thread by
+- ``auth_jwks_url``: a JWKS document. An ``https://`` URL is fetched in a worker thread by
   PyJWT's ``PyJWKClient``, which keeps the set for ``auth_jwks_lifespan_seconds``, at most
-  ``auth_jwks_max_keys`` keys, and fetches again when a token names an unknown ``kid`` (no more
-  than once every 30 s); each fetch is bounded by ``auth_jwks_timeout_seconds``.
+  ``auth_jwks_max_keys`` keys, and fetches again when a token names an unknown ``kid`` (no
+  more than once every 30 s); each fetch is bounded by ``auth_jwks_timeout_seconds``. A file
+  path (PyJWT's client takes URLs only) is read again on an unknown ``kid``, at most once a
+  second, and keeps at most ``auth_jwks_max_keys`` keys too.
 """
 
 from __future__ import annotations
@@ -64,17 +66,16 @@ class TokenVerifier:
         self._leeway = settings.auth_leeway_seconds
         self._clock = clock
         self._key: Any = None
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks: jwt.PyJWKClient | _KeyFile | None = None
         if settings.auth_hmac_secret is not None:
             self._key = settings.auth_hmac_secret.get_secret_value()
         elif settings.auth_public_key_file is not None:
             self._key = Path(settings.auth_public_key_file).read_bytes()
+        elif settings.auth_jwks_url is not None and "://" not in settings.auth_jwks_url:
+            self._jwks = _KeyFile(Path(settings.auth_jwks_url), settings.auth_jwks_max_keys)
         elif settings.auth_jwks_url is not None:
-            url = settings.auth_jwks_url
-            if "://" not in url:
-                url = Path(url).resolve().as_uri()
             self._jwks = jwt.PyJWKClient(
-                url,
+                settings.auth_jwks_url,
                 cache_keys=True,
                 max_cached_keys=settings.auth_jwks_max_keys,
                 lifespan=settings.auth_jwks_lifespan_seconds,
@@ -146,6 +147,37 @@ class TokenVerifier:
         if identity.expires_at is None:
             return None
         return identity.expires_at + self._leeway - self._clock()
+
+
+class _KeyFile:
+    """A JWKS document in a file: the keys by ``kid``, read again when one is missing."""
+
+    #: Shortest time between two reads of the file (a flood of unknown kids reads it once).
+    REREAD_SECONDS = 1.0
+
+    def __init__(self, path: Path, max_keys: int) -> None:
+        self._path = path
+        self._max_keys = max_keys
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._read_at = float("-inf")
+
+    def _read(self) -> None:
+        self._read_at = time.monotonic()
+        key_set = jwt.PyJWKSet.from_json(self._path.read_text())
+        self._keys = {key.key_id: key for key in key_set.keys[: self._max_keys] if key.key_id}
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
+        """The key the token's ``kid`` names (called in a worker thread)."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid not in self._keys and time.monotonic() - self._read_at >= self.REREAD_SECONDS:
+            try:
+                self._read()
+            except (OSError, jwt.PyJWTError) as error:
+                raise jwt.PyJWKClientConnectionError(f"cannot read the key set: {error}") from None
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise jwt.PyJWKClientError("no key for this kid")
+        return key
 
 
 def mint(

@@ -1,0 +1,145 @@
+"""Token verification: keys and algorithms from the settings, never from the token."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.auth.keys import SECRET, public_pem, rsa_key, token, unsigned, write_jwks
+from triorelay.auth.tokens import TokenVerifier, _KeyFile, mint
+from triorelay.errors import SettingsError, Unauthorized
+from triorelay.settings import load_settings
+
+OTHER_SECRET = SECRET.replace("a-test", "another")
+GRANT = {"channels": {"a.*": ["subscribe"]}, "rights": ["admin"]}
+
+
+def hmac_verifier(**overrides: Any) -> TokenVerifier:
+    return TokenVerifier(load_settings(auth_hmac_secret=SECRET, **overrides))
+
+
+async def refused(verifier: TokenVerifier, bad: str) -> str:
+    """The reason ``bad`` is refused; it never contains the token."""
+    with pytest.raises(Unauthorized) as error:
+        await verifier.verify(bad)
+    assert bad not in str(error.value)
+    assert error.value.status == 401
+    return str(error.value)
+
+
+async def test_a_valid_token_gives_its_subject_rights_and_expiry() -> None:
+    """A good HS256 token proves its sub, its grant and its exp."""
+    identity = await hmac_verifier().verify(token(grant=GRANT, ttl=60))
+    assert identity.sub == "alice"
+    assert identity.grant.allows_channel("subscribe", "a.b")
+    assert identity.grant.allows("admin")
+    assert identity.expires_at is not None
+    assert 0 < identity.expires_at - time.time() <= 60
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: token(ttl=-60), "expired"),
+        (lambda: token(nbf=int(time.time()) + 600), "not yet valid"),
+        (
+            lambda: token("another-secret-long-enough-for-every-hmac-algorithm-up-to-hs512"),
+            "bad signature",
+        ),
+        (lambda: token(sub=None), "'sub'"),
+        (lambda: unsigned(), "algorithm not accepted"),
+        (lambda: token(algorithm="HS512"), "algorithm not accepted"),
+        (lambda: "not.a.token", "malformed"),
+        (lambda: token(grant={"rights": ["root"]}), "unknown right"),
+    ],
+)
+async def test_bad_tokens_are_refused_with_the_reason(make: Any, reason: str) -> None:
+    """Expired, not yet valid, wrongly signed, subject-less, alg none, another algorithm."""
+    assert reason in await refused(hmac_verifier(auth_leeway_seconds=0), make())
+
+
+async def test_a_token_without_exp_is_refused() -> None:
+    """exp is required."""
+    import jwt
+
+    bad = jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")
+    assert "'exp'" in await refused(hmac_verifier(), bad)
+
+
+async def test_audience_and_issuer_are_checked_when_configured() -> None:
+    """With auth_audience / auth_issuer set, a token for another one is refused."""
+    verifier = hmac_verifier(auth_audience="relay", auth_issuer="https://idp.example")
+    good = token(aud="relay", iss="https://idp.example")
+    assert (await verifier.verify(good)).sub == "alice"
+    assert "wrong audience" in await refused(
+        verifier, token(aud="other", iss="https://idp.example")
+    )
+    assert "wrong issuer" in await refused(verifier, token(aud="relay", iss="https://evil"))
+
+
+async def test_hs256_signed_with_the_rsa_public_key_is_refused(tmp_path: Path) -> None:
+    """HS/RS confusion: an HMAC token keyed with the relay's public key does not pass."""
+    key = rsa_key()
+    pem = tmp_path / "public.pem"
+    pem.write_bytes(public_pem(key))
+    verifier = TokenVerifier(load_settings(auth_public_key_file=pem))
+    assert (await verifier.verify(token(key, algorithm="RS256"))).sub == "alice"
+    # Forged by hand: PyJWT itself refuses to sign HS256 with a PEM key.
+    header = _b64({"alg": "HS256", "typ": "JWT"})
+    body = _b64({"sub": "mallory", "exp": int(time.time()) + 600})
+    signature = hmac.new(pem.read_bytes(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    forged = f"{header}.{body}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    assert "algorithm not accepted" in await refused(verifier, forged)
+
+
+def test_settings_refuse_an_algorithm_that_does_not_go_with_the_key(tmp_path: Path) -> None:
+    """HS256 with a public key, RS256 with a secret, or 'none' fail at start."""
+    pem = tmp_path / "public.pem"
+    pem.write_bytes(public_pem(rsa_key()))
+    with pytest.raises(SettingsError, match="does not go with"):
+        load_settings(auth_public_key_file=pem, auth_algorithms=["HS256"])
+    with pytest.raises(SettingsError, match="does not go with"):
+        load_settings(auth_hmac_secret=SECRET, auth_algorithms=["RS256"])
+    with pytest.raises(SettingsError, match="is not one of"):
+        load_settings(auth_hmac_secret=SECRET, auth_algorithms=["none"])
+    with pytest.raises(SettingsError, match="one key source"):
+        load_settings(auth_hmac_secret=SECRET, auth_public_key_file=pem)
+
+
+async def test_jwks_keys_by_kid_and_a_new_kid_is_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JWKS file verifies tokens by kid; a token with a kid added later is verified after
+    the set is fetched again; an unknown kid is refused."""
+    first, second = rsa_key(), rsa_key()
+    jwks = tmp_path / "jwks.json"
+    write_jwks(jwks, {"k1": first})
+    verifier = TokenVerifier(load_settings(auth_jwks_url=str(jwks)))
+    assert (await verifier.verify(token(first, algorithm="RS256", headers={"kid": "k1"}))).sub
+    later = token(second, algorithm="RS256", headers={"kid": "k2"})
+    assert "no key" in await refused(verifier, later)
+    write_jwks(jwks, {"k1": first, "k2": second})
+    # The file is read again for an unknown kid, once the re-read interval has passed.
+    monkeypatch.setattr(_KeyFile, "REREAD_SECONDS", 0.0)
+    assert (await verifier.verify(later)).sub == "alice"
+
+
+def test_mint_makes_a_token_the_relay_accepts() -> None:
+    """triorelay token's minting function signs what the verifier accepts."""
+    minted = mint(SECRET, "bob", {"rights": ["admin"]}, ttl_seconds=60)
+    import trio
+
+    identity = trio.run(hmac_verifier().verify, minted)
+    assert identity.sub == "bob"
+    assert identity.grant.allows("admin")
+
+
+def _b64(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
