@@ -35,7 +35,7 @@ async def refused_upgrade(
         method="GET",
         target=path,
         headers=[
-            ("Host", "127.0.0.1"),
+            ("Host", f"127.0.0.1:{port}"),
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),

@@ -53,6 +53,9 @@ ALGORITHMS = frozenset(
 )
 """JWT algorithms a relay can be set to accept (``none`` is never one)."""
 
+MIN_HMAC_SECRET_BYTES = 32
+"""The shortest HMAC secret accepted: a shorter one can be guessed offline from any token."""
+
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
 
@@ -247,6 +250,11 @@ class Settings(BaseSettings):
                     f"auth_algorithms: {algorithm} does not go with {keys[0]} "
                     "(HS* needs the HMAC secret; the others a public key or JWKS)"
                 )
+        secret = self.auth_hmac_secret
+        if secret is not None and len(secret.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(
+                f"auth_hmac_secret must be at least {MIN_HMAC_SECRET_BYTES} bytes (RFC 7518 3.2)"
+            )
         if self.auth_public_key_file is not None and not self.auth_public_key_file.is_file():
             raise ValueError(f"auth_public_key_file {self.auth_public_key_file} does not exist")
         Grant.parse(self.auth_anonymous)  # each raises a ValueError naming what is wrong

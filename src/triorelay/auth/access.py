@@ -14,7 +14,7 @@
    (127.0.0.1), and cannot be exposed by mistake.
 
 Each route then asks for its right (:meth:`Access.require`, :meth:`Access.require_channel`):
-403 without it.
+403 without it (401 for a client without a token: it needs one).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
+from typing import NoReturn
 from urllib.parse import parse_qs
 
 from triorelay.auth.grants import ChannelRight, Grant
 from triorelay.auth.origins import origin_allowed, parse_origin_patterns
 from triorelay.auth.tokens import Identity, TokenVerifier
-from triorelay.errors import Forbidden
+from triorelay.errors import Forbidden, Unauthorized
 from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,19 @@ class Access:
 
     @staticmethod
     def require(identity: Identity, right: str) -> None:
-        """Raise :class:`Forbidden` unless ``identity`` has endpoint right ``right``."""
+        """Refuse unless ``identity`` has endpoint right ``right``: :class:`Forbidden` (403),
+        or :class:`Unauthorized` (401) for a client without a token (it needs one)."""
         if not identity.grant.allows(right):
-            raise Forbidden(f"not allowed: this needs the {right!r} right")
+            _refuse(identity, f"this needs the {right!r} right")
 
     @staticmethod
     def require_channel(identity: Identity, right: ChannelRight, channel: str) -> None:
-        """Raise :class:`Forbidden` unless ``identity`` may ``right`` on ``channel``."""
+        """Refuse unless ``identity`` may ``right`` on ``channel`` (as :meth:`require`)."""
         if not identity.grant.allows_channel(right, channel):
-            raise Forbidden(f"not allowed: this needs the {right!r} right on {channel!r}")
+            _refuse(identity, f"this needs the {right!r} right on {channel!r}")
+
+
+def _refuse(identity: Identity, what: str) -> NoReturn:
+    if identity.sub is None:
+        raise Unauthorized(f"a token is needed: {what}")
+    raise Forbidden(f"not allowed: {what}")

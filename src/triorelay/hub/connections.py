@@ -81,6 +81,16 @@ class Connection:
             on_close, self._on_close = self._on_close, None
             on_close()
 
+    def count_in(self, payloads: list[Payload]) -> None:
+        """The client sent ``payloads``."""
+        self.messages_in += len(payloads)
+        self.bytes_in += sum(map(size_of, payloads))
+
+    def count_out(self, payloads: list[Payload]) -> None:
+        """``payloads`` were written to the client."""
+        self.messages_out += len(payloads)
+        self.bytes_out += sum(map(size_of, payloads))
+
     @property
     def buffered(self) -> int:
         return 0
@@ -130,8 +140,7 @@ class Producer(Connection):
         """
         # The connection counts what its client sent (read off its socket); the channel counts
         # what the broker accepted (``ChannelCounters``).
-        self.messages_in += len(payloads)
-        self.bytes_in += sum(map(size_of, payloads))
+        self.count_in(payloads)
         await self._publish(payloads, published)
 
 

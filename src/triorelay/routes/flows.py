@@ -54,8 +54,9 @@ async def echo(request: Request) -> None:
         connection, socket = session.connection, session.socket
 
         async def send_back(payloads: list[Payload]) -> None:
-            if connection.close_code is None:
-                await socket.send_many(payloads)
+            connection.count_in(payloads)
+            if connection.close_code is None and await socket.send_many(payloads):
+                connection.count_out(payloads)
 
         await session.read_inbound(send_back)
         connection.disconnected = connection.close_code is None
@@ -93,6 +94,7 @@ async def _serve_client(request: Request, role: str, handler: Handler) -> None:
             relay.settings.flow_buffer_messages,
             session.socket,
             hypercorn_compat.watch_peer_close(request.send),
+            connection,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -109,7 +111,13 @@ async def _serve_client(request: Request, role: str, handler: Handler) -> None:
 
 async def _read(session: Session[Connection], client: _Client) -> None:
     """Feed the client's messages to ``client`` until it disconnects, then end it."""
-    if await session.read_inbound(client.put):
+    connection = session.connection
+
+    async def put(payloads: list[Payload]) -> None:
+        connection.count_in(payloads)
+        await client.put(payloads)
+
+    if await session.read_inbound(put):
         client.end()
 
 
@@ -227,10 +235,12 @@ class _Client:
         buffer_messages: int,
         socket: Socket,
         peer: hypercorn_compat.PeerClose | None,
+        connection: Connection,
     ) -> None:
         self._sender, self._receiver = trio.open_memory_channel[Payload](buffer_messages)
         self._socket = socket
         self._peer = peer
+        self._connection = connection
         self._waits: set[trio.CancelScope] = set()
         #: True once the client has disconnected (its messages may still be in the channel).
         self.gone = False
@@ -261,7 +271,10 @@ class _Client:
 
     async def send(self, payload: Payload) -> bool:
         """Send one message, waiting for the socket; False once the client has gone."""
-        return await self._socket.send_many([payload])
+        sent = await self._socket.send_many([payload])
+        if sent:
+            self._connection.count_out([payload])
+        return sent
 
     def peer_close(self) -> proxy.Close | None:
         """The close frame the client sent, or None if it left without one."""
