@@ -117,3 +117,11 @@ def test_upload_sequence_counts_bytes_and_repeats() -> None:
     parser.receive('{"size": 1}')
     with pytest.raises(UploadMismatch):
         parser.receive(b"ab")
+
+
+def test_deeply_nested_upload_metadata_is_a_policy_violation() -> None:
+    """Metadata nested past the parser's recursion limit closes with 1008, not 1011."""
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ProtocolViolation) as refused:
+        parse_upload_metadata(deep, 1024)
+    assert refused.value.close_code == CloseCode.POLICY_VIOLATION

@@ -33,10 +33,12 @@ def test_defaults() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.mode == "broadcast"
     assert settings.slow_consumer_policy == "disconnect"
-    assert settings.consumer_buffer_messages == 256
-    assert settings.consumer_buffer_bytes == 4 * 1024 * 1024
+    # Bytes first: small messages never reach the message cap before the byte bound.
+    assert settings.consumer_buffer_messages == 16_384
+    assert settings.consumer_buffer_bytes == 1024 * 1024
     assert settings.max_message_bytes == 1024 * 1024
     assert settings.channels == {}
+    assert settings.publish_timeout_seconds == 10.0
 
 
 def test_environment_variables_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +85,7 @@ def test_channel_rules_from_environment_first_match_wins(monkeypatch: pytest.Mon
         mode="broadcast",
         slow_consumer_policy="disconnect",
         consumer_buffer_messages=32,
-        consumer_buffer_bytes=4 * 1024 * 1024,
+        consumer_buffer_bytes=1024 * 1024,
         queue_buffer_messages=1024,
     )
     assert settings.channel_config("jobs.mail") == defaults.model_copy(

@@ -18,10 +18,13 @@ Payload = bytes | str
 
 
 def size_of(payload: Payload) -> int:
-    """The size a message counts for in the relay's buffers and limits.
+    """The size a message counts for in the relay's buffers and limits: its bytes on the wire.
 
-    ``len``: bytes for binary, characters for text (README "Limits and guarantees").
+    Text counts its UTF-8 bytes (a 4-byte character counts 4), so every byte bound holds for
+    any text; ASCII text, the common case, is measured without encoding it.
     """
+    if type(payload) is str and not payload.isascii():
+        return len(payload.encode("utf-8", "surrogatepass"))
     return len(payload)
 
 

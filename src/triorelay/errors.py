@@ -13,6 +13,9 @@ Exception tree::
     │   ├── BrokerUnavailable      HTTP 503 / close 1013
     │   ├── ShuttingDown           HTTP 503 / close 1001: the relay takes no new connections
     │   ├── TooManyConnections     HTTP 503 / close 1013: the relay's or the client's limit
+    │   ├── PublishTimeout         HTTP 503: an HTTP publish found no room in time
+    │   ├── UnsupportedCharset     HTTP 415: HTTP text not in UTF-8
+    │   ├── InvalidText            HTTP 400 / close 1007: text not valid in its charset
     │   ├── RateLimited            close 1008: a producer publishing past its rate
     │   ├── Unauthorized           HTTP 401 / close 4401: no valid token (where one is needed)
     │   ├── Forbidden              HTTP 403 / close 4403: the token (or origin) lacks the right
@@ -123,6 +126,25 @@ class ShuttingDown(RequestError):
 
     status = 503
     close_code = CloseCode.GOING_AWAY
+
+
+class UnsupportedCharset(RequestError):
+    """An HTTP publish whose text is in a charset other than UTF-8 (or ASCII)."""
+
+    status = 415
+
+
+class InvalidText(RequestError):
+    """Text that is not valid in its charset."""
+
+    close_code = CloseCode.INVALID_PAYLOAD
+
+
+class PublishTimeout(RequestError):
+    """An HTTP publish that waited ``publish_timeout_seconds`` for room: nothing published."""
+
+    status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
 
 
 class TooManyConnections(RequestError):

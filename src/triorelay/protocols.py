@@ -138,7 +138,7 @@ def parse_upload_metadata(payload: Payload, max_upload_bytes: int) -> UploadMeta
         raise UnsupportedData("an upload starts with its metadata as a JSON text message")
     try:
         fields = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         raise ProtocolViolation("upload metadata must be a JSON object") from None
     if not isinstance(fields, dict):
         raise ProtocolViolation("upload metadata must be a JSON object")

@@ -100,12 +100,13 @@ class Settings(BaseSettings):
     mode: Mode = "broadcast"
     #: What happens to a broadcast consumer whose buffer is full.
     slow_consumer_policy: Policy = "disconnect"
-    #: Per-consumer buffer, in messages and in bytes (whichever fills first).
-    consumer_buffer_messages: PositiveInt = 256
-    consumer_buffer_bytes: PositiveInt = 4 * 1024 * 1024
+    #: Per-consumer buffer, in bytes first (as Centrifugo's client queue), with a message cap
+    #: high enough that small messages never reach it before the bytes do.
+    consumer_buffer_messages: PositiveInt = 16_384
+    consumer_buffer_bytes: PositiveInt = 1024 * 1024
     #: Queue-mode channels: messages waiting for a consumer, before producers are backpressured.
     queue_buffer_messages: PositiveInt = 1024
-    #: Largest message accepted, over WebSocket or HTTP. Text counts characters.
+    #: Largest message accepted, over WebSocket or HTTP. Text counts its UTF-8 bytes.
     max_message_bytes: PositiveInt = 1024 * 1024
     #: Accept permessage-deflate when a client offers it. Off by default: Hypercorn inflates a
     #: message before checking its size, so a small compressed frame can take a lot of memory.
@@ -134,6 +135,9 @@ class Settings(BaseSettings):
     #: At start, partial uploads not written to for this long are removed (a relay died
     #: mid-upload); more recent ones may belong to another relay sharing the directory.
     stale_upload_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    #: An HTTP publish waiting for room (a full queue, a ``block`` channel) longer than this
+    #: is answered 503, and nothing is published.
+    publish_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     #: Messages held per direction on ``/ws``, ``/ws/upload`` and ``/ws/proxy`` connections
     #: between the socket and the handler (or the upstream); past it the sender waits.
     flow_buffer_messages: PositiveInt = 4

@@ -751,3 +751,57 @@ async def test_channels_go_once_everyone_leaves_after_close() -> None:
         assert stats is not None
         assert stats.buffered == 0
     assert len(hub) == 0
+
+
+async def test_text_is_counted_in_utf8_bytes() -> None:
+    """A 4-byte character counts 4 bytes against consumer_buffer_bytes, and in the counters."""
+    hub = make_hub(consumer_buffer_bytes=40, max_message_bytes=40)
+    with hub.attach_consumer("u") as consumer, hub.attach_producer("u") as producer:
+        await producer.publish("😀" * 5)  # 20 bytes
+        await producer.publish("😀" * 5)
+        assert consumer.buffered_bytes == 40
+        await producer.publish("a")  # does not fit: evicted
+        assert consumer.close_code == CloseCode.TRY_AGAIN_LATER
+        stats = hub.channel_statistics("u")
+        assert stats is not None
+        assert stats.bytes_in == 41
+
+
+async def test_default_buffers_hold_a_burst_of_small_messages() -> None:
+    """With the defaults, a consumer that has not read yet holds 2,000 messages of 60 bytes
+    (the asyncio version delivers them all; a 256-message bound evicted it)."""
+    hub = make_hub()
+    with hub.attach_consumer("burst") as consumer, hub.attach_producer("burst") as producer:
+        for i in range(2000):
+            await producer.publish(f"{i:04d}" + "x" * 56)
+        assert consumer.close_code is None
+        assert len(drain(consumer)) == 2000
+
+
+async def test_waiting_for_room_then_publishing_never_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """wait_for_room returns only once a publish takes at once: a block channel's full
+    consumer and a full queue hold it; given up, nothing is published."""
+    hub = make_hub(
+        slow_consumer_policy="block",
+        consumer_buffer_messages=1,
+        channels={"jobs.*": {"mode": "queue", "queue_buffer_messages": 1}},
+    )
+    with hub.attach_consumer("b") as consumer, hub.attach_producer("b") as producer:
+        await producer.publish("first")
+        with trio.move_on_after(5) as waited:
+            await hub.wait_for_room("b", 5)
+        assert waited.cancelled_caught
+        assert consumer.receive_nowait() == "first"
+        with trio.fail_after(1):
+            await hub.wait_for_room("b", 5)
+    with hub.attach_producer("jobs.q") as producer:
+        await producer.publish("job")
+        with trio.move_on_after(5) as waited:
+            await hub.wait_for_room("jobs.q", 3)
+        assert waited.cancelled_caught
+        with hub.attach_consumer("jobs.q") as worker:
+            assert await worker.receive() == "job"
+            with trio.fail_after(1):
+                await hub.wait_for_room("jobs.q", 3)

@@ -86,3 +86,63 @@ async def test_channels_are_removed_when_idle(relay: RunningRelay) -> None:
             pass
     assert (await relay.http.get("/channels")).json() == {"channels": []}
     assert len(relay.relay.hub) == 0
+
+
+async def test_post_takes_utf8_text_only(relay: RunningRelay) -> None:
+    """UTF-8 and ASCII text pass; UTF-7, punycode, latin-1, unknown charsets get 415 at once
+    (no lone surrogate, no quadratic decoding), and nothing is published."""
+    async with relay.websocket("/ws/consumer/cs") as consumer:
+        refused = {
+            "utf-7": b"+2AA-",
+            "punycode": b"a" * 100_000 + b"-",
+            "latin-1": b"caf\xe9",
+            "utf-16": "x".encode("utf-16"),
+            "no-such-charset": b"x",
+        }
+        for charset, body in refused.items():
+            answer = await relay.http.post(
+                "/channels/cs/messages",
+                content=body,
+                headers={"content-type": f"text/plain; charset={charset}"},
+            )
+            assert answer.status_code == 415, charset
+            assert "UTF-8" in answer.json()["error"]
+        not_ascii = await relay.http.post(
+            "/channels/cs/messages",
+            content="é".encode(),
+            headers={"content-type": "text/plain; charset=us-ascii"},
+        )
+        assert not_ascii.status_code == 400
+        for charset in ("UTF-8", "utf8", "us-ascii"):
+            answer = await relay.http.post(
+                "/channels/cs/messages",
+                content=b"ok",
+                headers={"content-type": f"text/plain; charset={charset}"},
+            )
+            assert answer.status_code == 202
+        assert [await consumer.get_message() for _ in range(3)] == ["ok", "ok", "ok"]
+        stats = await relay.channel("cs")
+        assert stats["messages_in"] == 3
+
+
+async def test_a_publish_that_finds_no_room_in_time_gets_503_and_publishes_nothing(
+    start_relay: StartRelay,
+) -> None:
+    """A full queue: after publish_timeout_seconds the HTTP publish gets 503, and the queue
+    holds only what was accepted before."""
+    relay = await start_relay(
+        channels={"jobs.*": {"mode": "queue", "queue_buffer_messages": 2}},
+        publish_timeout_seconds=0.2,
+    )
+    async with relay.websocket("/ws/producer/jobs.t?ack=none"):  # keeps the channel alive
+        for i in range(2):
+            answer = await relay.http.post("/channels/jobs.t/messages", content=f"j{i}".encode())
+            assert answer.status_code == 202
+        late = await relay.http.post("/channels/jobs.t/messages", content=b"late")
+        assert late.status_code == 503
+        assert "nothing published" in late.json()["error"]
+        assert (await relay.channel("jobs.t"))["buffered"] == 2
+        async with relay.websocket("/ws/consumer/jobs.t") as consumer:
+            assert [await consumer.get_message() for _ in range(2)] == [b"j0", b"j1"]
+        stats = await relay.channel("jobs.t")
+        assert (stats["messages_in"], stats["buffered"]) == (2, 0)

@@ -130,6 +130,10 @@ class Broker(Protocol):
         """Do the broker's background work (deliver other relays' messages) until cancelled."""
         ...
 
+    #: True when :meth:`publish` delivers to this relay's channel before it returns (memory),
+    #: so a local channel's room decides whether a publish waits.
+    delivers_locally: bool
+
     @property
     def ready(self) -> bool:
         """False while the broker cannot accept messages (for ``/healthz``)."""

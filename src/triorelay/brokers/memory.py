@@ -18,6 +18,8 @@ class MemoryBroker:
     when a channel goes (:meth:`forget`), so a channel made again numbers from 1.
     """
 
+    delivers_locally = True
+
     def __init__(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._last_seq: dict[str, int] = {}

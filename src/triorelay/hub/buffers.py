@@ -119,12 +119,14 @@ class ConsumerBuffer(_MemoryInbox):
         "_send",
         "bytes",
         "max_bytes",
+        "max_messages",
         "messages",
         "peak",
     )
 
     def __init__(self, max_messages: int, max_bytes: int, occupancy: Occupancy) -> None:
         self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
+        self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._occupancy = occupancy
         # Where a ``block`` publisher waits for room: made on first use (only ``block`` needs
@@ -134,6 +136,12 @@ class ConsumerBuffer(_MemoryInbox):
         self.bytes = 0
         self.peak = 0
         self._closed = False
+
+    def has_room(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes would fit now."""
+        if self.bytes + size > self.max_bytes and self.messages:
+            return False
+        return self.messages < self.max_messages
 
     def offer(self, payload: Payload, size: int) -> bool:
         """Buffer ``payload`` (of ``size``) if there is room; False, and nothing changes, if not."""
@@ -201,7 +209,26 @@ class LocalQueue:
 
     def __init__(self, max_messages: int, occupancy: Occupancy) -> None:
         self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
+        self._max_messages = max_messages
         self._occupancy = occupancy
+        # Where a publisher that must not wait inside a publish waits for room first.
+        self._room: trio.lowlevel.ParkingLot | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._send.statistics().current_buffer_used >= self._max_messages
+
+    async def wait_for_room(self) -> None:
+        """Return once a message would be queued without waiting."""
+        while self.full:
+            if self._room is None:
+                self._room = trio.lowlevel.ParkingLot()
+            await self._room.park()
+
+    def taken(self) -> None:
+        """A reader took a message: wake whoever waits for room."""
+        if self._room:
+            self._room.unpark_all()
 
     async def put(self, payload: Payload) -> None:
         """Queue ``payload``, waiting for room; :class:`trio.ClosedResourceError` once closed."""
@@ -248,6 +275,7 @@ class QueueReader(_MemoryInbox):
 
     def _taken(self, payload: Payload) -> None:
         self._occupancy.remove()
+        self._queue.taken()
 
     def requeue(self, payload: Payload) -> bool:
         return self._queue.put_back(payload)

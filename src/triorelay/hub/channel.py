@@ -103,6 +103,21 @@ class Channel:
 
     # -- delivery --
 
+    async def wait_for_room(self, size: int) -> None:
+        """Return once a message of ``size`` would be delivered without waiting (``block``,
+        local queue), so that a publish given up while waiting leaves nothing behind."""
+        if self._queue is not None:
+            await self._queue.wait_for_room()
+        elif self._policy == "block":
+            while True:
+                full = next(
+                    (c.buffer for c in self.consumers if c.buffer and not c.buffer.has_room(size)),
+                    None,
+                )
+                if full is None:
+                    return
+                await full.wait_for_room()
+
     async def deliver(self, payload: Payload) -> None:
         """Hand one message to this relay's consumers by the channel's mode and policy.
 

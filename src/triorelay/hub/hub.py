@@ -99,6 +99,14 @@ class Hub:
         finally:
             channel.counters.count_in(payloads[: len(published) - start])
 
+    async def wait_for_room(self, name: str, size: int) -> None:
+        """Return once channel ``name`` would take a message of ``size`` without waiting (see
+        :meth:`Channel.wait_for_room`). With a broker that holds queues itself, or carries
+        broadcast messages to other relays, this relay's channel never makes a publish wait."""
+        channel = self._channels.get(name)
+        if channel is not None and self.broker.delivers_locally:
+            await channel.wait_for_room(size)
+
     async def deliver(self, name: str, item: Payload | Gap) -> None:
         """The broker's callback: hand ``item`` to this relay's consumers of channel ``name``.
 

@@ -15,7 +15,7 @@ from typing import Literal
 import trio
 
 from triorelay.auth.limits import TokenBucket
-from triorelay.envelopes import Payload, dropped_notice, id_ack
+from triorelay.envelopes import Payload, dropped_notice, id_ack, size_of
 from triorelay.errors import (
     BrokerUnavailable,
     CloseCode,
@@ -132,18 +132,19 @@ class Publisher:
                 return
         now = trio.current_time()
         if not self._messages.take(len(payloads), now) or not self._bytes.take(
-            sum(map(len, payloads)), now
+            sum(map(size_of, payloads)), now
         ):
             raise RateLimited("publishing faster than this relay's rate limit for a producer")
         max_bytes = self.max_bytes
-        too_big = next((p for p in payloads if len(p) > max_bytes), None)
+        too_big = next((p for p in payloads if size_of(p) > max_bytes), None)
         accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
         published: list[int] = []
         try:
             if accepted:
                 await self.producer.publish_many(accepted, published)
             if too_big is not None:
-                raise MessageTooBig(f"message of {len(too_big)} bytes over the limit {max_bytes}")
+                size = size_of(too_big)
+                raise MessageTooBig(f"message of {size} bytes over the limit {max_bytes}")
         finally:
             if self.ack == "echo":
                 acks: list[Payload] = accepted[: len(published)]

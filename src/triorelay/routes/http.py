@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import dataclasses
 from typing import Any
 from urllib.parse import quote
 
+import trio
 from quart import Blueprint, Response, current_app, jsonify, request, send_file
 from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
 from triorelay.auth.access import Access, credentials_from_headers
 from triorelay.auth.tokens import Identity
-from triorelay.envelopes import Payload
-from triorelay.errors import MessageTooBig, RequestError
+from triorelay.envelopes import Payload, size_of
+from triorelay.errors import (
+    InvalidText,
+    MessageTooBig,
+    PublishTimeout,
+    RequestError,
+    UnsupportedCharset,
+)
 from triorelay.relay import Relay
 
 blueprint = Blueprint("triorelay", __name__)
@@ -61,6 +69,11 @@ async def _identify() -> Identity:
 
 @blueprint.post("/channels/<channel>/messages")
 async def publish(channel: str) -> tuple[Response, int]:
+    """Publish the body: text (UTF-8) for text and JSON types, binary otherwise.
+
+    Waits at most ``publish_timeout_seconds`` for the channel to have room (a full queue, a
+    ``block`` channel): then 503, and nothing is published.
+    """
     relay = _relay()
     Access.require_channel(await _identify(), "publish", channel)
     limit = relay.settings.max_message_bytes
@@ -70,13 +83,32 @@ async def publish(channel: str) -> tuple[Response, int]:
         raise MessageTooBig(f"message of {len(body)} bytes over the limit {limit}")
     payload: Payload = body
     if _is_text(request.headers.get("content-type", "")):
-        try:
-            payload = body.decode(request.mimetype_params.get("charset", "utf-8"))
-        except (UnicodeDecodeError, LookupError):
-            return jsonify({"error": "the body is not valid text in its charset"}), 400
+        payload = _text(body, request.mimetype_params.get("charset", "utf-8"))
     with relay.hub.attach_producer(channel) as producer:
-        seq = await producer.publish(payload)
-    return jsonify({"id": seq}), 202
+        with trio.move_on_after(relay.settings.publish_timeout_seconds):
+            await relay.hub.wait_for_room(channel, size_of(payload))
+            seq = await producer.publish(payload)
+            return jsonify({"id": seq}), 202
+    raise PublishTimeout(
+        f"the channel did not take the message within {relay.settings.publish_timeout_seconds} s:"
+        " nothing published"
+    )
+
+
+def _text(body: bytes, charset: str) -> str:
+    """``body`` decoded as UTF-8 (or its ASCII subset); 415 for any other charset, 400 if the
+    bytes are not valid in it. Other charsets are refused: some decode to text a consumer
+    cannot encode (a UTF-7 lone surrogate), some cost quadratic time (punycode)."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        name = ""
+    if name not in ("utf-8", "ascii"):
+        raise UnsupportedCharset(f"text must be UTF-8, not {charset[:32]!r}")
+    try:
+        return body.decode(name)
+    except UnicodeDecodeError:
+        raise InvalidText(f"the body is not valid {name}") from None
 
 
 @blueprint.get("/channels")

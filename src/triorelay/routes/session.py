@@ -34,7 +34,7 @@ import trio
 from triorelay.auth.tokens import Identity
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.compat import message_limits
-from triorelay.envelopes import Payload
+from triorelay.envelopes import Payload, size_of
 from triorelay.errors import CloseCode, Forbidden, RequestError, ServiceError, Unauthorized
 from triorelay.hub import Connection
 from triorelay.routes.asgi import Query, Receive, Rejected, Send, Socket, payload_of
@@ -166,7 +166,7 @@ class Session(Generic[C]):
         max_bytes = self.relay.settings.max_message_bytes
         while (event := await self.receive())["type"] == "websocket.receive":
             payload = payload_of(event)
-            if len(payload) > max_bytes:
+            if size_of(payload) > max_bytes:
                 self.connection.close(CloseCode.MESSAGE_TOO_BIG, "message over the limit")
                 return False
             await deliver([payload])

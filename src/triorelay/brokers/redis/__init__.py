@@ -54,6 +54,9 @@ __all__ = ["REDIS_ERRORS", "Backoff", "RedisBroker"]
 class RedisBroker:
     """Channels shared through Redis Streams by every relay process on the same Redis."""
 
+    #: A publish goes to Redis; this relay's channel gets it later, from the reader.
+    delivers_locally = False
+
     def __init__(self, settings: Settings, deliver: Deliver) -> None:
         self.connection = RedisConnection(settings)
         self.streams = RedisStreams(self.connection, settings, deliver)
