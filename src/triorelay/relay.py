@@ -26,6 +26,7 @@ from triorelay.brokers import broker_factory
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.hub import Hub
 from triorelay.lifecycle import CloseReaper, Liveness, Shutdown, watch_signals, watch_supervisor
+from triorelay.lifecycle.supervisor import Supervisor
 from triorelay.settings import Settings
 from triorelay.uploads import UploadStore
 
@@ -49,6 +50,8 @@ class Relay:
         redact_logs(settings.auth_query_parameter)
         #: The one way to shut the relay down: ``relay.shutdown.begin()``.
         self.shutdown = Shutdown(self.hub)
+        #: Restarts a background task that fails; ``/healthz`` reports one that is down.
+        self.supervisor = Supervisor()
         self.handle_signals = handle_signals
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,9 +69,10 @@ class Relay:
         log.info("access: %s", self.access.describe())
         await self._remove_stale_uploads()
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.hub.broker.run)
-            await nursery.start(self.reaper.run)
-            await nursery.start(self.liveness.run)
+            supervise = self.supervisor.run
+            await nursery.start(supervise, "broker", self.hub.broker.run)
+            await nursery.start(supervise, "close reaper", self.reaper.run)
+            await nursery.start(supervise, "liveness", self.liveness.run)
             if self.handle_signals:
                 await nursery.start(watch_signals, self.shutdown)
             event = hypercorn_compat.cli_shutdown_event()

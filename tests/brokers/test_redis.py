@@ -608,3 +608,25 @@ async def test_a_channel_not_watched_is_not_delivered(
     assert published == [1, 1]
     async with coredis.Redis.from_url(redis_server.url) as client:
         assert await client.xlen("triorelay:ch:unwatched") == 1
+
+
+async def test_a_malformed_stream_entry_is_skipped_counted_and_reading_goes_on(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """An entry no relay wrote (no sequence number, an unknown type) is skipped and counted;
+    the consumer gets the messages around it, and the reader keeps running."""
+    relay = await start_relay(broker=redis_server.url)
+    async with (
+        relay.websocket("/ws/consumer/odd") as consumer,
+        relay.websocket("/ws/producer/odd?ack=id") as producer,
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        await producer.send_message("before")
+        assert await consumer.get_message() == "before"
+        await client.xadd("triorelay:ch:odd", {"p": "x"})  # no "s", no "t"
+        await client.xadd("triorelay:ch:odd", {"p": "x", "t": "9", "s": "2"})
+        await producer.send_message("after")
+        with trio.fail_after(10):
+            assert await consumer.get_message() == "after"
+        assert broker_of(relay).statistics()["malformed_entries"] == 2
+        assert relay.relay.supervisor.tasks["broker"].restarts == 0

@@ -143,10 +143,13 @@ async def healthz() -> tuple[Response, int]:
         status = 503
     elif not relay.hub.broker.ready:
         body, status = {"status": "broker unavailable"}, 503
+    elif not relay.supervisor.healthy:
+        body, status = {"status": "a relay task is restarting"}, 503
     else:
         body, status = {"status": "ok"}, 200
     if detailed:
         body["broker"] = relay.hub.broker.statistics()
+        body["tasks"] = relay.supervisor.statistics()
         if status == 200:
             body["channels"] = len(relay.hub)
     return jsonify(body), status

@@ -134,6 +134,7 @@ class RedisBroker:
             "ready": connection["ready"],
             "reconnects": connection["reconnects"],
             "gaps": self.streams.gaps,
+            "malformed_entries": self.streams.malformed,
             "watched_channels": self.streams.watched,
             "blocking_reads": connection["blocking_reads"],
             "blocking_reads_waiting": connection["blocking_reads_waiting"],

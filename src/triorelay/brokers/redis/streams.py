@@ -82,6 +82,8 @@ class RedisStreams:
         self._wake_id = b"0-0"
         self._watches: dict[str, _Watch] = {}
         self.gaps = 0
+        #: Stream entries skipped because no relay wrote them (missing or bad fields).
+        self.malformed = 0
 
     async def publish(self, name: str, encoded: list[tuple[bytes, bytes]]) -> int:
         """Append the messages to the channel's stream in one script call (one round trip);
@@ -181,11 +183,14 @@ class RedisStreams:
             if self._watches.get(name) is not watch:
                 return
             watch.position = _as_bytes(entry.identifier)
-            fields = entry.field_values
-            seq = int(fields[b"s"])
+            try:
+                seq, payload = _decoded(entry.field_values)
+            except (KeyError, ValueError, TypeError):
+                # Not written by a relay (or by another version): skip it, say so, go on.
+                self.malformed += 1
+                log.warning("channel %s: skipped a malformed stream entry", name)
+                continue
             await self._check_sequence(name, watch, seq)
-            data: bytes = fields[b"p"]
-            payload: Payload = data.decode() if fields[b"t"] == b"1" else data
             await self._deliver_to(name, payload)
 
     async def _check_sequence(self, name: str, watch: _Watch, seq: int) -> None:
@@ -216,3 +221,17 @@ class RedisStreams:
 def _as_bytes(value: str | bytes) -> bytes:
     """A stream id as bytes (the client decodes nothing: ``decode_responses=False``)."""
     return value if isinstance(value, bytes) else value.encode()
+
+
+def _decoded(fields: Any) -> tuple[int, Payload]:
+    """An entry's sequence number and message; KeyError / ValueError if it is not a relay's."""
+    seq = int(fields[b"s"])
+    data = fields[b"p"]
+    if not isinstance(data, bytes):
+        raise TypeError("the payload is not bytes")
+    kind = fields[b"t"]
+    if kind == b"1":
+        return seq, data.decode()
+    if kind == b"0":
+        return seq, data
+    raise ValueError("unknown payload type")
