@@ -39,3 +39,29 @@ async def test_accepted_sockets_get_tcp_user_timeout(start_relay: StartRelay) ->
         assert isinstance(stream, trio.SocketStream)
         value = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
     assert value == 7500
+
+
+async def test_a_producer_the_relay_holds_back_is_not_taken_for_a_dead_peer(
+    start_relay: StartRelay,
+) -> None:
+    """A full queue holds a producer's reading back for longer than interval + timeout: it is
+    not closed with 1011, and once a consumer makes room every message is published."""
+    relay = await start_relay(
+        ping_interval_seconds=0.1,
+        ping_timeout_seconds=0.1,
+        channels={"jobs.*": {"mode": "queue", "queue_buffer_messages": 2}},
+    )
+    async with relay.websocket("/ws/producer/jobs.held?ack=id") as producer:
+        for i in range(6):
+            await producer.send_message(f"job{i}")
+        assert [await producer.get_message() for _ in range(2)] == ['{"id": 1}', '{"id": 2}']
+        # The third publish waits for room: the relay reads nothing more from this producer.
+        # Wait well past interval + timeout (0.2 s): no ack, and above all no 1011.
+        with trio.move_on_after(1.0) as waited:
+            await producer.get_message()
+        assert waited.cancelled_caught
+        assert not producer.closed
+        async with relay.websocket("/ws/consumer/jobs.held") as consumer:
+            assert [await consumer.get_message() for _ in range(6)] == [f"job{i}" for i in range(6)]
+            acks = [await producer.get_message() for _ in range(4)]
+        assert acks == [f'{{"id": {i}}}' for i in range(3, 7)]

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import trio
 
-from triorelay.compat.hypercorn import DirectWebSocket, InboundTap
+from triorelay.compat.hypercorn import DirectWebSocket
 from triorelay.errors import CloseCode
 from triorelay.hub import Connection
 
 log = logging.getLogger(__name__)
 
 
-class _Peer:
-    __slots__ = ("direct", "pinged_at", "tap")
+class Activity(Protocol):
+    """When a connection's peer last showed it is alive."""
 
-    def __init__(self, tap: InboundTap, direct: DirectWebSocket) -> None:
-        self.tap = tap
+    @property
+    def last_received(self) -> float:
+        """``trio.current_time()`` of the last bytes from the peer, or now while the relay
+        itself holds the peer's reading back (backpressure is not silence)."""
+        ...
+
+
+class _Peer:
+    __slots__ = ("activity", "direct", "pinged_at")
+
+    def __init__(self, activity: Activity, direct: DirectWebSocket) -> None:
+        self.activity = activity
         self.direct = direct
         self.pinged_at: float | None = None
 
@@ -43,8 +54,8 @@ class Liveness:
         self._peers: dict[Connection, _Peer] = {}
         self._warned = False
 
-    def track(self, connection: Connection, tap: InboundTap, direct: DirectWebSocket) -> None:
-        self._peers[connection] = _Peer(tap, direct)
+    def track(self, connection: Connection, activity: Activity, direct: DirectWebSocket) -> None:
+        self._peers[connection] = _Peer(activity, direct)
 
     def cannot_track(self) -> None:
         """A connection runs without the fast path: warn, once, that dead peers go unnoticed."""
@@ -71,7 +82,7 @@ class Liveness:
 
     def _check(self, nursery: trio.Nursery, interval: float, now: float) -> None:
         for connection, peer in list(self._peers.items()):
-            last_received = peer.tap.last_received
+            last_received = peer.activity.last_received
             if peer.pinged_at is not None and last_received >= peer.pinged_at:
                 peer.pinged_at = None  # it answered (or sent something)
             if peer.pinged_at is None:

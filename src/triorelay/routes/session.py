@@ -93,6 +93,8 @@ class Session(Generic[C]):
         self.tap = tap
         self._deliver: hypercorn_compat.OnMessages = _discard
         self.scope = trio.CancelScope()
+        self.held = False
+        self.released_at = float("-inf")
         self.identity = request.identity
         #: Whether the client may refresh its token in-band (it came with one).
         self.refreshable = request.identity.expires_at is not None
@@ -149,7 +151,25 @@ class Session(Generic[C]):
         return True
 
     async def _from_tap(self, payloads: list[bytes | str]) -> None:
-        await self._deliver(payloads)
+        # While this waits (a full queue, a ``block`` channel, a stalled upstream), the relay
+        # holds the peer's reading back: liveness must not take that for a silent peer.
+        self.held = True
+        try:
+            await self._deliver(payloads)
+        finally:
+            self.held = False
+            self.released_at = trio.current_time()
+
+    @property
+    def last_received(self) -> float:
+        """When the peer last showed it is alive (see :class:`~triorelay.lifecycle.Liveness`):
+        now while the relay holds its reading back, else the later of its last bytes and the
+        end of the last hold."""
+        if self.held:
+            return trio.current_time()
+        tap = self.tap
+        last = tap.last_received if tap is not None else float("-inf")
+        return max(last, self.released_at)
 
     async def read_inbound(self, deliver: hypercorn_compat.OnMessages) -> bool:
         """Hand the client's messages to ``deliver`` until it disconnects (True), or sends one
@@ -274,7 +294,7 @@ async def open_session(
             session.tap = tap
             stack.callback(tap.remove)
         if tap is not None and socket.direct is not None:
-            relay.liveness.track(connection, tap, socket.direct)
+            relay.liveness.track(connection, session, socket.direct)
             stack.callback(relay.liveness.forget, connection)
         else:
             relay.liveness.cannot_track()
