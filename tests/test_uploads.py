@@ -182,3 +182,43 @@ async def test_partial_uploads_a_dead_relay_left_are_removed_at_start(
         os.utime(path, (hour_ago, hour_ago))
     await start_relay(upload_dir=directory, stale_upload_seconds=60)
     assert sorted(p.name for p in directory.iterdir()) == [".part-recent", "0" * 32]
+
+
+async def test_a_slow_download_is_not_cut_by_the_response_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Quart's response timeout (here 0.2 s) does not apply to files: a client reading a
+    16 MiB file slowly gets all of it."""
+    from functools import partial
+
+    import httpx
+
+    from tests.conftest import make_settings
+    from triorelay.app import create_app
+    from triorelay.server import serve
+
+    settings = make_settings(upload_dir=tmp_path / "uploads")
+    app = create_app(settings, handle_signals=False)
+    app.config["RESPONSE_TIMEOUT"] = 0.2
+    stop = trio.Event()
+    (url,) = await nursery.start(partial(serve, settings, shutdown_trigger=stop, app=app))
+    data = os.urandom(16 * 1024 * 1024)
+    ws_url = "ws" + url.removeprefix("http")
+    from trio_websocket import open_websocket_url
+
+    async with open_websocket_url(ws_url + "/ws/upload") as ws:
+        answer = await upload(
+            ws, {}, [data[i : i + 1024 * 1024] for i in range(0, len(data), 1024 * 1024)]
+        )
+    received = bytearray()
+    started = trio.current_time()
+    async with (
+        httpx.AsyncClient(base_url=url) as http,
+        http.stream("GET", f"/files/{answer['id']}") as response,
+    ):
+        async for chunk in response.aiter_bytes(256 * 1024):
+            received += chunk
+            await trio.sleep(0.02)  # a slow reader: ~1.3 s for the file, past the 0.2 s timeout
+    assert trio.current_time() - started > 0.5
+    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
+    stop.set()

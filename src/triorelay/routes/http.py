@@ -180,6 +180,9 @@ async def download(file_id: str) -> Response | tuple[Response, int]:
     if stored is None or path is None:
         return jsonify({"error": "no such file"}), 404
     response = await send_file(path, mimetype="application/octet-stream", conditional=True)
+    # Quart ends every response after RESPONSE_TIMEOUT (60 s): a large file to a slow client
+    # would be cut. A download holds one chunk at a time and ends when the client leaves.
+    response.timeout = None
     name = stored.filename or stored.id
     plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
     response.headers["Content-Disposition"] = (
