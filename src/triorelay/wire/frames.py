@@ -7,7 +7,7 @@ Serializing: :func:`serialize_message`, :func:`serialize_ping`, :func:`serialize
 Parsing: a :class:`FrameParser` is fed what a client sent, a TCP read at a time, and returns the
 events those bytes complete, in order:
 
-- :class:`Message`: a whole text (``str``) or binary (``bytes``) message;
+- a whole message, as its payload: ``str`` from text, ``bytes`` from binary (:data:`Payload`);
 - :class:`Ping`, :class:`Pong`, :class:`Close`: control frames (``frames="all"`` only);
 - :class:`HandOff` (``frames="simple"`` only): the bytes from the first frame that is not a
   *simple frame* (a complete, unfragmented, masked text or binary frame), for another parser
@@ -60,13 +60,6 @@ class Opcode(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
-    """A whole data message: ``str`` from a text message, ``bytes`` from a binary one."""
-
-    data: bytes | str
-
-
-@dataclass(frozen=True, slots=True)
 class Ping:
     """A ping frame and its payload (``frames="all"``)."""
 
@@ -103,7 +96,11 @@ class Fail:
     reason: str
 
 
-Event = Message | Ping | Pong | Close | HandOff | Fail
+Payload = bytes | str
+"""A whole data message: ``str`` from a text message, ``bytes`` from a binary one."""
+Event = Payload | Ping | Pong | Close | HandOff | Fail
+"""What :meth:`FrameParser.feed` returns: a message is its payload (the relay's hot path
+makes no object per message); a :class:`HandOff` or :class:`Fail` only ever comes last."""
 
 _CONTROL_MAX_BYTES: Final = 125
 _RESERVED_BITS: Final = "reserved bits set without a negotiated extension"
@@ -164,16 +161,12 @@ def _unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     if not length:
         return b""
     # One big-integer XOR: far faster in CPython than a loop over the bytes.
-    key = int.from_bytes((bytes(mask) * (length // 4 + 1))[:length], "big")
+    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
     return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
-    fin: bool
-    opcode: int
-    size: int  # header bytes, mask included
-    length: int  # payload bytes
+_Header = tuple[bool, int, int, int]
+"""A parsed header: FIN, opcode, header bytes (mask included), payload bytes."""
 
 
 class FrameParser:
@@ -220,49 +213,81 @@ class FrameParser:
         if self._done:
             return []
         buffer = self._buffer
-        buffer += data
-        if len(buffer) < self._need:
-            return []  # the common case of a trickle: nothing to look at yet
+        if buffer:
+            buffer += data
+            if len(buffer) < self._need:
+                return []  # the common case of a trickle: nothing to look at yet
+            source: bytes | bytearray = buffer
+        else:
+            source = data  # nothing held: parse the read itself, copy only what is left
         events: list[Event] = []
-        pos = 0
-        end = len(buffer)
+        simple, limit = self._simple, self.max_message_bytes
+        pos, end = 0, len(source)
+        header, self._header = self._header, None  # a local in the loop: it runs per frame
         while True:
-            header = self._header
             if header is None:
-                outcome = self._parse_header(buffer, pos, end)
-                if isinstance(outcome, int):
-                    self._need = outcome
+                if end - pos < 2:
+                    self._need = 2
                     break
-                if isinstance(outcome, Fail):
-                    return self._fail(events, outcome)
-                if outcome is None:  # frames="simple", and a frame that is not simple
-                    events.append(HandOff(bytes(buffer[pos:])))
-                    self._reset()
-                    return events
-                header = self._header = outcome
-            total = header.size + header.length
-            if end - pos < total:
-                self._need = total
+                first, second = source[pos], source[pos + 1]
+                if simple and (first == 0x81 or first == 0x82) and 0x80 <= second < 0xFE:
+                    # The hot path: a FIN text or binary frame, masked, 7-bit length.
+                    fin, opcode, size, length = True, first & 0x0F, 6, second & 0x7F
+                    if length > limit:
+                        return self._fail(events, self._too_big())
+                else:
+                    outcome = self._parse_header(source, pos, end)
+                    if isinstance(outcome, int):
+                        self._need = outcome
+                        break
+                    if isinstance(outcome, Fail):
+                        return self._fail(events, outcome)
+                    if outcome is None:  # frames="simple", and a frame that is not simple
+                        events.append(HandOff(bytes(source[pos:])))
+                        self._reset()
+                        return events
+                    fin, opcode, size, length = outcome
+            else:
+                fin, opcode, size, length = header
+                header = None
+            if end - pos < size + length:
+                self._header, self._need = (fin, opcode, size, length), size + length
                 break
-            start = pos + header.size
-            payload = _unmask(buffer[start : start + header.length], buffer[start - 4 : start])
-            pos += total
-            self._header = None
-            event = self._frame(header, payload)
-            if event is not None:
-                if isinstance(event, Fail):
-                    return self._fail(events, event)
-                events.append(event)
-                if isinstance(event, Close):
-                    self._done = True
-                    self._reset()
-                    return events
-        if pos:
-            del buffer[:pos]
-            # _need counted from pos: the bytes now start at 0.
+            start = pos + size
+            payload = _unmask(source[start : start + length], source[start - 4 : start])
+            pos = start + length
+            if simple:
+                if opcode == Opcode.BINARY:
+                    events.append(payload)
+                    continue
+                try:
+                    events.append(payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    failure = Fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+                    return self._fail(events, failure)
+                continue
+            event = self._frame(fin, opcode, payload)
+            if event is None:
+                continue
+            if isinstance(event, Fail):
+                return self._fail(events, event)
+            events.append(event)
+            if isinstance(event, Close):
+                self._done = True
+                self._reset()
+                return events
+        # Keep the incomplete frame at pos, if any, at the start of the buffer; _need and
+        # _header already count from there.
+        if source is buffer:
+            if pos:
+                del buffer[:pos]
+        elif pos < end:
+            buffer += memoryview(data)[pos:]
         return events
 
-    def _parse_header(self, buffer: bytearray, pos: int, end: int) -> _Header | Fail | int | None:
+    def _parse_header(
+        self, buffer: bytes | bytearray, pos: int, end: int
+    ) -> _Header | Fail | int | None:
         """The header at ``pos``; or how many bytes from ``pos`` it needs; or None: hand off."""
         available = end - pos
         if available < 2:
@@ -311,7 +336,7 @@ class FrameParser:
                 return Fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
             if self._fragment_bytes + length > self.max_message_bytes:
                 return self._too_big()
-        return _Header(fin, opcode, size, length)
+        return (fin, opcode, size, length)
 
     def _too_big(self) -> Fail:
         # Refused on its header: the payload is never buffered.
@@ -319,23 +344,15 @@ class FrameParser:
             CloseCode.MESSAGE_TOO_BIG, f"message over the limit of {self.max_message_bytes} bytes"
         )
 
-    def _frame(self, header: _Header, payload: bytes) -> Event | None:
-        """The event a complete frame makes, if any (a fragment makes none until the last)."""
-        opcode = header.opcode
-        if self._simple:
-            if opcode == Opcode.BINARY:
-                return Message(payload)
-            try:
-                return Message(payload.decode("utf-8"))
-            except UnicodeDecodeError:
-                return Fail(CloseCode.INVALID_PAYLOAD, "invalid UTF-8 in a text message")
+    def _frame(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
+        """frames="all": the event a complete frame makes (a fragment makes none until the last)."""
         if opcode == Opcode.PING:
             return Ping(payload)
         if opcode == Opcode.PONG:
             return Pong(payload)
         if opcode == Opcode.CLOSE:
             return _close(payload)
-        return self._fragment(opcode, header.fin, payload)
+        return self._fragment(opcode, fin, payload)
 
     def _fragment(self, opcode: int, fin: bool, payload: bytes) -> Event | None:
         if opcode != Opcode.CONTINUATION:
@@ -352,7 +369,7 @@ class FrameParser:
         self._fragment_bytes += len(payload)
         if not fin:
             return None
-        message = Message("".join(self._text) if text else b"".join(self._binary))
+        message = "".join(self._text) if text else b"".join(self._binary)
         self._forget_message()
         return message
 
