@@ -8,12 +8,18 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WebsocketBuffer
 from hypercorn.trio import serve
 from trio_websocket import open_websocket_url
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionType
 
 from triorelay.compat import hypercorn as compat
+from triorelay.wire.frames import Opcode, serialize_frame
 
 
 async def _probe(found: dict[str, Any], scope: Any, receive: Any, send: Any) -> None:
@@ -78,14 +84,6 @@ def test_outside_hypercorn_compat_finds_nothing() -> None:
     assert compat.cli_worker_count() == 0
 
 
-def test_frames_follow_rfc6455_lengths() -> None:
-    """Server frames: FIN + opcode, then 7-bit, 16-bit or 64-bit lengths, no mask."""
-    assert compat._frame("hi") == b"\x81\x02hi"
-    assert compat._frame(b"\x00") == b"\x82\x01\x00"
-    assert compat._frame(b"a" * 126)[:4] == b"\x82\x7e\x00\x7e"
-    assert compat._frame(b"a" * 65536)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
-
-
 class _FakeWSStream:
     """Just what InboundTap touches before any frame arrives."""
 
@@ -119,3 +117,34 @@ async def test_tap_delivers_what_arrived_before_it_first() -> None:
     assert delivered == ["early", b""]
     assert disconnected == [True]
     assert receive_channel.receive_nowait()["type"] == "websocket.disconnect"
+
+
+class _ReadingWSStream(_FakeWSStream):
+    """What InboundTap reads from while it parses: an open connection, wsproto idle."""
+
+    def __init__(self, send_channel: trio.MemorySendChannel[Any]) -> None:
+        super().__init__(send_channel)
+        self.closed = False
+        self.state = ASGIWebsocketState.CONNECTED
+        self.connection = WSConnection(ConnectionType.SERVER)
+        self.buffer = WebsocketBuffer(1 << 30)
+
+
+@pytest.mark.timeout(10)
+async def test_tap_takes_a_trickled_frame_in_linear_time() -> None:
+    """A 900 KB frame arriving one byte per TCP read is one message, in about a second
+    (rebuilding the held bytes on every read took over 15 s of CPU)."""
+    send_channel, receive_channel = trio.open_memory_channel[Any](10)
+    delivered: list[Any] = []
+
+    async def on_messages(payloads: list[Any]) -> None:
+        delivered.extend(payloads)
+
+    ws_stream = _ReadingWSStream(send_channel)
+    tap = compat.InboundTap(ws_stream, receive_channel, on_messages, lambda c, r: None, 1 << 20)
+    await tap.start()
+    payload = bytes(range(256)) * 3515  # 899,840 bytes
+    frame = serialize_frame(Opcode.BINARY, payload, mask=b"\x0f\xf0\x55\xaa")
+    for i in range(len(frame)):
+        await ws_stream.handle(Data(stream_id=1, data=frame[i : i + 1]))
+    assert delivered == [payload]

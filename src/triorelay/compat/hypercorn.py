@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import socket as socket_module
-import struct
 from collections.abc import Awaitable, Callable
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
@@ -42,6 +41,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from triorelay.compat.message_limits import LimitedBuffer
+from triorelay.wire.frames import Fail, FrameParser, HandOff, serialize_message
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class DirectWebSocket:
         if any(extension.enabled() for extension in connection._proto.extensions):
             data = b"".join([connection.send(_as_event(p)) for p in payloads])
         else:
-            data = b"".join([_frame(p) for p in payloads])
+            data = b"".join([serialize_message(p) for p in payloads])
         return await self._write(data)
 
     async def _write(self, data: bytes) -> bool:
@@ -282,25 +282,6 @@ def _as_event(payload: bytes | str) -> TextMessage | BytesMessage:
     return BytesMessage(data=payload)
 
 
-_SHORT = struct.Struct("!BB")
-_MEDIUM = struct.Struct("!BBH")
-_LONG = struct.Struct("!BBQ")
-
-
-def _frame(payload: bytes | str) -> bytes:
-    """One unfragmented, unmasked server frame (RFC 6455 section 5.2) holding ``payload``."""
-    if isinstance(payload, str):
-        first, data = 0x81, payload.encode()
-    else:
-        first, data = 0x82, payload
-    length = len(data)
-    if length < 126:
-        return _SHORT.pack(first, length) + data
-    if length < 65536:
-        return _MEDIUM.pack(first, 126, length) + data
-    return _LONG.pack(first, 127, length) + data
-
-
 def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> DirectWebSocket | None:
     """Batch access to the accepted WebSocket behind ``receive``/``send``, or None."""
     ws_stream = _bound_self(send)
@@ -362,7 +343,9 @@ class InboundTap:
         # Set by compat.message_limits.limit_inbound: what goes to wsproto is bounded there.
         buffer = getattr(ws_stream, "buffer", None)
         self._limit = buffer if isinstance(buffer, LimitedBuffer) else None
-        self._pending = b""
+        # Simple frames only: control frames and fragments stay with wsproto, which answers
+        # pings and the close handshake for Hypercorn.
+        self._parser = FrameParser(max_message_bytes, frames="simple")
         self._handle = ws_stream.handle
         self._app_put = ws_stream.app_put
         ws_stream.handle = self._tapped_handle
@@ -437,7 +420,7 @@ class InboundTap:
 
     def _fail(self, code: int, reason: str) -> None:
         self._failed = True
-        self._pending = b""
+        self._parser.take_buffered()
         self._on_invalid(code, reason)
 
     async def _tapped_handle(self, event: Any) -> None:
@@ -452,31 +435,27 @@ class InboundTap:
             or ws_stream.state is not _CONNECTED
             or not self._wsproto_idle()
         ):
-            if self._pending and isinstance(event, Data):
+            if self._parser.buffered_bytes and isinstance(event, Data):
                 # A partial simple frame was held back: wsproto gets it whole.
-                event = Data(stream_id=event.stream_id, data=self._pending + event.data)
-                self._pending = b""
+                held = self._parser.take_buffered()
+                event = Data(stream_id=event.stream_id, data=held + event.data)
             await self._to_wsproto(event)
             return
-        data = self._pending + event.data if self._pending else event.data
-        messages, used, status = _parse_simple_frames(data, self._max_message_bytes)
-        if messages:
-            await self._deliver(messages)
-        if status is _INVALID_UTF8:
-            # wsproto would fail the connection without a close frame; close with 1007.
-            self._fail(1007, "invalid UTF-8 in a text message")
-        elif status is _RESERVED_BITS:
-            # wsproto would fail the connection without a close frame; close with 1002.
-            self._fail(1002, "reserved bits set without a negotiated extension")
-        elif status is _TOO_BIG:
-            # Refused on its header: the frame is never buffered (Hypercorn would buffer it
-            # whole before checking, https://github.com/pgjones/hypercorn/issues/307).
-            self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
-        elif status is _SIMPLE:
-            self._pending = data[used:]
-        else:
-            self._pending = b""
-            await self._to_wsproto(Data(stream_id=event.stream_id, data=data[used:]))
+        events = self._parser.feed(event.data)
+        if not events:
+            return
+        last = events[-1]
+        if isinstance(last, HandOff | Fail):
+            events.pop()  # the parser stops there: everything before it is a message
+        if events:
+            await self._deliver([e for e in events if isinstance(e, (bytes, str))])
+        if isinstance(last, Fail):
+            # wsproto would fail the connection without a close frame (1002, 1007) or buffer
+            # the frame whole before checking its size (1009,
+            # https://github.com/pgjones/hypercorn/issues/307): close with the parser's code.
+            self._fail(last.code, last.reason)
+        elif isinstance(last, HandOff):
+            await self._to_wsproto(Data(stream_id=event.stream_id, data=last.data))
 
     async def _to_wsproto(self, event: Any) -> None:
         await self._handle(event)
@@ -484,63 +463,6 @@ class InboundTap:
             # A fragmented or compressed message passed the limit: Hypercorn has closed with
             # 1009 (compat.message_limits). Read no further, and end the relay's handler.
             self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
-
-
-_SIMPLE = "simple"  # data[used:] is an incomplete simple frame, or empty
-_WSPROTO = "wsproto"  # the frame at data[used:] is one wsproto must handle
-_INVALID_UTF8 = "invalid-utf8"  # the text frame at data[used:] is not UTF-8
-_TOO_BIG = "too-big"  # the frame at data[used:] declares more than the limit
-_RESERVED_BITS = "reserved-bits"  # RSV1-3 set with no extension negotiated
-
-
-def _parse_simple_frames(data: bytes, max_bytes: int) -> tuple[list[bytes | str], int, str]:
-    """Parse complete simple client frames from ``data``: (messages, bytes used, status)."""
-    messages: list[bytes | str] = []
-    used = 0
-    end = len(data)
-    while end - used >= 2:
-        first, second = data[used], data[used + 1]
-        opcode = first & 0x0F
-        if first & 0x70:
-            return messages, used, _RESERVED_BITS  # no extension is on when the tap parses
-        if first & 0x80 != 0x80 or opcode not in (1, 2) or not second & 0x80:
-            return messages, used, _WSPROTO  # fragment, RSV bits, control frame, or unmasked
-        length = second & 0x7F
-        header = 6
-        if length == 126:
-            if end - used < 4:
-                break
-            length = int.from_bytes(data[used + 2 : used + 4], "big")
-            header = 8
-        elif length == 127:
-            if end - used < 10:
-                break
-            length = int.from_bytes(data[used + 2 : used + 10], "big")
-            header = 14
-        if length > max_bytes:
-            return messages, used, _TOO_BIG
-        if end - used < header + length:
-            break
-        mask = data[used + header - 4 : used + header]
-        start = used + header
-        payload = _unmask(data[start : start + length], mask)
-        if opcode == 1:
-            try:
-                messages.append(payload.decode("utf-8"))
-            except UnicodeDecodeError:
-                return messages, used, _INVALID_UTF8
-        else:
-            messages.append(payload)
-        used = start + length
-    return messages, used, _SIMPLE
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    length = len(payload)
-    if not length:
-        return b""
-    key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
 
 
 def tap_inbound(
