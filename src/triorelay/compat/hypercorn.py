@@ -38,10 +38,10 @@ from hypercorn.trio import run as run_module
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from triorelay.compat.message_limits import LimitedBuffer
-from triorelay.wire.frames import Fail, FrameParser, HandOff, serialize_message
+from triorelay.wire.frames import Fail, FrameParser, HandOff, serialize_message, serialize_ping
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,10 @@ class DirectWebSocket:
 
         Returns False, having sent nothing, once the connection is closed or closing (where
         Hypercorn's ``app_send`` silently drops messages), or when the socket fails. When the
-        socket takes the whole write at once (the common case), this does not yield; otherwise
-        the rest goes out shielded under the send lock, as Hypercorn sends.
+        send lock is free and the socket takes the whole write at once (the common case), this
+        does not yield. Cancelled while waiting for the lock, it has written nothing; once any
+        byte is written, the rest follows, shielded, before the lock is released, so a frame is
+        never cut by a cancellation or by another writer's frame.
         """
         if not self._is_open():
             await trio.lowlevel.checkpoint()
@@ -221,26 +223,40 @@ class DirectWebSocket:
             data = b"".join([serialize_message(p) for p in payloads])
         return await self._write(data)
 
-    async def _write(self, data: bytes) -> bool:
+    async def _write(self, data: bytes, *, skip_if_busy: bool = False) -> bool:
+        """Write ``data`` whole under ``TCPServer.send_lock``, as ``protocol_send`` does.
+
+        With ``skip_if_busy``, write nothing (and return False) when the lock is taken or the
+        socket is full.
+        """
         tcp_server = self._tcp_server
         lock: trio.Lock = tcp_server.send_lock
         if not lock.locked():
-            # Nobody else is writing, and we do not yield before writing: try the socket now.
-            try:
-                sent = self._send_now(data)
-            except OSError:
-                await tcp_server.protocol.handle(Closed())
-                return False
-            if sent == len(data):
-                return True
-            data = data[sent:]
-        async with lock:
-            try:
+            # No checkpoint from here to the send: neither a cancellation nor another writer
+            # can come between taking the lock and the first byte.
+            lock.acquire_nowait()
+        elif skip_if_busy:
+            return False
+        else:
+            await lock.acquire()  # cancellable: nothing is written yet
+        try:
+            sent = self._send_now(data)
+            if sent < len(data):
+                if not sent and skip_if_busy:
+                    return False
+                # Part of a frame may be out: the rest must follow before anything else,
+                # whatever is cancelled meanwhile (Hypercorn shields its sends the same way).
                 with trio.CancelScope(shield=True):
-                    await tcp_server.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await tcp_server.protocol.handle(Closed())
-                return False
+                    await tcp_server.stream.send_all(data[sent:])
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            failed = True
+        else:
+            failed = False
+        finally:
+            lock.release()
+        if failed:
+            await tcp_server.protocol.handle(Closed())
+            return False
         return True
 
     def _send_now(self, data: bytes) -> int:
@@ -256,24 +272,20 @@ class DirectWebSocket:
         return not ws_stream.closed and ws_stream.connection.state is ConnectionState.OPEN
 
     def ping_nowait(self) -> bytes | None:
-        """Write a ping frame if the socket takes it now, without waiting.
+        """A ping frame to write with :meth:`finish_write`, or None when no ping can go now.
 
-        Returns None when nothing was written (closed, another write in progress, or a full
-        socket: skipped this time), else the bytes still to write (``b""`` almost always),
-        which the caller must finish with :meth:`finish_write`.
+        None when the connection is closed or another write is in progress (skipped this time).
+        The frame is not written here: a partial write must finish under the send lock, which
+        only the task that writes can hold, so the caller hands the frame to a task.
         """
         if not self._is_open() or self._tcp_server.send_lock.locked():
             return None
-        data: bytes = self._ws_stream.connection.send(Ping())
-        try:
-            sent = self._send_now(data)
-        except OSError:  # the reader will see it
-            return None
-        return data[sent:] if sent else None
+        return serialize_ping()
 
     async def finish_write(self, data: bytes) -> None:
-        """Write the rest of a frame :meth:`ping_nowait` started."""
-        await self._write(data)
+        """Write the ping frame from :meth:`ping_nowait` like any other frame, except that it is
+        skipped (nothing written) when another write holds the lock or the socket is full."""
+        await self._write(data, skip_if_busy=True)
 
 
 def _as_event(payload: bytes | str) -> TextMessage | BytesMessage:
