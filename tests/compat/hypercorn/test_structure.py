@@ -1,0 +1,89 @@
+"""The Hypercorn 0.18.0 internals triorelay relies on (src/triorelay/compat/hypercorn/).
+
+If an upgrade changes them, these fail first, naming the assumption that broke.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+from trio_websocket import open_websocket_url
+
+from triorelay.compat import hypercorn as compat
+
+
+async def _probe(found: dict[str, Any], scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that accepts, inspects its callables, then batch-sends and echoes."""
+    assert scope["type"] == "websocket"
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    direct = compat.open_direct(receive, send)
+    found["direct"] = direct
+    found["transport"] = compat.transport_of(send)
+    found["closed_before"] = compat.is_closed(send)
+    assert direct is not None
+    await direct.send_messages(["one", b"two", "", "é" * 200, b"x" * 70_000])
+    event = await receive()
+    await direct.send_messages([event["text"]])
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_hypercorn_structure_is_what_compat_expects(nursery: trio.Nursery) -> None:
+    """open_direct, transport_of and is_closed find Hypercorn's internals, and batches arrive."""
+    found: dict[str, Any] = {}
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    stop = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await _probe(found, scope, receive, send)
+
+    binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+    url = "ws" + binds[0].removeprefix("http")
+    async with open_websocket_url(url + "/") as ws:
+        got = [await ws.get_message() for _ in range(5)]
+        assert got == ["one", b"two", "", "é" * 200, b"x" * 70_000]
+        await ws.send_message("back")
+        assert await ws.get_message() == "back"
+    stop.set()
+    assert isinstance(found["direct"], compat.DirectWebSocket)
+    assert isinstance(found["transport"], trio.SocketStream)
+    assert found["closed_before"] is False
+
+
+def test_outside_hypercorn_compat_finds_nothing() -> None:
+    """Plain callables: every helper declines instead of guessing."""
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    assert compat.open_direct(receive, send) is None
+    assert compat.transport_of(send) is None
+    assert compat.abort_transport(send) is False
+    assert compat.is_closed(send) is False
+    assert compat.cli_shutdown_event() is None
+    assert compat.cli_worker_count() == 0
+
+
+def test_hypercorn_writes_under_its_send_lock_shielded() -> None:
+    """DirectWebSocket's frames stay whole only if Hypercorn's own writes take the same lock
+    and cannot be cancelled halfway (TCPServer.protocol_send)."""
+    source = inspect.getsource(TCPServer.protocol_send)
+    assert "async with self.send_lock:" in source
+    assert "cancel_scope.shield = True" in source
+    assert "self.stream.send_all(event.data)" in source
