@@ -312,16 +312,20 @@ def trickle(size: int) -> float:
 
 @pytest.mark.timeout(15)
 def test_a_900_kb_frame_trickled_a_byte_at_a_time_completes() -> None:
-    """900 KB one byte per feed finishes in about a second (quadratic work takes minutes)."""
+    """900 KB one byte per feed finishes in well under a second (quadratic work: tens of s)."""
     trickle(900_000)
 
 
 @pytest.mark.timeout(30)
 def test_trickled_work_grows_linearly() -> None:
-    """Eight times the bytes costs far less than 64 times the work (best of three runs)."""
-    small = min(trickle(16_000) for _ in range(3))
-    large = min(trickle(128_000) for _ in range(3))
-    assert large < 24 * small, (small, large)
+    """Eight times the bytes costs about eight times the work, not 64 (best of three runs).
+
+    Linear measures 8 to 9 here; re-joining what is held on every feed measures over 30 at
+    these sizes (under 25 at smaller ones, where the per-feed cost hides the copies).
+    """
+    small = min(trickle(64_000) for _ in range(3))
+    large = min(trickle(512_000) for _ in range(3))
+    assert large < 16 * small, (small, large)
 
 
 # wsproto as the oracle

@@ -30,11 +30,15 @@ that is not UTF-8 fails with 1007 (5.6; fragments are checked as they arrive); w
 1002, and a close frame with a 1-byte payload or a code a peer may not send (7.4) is 1002, with
 a reason that is not UTF-8 1007. A close frame without a code reads as 1005.
 
-Buffering is linear in what arrives: bytes are appended to one ``bytearray``, frames are parsed
-from an offset, and the parsed prefix is deleted once per feed. The parser knows how many bytes
-its next step needs (a header, or a header and its payload), so a feed that does not reach that
-returns at once without looking at the bytes again: a client trickling a 1 MiB frame a byte at a
-time costs a constant amount per byte, not a re-parse of everything held.
+Buffering is linear in what arrives. A read that comes while nothing is held is parsed in place,
+and only an incomplete frame at its end is copied into the parser's ``bytearray``; a read that
+comes while something is held is appended to it, frames are parsed from an offset, and the parsed
+prefix is deleted once per feed. The parser knows how many bytes its next step needs (a header,
+or a header and its payload), so a feed that does not reach that returns at once without looking
+at the bytes again: a client trickling a 1 MiB frame a byte at a time costs a constant amount per
+byte, not a re-parse of everything held. What is held is bounded: one incomplete frame (at most
+14 header bytes and ``max_message_bytes``), and with ``frames="all"`` the fragments of one
+message (``max_message_bytes`` together).
 """
 
 from __future__ import annotations
