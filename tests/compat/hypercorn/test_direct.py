@@ -65,6 +65,8 @@ class _TCPServer:
 
 
 class _WSStream:
+    """What DirectWebSocket reads of a WSStream: closed or not, and its wsproto connection."""
+
     def __init__(self) -> None:
         self.closed = False
         self.connection = WSConnection(ConnectionType.SERVER)
@@ -177,3 +179,16 @@ async def test_a_ping_is_skipped_when_the_socket_is_full() -> None:
     await direct.finish_write(frame)
     assert bytes(tcp_server.stream.wire) == b""
     assert not tcp_server.send_lock.locked()
+
+
+@pytest.mark.timeout(5)
+async def test_no_ping_after_the_connection_closed() -> None:
+    """A ping decided before the connection closed is not written after it."""
+    ws_stream, tcp_server = _WSStream(), _TCPServer(room=100)
+    _, receive_channel = trio.open_memory_channel[Any](1)
+    direct = DirectWebSocket(ws_stream, tcp_server, receive_channel)
+    frame = direct.ping_nowait()
+    assert frame is not None
+    ws_stream.closed = True  # Hypercorn sent its close frame meanwhile
+    await direct.finish_write(frame)
+    assert bytes(tcp_server.stream.wire) == b""

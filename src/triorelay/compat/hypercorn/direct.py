@@ -133,8 +133,10 @@ class DirectWebSocket:
 
     async def finish_write(self, data: bytes) -> None:
         """Write the ping frame from :meth:`ping_nowait` like any other frame, except that it is
-        skipped (nothing written) when another write holds the lock or the socket is full."""
-        await self._write(data, skip_if_busy=True)
+        skipped (nothing written) when another write holds the lock, the socket is full, or the
+        connection closed meanwhile (no ping after a close frame)."""
+        if self._is_open():
+            await self._write(data, skip_if_busy=True)
 
 
 def _as_event(payload: bytes | str) -> TextMessage | BytesMessage:
