@@ -256,3 +256,33 @@ async def test_compressed_message_over_the_limit_closes_1009(start_relay: StartR
         async with relay.websocket("/ws/producer/zbig?ack=none") as other:
             await other.send_message("still relaying")
             assert await consumer.get_message() == "still relaying"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        bytes([0x82, 0x80 | 126]) + (5).to_bytes(2, "big"),  # 16 bits for a 7-bit length
+        bytes([0x82, 0x80 | 127]) + (5).to_bytes(8, "big"),  # 64 bits for a 7-bit length
+        bytes([0x82, 0x80 | 127]) + ((1 << 63) | 5).to_bytes(8, "big"),  # top bit set
+        bytes([0x82, 5]),  # unmasked
+    ],
+    ids=["16-bit", "64-bit", "top-bit", "unmasked"],
+)
+async def test_malformed_frame_closes_1002_after_the_valid_ones(
+    relay: RunningRelay, header: bytes
+) -> None:
+    """A frame RFC 6455 forbids (non-minimal or top-bit length, no mask) closes 1002, with a
+    close frame; the messages before it were relayed."""
+    async with relay.websocket("/ws/consumer/bad") as consumer:
+        producer = await RawWebSocket.connect(relay.port, "/ws/producer/bad?ack=none", 65536)
+        try:
+            masked = header[1] & 0x80
+            await producer.send_raw(
+                masked_frame(0x81, b"ok") + header + (os.urandom(4) if masked else b"") + b"x" * 5
+            )
+            with trio.fail_after(10):  # before the fix: no close frame at all, or a 1009
+                _, code, _ = await producer.read_until_closed()
+        finally:
+            producer.close()
+        assert code == 1002
+        assert await consumer.get_message() == "ok"

@@ -38,7 +38,10 @@ from enum import IntEnum
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes sent by triorelay (RFC 6455 section 7.4 and the IANA registry)."""
+    """WebSocket close codes triorelay sends or reads (RFC 6455 section 7.4, the IANA registry).
+
+    1005, 1006 and 1015 are never sent in a close frame: they name what happened instead of one.
+    """
 
     #: The consumer or producer is done; also what a relay sends when a client closes first.
     NORMAL = 1000
@@ -48,7 +51,11 @@ class CloseCode(IntEnum):
     PROTOCOL_ERROR = 1002
     #: A frame type the endpoint does not take (for example binary where only text is allowed).
     UNSUPPORTED_DATA = 1003
-    #: A text message that is not valid UTF-8.
+    #: Read, never sent: the peer's close frame carried no code (RFC 6455 section 7.1.5).
+    NO_STATUS_RECEIVED = 1005
+    #: Read, never sent: the connection ended without any close frame.
+    ABNORMAL_CLOSURE = 1006
+    #: A text message (or a close reason) that is not valid UTF-8.
     INVALID_PAYLOAD = 1007
     #: A policy was broken: bad channel name, bad query parameter.
     POLICY_VIOLATION = 1008
@@ -62,6 +69,8 @@ class CloseCode(IntEnum):
     #: The proxy could not reach its upstream (refused, timed out, rejected the handshake), or
     #: the upstream went away without a close frame. RFC 6455 registry: "Bad Gateway".
     BAD_GATEWAY = 1014
+    #: Read, never sent: the connection ended without a close frame because TLS failed.
+    TLS_HANDSHAKE_FAILED = 1015
     #: The connection's token expired (at its ``exp``, unless refreshed in-band), or a refresh
     #: carried an invalid token (4000-4999 is for applications; 4401 mirrors HTTP 401).
     TOKEN_EXPIRED = 4401

@@ -40,8 +40,8 @@ from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NO_STATUS = 1005
-LOST = (1006, 1015)
+NO_STATUS = CloseCode.NO_STATUS_RECEIVED
+LOST = (CloseCode.ABNORMAL_CLOSURE, CloseCode.TLS_HANDSHAKE_FAILED)
 """Close codes that mean no close frame came (1015: the TLS layer failed)."""
 
 

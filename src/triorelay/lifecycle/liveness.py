@@ -88,9 +88,9 @@ class Liveness:
             if peer.pinged_at is None:
                 if now - last_received >= interval:
                     peer.pinged_at = now
-                    rest = peer.direct.ping_nowait()
-                    if rest:  # the socket took part of the frame: finish it in the background
-                        nursery.start_soon(peer.direct.finish_write, rest)
+                    ping = peer.direct.ping_nowait()
+                    if ping:  # written by a task of its own, under the socket's send lock
+                        nursery.start_soon(peer.direct.finish_write, ping)
             elif now - peer.pinged_at >= self.timeout_seconds:
                 self.forget(connection)
                 log.info("closing a connection that did not answer a ping")

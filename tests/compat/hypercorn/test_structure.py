@@ -1,16 +1,18 @@
-"""The Hypercorn 0.18.0 internals triorelay relies on (src/triorelay/compat/hypercorn.py).
+"""The Hypercorn 0.18.0 internals triorelay relies on (src/triorelay/compat/hypercorn/).
 
 If an upgrade changes them, these fail first, naming the assumption that broke.
 """
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 from trio_websocket import open_websocket_url
 
 from triorelay.compat import hypercorn as compat
@@ -78,44 +80,10 @@ def test_outside_hypercorn_compat_finds_nothing() -> None:
     assert compat.cli_worker_count() == 0
 
 
-def test_frames_follow_rfc6455_lengths() -> None:
-    """Server frames: FIN + opcode, then 7-bit, 16-bit or 64-bit lengths, no mask."""
-    assert compat._frame("hi") == b"\x81\x02hi"
-    assert compat._frame(b"\x00") == b"\x82\x01\x00"
-    assert compat._frame(b"a" * 126)[:4] == b"\x82\x7e\x00\x7e"
-    assert compat._frame(b"a" * 65536)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
-
-
-class _FakeWSStream:
-    """Just what InboundTap touches before any frame arrives."""
-
-    def __init__(self, send_channel: trio.MemorySendChannel[Any]) -> None:
-        self.app_put = send_channel.send
-
-    async def handle(self, event: Any) -> None:  # pragma: no cover - not reached here
-        raise AssertionError(event)
-
-
-async def test_tap_delivers_what_arrived_before_it_first() -> None:
-    """Messages queued for the app before the tap are delivered first, a disconnect kept."""
-    send_channel, receive_channel = trio.open_memory_channel[Any](10)
-    for event in (
-        {"type": "websocket.receive", "bytes": None, "text": "early"},
-        {"type": "websocket.receive", "bytes": b"", "text": None},
-        {"type": "websocket.disconnect", "code": 1000},
-    ):
-        send_channel.send_nowait(event)
-    delivered: list[Any] = []
-    disconnected: list[bool] = []
-
-    async def on_messages(payloads: list[Any]) -> None:
-        delivered.extend(payloads)
-
-    tap = compat.InboundTap(
-        _FakeWSStream(send_channel), receive_channel, on_messages, lambda c, r: None, 100
-    )
-    tap.on_disconnect = lambda: disconnected.append(True)
-    await tap.start()
-    assert delivered == ["early", b""]
-    assert disconnected == [True]
-    assert receive_channel.receive_nowait()["type"] == "websocket.disconnect"
+def test_hypercorn_writes_under_its_send_lock_shielded() -> None:
+    """DirectWebSocket's frames stay whole only if Hypercorn's own writes take the same lock
+    and cannot be cancelled halfway (TCPServer.protocol_send)."""
+    source = inspect.getsource(TCPServer.protocol_send)
+    assert "async with self.send_lock:" in source
+    assert "cancel_scope.shield = True" in source
+    assert "self.stream.send_all(event.data)" in source

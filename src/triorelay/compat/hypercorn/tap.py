@@ -1,0 +1,216 @@
+"""A WebSocket's inbound messages, read from Hypercorn 0.18.0's own reader task.
+
+Hypercorn parses each frame with wsproto, copies each message through a ``StringIO`` and hands it
+to the app task over a memory channel, with a task switch per message
+(``hypercorn/protocol/ws_stream.py: WSStream.handle``, ``WSStream.app_put``).
+:class:`InboundTap` parses simple frames itself with :class:`triorelay.wire.FrameParser`, and
+refuses an oversized frame on its header, where Hypercorn would buffer it whole before checking
+(https://github.com/pgjones/hypercorn/issues/307). The structure it wraps is checked by
+``tests/compat/hypercorn/test_structure.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.protocol.events import Data
+from wsproto.connection import Connection as WSConnection
+
+from triorelay.compat.hypercorn._chain import CONNECTED as _CONNECTED
+from triorelay.compat.hypercorn._chain import bound_self as _bound_self
+from triorelay.compat.message_limits import LimitedBuffer
+from triorelay.wire.frames import Fail, FrameParser, HandOff
+
+OnMessages = Callable[[list[bytes | str]], Awaitable[None]]
+OnInvalid = Callable[[int, str], None]
+"""Called with a close code and reason when the peer sent something the relay refuses."""
+
+
+class InboundTap:
+    """Hands a WebSocket's inbound messages to the relay from Hypercorn's own reader task.
+
+    Hypercorn parses each frame with wsproto, copies each message through a ``StringIO`` and
+    hands it to the app task over a memory channel, with a task switch per message. The tap
+    replaces both steps for the common case:
+
+    - ``WSStream.handle`` is wrapped: while wsproto is idle and no extension is on, a
+      :class:`~triorelay.wire.FrameParser` (``frames="simple"``) takes each TCP read and parses
+      complete, unfragmented, masked text/binary frames. Control frames and fragments go to
+      wsproto, from that frame on, until wsproto is idle again (so it answers pings and the
+      close handshake); so does everything while compression is on. A frame the parser refuses
+      (RFC 6455 violations 1002, invalid UTF-8 1007, a declared length over the limit 1009)
+      calls ``on_invalid`` and nothing more is read: wsproto would fail the connection without
+      a close frame, or buffer the frame whole before checking its size.
+    - ``WSStream.app_put`` is wrapped: messages wsproto produced go to the same callback instead
+      of the app's channel, so every message arrives in order, on one task.
+
+    ``on_messages`` runs in Hypercorn's reader task: it must not raise (except Cancelled), and
+    whatever it waits for is backpressure on that connection's socket. :meth:`remove` restores
+    Hypercorn's behaviour.
+    """
+
+    def __init__(
+        self,
+        ws_stream: Any,
+        receive_channel: trio.MemoryReceiveChannel[Any],
+        on_messages: OnMessages,
+        on_invalid: OnInvalid,
+        max_message_bytes: int,
+    ) -> None:
+        self._ws_stream = ws_stream
+        self._on_messages = on_messages
+        self._on_invalid = on_invalid
+        #: trio.current_time() of the last bytes received from the peer (for dead-peer checks).
+        self.last_received = trio.current_time()
+        #: Called instead of queueing ``websocket.disconnect`` for the app, when set.
+        self.on_disconnect: Callable[[], None] | None = None
+        self._failed = False
+        self._max_message_bytes = max_message_bytes
+        # Set by compat.message_limits.limit_inbound: what goes to wsproto is bounded there.
+        buffer = getattr(ws_stream, "buffer", None)
+        self._limit = buffer if isinstance(buffer, LimitedBuffer) else None
+        # Simple frames only: control frames and fragments stay with wsproto, which answers
+        # pings and the close handshake for Hypercorn.
+        self._parser = FrameParser(max_message_bytes, frames="simple")
+        self._handle = ws_stream.handle
+        self._app_put = ws_stream.app_put
+        ws_stream.handle = self._tapped_handle
+        ws_stream.app_put = self._tapped_app_put
+        # Messages that reached the app's channel before the tap (during the accept) are
+        # delivered first, by start(); until then the reader waits, so the order holds.
+        self._started = trio.Event()
+        self._backlog: list[bytes | str] = []
+        channel = _bound_self(self._app_put)
+        held: list[dict[str, Any]] = []
+        while True:
+            try:
+                event = receive_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if event["type"] == "websocket.receive" and not held:
+                payload = event.get("bytes")
+                self._backlog.append(payload if payload is not None else event["text"])
+            else:
+                held.append(event)
+        for event in held:  # a disconnect (and anything after it) goes back for the app
+            channel.send_nowait(event)
+        self._disconnected_early = any(e["type"] == "websocket.disconnect" for e in held)
+
+    async def start(self) -> None:
+        """Deliver what arrived before the tap, then let the reader deliver directly."""
+        try:
+            if self._backlog:
+                backlog, self._backlog = self._backlog, []
+                await self._on_messages(backlog)
+        finally:
+            self._started.set()
+        if self._disconnected_early and self.on_disconnect is not None:
+            self.on_disconnect()
+
+    async def _deliver(self, messages: list[bytes | str]) -> None:
+        if not self._started.is_set():
+            await self._started.wait()
+        await self._on_messages(messages)
+
+    def remove(self) -> None:
+        """Give the connection back to Hypercorn's own reading.
+
+        Called when the relay's handler ends, so the connection is closing: a partial frame
+        still held back is dropped with it.
+        """
+        ws_stream = self._ws_stream
+        if ws_stream.handle == self._tapped_handle:
+            ws_stream.handle = self._handle
+            ws_stream.app_put = self._app_put
+
+    async def _tapped_app_put(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.receive":
+            payload = message.get("bytes")
+            await self._deliver([payload if payload is not None else message["text"]])
+        elif message["type"] == "websocket.disconnect" and self.on_disconnect is not None:
+            self.on_disconnect()
+        else:
+            await self._app_put(message)
+
+    def _wsproto_idle(self) -> bool:
+        ws_stream = self._ws_stream
+        proto = ws_stream.connection._proto
+        decoder = proto._frame_decoder
+        return (
+            ws_stream.buffer.value is None
+            and decoder.header is None
+            and len(decoder.buffer.buffer) == decoder.buffer.bytes_used
+            and proto._message_decoder.opcode is None
+            and not any(extension.enabled() for extension in proto.extensions)
+        )
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._failed = True
+        self._parser.take_buffered()
+        self._on_invalid(code, reason)
+
+    async def _tapped_handle(self, event: Any) -> None:
+        ws_stream = self._ws_stream
+        if isinstance(event, Data):
+            self.last_received = trio.current_time()
+        if self._failed and isinstance(event, Data):
+            return  # the connection is being closed for invalid data: read no further
+        if (
+            not isinstance(event, Data)
+            or ws_stream.closed
+            or ws_stream.state is not _CONNECTED
+            or not self._wsproto_idle()
+        ):
+            if self._parser.buffered_bytes and isinstance(event, Data):
+                # A partial simple frame was held back: wsproto gets it whole.
+                held = self._parser.take_buffered()
+                event = Data(stream_id=event.stream_id, data=held + event.data)
+            await self._to_wsproto(event)
+            return
+        events = self._parser.feed(event.data)
+        if not events:
+            return
+        last = events[-1]
+        if isinstance(last, HandOff | Fail):
+            events.pop()  # the parser stops there: everything before it is a message
+        if events:
+            await self._deliver([e for e in events if isinstance(e, (bytes, str))])
+        if isinstance(last, Fail):
+            # wsproto would fail the connection without a close frame (1002, 1007) or buffer
+            # the frame whole before checking its size (1009,
+            # https://github.com/pgjones/hypercorn/issues/307): close with the parser's code.
+            self._fail(last.code, last.reason)
+        elif isinstance(last, HandOff):
+            await self._to_wsproto(Data(stream_id=event.stream_id, data=last.data))
+
+    async def _to_wsproto(self, event: Any) -> None:
+        await self._handle(event)
+        if self._limit is not None and self._limit.exceeded and not self._failed:
+            # A fragmented or compressed message passed the limit: Hypercorn has closed with
+            # 1009 (compat.message_limits). Read no further, and end the relay's handler.
+            self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
+
+
+def tap_inbound(
+    receive: Callable[..., Any],
+    send: Callable[..., Any],
+    on_messages: OnMessages,
+    on_invalid: OnInvalid,
+    max_message_bytes: int,
+) -> InboundTap | None:
+    """Install an :class:`InboundTap` on the accepted WebSocket behind ``send``, or None."""
+    ws_stream = _bound_self(send)
+    connection = getattr(ws_stream, "connection", None)
+    receive_channel = _bound_self(receive)
+    if (
+        not isinstance(connection, WSConnection)
+        or not isinstance(receive_channel, trio.MemoryReceiveChannel)
+        or not isinstance(_bound_self(getattr(ws_stream, "app_put", None)), trio.MemorySendChannel)
+        or not hasattr(ws_stream, "app_put")
+        or getattr(ws_stream, "state", None) is not _CONNECTED
+        or not hasattr(getattr(connection, "_proto", None), "_frame_decoder")
+    ):
+        return None
+    return InboundTap(ws_stream, receive_channel, on_messages, on_invalid, max_message_bytes)

@@ -1,0 +1,1 @@
+"""Tests of triorelay.compat.hypercorn, one module per module."""

@@ -1,0 +1,194 @@
+"""DirectWebSocket writes whole frames, whatever is cancelled and whoever else writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypercorn.events import RawData
+from hypercorn.trio.tcp_server import TCPServer
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping
+
+from triorelay.compat.hypercorn import DirectWebSocket
+from triorelay.wire.frames import serialize_close
+
+
+class _Socket:
+    """A non-blocking socket whose send buffer has ``room`` bytes left (it never drains)."""
+
+    def __init__(self, wire: bytearray, room: int) -> None:
+        self.wire = wire
+        self.room = room
+
+    def send(self, data: bytes) -> int:
+        if not self.room:
+            raise BlockingIOError
+        taken = data[: self.room]
+        self.room -= len(taken)
+        self.wire += taken
+        return len(taken)
+
+
+class _Stream:
+    """Hypercorn's trio stream: ``send_all`` waits for ``drained`` before taking the rest."""
+
+    def __init__(self, room: int) -> None:
+        self.wire = bytearray()
+        self.socket = type("SocketStreamSocket", (), {})()
+        self.socket._sock = _Socket(self.wire, room)
+        self.drained = trio.Event()
+
+    async def send_all(self, data: bytes) -> None:
+        await self.drained.wait()
+        self.wire += data
+
+
+class _Protocol:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def handle(self, event: Any) -> None:
+        self.events.append(event)
+
+
+class _TCPServer:
+    """What DirectWebSocket and ``TCPServer.protocol_send`` use of a TCPServer."""
+
+    def __init__(self, room: int) -> None:
+        self.send_lock = trio.Lock()
+        self.stream = _Stream(room)
+        self.protocol = _Protocol()
+
+
+class _WSStream:
+    """What DirectWebSocket reads of a WSStream: closed or not, and its wsproto connection."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.connection = WSConnection(ConnectionType.SERVER)
+
+
+def direct_socket(room: int) -> tuple[DirectWebSocket, _TCPServer]:
+    tcp_server = _TCPServer(room)
+    _, receive_channel = trio.open_memory_channel[Any](1)
+    return DirectWebSocket(_WSStream(), tcp_server, receive_channel), tcp_server
+
+
+async def hypercorn_sends(tcp_server: _TCPServer, data: bytes) -> None:
+    """Hypercorn's own write path (a close frame, a pong), run on the fake server."""
+    await TCPServer.protocol_send(tcp_server, RawData(data=data))  # type: ignore[arg-type]
+
+
+def client_reads(wire: bytes) -> list[Any]:
+    """The frames a client parses from ``wire``; a cut frame shows as a failure close."""
+    connection = WSConnection(ConnectionType.CLIENT)
+    connection.receive_data(wire)
+    return list(connection.events())
+
+
+@pytest.mark.timeout(5)
+async def test_cancelled_after_a_partial_write_the_frame_is_still_finished() -> None:
+    """A writer cancelled right after the socket took part of its frame still writes the rest
+    before Hypercorn's close frame (before the fix, the close landed inside the data frame)."""
+    direct, tcp_server = direct_socket(room=100)
+    payload = b"x" * 1000
+    async with trio.open_nursery() as nursery:
+
+        async def cancelled_writer() -> None:
+            with trio.CancelScope() as scope:
+                scope.cancel()  # cancelled before it runs: the next checkpoint raises
+                await direct.send_messages([payload])
+
+        nursery.start_soon(cancelled_writer)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(hypercorn_sends, tcp_server, serialize_close(1001, "bye"))
+        await trio.testing.wait_all_tasks_blocked()
+        tcp_server.stream.drained.set()
+    events = client_reads(bytes(tcp_server.stream.wire))
+    assert len(events) == 2, events
+    assert isinstance(events[0], BytesMessage)
+    assert events[0].data == payload
+    assert isinstance(events[1], CloseConnection)
+    assert (events[1].code, events[1].reason) == (1001, "bye")
+
+
+@pytest.mark.timeout(5)
+async def test_a_writer_waiting_for_the_lock_is_cancelled_without_writing() -> None:
+    """Cancelled while another write holds the lock, a writer leaves no byte on the wire."""
+    direct, tcp_server = direct_socket(room=0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hypercorn_sends, tcp_server, serialize_close(1000))
+        await trio.testing.wait_all_tasks_blocked()  # Hypercorn holds the lock, blocked
+        with trio.CancelScope() as scope:
+            nursery.start_soon(trio.testing.wait_all_tasks_blocked)
+            scope.deadline = trio.current_time()  # give up at once
+            await direct.send_messages([b"never"])
+        tcp_server.stream.drained.set()
+    assert scope.cancelled_caught
+    assert bytes(tcp_server.stream.wire) == serialize_close(1000)
+
+
+@pytest.mark.timeout(5)
+async def test_a_ping_cut_by_a_full_socket_is_finished_before_other_frames() -> None:
+    """A ping the socket takes only part of is finished under the lock; the relay's next
+    message and Hypercorn's close come after it, whole."""
+    direct, tcp_server = direct_socket(room=1)
+    frame = direct.ping_nowait()
+    assert frame is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(direct.finish_write, frame)
+        await trio.testing.wait_all_tasks_blocked()
+        after: list[bytes | str] = [b"after"]
+        nursery.start_soon(direct.send_messages, after)
+        await trio.testing.wait_all_tasks_blocked()  # waiting for the lock, in this order
+        nursery.start_soon(hypercorn_sends, tcp_server, serialize_close(1000))
+        await trio.testing.wait_all_tasks_blocked()
+        assert direct.ping_nowait() is None, "no ping while another write holds the lock"
+        tcp_server.stream.drained.set()
+    events = client_reads(bytes(tcp_server.stream.wire))
+    assert [type(event) for event in events] == [Ping, BytesMessage, CloseConnection]
+
+
+@pytest.mark.timeout(5)
+async def test_a_ping_never_goes_around_another_writers_frame() -> None:
+    """Hypercorn writing between ping_nowait and finish_write: its frame stays whole, and the
+    ping, which finds the lock taken, is skipped (before the fix, ping_nowait had already
+    written part of the ping, and the close landed inside it)."""
+    direct, tcp_server = direct_socket(room=1)
+    frame = direct.ping_nowait()
+    assert frame is not None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hypercorn_sends, tcp_server, serialize_close(1000))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(direct.finish_write, frame)
+        await trio.testing.wait_all_tasks_blocked()
+        tcp_server.stream.drained.set()
+    assert bytes(tcp_server.stream.wire) == serialize_close(1000)
+
+
+@pytest.mark.timeout(5)
+async def test_a_ping_is_skipped_when_the_socket_is_full() -> None:
+    """A full socket takes nothing: the ping is skipped, the lock released at once."""
+    direct, tcp_server = direct_socket(room=0)
+    frame = direct.ping_nowait()
+    assert frame is not None
+    await direct.finish_write(frame)
+    assert bytes(tcp_server.stream.wire) == b""
+    assert not tcp_server.send_lock.locked()
+
+
+@pytest.mark.timeout(5)
+async def test_no_ping_after_the_connection_closed() -> None:
+    """A ping decided before the connection closed is not written after it."""
+    ws_stream, tcp_server = _WSStream(), _TCPServer(room=100)
+    _, receive_channel = trio.open_memory_channel[Any](1)
+    direct = DirectWebSocket(ws_stream, tcp_server, receive_channel)
+    frame = direct.ping_nowait()
+    assert frame is not None
+    ws_stream.closed = True  # Hypercorn sent its close frame meanwhile
+    await direct.finish_write(frame)
+    assert bytes(tcp_server.stream.wire) == b""

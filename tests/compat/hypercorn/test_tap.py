@@ -1,0 +1,163 @@
+"""InboundTap: what arrived before it first, then frames parsed in Hypercorn's reader task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WebsocketBuffer
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionType
+
+from triorelay.compat import hypercorn as compat
+from triorelay.wire.frames import Opcode, serialize_frame
+
+
+class _FakeWSStream:
+    """Just what InboundTap touches before any frame arrives."""
+
+    def __init__(self, send_channel: trio.MemorySendChannel[Any]) -> None:
+        self.app_put = send_channel.send
+
+    async def handle(self, event: Any) -> None:  # pragma: no cover - not reached here
+        raise AssertionError(event)
+
+
+async def test_tap_delivers_what_arrived_before_it_first() -> None:
+    """Messages queued for the app before the tap are delivered first, a disconnect kept."""
+    send_channel, receive_channel = trio.open_memory_channel[Any](10)
+    for event in (
+        {"type": "websocket.receive", "bytes": None, "text": "early"},
+        {"type": "websocket.receive", "bytes": b"", "text": None},
+        {"type": "websocket.disconnect", "code": 1000},
+    ):
+        send_channel.send_nowait(event)
+    delivered: list[Any] = []
+    disconnected: list[bool] = []
+
+    async def on_messages(payloads: list[Any]) -> None:
+        delivered.extend(payloads)
+
+    tap = compat.InboundTap(
+        _FakeWSStream(send_channel), receive_channel, on_messages, lambda c, r: None, 100
+    )
+    tap.on_disconnect = lambda: disconnected.append(True)
+    await tap.start()
+    assert delivered == ["early", b""]
+    assert disconnected == [True]
+    assert receive_channel.receive_nowait()["type"] == "websocket.disconnect"
+
+
+class _ReadingWSStream(_FakeWSStream):
+    """What InboundTap reads from while it parses: an open connection, wsproto idle; what
+    reaches Hypercorn's own ``handle`` is recorded."""
+
+    def __init__(self, send_channel: trio.MemorySendChannel[Any]) -> None:
+        super().__init__(send_channel)
+        self.closed = False
+        self.state = ASGIWebsocketState.CONNECTED
+        self.connection = WSConnection(ConnectionType.SERVER)
+        self.buffer = WebsocketBuffer(1 << 30)
+        self.to_wsproto: list[bytes] = []
+        self.wsproto_events: list[Any] = []
+
+    async def handle(self, event: Any) -> None:
+        """Hypercorn's ``WSStream.handle``: feed wsproto, which holds any partial frame."""
+        self.to_wsproto.append(event.data)
+        self.connection.receive_data(event.data)
+        self.wsproto_events.extend(self.connection.events())
+
+
+class _Tapped:
+    """An InboundTap on a _ReadingWSStream, with what it delivered and refused."""
+
+    def __init__(self, max_message_bytes: int = 1 << 20) -> None:
+        send_channel, receive_channel = trio.open_memory_channel[Any](10)
+        self.ws_stream = _ReadingWSStream(send_channel)
+        self.delivered: list[Any] = []
+        self.refused: list[tuple[int, str]] = []
+        self.tap = compat.InboundTap(
+            self.ws_stream,
+            receive_channel,
+            self.on_messages,
+            lambda code, reason: self.refused.append((code, reason)),
+            max_message_bytes,
+        )
+
+    async def on_messages(self, payloads: list[Any]) -> None:
+        self.delivered.extend(payloads)
+
+    async def read(self, data: bytes) -> None:
+        await self.ws_stream.handle(Data(stream_id=1, data=data))
+
+
+def client(opcode: Opcode, payload: bytes, *, fin: bool = True) -> bytes:
+    return serialize_frame(opcode, payload, fin=fin, mask=b"\x0f\xf0\x55\xaa")
+
+
+async def test_tap_hands_the_rest_of_a_read_to_wsproto_from_a_ping() -> None:
+    """Simple frames are delivered; from a ping on, the bytes go to wsproto, and so does the
+    next read while wsproto holds part of a frame."""
+    tapped = _Tapped()
+    await tapped.tap.start()
+    rest = client(Opcode.PING, b"p") + client(Opcode.TEXT, b"b")
+    await tapped.read(client(Opcode.TEXT, b"a") + client(Opcode.BINARY, b"") + rest[:3])
+    await tapped.read(rest[3:])
+    assert tapped.delivered == ["a", b""]
+    assert b"".join(tapped.ws_stream.to_wsproto) == rest
+    assert [type(event).__name__ for event in tapped.ws_stream.wsproto_events] == [
+        "Ping",
+        "TextMessage",
+    ]
+    assert tapped.refused == []
+
+
+async def test_tap_gives_a_held_partial_frame_to_wsproto_once_it_is_busy() -> None:
+    """A partial simple frame held back goes to wsproto with the next read when wsproto is not
+    idle (here: the app closed meanwhile)."""
+    tapped = _Tapped()
+    await tapped.tap.start()
+    frame = client(Opcode.TEXT, b"hello")
+    await tapped.read(frame[:4])
+    tapped.ws_stream.closed = True
+    await tapped.read(frame[4:])
+    assert tapped.delivered == []
+    assert tapped.ws_stream.to_wsproto == [frame]
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\x82\xfe\x00\x05" + b"mask" + b"12345", 1002),  # 16 bits for a 7-bit length
+        (b"\x82\x05hello", 1002),  # unmasked
+        (client(Opcode.TEXT, b"\xff"), 1007),
+        (b"\x82\xff" + (70_000).to_bytes(8, "big"), 1009),  # refused on its header
+    ],
+    ids=["non-minimal", "unmasked", "utf8", "too-big"],
+)
+async def test_tap_refuses_and_reads_no_further(data: bytes, code: int) -> None:
+    """A frame the parser refuses calls on_invalid once, after the messages before it;
+    nothing that arrives later is delivered or handed to wsproto."""
+    tapped = _Tapped(max_message_bytes=1024)
+    await tapped.tap.start()
+    await tapped.read(client(Opcode.TEXT, b"ok") + data)
+    await tapped.read(client(Opcode.TEXT, b"later"))
+    assert tapped.delivered == ["ok"]
+    assert [refused_code for refused_code, _ in tapped.refused] == [code]
+    assert tapped.ws_stream.to_wsproto == []
+
+
+@pytest.mark.timeout(10)
+async def test_tap_takes_a_trickled_frame_in_linear_time() -> None:
+    """A 900 KB frame arriving one byte per TCP read is one message, in about a second
+    (rebuilding the held bytes on every read took over 15 s of CPU)."""
+    tapped = _Tapped()
+    await tapped.tap.start()
+    payload = bytes(range(256)) * 3515  # 899,840 bytes
+    frame = client(Opcode.BINARY, payload)
+    for i in range(len(frame)):
+        await tapped.read(frame[i : i + 1])
+    assert tapped.delivered == [payload]
+    assert tapped.ws_stream.to_wsproto == []
