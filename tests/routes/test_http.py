@@ -146,3 +146,24 @@ async def test_a_publish_that_finds_no_room_in_time_gets_503_and_publishes_nothi
             assert [await consumer.get_message() for _ in range(2)] == [b"j0", b"j1"]
         stats = await relay.channel("jobs.t")
         assert (stats["messages_in"], stats["buffered"]) == (2, 0)
+
+
+async def test_channels_are_listed_a_page_at_a_time(relay: RunningRelay) -> None:
+    """?limit= pages through the channels in name order, ``next`` naming the cursor; a bad
+    or too large limit is refused with 400."""
+    listed: list[str] = []
+    async with (
+        relay.websocket("/ws/consumer/p00"),
+        relay.websocket("/ws/consumer/p03"),
+        relay.websocket("/ws/consumer/p05"),
+    ):
+        after = ""
+        while True:
+            page = (await relay.http.get(f"/channels?limit=2&after={after}")).json()
+            listed += [c["name"] for c in page["channels"]]
+            if "next" not in page:
+                break
+            after = page["next"]
+        for bad in ("0", "1001", "x"):
+            assert (await relay.http.get(f"/channels?limit={bad}")).status_code == 400
+    assert listed == ["p00", "p03", "p05"]

@@ -18,6 +18,7 @@ its route binds, which is how eviction and shutdown end connections.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -185,8 +186,15 @@ class Hub:
         channel = self._channels.get(name)
         return None if channel is None else channel.statistics()
 
-    def statistics(self) -> list[ChannelStatistics]:
-        return [channel.statistics() for channel in self._channels.values()]
+    def statistics(self, *, after: str = "", limit: int | None = None) -> list[ChannelStatistics]:
+        """The channels named after ``after``, in name order, at most ``limit`` of them.
+
+        A page costs a scan of the names, not a snapshot of every channel: listing 100,000
+        channels a page at a time keeps each request short on the event loop.
+        """
+        names = (name for name in self._channels if name > after)
+        page = sorted(names) if limit is None else heapq.nsmallest(limit, names)
+        return [self._channels[name].statistics() for name in page]
 
     def connection_statistics(self, name: str) -> list[ConnectionStatistics]:
         channel = self._channels.get(name)

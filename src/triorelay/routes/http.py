@@ -31,6 +31,7 @@ from triorelay.auth.access import Access, credentials_from_headers
 from triorelay.auth.tokens import Identity
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import (
+    InvalidQuery,
     InvalidText,
     MessageTooBig,
     PublishTimeout,
@@ -111,11 +112,30 @@ def _text(body: bytes, charset: str) -> str:
         raise InvalidText(f"the body is not valid {name}") from None
 
 
+MAX_PAGE_CHANNELS = 1000
+"""The most channels ``GET /channels`` lists at once (``?limit=``, default and maximum)."""
+
+
 @blueprint.get("/channels")
 async def list_channels() -> Response:
+    """Live channels in name order, a page at a time: ``?limit=N&after=NAME``.
+
+    ``next`` names the cursor of the next page (``?after=``); the last page has none.
+    """
     Access.require(await _identify(), "admin")
-    stats = _relay().hub.statistics()
-    return jsonify({"channels": [dataclasses.asdict(s) for s in stats]})
+    try:
+        limit = int(request.args.get("limit", MAX_PAGE_CHANNELS))
+    except ValueError:
+        raise InvalidQuery("limit must be a whole number") from None
+    if not 0 < limit <= MAX_PAGE_CHANNELS:
+        raise InvalidQuery(f"limit must be 1 to {MAX_PAGE_CHANNELS}")
+    stats = _relay().hub.statistics(after=request.args.get("after", ""), limit=limit + 1)
+    more = len(stats) > limit
+    page = stats[:limit]
+    body: dict[str, Any] = {"channels": [dataclasses.asdict(s) for s in page]}
+    if more:
+        body["next"] = page[-1].name
+    return jsonify(body)
 
 
 @blueprint.get("/channels/<channel>")
