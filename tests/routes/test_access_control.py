@@ -418,3 +418,18 @@ def test_the_token_command_mints_what_the_relay_accepts(
     monkeypatch.delenv("TRIORELAY_AUTH_HMAC_SECRET")
     assert main(["token", "--sub", "dev"]) == 2
     assert "TRIORELAY_AUTH_HMAC_SECRET" in capsys.readouterr().err
+
+
+async def test_a_consumer_refreshes_its_token_on_the_fast_path(secured: RunningRelay) -> None:
+    """Over a real socket (Hypercorn's reader delivers), a refresh moves the expiry."""
+    grant = {"channels": {"a.*": ["subscribe"]}}
+    async with secured.websocket(
+        "/ws/consumer/a.x", extra_headers=bearer(token(grant=grant, ttl=5))
+    ) as ws:
+        (consumer,) = [c for c in secured.relay.hub._connections if c.role == "consumer"]
+        assert consumer.cancel_scope is not None
+        first = consumer.cancel_scope.deadline
+        assert first < trio.current_time() + 6
+        await ws.send_message(json.dumps({"triorelay": "refresh", "token": token(grant=grant)}))
+        await wait_until(lambda: consumer.cancel_scope.deadline > first + 3000)
+        assert not ws.closed

@@ -71,11 +71,13 @@ async def consume(request: Request) -> None:
     attach = relay.hub.attach_consumer(channel, notices=notices)
     async with open_session(request, attach, subscribe=channel) as session:
         consumer = session.connection
-        if session.tap is not None and not session.refreshable:
+        if session.tap is not None:
             # Hypercorn's reader reports the disconnect: no reader task of our own. What a
-            # consumer sends is discarded, but its size limit still holds, checked on each
-            # frame's header before anything is buffered.
+            # consumer sends is discarded (but for a token refresh), and its size limit still
+            # holds, checked on each frame's header before anything is buffered.
             session.tap.on_disconnect = lambda: _disconnected(session)
+            if session.refreshable:
+                session.take_controls_from_tap()
             await session.tap.start()
             await write_loop(consumer, session.socket, notices)
         else:
@@ -154,7 +156,8 @@ class Publisher:
                 acks = []
             if acks:
                 with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
-                    await self.socket.send_many(acks)
+                    if await self.socket.send_many(acks):
+                        self.producer.count_out(acks)
 
     async def publish_from_reader(self, payloads: list[Payload]) -> None:
         """:meth:`publish`, called from Hypercorn's reader task: errors close the producer."""

@@ -192,6 +192,15 @@ class Session(Generic[C]):
             await deliver([payload])
         return True
 
+    def take_controls_from_tap(self) -> None:
+        """Have the tap hand the client's messages to :meth:`take_controls` (a consumer with a
+        token), in Hypercorn's reader task: no task of our own."""
+
+        async def controls(payloads: list[Payload]) -> None:
+            await self.take_controls(payloads)
+
+        self._deliver = controls
+
     async def read_controls(self) -> None:
         """Read the client only for its control messages (a consumer), until it leaves."""
 
