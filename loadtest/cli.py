@@ -22,6 +22,7 @@ from loadtest.compare import runner as compare
 from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
+from loadtest.tokens import QUERY_PARAMETER, TOKEN_IN, redact_in_logs
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ def _common_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-interval-seconds", type=float, default=0.5)
     g.add_argument("--connect-timeout-seconds", type=float, default=10.0)
     g.add_argument("--connect-concurrency", type=int, default=64)
+    g.add_argument(
+        "--token",
+        default=None,
+        help="send this token on every WebSocket handshake (never printed or logged; the "
+        "result records only --token-in)",
+    )
+    g.add_argument(
+        "--token-in",
+        choices=TOKEN_IN,
+        default=TOKEN_IN[0],
+        help=f"how: an Authorization: Bearer header, or ?{QUERY_PARAMETER}= on the URL",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -184,6 +197,8 @@ async def run_scenario(
             server_pid=args.server_pid,
             sample_interval_s=args.sample_interval_seconds,
             progress=progress,
+            token=args.token,
+            token_in=args.token_in,
         )
     common = scenarios.Common(
         url=args.url,
@@ -201,6 +216,8 @@ async def run_scenario(
         connect_concurrency=args.connect_concurrency,
         sample_interval_s=args.sample_interval_seconds,
         progress=progress,
+        token=args.token,
+        token_in=args.token_in,
     )
     if args.scenario == "fanout":
         return await scenarios.run_fanout(common, consumers=args.consumers, rate_per_s=args.rate)
@@ -243,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.scenario == "compare":
         return compare.main(args)
+    redact_in_logs(args.token)
     if args.payload_bytes < 0 or args.duration_seconds <= 0:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
     wanted_fds = 4 * getattr(args, "connections", 0) + 8 * getattr(args, "consumers", 0) + 1024

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 
@@ -59,12 +59,19 @@ RECEIVE_BYTES = 65536
 WS_MESSAGE_QUEUE = 64
 
 
+#: Extra handshake headers (``Authorization: Bearer ...`` with ``--token``), as both clients
+#: take them.
+Headers = Sequence[tuple[bytes, bytes]]
+
+
 def open_client(
-    url: str, connect_timeout_s: float
+    url: str, connect_timeout_s: float, headers: Headers = ()
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
-    """A trio-websocket client as every scenario opens it (bounded connect and close)."""
+    """A trio-websocket client as every scenario opens it (bounded connect and close), sending
+    ``headers`` on the handshake."""
     return open_websocket_url(
         url,
+        extra_headers=list(headers),
         connect_timeout=connect_timeout_s,
         disconnect_timeout=2.0,
         message_queue_size=WS_MESSAGE_QUEUE,
@@ -157,9 +164,11 @@ async def consume(
     stopper: Stopper,
     *,
     connect_timeout_s: float = 10.0,
+    headers: Headers = (),
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Connect a consumer to ``url`` and record every message until ``stopper`` says stop.
+    """Connect a consumer to ``url`` (with ``headers``); record every message until ``stopper``
+    says stop.
 
     Messages of another run (a different ``run_id``) are counted as ``foreign`` and ignored.
     Reports ``task_status.started(True)`` once connected, or ``started(False)`` when the
@@ -172,7 +181,7 @@ async def consume(
     delivered = 0
     started = False
     try:
-        async with open_client(url, connect_timeout_s) as ws:
+        async with open_client(url, connect_timeout_s, headers) as ws:
             counters.connected += 1
             started = True
             task_status.started(True)
@@ -234,8 +243,8 @@ async def _wait_until_ns(due_ns: int) -> None:
 class ProducerSlot:
     """One producer of a run, for either producer client (:func:`produce`, :func:`produce_lean`).
 
-    The producer connects to ``url`` and counts into ``stats``; once ``schedule_ready()`` fires,
-    ``get_plan(index)`` gives its schedule and plan.
+    The producer connects to ``url`` (sending ``headers`` on the handshake) and counts into
+    ``stats``; once ``schedule_ready()`` fires, ``get_plan(index)`` gives its schedule and plan.
     """
 
     url: str
@@ -244,6 +253,7 @@ class ProducerSlot:
     get_plan: Callable[[int], tuple[RateSchedule, ProducerPlan]]
     index: int
     connect_timeout_s: float = 10.0
+    headers: Headers = field(default=(), repr=False)
 
     async def wait_for_start(self) -> tuple[RateSchedule, ProducerPlan]:
         """Wait for the start; return this producer's schedule and plan (counted as offered)."""
@@ -274,7 +284,7 @@ async def produce(
     counters = stats.counters
     started = False
     try:
-        async with open_client(slot.url, slot.connect_timeout_s) as ws:
+        async with open_client(slot.url, slot.connect_timeout_s, slot.headers) as ws:
             counters.connected += 1
             started = True
             task_status.started(True)
@@ -347,8 +357,11 @@ class LeanWebSocket:
         self.received = 0
 
     @staticmethod
-    async def open(url: str, *, connect_timeout_s: float = 10.0) -> LeanWebSocket:
-        """Connect and complete the handshake; the caller must :meth:`aclose` the result.
+    async def open(
+        url: str, *, connect_timeout_s: float = 10.0, headers: Headers = ()
+    ) -> LeanWebSocket:
+        """Connect and complete the handshake (sending ``headers``); the caller must
+        :meth:`aclose` the result.
 
         Raises :class:`LeanHandshakeError` if the server rejects, ``OSError`` or
         ``trio.TooSlowError`` on network failure or timeout.
@@ -358,7 +371,10 @@ class LeanWebSocket:
             stream = await trio.open_tcp_stream(host, port)
             try:
                 ws = WSConnection(ConnectionType.CLIENT)
-                await stream.send_all(ws.send(Request(host=f"{host}:{port}", target=resource(url))))
+                request = Request(
+                    host=f"{host}:{port}", target=resource(url), extra_headers=list(headers)
+                )
+                await stream.send_all(ws.send(request))
                 while True:
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
@@ -430,7 +446,9 @@ async def produce_lean(
     stats = slot.stats
     counters = stats.counters
     try:
-        lean = await LeanWebSocket.open(slot.url, connect_timeout_s=slot.connect_timeout_s)
+        lean = await LeanWebSocket.open(
+            slot.url, connect_timeout_s=slot.connect_timeout_s, headers=slot.headers
+        )
     except LEAN_CONNECT_ERRORS as exc:
         counters.failed_connects += 1
         stats.note_error(f"lean producer connect: {exc!r}")
@@ -480,14 +498,16 @@ async def hold_stalled(
     stopper: Stopper,
     *,
     connect_timeout_s: float = 10.0,
+    headers: Headers = (),
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Connect a consumer that never reads after the handshake; hold it until ``stopper`` stops.
+    """Connect a consumer that never reads after the handshake (sending ``headers`` on it);
+    hold it until ``stopper`` stops.
 
     ``started(True/False)`` reports whether the connection was made.
     """
     try:
-        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s)
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
     except LEAN_CONNECT_ERRORS as exc:
         stats.counters.failed_connects += 1
         stats.note_error(f"stalled consumer connect: {exc!r}")

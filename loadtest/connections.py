@@ -15,12 +15,13 @@ from typing import Any
 
 import trio
 
-from loadtest.clients import CONNECTION_ERRORS, Stopper, open_client
+from loadtest.clients import CONNECTION_ERRORS, Headers, Stopper, open_client
 from loadtest.endpoints import Role, endpoint_url
 from loadtest.engine import ProgressFn, sample_loop, start_many
 from loadtest.monitor import ProcessSampler, Sample
 from loadtest.report import build_result, run_summary
 from loadtest.stats import RoleStats
+from loadtest.tokens import TokenIn, token_headers, token_param, token_url
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +32,19 @@ async def hold_idle(
     stopper: Stopper,
     *,
     connect_timeout_s: float,
+    headers: Headers = (),
     on_connected: ProgressFn | None = None,
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open one connection, record its connect time, and hold it until ``stopper`` stops.
+    """Open one connection (sending ``headers``), record its connect time, and hold it until
+    ``stopper`` stops.
 
     Reports ``started(True)`` once connected, ``started(False)`` on failure (counted).
     """
     t0 = time.monotonic_ns()
     started = False
     try:
-        async with open_client(url, connect_timeout_s):
+        async with open_client(url, connect_timeout_s, headers):
             stats.latency.record_ns(time.monotonic_ns() - t0)
             stats.counters.connected += 1
             started = True
@@ -60,18 +63,25 @@ async def hold_idle(
 
 
 async def probe_round_trip(
-    url: str, channel: str | None, *, rounds: int = 20, timeout_s: float = 10.0
+    url: str,
+    channel: str | None,
+    *,
+    rounds: int = 20,
+    timeout_s: float = 10.0,
+    token: str | None = None,
+    token_in: TokenIn = "header",
 ) -> dict[str, float]:
     """A new producer's connect time and echo round trips, in ms, while others are held.
 
     Echo round trips work against both servers (the baseline always echoes; triorelay's
     default ``?ack=echo``). Hold the idle connections as producers to keep this a pure
-    round trip (idle consumers would receive the probe messages too).
+    round trip (idle consumers would receive the probe messages too). The probe presents
+    ``token`` like the held connections.
     """
-    target = endpoint_url(url, "producer", channel)
+    target = token_url(endpoint_url(url, "producer", channel), token, token_in)
     with trio.fail_after(timeout_s):
         t0 = time.perf_counter()
-        async with open_client(target, timeout_s) as ws:
+        async with open_client(target, timeout_s, token_headers(token, token_in)) as ws:
             connect_ms = (time.perf_counter() - t0) * 1000
             rtts: list[float] = []
             for i in range(rounds):
@@ -99,14 +109,18 @@ async def run_connections(
     server_pid: int | None = None,
     sample_interval_s: float = 0.5,
     progress: ProgressFn | None = None,
+    token: str | None = None,
+    token_in: TokenIn = "header",
 ) -> dict[str, Any]:
     """Ramp to ``connections`` idle connections, hold them ``hold_s``, then close them all.
 
-    RSS per connection needs ``server_pid``; without it those fields are ``None``.
+    RSS per connection needs ``server_pid``; without it those fields are ``None``. Every
+    connection presents ``token`` as ``token_in`` says; ``params.token_in`` records how.
     """
     stats = RoleStats()
     stopper = Stopper()
-    target = endpoint_url(url, role, channel)
+    target = token_url(endpoint_url(url, role, channel), token, token_in)
+    headers = token_headers(token, token_in)
     server = ProcessSampler(server_pid) if server_pid is not None else None
     server_samples: list[Sample] = []
     generator_samples: dict[str, list[Sample]] = {"main": []}
@@ -135,6 +149,7 @@ async def run_connections(
                     stats,
                     stopper,
                     connect_timeout_s=connect_timeout_s,
+                    headers=headers,
                     on_connected=on_connected,
                 )
                 for _ in range(connections)
@@ -144,7 +159,7 @@ async def run_connections(
         connect_s = time.monotonic() - t0
         await trio.sleep(hold_s)  # let the server settle before reading RSS
         after = server.sample() if server is not None else None
-        probe = await probe_round_trip(url, channel)
+        probe = await probe_round_trip(url, channel, token=token, token_in=token_in)
         stopper.stop()
         stop_sampling.set()
 
@@ -172,6 +187,7 @@ async def run_connections(
             "connect_timeout_s": connect_timeout_s,
             "hold_s": hold_s,
             "sample_interval_s": sample_interval_s,
+            "token_in": token_param(token, token_in),
         },
         summary=summary,
         extra={

@@ -46,6 +46,7 @@ from loadtest.endpoints import Ack, endpoint_url
 from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
 from loadtest.stats import DeliveryLedger, RoleStats, merge
+from loadtest.tokens import TokenIn, token_headers, token_url
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class RoleSpec:
     ``rate_per_s``. Consumers connect to ``consumer_url`` when set (another relay process
     sharing the channel through a broker), else to ``url`` like the producers. Sends stop at
     ``duration_s`` plus half of ``drain_s``; everything stops at ``duration_s + drain_s`` after
-    the start.
+    the start. ``token`` (kept out of ``repr``) goes on every handshake as ``token_in`` says
+    (:mod:`loadtest.tokens`).
     """
 
     url: str
@@ -87,6 +89,8 @@ class RoleSpec:
     drain_s: float = 2.0
     connect_timeout_s: float = 10.0
     connect_concurrency: int = 64
+    token: str | None = field(default=None, repr=False)
+    token_in: TokenIn = "header"
 
     def to_json(self) -> str:
         """Return the spec as one line of JSON."""
@@ -98,11 +102,24 @@ class RoleSpec:
         return cls(**json.loads(text))
 
     def endpoints(self) -> tuple[str, str]:
-        """Return ``(producer URL, consumer URL)`` with role, channel and ack mode."""
+        """Return ``(producer URL, consumer URL)`` with role, channel, ack mode and, with
+        ``token_in`` ``query``, the token."""
         return (
-            endpoint_url(self.url, "producer", self.channel, self.ack),
-            endpoint_url(self.consumer_url or self.url, "consumer", self.channel),
+            token_url(
+                endpoint_url(self.url, "producer", self.channel, self.ack),
+                self.token,
+                self.token_in,
+            ),
+            token_url(
+                endpoint_url(self.consumer_url or self.url, "consumer", self.channel),
+                self.token,
+                self.token_in,
+            ),
         )
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Return the extra headers of every handshake (the token, with ``token_in`` header)."""
+        return token_headers(self.token, self.token_in)
 
     def window_ns(self, start_ns: int) -> tuple[int, int, int]:
         """Return ``(end_ns, send_cutoff_ns, drain_deadline_ns)`` for a run starting at start."""
@@ -196,6 +213,7 @@ class LocalRun:
         spec = self.spec
         stats = self.stats
         producer_url, consumer_url = spec.endpoints()
+        headers = spec.headers()
         timeout = spec.connect_timeout_s
         async with trio.open_nursery() as consumers:
             await start_many(
@@ -209,12 +227,18 @@ class LocalRun:
                         self.counter,
                         self.stopper,
                         connect_timeout_s=timeout,
+                        headers=headers,
                     )
                     for _ in range(spec.consumers)
                 ]
                 + [
                     functools.partial(
-                        hold_stalled, consumer_url, stats, self.stopper, connect_timeout_s=timeout
+                        hold_stalled,
+                        consumer_url,
+                        stats,
+                        self.stopper,
+                        connect_timeout_s=timeout,
+                        headers=headers,
                     )
                     for _ in range(spec.stalled_consumers)
                 ],
@@ -228,7 +252,13 @@ class LocalRun:
                         functools.partial(
                             producer_fn,
                             ProducerSlot(
-                                producer_url, stats, lambda: self._go, self._plan_for, i, timeout
+                                producer_url,
+                                stats,
+                                lambda: self._go,
+                                self._plan_for,
+                                i,
+                                timeout,
+                                headers,
                             ),
                         )
                         for i in spec.producers

@@ -8,7 +8,7 @@ them::
       "scenario": "pair",
       "started_at": "2025-01-01T00:00:00+00:00",
       "target": {"url": "ws://127.0.0.1:8000", "channel": null, "server_pid": 1234},
-      "params": {...the scenario's parameters...},
+      "params": {...the scenario's parameters..., "token_in": "header" | "query" | null},
       "summary": {                       # the headline run (for max: the best sustained step)
         "counts": {"offered", "sent", "acks", "delivered", "expected", "errors", "bad_frames",
                    "connected", "failed_connects", "duplicates", "missing"},

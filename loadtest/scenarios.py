@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loadtest.endpoints import Ack
@@ -29,6 +29,7 @@ from loadtest.schedule import (
     rate_steps,
     step_sustained,
 )
+from loadtest.tokens import TokenIn, token_param
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ class Common:
     processes; ``lean`` sends with the batching wsproto client instead of trio-websocket.
     ``drain_s`` is the time after the send window allowed for acks and deliveries.
     ``consumer_url`` (optional) is where consumers connect instead of ``url``: another relay
-    process on the same broker, to measure the cross-process path.
+    process on the same broker, to measure the cross-process path. ``token`` goes on every
+    handshake as ``token_in`` says (:mod:`loadtest.tokens`); it is kept out of ``repr`` and
+    :meth:`params`, which record only ``token_in`` (``None`` without a token).
     """
 
     url: str
@@ -59,11 +62,16 @@ class Common:
     connect_concurrency: int = 64
     sample_interval_s: float = 0.5
     progress: ProgressFn | None = None
+    token: str | None = field(default=None, repr=False)
+    token_in: TokenIn = "header"
 
     def params(self) -> dict[str, Any]:
-        """Return the JSON-ready parameters (everything but the progress callback)."""
+        """Return the JSON-ready parameters: everything but the progress callback and the
+        token, of which only ``token_in`` says how it travelled (``None``: no token)."""
         out = dataclasses.asdict(self)
         out.pop("progress")
+        out.pop("token")
+        out["token_in"] = token_param(self.token, self.token_in)
         return out
 
 
@@ -79,6 +87,8 @@ def _spec(common: Common, **kwargs: Any) -> RoleSpec:
         lean_producers=common.lean,
         connect_timeout_s=common.connect_timeout_s,
         connect_concurrency=common.connect_concurrency,
+        token=common.token,
+        token_in=common.token_in,
         **kwargs,
     )
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import trio
 
 from loadtest.engine import LineChannel, LocalRun, RoleSpec
+from loadtest.tokens import redact_in_logs
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ async def serve_worker(channel: LineChannel) -> None:
     first = await channel.receive()
     if first is None or "spec" not in first:
         raise RuntimeError(f"expected a spec, got {first!r}")
-    run = LocalRun(RoleSpec(**first["spec"]))
+    spec = RoleSpec(**first["spec"])
+    redact_in_logs(spec.token)
+    run = LocalRun(spec)
     async with trio.open_nursery() as nursery:
         await nursery.start(run.run)
         await channel.send({"ready": True})

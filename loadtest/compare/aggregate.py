@@ -5,8 +5,9 @@ A *run* is one job (see :mod:`loadtest.compare.plan`) measured once against one 
 server processes; :func:`extract_metrics` turns its result JSON into flat metrics, and
 :func:`aggregate` turns the repeats of every side into one :class:`Row` per job and metric of
 a :class:`Table`: each side's median and the table's ratios. A table compares some sides:
-triorelay against the baseline, and Redis against memory. Everything here is a pure function
-of its arguments, so it is tested synchronously; :mod:`loadtest.compare.report` renders it.
+triorelay against the baseline, Redis against memory, and tokens on against off. Everything
+here is a pure function of its arguments, so it is tested synchronously;
+:mod:`loadtest.compare.report` renders it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS, REDIS_SIDES, SIDES
+from loadtest.compare.sides import (
+    BASELINE,
+    MEMORY,
+    REDIS,
+    REDIS_2RELAYS,
+    REDIS_SIDES,
+    SIDES,
+    TOKENS,
+)
 from loadtest.monitor import GENERATOR_BOUND_PERCENT
 
 #: Sum of the generator's in-window CPU percents at or above this per core it is pinned to
@@ -184,6 +193,10 @@ REDIS_TABLE: Final = Table(
     "Through Redis vs in memory",
     (MEMORY, *REDIS_SIDES),
     (("redis/memory", REDIS, MEMORY), ("2relays/memory", REDIS_2RELAYS, MEMORY)),
+)
+#: The same relay requiring tokens (every client presenting one) against no key at all.
+TOKENS_TABLE: Final = Table(
+    "Tokens on vs off", (MEMORY, TOKENS), (("tokens/no tokens", TOKENS, MEMORY),)
 )
 
 

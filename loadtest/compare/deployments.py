@@ -6,7 +6,11 @@ whose CPU counts.
 - ``triorelay+redis``: a fresh ``redis-server`` and one relay on it (producers and consumers
   on that relay: every message goes to Redis and back);
 - ``triorelay+redis-2relays``: a fresh ``redis-server`` and two relays on it, producers on the
-  first and consumers on the second (the path users scale out with).
+  first and consumers on the second (the path users scale out with);
+- ``triorelay+tokens``: one relay on the in-memory broker with a fresh random HMAC secret
+  (``auth_hmac_secret``), and a token signed with it (every channel right on every channel)
+  that the generator presents on every handshake. The secret and the token live only in the
+  relay's environment and the generator's command line of that run: never in a report file.
 
 Every server process of a run shares the server CPUs, ``redis-server`` included: it is part of
 the server-side cost, and its CPU time is added to the server's. With ``--redis-url`` the Redis
@@ -16,10 +20,11 @@ so), and each run uses its own key prefix so runs never read each other's stream
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -30,8 +35,8 @@ from loadtest.compare.processes import (
     start_redis,
     start_server,
 )
-from loadtest.compare.relay import env_name, relay_env
-from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS
+from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_secret, relay_env
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
 
 #: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
 #: last).
@@ -108,13 +113,15 @@ class Deployment:
 
     Producers connect to ``url``, consumers to ``consumer_url`` (``None``: ``url`` too).
     ``servers`` are the relays (or the baseline); ``redis`` the ``redis-server`` this run
-    started, if any. :meth:`cpu_seconds` sums all of them.
+    started, if any. :meth:`cpu_seconds` sums all of them. ``token`` (kept out of ``repr``) is
+    what every client must present (the tokens side), else ``None``.
     """
 
     url: str
     consumer_url: str | None
     servers: list[Server]
     redis: Server | None = None
+    token: str | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -140,16 +147,24 @@ def deploy(
     cpus: set[int] | None,
     env: Mapping[str, str] | None,
     redis: RedisSource,
+    token_ttl_s: float = 3600.0,
 ) -> Deployment:
     """Start the server processes of ``side`` pinned to ``cpus``; logs go to ``stem.*.log``.
 
-    ``env`` overrides the relays' environment. Raises ``RuntimeError`` if a process does not
-    start (whatever did start is stopped first) and ``ValueError`` for a Redis side when
-    ``redis`` is not available.
+    ``env`` overrides the relays' environment. The tokens side's token is valid for
+    ``token_ttl_s`` (longer than the run: the relay closes connections at its expiry). Raises
+    ``RuntimeError`` if a process does not start (whatever did start is stopped first) and
+    ``ValueError`` for a Redis side when ``redis`` is not available.
     """
     if side in (MEMORY, BASELINE):
         server = start_server(side, _log(stem, "server"), cpus=cpus, env=env)
         return Deployment(server.url, None, [server])
+    if side == TOKENS:
+        secret = new_hmac_secret()  # fresh per run: no token outlives its run's relay
+        keyed = {**(env or {}), **relay_env(auth_hmac_secret=secret)}
+        server = start_server(MEMORY, _log(stem, "server"), cpus=cpus, env=keyed)
+        token = mint_token(secret, ttl_seconds=token_ttl_s)
+        return Deployment(server.url, None, [server], token=token)
     if side not in RELAYS:
         raise ValueError(f"unknown side {side!r}")
     if not redis.available:
@@ -189,6 +204,12 @@ def describe_side(side: str) -> str:
     """One line for the report: the server processes of ``side`` and where clients connect."""
     if side in SERVER_COMMANDS:
         return f"`python {' '.join(SERVER_COMMANDS[side])}`, every client on it"
+    if side == TOKENS:
+        return (
+            f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with `{env_name('auth_hmac_secret')}` "
+            "a fresh random secret per run; every client presents a token signed with it "
+            f"(`Authorization: Bearer`, granting `{json.dumps(dict(TOKEN_GRANT))}`)"
+        )
     relays = RELAYS[side]  # KeyError: not a side
     broker = f"`{env_name('broker')}=redis://...`"
     if relays == 1:

@@ -14,13 +14,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from loadtest.compare.aggregate import REDIS_TABLE, Table
-from loadtest.compare.relay import relay_env
-from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES
+from loadtest.compare.aggregate import REDIS_TABLE, TOKENS_TABLE, Table
+from loadtest.compare.relay import default, relay_env
+from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES, TOKENS
 
 #: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
 #: scheduling hiccup of the pinned generator does not get a consumer disconnected mid-benchmark.
 TRAFFIC_BUFFER_MESSAGES: Final = 4096
+#: The 1→1 rate the tokens side always runs at (added to the pair rates when missing): the
+#: rate at which verification must cost less than :data:`TOKENS_CPU_BOUND` of server CPU.
+TOKENS_PAIR_RATE: Final = 5000
+#: The bound on server CPU per message with tokens over without (1.05: verification costs less
+#: than 5 % of server CPU per message at :data:`TOKENS_PAIR_RATE`).
+TOKENS_CPU_BOUND: Final = 1.05
+#: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
+#: the limit raised to this many times its rate: room for the burst of a generator catching up
+#: after a scheduling hiccup, without the relay closing the producer with 1008.
+PUBLISH_RATE_HEADROOM: Final = 2
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,16 @@ class Plan:
     redis_max_steps: tuple[int, ...] = ()
     #: Fan-outs the Redis sides run (each must also be one of ``fanouts``).
     redis_fanouts: tuple[tuple[int, int], ...] = ()
+    #: Whether the tokens side runs (``pair`` only, at :attr:`tokens_pair_rates`).
+    tokens: bool = False
+
+    @property
+    def tokens_pair_rates(self) -> tuple[int, ...]:
+        """The 1→1 rates of the tokens side: the pair rates and :data:`TOKENS_PAIR_RATE`
+        (none when the side does not run)."""
+        if not self.tokens or "pair" not in self.scenarios:
+            return ()
+        return tuple(sorted({*self.pair_rates, TOKENS_PAIR_RATE}))
 
 
 FULL: Final = Plan(
@@ -90,7 +110,10 @@ class Job:
     ``argv`` is the scenario's command line for ``python -m loadtest`` (without ``--url``,
     ``--server-pid`` and ``--json-out``, which the runner adds); ``side_argv`` adds per-side
     flags (``--delivery competing`` for the baseline, where semantics differ by design).
-    ``sides`` are the sides this job runs on, in run order.
+    ``sides`` are the sides this job runs on, in run order. ``producer_rate_per_s`` and
+    ``connections`` are the most any run of the job offers per producer and holds at once
+    (every generator connection comes from one client, as the relay counts them): what its
+    relays' limits must allow (:func:`limits_env`).
     """
 
     key: str
@@ -100,6 +123,8 @@ class Job:
     #: Environment overrides for every triorelay server of this job (memory or Redis).
     triorelay_env: Mapping[str, str] = field(default_factory=dict)
     sides: tuple[str, ...] = SIDES
+    producer_rate_per_s: float = 0.0
+    connections: int = 0
 
     def argv_for(self, side: str) -> list[str]:
         """Return the generator's argv for ``side``."""
@@ -126,35 +151,76 @@ def alternation(jobs: Sequence[Job], repeats: int) -> list[Step]:
     ]
 
 
+def limits_env(*, producer_rate_per_s: float, connections: int) -> dict[str, str]:
+    """Return the relay settings a job must raise above triorelay's defaults (usually none).
+
+    The publish rate limit (``publish_rate_messages_per_second``, per producer connection)
+    when the producer offers more than 1/:data:`PUBLISH_RATE_HEADROOM` of it, and the
+    connection limits (``max_connections_per_client``, ``max_connections``) when a run holds
+    more connections than they allow: every generator connection comes from one address
+    (and, on the tokens side, one ``sub``).
+    """
+    values: dict[str, object] = {}
+    if producer_rate_per_s * PUBLISH_RATE_HEADROOM > default("publish_rate_messages_per_second"):
+        values["publish_rate_messages_per_second"] = producer_rate_per_s * PUBLISH_RATE_HEADROOM
+    for setting in ("max_connections_per_client", "max_connections"):
+        if connections > default(setting):
+            values[setting] = connections
+    return relay_env(**values)
+
+
 def build_jobs(plan: Plan) -> list[Job]:
     """Return the jobs of ``plan`` in run order.
 
     ``pair``, ``max`` and ``fanout`` jobs run on the Redis sides of ``plan.redis_sides`` too
     (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
-    in-memory relay and the Redis sides, not on the baseline.
+    in-memory relay and the Redis sides, not on the baseline. With ``plan.tokens``, ``pair``
+    jobs at :attr:`Plan.tokens_pair_rates` run on the tokens side too (a rate only it asks for
+    runs on the in-memory relay beside it). Each job runs one producer (the generator's
+    default); its relays get :func:`limits_env` for its rates and connections.
     """
     run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
+    token_rates = set(plan.tokens_pair_rates)
     # Every side echoes every message to its producer (the baseline always does; triorelay on
     # ?ack=echo), so they do the same work per message.
-    triorelay_sides = (MEMORY, *plan.redis_sides)
+    triorelay_sides = (MEMORY, *([TOKENS] if token_rates else []), *plan.redis_sides)
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
     lean = ("--lean", "--producer-procs", "1")
     redis = plan.redis_sides
 
-    def sides(baseline: bool, on_redis: bool) -> tuple[str, ...]:
-        chosen = {MEMORY, *([BASELINE] if baseline else []), *(redis if on_redis else [])}
+    def sides(baseline: bool, on_redis: bool, tokens: bool = False) -> tuple[str, ...]:
+        chosen = {
+            MEMORY,
+            *([BASELINE] if baseline else []),
+            *(redis if on_redis else []),
+            *([TOKENS] if tokens else []),
+        }
         return tuple(side for side in ALL_SIDES if side in chosen)
+
+    def job(
+        key: str,
+        scenario: str,
+        argv: tuple[str, ...],
+        side_argv: Mapping[str, tuple[str, ...]],
+        env: Mapping[str, str],
+        on: tuple[str, ...],
+        *,
+        rate: float,
+        connections: int,
+    ) -> Job:
+        limits = limits_env(producer_rate_per_s=rate, connections=connections)
+        return Job(key, scenario, argv, side_argv, {**env, **limits}, on, rate, connections)
 
     jobs: list[Job] = []
     argv: tuple[str, ...]
     if "pair" in plan.scenarios:
         redis_rates = set(plan.redis_pair_rates) if redis else set()
-        for rate in sorted(set(plan.pair_rates) | redis_rates):
+        for rate in sorted(set(plan.pair_rates) | redis_rates | token_rates):
             argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s), *lean, *run)
-            on = sides(rate in plan.pair_rates, rate in redis_rates)
-            jobs.append(Job(f"pair@{rate}", "pair", argv, echo, deep, on))
+            on = sides(rate in plan.pair_rates, rate in redis_rates, rate in token_rates)
+            jobs.append(job(f"pair@{rate}", "pair", argv, echo, deep, on, rate=rate, connections=2))
     if "max" in plan.scenarios:
         steps = ",".join(str(s) for s in plan.max_steps)
         argv = ("--steps", steps, "--max-rate", str(max(plan.max_steps)))
@@ -166,22 +232,32 @@ def build_jobs(plan: Plan) -> list[Job]:
             ladder = ",".join(str(s) for s in plan.redis_max_steps)
             own = ("--steps", ladder, "--max-rate", str(max(plan.redis_max_steps)))
             side_argv.update({side: (*echo[side], *own) for side in redis})
-        jobs.append(Job("max", "max", argv, side_argv, deep, sides(True, on_redis)))
+        top = max((*plan.max_steps, *(plan.redis_max_steps if on_redis else ())))
+        on = sides(True, on_redis)
+        jobs.append(job("max", "max", argv, side_argv, deep, on, rate=top, connections=2))
     if "fanout" in plan.scenarios:
         for consumers, rate in plan.fanouts:
             argv = ("--consumers", str(consumers), "--rate", str(rate))
             argv += ("--duration-seconds", str(plan.duration_s), *run)
             on = sides(True, bool(redis) and (consumers, rate) in plan.redis_fanouts)
-            jobs.append(Job(f"fanout 1→{consumers}", "fanout", argv, echo, deep, on))
+            key = f"fanout 1→{consumers}"
+            jobs.append(
+                job(key, "fanout", argv, echo, deep, on, rate=rate, connections=consumers + 1)
+            )
     if "slow" in plan.scenarios:
         argv = ("--consumers", "1", "--stalled", "1", "--payload-bytes", "4096")
         argv += ("--rate", str(plan.slow_rate), "--duration-seconds", str(plan.slow_s))
         argv += ("--sample-interval-seconds", "0.25", *run)
         side = {MEMORY: echo[MEMORY], BASELINE: ("--delivery", "competing")}
-        jobs.append(Job("slow", "slow", argv, side))
+        # A producer, a consumer and a stalled one.
+        jobs.append(job("slow", "slow", argv, side, {}, SIDES, rate=plan.slow_rate, connections=3))
     if "connections" in plan.scenarios:
         argv = ("--connections", str(plan.connections), "--hold-seconds", "1", "--no-progress")
-        jobs.append(Job("connections", "connections", argv))
+        # The idle connections, and the probe that measures a round trip while they are held.
+        held = plan.connections + 1
+        jobs.append(
+            job("connections", "connections", argv, {}, {}, SIDES, rate=0, connections=held)
+        )
     return jobs
 
 
@@ -247,6 +323,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             _ints(args.redis_max_steps) if args.redis_max_steps else base.redis_max_steps
         ),
         redis_fanouts=redis_fanouts,
+        tokens=args.tokens,
     )
 
 
@@ -260,3 +337,8 @@ def redis_table_for(plan: Plan) -> Table:
 def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
     """Return the jobs of ``jobs`` that run on every side of ``table``."""
     return [job for job in jobs if set(table.sides) <= set(job.sides)]
+
+
+def tokens_table_for(plan: Plan) -> Table | None:
+    """The tokens table when ``plan`` runs the tokens side, else ``None``."""
+    return TOKENS_TABLE if plan.tokens_pair_rates else None

@@ -273,20 +273,27 @@ def run_generator(
     """Run ``python -m loadtest ARGV --json-out OUT`` pinned to ``cpus``.
 
     Returns the result object and the generator's CPU seconds (it and its worker processes,
-    from the kernel's accounting of reaped children). Raises ``RuntimeError`` if it fails.
+    from the kernel's accounting of reaped children). Raises ``RuntimeError`` if it fails or
+    outlives ``timeout_s`` (never naming the command line: it may hold a ``--token``).
     """
     before = os.times()
     with log_path.open("w") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "loadtest", *argv, "--json-out", str(out_json)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
-            cwd=REPO_ROOT,
-            preexec_fn=pin_to(cpus),
-            timeout=timeout_s,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "loadtest", *argv, "--json-out", str(out_json)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+                cwd=REPO_ROOT,
+                preexec_fn=pin_to(cpus),
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            # Not re-raised: its message is the whole command line, which may hold a --token.
+            raise RuntimeError(
+                f"generator timed out after {timeout_s:g} s; see {log_path}"
+            ) from None
     after = os.times()
     if proc.returncode != 0:
         tail = log_path.read_text()[-2000:]

@@ -3,18 +3,23 @@ defaults, read from :class:`triorelay.settings.Settings` so the harness and its 
 drift from the relay (I/O-free).
 
 This is the only module of ``loadtest`` that imports ``triorelay``, and it imports nothing but
-the settings: relays run as subprocesses (``python -m triorelay serve``) configured through
-these environment variables. Their environment holds none of the ``TRIORELAY_*`` variables of
-the shell that started ``compare`` (see :func:`loadtest.compare.processes.child_env`), so a
-setting a job does not give is at its default, the value the report names.
+the settings and, for the ``triorelay+tokens`` side, the rights a token can grant and the
+development minter (:func:`mint_token`): relays run as subprocesses (``python -m triorelay
+serve``) configured through these environment variables. Their environment holds none of the
+``TRIORELAY_*`` variables of the shell that started ``compare`` (see
+:func:`loadtest.compare.processes.child_env`), so a setting a job does not give is at its
+default, the value the report names.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 
-from triorelay.settings import Settings
+from triorelay.auth.grants import CHANNEL_RIGHTS
+from triorelay.auth.tokens import mint
+from triorelay.settings import MIN_HMAC_SECRET_BYTES, Settings
 
 #: Prefix of every setting's environment variable (``TRIORELAY_``).
 ENV_PREFIX: Final[str] = Settings.model_config["env_prefix"]
@@ -53,3 +58,20 @@ def default(setting: str) -> Any:
 def effective(setting: str, env: Mapping[str, str]) -> str:
     """Return ``setting`` as a relay started with ``env`` (and nothing else of ours) sees it."""
     return env.get(env_name(setting), str(default(setting)))
+
+
+#: The ``sub`` of the tokens ``compare`` mints (one client: every connection of a run shares it).
+TOKEN_SUBJECT: Final = "loadtest"
+#: What those tokens grant (their ``triorelay`` claim): every channel right on every channel.
+TOKEN_GRANT: Final[Mapping[str, Any]] = {"channels": {"*": sorted(CHANNEL_RIGHTS)}}
+
+
+def new_hmac_secret() -> str:
+    """Return a fresh random HMAC secret of triorelay's minimum size (hex of that many bytes)."""
+    return secrets.token_hex(MIN_HMAC_SECRET_BYTES)
+
+
+def mint_token(secret: str, *, ttl_seconds: float) -> str:
+    """Return a token signed with ``secret`` for :data:`TOKEN_SUBJECT` granting
+    :data:`TOKEN_GRANT`, valid for ``ttl_seconds``."""
+    return mint(secret, TOKEN_SUBJECT, dict(TOKEN_GRANT), ttl_seconds=ttl_seconds)

@@ -14,12 +14,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from loadtest.compare.aggregate import BASELINE_TABLE, REDIS_TABLE, Cell, Row, Run, Table
+from loadtest.compare.aggregate import (
+    BASELINE_TABLE,
+    REDIS_TABLE,
+    TOKENS_TABLE,
+    Cell,
+    Row,
+    Run,
+    Table,
+)
 from loadtest.compare.deployments import RedisSource, describe_side
-from loadtest.compare.plan import Job, Plan, build_jobs
+from loadtest.compare.plan import TOKENS_CPU_BOUND, TOKENS_PAIR_RATE, Job, Plan, build_jobs
 from loadtest.compare.processes import SERVER_COMMANDS
 from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
-from loadtest.compare.sides import BASELINE, MEMORY, REDIS_SIDES, SIDES
+from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES, TOKENS
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS
 
 
@@ -69,6 +77,53 @@ def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
         "fanout": ["delivered_per_s", *traffic, "generator_cpu_percent"],
     }
     return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
+
+
+def tokens_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the tokens table shows for each (``pair``) job."""
+    shown = ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "delivered_ratio"]
+    return [(job.key, [*shown, "generator_cpu_percent"]) for job in jobs if job.scenario == "pair"]
+
+
+def tokens_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes of the tokens table: the bound at :data:`TOKENS_PAIR_RATE`, and where
+    verification happens."""
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario != "pair":
+            continue
+        note = "token verified once per connection, at connect"
+        if job.key == tokens_key():
+            note += f"; bound {_tokens_bound()}"
+        notes[(job.key, "server_cpu_us_per_msg")] = note
+    return notes
+
+
+def tokens_key() -> str:
+    """The job whose CPU ratio the tokens bound applies to (``pair@`` :data:`TOKENS_PAIR_RATE`)."""
+    return f"pair@{TOKENS_PAIR_RATE}"
+
+
+def _tokens_bound() -> str:
+    """``< 1.05x (verification < 5 % of server CPU per message)``, from :data:`TOKENS_CPU_BOUND`."""
+    share = 100 * (TOKENS_CPU_BOUND - 1)
+    return f"< {TOKENS_CPU_BOUND:.2f}x (verification < {share:g} % of server CPU per message)"
+
+
+def tokens_headline(rows: Sequence[Row]) -> str:
+    """One line: the tokens/no tokens CPU ratio at :data:`TOKENS_PAIR_RATE` against the bound."""
+    label = TOKENS_TABLE.ratios[0][0]
+    found = [
+        row.ratios.get(label)
+        for row in rows
+        if row.job_key == tokens_key() and row.metric == "server_cpu_us_per_msg"
+    ]
+    value = found[0] if found else None
+    head = f"server CPU per delivered message, {label}, at {TOKENS_PAIR_RATE} msg/s"
+    if value is None:
+        return f"{head}: not measured; bound {_tokens_bound()}"
+    verdict = "within" if value < TOKENS_CPU_BOUND else "**over**"
+    return f"{head}: **{_format_ratio(value)}**, {verdict} the bound {_tokens_bound()}"
 
 
 def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
@@ -225,10 +280,12 @@ def render_report(
     redis: RedisSource,
     wall_s: float,
     charts: Mapping[str, str] | None = None,
+    tokens_rows: Sequence[Row] = (),
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
-    ``charts`` maps each chart file written beside it to what it shows.
+    ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` are
+    the tokens table's rows (none: the tokens side did not run, and there is no section).
     """
     if pins:
         pin_text = (
@@ -255,16 +312,30 @@ def render_report(
         redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
     else:
         redis_section = ""
+    tokens_section = ""
+    if tokens_rows:
+        tokens_section = (
+            f"## {TOKENS_TABLE.title}\n\n"
+            f"- {tokens_headline(tokens_rows)}\n"
+            f"- `{TOKENS}`: {describe_side(TOKENS)}; `{MEMORY}`: the same relay without a key "
+            "(anonymous clients on loopback); ratios are over it, measured in the same run "
+            "with the sides alternating\n"
+            f"- rates: {', '.join(str(r) for r in plan.tokens_pair_rates)} msg/s 1→1\n\n"
+            f"{render_table(tokens_rows, TOKENS_TABLE)}\n"
+        )
+    planned = {*SIDES, *plan.redis_sides, *([TOKENS] if plan.tokens_pair_rates else [])}
+    order = ", ".join(side for side in ALL_SIDES if side in planned)
     chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
     return (
         "# triorelay vs the asyncio baseline, and through Redis\n\n"
         f"- {plan.repeats} repeat(s), sides alternating within each job "
-        f"({', '.join((*SIDES, *plan.redis_sides))}, where the job runs on them), fresh server "
+        f"({order}, where the job runs on them), fresh server "
         "processes per run; medians over repeats\n"
         f"- {pin_text}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
         f"- {MEMORY}: `python {' '.join(SERVER_COMMANDS[MEMORY])}` (Hypercorn trio worker); "
         f"{BASELINE}: `python {' '.join(SERVER_COMMANDS[BASELINE])}` (FastAPI on uvicorn)\n"
         f"- {_buffers(jobs)}\n"
+        f"- {_limits(jobs)}\n"
         "- server CPU per message = CPU seconds of every server process over the whole run "
         "(connect, send, drain) / delivered messages\n"
         "- ⚠gen: every run of that side was generator-bound, so the figure is the generator's "
@@ -273,23 +344,50 @@ def render_report(
         f"## {BASELINE_TABLE.title}\n\n"
         f"{rows_md}\n"
         f"{redis_section}"
+        f"{tokens_section}"
         + (f"Charts: {chart_text}.\n\n" if chart_text else "")
         + "## Every run\n\n"
         f"{runs_md}"
     )
 
 
-def _buffers(jobs: Sequence[Job]) -> str:
-    """The relays' per-consumer buffer in each scenario of ``jobs``, and where it is the default."""
-    setting = "consumer_buffer_messages"
+def _by_scenario(jobs: Sequence[Job], setting: str, unit: str) -> str:
+    """``setting``'s value on the relays of each scenario of ``jobs``, and where it is the
+    default: ``4096 msgs in pair/max, 256 msgs (the default) in slow``."""
     by_value: dict[str, list[str]] = {}
     for job in jobs:
         scenarios = by_value.setdefault(effective(setting, job.triorelay_env), [])
         if job.scenario not in scenarios:
             scenarios.append(job.scenario)
     default_value = str(default(setting))
-    parts = [
-        f"{value} msgs{' (the default)' if value == default_value else ''} in {'/'.join(names)}"
+    return ", ".join(
+        f"{value}{unit}{' (the default)' if value == default_value else ''} in {'/'.join(names)}"
         for value, names in by_value.items()
-    ]
-    return f"triorelay per-consumer buffer (`{env_name(setting)}`): {', '.join(parts)}"
+    )
+
+
+def _buffers(jobs: Sequence[Job]) -> str:
+    """The relays' per-consumer buffer in each scenario of ``jobs``, and where it is the default."""
+    setting = "consumer_buffer_messages"
+    values = _by_scenario(jobs, setting, " msgs")
+    return f"triorelay per-consumer buffer (`{env_name(setting)}`): {values}"
+
+
+def _limits(jobs: Sequence[Job]) -> str:
+    """The relays' publish rate and connection limits in each scenario of ``jobs``, beside the
+    most the plan needs of them (every generator connection comes from one client)."""
+    rate, per_client, total = (
+        "publish_rate_messages_per_second",
+        "max_connections_per_client",
+        "max_connections",
+    )
+    top_rate = max((job.producer_rate_per_s for job in jobs), default=0)
+    top_connections = max((job.connections for job in jobs), default=0)
+    return (
+        f"triorelay limits (raised where a job needs more): publish rate per producer "
+        f"(`{env_name(rate)}`) {_by_scenario(jobs, rate, ' msg/s')}, highest planned per "
+        f"producer {top_rate:g} msg/s; connections per client (`{env_name(per_client)}`) "
+        f"{_by_scenario(jobs, per_client, '')} and in all (`{env_name(total)}`) "
+        f"{_by_scenario(jobs, total, '')}, most planned at once {top_connections} (all from "
+        "one client)"
+    )

@@ -8,10 +8,12 @@ one process), the baseline with ``python -m loadtest.baseline`` (uvicorn), and t
 generator process. With two or more CPUs every server process (``redis-server`` included) is
 pinned to CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
 
-Sides alternate (triorelay, asyncio, triorelay+redis, triorelay+redis-2relays, triorelay ...)
-for ``--repeats`` rounds; the report (``compare.md``, ``compare.json``, PNG charts, and every
-raw result under ``runs/``) shows medians, triorelay/asyncio and redis/memory ratios (the
-modules that decide each part: see :mod:`loadtest.compare`).
+Sides alternate (triorelay, triorelay+tokens with ``--tokens``, asyncio, triorelay+redis,
+triorelay+redis-2relays, triorelay ...) for ``--repeats`` rounds; the report (``compare.md``,
+``compare.json``, PNG charts, and every raw result under ``runs/``) shows medians,
+triorelay/asyncio, redis/memory and tokens/no tokens ratios (the modules that decide each
+part: see :mod:`loadtest.compare`). The tokens side's secret and token exist only for its run:
+the token reaches the generator on its command line and is in no report file.
 
 This runner is synchronous on purpose: it only starts processes and waits for them, so it
 never competes with the generator for the CPU.
@@ -44,6 +46,7 @@ from loadtest.compare.deployments import RedisSource, deploy, find_redis
 from loadtest.compare.plan import (
     FULL,
     QUICK,
+    TOKENS_PAIR_RATE,
     Plan,
     Step,
     alternation,
@@ -51,8 +54,9 @@ from loadtest.compare.plan import (
     build_plan,
     redis_table_for,
     table_jobs,
+    tokens_table_for,
 )
-from loadtest.compare.processes import REPO_ROOT, pinning, run_generator
+from loadtest.compare.processes import REPO_ROOT, STARTUP_TIMEOUT_S, pinning, run_generator
 from loadtest.compare.report import (
     design_notes,
     job_metrics,
@@ -61,8 +65,10 @@ from loadtest.compare.report import (
     render_report,
     render_runs,
     render_table,
+    tokens_job_metrics,
+    tokens_notes,
 )
-from loadtest.compare.sides import ALL_SIDES, BASELINE, REDIS_SIDES
+from loadtest.compare.sides import ALL_SIDES, BASELINE, REDIS_SIDES, TOKENS
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
@@ -88,19 +94,24 @@ def measure(
     server_cpus, generator_cpus = pins if pins else (None, None)
     stem = workdir / f"{step.repeat + 1}-{step.job.key.replace(' ', '_')}-{step.side}"
     env = step.job.triorelay_env if step.side != BASELINE else None
-    servers = deploy(step.side, stem, cpus=server_cpus, env=env, redis=redis)
+    timeout_s = _timeout_for(plan)
+    # The token outlives the generator's longest run (the relay closes connections at exp).
+    ttl_s = timeout_s + STARTUP_TIMEOUT_S
+    servers = deploy(step.side, stem, cpus=server_cpus, env=env, redis=redis, token_ttl_s=ttl_s)
     try:
         argv = [*step.job.argv_for(step.side), "--url", servers.url]
         if servers.consumer_url is not None:
             argv += ["--consumer-url", servers.consumer_url]
         argv += ["--server-pid", str(servers.pid)]
+        if servers.token is not None:
+            argv += ["--token", servers.token]
         cpu0, redis0 = servers.cpu_seconds()
         result, gen_cpu_s = run_generator(
             argv,
             stem.with_name(f"{stem.name}.json"),
             stem.with_name(f"{stem.name}.generator.log"),
             cpus=generator_cpus,
-            timeout_s=_timeout_for(plan),
+            timeout_s=timeout_s,
         )
         cpu1, redis1 = servers.cpu_seconds()
     finally:
@@ -180,6 +191,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-fanout", default=None, help="CONSUMERSxRATE,... of the Redis sides (in --fanout)"
     )
+    parser.add_argument(
+        "--tokens",
+        action="store_true",
+        help=f"also run {TOKENS} (a relay requiring tokens, every client presenting one) on "
+        f"pair at the pair rates and {TOKENS_PAIR_RATE} msg/s: server CPU per message with "
+        "tokens / without",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -222,6 +240,12 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         redis_jobs = table_jobs(jobs, redis_table)
         notes = redis_notes(redis_jobs, redis_cpu_counted=redis.url is None)
         redis_rows = aggregate(runs, redis_job_metrics(redis_jobs), notes, redis_table)
+    tokens_table = tokens_table_for(plan)
+    tokens_rows: list[Row] = []
+    if tokens_table is not None:
+        tokens_jobs = table_jobs(jobs, tokens_table)
+        metrics = tokens_job_metrics(tokens_jobs)
+        tokens_rows = aggregate(runs, metrics, tokens_notes(tokens_jobs), tokens_table)
     ran = {step.side for step in steps}
     report = {
         "schema": "triorelay-compare/2",
@@ -239,6 +263,10 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
             "source": redis.describe(),
             "rows": [row.to_dict() for row in redis_rows],
         },
+        "tokens": {
+            "status": "measured" if tokens_rows else "not run",
+            "rows": [row.to_dict() for row in tokens_rows],
+        },
         "runs": [run.to_dict() for run in runs],
         "wall_seconds": round(wall_s, 1),
     }
@@ -252,9 +280,10 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         redis=redis,
         wall_s=wall_s,
         charts=PLOT_FILES,
+        tokens_rows=tokens_rows,
     )
     (out / "compare.md").write_text(md)
-    write_plots(out, [*rows, *redis_rows], slow_series(runs, results))
+    write_plots(out, [*rows, *redis_rows, *tokens_rows], slow_series(runs, results))
     return report
 
 

@@ -94,3 +94,29 @@ def baseline_server(tmp_path: Path) -> Iterator[RunningServer]:
         yield RunningServer(url=f"ws://127.0.0.1:{port}", pid=proc.pid)
     finally:
         stop_process(proc)
+
+
+@dataclass(frozen=True)
+class KeyedRelay:
+    """A relay that requires tokens: its base URL, PID, and the HMAC secret that signs them."""
+
+    url: str
+    pid: int
+    secret: str
+
+
+@pytest.fixture
+def keyed_relay(tmp_path: Path) -> Iterator[KeyedRelay]:
+    """A fresh ``python -m triorelay serve`` with a random HMAC secret (tokens required)."""
+    from loadtest.compare.processes import start_server
+    from loadtest.compare.relay import new_hmac_secret, relay_env
+    from loadtest.compare.sides import MEMORY
+
+    secret = new_hmac_secret()
+    server = start_server(
+        MEMORY, tmp_path / "relay.log", cpus=None, env=relay_env(auth_hmac_secret=secret)
+    )
+    try:
+        yield KeyedRelay(url=server.url, pid=server.proc.pid, secret=secret)
+    finally:
+        server.stop()

@@ -19,6 +19,7 @@ from loadtest.compare.plan import (
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
+    DEFAULT_SIDES,
     MEMORY,
     REDIS,
     REDIS_2RELAYS,
@@ -54,11 +55,12 @@ def test_alternation_interleaves_sides_within_each_repeat() -> None:
 
 
 def test_alternation_runs_each_job_on_its_own_sides() -> None:
-    """A job that also runs on Redis puts its Redis sides right after the other two."""
+    """The tokens side runs right after triorelay; Redis sides after the baseline."""
     jobs = [Job("p", "pair", (), sides=ALL_SIDES), Job("s", "slow", ())]
     order = [(s.job.key, s.side) for s in alternation(jobs, 1)]
     assert order == [
         ("p", "triorelay"),
+        ("p", "triorelay+tokens"),
         ("p", "asyncio"),
         ("p", "triorelay+redis"),
         ("p", "triorelay+redis-2relays"),
@@ -106,10 +108,10 @@ def test_full_plan_runs_redis_sides_on_pair_max_and_one_fanout() -> None:
     """Redis-only rates skip the baseline; slow, connections and the big fan-out skip Redis."""
     sides = _sides([])
     assert sides["pair@500"] == (MEMORY, REDIS, REDIS_2RELAYS)
-    assert sides["pair@2000"] == ALL_SIDES
+    assert sides["pair@2000"] == DEFAULT_SIDES
     assert sides["pair@10000"] == (MEMORY, BASELINE)
-    assert sides["max"] == ALL_SIDES
-    assert sides["fanout 1→100"] == ALL_SIDES
+    assert sides["max"] == DEFAULT_SIDES
+    assert sides["fanout 1→100"] == DEFAULT_SIDES
     assert sides["fanout 1→1000"] == (MEMORY, BASELINE)
     assert sides["slow"] == sides["connections"] == (MEMORY, BASELINE)
 
@@ -130,7 +132,7 @@ def test_quick_plan_runs_short_redis_steps() -> None:
     on_redis = {key: s for key, s in sides.items() if REDIS in s or REDIS_2RELAYS in s}
     assert on_redis == {
         "pair@1000": (MEMORY, REDIS, REDIS_2RELAYS),
-        "fanout 1→10": ALL_SIDES,
+        "fanout 1→10": DEFAULT_SIDES,
     }
     assert QUICK.redis_max_steps == ()
 

@@ -9,13 +9,18 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import main
+from loadtest.compare.aggregate import TOKENS_TABLE
+from loadtest.compare.plan import TOKENS_PAIR_RATE
 from loadtest.compare.plots import PLOT_FILES
+from loadtest.compare.relay import TOKEN_SUBJECT
 from loadtest.compare.sides import (
-    ALL_SIDES,
+    BASELINE,
+    DEFAULT_SIDES,
     MEMORY,
     REDIS,
     REDIS_2RELAYS,
     SIDES,
+    TOKENS,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,9 +46,10 @@ def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
     assert code == 0
     report = json.loads((out / "compare.json").read_text())
     assert report["schema"] == "triorelay-compare/2"
-    assert report["sides"] == list(ALL_SIDES)
+    assert report["sides"] == list(DEFAULT_SIDES)
+    assert report["tokens"] == {"status": "not run", "rows": []}
     assert {(r["job"], r["side"]) for r in report["runs"]} == {
-        *(("pair@200", side) for side in ALL_SIDES),
+        *(("pair@200", side) for side in DEFAULT_SIDES),
         *(("slow", side) for side in SIDES),
     }
     for run in report["runs"]:  # every message arrived, whatever the path
@@ -84,3 +90,43 @@ def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
     assert "Redis 6.2" in md
     for name in PLOT_FILES:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_with_tokens_measures_the_ratio_and_writes_no_token(tmp_path: Path) -> None:
+    """--tokens: pair on a relay that requires tokens beside one without, the bound rate added,
+    a tokens/no tokens CPU ratio; the relay saw the token's sub, and no file holds a JWT."""
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--scenarios", "pair",
+            "--pair-rates", "200",
+            "--tokens",
+            "--no-redis",
+            "--duration-seconds", "0.5",
+            "--drain-seconds", "0.5",
+            "--repeats", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["sides"] == [MEMORY, TOKENS, BASELINE]
+    assert report["tokens"]["status"] == "measured"
+    rows = {(r["job"], r["metric"]): r for r in report["tokens"]["rows"]}
+    for rate in (200, TOKENS_PAIR_RATE):
+        cpu = rows[(f"pair@{rate}", "server_cpu_us_per_msg")]
+        assert cpu[TOKENS]["median"] > 0
+        assert cpu["ratios"]["tokens/no tokens"] > 0
+    for run in report["runs"]:
+        assert run["metrics"]["delivered_ratio"] == 1.0, run
+    md = (out / "compare.md").read_text()
+    assert f"## {TOKENS_TABLE.title}" in md
+    assert f"tokens/no tokens, at {TOKENS_PAIR_RATE} msg/s: **" in md
+    result = json.loads((out / "runs" / f"1-pair@200-{TOKENS}.json").read_text())
+    assert result["params"]["token_in"] == "header"
+    access = (out / "runs" / f"1-pair@200-{TOKENS}.server.log").read_text()
+    assert f"sub={TOKEN_SUBJECT}" in access
+    for path in out.rglob("*"):  # every JWT starts with the base64 of '{"': eyJ
+        if path.is_file() and path.suffix in (".json", ".md", ".log"):
+            assert "eyJ" not in path.read_text(), path
