@@ -15,7 +15,7 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from tests.conftest import StartRelay
-from tests.helpers import RunningRelay, closed_with, refused_upgrade, stored_files
+from tests.helpers import RunningRelay, closed_with, refused_upgrade, stored_files, wait_until
 from triorelay.uploads import UploadStore
 
 
@@ -222,3 +222,51 @@ async def test_a_slow_download_is_not_cut_by_the_response_timeout(
     assert trio.current_time() - started > 0.5
     assert hashlib.sha256(received).hexdigest() == hashlib.sha256(data).hexdigest()
     stop.set()
+
+
+async def test_the_upload_quota_closes_1013_and_removes_the_partial_file(
+    start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """Past upload_quota_bytes an upload is closed with 1013 ``upload storage full`` and its
+    partial file removed; once a file is gone again, uploads are taken."""
+    directory = tmp_path / "quota"
+    relay = await start_relay(upload_dir=directory, upload_quota_bytes=3 * 1024 * 1024)
+    mib = os.urandom(1024 * 1024)
+    async with relay.websocket("/ws/upload") as ws:
+        first = await upload(ws, {}, [mib, mib])
+    assert first["bytes"] == 2 * len(mib)
+    async with relay.websocket("/ws/upload") as ws:
+        await ws.send_message("{}")
+        for chunk in (mib, mib):
+            await ws.send_message(chunk)
+        assert await closed_with(ws) == (1013, "upload storage full")
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".part-")] == []
+    assert relay.relay.uploads.bytes_held == 2 * len(mib)
+    for path in stored_files(relay):
+        path.unlink()
+    relay.relay.uploads.sweep(ttl_seconds=3600, stale_seconds=3600)
+    async with relay.websocket("/ws/upload") as ws:
+        assert (await upload(ws, {}, [mib, mib]))["bytes"] == 2 * len(mib)
+
+
+async def test_the_sweep_removes_expired_files_and_stale_parts_on_its_timer(
+    start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """Every upload_sweep_seconds, stored files older than upload_ttl_seconds (with their
+    description) and stale partial files go; recent ones stay."""
+    directory = tmp_path / "ttl"
+    relay = await start_relay(
+        upload_dir=directory, upload_ttl_seconds=60, upload_sweep_seconds=0.05
+    )
+    async with relay.websocket("/ws/upload") as ws:
+        old = (await upload(ws, {}, [b"old"]))["id"]
+        recent = (await upload(ws, {}, [b"recent"]))["id"]
+    part = directory / ".part-dead"
+    part.write_bytes(b"left by a dead relay")
+    long_ago = time.time() - 7200
+    for path in (directory / old, directory / f"{old}.json", part):
+        os.utime(path, (long_ago, long_ago))
+    await wait_until(lambda: not (directory / old).exists() and not part.exists())
+    assert sorted(p.name for p in directory.iterdir()) == [recent, f"{recent}.json"]
+    assert (await relay.http.get(f"/files/{old}")).status_code == 404
+    assert (await relay.http.get(f"/files/{recent}")).content == b"recent"

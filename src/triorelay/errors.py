@@ -26,6 +26,7 @@ Exception tree::
     └── ServiceError               a valid request the relay could not serve; carries the answer
         ├── UpstreamError          HTTP 502 / close 1014: an upstream unreachable or failing
         └── StorageError           HTTP 500 / close 1011: the upload directory failed
+            └── StorageFull        HTTP 507 / close 1013: the upload quota is used up
 
 Local misuse (a bad setting), a bad request (the client's fault) and a failure behind the relay
 (an upstream, the disk) are separate branches, so a handler can turn every
@@ -230,3 +231,10 @@ class UpstreamError(ServiceError):
 
 class StorageError(ServiceError):
     """The upload directory could not take a file (full disk, permissions)."""
+
+
+class StorageFull(StorageError):
+    """The upload directory holds ``upload_quota_bytes``: no new file, no more bytes."""
+
+    status = 507
+    close_code = CloseCode.TRY_AGAIN_LATER

@@ -16,6 +16,7 @@ app's lifetime in the lifespan nursery (:meth:`Relay.run`). It owns:
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 
@@ -41,7 +42,9 @@ class Relay:
         self.hub = Hub(settings, broker_factory(settings))
         self.reaper = CloseReaper(settings.close_timeout_seconds)
         self.liveness = Liveness(settings.ping_interval_seconds, settings.ping_timeout_seconds)
-        self.uploads = UploadStore(settings.upload_dir, settings.max_upload_bytes)
+        self.uploads = UploadStore(
+            settings.upload_dir, settings.max_upload_bytes, settings.upload_quota_bytes
+        )
         #: Who may do what, and how many connections each client may hold.
         self.access = Access(settings)
         self.limits = ConnectionLimits(
@@ -67,12 +70,13 @@ class Relay:
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         log.info("access: %s", self.access.describe())
-        await self._remove_stale_uploads()
+        await self._sweep_uploads()
         async with trio.open_nursery() as nursery:
             supervise = self.supervisor.run
             await nursery.start(supervise, "broker", self.hub.broker.run)
             await nursery.start(supervise, "close reaper", self.reaper.run)
             await nursery.start(supervise, "liveness", self.liveness.run)
+            await nursery.start(supervise, "upload sweep", self._sweep_uploads_forever)
             if self.handle_signals:
                 await nursery.start(watch_signals, self.shutdown)
             event = hypercorn_compat.cli_shutdown_event()
@@ -80,15 +84,32 @@ class Relay:
                 nursery.start_soon(watch_supervisor, self.shutdown, event)
             task_status.started()
 
-    async def _remove_stale_uploads(self) -> None:
-        """Remove the partial uploads a relay that died left behind (before serving)."""
-        age = self.settings.stale_upload_seconds
+    async def _sweep_uploads_forever(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.settings.upload_sweep_seconds)
+            await self._sweep_uploads()
+
+    async def _sweep_uploads(self) -> None:
+        """Remove expired stored files and the partial uploads a relay that died left behind,
+        and recount the directory (the first time before serving)."""
+        settings = self.settings
+        sweep = partial(
+            self.uploads.sweep,
+            ttl_seconds=settings.upload_ttl_seconds,
+            stale_seconds=settings.stale_upload_seconds,
+        )
         try:
-            removed = await trio.to_thread.run_sync(self.uploads.remove_stale, age)
+            swept = await trio.to_thread.run_sync(sweep)
         except OSError as error:
-            log.warning(
-                "could not clean up partial uploads in %s: %s", self.uploads.directory, error
-            )
+            log.warning("could not sweep the uploads in %s: %s", self.uploads.directory, error)
             return
-        if removed:
-            log.info("removed %d partial uploads older than %.0f s", removed, age)
+        if swept.expired or swept.stale:
+            log.info(
+                "removed %d expired uploads and %d partial uploads older than %.0f s",
+                swept.expired,
+                swept.stale,
+                settings.stale_upload_seconds,
+            )

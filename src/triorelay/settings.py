@@ -84,6 +84,7 @@ class ChannelConfig(BaseModel):
     consumer_buffer_messages: int
     consumer_buffer_bytes: int
     queue_buffer_messages: int
+    block_timeout_seconds: float = 30.0
 
 
 class Settings(BaseSettings):
@@ -104,8 +105,15 @@ class Settings(BaseSettings):
     #: high enough that small messages never reach it before the bytes do.
     consumer_buffer_messages: PositiveInt = 16_384
     consumer_buffer_bytes: PositiveInt = 1024 * 1024
+    #: Policy ``block``: a consumer that keeps a publish waiting this long for room is closed
+    #: with 1013 (the message then goes on to the others), so one stalled consumer cannot
+    #: freeze its channel.
+    block_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     #: Queue-mode channels: messages waiting for a consumer, before producers are backpressured.
     queue_buffer_messages: PositiveInt = 1024
+    #: Memory broker: bytes queued in every queue channel together; past it publishing to a
+    #: queue waits, as with a full queue.
+    max_queued_bytes: PositiveInt = 256 * 1024 * 1024
     #: Largest message accepted, over WebSocket or HTTP. Text counts its UTF-8 bytes.
     max_message_bytes: PositiveInt = 1024 * 1024
     #: Accept permessage-deflate when a client offers it. Off by default: Hypercorn inflates a
@@ -132,9 +140,16 @@ class Settings(BaseSettings):
     #: Largest upload (``/ws`` file flow, ``/ws/upload``); past it the partial file is removed
     #: and the connection closed with 1009.
     max_upload_bytes: PositiveInt = 1024 * 1024 * 1024
-    #: At start, partial uploads not written to for this long are removed (a relay died
+    #: Partial uploads not written to for this long are removed by the sweep (a relay died
     #: mid-upload); more recent ones may belong to another relay sharing the directory.
     stale_upload_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    #: Most bytes the upload directory holds (stored files and uploads in progress); past
+    #: it an upload is closed with 1013 ``upload storage full`` and its partial file removed.
+    upload_quota_bytes: PositiveInt = 10 * 1024**3
+    #: Stored files are removed this long after they were uploaded.
+    upload_ttl_seconds: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    #: How often the sweep removes expired and stale files, and recounts the directory.
+    upload_sweep_seconds: Annotated[float, Field(gt=0)] = 60.0
     #: An HTTP publish waiting for room (a full queue, a ``block`` channel) longer than this
     #: is answered 503, and nothing is published.
     publish_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -225,6 +240,11 @@ class Settings(BaseSettings):
                 f"consumer_buffer_bytes ({smallest}) must be at least max_message_bytes "
                 f"({self.max_message_bytes}), or a largest message could never be delivered"
             )
+        if self.max_queued_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"max_queued_bytes ({self.max_queued_bytes}) must be at least max_message_bytes "
+                f"({self.max_message_bytes})"
+            )
         if self.close_timeout_seconds >= self.graceful_timeout_seconds:
             raise ValueError(
                 f"close_timeout_seconds ({self.close_timeout_seconds}) must be below "
@@ -305,6 +325,7 @@ class Settings(BaseSettings):
             consumer_buffer_messages=rule.consumer_buffer_messages or self.consumer_buffer_messages,
             consumer_buffer_bytes=rule.consumer_buffer_bytes or self.consumer_buffer_bytes,
             queue_buffer_messages=rule.queue_buffer_messages or self.queue_buffer_messages,
+            block_timeout_seconds=self.block_timeout_seconds,
         )
 
 

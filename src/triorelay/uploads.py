@@ -9,9 +9,15 @@ file is visible under its id only once complete, and always with its description
 mismatch, shutdown) removes the temporary file.
 
 Ids are 32 lowercase hex digits made by the server; :meth:`UploadStore.path_of` accepts
-nothing else, so no client-supplied string ever becomes a path. Temporary files a dead relay
-left behind are removed when a relay starts, once ``stale_upload_seconds`` old
-(:meth:`UploadStore.remove_stale`).
+nothing else, so no client-supplied string ever becomes a path.
+
+The directory is bounded: all it holds together (stored files and uploads in progress) stays
+under ``upload_quota_bytes``, checked before a file is created and as each chunk arrives (past
+it: :class:`~triorelay.errors.StorageFull`, close 1013 ``upload storage full``, the partial
+file removed). :meth:`UploadStore.sweep`, every ``upload_sweep_seconds``, removes stored files
+older than ``upload_ttl_seconds`` and temporary files a dead relay left behind
+(``stale_upload_seconds``), and recounts what the directory holds, so relays sharing it agree
+with the disk again after each sweep.
 
 Files are not fsynced: a completed upload is visible atomically, but a power loss may lose it.
 """
@@ -32,7 +38,7 @@ from typing import IO
 
 import trio
 
-from triorelay.errors import StorageError, UploadMismatch, UploadTooBig
+from triorelay.errors import StorageError, StorageFull, UploadMismatch, UploadTooBig
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +56,67 @@ class StoredFile:
     filename: str | None = None
 
 
-class UploadStore:
-    """Where uploads go: ``directory`` (created when first needed), at most ``max_bytes`` each."""
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What one :meth:`UploadStore.sweep` did."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    expired: int
+    stale: int
+    bytes_held: int
+
+
+class UploadStore:
+    """Where uploads go: ``directory`` (created when first needed), at most ``max_bytes`` each,
+    at most ``quota_bytes`` in all."""
+
+    def __init__(self, directory: Path, max_bytes: int, quota_bytes: int | None = None) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.quota_bytes = quota_bytes if quota_bytes is not None else 2**63
+        #: What the directory holds, as this relay counts it (recounted by each sweep).
+        self.bytes_held = 0
 
-    def remove_stale(self, older_than_seconds: float) -> int:
-        """Remove temporary files nothing has written for ``older_than_seconds``: left by a
-        relay that died mid-upload. Several relays may share the directory, so a file still
-        being written (recently) is left alone. Returns how many were removed. Blocking: run
-        it in a thread."""
+    def reserve(self, size: int) -> None:
+        """Count ``size`` more bytes against the quota; raise StorageFull past it."""
+        if self.bytes_held + size > self.quota_bytes:
+            raise StorageFull("upload storage full")
+        self.bytes_held += size
+
+    def release(self, size: int) -> None:
+        """``size`` bytes left the directory."""
+        self.bytes_held = max(0, self.bytes_held - size)
+
+    def sweep(self, *, ttl_seconds: float, stale_seconds: float) -> Sweep:
+        """Remove stored files older than ``ttl_seconds`` and temporary files nothing has
+        written for ``stale_seconds`` (left by a relay that died mid-upload: several relays
+        may share the directory, so a file still being written is left alone); then recount
+        what the directory holds. Blocking: run it in a thread."""
         if not self.directory.is_dir():
-            return 0
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        for path in self.directory.glob(_PART_PREFIX + "*"):
+            self.bytes_held = 0
+            return Sweep(0, 0, 0)
+        now = time.time()
+        expired = stale = held = 0
+        for path in self.directory.iterdir():
+            name = path.name
             try:
-                if path.stat().st_mtime < cutoff:
+                stat = path.stat()
+                if name.startswith(_PART_PREFIX):
+                    if stat.st_mtime < now - stale_seconds:
+                        path.unlink()
+                        stale += 1
+                        continue
+                elif _FILE_ID.fullmatch(name) and stat.st_mtime < now - ttl_seconds:
+                    path.with_suffix(".json").unlink(missing_ok=True)
                     path.unlink()
-                    removed += 1
+                    expired += 1
+                    continue
+                elif name.endswith(".json") and not path.with_suffix("").exists():
+                    continue  # a description whose file is gone (being committed or removed)
+                held += stat.st_size
             except FileNotFoundError:
                 pass  # another relay removed or committed it meanwhile
-        return removed
+        self.bytes_held = held
+        return Sweep(expired, stale, held)
 
     def upload(self, filename: str | None = None) -> Upload:
         """A new upload, for ``async with``: it creates its temporary file on entry."""
@@ -127,6 +170,8 @@ class Upload:
         self._done = False
 
     async def __aenter__(self) -> Upload:
+        if self.store.bytes_held >= self.store.quota_bytes:
+            raise StorageFull("upload storage full")  # a full store takes no new file
         try:
             self._file = await trio.to_thread.run_sync(_create, self._part)
         except OSError as error:
@@ -147,12 +192,14 @@ class Upload:
         """Append ``chunk``. Raises :class:`UploadTooBig` past the limit (nothing written)."""
         if self.bytes + len(chunk) > self.store.max_bytes:
             raise UploadTooBig(f"upload over the limit of {self.store.max_bytes} bytes")
+        self.store.reserve(len(chunk))  # StorageFull past the quota: the part is discarded
         file = self._file
         assert file is not None, "write() outside the async with block"
         try:
             # One thread hop writes and hashes (hashlib releases the GIL on big chunks).
             await trio.to_thread.run_sync(_write, file, self._hash, chunk)
         except OSError as error:
+            self.store.release(len(chunk))
             log.error("cannot write an upload in %s: %s", self.store.directory, error)
             raise StorageError("the upload could not be stored") from None
         self.bytes += len(chunk)
@@ -182,6 +229,8 @@ class Upload:
 
         Shielded, and bounded by one local close and unlink.
         """
+        if not self._done:
+            self.store.release(self.bytes)
         self._done = True
         file, self._file = self._file, None
         with trio.CancelScope(shield=True):

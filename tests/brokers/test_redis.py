@@ -630,3 +630,56 @@ async def test_a_malformed_stream_entry_is_skipped_counted_and_reading_goes_on(
             assert await consumer.get_message() == "after"
         assert broker_of(relay).statistics()["malformed_entries"] == 2
         assert relay.relay.supervisor.tasks["broker"].restarts == 0
+
+
+async def test_a_publish_during_a_short_outage_waits_for_redis_and_succeeds(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Redis down for less than broker_timeout_seconds: the producer's publish waits for the
+    reconnection and is acknowledged; the producer is not closed."""
+    server = await start_relay(broker=redis_server.url, broker_timeout_seconds=8)
+    broker = broker_of(server)
+    async with (
+        server.websocket("/ws/consumer/brief?notices=true") as consumer,
+        server.websocket("/ws/producer/brief?ack=id") as producer,
+    ):
+        await producer.send_message("before")
+        assert json.loads(await producer.get_message()) == {"id": 1}
+        assert await consumer.get_message() == "before"
+        await redis_server.kill()
+        with trio.fail_after(10):
+            await broker.wait_ready(False)
+        await producer.send_message("during")
+        await redis_server.start()  # empty: its sequence starts again
+        with trio.fail_after(10):
+            ack = json.loads(await producer.get_message())
+        assert ack == {"id": 1}
+        assert not producer.closed
+        with trio.fail_after(10):
+            got = [await consumer.get_message() for _ in range(2)]
+        assert json.loads(got[0])["triorelay"] == "gap"
+        assert got[1] == "during"
+
+
+async def test_a_client_that_wants_redis_cuts_the_reconnection_backoff_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """want_ready() ends the wait for the next connection attempt at once, but never sooner
+    than RETRY_MIN_SECONDS after the last one."""
+    from triorelay.brokers.redis.connection import RETRY_MIN_SECONDS, RedisConnection
+
+    connection = RedisConnection(make_settings(broker="redis://127.0.0.1:1/0"))
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        done = trio.Event()
+
+        async def wait() -> None:
+            await connection._until_next_attempt(30)
+            done.set()
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        connection.want_ready()
+        with trio.fail_after(1):
+            await done.wait()
+        assert trio.current_time() - started == pytest.approx(RETRY_MIN_SECONDS)

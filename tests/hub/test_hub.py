@@ -805,3 +805,71 @@ async def test_waiting_for_room_then_publishing_never_waits(
             assert await worker.receive() == "job"
             with trio.fail_after(1):
                 await hub.wait_for_room("jobs.q", 3)
+
+
+async def test_queued_bytes_are_bounded_across_every_queue_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """max_queued_bytes bounds what all queue channels hold together: past it a publish to
+    any of them waits, and goes through once a consumer takes a message."""
+    hub = make_hub(channels=QUEUE_RULES, max_queued_bytes=10, max_message_bytes=10)
+    with hub.attach_producer("jobs.a") as on_a, hub.attach_producer("jobs.b") as on_b:
+        await on_a.publish("aaaaaa")  # 6 bytes
+        await on_b.publish("bbbb")  # 10 in all
+        with trio.move_on_after(5) as waited:
+            await on_b.publish("c")
+        assert waited.cancelled_caught
+        assert hub.queue_budget.bytes == 10
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(on_b.publish, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            with hub.attach_consumer("jobs.a") as worker:
+                assert await worker.receive() == "aaaaaa"
+        assert hub.queue_budget.bytes == 5
+        stats = hub.channel_statistics("jobs.b")
+        assert stats is not None
+        assert stats.buffered == 2
+
+
+async def test_a_cancelled_publish_leaves_no_trace_in_counters_or_sequence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A publish given up while a full queue holds it counts nothing and takes no number."""
+    hub = make_hub(channels={"jobs.*": {"mode": "queue", "queue_buffer_messages": 1}})
+    with hub.attach_producer("jobs.c") as producer:
+        assert await producer.publish("one") == 1
+        with trio.move_on_after(5):
+            await producer.publish("two")
+        stats = hub.channel_statistics("jobs.c")
+        assert stats is not None
+        assert (stats.messages_in, stats.buffered) == (1, 1)
+        with hub.attach_consumer("jobs.c") as worker:
+            assert await worker.receive() == "one"
+            assert await producer.publish("three") == 2
+
+
+async def test_block_policy_closes_a_consumer_that_keeps_a_publish_waiting_too_long(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Under ``block``, a consumer still full after block_timeout_seconds is closed with 1013
+    (counted); the publish then completes, and the other consumers have the message."""
+    hub = make_hub(
+        slow_consumer_policy="block", consumer_buffer_messages=1, block_timeout_seconds=3
+    )
+    with (
+        hub.attach_consumer("stall") as stalled,
+        hub.attach_consumer("stall") as reader,
+        hub.attach_producer("stall") as producer,
+    ):
+        await producer.publish("first")
+        assert reader.receive_nowait() == "first"
+        started = trio.current_time()
+        with trio.fail_after(10):
+            await producer.publish("second")
+        assert trio.current_time() - started == pytest.approx(3)
+        assert stalled.close_code == CloseCode.TRY_AGAIN_LATER
+        assert "kept a publish waiting 3 s" in stalled.close_reason
+        assert reader.receive_nowait() == "second"
+        stats = hub.channel_statistics("stall")
+        assert stats is not None
+        assert (stats.disconnected_slow, stats.consumers) == (1, 1)

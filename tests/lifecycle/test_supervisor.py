@@ -83,7 +83,12 @@ async def test_healthz_answers_503_while_a_relay_task_is_down(start_relay: Start
     """/healthz is 503 while a supervised task restarts; admin callers see the task's state."""
     relay = await start_relay()
     assert (await relay.http.get("/healthz")).status_code == 200
-    assert set(relay.relay.supervisor.tasks) == {"broker", "close reaper", "liveness"}
+    assert set(relay.relay.supervisor.tasks) == {
+        "broker",
+        "close reaper",
+        "liveness",
+        "upload sweep",
+    }
     down = TaskState(running=False, restarts=1, last_error="x", down=True)
     relay.relay.supervisor.tasks["liveness"] = down
     answer = await relay.http.get("/healthz")

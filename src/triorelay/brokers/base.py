@@ -139,6 +139,11 @@ class Broker(Protocol):
         """False while the broker cannot accept messages (for ``/healthz``)."""
         ...
 
+    def want_ready(self) -> None:
+        """A client was refused because the broker is not ready: reconnect without waiting
+        out a backoff (so the next client is not refused for long after it is back)."""
+        ...
+
     def statistics(self) -> dict[str, Any]:
         """The broker's counters, for ``/healthz``."""
         ...

@@ -30,10 +30,10 @@ class MemoryBroker:
         deliver = self._deliver
         last_seq = self._last_seq
         for payload in payloads:
-            # Numbered before delivery, in the order publishes start: a delivery that waits
-            # (``block``, a full queue) may already have reached some consumers.
-            seq = last_seq[name] = last_seq.get(name, 0) + 1
+            # Numbered once delivered, in the order deliveries complete: a publish cancelled
+            # while it waits (``block``, a full queue) takes no number, so none is skipped.
             await deliver(name, payload)
+            seq = last_seq[name] = last_seq.get(name, 0) + 1
             published.append(seq)
 
     def queue(self, name: str) -> None:
@@ -58,6 +58,9 @@ class MemoryBroker:
     @property
     def ready(self) -> bool:
         return True
+
+    def want_ready(self) -> None:
+        """Always ready."""
 
     def statistics(self) -> dict[str, Any]:
         return {"kind": "memory", "ready": True}

@@ -199,18 +199,51 @@ class ConsumerBuffer(_MemoryInbox):
             self._room.unpark_all()
 
 
-class LocalQueue:
-    """A queue channel's shared buffer of ``max_messages`` (memory broker).
+class QueueBudget:
+    """The bytes every local queue of a relay holds together, at most ``max_bytes``.
 
-    :meth:`put` waits while it is full: backpressure on the publisher. Every consumer reads it
-    through its own :class:`QueueReader`, so each message goes to the one that has waited
-    longest (trio's memory channels serve receivers in order).
+    Without it, queue channels with a backlog (they never go away while they hold messages)
+    could each hold ``queue_buffer_messages * max_message_bytes``, and enough of them would
+    take the relay's memory and its ``max_channels`` for everyone. A message larger than what
+    is left waits, like a full queue; one always fits when nothing is queued.
     """
 
-    def __init__(self, max_messages: int, occupancy: Occupancy) -> None:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._room = trio.lowlevel.ParkingLot()
+
+    def fits(self, size: int) -> bool:
+        return self.bytes + size <= self.max_bytes or not self.bytes
+
+    async def wait_for(self, size: int) -> None:
+        """Return once ``size`` more bytes fit."""
+        while not self.fits(size):
+            await self._room.park()
+
+    def add(self, size: int) -> None:
+        self.bytes += size
+
+    def remove(self, size: int) -> None:
+        self.bytes -= size
+        if self._room:
+            self._room.unpark_all()
+
+
+class LocalQueue:
+    """A queue channel's shared buffer of ``max_messages`` (memory broker), its bytes counted
+    against the relay's :class:`QueueBudget`.
+
+    :meth:`put` waits while it is full, or the budget is: backpressure on the publisher. Every
+    consumer reads it through its own :class:`QueueReader`, so each message goes to the one
+    that has waited longest (trio's memory channels serve receivers in order).
+    """
+
+    def __init__(self, max_messages: int, occupancy: Occupancy, budget: QueueBudget) -> None:
         self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
         self._max_messages = max_messages
         self._occupancy = occupancy
+        self.budget = budget
         # Where a publisher that must not wait inside a publish waits for room first.
         self._room: trio.lowlevel.ParkingLot | None = None
 
@@ -218,35 +251,44 @@ class LocalQueue:
     def full(self) -> bool:
         return self._send.statistics().current_buffer_used >= self._max_messages
 
-    async def wait_for_room(self) -> None:
-        """Return once a message would be queued without waiting."""
-        while self.full:
+    async def wait_for_room(self, size: int) -> None:
+        """Return once a message of ``size`` would be queued without waiting."""
+        while True:
+            await self.budget.wait_for(size)
+            if not self.full:
+                return
             if self._room is None:
                 self._room = trio.lowlevel.ParkingLot()
             await self._room.park()
 
-    def taken(self) -> None:
-        """A reader took a message: wake whoever waits for room."""
+    def taken(self, payload: Payload) -> None:
+        """A reader took ``payload``: give its bytes back; wake whoever waits for room."""
+        self.budget.remove(size_of(payload))
         if self._room:
             self._room.unpark_all()
 
     async def put(self, payload: Payload) -> None:
         """Queue ``payload``, waiting for room; :class:`trio.ClosedResourceError` once closed."""
+        size = size_of(payload)
+        await self.budget.wait_for(size)
         # Count first: a waiting consumer may take the message before send() returns.
         self._occupancy.add()
+        self.budget.add(size)
         try:
             await self._send.send(payload)
         except BaseException:
             self._occupancy.remove()
+            self.budget.remove(size)
             raise
 
     def put_back(self, payload: Payload) -> bool:
-        """Queue ``payload`` again if there is room at once."""
+        """Queue ``payload`` again if there is room at once (its bytes were counted before)."""
         try:
             self._send.send_nowait(payload)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
         self._occupancy.add()
+        self.budget.add(size_of(payload))
         return True
 
     def reader(self) -> QueueReader:
@@ -275,7 +317,7 @@ class QueueReader(_MemoryInbox):
 
     def _taken(self, payload: Payload) -> None:
         self._occupancy.remove()
-        self._queue.taken()
+        self._queue.taken(payload)
 
     def requeue(self, payload: Payload) -> bool:
         return self._queue.put_back(payload)

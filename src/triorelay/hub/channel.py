@@ -17,10 +17,18 @@ Delivery, per channel mode:
 
 from __future__ import annotations
 
+import trio
+
 from triorelay.brokers.base import Broker
 from triorelay.envelopes import Payload, gap_notice, size_of
 from triorelay.errors import CloseCode
-from triorelay.hub.buffers import ConsumerBuffer, LocalQueue, Occupancy, SourceReader
+from triorelay.hub.buffers import (
+    ConsumerBuffer,
+    LocalQueue,
+    Occupancy,
+    QueueBudget,
+    SourceReader,
+)
 from triorelay.hub.connections import Consumer, Producer, next_connection_id
 from triorelay.hub.statistics import ChannelCounters, ChannelStatistics
 from triorelay.settings import ChannelConfig
@@ -34,7 +42,9 @@ class Channel:
     channel when it holds queues itself.
     """
 
-    def __init__(self, name: str, config: ChannelConfig, broker: Broker) -> None:
+    def __init__(
+        self, name: str, config: ChannelConfig, broker: Broker, queue_budget: QueueBudget
+    ) -> None:
         self.name = name
         self.config = config
         self._broker = broker
@@ -50,7 +60,7 @@ class Channel:
         self._source = broker.queue(name) if config.mode == "queue" else None
         self._queue: LocalQueue | None = None
         if config.mode == "queue" and self._source is None:
-            self._queue = LocalQueue(config.queue_buffer_messages, self.occupancy)
+            self._queue = LocalQueue(config.queue_buffer_messages, self.occupancy, queue_budget)
 
     @property
     def consumers(self) -> tuple[Consumer, ...]:
@@ -107,7 +117,7 @@ class Channel:
         """Return once a message of ``size`` would be delivered without waiting (``block``,
         local queue), so that a publish given up while waiting leaves nothing behind."""
         if self._queue is not None:
-            await self._queue.wait_for_room()
+            await self._queue.wait_for_room(size)
         elif self._policy == "block":
             while True:
                 full = next(
@@ -154,33 +164,44 @@ class Channel:
 
     async def _deliver_blocking(self, payload: Payload, size: int) -> None:
         # Offer to everyone first, so a full consumer does not hold the message back from the
-        # consumers after it; then wait for room in each one that was full.
-        full: list[ConsumerBuffer] = []
+        # consumers after it; then wait for room in each one that was full, until the
+        # message's deadline: past it, a consumer still full is closed (block_timeout_seconds).
+        full: list[Consumer] = []
         for consumer in self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
             if not buffer.offer(payload, size):
-                full.append(buffer)
-        for buffer in full:
-            # A consumer that leaves while we wait has its buffer closed: skip it.
-            while not buffer.closed and not buffer.offer(payload, size):
-                await buffer.wait_for_room()
+                full.append(consumer)
+        if not full:
+            return
+        timeout = self.config.block_timeout_seconds
+        deadline = trio.current_time() + timeout
+        for consumer in full:
+            buffer = consumer.buffer
+            assert buffer is not None
+            with trio.move_on_at(deadline):
+                # A consumer that leaves while we wait has its buffer closed: skip it.
+                while not buffer.closed and not buffer.offer(payload, size):
+                    await buffer.wait_for_room()
+                continue
+            if not buffer.closed:
+                self._evict(consumer, f"consumer too slow: kept a publish waiting {timeout:g} s")
 
     def _count_drop(self, consumer: Consumer, count: int) -> None:
         consumer.count_dropped(count)
         self.counters.dropped += count
 
-    def _evict(self, consumer: Consumer) -> None:
+    def _evict(self, consumer: Consumer, reason: str | None = None) -> None:
         self.counters.disconnected_slow += 1
         buffered, buffered_bytes = consumer.buffered, consumer.buffered_bytes
         self.detach_consumer(consumer)
         # What it still held is lost to it, and so is the message that did not fit: count
         # them, so no loss is silent.
         self._count_drop(consumer, buffered + 1)
-        consumer.close(
-            CloseCode.TRY_AGAIN_LATER,
-            f"consumer too slow: its buffer was full ({buffered} messages, {buffered_bytes} bytes)",
-        )
+        if reason is None:
+            held = f"{buffered} messages, {buffered_bytes} bytes"
+            reason = f"consumer too slow: its buffer was full ({held})"
+        consumer.close(CloseCode.TRY_AGAIN_LATER, reason)
 
     def report_gap(self, count: int | None, reason: str) -> None:
         """The broker may have lost messages on their way here: tell every consumer.

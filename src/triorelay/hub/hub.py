@@ -28,6 +28,7 @@ from triorelay.brokers.base import BrokerFactory, Gap
 from triorelay.brokers.memory import MemoryBroker
 from triorelay.envelopes import Payload
 from triorelay.errors import CloseCode, InvalidChannelName, ShuttingDown, TooManyChannels
+from triorelay.hub.buffers import QueueBudget
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer
 from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics
@@ -56,6 +57,8 @@ class Hub:
         self.settings = settings
         self.broker = (broker if broker is not None else MemoryBroker)(self.deliver)
         self._channels: dict[str, Channel] = {}
+        #: What every local queue holds together (memory broker), at most max_queued_bytes.
+        self.queue_budget = QueueBudget(settings.max_queued_bytes)
         self._connections: set[Connection] = set()
         self.closing = False
 
@@ -72,7 +75,8 @@ class Hub:
                 raise TooManyChannels(
                     f"the relay holds its maximum of {self.settings.max_channels} channels"
                 )
-            channel = Channel(name, self.settings.channel_config(name), self.broker)
+            config = self.settings.channel_config(name)
+            channel = Channel(name, config, self.broker, self.queue_budget)
             self._channels[name] = channel
         return channel
 

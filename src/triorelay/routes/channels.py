@@ -49,6 +49,7 @@ async def produce(request: Request) -> None:
     validate_channel_name(channel)
     ack: AckMode = query_value(request.query, "ack", ("echo", "id", "none"))  # type: ignore[assignment]
     if not relay.hub.broker.ready:
+        relay.hub.broker.want_ready()
         raise BrokerUnavailable("the broker is unavailable: try again later")
     async with open_session(request, relay.hub.attach_producer(channel)) as session:
         producer = session.connection

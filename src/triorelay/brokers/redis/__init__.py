@@ -72,11 +72,13 @@ class RedisBroker:
         """Broadcast: append all of ``payloads`` to the channel's stream in one script call
         (one round trip); queue mode: one at a time (each may wait for room).
 
-        Raises :class:`BrokerUnavailable` at once while Redis is known to be down, or when
-        Redis does not confirm within ``broker_timeout_seconds``: then the messages may or may
-        not have been stored, and the producer is told they were not acknowledged.
+        While Redis is down this waits for the reconnection, at most
+        ``broker_timeout_seconds``: a short outage delays a publish, it does not fail it.
+        Raises :class:`BrokerUnavailable` past that, or when Redis does not confirm within
+        ``broker_timeout_seconds``: then the messages may or may not have been stored, and
+        the producer is told they were not acknowledged.
         """
-        if not self.connection.ready:
+        if not await self.connection.until_ready():
             raise BrokerUnavailable("the broker is unavailable: message not published")
         encoded = [_encoded(payload) for payload in payloads]
         if mode == "queue":
@@ -116,6 +118,10 @@ class RedisBroker:
     @property
     def ready(self) -> bool:
         return self.connection.ready
+
+    def want_ready(self) -> None:
+        """A client was refused because Redis is down: try to reconnect now."""
+        self.connection.want_ready()
 
     async def wait_ready(self, ready: bool = True) -> None:
         """Wait until :attr:`ready` is ``ready`` (connected, or known to be disconnected)."""

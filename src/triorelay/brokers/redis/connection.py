@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Shortest time between two connection attempts, however many clients want Redis.
+RETRY_MIN_SECONDS = 0.05
+
 #: What a lost or refused Redis connection raises (coredis, trio's deadlines, the OS).
 REDIS_ERRORS = (coredis.exceptions.RedisError, TimeoutError, trio.TooSlowError, OSError)
 
@@ -93,6 +96,7 @@ class RedisConnection:
         self._run_id: str | None = None
         self._ready = False
         self._ready_changed = trio.Event()
+        self._wanted = trio.Event()
         self.reconnects = 0
         self.last_error: str | None = None
 
@@ -172,11 +176,33 @@ class RedisConnection:
                 if not started:
                     started = True
                     task_status.started()
-                await trio.sleep(self._backoff.next())
+                await self._until_next_attempt(self._backoff.next())
         finally:
             # Not deleting the wake stream: it expires by itself, and a command sent while
             # the client is being torn down leaks one of coredis's connections.
             self._set_ready(False)
+
+    async def _until_next_attempt(self, delay: float) -> None:
+        """Wait ``delay``, or less once a client wants Redis (:meth:`want_ready`), but never
+        less than ``RETRY_MIN_SECONDS`` between two attempts."""
+        with trio.move_on_after(delay):
+            await trio.sleep(min(delay, RETRY_MIN_SECONDS))
+            await self._wanted.wait()
+        self._wanted = trio.Event()
+
+    def want_ready(self) -> None:
+        """A client needs Redis now: try to reconnect without waiting out the backoff."""
+        self._wanted.set()
+
+    async def until_ready(self) -> bool:
+        """Wait for Redis at most ``broker_timeout_seconds`` (asking for a reconnection at
+        once); True once connected. A short outage is thus waited out, not reported."""
+        if self._ready:
+            return True
+        self.want_ready()
+        with trio.move_on_after(self.timeout_seconds):
+            await self.wait_ready()
+        return self._ready
 
     async def check_restarted(self) -> bool:
         """Ask Redis its ``run_id``: True if it changed since the last time (a restart)."""

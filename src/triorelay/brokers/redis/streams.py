@@ -121,6 +121,7 @@ class RedisStreams:
         if watch is None or watch.positioned.is_set():
             return
         if not connection.ready:
+            connection.want_ready()
             raise BrokerUnavailable("the broker is unavailable: try again later")
         if watch.positioning:  # another consumer of this channel is doing it
             with trio.move_on_after(connection.timeout_seconds):
