@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest conformance conformance-full clean
+.PHONY: run test lint typecheck pytest fuzz conformance conformance-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/coverage report
 
 test: lint typecheck pytest
+
+# Hypothesis byte streams over raw TCP against a relay process: 10,000 examples (make test: 300).
+fuzz: $(VENV)/.installed-test
+	TRIORELAY_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest tests/test_fuzz.py -s -p no:cacheprovider --timeout 7200
 
 # Autobahn|Testsuite against /ws/echo (Python 2.7 from $$PYTHON2 or pyenv); report in build/autobahn.
 # Sections 1-7, 9, 10 and 72 of the 216 compression cases (12, 13): ~4 min; -full: all, ~23 min.

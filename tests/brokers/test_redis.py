@@ -683,3 +683,53 @@ async def test_a_client_that_wants_redis_cuts_the_reconnection_backoff_short(
         with trio.fail_after(1):
             await done.wait()
         assert trio.current_time() - started == pytest.approx(RETRY_MIN_SECONDS)
+
+
+async def test_a_redis_queue_with_a_backlog_never_expires(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """A queue holding messages has no time to live (its producers were acknowledged); once
+    its last message is acknowledged, its keys expire again."""
+    relay = await start_relay(broker=redis_server.url, redis_stream_ttl_seconds=60, **QUEUE)
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        async with relay.websocket("/ws/producer/jobs.keep?ack=id") as producer:
+            await producer.send_message("job")
+            assert json.loads(await producer.get_message()) == {"id": 1}
+        assert await client.pttl("triorelay:q:jobs.keep") == -1  # no expiry while it holds one
+        assert await client.pttl("triorelay:qseq:jobs.keep") == -1
+        async with relay.websocket("/ws/consumer/jobs.keep") as consumer:
+            assert await consumer.get_message() == "job"
+            await drained(client, "triorelay:q:jobs.keep")
+            ttl = await wait_until(
+                lambda: _pttl(client, "triorelay:q:jobs.keep"), timeout_seconds=10
+            )
+        assert 0 < ttl <= 60_000
+
+
+async def _pttl(client: Any, key: str) -> int | None:
+    ttl = int(await client.pttl(key))
+    return ttl if ttl > 0 else None
+
+
+async def test_a_redis_at_maxmemory_is_reported_as_such(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Redis refusing writes at maxmemory: the producer gets 1013 and HTTP 503 with that
+    reason, counted in /healthz, and the relay stays connected."""
+    relay = await start_relay(broker=redis_server.url)
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.config_set({"maxmemory-policy": "noeviction"})  # Redis 6.2: one at a time
+        await client.config_set({"maxmemory": "1"})
+        answer = await relay.http.post("/channels/full/messages", content=b"x")
+        assert answer.status_code == 503
+        assert "out of memory" in answer.json()["error"]
+        async with relay.websocket("/ws/producer/full?ack=id") as producer:
+            await producer.send_message("x")
+            with pytest.raises(ConnectionClosed) as closed:
+                await producer.get_message()
+        assert closed.value.reason.code == 1013
+        assert "out of memory" in (closed.value.reason.reason or "")
+        stats = broker_of(relay).statistics()
+        assert (stats["out_of_memory"], stats["ready"]) == (2, True)
+        await client.config_set({"maxmemory": "0"})
+        assert (await relay.http.post("/channels/full/messages", content=b"x")).status_code == 202

@@ -11,6 +11,7 @@ from triorelay.compat.coredis import (
     ClosingTCPConnection,
     is_existing_group,
     is_missing_group,
+    is_out_of_memory,
     open_client,
 )
 
@@ -84,3 +85,25 @@ def test_other_errors_are_neither() -> None:
     for error in (coredis.exceptions.WrongTypeError("wrong kind"), TimeoutError()):
         assert not is_missing_group(error)
         assert not is_existing_group(error)
+
+
+async def test_a_write_refused_at_maxmemory_is_told_by_its_reply(
+    redis_server: RedisServer,
+) -> None:
+    """Canary: coredis 6.9.0 raises a plain ResponseError for Redis's OOM reply, with the
+    reply's text kept, for a command and inside a script alike; other errors are not OOM."""
+    async with open_client(redis_server.url, connect_timeout=2) as client:
+        await client.config_set({"maxmemory-policy": "noeviction"})  # Redis 6.2: one at a time
+        await client.config_set({"maxmemory": "1"})
+        with pytest.raises(coredis.exceptions.ResponseError) as plain:
+            await client.set("k", "v")
+        script = client.register_script("return redis.call('SET', KEYS[1], 'v')")
+        with pytest.raises(coredis.exceptions.ResponseError) as scripted:
+            await script(keys=["k"])
+        await client.config_set({"maxmemory": "0"})
+        await client.set("not-a-number", "x")
+        with pytest.raises(coredis.exceptions.ResponseError) as other:
+            await client.incr("not-a-number")
+    assert is_out_of_memory(plain.value)
+    assert is_out_of_memory(scripted.value)
+    assert not is_out_of_memory(other.value)

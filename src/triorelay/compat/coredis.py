@@ -25,7 +25,11 @@ from __future__ import annotations
 import anyio
 import coredis
 from coredis.connection import TCPConnection
-from coredis.exceptions import StreamConsumerGroupError, StreamDuplicateConsumerGroupError
+from coredis.exceptions import (
+    ResponseError,
+    StreamConsumerGroupError,
+    StreamDuplicateConsumerGroupError,
+)
 
 __all__ = ["ClosingTCPConnection", "is_existing_group", "is_missing_group", "open_client"]
 
@@ -79,3 +83,16 @@ def is_missing_group(error: BaseException) -> bool:
 def is_existing_group(error: BaseException) -> bool:
     """``error`` is Redis's ``BUSYGROUP`` reply: the consumer group exists already."""
     return isinstance(error, StreamDuplicateConsumerGroupError)
+
+
+_OUT_OF_MEMORY = "OOM command not allowed"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """``error`` is Redis refusing a write at ``maxmemory`` (the ``OOM`` reply).
+
+    coredis 6.9.0 has no class for it, and inside a script Redis wraps the reply in its own
+    ``ERR Error running script`` message, so the one reliable mark is the reply's text (the
+    canary test in ``tests/compat/test_coredis.py`` checks it against a real Redis).
+    """
+    return isinstance(error, ResponseError) and _OUT_OF_MEMORY in str(error)

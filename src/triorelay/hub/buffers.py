@@ -45,6 +45,9 @@ class Occupancy:
 class Inbox(Protocol):
     """What a consumer reads its messages from."""
 
+    #: The size of the message last received (measured once, here).
+    last_size: int
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called: the stream has ended."""
@@ -75,10 +78,12 @@ class Inbox(Protocol):
 class _MemoryInbox:
     """An inbox over a trio memory channel: receiving, and its end once closed."""
 
-    __slots__ = ("_closed", "_receive")
+    __slots__ = ("_closed", "_receive", "last_size")
 
     _receive: trio.MemoryReceiveChannel[Payload]
     _closed: bool
+    #: The size of the message last received (so that it is measured once).
+    last_size: int
 
     @property
     def closed(self) -> bool:
@@ -136,6 +141,7 @@ class ConsumerBuffer(_MemoryInbox):
         self.bytes = 0
         self.peak = 0
         self._closed = False
+        self.last_size = 0
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -155,7 +161,10 @@ class ConsumerBuffer(_MemoryInbox):
         self.messages += 1
         if self.messages > self.peak:
             self.peak = self.messages
-        self._occupancy.add()
+        occupancy = self._occupancy  # Occupancy.add, inlined: this runs per message
+        occupancy.messages += 1
+        if occupancy.messages > occupancy.peak:
+            occupancy.peak = occupancy.messages
         return True
 
     def drop_oldest(self) -> bool:
@@ -192,9 +201,10 @@ class ConsumerBuffer(_MemoryInbox):
         return left
 
     def _taken(self, payload: Payload) -> None:
+        size = self.last_size = size_of(payload)
         self.messages -= 1
-        self.bytes -= size_of(payload)
-        self._occupancy.remove()
+        self.bytes -= size
+        self._occupancy.messages -= 1
         if self._room:
             self._room.unpark_all()
 
@@ -261,9 +271,9 @@ class LocalQueue:
                 self._room = trio.lowlevel.ParkingLot()
             await self._room.park()
 
-    def taken(self, payload: Payload) -> None:
-        """A reader took ``payload``: give its bytes back; wake whoever waits for room."""
-        self.budget.remove(size_of(payload))
+    def taken(self, size: int) -> None:
+        """A reader took a message of ``size``: give its bytes back; wake whoever waits."""
+        self.budget.remove(size)
         if self._room:
             self._room.unpark_all()
 
@@ -314,10 +324,12 @@ class QueueReader(_MemoryInbox):
         self._receive = receive
         self._occupancy = occupancy
         self._closed = False
+        self.last_size = 0
 
     def _taken(self, payload: Payload) -> None:
         self._occupancy.remove()
-        self._queue.taken(payload)
+        size = self.last_size = size_of(payload)
+        self._queue.taken(size)
 
     def requeue(self, payload: Payload) -> bool:
         return self._queue.put_back(payload)
@@ -339,13 +351,14 @@ class SourceReader:
     broker's and goes back to the queue when the reader closes (:meth:`QueueSource.release`).
     """
 
-    __slots__ = ("_closed", "_consumer_id", "_receipt", "_source")
+    __slots__ = ("_closed", "_consumer_id", "_receipt", "_source", "last_size")
 
     def __init__(self, source: QueueSource, consumer_id: int) -> None:
         self._source = source
         self._consumer_id = consumer_id
         self._receipt: object | None = None
         self._closed = False
+        self.last_size = 0
 
     @property
     def closed(self) -> bool:
@@ -355,6 +368,7 @@ class SourceReader:
         if self._closed:
             raise trio.EndOfChannel
         payload, self._receipt = await self._source.take(self._consumer_id)
+        self.last_size = size_of(payload)
         return payload
 
     def receive_nowait(self) -> Payload:

@@ -147,7 +147,8 @@ class Channel:
 
     def _deliver_nowait(self, payload: Payload, size: int) -> None:
         policy = self._policy
-        for consumer in self.consumers:
+        snapshot = self._snapshot
+        for consumer in snapshot if snapshot is not None else self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
             if buffer.offer(payload, size):

@@ -18,8 +18,8 @@ from triorelay.hub.buffers import ConsumerBuffer, Inbox
 from triorelay.hub.statistics import ChannelCounters, ConnectionStatistics
 from triorelay.settings import Mode
 
-Publish = Callable[[list[Payload], list[int]], Awaitable[None]]
-"""``await publish(payloads, published)``: see :meth:`triorelay.hub.Hub.publish`."""
+Publish = Callable[[list[Payload], list[int], int], Awaitable[None]]
+"""``await publish(payloads, published, total_bytes)``: see :meth:`triorelay.hub.Hub.publish`."""
 
 _connection_ids = itertools.count(1)
 
@@ -139,9 +139,11 @@ class Producer(Connection):
         (:class:`~triorelay.errors.BrokerUnavailable`).
         """
         # The connection counts what its client sent (read off its socket); the channel counts
-        # what the broker accepted (``ChannelCounters``).
-        self.count_in(payloads)
-        await self._publish(payloads, published)
+        # what the broker accepted (``ChannelCounters``). Sizes are measured once, here.
+        total = sum(map(size_of, payloads))
+        self.messages_in += len(payloads)
+        self.bytes_in += total
+        await self._publish(payloads, published, total)
 
 
 class Consumer(Connection):
@@ -166,16 +168,12 @@ class Consumer(Connection):
         super().__init__(channel_name, id=id)
         self.mode = mode
         self.inbox = inbox
+        #: The consumer's own buffer (broadcast), which the channel fills; None in queue mode.
+        self.buffer: ConsumerBuffer | None = inbox if isinstance(inbox, ConsumerBuffer) else None
         self._counters = counters
         #: The consumer also gets the broker's gap notices in its stream.
         self.notices = notices
         self.pending_dropped = 0
-
-    @property
-    def buffer(self) -> ConsumerBuffer | None:
-        """The consumer's own buffer (broadcast), which the channel fills; None in queue mode."""
-        inbox = self.inbox
-        return inbox if isinstance(inbox, ConsumerBuffer) else None
 
     @property
     def detached(self) -> bool:
@@ -252,7 +250,7 @@ class Consumer(Connection):
         return dropped
 
     def _took(self, payload: Payload) -> None:
-        size = size_of(payload)
+        size = self.inbox.last_size  # measured once, by the inbox
         self.messages_out += 1
         self.bytes_out += size
         self._counters.count_out(size)

@@ -88,13 +88,18 @@ class Hub:
     # -- the two ways through --
 
     async def publish(
-        self, channel: Channel, payloads: list[Payload], published: list[int]
+        self,
+        channel: Channel,
+        payloads: list[Payload],
+        published: list[int],
+        total_bytes: int | None = None,
     ) -> None:
         """Publish a producer's ``payloads`` on ``channel`` through the broker, in order.
 
         Each accepted message's sequence number is appended to ``published`` (also when this
-        raises), and only accepted messages are counted. Raises
-        :class:`trio.ClosedResourceError` once the channel is closed (shutdown).
+        raises), and only accepted messages are counted (``total_bytes``: their sizes' sum,
+        when the caller has it). Raises :class:`trio.ClosedResourceError` once the channel is
+        closed (shutdown).
         """
         if channel.closed:
             raise trio.ClosedResourceError(f"channel {channel.name} is closed")
@@ -102,7 +107,12 @@ class Hub:
         try:
             await self.broker.publish(channel.name, channel.config.mode, payloads, published)
         finally:
-            channel.counters.count_in(payloads[: len(published) - start])
+            accepted = len(published) - start
+            if accepted == len(payloads) and total_bytes is not None:
+                channel.counters.messages_in += accepted
+                channel.counters.bytes_in += total_bytes
+            else:
+                channel.counters.count_in(payloads[:accepted])
 
     async def wait_for_room(self, name: str, size: int) -> None:
         """Return once channel ``name`` would take a message of ``size`` without waiting (see
@@ -137,8 +147,8 @@ class Hub:
         """
         channel = self._channel(name)
 
-        async def publish(payloads: list[Payload], published: list[int]) -> None:
-            await self.publish(channel, payloads, published)
+        async def publish(payloads: list[Payload], published: list[int], total: int) -> None:
+            await self.publish(channel, payloads, published, total)
 
         producer = Producer(name, publish)
         channel.producers.add(producer)

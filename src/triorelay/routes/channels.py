@@ -133,13 +133,14 @@ class Publisher:
             payloads = await self.session.take_controls(payloads)
             if not payloads:
                 return
+        sizes = list(map(size_of, payloads))
         now = trio.current_time()
-        if not self._messages.take(len(payloads), now) or not self._bytes.take(
-            sum(map(size_of, payloads)), now
-        ):
+        if not self._messages.take(len(payloads), now) or not self._bytes.take(sum(sizes), now):
             raise RateLimited("publishing faster than this relay's rate limit for a producer")
         max_bytes = self.max_bytes
-        too_big = next((p for p in payloads if size_of(p) > max_bytes), None)
+        too_big = None
+        if max(sizes) > max_bytes:
+            too_big = next(p for p, size in zip(payloads, sizes, strict=True) if size > max_bytes)
         accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
         published: list[int] = []
         try:
@@ -149,16 +150,20 @@ class Publisher:
                 size = size_of(too_big)
                 raise MessageTooBig(f"message of {size} bytes over the limit {max_bytes}")
         finally:
+            count = len(published)
             if self.ack == "echo":
-                acks: list[Payload] = accepted[: len(published)]
+                acks: list[Payload] = accepted[:count]
+                acked_bytes = sum(sizes[:count])
             elif self.ack == "id":
                 acks = [id_ack(seq) for seq in published]
+                acked_bytes = sum(map(len, acks))  # ASCII
             else:
                 acks = []
             if acks:
                 with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
                     if await self.socket.send_many(acks):
-                        self.producer.count_out(acks)
+                        self.producer.messages_out += count
+                        self.producer.bytes_out += acked_bytes
 
     async def publish_from_reader(self, payloads: list[Payload]) -> None:
         """:meth:`publish`, called from Hypercorn's reader task: errors close the producer."""

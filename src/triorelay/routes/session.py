@@ -94,6 +94,7 @@ class Session(Generic[C]):
         self._deliver: hypercorn_compat.OnMessages = _discard
         self.scope = trio.CancelScope()
         self.held = False
+        self._released = False
         self.released_at = float("-inf")
         self.identity = request.identity
         #: Whether the client may refresh its token in-band (it came with one).
@@ -158,7 +159,7 @@ class Session(Generic[C]):
             await self._deliver(payloads)
         finally:
             self.held = False
-            self.released_at = trio.current_time()
+            self._released = True  # the time is read at liveness's next look, not per read
 
     @property
     def last_received(self) -> float:
@@ -167,6 +168,9 @@ class Session(Generic[C]):
         end of the last hold."""
         if self.held:
             return trio.current_time()
+        if self._released:  # released since the last look: at most a tick ago
+            self._released = False
+            self.released_at = trio.current_time()
         tap = self.tap
         last = tap.last_received if tap is not None else float("-inf")
         return max(last, self.released_at)

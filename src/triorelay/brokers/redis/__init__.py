@@ -139,6 +139,7 @@ class RedisBroker:
             "url": connection["url"],
             "ready": connection["ready"],
             "reconnects": connection["reconnects"],
+            "out_of_memory": connection["out_of_memory"],
             "gaps": self.streams.gaps,
             "malformed_entries": self.streams.malformed,
             "watched_channels": self.streams.watched,

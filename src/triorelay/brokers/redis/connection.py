@@ -32,7 +32,7 @@ import coredis
 import coredis.exceptions
 import trio
 
-from triorelay.compat.coredis import open_client
+from triorelay.compat.coredis import is_out_of_memory, open_client
 from triorelay.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ class RedisConnection:
         self._ready_changed = trio.Event()
         self._wanted = trio.Event()
         self.reconnects = 0
+        #: Writes Redis refused at ``maxmemory`` (each closed its producer with 1013 / 503).
+        self.out_of_memory = 0
         self.last_error: str | None = None
 
     def key(self, kind: str, name: str) -> str:
@@ -131,6 +133,12 @@ class RedisConnection:
                 yield
         except REDIS_ERRORS as error:
             self.note_error(f"{what}: {error}")
+            if is_out_of_memory(error):
+                # Redis is up but at maxmemory: say so, and count it (not an outage).
+                self.out_of_memory += 1
+                raise BrokerUnavailable(
+                    "the broker is out of memory (Redis maxmemory): message not published"
+                ) from None
             raise BrokerUnavailable("the broker is unavailable: message not published") from None
 
     def note_error(self, error: str) -> None:
@@ -249,6 +257,7 @@ class RedisConnection:
             "url": self.safe_url,
             "ready": self._ready,
             "reconnects": self.reconnects,
+            "out_of_memory": self.out_of_memory,
             "blocking_reads": self._max_blocking - self._blocking_slots.value,
             "blocking_reads_waiting": self._blocking_slots.statistics().tasks_waiting,
             "last_error": self.last_error,

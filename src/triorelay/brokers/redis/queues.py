@@ -5,7 +5,8 @@ each message goes to exactly one consumer anywhere:
 
 - **Publish** (one Lua script): refuse while the stream holds ``queue_buffer_messages`` (the
   producer waits and retries: backpressure, as with the memory broker), else take the next
-  sequence number, ``XADD``, create the group if needed, renew the keys' expiry.
+  sequence number, ``XADD``, create the group if needed, and take the keys' expiry away: a
+  queue that holds messages never expires (its producers were acknowledged).
 - **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
   consumer name ``{relay}:{consumer id}``) when its socket is ready for it: nothing is buffered
   in the relay.
@@ -15,7 +16,8 @@ each message goes to exactly one consumer anywhere:
   ``redis_max_blocking_connections`` consumers of a relay block in Redis at once; the others
   wait their turn in the relay.
 - **Acknowledge** once the message is handed to the consumer's socket: ``XACK`` and ``XDEL``
-  (so the stream's length is the backlog the bound applies to).
+  (so the stream's length is the backlog the bound applies to); the queue's keys expire
+  ``redis_stream_ttl_seconds`` after it is emptied.
 - **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
   to the end of the stream, the original acknowledged), in the background.
 - **Claim**: a relay that dies leaves its consumers' messages pending; every relay's consumers
@@ -50,8 +52,10 @@ end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], '*', 'p', ARGV[1], 't', ARGV[2], 's', seq)
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[5], '0')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+-- A queue that holds messages never expires (its producers were acknowledged); it gets its
+-- time to live back once emptied (_ACKNOWLEDGE).
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
 return seq
 """
 _CREATE_GROUP = """
@@ -67,6 +71,10 @@ return made
 _ACKNOWLEDGE = """
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 """
 _RELEASE = """
 local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
@@ -76,6 +84,9 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 """
+
+#: Most queue names whose next claim time is kept (a bound on per-name state).
+MAX_CLAIM_TIMES = 10_000
 
 #: Longest wait for a producer whose queue is full between two tries.
 _FULL_RETRY_MAX_SECONDS = 0.1
@@ -87,6 +98,8 @@ class Receipt:
 
     key: str
     entry: str | bytes
+    #: The queue's sequence key, which expires with the queue once it is empty.
+    seq_key: str
 
 
 class RedisQueues:
@@ -152,12 +165,15 @@ class RedisQueues:
                 fields = entry.field_values
                 data: bytes = fields[b"p"]
                 payload: Payload = data.decode() if fields[b"t"] == b"1" else data
-                return payload, Receipt(key, entry.identifier)
+                seq_key = connection.key("qseq", name)
+                return payload, Receipt(key, entry.identifier, seq_key)
 
     async def _claim(self, name: str, key: str, consumer: str) -> Any:
         now = trio.current_time()
         if now < self._next_claim.get(name, 0.0):
             return None
+        if len(self._next_claim) >= MAX_CLAIM_TIMES:
+            self._next_claim.clear()  # only a rate of XAUTOCLAIM: forgetting claims sooner
         self._next_claim[name] = now + self._block_ms / 1000
         with self._connection.deadline():
             result = await self._connection.client.xautoclaim(
@@ -193,7 +209,10 @@ class RedisQueues:
         assert isinstance(receipt, Receipt)
         try:
             with self._connection.deadline():
-                await self._acknowledge_script(keys=[receipt.key], args=[GROUP, receipt.entry])
+                await self._acknowledge_script(
+                    keys=[receipt.key, receipt.seq_key],
+                    args=[GROUP, receipt.entry, self._connection.ttl_ms],
+                )
         except REDIS_ERRORS as error:
             self._connection.note_error(f"acknowledge: {error}")
             log.warning("could not acknowledge a queue message (%s): it will be redelivered", error)
