@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.auth.keys import SECRET, public_pem, rsa_key, token, unsigned, write_jwks
 from triorelay.auth.tokens import TokenVerifier, _KeyFile, mint
@@ -134,8 +135,6 @@ async def test_jwks_keys_by_kid_and_a_new_kid_is_fetched(
 def test_mint_makes_a_token_the_relay_accepts() -> None:
     """triorelay token's minting function signs what the verifier accepts."""
     minted = mint(SECRET, "bob", {"rights": ["admin"]}, ttl_seconds=60)
-    import trio
-
     identity = trio.run(hmac_verifier().verify, minted)
     assert identity.sub == "bob"
     assert identity.grant.allows("admin")
@@ -143,3 +142,42 @@ def test_mint_makes_a_token_the_relay_accepts() -> None:
 
 def _b64(value: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+async def test_a_jwks_url_is_fetched_with_its_kid_and_a_bounded_timeout(tmp_path: Path) -> None:
+    """An http(s) JWKS is fetched by PyJWT's client in a worker thread: a token with a known
+    kid passes; an unreachable key set is refused with 401, not a hang."""
+    import http.server
+    import threading
+
+    key = rsa_key()
+    jwks = tmp_path / "jwks.json"
+    write_jwks(jwks, {"k1": key})
+    body = jwks.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_timeout_seconds=2))
+        identity = await verifier.verify(token(key, algorithm="RS256", headers={"kid": "k1"}))
+        assert identity.sub == "alice"
+    finally:
+        server.shutdown()
+        server.server_close()
+    unreachable = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_timeout_seconds=1))
+    with trio.fail_after(10):
+        reason = await refused(unreachable, token(key, algorithm="RS256", headers={"kid": "k1"}))
+    assert "key set is unavailable" in reason

@@ -733,3 +733,40 @@ async def test_a_redis_at_maxmemory_is_reported_as_such(
         assert (stats["out_of_memory"], stats["ready"]) == (2, True)
         await client.config_set({"maxmemory": "0"})
         assert (await relay.http.post("/channels/full/messages", content=b"x")).status_code == 202
+
+
+async def test_a_blocked_channel_does_not_hold_up_other_channels_on_redis(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Under ``block``, a stalled consumer of one channel holds up that channel only: the
+    relay's reader goes on delivering every other channel at once."""
+    relay = await start_relay(
+        broker=redis_server.url,
+        ping_interval_seconds=None,
+        channels={"slow.*": {"slow_consumer_policy": "block", "consumer_buffer_messages": 1}},
+    )
+    stalled = await RawWebSocket.connect(relay.port, "/ws/consumer/slow.x")  # never reads
+    try:
+        async with (
+            relay.websocket("/ws/consumer/fast.x") as fast,
+            relay.websocket("/ws/producer/slow.x?ack=none") as slow_producer,
+            relay.websocket("/ws/producer/fast.x?ack=none") as fast_producer,
+        ):
+            big = "x" * 256 * 1024
+            for _ in range(60):  # 15 MiB: more than the stalled socket holds
+                await slow_producer.send_message(big)
+
+            # The stalled channel's delivery now waits (block_timeout_seconds is 30 s): its
+            # consumer's buffer is full and the relay has more of its messages in hand.
+            async def slow_is_blocked() -> bool:
+                stats = await relay.channel("slow.x")
+                return bool(stats["buffered"] == 1 and stats["messages_delivered"] >= 2)
+
+            await wait_until(slow_is_blocked)
+            for i in range(20):
+                await fast_producer.send_message(f"fast{i}")
+            with trio.fail_after(5):
+                got = [await fast.get_message() for _ in range(20)]
+            assert got == [f"fast{i}" for i in range(20)]
+    finally:
+        stalled.close()

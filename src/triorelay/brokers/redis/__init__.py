@@ -113,6 +113,7 @@ class RedisBroker:
         """
         async with self.connection.open(), trio.open_nursery() as nursery:
             nursery.start_soon(self.queues.run_releases)
+            await nursery.start(self.streams.run_deliveries)
             await self.connection.keep_connected(self.streams.read_forever, task_status=task_status)
 
     @property

@@ -21,6 +21,7 @@ relay's wake stream, which the blocking ``XREAD`` also reads).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -56,15 +57,34 @@ _BLOCK_MILLISECONDS = 10_000
 
 
 class _Watch:
-    """One watched channel: where its stream is read from, and the last sequence seen."""
+    """One watched channel: where its stream is read from, the last sequence seen, and the
+    batches read but not yet delivered (at most ``MAX_PENDING_BATCHES``)."""
 
-    __slots__ = ("last_seq", "position", "positioned", "positioning")
+    __slots__ = (
+        "draining",
+        "excluded",
+        "last_seq",
+        "pending",
+        "position",
+        "positioned",
+        "positioning",
+    )
 
     def __init__(self) -> None:
         self.position: bytes | None = None
         self.last_seq: int | None = None
         self.positioned = trio.Event()
         self.positioning = False
+        self.pending: deque[tuple[Any, ...]] = deque()
+        #: A task is delivering ``pending``.
+        self.draining = False
+        #: Left out of the read in flight (``pending`` was full): wake the reader once not.
+        self.excluded = False
+
+
+#: Batches read ahead per channel while its deliveries wait (a ``block`` consumer): past it
+#: the channel is not read again until one is delivered, so memory stays bounded.
+MAX_PENDING_BATCHES = 2
 
 
 class RedisStreams:
@@ -81,6 +101,8 @@ class RedisStreams:
         self._wake_key = connection.key("wake", connection.node).encode()
         self._wake_id = b"0-0"
         self._watches: dict[str, _Watch] = {}
+        # Where each channel's deliveries run (see run_deliveries); None until it runs.
+        self._deliveries: trio.Nursery | None = None
         self.gaps = 0
         #: Stream entries skipped because no relay wrote them (missing or bad fields).
         self.malformed = 0
@@ -149,11 +171,31 @@ class RedisStreams:
 
     # -- the reader --
 
+    async def run_deliveries(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the tasks that deliver each channel's batches, for the broker's lifetime.
+
+        Apart from the reader, so that one channel whose delivery waits (a ``block``
+        consumer) holds up neither the reader nor any other channel, and so that a Redis
+        error (which ends the reader until it reconnects) never cuts a delivery in half.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._deliveries = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._deliveries = None
+
     async def read_forever(self, restarted: bool) -> None:
         """Read every watched stream into ``deliver`` until a Redis error (or cancellation).
 
-        ``restarted``: Redis restarted since the last connection: every watched channel may
-        have a gap, reported first. For :meth:`RedisConnection.keep_connected`.
+        Each channel's batches are delivered in order by a task of their own
+        (:meth:`run_deliveries`); a channel with ``MAX_PENDING_BATCHES`` undelivered is left
+        out of the reads until one is delivered. ``restarted``: Redis restarted since the
+        last connection: every watched channel may have a gap, reported first. For
+        :meth:`RedisConnection.keep_connected`.
         """
         if restarted:
             await self._restarted()
@@ -162,6 +204,9 @@ class RedisStreams:
             reading: dict[bytes, tuple[str, _Watch]] = {}
             for name, watch in self._watches.items():
                 if watch.position is not None:
+                    if len(watch.pending) >= MAX_PENDING_BATCHES:
+                        watch.excluded = True
+                        continue
                     key = self._connection.key("ch", name).encode()
                     streams[key] = watch.position
                     reading[key] = (name, watch)
@@ -175,7 +220,37 @@ class RedisStreams:
                 if key == self._wake_key:
                     self._wake_id = _as_bytes(entries[-1].identifier)
                 elif key in reading:
-                    await self._deliver(*reading[key], entries)
+                    name, watch = reading[key]
+                    watch.position = _as_bytes(entries[-1].identifier)
+                    if self._deliveries is None:  # pragma: no cover - run() starts them first
+                        await self._deliver(name, watch, entries)
+                        continue
+                    watch.pending.append(entries)
+                    if not watch.draining:
+                        watch.draining = True
+                        self._deliveries.start_soon(self._drain, name, watch)
+
+    async def _drain(self, name: str, watch: _Watch) -> None:
+        """Deliver ``watch``'s pending batches in order; wake the reader if it left the
+        channel out of its read meanwhile."""
+        try:
+            while watch.pending and self._watches.get(name) is watch:
+                await self._deliver(name, watch, watch.pending[0])
+                watch.pending.popleft()
+                if watch.excluded:
+                    watch.excluded = False
+                    await self._wake()
+        finally:
+            watch.draining = False
+
+    async def _wake(self) -> None:
+        """Make the reader's blocking read return, so that it reads a channel again."""
+        connection = self._connection
+        try:
+            with connection.deadline():
+                await self._wake_script(keys=[self._wake_key], args=[connection.ttl_ms])
+        except REDIS_ERRORS as error:  # the read returns within 10 s anyway
+            connection.note_error(f"wake: {error}")
 
     async def _deliver(self, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
         """Deliver what was read for ``watch``, unless its channel was left (and perhaps joined
@@ -183,7 +258,6 @@ class RedisStreams:
         for entry in entries:
             if self._watches.get(name) is not watch:
                 return
-            watch.position = _as_bytes(entry.identifier)
             try:
                 seq, payload = _decoded(entry.field_values)
             except (KeyError, ValueError, TypeError):
