@@ -14,6 +14,7 @@ Exception tree::
     │   ├── ShuttingDown           HTTP 503 / close 1001: the relay takes no new connections
     │   ├── TooManyConnections     HTTP 503 / close 1013: the relay's or the client's limit
     │   ├── PublishTimeout         HTTP 503: an HTTP publish found no room in time
+    │   ├── QueueFull              HTTP 503 / close 1013: a queue stayed full too long
     │   ├── UnsupportedCharset     HTTP 415: HTTP text not in UTF-8
     │   ├── InvalidText            HTTP 400 / close 1007: text not valid in its charset
     │   ├── RateLimited            close 1008: a producer publishing past its rate
@@ -148,6 +149,13 @@ class InvalidText(RequestError):
     """Text that is not valid in its charset."""
 
     close_code = CloseCode.INVALID_PAYLOAD
+
+
+class QueueFull(RequestError):
+    """A queue channel stayed full for ``block_timeout_seconds``: the message was not queued."""
+
+    status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
 
 
 class PublishTimeout(RequestError):

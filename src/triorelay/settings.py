@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     consumer_buffer_bytes: PositiveInt = 1024 * 1024
     #: Policy ``block``: a consumer that keeps a publish waiting this long for room is closed
     #: with 1013 (the message then goes on to the others), so one stalled consumer cannot
-    #: freeze its channel.
+    #: freeze its channel. Queue channels: a producer waits this long at most for room.
     block_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     #: Queue-mode channels: messages waiting for a consumer, before producers are backpressured.
     queue_buffer_messages: PositiveInt = 1024

@@ -895,3 +895,26 @@ def test_detaching_consumers_costs_the_same_whatever_their_number() -> None:
     small = min(_detach_all_seconds(4_000) for _ in range(3))
     large = min(_detach_all_seconds(16_000) for _ in range(3))
     assert large < 8 * max(small, 1e-3)
+
+
+async def test_a_queue_that_stays_full_refuses_a_publish_after_the_block_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A producer waits for room in a full queue at most block_timeout_seconds, then gets
+    QueueFull (1013 / 503): nothing queued, nothing counted."""
+    from triorelay.errors import QueueFull
+
+    hub = make_hub(
+        channels={"jobs.*": {"mode": "queue", "queue_buffer_messages": 1}},
+        block_timeout_seconds=3,
+    )
+    with hub.attach_producer("jobs.f") as producer:
+        await producer.publish("one")
+        started = trio.current_time()
+        with pytest.raises(QueueFull) as refused:
+            await producer.publish("two")
+        assert trio.current_time() - started == pytest.approx(3)
+        assert refused.value.close_code == CloseCode.TRY_AGAIN_LATER
+        stats = hub.channel_statistics("jobs.f")
+        assert stats is not None
+        assert (stats.messages_in, stats.buffered) == (1, 1)

@@ -53,6 +53,7 @@ async def asgi_websocket(
     query: bytes = b"",
     headers: Sequence[tuple[bytes, bytes]] = (),
     client: tuple[str, int] = ("127.0.0.1", 50000),
+    host: bytes = b"127.0.0.1:8000",
 ) -> AsyncIterator[ASGIWebSocket]:
     """Open ``path`` on ``asgi_app`` from ``client``; the connection is dropped after the block."""
     to_app, app_receive = trio.open_memory_channel[dict[str, Any]](16)
@@ -61,7 +62,7 @@ async def asgi_websocket(
         "type": "websocket",
         "path": path,
         "query_string": query,
-        "headers": [(b"host", b"relay.test"), *headers],
+        "headers": [(b"host", host), *headers],
         "client": client,
         "scheme": "ws",
         "subprotocols": [],

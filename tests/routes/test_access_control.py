@@ -433,3 +433,18 @@ async def test_a_consumer_refreshes_its_token_on_the_fast_path(secured: RunningR
         await ws.send_message(json.dumps({"triorelay": "refresh", "token": token(grant=grant)}))
         await wait_until(lambda: consumer.cancel_scope.deadline > first + 3000)
         assert not ws.closed
+
+
+@pytest.mark.parametrize("host", [b"evil.example:8000", b"relay.example.com"])
+async def test_without_a_key_a_loopback_peer_with_a_foreign_host_is_not_local(host: bytes) -> None:
+    """Without a key, a peer on 127.0.0.1 whose Host names another machine (a proxy in front,
+    or a DNS-rebinding page) is refused with 403, like a remote client; a local Host passes."""
+    settings = make_settings()
+    async with asgi_relay(settings) as (app, _relay):
+        async with asgi_websocket(app, "/ws/echo", host=host) as ws:
+            answer = await ws.answer()
+            assert (answer["type"], answer["status"]) == ("websocket.http.response.start", 403)
+            assert b"TRIORELAY_ALLOW_ANONYMOUS" in (await ws.answer())["body"]
+        for local in (b"localhost:8000", b"[::1]:8000", b"127.0.0.1"):
+            async with asgi_websocket(app, "/ws/echo", host=local) as ws:
+                assert (await ws.answer())["type"] == "websocket.accept"

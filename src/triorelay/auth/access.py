@@ -91,6 +91,21 @@ def is_loopback(client: str | None) -> bool:
         return False
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """True for a ``Host`` header naming this machine: ``localhost``, a loopback address (with
+    or without a port), or none at all (HTTP/1.0, a Unix socket)."""
+    if not host:
+        return True
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]").split("]")[0] if name.startswith("[") else name
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class Access:
     """The relay's access rules, built from the settings at startup."""
 
@@ -118,7 +133,16 @@ class Access:
             raise Forbidden("this origin may not use the relay (see allowed_origins)")
         if credentials.token is not None and self.verifier is not None:
             return await self.verifier.verify(credentials.token)
-        if not self.enabled and not self._allow_anonymous and not is_loopback(credentials.client):
+        if (
+            not self.enabled
+            and not self._allow_anonymous
+            and not (
+                # The Host must be a loopback name too: a proxy on the same host (every client
+                # then comes from 127.0.0.1) or a DNS-rebinding page (Host: its own name, peer
+                # 127.0.0.1) is not a local client.
+                is_loopback(credentials.client) and is_loopback_host(credentials.host)
+            )
+        ):
             raise Forbidden(
                 "anonymous clients are served on loopback only: configure a key "
                 "(TRIORELAY_AUTH_HMAC_SECRET, ...) or set TRIORELAY_ALLOW_ANONYMOUS=true"

@@ -28,13 +28,18 @@ class MemoryBroker:
         self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
     ) -> None:
         deliver = self._deliver
-        last_seq = self._last_seq
-        for payload in payloads:
-            # Numbered once delivered, in the order deliveries complete: a publish cancelled
-            # while it waits (``block``, a full queue) takes no number, so none is skipped.
-            await deliver(name, payload)
-            seq = last_seq[name] = last_seq.get(name, 0) + 1
-            published.append(seq)
+        seq = self._last_seq.get(name, 0)
+        try:
+            for payload in payloads:
+                # Numbered once delivered: a publish cancelled while it waits (``block``, a
+                # full queue) takes no number, so none is skipped. (Under ``block``, the
+                # consumers with room may already have it: at least once for them.)
+                await deliver(name, payload)
+                seq += 1
+                published.append(seq)
+        finally:
+            if seq:
+                self._last_seq[name] = seq
 
     def queue(self, name: str) -> None:
         """The hub's own queue serves queue channels."""

@@ -22,6 +22,7 @@ import trio
 
 from triorelay.brokers.base import QueueSource
 from triorelay.envelopes import Payload, size_of
+from triorelay.errors import QueueFull
 
 
 class Occupancy:
@@ -231,11 +232,19 @@ class QueueBudget:
         while not self.fits(size):
             await self._room.park()
 
+    async def wait_for_change(self) -> None:
+        """Return at the next :meth:`wake` (room made, or a queue closed)."""
+        await self._room.park()
+
     def add(self, size: int) -> None:
         self.bytes += size
 
     def remove(self, size: int) -> None:
         self.bytes -= size
+        self.wake()
+
+    def wake(self) -> None:
+        """Make every waiter look again (room was made, or its queue closed)."""
         if self._room:
             self._room.unpark_all()
 
@@ -249,9 +258,17 @@ class LocalQueue:
     that has waited longest (trio's memory channels serve receivers in order).
     """
 
-    def __init__(self, max_messages: int, occupancy: Occupancy, budget: QueueBudget) -> None:
+    def __init__(
+        self,
+        max_messages: int,
+        occupancy: Occupancy,
+        budget: QueueBudget,
+        full_timeout_seconds: float = float("inf"),
+    ) -> None:
         self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
         self._max_messages = max_messages
+        self._full_timeout = full_timeout_seconds
+        self._closed = False
         self._occupancy = occupancy
         self.budget = budget
         # Where a publisher that must not wait inside a publish waits for room first.
@@ -262,9 +279,14 @@ class LocalQueue:
         return self._send.statistics().current_buffer_used >= self._max_messages
 
     async def wait_for_room(self, size: int) -> None:
-        """Return once a message of ``size`` would be queued without waiting."""
+        """Return once a message of ``size`` would be queued without waiting; raise
+        :class:`trio.ClosedResourceError` once the queue is closed."""
         while True:
-            await self.budget.wait_for(size)
+            if self._closed:
+                raise trio.ClosedResourceError("the queue is closed")
+            if not self.budget.fits(size):
+                await self.budget.wait_for_change()
+                continue
             if not self.full:
                 return
             if self._room is None:
@@ -278,7 +300,18 @@ class LocalQueue:
             self._room.unpark_all()
 
     async def put(self, payload: Payload) -> None:
-        """Queue ``payload``, waiting for room; :class:`trio.ClosedResourceError` once closed."""
+        """Queue ``payload``, waiting for room; :class:`trio.ClosedResourceError` once closed,
+        :class:`~triorelay.errors.QueueFull` when there was no room for ``full_timeout``.
+
+        The wait is bounded so that a producer never waits for ever on a queue nobody reads
+        (holding its connection, and the budget for everyone)."""
+        if self.full or not self.budget.fits(size_of(payload)):
+            with trio.move_on_after(self._full_timeout):
+                await self.wait_for_room(size_of(payload))
+            if self.full or not self.budget.fits(size_of(payload)):
+                raise QueueFull(
+                    f"the queue stayed full for {self._full_timeout:g} s: message not queued"
+                )
         size = size_of(payload)
         await self.budget.wait_for(size)
         # Count first: a waiting consumer may take the message before send() returns.
@@ -306,7 +339,11 @@ class LocalQueue:
 
     def close(self) -> None:
         """End every reader's stream once what is queued is gone; refuse further puts."""
+        self._closed = True
         self._send.close()
+        if self._room:
+            self._room.unpark_all()
+        self.budget.wake()
 
 
 class QueueReader(_MemoryInbox):

@@ -60,7 +60,12 @@ class Channel:
         self._source = broker.queue(name) if config.mode == "queue" else None
         self._queue: LocalQueue | None = None
         if config.mode == "queue" and self._source is None:
-            self._queue = LocalQueue(config.queue_buffer_messages, self.occupancy, queue_budget)
+            self._queue = LocalQueue(
+                config.queue_buffer_messages,
+                self.occupancy,
+                queue_budget,
+                config.block_timeout_seconds,
+            )
 
     @property
     def consumers(self) -> tuple[Consumer, ...]:

@@ -13,8 +13,10 @@
 Why streams rather than pub/sub:
 
 - **Bounded end to end.** The reader asks for at most ``redis_read_batch_messages`` per
-  stream and reads again only after delivering them, so nothing accumulates in this process;
-  Redis keeps at most ``redis_stream_max_messages`` per channel. (coredis's pub/sub reader
+  stream, and reads a channel again only while fewer than two batches of it wait for
+  delivery (each channel's deliveries run in a task of their own, so one that waits holds up
+  no other): nothing accumulates in this process; Redis keeps at most
+  ``redis_stream_max_messages`` per channel. (coredis's pub/sub reader
   buffers pushed messages without bound, and Redis would cut a slow subscriber with no trace.)
 - **No silent gaps.** Each message carries its channel sequence number, so a relay that missed
   some sees the jump and reports it: a :class:`~triorelay.brokers.base.Gap` through
@@ -64,6 +66,7 @@ class RedisBroker:
             self.connection,
             max_messages=settings.queue_buffer_messages,
             claim_idle_seconds=settings.redis_claim_idle_seconds,
+            full_timeout_seconds=settings.block_timeout_seconds,
         )
 
     async def publish(

@@ -39,7 +39,7 @@ import trio
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.compat.coredis import is_existing_group, is_missing_group
 from triorelay.envelopes import Payload
-from triorelay.errors import BrokerUnavailable
+from triorelay.errors import BrokerUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,14 @@ class RedisQueues:
     taking from, acknowledging and giving back to queue channels' streams."""
 
     def __init__(
-        self, connection: RedisConnection, *, max_messages: int, claim_idle_seconds: float
+        self,
+        connection: RedisConnection,
+        *,
+        max_messages: int,
+        claim_idle_seconds: float,
+        full_timeout_seconds: float = float("inf"),
     ) -> None:
+        self._full_timeout = full_timeout_seconds
         self._connection = connection
         client = connection.client
         self._publish_script = client.register_script(_PUBLISH)
@@ -130,16 +136,23 @@ class RedisQueues:
         return f"{self._connection.node}:{consumer_id}"
 
     async def publish(self, name: str, data: bytes, text: bytes) -> int:
-        """Append a message; wait while the queue is full. Return its sequence number."""
+        """Append a message; wait while the queue is full, at most ``full_timeout_seconds``
+        (then :class:`~triorelay.errors.QueueFull`). Return its sequence number."""
         connection = self._connection
         keys = [self.key(name), connection.key("qseq", name)]
         args: list[str | bytes] = [data, text, self._max_messages, connection.ttl_ms, GROUP]
         delay = 0.005
+        give_up = trio.current_time() + self._full_timeout
         while True:
-            with connection.failing_as_unavailable("publish"):
+            # Shielded, bounded: given up between attempts, never inside one (see streams).
+            with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
                 seq: Any = await self._publish_script(keys=keys, args=args)
             if int(seq):
                 return int(seq)
+            if trio.current_time() >= give_up:
+                raise QueueFull(
+                    f"the queue stayed full for {self._full_timeout:g} s: message not queued"
+                )
             await trio.sleep(delay)  # full: backpressure until consumers make room
             delay = min(delay * 2, _FULL_RETRY_MAX_SECONDS)
 

@@ -75,15 +75,18 @@ class _Watch:
         self.last_seq: int | None = None
         self.positioned = trio.Event()
         self.positioning = False
-        self.pending: deque[tuple[Any, ...]] = deque()
+        #: Entries read, not yet delivered, in stream order.
+        self.pending: deque[Any] = deque()
         #: A task is delivering ``pending``.
         self.draining = False
         #: Left out of the read in flight (``pending`` was full): wake the reader once not.
         self.excluded = False
 
 
-#: Batches read ahead per channel while its deliveries wait (a ``block`` consumer): past it
-#: the channel is not read again until one is delivered, so memory stays bounded.
+#: Read batches' worth of entries a channel may hold undelivered while its deliveries wait
+#: (a ``block`` consumer): past it the channel is not read again until there is room, so a
+#: channel holds at most one more batch than this (the read in flight), and a fast channel is
+#: always read again at once.
 MAX_PENDING_BATCHES = 2
 
 
@@ -117,7 +120,10 @@ class RedisStreams:
         args: list[str | bytes] = [self._max_len, connection.ttl_ms, str(len(encoded))]
         for data, text in encoded:
             args += [data, text]
-        with connection.failing_as_unavailable("publish"):
+        # Shielded (and bounded by broker_timeout_seconds): a publish given up (an HTTP
+        # publish's timeout, a producer closing) is given up before or after its round trip,
+        # never inside it, so "not published" is never a guess.
+        with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
             first: Any = await self._publish_script(
                 keys=[connection.key("ch", name), connection.key("seq", name)], args=args
             )
@@ -204,7 +210,7 @@ class RedisStreams:
             reading: dict[bytes, tuple[str, _Watch]] = {}
             for name, watch in self._watches.items():
                 if watch.position is not None:
-                    if len(watch.pending) >= MAX_PENDING_BATCHES:
+                    if len(watch.pending) >= MAX_PENDING_BATCHES * self._batch:
                         watch.excluded = True
                         continue
                     key = self._connection.key("ch", name).encode()
@@ -225,21 +231,35 @@ class RedisStreams:
                     if self._deliveries is None:  # pragma: no cover - run() starts them first
                         await self._deliver(name, watch, entries)
                         continue
-                    watch.pending.append(entries)
-                    if not watch.draining:
-                        watch.draining = True
-                        self._deliveries.start_soon(self._drain, name, watch)
+                    watch.pending.extend(entries)
+            # A channel with batches pending and no delivery task (its task ended with the
+            # broker's, or failed) gets one: nothing read is left undelivered.
+            deliveries = self._deliveries
+            for name, watch in self._watches.items():
+                if watch.pending and not watch.draining and deliveries is not None:
+                    watch.draining = True
+                    deliveries.start_soon(self._drain, name, watch)
 
     async def _drain(self, name: str, watch: _Watch) -> None:
-        """Deliver ``watch``'s pending batches in order; wake the reader if it left the
-        channel out of its read meanwhile."""
+        """Deliver ``watch``'s pending batches in order, an entry at a time; wake the reader
+        if it left the channel out of its read meanwhile.
+
+        An unexpected failure drops what was pending for that channel, reported as a gap:
+        the other channels' deliveries, and the reader, go on.
+        """
+        pending = watch.pending
         try:
-            while watch.pending and self._watches.get(name) is watch:
-                await self._deliver(name, watch, watch.pending[0])
-                watch.pending.popleft()
-                if watch.excluded:
+            while pending and self._watches.get(name) is watch:
+                # Taken off first: an entry is never delivered twice, even if a delivery is
+                # cut (the broker stopping).
+                await self._deliver(name, watch, (pending.popleft(),))
+                if watch.excluded and len(pending) < MAX_PENDING_BATCHES * self._batch:
                     watch.excluded = False
                     await self._wake()
+        except Exception:
+            log.exception("channel %s: a delivery failed; what was pending is dropped", name)
+            watch.pending.clear()
+            await self._gap(name, None, "a delivery failed on this relay")
         finally:
             watch.draining = False
 
@@ -276,9 +296,17 @@ class RedisStreams:
             await self._gap(name, seq - last - 1, "messages trimmed before this relay read them")
             return
         # The sequence started again: the keys expired (no publish for the stream's time to
-        # live: nothing was missed), or Redis restarted (what it held is lost).
-        if await self._connection.check_restarted():
-            await self._restarted()
+        # live: nothing was missed), or Redis restarted (what it held is lost). This runs in a
+        # channel's delivery task, not the reader: a failure to ask is a gap of unknown size,
+        # never an error that would end the deliveries.
+        try:
+            restarted = await self._connection.check_restarted()
+        except REDIS_ERRORS as error:
+            self._connection.note_error(f"restart check: {error}")
+            await self._gap(name, None, "the broker could not say whether it restarted")
+        else:
+            if restarted:
+                await self._restarted()
         watch.last_seq = seq
 
     async def _restarted(self) -> None:
