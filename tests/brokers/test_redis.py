@@ -770,3 +770,55 @@ async def test_a_blocked_channel_does_not_hold_up_other_channels_on_redis(
             assert got == [f"fast{i}" for i in range(20)]
     finally:
         stalled.close()
+
+
+async def test_a_publish_under_way_when_redis_restarts_is_sent_again_and_acknowledged(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Redis restarts under a live producer (its next publish races the relay noticing):
+    the publish waits for the new Redis, is sent again there, and is acknowledged."""
+    server = await start_relay(broker=redis_server.url, broker_timeout_seconds=8)
+    async with server.websocket("/ws/producer/race?ack=id") as producer:
+        await producer.send_message("before")
+        assert json.loads(await producer.get_message()) == {"id": 1}
+        for i in range(3):
+            await redis_server.kill()
+            await producer.send_message(f"during{i}")  # at once: the relay may not know yet
+            await redis_server.start()
+            with trio.fail_after(10):
+                assert json.loads(await producer.get_message()) == {"id": 1}  # a new Redis
+        assert not producer.closed
+
+
+async def test_a_publish_cut_by_a_broken_connection_is_sent_again_only_to_a_new_redis() -> None:
+    """A publish whose connection broke is sent once more when the Redis it reconnected to
+    restarted (a new run_id: the first try's write is gone), never to the same Redis."""
+    from triorelay.brokers.redis.connection import ConnectionLost
+
+    async def deliver(name: str, item: object) -> None:
+        raise AssertionError("nothing is read here")
+
+    broker = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver)
+    connection = broker.connection
+    connection._ready, connection._run_id = True, "first"
+    tries: list[str] = []
+
+    async def publish_across_a_restart(what: str) -> int:
+        tries.append(what)
+        if len(tries) == 1:
+            connection._run_id = "second"  # reconnected to a Redis that restarted
+            raise ConnectionLost("the broker is unavailable: message not published")
+        return 7
+
+    assert await broker._once_more_after_a_restart(publish_across_a_restart, "m") == 7
+    assert tries == ["m", "m"]
+
+    tries.clear()
+
+    async def publish_to_the_same_redis(what: str) -> int:
+        tries.append(what)
+        raise ConnectionLost("the broker is unavailable: message not published")
+
+    with pytest.raises(ConnectionLost):
+        await broker._once_more_after_a_restart(publish_to_the_same_redis, "m")
+    assert tries == ["m"]

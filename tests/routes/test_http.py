@@ -167,3 +167,24 @@ async def test_channels_are_listed_a_page_at_a_time(relay: RunningRelay) -> None
         for bad in ("0", "1001", "x"):
             assert (await relay.http.get(f"/channels?limit={bad}")).status_code == 400
     assert listed == ["p00", "p03", "p05"]
+
+
+async def test_a_channels_connections_are_listed_a_page_at_a_time(relay: RunningRelay) -> None:
+    """GET /channels/{c}?limit= pages through its producers and consumers in id order."""
+    async with (
+        relay.websocket("/ws/consumer/many"),
+        relay.websocket("/ws/consumer/many"),
+        relay.websocket("/ws/producer/many"),
+    ):
+        ids: list[int] = []
+        after = 0
+        while True:
+            page = await relay.http.get(f"/channels/many?limit=2&after={after}")
+            assert page.status_code == 200
+            ids += [c["id"] for c in page.json()["connections"]]
+            if "next" not in page.json():
+                break
+            after = page.json()["next"]
+        assert len(ids) == 3
+        assert ids == sorted(ids)
+        assert (await relay.http.get("/channels/many?after=x")).status_code == 400

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from operator import attrgetter
 
 import trio
 
@@ -210,12 +211,18 @@ class Hub:
         page = sorted(names) if limit is None else heapq.nsmallest(limit, names)
         return [self._channels[name].statistics() for name in page]
 
-    def connection_statistics(self, name: str) -> list[ConnectionStatistics]:
+    def connection_statistics(
+        self, name: str, *, after: int = 0, limit: int | None = None
+    ) -> list[ConnectionStatistics]:
+        """Channel ``name``'s producers and consumers with an id above ``after``, in id
+        order, at most ``limit`` of them (a page costs a scan of the members, no more)."""
         channel = self._channels.get(name)
         if channel is None:
             return []
-        members: list[Connection] = [*channel.producers, *channel.consumers]
-        return [member.statistics() for member in members]
+        members = (m for m in (*channel.producers, *channel.consumers) if m.id > after)
+        key = attrgetter("id")
+        page = sorted(members, key=key) if limit is None else heapq.nsmallest(limit, members, key)
+        return [member.statistics() for member in page]
 
     def close(self, code: CloseCode = CloseCode.GOING_AWAY, reason: str = "") -> None:
         """Refuse new connections and ask every connection to close with ``code``.

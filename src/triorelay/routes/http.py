@@ -123,12 +123,7 @@ async def list_channels() -> Response:
     ``next`` names the cursor of the next page (``?after=``); the last page has none.
     """
     Access.require(await _identify(), "admin")
-    try:
-        limit = int(request.args.get("limit", MAX_PAGE_CHANNELS))
-    except ValueError:
-        raise InvalidQuery("limit must be a whole number") from None
-    if not 0 < limit <= MAX_PAGE_CHANNELS:
-        raise InvalidQuery(f"limit must be 1 to {MAX_PAGE_CHANNELS}")
+    limit = _page_limit()
     stats = _relay().hub.statistics(after=request.args.get("after", ""), limit=limit + 1)
     more = len(stats) > limit
     page = stats[:limit]
@@ -140,14 +135,35 @@ async def list_channels() -> Response:
 
 @blueprint.get("/channels/<channel>")
 async def show_channel(channel: str) -> tuple[Response, int]:
+    """One channel's statistics and its connections', a page at a time: ``?limit=N`` (up to
+    1,000) and ``?after=ID`` (the previous page's ``next``), in id order."""
     Access.require(await _identify(), "admin")
     hub = _relay().hub
     stats = hub.channel_statistics(channel)
     if stats is None:
         return jsonify({"error": f"no live channel {channel!r}"}), 404
+    limit = _page_limit()
+    try:
+        after = int(request.args.get("after", 0))
+    except ValueError:
+        raise InvalidQuery("after must be a connection id") from None
+    members = hub.connection_statistics(channel, after=after, limit=limit + 1)
     body: dict[str, Any] = dataclasses.asdict(stats)
-    body["connections"] = [dataclasses.asdict(c) for c in hub.connection_statistics(channel)]
+    body["connections"] = [dataclasses.asdict(c) for c in members[:limit]]
+    if len(members) > limit:
+        body["next"] = members[limit - 1].id
     return jsonify(body), 200
+
+
+def _page_limit() -> int:
+    """``?limit=``: 1 to MAX_PAGE_CHANNELS (the default); else 400."""
+    try:
+        limit = int(request.args.get("limit", MAX_PAGE_CHANNELS))
+    except ValueError:
+        raise InvalidQuery("limit must be a whole number") from None
+    if not 0 < limit <= MAX_PAGE_CHANNELS:
+        raise InvalidQuery(f"limit must be 1 to {MAX_PAGE_CHANNELS}")
+    return limit
 
 
 @blueprint.get("/healthz")

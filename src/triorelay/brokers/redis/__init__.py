@@ -35,12 +35,18 @@ a successful connection.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from triorelay.brokers.base import Deliver
-from triorelay.brokers.redis.connection import REDIS_ERRORS, Backoff, RedisConnection
+from triorelay.brokers.redis.connection import (
+    REDIS_ERRORS,
+    Backoff,
+    ConnectionLost,
+    RedisConnection,
+)
 from triorelay.brokers.redis.queues import RedisQueue, RedisQueues
 from triorelay.brokers.redis.streams import RedisStreams
 from triorelay.envelopes import Payload
@@ -76,20 +82,36 @@ class RedisBroker:
         (one round trip); queue mode: one at a time (each may wait for room).
 
         While Redis is down this waits for the reconnection, at most
-        ``broker_timeout_seconds``: a short outage delays a publish, it does not fail it.
-        Raises :class:`BrokerUnavailable` past that, or when Redis does not confirm within
-        ``broker_timeout_seconds``: then the messages may or may not have been stored, and
-        the producer is told they were not acknowledged.
+        ``broker_timeout_seconds``: a short outage delays a publish, it does not fail it. A
+        publish whose connection breaks under it is sent again once Redis is back, if Redis
+        restarted meanwhile (what the first try may have written went with it; the same
+        Redis might hold it, so then it is not sent twice). Raises :class:`BrokerUnavailable`
+        past that, or when Redis does not confirm within ``broker_timeout_seconds``: then the
+        messages may or may not have been stored, and the producer is told they were not
+        acknowledged.
         """
-        if not await self.connection.until_ready():
-            raise BrokerUnavailable("the broker is unavailable: message not published")
         encoded = [_encoded(payload) for payload in payloads]
         if mode == "queue":
             for data, text in encoded:
-                published.append(await self.queues.publish(name, data, text))
+                seq = await self._once_more_after_a_restart(self.queues.publish, name, data, text)
+                published.append(seq)
             return
-        first = await self.streams.publish(name, encoded)
+        first = await self._once_more_after_a_restart(self.streams.publish, name, encoded)
         published.extend(range(first, first + len(payloads)))
+
+    async def _once_more_after_a_restart(
+        self, publish: Callable[..., Awaitable[int]], *args: Any
+    ) -> int:
+        connection = self.connection
+        if not await connection.until_ready():
+            raise BrokerUnavailable("the broker is unavailable: message not published")
+        run_id = connection.run_id
+        try:
+            return await publish(*args)
+        except ConnectionLost:
+            if not await connection.until_ready() or connection.run_id == run_id:
+                raise
+            return await publish(*args)
 
     def queue(self, name: str) -> RedisQueue:
         return RedisQueue(self.queues, name)

@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+class ConnectionLost(BrokerUnavailable):
+    """A command failed because its connection to Redis broke (not a timeout, not a refusal)."""
+
+
+#: Errors of a connection that broke under a command (as opposed to Redis refusing it).
+CONNECTION_ERRORS = (coredis.exceptions.ConnectionError, OSError)
+
 #: Shortest time between two connection attempts, however many clients want Redis.
 RETRY_MIN_SECONDS = 0.05
 
@@ -133,6 +141,11 @@ class RedisConnection:
                 yield
         except REDIS_ERRORS as error:
             self.note_error(f"{what}: {error}")
+            if isinstance(error, CONNECTION_ERRORS):
+                # The connection is gone: say so at once (the reader may not know yet), so
+                # that whoever retries waits for the reconnection.
+                self._lost(error)
+                raise ConnectionLost("the broker is unavailable: message not published") from None
             if is_out_of_memory(error):
                 # Redis is up but at maxmemory: say so, and count it (not an outage).
                 self.out_of_memory += 1
@@ -211,6 +224,11 @@ class RedisConnection:
         with trio.move_on_after(self.timeout_seconds):
             await self.wait_ready()
         return self._ready
+
+    @property
+    def run_id(self) -> str | None:
+        """The ``run_id`` of the Redis last connected to (a new one: it restarted)."""
+        return self._run_id
 
     async def check_restarted(self) -> bool:
         """Ask Redis its ``run_id``: True if it changed since the last time (a restart)."""
