@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 from typing import Any
@@ -822,3 +823,21 @@ async def test_a_publish_cut_by_a_broken_connection_is_sent_again_only_to_a_new_
     with pytest.raises(ConnectionLost):
         await broker._once_more_after_a_restart(publish_to_the_same_redis, "m")
     assert tries == ["m"]
+
+
+async def test_per_queue_claim_times_are_bounded(
+    start_relay: StartRelay, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next-claim time kept per queue name never exceeds MAX_CLAIM_TIMES entries, however
+    many queue names consumers have read."""
+    from triorelay.brokers.redis import queues as queues_module
+
+    monkeypatch.setattr(queues_module, "MAX_CLAIM_TIMES", 5)
+    relay = await start_relay(broker=redis_server.url, **QUEUE)
+    queues = broker_of(relay).queues
+    for i in range(12):
+        name = f"jobs.n{i}"
+        with contextlib.suppress(coredis.exceptions.StreamConsumerGroupError):
+            await queues._claim(name, queues.key(name), queues.consumer_name(1))  # no group yet
+        assert len(queues._next_claim) <= 5
+    assert len(queues._next_claim) >= 1
