@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     #: a successful connection.
     broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``GET /metrics`` labels channels by namespace: the name up to this separator.
+    metrics_namespace_separator: str = "."
+    #: Most namespaces labelled per scrape; past it channels count under "other".
+    metrics_max_namespaces: PositiveInt = 100
 
     # -- access control (docs/how-to/secure-a-relay.md) --
     #: HMAC secret that signs tokens (HS256/384/512). Any key setting turns tokens on.

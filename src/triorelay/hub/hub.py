@@ -201,6 +201,11 @@ class Hub:
         channel = self._channels.get(name)
         return None if channel is None else channel.statistics()
 
+    def each_channel_statistics(self) -> Iterator[ChannelStatistics]:
+        """Every live channel's statistics, in no particular order (one pass, no sorting)."""
+        for channel in list(self._channels.values()):
+            yield channel.statistics()
+
     def statistics(self, *, after: str = "", limit: int | None = None) -> list[ChannelStatistics]:
         """The channels named after ``after``, in name order, at most ``limit`` of them.
 

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify, request, send_file
 from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
@@ -38,6 +39,7 @@ from triorelay.errors import (
     RequestError,
     UnsupportedCharset,
 )
+from triorelay.observability.metrics import exposition
 from triorelay.relay import Relay
 
 blueprint = Blueprint("triorelay", __name__)
@@ -164,6 +166,14 @@ def _page_limit() -> int:
     if not 0 < limit <= MAX_PAGE_CHANNELS:
         raise InvalidQuery(f"limit must be 1 to {MAX_PAGE_CHANNELS}")
     return limit
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    """The relay's metrics in the Prometheus text format (``admin``)."""
+    Access.require(await _identify(), "admin")
+    body = exposition(_relay().metrics)
+    return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
 
 @blueprint.get("/healthz")

@@ -1,0 +1,145 @@
+"""``GET /metrics``: the relay's state in the Prometheus text format, with prometheus-client.
+
+A :class:`RelayCollector` reads the relay's own counters when Prometheus scrapes, so the hot
+path pays nothing for metrics: every figure already exists in the hub's and the broker's
+statistics. Channels are labelled by *namespace*, never by name (an attacker could create
+unbounded series): the part of the name before the first ``metrics_namespace_separator``
+(``chat.room1`` → ``chat``), at most ``metrics_max_namespaces`` distinct values per scrape,
+past which channels count under ``namespace="other"``. So a relay exposes at most
+``metrics_max_namespaces + 1`` series per channel metric, however many channels it holds.
+
+This first part covers one process: under ``--workers N`` each worker answers for itself.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from triorelay.auth.limits import ConnectionLimits
+    from triorelay.hub import Hub
+    from triorelay.lifecycle.supervisor import Supervisor
+    from triorelay.settings import Settings
+    from triorelay.uploads import UploadStore
+
+OTHER_NAMESPACE = "other"
+
+#: Channel counters exported per namespace: (statistic, metric name, help, counter or gauge).
+_CHANNEL_METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("messages_in", "messages_in", "messages accepted from this relay's producers", True),
+    ("bytes_in", "bytes_in", "bytes accepted from this relay's producers", True),
+    ("messages_delivered", "messages_delivered", "messages the broker handed to this relay", True),
+    ("messages_out", "messages_out", "messages written to this relay's consumers", True),
+    ("bytes_out", "bytes_out", "bytes written to this relay's consumers", True),
+    ("dropped", "dropped_messages", "messages lost to a consumer (policy, eviction, gap)", True),
+    ("disconnected_slow", "slow_consumer_disconnects", "consumers closed with 1013", True),
+    ("gaps", "gaps", "gaps the broker reported", True),
+    ("buffered", "buffered_messages", "messages held for consumers now", False),
+    ("producers", "producers", "producers attached now", False),
+    ("consumers", "consumers", "consumers attached now", False),
+)
+
+
+def namespace_of(channel: str, separator: str) -> str:
+    """The label a channel counts under: its name up to the first ``separator``."""
+    return channel.split(separator, 1)[0] if separator else channel
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the metrics are read from (the relay's parts; the collector knows no more)."""
+
+    settings: Settings
+    hub: Hub
+    limits: ConnectionLimits
+    supervisor: Supervisor
+    uploads: UploadStore
+
+
+class RelayCollector(Collector):
+    """The relay's metrics, read from its statistics at each scrape."""
+
+    def __init__(self, sources: Sources) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        relay = self._sources
+        settings = relay.settings
+        separator = settings.metrics_namespace_separator
+        limit = settings.metrics_max_namespaces
+        totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for channel in relay.hub.each_channel_statistics():  # O(channels), no sort
+            namespace = namespace_of(channel.name, separator)
+            if namespace not in totals and len(totals) >= limit:
+                namespace = OTHER_NAMESPACE
+            for field, _, _, _ in _CHANNEL_METRICS:
+                totals[namespace][field] += getattr(channel, field)
+        for field, name, text, is_counter in _CHANNEL_METRICS:
+            family: Any = (
+                CounterMetricFamily(f"triorelay_channel_{name}", text, labels=["namespace"])
+                if is_counter
+                else GaugeMetricFamily(f"triorelay_channel_{name}", text, labels=["namespace"])
+            )
+            for namespace, values in sorted(totals.items()):
+                family.add_metric([namespace], values[field])
+            yield family
+        yield GaugeMetricFamily("triorelay_channels", "live channels", value=len(relay.hub))
+        connections = GaugeMetricFamily(
+            "triorelay_connections", "WebSocket connections open now", value=relay.limits.total
+        )
+        yield connections
+        broker = relay.hub.broker.statistics()
+        yield GaugeMetricFamily(
+            "triorelay_broker_ready",
+            "1 while the broker can take messages",
+            value=1 if broker.get("ready") else 0,
+        )
+        for key, text in (
+            ("reconnects", "times the broker's connection was lost and made again"),
+            ("gaps", "gaps the broker's reader found"),
+            ("out_of_memory", "writes Redis refused at maxmemory"),
+            ("malformed_entries", "stream entries skipped as malformed"),
+        ):
+            if key in broker:
+                yield CounterMetricFamily(f"triorelay_broker_{key}", text, value=broker[key])
+        tasks = GaugeMetricFamily(
+            "triorelay_task_running", "1 while a supervised relay task runs", labels=["task"]
+        )
+        restarts = CounterMetricFamily(
+            "triorelay_task_restarts", "restarts of a supervised relay task", labels=["task"]
+        )
+        for task, state in sorted(relay.supervisor.tasks.items()):
+            tasks.add_metric([task], 1 if state.running else 0)
+            restarts.add_metric([task], state.restarts)
+        yield tasks
+        yield restarts
+        uploads = relay.uploads
+        yield GaugeMetricFamily(
+            "triorelay_upload_bytes_held",
+            "bytes the upload directory holds",
+            value=uploads.bytes_held,
+        )
+        yield GaugeMetricFamily(
+            "triorelay_upload_quota_bytes",
+            "the upload directory's quota",
+            value=uploads.quota_bytes,
+        )
+
+
+def registry_for(sources: Sources) -> CollectorRegistry:
+    """A registry of the relay's metrics alone (not the process-wide default one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(sources))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(registry)

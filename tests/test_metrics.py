@@ -1,0 +1,100 @@
+"""GET /metrics: the Prometheus text format, exact counter values, bounded series."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.auth.keys import SECRET, token
+from tests.conftest import StartRelay
+from tests.helpers import RunningRelay, wait_until
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def _scrape(relay: RunningRelay, **headers: Any) -> dict[Any, float]:
+    answer = await relay.http.get("/metrics", headers=headers)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return _samples(answer.text)
+
+
+async def test_metrics_count_a_scripted_workload_exactly(start_relay: StartRelay) -> None:
+    """10 messages to one consumer and a drop_newest drop on another channel: the scraped
+    counters are exactly those, by namespace."""
+    relay = await start_relay(
+        channels={"lossy.*": {"slow_consumer_policy": "drop_newest", "consumer_buffer_messages": 1}}
+    )
+    async with (
+        relay.websocket("/ws/consumer/chat.a") as consumer,
+        relay.websocket("/ws/producer/chat.a?ack=id") as producer,
+    ):
+        for i in range(10):
+            await producer.send_message(f"m{i}")
+            await producer.get_message()
+        for _ in range(10):
+            await consumer.get_message()
+        hub = relay.relay.hub
+        with hub.attach_consumer("lossy.x"), hub.attach_producer("lossy.x") as lossy:
+            await lossy.publish("kept")
+            await lossy.publish("dropped")  # the buffer of 1 is full
+            samples = await _scrape(relay)
+    chat = (("namespace", "chat"),)
+    assert samples[("triorelay_channel_messages_in_total", chat)] == 10
+    assert samples[("triorelay_channel_messages_out_total", chat)] == 10
+    assert samples[("triorelay_channel_consumers", chat)] == 1
+    lossy_ns = (("namespace", "lossy"),)
+    assert samples[("triorelay_channel_dropped_messages_total", lossy_ns)] == 1
+    assert samples[("triorelay_channel_buffered_messages", lossy_ns)] == 1
+    assert samples[("triorelay_broker_ready", ())] == 1
+    assert samples[("triorelay_task_running", (("task", "broker"),))] == 1
+
+
+async def test_ten_thousand_channel_names_make_no_more_than_the_namespace_bound(
+    start_relay: StartRelay,
+) -> None:
+    """Channels are labelled by namespace, at most metrics_max_namespaces + "other": 10,000
+    distinct names add a bounded number of series."""
+    relay = await start_relay(metrics_max_namespaces=5)
+    hub = relay.relay.hub
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for i in range(10_000):
+            stack.enter_context(hub.attach_consumer(f"ns{i % 50}.c{i}"))
+        samples = await _scrape(relay)
+    namespaces = {
+        dict(labels)["namespace"]
+        for (name, labels) in samples
+        if name == "triorelay_channel_consumers"
+    }
+    assert len(namespaces) == 6
+    assert "other" in namespaces
+    total = sum(v for (name, _), v in samples.items() if name == "triorelay_channel_consumers")
+    assert total == 10_000
+    assert samples[("triorelay_channels", ())] == 10_000
+
+
+async def test_metrics_need_the_admin_right(start_relay: StartRelay) -> None:
+    """With tokens on, /metrics needs admin: 401 without a token, 403 without the right."""
+    relay = await start_relay(auth_hmac_secret=SECRET)
+    assert (await relay.http.get("/metrics")).status_code == 401
+    other = {"Authorization": f"Bearer {token(grant={'rights': ['echo']})}"}
+    assert (await relay.http.get("/metrics", headers=other)).status_code == 403
+    admin = {"Authorization": f"Bearer {token(grant={'rights': ['admin']})}"}
+    samples = await _scrape(relay, **admin)
+    assert samples[("triorelay_channels", ())] == 0
+
+
+async def test_metrics_follow_connections(relay: RunningRelay) -> None:
+    """triorelay_connections follows the WebSocket connections open."""
+    async with relay.websocket("/ws/echo"):
+        await wait_until(lambda: relay.relay.limits.total == 1)
+        assert (await _scrape(relay))[("triorelay_connections", ())] == 1
