@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import ConnectionClosed
 
 from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay
@@ -98,3 +100,40 @@ async def test_metrics_follow_connections(relay: RunningRelay) -> None:
     async with relay.websocket("/ws/echo"):
         await wait_until(lambda: relay.relay.limits.total == 1)
         assert (await _scrape(relay))[("triorelay_connections", ())] == 1
+
+
+async def test_connections_and_refusals_are_counted_by_role_close_and_status(
+    start_relay: StartRelay,
+) -> None:
+    """Ended connections count by role and close code (client, 1009), with their messages;
+    refused handshakes and requests by status; the open gauge goes back to zero."""
+    relay = await start_relay(auth_hmac_secret=SECRET, max_message_bytes=1024)
+    admin = {"Authorization": f"Bearer {token(grant={'rights': ['admin']})}"}
+    grant = {"channels": {"*": ["publish", "subscribe"]}}
+    bearer = [("Authorization", f"Bearer {token(grant=grant)}")]
+    async with relay.websocket("/ws/producer/x?ack=none", extra_headers=bearer) as producer:
+        for _ in range(3):
+            await producer.send_message("abc")
+    async with relay.websocket("/ws/producer/x", extra_headers=bearer) as oversized:
+        await oversized.send_message("y" * 2000)
+        with contextlib.suppress(ConnectionClosed):
+            await oversized.get_message()
+    assert (await relay.http.get("/channels")).status_code == 401
+    from tests.helpers import refused_upgrade
+
+    assert (await refused_upgrade(relay.port, "/ws/consumer/x"))[0] == 401
+
+    def ended() -> bool:
+        return relay.relay.counters.ended.total() >= 2
+
+    await wait_until(ended)
+    samples = await _scrape(relay, **admin)
+    producer_role = (("role", "producer"),)
+    assert samples[("triorelay_connections_open", producer_role)] == 0
+    ended_total = "triorelay_connections_ended_total"
+    assert samples[(ended_total, (("close", "client"), *producer_role))] == 1
+    assert samples[(ended_total, (("close", "1009"), *producer_role))] == 1
+    messages_in = (("direction", "in"), *producer_role)
+    # The oversized message is refused on its frame's header: never read, never counted.
+    assert samples[("triorelay_connection_messages_total", messages_in)] == 3
+    assert samples[("triorelay_refusals_total", (("status", "401"),))] == 2

@@ -28,6 +28,7 @@ from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.hub import Hub
 from triorelay.lifecycle import CloseReaper, Liveness, Shutdown, watch_signals, watch_supervisor
 from triorelay.lifecycle.supervisor import Supervisor
+from triorelay.observability.counters import RelayCounters
 from triorelay.observability.metrics import Sources, registry_for
 from triorelay.settings import Settings
 from triorelay.uploads import UploadStore
@@ -57,8 +58,10 @@ class Relay:
         #: Restarts a background task that fails; ``/healthz`` reports one that is down.
         self.supervisor = Supervisor()
         #: What ``GET /metrics`` exposes, read from the statistics at each scrape.
+        #: Per-connection and per-refusal counts (never per message), for the metrics.
+        self.counters = RelayCounters()
         self.metrics = registry_for(
-            Sources(settings, self.hub, self.limits, self.supervisor, self.uploads)
+            Sources(settings, self.hub, self.limits, self.supervisor, self.uploads, self.counters)
         )
         self.handle_signals = handle_signals
 

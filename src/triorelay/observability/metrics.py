@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from triorelay.auth.limits import ConnectionLimits
     from triorelay.hub import Hub
     from triorelay.lifecycle.supervisor import Supervisor
+    from triorelay.observability.counters import RelayCounters
     from triorelay.settings import Settings
     from triorelay.uploads import UploadStore
 
@@ -61,6 +62,7 @@ class Sources:
     limits: ConnectionLimits
     supervisor: Supervisor
     uploads: UploadStore
+    counters: RelayCounters
 
 
 class RelayCollector(Collector):
@@ -91,10 +93,10 @@ class RelayCollector(Collector):
                 family.add_metric([namespace], values[field])
             yield family
         yield GaugeMetricFamily("triorelay_channels", "live channels", value=len(relay.hub))
-        connections = GaugeMetricFamily(
+        yield GaugeMetricFamily(
             "triorelay_connections", "WebSocket connections open now", value=relay.limits.total
         )
-        yield connections
+        yield from _connection_metrics(relay.counters)
         broker = relay.hub.broker.statistics()
         yield GaugeMetricFamily(
             "triorelay_broker_ready",
@@ -131,6 +133,38 @@ class RelayCollector(Collector):
             "the upload directory's quota",
             value=uploads.quota_bytes,
         )
+
+
+def _connection_metrics(counters: RelayCounters) -> Iterator[Metric]:
+    by_role = GaugeMetricFamily(
+        "triorelay_connections_open", "WebSocket connections open now", labels=["role"]
+    )
+    for role, count in sorted(counters.open.items()):
+        by_role.add_metric([role], count)
+    yield by_role
+    ended = CounterMetricFamily(
+        "triorelay_connections_ended",
+        "WebSocket connections that ended, by role and how (a close code, or client)",
+        labels=["role", "close"],
+    )
+    for (role, close), count in sorted(counters.ended.items()):
+        ended.add_metric([role, close], count)
+    yield ended
+    for kind, totals in (("messages", counters.messages), ("bytes", counters.bytes)):
+        family = CounterMetricFamily(
+            f"triorelay_connection_{kind}",
+            f"{kind} of the connections that ended, by role and direction",
+            labels=["role", "direction"],
+        )
+        for (role, direction), count in sorted(totals.items()):
+            family.add_metric([role, direction], count)
+        yield family
+    refused = CounterMetricFamily(
+        "triorelay_refusals", "handshakes and requests refused, by HTTP status", labels=["status"]
+    )
+    for status, count in sorted(counters.refused.items()):
+        refused.add_metric([str(status)], count)
+    yield refused
 
 
 def registry_for(sources: Sources) -> CollectorRegistry:

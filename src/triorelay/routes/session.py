@@ -37,6 +37,7 @@ from triorelay.compat import message_limits
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import CloseCode, Forbidden, RequestError, ServiceError, Unauthorized
 from triorelay.hub import Connection
+from triorelay.observability.counters import RelayCounters, close_label
 from triorelay.routes.asgi import Query, Receive, Rejected, Send, Socket, payload_of
 
 if TYPE_CHECKING:
@@ -292,6 +293,8 @@ async def open_session(
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send({"type": "websocket.accept"})
+        relay.counters.opened(connection.role)
+        stack.callback(_count_ended, relay.counters, connection)  # however the session ends
         socket = Socket(receive, send)
         session = Session(request, connection, socket, None)
         # Where Hypercorn allows, its reader task hands each TCP read's messages to the
@@ -321,6 +324,15 @@ async def open_session(
             connection.close(CloseCode.TOKEN_EXPIRED, "token expired")
         await session.finish(send)
         _log_access(session, trio.current_time() - started)
+
+
+def _count_ended(counters: RelayCounters, connection: Connection) -> None:
+    counters.closed(
+        connection.role,
+        close_label(connection.close_code, connection.disconnected),
+        (connection.messages_in, connection.messages_out),
+        (connection.bytes_in, connection.bytes_out),
+    )
 
 
 def _log_access(session: Session[C], seconds: float) -> None:

@@ -103,8 +103,10 @@ class RelayWebSockets:
         try:
             await self._serve(scope, *found, receive, send)
         except RequestError as error:  # refused before the upgrade
+            self.relay.counters.refusal(error.status)
             await reject(send, error)
         except Rejected as rejected:  # refused while attaching
+            self.relay.counters.refusal(rejected.error.status)
             await reject(send, rejected.error)
 
     async def _serve(
