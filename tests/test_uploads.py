@@ -244,7 +244,7 @@ async def test_the_upload_quota_closes_1013_and_removes_the_partial_file(
     assert relay.relay.uploads.bytes_held == 2 * len(mib)
     for path in stored_files(relay):
         path.unlink()
-    relay.relay.uploads.sweep(ttl_seconds=3600, stale_seconds=3600)
+    await relay.relay.uploads.sweep_and_recount(ttl_seconds=3600, stale_seconds=3600)
     async with relay.websocket("/ws/upload") as ws:
         assert (await upload(ws, {}, [mib, mib]))["bytes"] == 2 * len(mib)
 
@@ -270,3 +270,23 @@ async def test_the_sweep_removes_expired_files_and_stale_parts_on_its_timer(
     assert sorted(p.name for p in directory.iterdir()) == [recent, f"{recent}.json"]
     assert (await relay.http.get(f"/files/{old}")).status_code == 404
     assert (await relay.http.get(f"/files/{recent}")).content == b"recent"
+
+
+async def test_a_sweep_keeps_what_was_reserved_while_it_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recount is the disk's count plus what uploads reserved while the sweep ran, so an
+    upload in progress is not forgotten by the quota."""
+    store = UploadStore(tmp_path, max_bytes=1024, quota_bytes=10_000)
+    (tmp_path / ("a" * 32)).write_bytes(b"x" * 100)
+    count = store.sweep
+
+    def sweep_while_a_chunk_arrives(**limits: float) -> Any:
+        swept = count(**limits)
+        store.reserve(7)  # a chunk reserved while the directory was being counted
+        return swept
+
+    monkeypatch.setattr(store, "sweep", sweep_while_a_chunk_arrives)
+    swept = await store.sweep_and_recount(ttl_seconds=3600, stale_seconds=3600)
+    assert swept.bytes_held == 100
+    assert store.bytes_held == 107

@@ -16,7 +16,6 @@ app's lifetime in the lifespan nursery (:meth:`Relay.run`). It owns:
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import trio
 
@@ -104,13 +103,11 @@ class Relay:
         """Remove expired stored files and the partial uploads a relay that died left behind,
         and recount the directory (the first time before serving)."""
         settings = self.settings
-        sweep = partial(
-            self.uploads.sweep,
-            ttl_seconds=settings.upload_ttl_seconds,
-            stale_seconds=settings.stale_upload_seconds,
-        )
         try:
-            swept = await trio.to_thread.run_sync(sweep)
+            swept = await self.uploads.sweep_and_recount(
+                ttl_seconds=settings.upload_ttl_seconds,
+                stale_seconds=settings.stale_upload_seconds,
+            )
         except OSError as error:
             log.warning("could not sweep the uploads in %s: %s", self.uploads.directory, error)
             return

@@ -32,6 +32,7 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -75,24 +76,39 @@ class UploadStore:
         self.quota_bytes = quota_bytes if quota_bytes is not None else 2**63
         #: What the directory holds, as this relay counts it (recounted by each sweep).
         self.bytes_held = 0
+        # Every reserve minus every release so far: what changed while a sweep counted.
+        self._changes = 0
 
     def reserve(self, size: int) -> None:
         """Count ``size`` more bytes against the quota; raise StorageFull past it."""
         if self.bytes_held + size > self.quota_bytes:
             raise StorageFull("upload storage full")
         self.bytes_held += size
+        self._changes += size
 
     def release(self, size: int) -> None:
         """``size`` bytes left the directory."""
         self.bytes_held = max(0, self.bytes_held - size)
+        self._changes -= size
+
+    async def sweep_and_recount(self, *, ttl_seconds: float, stale_seconds: float) -> Sweep:
+        """:meth:`sweep` in a worker thread; then take its count of the directory, plus what
+        this relay reserved or released while it counted (so no upload in progress is
+        forgotten). Raises OSError if the directory cannot be read."""
+        before = self._changes
+        swept = await trio.to_thread.run_sync(
+            partial(self.sweep, ttl_seconds=ttl_seconds, stale_seconds=stale_seconds)
+        )
+        self.bytes_held = max(0, swept.bytes_held + self._changes - before)
+        return swept
 
     def sweep(self, *, ttl_seconds: float, stale_seconds: float) -> Sweep:
         """Remove stored files older than ``ttl_seconds`` and temporary files nothing has
         written for ``stale_seconds`` (left by a relay that died mid-upload: several relays
         may share the directory, so a file still being written is left alone); then recount
-        what the directory holds. Blocking: run it in a thread."""
+        what the directory holds (returned, not applied: see :meth:`sweep_and_recount`).
+        Blocking: run it in a thread."""
         if not self.directory.is_dir():
-            self.bytes_held = 0
             return Sweep(0, 0, 0)
         now = time.time()
         expired = stale = held = 0
@@ -115,7 +131,6 @@ class UploadStore:
                 held += stat.st_size
             except FileNotFoundError:
                 pass  # another relay removed or committed it meanwhile
-        self.bytes_held = held
         return Sweep(expired, stale, held)
 
     def upload(self, filename: str | None = None) -> Upload:
