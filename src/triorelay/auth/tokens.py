@@ -33,6 +33,17 @@ from triorelay.errors import Unauthorized
 from triorelay.settings import Settings
 
 CLAIM = "triorelay"
+
+#: Why PyJWT refused a token, in words a client can act on (never the token itself).
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not yet valid"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAlgorithmError, "algorithm not accepted"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidKeyError, "algorithm not accepted for this key"),
+)
 """The claim that holds a token's rights (:class:`~triorelay.auth.grants.Grant`)."""
 
 
@@ -106,24 +117,11 @@ class TokenVerifier:
                     "verify_iss": self._issuer is not None,
                 },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("invalid token: expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("invalid token: not yet valid") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthorized("invalid token: wrong audience") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthorized("invalid token: wrong issuer") from None
         except jwt.MissingRequiredClaimError as error:
             raise Unauthorized(f"invalid token: no {error.claim!r} claim") from None
-        except jwt.InvalidAlgorithmError:
-            raise Unauthorized("invalid token: algorithm not accepted") from None
-        except jwt.InvalidSignatureError:
-            raise Unauthorized("invalid token: bad signature") from None
-        except jwt.InvalidKeyError:
-            raise Unauthorized("invalid token: algorithm not accepted for this key") from None
-        except jwt.PyJWTError:
-            raise Unauthorized("invalid token: malformed") from None
+        except jwt.PyJWTError as error:
+            reason = next((r for kind, r in _REASONS if isinstance(error, kind)), "malformed")
+            raise Unauthorized(f"invalid token: {reason}") from None
         try:
             grant = Grant.parse(claims.get(CLAIM))
         except InvalidGrant as error:
