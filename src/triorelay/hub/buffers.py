@@ -227,11 +227,6 @@ class QueueBudget:
     def fits(self, size: int) -> bool:
         return self.bytes + size <= self.max_bytes or not self.bytes
 
-    async def wait_for(self, size: int) -> None:
-        """Return once ``size`` more bytes fit."""
-        while not self.fits(size):
-            await self._room.park()
-
     async def wait_for_change(self) -> None:
         """Return at the next :meth:`wake` (room made, or a queue closed)."""
         await self._room.park()
@@ -299,22 +294,22 @@ class LocalQueue:
         if self._room:
             self._room.unpark_all()
 
-    async def put(self, payload: Payload) -> None:
-        """Queue ``payload``, waiting for room; :class:`trio.ClosedResourceError` once closed,
-        :class:`~triorelay.errors.QueueFull` when there was no room for ``full_timeout``.
+    async def put(self, payload: Payload, size: int) -> None:
+        """Queue ``payload`` (of ``size`` bytes), waiting for room;
+        :class:`trio.ClosedResourceError` once closed, :class:`~triorelay.errors.QueueFull`
+        when there was no room for ``full_timeout``.
 
         The wait is bounded so that a producer never waits for ever on a queue nobody reads
         (holding its connection, and the budget for everyone)."""
-        if self.full or not self.budget.fits(size_of(payload)):
+        if self.full or not self.budget.fits(size):
             with trio.move_on_after(self._full_timeout):
-                await self.wait_for_room(size_of(payload))
-            if self.full or not self.budget.fits(size_of(payload)):
+                await self.wait_for_room(size)
+            if self.full or not self.budget.fits(size):
                 raise QueueFull(
                     f"the queue stayed full for {self._full_timeout:g} s: message not queued"
                 )
-        size = size_of(payload)
-        await self.budget.wait_for(size)
-        # Count first: a waiting consumer may take the message before send() returns.
+        # There is room, and nothing checkpoints before send() takes the message. Count
+        # first: a waiting consumer may take the message before send() returns.
         self._occupancy.add()
         self.budget.add(size)
         try:

@@ -144,7 +144,7 @@ class Channel:
         counters.messages_delivered += 1
         counters.bytes_delivered += size
         if self._queue is not None:
-            await self._queue.put(payload)
+            await self._queue.put(payload, size)
         elif self._policy == "block":
             await self._deliver_blocking(payload, size)
         else:

@@ -253,6 +253,6 @@ class Consumer(Connection):
         size = self.inbox.last_size  # measured once, by the inbox
         self.messages_out += 1
         self.bytes_out += size
-        counters = self._counters  # ChannelCounters.count_out, inlined: this runs per message
+        counters = self._counters  # written out: this runs per message
         counters.messages_out += 1
         counters.bytes_out += size

@@ -44,10 +44,6 @@ class ChannelCounters:
         self.messages_in += len(payloads)
         self.bytes_in += sum(map(size_of, payloads))
 
-    def count_out(self, size: int) -> None:
-        self.messages_out += 1
-        self.bytes_out += size
-
     def uncount_out(self, size: int) -> None:
         """A message taken out was put back (queue mode): it was not delivered after all."""
         self.messages_out -= 1

@@ -38,7 +38,15 @@ from triorelay.envelopes import Payload, size_of
 from triorelay.errors import CloseCode, Forbidden, RequestError, ServiceError, Unauthorized
 from triorelay.hub import Connection
 from triorelay.observability.counters import RelayCounters, close_label
-from triorelay.routes.asgi import Query, Receive, Rejected, Send, Socket, payload_of
+from triorelay.routes.asgi import (
+    Query,
+    Receive,
+    Rejected,
+    Send,
+    Socket,
+    payload_of,
+    wait_for_disconnect,
+)
 
 if TYPE_CHECKING:
     from triorelay.relay import Relay
@@ -216,8 +224,7 @@ class Session(Generic[C]):
 
     async def wait_for_disconnect(self) -> None:
         """Discard events until the client disconnects (with a tap, only the disconnect comes)."""
-        while (await self.receive())["type"] != "websocket.disconnect":
-            pass
+        await wait_for_disconnect(self.receive)
 
     def bind(self, scope: trio.CancelScope) -> None:
         """Let the hub cancel ``scope`` to end the connection, with the close clock running."""
