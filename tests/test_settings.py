@@ -87,6 +87,9 @@ def test_channel_rules_from_environment_first_match_wins(monkeypatch: pytest.Mon
         consumer_buffer_messages=32,
         consumer_buffer_bytes=1024 * 1024,
         queue_buffer_messages=1024,
+        history_messages=1000,
+        history_bytes=1024 * 1024,
+        history_ttl_seconds=300.0,
     )
     assert settings.channel_config("jobs.mail") == defaults.model_copy(
         update={"mode": "queue", "queue_buffer_messages": 8}

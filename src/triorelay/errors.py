@@ -23,6 +23,7 @@ Exception tree::
     │   ├── UnsupportedData        close 1003: binary where the protocol wants text, or back
     │   ├── ProtocolViolation      close 1008: a message the protocol does not allow there
     │   ├── UploadMismatch         close 1008: the upload is not what its metadata declared
+    │   ├── RecoveryFailed         HTTP 410 / close 4410: a required resume cannot be done
     │   └── UnknownUpstream        HTTP 404 / close 4404
     └── ServiceError               a valid request the relay could not serve; carries the answer
         ├── UpstreamError          HTTP 502 / close 1014: an upstream unreachable or failing
@@ -81,6 +82,9 @@ class CloseCode(IntEnum):
     #: ``/ws/proxy/{name}`` or the ``/ws`` proxy flow asked for an upstream that is not
     #: configured (4404 mirrors HTTP 404).
     UNKNOWN_UPSTREAM = 4404
+    #: ``recover=required`` and the resume cannot be done; the reason says why (``recovery
+    #: failed: trimmed``...). 4410 mirrors HTTP 410 Gone: what the consumer missed is gone.
+    RECOVERY_FAILED = 4410
 
 
 class TriorelayError(Exception):
@@ -192,6 +196,14 @@ class Forbidden(RequestError):
 
     status = 403
     close_code = CloseCode.FORBIDDEN
+
+
+class RecoveryFailed(RequestError):
+    """``recover=required``, and the messages after the consumer's position cannot all be
+    replayed (the reason is in the message: ``recovery failed: trimmed``...)."""
+
+    status = 410
+    close_code = CloseCode.RECOVERY_FAILED
 
 
 class UploadTooBig(MessageTooBig):

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StringConstraints,
     UrlConstraints,
@@ -41,6 +42,7 @@ from triorelay.errors import SettingsError
 Mode = Literal["broadcast", "queue"]
 Policy = Literal["disconnect", "drop_oldest", "drop_newest", "block"]
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 UpstreamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 """A proxy upstream's name: what ``/ws/proxy/{name}`` says, never a URL."""
 WebSocketUrl = Annotated[
@@ -72,6 +74,9 @@ class ChannelRule(BaseModel):
     consumer_buffer_messages: PositiveInt | None = None
     consumer_buffer_bytes: PositiveInt | None = None
     queue_buffer_messages: PositiveInt | None = None
+    history_messages: NonNegativeInt | None = None
+    history_bytes: PositiveInt | None = None
+    history_ttl_seconds: Annotated[float, Field(gt=0)] | None = None
 
 
 class ChannelConfig(BaseModel):
@@ -85,6 +90,14 @@ class ChannelConfig(BaseModel):
     consumer_buffer_bytes: int
     queue_buffer_messages: int
     block_timeout_seconds: float = 30.0
+    history_messages: int = 0
+    history_bytes: int = 1
+    history_ttl_seconds: float = 1.0
+
+    @property
+    def keeps_history(self) -> bool:
+        """True when the channel's messages are kept for resuming consumers (broadcast only)."""
+        return self.mode == "broadcast" and self.history_messages > 0
 
 
 class Settings(BaseSettings):
@@ -121,6 +134,25 @@ class Settings(BaseSettings):
     compression: bool = False
     #: Most channels alive at once; past it new channels are refused (503 / close 1013).
     max_channels: PositiveInt = 100_000
+    #: History per broadcast channel, for consumers that resume (docs/topics/delivery.md):
+    #: the last ``history_messages`` messages (0: no history) and at most ``history_bytes``
+    #: of them, for ``history_ttl_seconds`` after the channel's last publish.
+    history_messages: NonNegativeInt = 1000
+    history_bytes: PositiveInt = 1024 * 1024
+    history_ttl_seconds: Annotated[float, Field(gt=0)] = 300.0
+    #: Memory broker: bytes every channel's history holds together (payloads plus about
+    #: 100 bytes per message and 1 KiB per channel); past it the histories published to
+    #: least recently lose their oldest messages first.
+    history_max_bytes: PositiveInt = 64 * 1024 * 1024
+    #: How long a channel's position (its epoch and last offset) outlives its last publish,
+    #: so that a consumer coming back after its history expired is told "expired", not
+    #: "epoch". Memory broker: also held within ``history_max_bytes``.
+    history_meta_ttl_seconds: Annotated[float, Field(gt=0)] = 24 * 3600.0
+    #: A resume that would replay more messages than this is not done (reason ``too_many``).
+    recovery_max_messages: PositiveInt = 10_000
+    #: ``GET /channels/{c}/events``: a comment line this often keeps proxies from closing an
+    #: idle event stream.
+    sse_keepalive_seconds: Annotated[float, Field(gt=0)] = 15.0
     #: Per-channel overrides: glob pattern -> rule. The first matching pattern wins.
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 
@@ -229,6 +261,8 @@ class Settings(BaseSettings):
     publish_rate_messages_per_second: Annotated[float, Field(gt=0)] = 100_000.0
     publish_rate_bytes_per_second: Annotated[float, Field(gt=0)] = 256.0 * 1024 * 1024
 
+    _configs: dict[str | None, ChannelConfig] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _check_buffers_fit_a_message(self) -> Settings:
         smallest = min(
@@ -318,11 +352,22 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def channel_config(self, name: str) -> ChannelConfig:
-        """The configuration of channel ``name``: the first matching rule over the defaults."""
-        rule = next(
-            (rule for pattern, rule in self.channels.items() if fnmatch.fnmatchcase(name, pattern)),
-            ChannelRule(),
+        """The configuration of channel ``name``: the first matching rule over the defaults.
+
+        One object per rule (and one for the defaults), made once: every channel a rule
+        matches shares it.
+        """
+        pattern = next(
+            (pattern for pattern in self.channels if fnmatch.fnmatchcase(name, pattern)), None
         )
+        config = self._configs.get(pattern)
+        if config is None:
+            config = self._configs[pattern] = self._resolve(
+                self.channels[pattern] if pattern is not None else ChannelRule()
+            )
+        return config
+
+    def _resolve(self, rule: ChannelRule) -> ChannelConfig:
         return ChannelConfig(
             mode=rule.mode or self.mode,
             slow_consumer_policy=rule.slow_consumer_policy or self.slow_consumer_policy,
@@ -330,6 +375,13 @@ class Settings(BaseSettings):
             consumer_buffer_bytes=rule.consumer_buffer_bytes or self.consumer_buffer_bytes,
             queue_buffer_messages=rule.queue_buffer_messages or self.queue_buffer_messages,
             block_timeout_seconds=self.block_timeout_seconds,
+            history_messages=(
+                rule.history_messages
+                if rule.history_messages is not None
+                else self.history_messages
+            ),
+            history_bytes=rule.history_bytes or self.history_bytes,
+            history_ttl_seconds=rule.history_ttl_seconds or self.history_ttl_seconds,
         )
 
 

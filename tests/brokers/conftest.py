@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import coredis
 import pytest
 import trio
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from triorelay.brokers import Broker, Gap, broker_factory
+from triorelay.brokers import Broker, Gap, MemoryBroker, broker_factory
 from triorelay.envelopes import Payload
 from triorelay.hub import Hub
 from triorelay.settings import Settings
@@ -29,10 +30,13 @@ class Deliveries:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, Payload | Gap]] = []
+        #: Each item's position, as delivered: ``(offset, epoch)``.
+        self.positions: list[tuple[int, str]] = []
         self._grew = trio.Event()
 
-    async def deliver(self, name: str, item: Payload | Gap) -> None:
+    async def deliver(self, name: str, item: Payload | Gap, offset: int, epoch: str) -> None:
         self.items.append((name, item))
+        self.positions.append((offset, epoch))
         self._grew.set()
         self._grew = trio.Event()
 
@@ -63,6 +67,25 @@ class Backend:
         """A broker running in ``nursery`` (until the test ends), started and ready."""
         broker = self.broker(deliver, **overrides)
         await nursery.start(broker.run)
+        return broker
+
+    async def age_history(self, broker: Broker, name: str, *, seconds: float) -> None:
+        """Make channel ``name``'s last publish ``seconds`` older (its history may expire)."""
+        if isinstance(broker, MemoryBroker):
+            history = broker.histories.held(name)
+            assert history is not None
+            history.last_publish -= seconds
+            return
+        async with coredis.Redis.from_url(self.broker_setting) as client:
+            await client.hincrby(f"triorelay:meta:{name}", "t", -round(seconds * 1000))
+
+    async def lose_everything(self, nursery: trio.Nursery, broker: Broker) -> Broker:
+        """Lose every channel's history: the memory broker's relay restarts (a new broker),
+        Redis loses its data (as a restart without persistence). Returns the broker to use."""
+        if isinstance(broker, MemoryBroker):
+            return await self.start_broker(nursery, Deliveries())
+        async with coredis.Redis.from_url(self.broker_setting) as client:
+            await client.flushall()
         return broker
 
     async def start_hub(self, nursery: trio.Nursery, **overrides: Any) -> Hub:

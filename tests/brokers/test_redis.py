@@ -148,7 +148,8 @@ async def test_a_sequence_jump_is_reported_with_its_size(
         assert await consumer.get_message() == "one"
         # What a relay sees when 4 messages were trimmed from the stream before it read them.
         async with coredis.Redis.from_url(redis_server.url) as client:
-            await client.xadd("triorelay:ch:jump", {"p": "six", "t": "1", "s": "6"})
+            epoch = (await client.hget("triorelay:meta:jump", "e")).decode()
+            await client.xadd("triorelay:ch:jump", {"p": "six", "t": "1"}, identifier=f"{epoch}-6")
         with trio.fail_after(10):
             notice = json.loads(await consumer.get_message())
             assert await consumer.get_message() == "six"
@@ -161,19 +162,22 @@ async def test_a_sequence_jump_is_reported_with_its_size(
         assert (stats["gaps"], stats["dropped"]) == (1, 4)
 
 
-async def test_a_sequence_that_starts_over_on_the_same_redis_is_not_a_gap(
+async def test_a_stream_that_expired_goes_on_in_the_same_epoch_without_a_gap(
     start_relay: StartRelay, redis_server: RedisServer
 ) -> None:
-    """The channel's keys expired (no restart): numbering starts again, nothing was missed."""
+    """The channel's stream expired (no publish for its time to live) but not its position:
+    offsets go on from the last one, in the same epoch; nothing was missed, so no gap."""
     server = await start_relay(broker=redis_server.url)
     async with server.websocket("/ws/consumer/idle?notices=true") as consumer:
         async with server.websocket("/ws/producer/idle?ack=id") as producer:
             for text in ("one", "two"):
                 await producer.send_message(text)
                 await producer.get_message()
-        assert [await consumer.get_message() for _ in range(2)] == ["one", "two"]
-        async with coredis.Redis.from_url(redis_server.url) as client:
-            await client.xadd("triorelay:ch:idle", {"p": "fresh", "t": "1", "s": "1"})
+            assert [await consumer.get_message() for _ in range(2)] == ["one", "two"]
+            async with coredis.Redis.from_url(redis_server.url) as client:
+                await client.delete(["triorelay:ch:idle"])
+            await producer.send_message("fresh")
+            assert json.loads(await producer.get_message()) == {"id": 3}
         with trio.fail_after(10):
             assert await consumer.get_message() == "fresh"
     assert broker_of(server).gaps == 0
@@ -472,7 +476,7 @@ async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> 
     (it starts after what was published before it): the read's watch must be current."""
     delivered: list[object] = []
 
-    async def deliver(name: str, item: object) -> None:
+    async def deliver(name: str, item: object, offset: int, epoch: str) -> None:
         delivered.append(item)
 
     streams = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver).streams
@@ -624,8 +628,11 @@ async def test_a_malformed_stream_entry_is_skipped_counted_and_reading_goes_on(
     ):
         await producer.send_message("before")
         assert await consumer.get_message() == "before"
-        await client.xadd("triorelay:ch:odd", {"p": "x"})  # no "s", no "t"
-        await client.xadd("triorelay:ch:odd", {"p": "x", "t": "9", "s": "2"})
+        # Entries of another writer, at offsets 2 and 3 of the channel's epoch.
+        epoch = (await client.hget("triorelay:meta:odd", "e")).decode()
+        await client.xadd("triorelay:ch:odd", {"p": "x"}, identifier=f"{epoch}-2")  # no "t"
+        await client.xadd("triorelay:ch:odd", {"p": "x", "t": "9"}, identifier=f"{epoch}-3")
+        await client.hincrby("triorelay:meta:odd", "o", 2)
         await producer.send_message("after")
         with trio.fail_after(10):
             assert await consumer.get_message() == "after"
@@ -796,7 +803,7 @@ async def test_a_publish_cut_by_a_broken_connection_is_sent_again_only_to_a_new_
     restarted (a new run_id: the first try's write is gone), never to the same Redis."""
     from triorelay.brokers.redis.connection import ConnectionLost
 
-    async def deliver(name: str, item: object) -> None:
+    async def deliver(name: str, item: object, offset: int, epoch: str) -> None:
         raise AssertionError("nothing is read here")
 
     broker = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver)

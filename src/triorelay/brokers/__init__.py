@@ -7,9 +7,10 @@ relay processes through Redis Streams.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
-from triorelay.brokers.base import Broker, BrokerFactory, Deliver, Gap, QueueSource
+from triorelay.brokers.base import Broker, BrokerFactory, Deliver, Gap, QueueSource, Recovery
 from triorelay.brokers.memory import MemoryBroker
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "Gap",
     "MemoryBroker",
     "QueueSource",
+    "Recovery",
     "broker_factory",
 ]
 
@@ -29,7 +31,7 @@ __all__ = [
 def broker_factory(settings: Settings) -> BrokerFactory:
     """What makes the broker the ``broker`` setting names (validated by the settings)."""
     if settings.broker == "memory":
-        return MemoryBroker
+        return partial(MemoryBroker, settings=settings)
     from triorelay.brokers.redis import RedisBroker  # coredis is only loaded when used
 
     def open_redis(deliver: Deliver) -> Broker:

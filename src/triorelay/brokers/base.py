@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import trio
 
 from triorelay.envelopes import Payload
+from triorelay.framing import Position, RecoveryReason
 from triorelay.settings import Mode
 
 
@@ -24,18 +25,38 @@ from triorelay.settings import Mode
 class Gap:
     """Messages of a channel may have been lost on their way to this relay.
 
-    ``count`` is how many when the broker knows (a jump in sequence numbers), ``None`` when it
-    cannot (Redis restarted and lost what it held).
+    ``count`` is how many when the broker knows (a jump in offsets), ``None`` when it cannot
+    (Redis restarted and lost what it held). ``epoch``: the channel's new epoch when its
+    history was lost (positions from before it are void), else ``None``.
     """
 
     count: int | None
     reason: str
+    epoch: str | None = None
 
 
-Deliver = Callable[[str, "Payload | Gap"], Awaitable[None]]
-"""``await deliver(channel_name, payload_or_gap)``: hand a message (or a gap) to this relay's
-consumers of the channel. It may wait (a ``block`` policy, a full local queue): that is
-backpressure on whatever feeds it."""
+Deliver = Callable[[str, "Payload | Gap", int, str], Awaitable[None]]
+"""``await deliver(channel_name, payload_or_gap, offset, epoch)``: hand a message (or a gap)
+to this relay's consumers of the channel, with the message's position (a gap's offset is 0;
+queue messages have the offset 0 and the epoch ``""``: they have no position). It may wait (a
+``block`` policy, a full local queue): that is backpressure on whatever feeds it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What a resuming consumer gets (:meth:`Broker.recover`).
+
+    ``position`` is the channel's position now (its epoch and last offset): the live stream
+    goes on after it. ``recovered``: ``entries`` are every message after the consumer's
+    position up to ``position``, as ``(offset, payload)`` in order; otherwise ``entries`` is
+    empty and ``reason`` says why.
+    """
+
+    position: Position
+    recovered: bool
+    reason: RecoveryReason | None = None
+    entries: tuple[tuple[int, Payload], ...] = ()
+
 
 BrokerFactory = Callable[[Deliver], "Broker"]
 """Makes a broker that delivers through the given callback (the hub passes its own)."""
@@ -72,8 +93,13 @@ class Broker(Protocol):
       broker. It may block for backpressure and raises on failure
       (:class:`~triorelay.errors.BrokerUnavailable`), so a producer's ack never covers a lost
       message.
-    - Sequence numbers are per channel, from 1, contiguous, in the order messages are
-      accepted; a publish of several payloads appends them in order.
+    - Sequence numbers (a broadcast message's *offset*) are per channel, from 1,
+      contiguous, in the order messages are accepted; a publish of several payloads appends
+      them in order. With the channel's epoch they are the message's position; a lost history
+      (its state dropped, Redis lost its keys) starts a new epoch, and offsets from 1 again.
+    - A broadcast channel keeps its last messages within its history bounds
+      (``history_*``), and :meth:`recover` reads them for a consumer resuming from a position
+      (``docs/topics/delivery.md``).
     - Watching is what promises delivery: the hub calls :meth:`watch` when a broadcast
       channel gets its first local consumer and :meth:`unwatch` when it loses its last one;
       the route awaits :meth:`wait_watching` before accepting a consumer, and from then on
@@ -100,6 +126,16 @@ class Broker(Protocol):
         number to ``published`` as it is accepted: if this raises, ``published`` holds the
         accepted ones (the first ``len(published)`` payloads). A networked broker takes them
         in one round trip where it can."""
+        ...
+
+    async def recover(self, name: str, since: Position | None) -> Recovery:
+        """The channel's position now and, for ``since``, the messages after it (or why not).
+
+        Called once the consumer is attached and :meth:`wait_watching` returned, so that
+        the live stream covers everything after the returned position (the route skips live
+        messages up to it: no gap and no duplicate at the seam). Raises
+        :class:`~triorelay.errors.BrokerUnavailable` if the history cannot be read.
+        """
         ...
 
     def queue(self, name: str) -> QueueSource | None:

@@ -6,40 +6,88 @@ from typing import Any
 
 import trio
 
-from triorelay.brokers.base import Deliver
-from triorelay.envelopes import Payload
-from triorelay.settings import Mode
+from triorelay.brokers.base import Deliver, Recovery
+from triorelay.brokers.history import MemoryHistories, reason_after_reading, recovery_reason
+from triorelay.envelopes import Payload, size_of
+from triorelay.framing import Position
+from triorelay.settings import Mode, Settings
 
 
 class MemoryBroker:
     """One process, no network: :meth:`publish` numbers each message and delivers it at once.
 
-    It keeps one number per live channel, the last sequence number given out; the hub tells it
-    when a channel goes (:meth:`forget`), so a channel made again numbers from 1.
+    Broadcast channels keep their position and history in :class:`MemoryHistories` (every
+    channel within ``history_max_bytes``); a relay that restarts starts every channel in a new
+    epoch. Queue channels keep one number per live channel, the last sequence number given
+    out; the hub tells the broker when a channel goes (:meth:`forget`).
     """
 
     delivers_locally = True
 
-    def __init__(self, deliver: Deliver) -> None:
+    def __init__(self, deliver: Deliver, settings: Settings | None = None) -> None:
         self._deliver = deliver
+        self._settings = settings if settings is not None else Settings()
         self._last_seq: dict[str, int] = {}
+        self.histories = MemoryHistories(
+            self._settings.history_max_bytes,
+            self._settings.history_meta_ttl_seconds,
+            trio.current_time,
+        )
 
     async def publish(
         self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
     ) -> None:
         deliver = self._deliver
+        if mode == "broadcast":
+            histories = self.histories
+            for payload in payloads:
+                # Numbered and kept before it is delivered: an offset is never given twice,
+                # even when a delivery that waits (``block``) is cut; the message is then
+                # published (in the history, and with the consumers that took it).
+                history = histories.held(name)
+                if history is None:
+                    history = histories.state(name, self._settings.channel_config(name))
+                offset = histories.append(history, payload, size_of(payload))
+                published.append(offset)
+                await deliver(name, payload, offset, history.epoch)
+            return
         seq = self._last_seq.get(name, 0)
         try:
             for payload in payloads:
-                # Numbered once delivered: a publish cancelled while it waits (``block``, a
-                # full queue) takes no number, so none is skipped. (Under ``block``, the
-                # consumers with room may already have it: at least once for them.)
-                await deliver(name, payload)
+                # Numbered once delivered: a publish cancelled while it waits (a full
+                # queue) takes no number, so none is skipped.
+                await deliver(name, payload, 0, "")
                 seq += 1
                 published.append(seq)
         finally:
             if seq:
                 self._last_seq[name] = seq
+
+    async def recover(self, name: str, since: Position | None) -> Recovery:
+        """Read the channel's history (no checkpoint: nothing is published meanwhile)."""
+        settings = self._settings
+        config = settings.channel_config(name)
+        histories = self.histories
+        history = histories.state(name, config)
+        position = history.position
+        if since is None:
+            return Recovery(position, recovered=False)
+        reason = recovery_reason(
+            since,
+            history.epoch,
+            history.offset,
+            config,
+            expired=history.expired_for(since, trio.current_time()),
+            recovery_max_messages=settings.recovery_max_messages,
+        )
+        if reason is None and since.offset < history.offset:
+            entries, sizes = histories.read(history, since.offset)
+            reason = reason_after_reading(
+                since, history.offset, entries, sizes, config.history_bytes
+            )
+            if reason is None:
+                return Recovery(position, recovered=True, entries=tuple(entries))
+        return Recovery(position, recovered=reason is None, reason=reason)
 
     def queue(self, name: str) -> None:
         """The hub's own queue serves queue channels."""
@@ -55,6 +103,7 @@ class MemoryBroker:
 
     def forget(self, name: str) -> None:
         self._last_seq.pop(name, None)
+        self.histories.forget(name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -68,4 +117,11 @@ class MemoryBroker:
         """Always ready."""
 
     def statistics(self) -> dict[str, Any]:
-        return {"kind": "memory", "ready": True}
+        histories = self.histories
+        return {
+            "kind": "memory",
+            "ready": True,
+            "histories": len(histories),
+            "history_bytes": histories.bytes,
+            "history_trimmed": histories.trimmed,
+        }

@@ -23,6 +23,34 @@ import trio
 from triorelay.brokers.base import QueueSource
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import QueueFull
+from triorelay.framing import encode_message
+
+
+class Entry:
+    """A broadcast message with its position, for the consumers that are told positions
+    (the ``triorelay.v1`` framing, event streams): one per message, shared by all of them,
+    encoded for the framing at most once (:meth:`frame`)."""
+
+    __slots__ = ("_frame", "epoch", "offset", "payload", "size")
+
+    def __init__(self, payload: Payload, size: int, offset: int, epoch: str) -> None:
+        self.payload = payload
+        self.size = size
+        self.offset = offset
+        self.epoch = epoch
+        self._frame: Payload | None = None
+
+    def frame(self, channel: str) -> Payload:
+        """The message as a ``triorelay.v1`` message frame on ``channel``."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = encode_message(channel, self.offset, self.payload)
+        return frame
+
+
+Item = Payload | Entry
+"""What a consumer's inbox holds: a message (and, with notices, a notice), or for a
+positioned consumer an :class:`Entry` (notices stay text)."""
 
 
 class Occupancy:
@@ -54,11 +82,11 @@ class Inbox(Protocol):
         """True once :meth:`close` was called: the stream has ended."""
         ...
 
-    async def receive(self) -> Payload:
+    async def receive(self) -> Item:
         """The next message; raises :class:`trio.EndOfChannel` once closed."""
         ...
 
-    def receive_nowait(self) -> Payload:
+    def receive_nowait(self) -> Item:
         """The next message if one is ready, else :class:`trio.WouldBlock`; ended:
         :class:`trio.EndOfChannel`."""
         ...
@@ -81,7 +109,7 @@ class _MemoryInbox:
 
     __slots__ = ("_closed", "_receive", "last_size")
 
-    _receive: trio.MemoryReceiveChannel[Payload]
+    _receive: trio.MemoryReceiveChannel[Item]
     _closed: bool
     #: The size of the message last received (so that it is measured once).
     last_size: int
@@ -90,7 +118,7 @@ class _MemoryInbox:
     def closed(self) -> bool:
         return self._closed
 
-    async def receive(self) -> Payload:
+    async def receive(self) -> Item:
         try:
             payload = await self._receive.receive()
         except trio.ClosedResourceError:
@@ -98,7 +126,7 @@ class _MemoryInbox:
         self._taken(payload)
         return payload
 
-    def receive_nowait(self) -> Payload:
+    def receive_nowait(self) -> Item:
         try:
             payload = self._receive.receive_nowait()
         except trio.ClosedResourceError:
@@ -106,7 +134,7 @@ class _MemoryInbox:
         self._taken(payload)
         return payload
 
-    def _taken(self, payload: Payload) -> None:
+    def _taken(self, payload: Item) -> None:
         """Account for ``payload`` leaving the inbox."""
         raise NotImplementedError
 
@@ -131,7 +159,7 @@ class ConsumerBuffer(_MemoryInbox):
     )
 
     def __init__(self, max_messages: int, max_bytes: int, occupancy: Occupancy) -> None:
-        self._send, self._receive = trio.open_memory_channel[Payload](max_messages)
+        self._send, self._receive = trio.open_memory_channel[Item](max_messages)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._occupancy = occupancy
@@ -150,7 +178,7 @@ class ConsumerBuffer(_MemoryInbox):
             return False
         return self.messages < self.max_messages
 
-    def offer(self, payload: Payload, size: int) -> bool:
+    def offer(self, payload: Item, size: int) -> bool:
         """Buffer ``payload`` (of ``size``) if there is room; False, and nothing changes, if not."""
         if self.bytes + size > self.max_bytes and self.messages:
             return False
@@ -201,8 +229,8 @@ class ConsumerBuffer(_MemoryInbox):
             self._room.unpark_all()
         return left
 
-    def _taken(self, payload: Payload) -> None:
-        size = self.last_size = size_of(payload)
+    def _taken(self, payload: Item) -> None:
+        size = self.last_size = payload.size if type(payload) is Entry else size_of(payload)  # type: ignore[arg-type]
         self.messages -= 1
         self.bytes -= size
         self._occupancy.messages -= 1
@@ -358,9 +386,9 @@ class QueueReader(_MemoryInbox):
         self._closed = False
         self.last_size = 0
 
-    def _taken(self, payload: Payload) -> None:
+    def _taken(self, payload: Item) -> None:
         self._occupancy.remove()
-        size = self.last_size = size_of(payload)
+        size = self.last_size = size_of(payload)  # type: ignore[arg-type] # queues hold payloads
         self._queue.taken(size)
 
     def requeue(self, payload: Payload) -> bool:

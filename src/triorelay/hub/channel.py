@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import trio
 
+from triorelay import framing
 from triorelay.brokers.base import Broker
 from triorelay.envelopes import Payload, gap_notice, size_of
 from triorelay.errors import CloseCode
 from triorelay.hub.buffers import (
     ConsumerBuffer,
+    Entry,
     LocalQueue,
     Occupancy,
     QueueBudget,
@@ -56,6 +58,8 @@ class Channel:
         # so a policy may evict while a delivery is under way.
         self._consumers: dict[Consumer, None] = {}
         self._snapshot: tuple[Consumer, ...] | None = ()
+        #: How many consumers are told positions (they get an Entry per message).
+        self._positioned = 0
         self.closed = False
         self._source = broker.queue(name) if config.mode == "queue" else None
         self._queue: LocalQueue | None = None
@@ -87,7 +91,10 @@ class Channel:
 
     # -- members --
 
-    def attach_consumer(self, *, notices: bool = False) -> Consumer:
+    def attach_consumer(self, *, notices: bool = False, positioned: bool = False) -> Consumer:
+        """A new consumer of this channel; ``positioned`` (broadcast only): its buffer gets
+        an :class:`Entry` per message (its position with it), and notices as framing
+        control messages."""
         config = self.config
         if self._source is not None:
             consumer_id = next_connection_id()
@@ -100,7 +107,10 @@ class Channel:
                 config.consumer_buffer_messages, config.consumer_buffer_bytes, self.occupancy
             )
             consumer = Consumer(self.name, config.mode, buffer, self.counters)
-        consumer.notices = notices
+        consumer.notices = notices or positioned
+        if positioned and consumer.buffer is not None:
+            consumer.positioned = True
+            self._positioned += 1
         if not self._consumers and config.mode == "broadcast":
             self._broker.watch(self.name)
         self._consumers[consumer] = None
@@ -112,6 +122,8 @@ class Channel:
             return
         del self._consumers[consumer]
         self._snapshot = None
+        if consumer.positioned:
+            self._positioned -= 1
         consumer.inbox.close()
         if not self._consumers and self.config.mode == "broadcast":
             self._broker.unwatch(self.name)
@@ -133,9 +145,10 @@ class Channel:
                     return
                 await full.wait_for_room()
 
-    async def deliver(self, payload: Payload) -> None:
+    async def deliver(self, payload: Payload, offset: int = 0, epoch: str = "") -> None:
         """Hand one message to this relay's consumers by the channel's mode and policy.
 
+        ``offset`` and ``epoch`` are its position (broadcast), for positioned consumers.
         Waits only for a ``block`` policy or a full local queue; does not checkpoint otherwise.
         Raises :class:`trio.ClosedResourceError` if the channel closes while it waits to queue.
         """
@@ -145,30 +158,33 @@ class Channel:
         counters.bytes_delivered += size
         if self._queue is not None:
             await self._queue.put(payload, size)
-        elif self._policy == "block":
-            await self._deliver_blocking(payload, size)
+            return
+        entry = Entry(payload, size, offset, epoch) if self._positioned else None
+        if self._policy == "block":
+            await self._deliver_blocking(payload, size, entry)
         else:
-            self._deliver_nowait(payload, size)
+            self._deliver_nowait(payload, size, entry)
 
-    def _deliver_nowait(self, payload: Payload, size: int) -> None:
+    def _deliver_nowait(self, payload: Payload, size: int, entry: Entry | None) -> None:
         policy = self._policy
         snapshot = self._snapshot
         for consumer in snapshot if snapshot is not None else self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
-            if buffer.offer(payload, size):
+            if buffer.offer(entry if entry is not None and consumer.positioned else payload, size):
                 continue
             if policy == "drop_newest":
                 self._count_drop(consumer, 1)
             elif policy == "drop_oldest":
-                while not buffer.offer(payload, size):
+                item = entry if entry is not None and consumer.positioned else payload
+                while not buffer.offer(item, size):
                     if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
                         break
                     self._count_drop(consumer, 1)
             else:  # disconnect
                 self._evict(consumer)
 
-    async def _deliver_blocking(self, payload: Payload, size: int) -> None:
+    async def _deliver_blocking(self, payload: Payload, size: int, entry: Entry | None) -> None:
         # Offer to everyone first, so a full consumer does not hold the message back from the
         # consumers after it; then wait for room in each one that was full, until the
         # message's deadline: past it, a consumer still full is closed (block_timeout_seconds).
@@ -176,7 +192,9 @@ class Channel:
         for consumer in self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
-            if not buffer.offer(payload, size):
+            if not buffer.offer(
+                entry if entry is not None and consumer.positioned else payload, size
+            ):
                 full.append(consumer)
         if not full:
             return
@@ -185,9 +203,10 @@ class Channel:
         for consumer in full:
             buffer = consumer.buffer
             assert buffer is not None
+            item = entry if entry is not None and consumer.positioned else payload
             with trio.move_on_at(deadline):
                 # A consumer that leaves while we wait has its buffer closed: skip it.
-                while not buffer.closed and not buffer.offer(payload, size):
+                while not buffer.closed and not buffer.offer(item, size):
                     await buffer.wait_for_room()
                 continue
             if not buffer.closed:
@@ -209,24 +228,27 @@ class Channel:
             reason = f"consumer too slow: its buffer was full ({held})"
         consumer.close(CloseCode.TRY_AGAIN_LATER, reason)
 
-    def report_gap(self, count: int | None, reason: str) -> None:
+    def report_gap(self, count: int | None, reason: str, epoch: str | None = None) -> None:
         """The broker may have lost messages on their way here: tell every consumer.
 
         ``count`` is the number of messages missed when the broker knows it (it is counted as
-        dropped for each consumer), ``None`` when it cannot know (Redis restarted). Consumers
-        with ``notices`` get :func:`~triorelay.envelopes.gap_notice` in their stream, unless
-        their buffer is full (they are losing messages anyway).
+        dropped for each consumer), ``None`` when it cannot know (Redis restarted); ``epoch``
+        the channel's new epoch if its history was lost. Consumers with ``notices`` get
+        :func:`~triorelay.envelopes.gap_notice` in their stream (positioned ones the
+        framing's :func:`~triorelay.framing.gap`), unless their buffer is full (they are
+        losing messages anyway; a positioned consumer's writer still sees the new epoch).
         """
         self.counters.gaps += 1
         notice = gap_notice(count, reason)
-        size = size_of(notice)
+        framed = framing.gap(self.name, count, reason, epoch) if self._positioned else notice
         for consumer in self.consumers:
             if count:  # counted as dropped, but told as a gap, not again as "dropped"
                 consumer.count_dropped(count, notice=False)
                 self.counters.dropped += count
             buffer = consumer.buffer
             if consumer.notices and buffer is not None:
-                buffer.offer(notice, size)
+                told = framed if consumer.positioned else notice
+                buffer.offer(told, size_of(told))
 
     # -- state --
 
@@ -249,6 +271,7 @@ class Channel:
             buffered=self.occupancy.messages,
             peak_buffered=self.occupancy.peak,
             gaps=counters.gaps,
+            recoveries=dict(counters.recoveries),
         )
 
     def close(self) -> None:

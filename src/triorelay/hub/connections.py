@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from triorelay.envelopes import Payload, size_of
-from triorelay.hub.buffers import ConsumerBuffer, Inbox
+from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item
 from triorelay.hub.statistics import ChannelCounters, ConnectionStatistics
 from triorelay.settings import Mode
 
@@ -173,6 +173,9 @@ class Consumer(Connection):
         self._counters = counters
         #: The consumer also gets the broker's gap notices in its stream.
         self.notices = notices
+        #: Its inbox holds an :class:`~triorelay.hub.buffers.Entry` per message (its
+        #: position with it), and notices as framing control messages.
+        self.positioned = False
         self.pending_dropped = 0
 
     @property
@@ -195,8 +198,8 @@ class Consumer(Connection):
         buffer = self.buffer
         return buffer.peak if buffer is not None else 0
 
-    async def receive(self) -> Payload:
-        """Wait for this consumer's next message.
+    async def receive(self) -> Item:
+        """Wait for this consumer's next message (an Entry for a positioned consumer).
 
         Raises :class:`trio.EndOfChannel` once the consumer is detached or the hub closes.
         """
@@ -204,7 +207,7 @@ class Consumer(Connection):
         self._took(payload)
         return payload
 
-    def receive_nowait(self) -> Payload:
+    def receive_nowait(self) -> Item:
         """The next message if one is buffered, else raise :class:`trio.WouldBlock`.
 
         Raises :class:`trio.EndOfChannel` once the consumer is detached or the hub closes.
@@ -249,7 +252,7 @@ class Consumer(Connection):
         dropped, self.pending_dropped = self.pending_dropped, 0
         return dropped
 
-    def _took(self, payload: Payload) -> None:
+    def _took(self, payload: Item) -> None:
         size = self.inbox.last_size  # measured once, by the inbox
         self.messages_out += 1
         self.bytes_out += size

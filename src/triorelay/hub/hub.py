@@ -25,10 +25,11 @@ from operator import attrgetter
 
 import trio
 
-from triorelay.brokers.base import BrokerFactory, Gap
+from triorelay.brokers.base import Broker, BrokerFactory, Gap, Recovery
 from triorelay.brokers.memory import MemoryBroker
 from triorelay.envelopes import Payload
 from triorelay.errors import CloseCode, InvalidChannelName, ShuttingDown, TooManyChannels
+from triorelay.framing import Position
 from triorelay.hub.buffers import QueueBudget
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer
@@ -56,7 +57,11 @@ class Hub:
 
     def __init__(self, settings: Settings, broker: BrokerFactory | None = None) -> None:
         self.settings = settings
-        self.broker = (broker if broker is not None else MemoryBroker)(self.deliver)
+        self.broker: Broker
+        if broker is None:
+            self.broker = MemoryBroker(self.deliver, settings)
+        else:
+            self.broker = broker(self.deliver)
         self._channels: dict[str, Channel] = {}
         #: What every local queue holds together (memory broker), at most max_queued_bytes.
         self.queue_budget = QueueBudget(settings.max_queued_bytes)
@@ -115,6 +120,16 @@ class Hub:
             else:
                 channel.counters.count_in(payloads[:accepted])
 
+    async def recover(self, name: str, since: Position | None) -> Recovery:
+        """Channel ``name``'s position now and, for ``since``, what a resuming consumer missed
+        (see :meth:`Broker.recover <triorelay.brokers.base.Broker.recover>`), counted in the
+        channel's statistics."""
+        recovery = await self.broker.recover(name, since)
+        channel = self._channels.get(name)
+        if channel is not None and since is not None:
+            channel.counters.count_recovery(recovery.reason)
+        return recovery
+
     async def wait_for_room(self, name: str, size: int) -> None:
         """Return once channel ``name`` would take a message of ``size`` without waiting (see
         :meth:`Channel.wait_for_room`). With a broker that holds queues itself, or carries
@@ -123,8 +138,9 @@ class Hub:
         if channel is not None and self.broker.delivers_locally:
             await channel.wait_for_room(size)
 
-    async def deliver(self, name: str, item: Payload | Gap) -> None:
-        """The broker's callback: hand ``item`` to this relay's consumers of channel ``name``.
+    async def deliver(self, name: str, item: Payload | Gap, offset: int, epoch: str) -> None:
+        """The broker's callback: hand ``item`` to this relay's consumers of channel ``name``,
+        with its position (``offset``, ``epoch``).
 
         A message goes through the channel's mode and policy (``block`` and a full local queue
         wait); a :class:`Gap` is reported to the channel's consumers. A channel that is gone or
@@ -134,9 +150,9 @@ class Hub:
         if channel is None or channel.closed:
             return
         if isinstance(item, Gap):
-            channel.report_gap(item.count, item.reason)
+            channel.report_gap(item.count, item.reason, item.epoch)
         else:
-            await channel.deliver(item)
+            await channel.deliver(item, offset, epoch)
 
     # -- members --
 
@@ -162,13 +178,16 @@ class Hub:
             self._release(channel)
 
     @contextmanager
-    def attach_consumer(self, name: str, *, notices: bool = False) -> Iterator[Consumer]:
+    def attach_consumer(
+        self, name: str, *, notices: bool = False, positioned: bool = False
+    ) -> Iterator[Consumer]:
         """Attach a consumer to channel ``name`` (created if needed) for the ``with`` block.
 
-        ``notices``: the consumer also gets the broker's gap notices in its stream.
+        ``notices``: the consumer also gets the broker's gap notices in its stream;
+        ``positioned``: it is told each message's position (see :meth:`Channel.attach_consumer`).
         """
         channel = self._channel(name)
-        consumer = channel.attach_consumer(notices=notices)
+        consumer = channel.attach_consumer(notices=notices, positioned=positioned)
         self._connections.add(consumer)
         try:
             yield consumer

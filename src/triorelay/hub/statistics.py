@@ -18,6 +18,8 @@ class ChannelCounters:
       broker (Redis) are taken from it, not delivered.
     - ``messages_out`` / ``bytes_out``: taken by this relay's consumers to write to sockets.
     - ``dropped``: messages lost to a consumer (policies ``drop_*``, an eviction, a gap).
+    - ``recoveries``: consumers that resumed from a position, by result: ``recovered`` or
+      the reason it could not be done (``trimmed``, ``epoch``...).
     """
 
     __slots__ = (
@@ -30,6 +32,7 @@ class ChannelCounters:
         "messages_delivered",
         "messages_in",
         "messages_out",
+        "recoveries",
     )
 
     def __init__(self) -> None:
@@ -39,6 +42,12 @@ class ChannelCounters:
         self.dropped = 0
         self.disconnected_slow = 0
         self.gaps = 0
+        self.recoveries: dict[str, int] = {}
+
+    def count_recovery(self, reason: str | None) -> None:
+        """A consumer resumed: ``reason`` None if every missed message was replayed."""
+        key = reason or "recovered"
+        self.recoveries[key] = self.recoveries.get(key, 0) + 1
 
     def count_in(self, payloads: list[Payload]) -> None:
         self.messages_in += len(payloads)
@@ -71,6 +80,8 @@ class ChannelStatistics:
     peak_buffered: int
     #: Gaps the broker reported: messages this relay may have missed (Redis outage, trimming).
     gaps: int
+    #: Resumes by result: ``recovered`` or the reason (see ChannelCounters).
+    recoveries: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,11 @@ Each is a thin handler on :func:`~triorelay.routes.session.open_session`:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import trio
 
+from triorelay import framing
 from triorelay.auth.limits import TokenBucket
 from triorelay.envelopes import Payload, dropped_notice, id_ack, size_of
 from triorelay.errors import (
@@ -26,6 +27,7 @@ from triorelay.errors import (
 )
 from triorelay.hub import Consumer, Producer, validate_channel_name
 from triorelay.lifecycle import SHUTDOWN_REASON
+from triorelay.routes import positioned
 from triorelay.routes.asgi import Message, Receive, Socket, payload_of
 from triorelay.routes.session import Request, Session, open_session
 
@@ -65,13 +67,43 @@ async def produce(request: Request) -> None:
 
 
 async def consume(request: Request) -> None:
-    """Send the client every message of its channel; ``?notices=true`` adds notices."""
+    """Send the client every message of its channel; ``?notices=true`` adds notices.
+
+    A client that offers the ``triorelay.v1`` subprotocol gets it: every message with its
+    position, and may resume (``?since=``; see ``docs/reference/framing.md``).
+    """
     relay, channel = request.relay, request.argument
     validate_channel_name(channel)
     notices = query_value(request.query, "notices", ("false", "true")) == "true"
-    attach = relay.hub.attach_consumer(channel, notices=notices)
-    async with open_session(request, attach, subscribe=channel) as session:
+    framed = framing.SUBPROTOCOL in request.subprotocols
+    resume = None
+    if framed:
+        if relay.settings.channel_config(channel).mode != "broadcast":
+            raise InvalidQuery(f"the {framing.SUBPROTOCOL} framing is for broadcast channels")
+        resume = positioned.resume_query(request.query)
+    elif positioned.asks_to_resume(request.query):
+        raise InvalidQuery(f"since and recover need the {framing.SUBPROTOCOL} subprotocol")
+    attach = relay.hub.attach_consumer(channel, notices=notices, positioned=framed)
+    subprotocol = framing.SUBPROTOCOL if framed else None
+    async with open_session(request, attach, subscribe=channel, subprotocol=subprotocol) as session:
         consumer = session.connection
+        if resume is not None:
+            recovery, cursor = await positioned.subscribe(relay.hub, consumer, resume)
+            opening = positioned.opening_frames(channel, recovery, resume, positioned.FRAMING)
+            if not await session.socket.send_many(opening):
+                consumer.disconnected = True
+                return
+
+            async def write() -> None:
+                assert resume is not None
+                await positioned.write_positioned(
+                    consumer, session.socket.send_many, cursor, positioned.FRAMING
+                )
+        else:
+
+            async def write() -> None:
+                await write_loop(consumer, session.socket, notices)
+
         if session.tap is not None:
             # Hypercorn's reader reports the disconnect: no reader task of our own. What a
             # consumer sends is discarded (but for a token refresh), and its size limit still
@@ -80,11 +112,11 @@ async def consume(request: Request) -> None:
             if session.refreshable:
                 session.take_controls_from_tap()
             await session.tap.start()
-            await write_loop(consumer, session.socket, notices)
+            await write()
         else:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_until_disconnect, session)
-                await write_loop(consumer, session.socket, notices)
+                await write()
                 nursery.cancel_scope.cancel()
         if consumer.detached:
             # The hub ended this consumer's stream: the relay is shutting down.
@@ -207,13 +239,14 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     """
     batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
     while True:
+        # A raw consumer's inbox holds payloads only (no Entry: it is not positioned).
         try:
-            batch: list[Payload] = [await consumer.receive()]
+            batch: list[Payload] = [cast(Payload, await consumer.receive())]
         except trio.EndOfChannel:
             return
         try:
             while len(batch) < batch_limit:
-                batch.append(consumer.receive_nowait())
+                batch.append(cast(Payload, consumer.receive_nowait()))
         except (trio.WouldBlock, trio.EndOfChannel):
             pass  # send what we have; an ended stream shows on the next receive
         if notices and consumer.pending_dropped:

@@ -78,6 +78,8 @@ class Request:
     channel: str | None
     receive: Receive
     send: Send
+    #: What the client offered in ``Sec-WebSocket-Protocol``, in its order.
+    subprotocols: tuple[str, ...] = ()
 
 
 class Session(Generic[C]):
@@ -270,12 +272,17 @@ class Session(Generic[C]):
 
 @asynccontextmanager
 async def open_session(
-    request: Request, attach: AbstractContextManager[C], *, subscribe: str | None = None
+    request: Request,
+    attach: AbstractContextManager[C],
+    *,
+    subscribe: str | None = None,
+    subprotocol: str | None = None,
 ) -> AsyncIterator[Session[C]]:
     """Attach, accept and serve one WebSocket for the ``async with`` block, then close it.
 
     ``subscribe``: a consumer's channel; the upgrade waits until the broker delivers its
     messages here, so the consumer gets every message published once it is accepted.
+    ``subprotocol``: the one the relay chose from the client's offer (sent in the accept).
     Raises :class:`Rejected` (refuse the upgrade) for a RequestError before the accept. The
     block runs in the session's cancel scope: the hub's close (eviction, shutdown) cancels it.
     """
@@ -299,7 +306,10 @@ async def open_session(
         )
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
-        await send({"type": "websocket.accept"})
+        accept: dict[str, object] = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
         relay.counters.opened(connection.role)
         stack.callback(_count_ended, relay.counters, connection)  # however the session ends
         socket = Socket(receive, send)

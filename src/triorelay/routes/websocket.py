@@ -138,6 +138,7 @@ class RelayWebSockets:
             channel=channel,
             receive=receive,
             send=send,
+            subprotocols=tuple(scope.get("subprotocols") or ()),
         )
         with relay.limits.hold(Access.client_key(identity, credentials)):
             await route.handler(request)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from triorelay.brokers.base import Deliver
+from triorelay.brokers.base import Deliver, Recovery
 from triorelay.brokers.redis.connection import (
     REDIS_ERRORS,
     Backoff,
@@ -51,6 +51,7 @@ from triorelay.brokers.redis.queues import RedisQueue, RedisQueues
 from triorelay.brokers.redis.streams import RedisStreams
 from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
+from triorelay.framing import Position
 from triorelay.settings import Mode
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ class RedisBroker:
             if not await connection.until_ready() or connection.run_id == run_id:
                 raise
             return await publish(*args)
+
+    async def recover(self, name: str, since: Position | None) -> Recovery:
+        if not self.connection.ready:
+            self.connection.want_ready()
+            raise BrokerUnavailable("the broker is unavailable: try again later")
+        return await self.streams.recover(name, since)
 
     def queue(self, name: str) -> RedisQueue:
         return RedisQueue(self.queues, name)

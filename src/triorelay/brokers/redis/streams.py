@@ -21,32 +21,79 @@ relay's wake stream, which the blocking ``XREAD`` also reads).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from triorelay.brokers.base import Deliver, Gap
+from triorelay.brokers.base import Deliver, Gap, Recovery
+from triorelay.brokers.history import reason_after_reading, recovery_reason
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
-from triorelay.envelopes import Payload
+from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
+from triorelay.framing import Position
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PUBLISH = """
-local n = tonumber(ARGV[3])
-local first = redis.call('INCRBY', KEYS[2], n) - n + 1
-for i = 0, n - 1 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-             'p', ARGV[4 + 2 * i], 't', ARGV[5 + 2 * i], 's', first + i)
+# A channel's position lives in a hash, ``{prefix}meta:{name}``: its epoch ``e``, last offset
+# ``o``, the offset through which its stream expired ``x``, and its last publish time ``t``
+# (milliseconds). Stream ids are ``epoch-offset``, so that a consumer's position is a stream id
+# (a resume is one XRANGE), and a new epoch sorts after the old one (the reader's XREAD, still
+# at the old history's last id, reads the new history from its first message).
+_NEW_EPOCH = """
+local function new_epoch(now)
+  local epoch = tonumber(now)
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if top then  -- the stream outlived its position: it belongs to a lost history
+    local old = tonumber(string.match(top[1], '^(%d+)'))
+    if old >= epoch then epoch = old + 1 end
+    redis.call('DEL', KEYS[1])
+  end
+  epoch = string.format('%d', epoch)
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now)
+  return epoch
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return first
 """
+_PUBLISH = (
+    _NEW_EPOCH
+    + """
+local n = tonumber(ARGV[5])
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = new_epoch(ARGV[4])
+elseif redis.call('EXISTS', KEYS[1]) == 0
+    or tonumber(ARGV[4]) - tonumber(redis.call('HGET', KEYS[2], 't')) > tonumber(ARGV[6]) then
+  -- the history expired (the stream with it, or not yet): what it held is let go
+  redis.call('HSET', KEYS[2], 'x', redis.call('HGET', KEYS[2], 'o'))
+  redis.call('DEL', KEYS[1])
+end
+local first = redis.call('HINCRBY', KEYS[2], 'o', n) - n + 1
+for i = 0, n - 1 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1],
+             epoch .. '-' .. string.format('%d', first + i),
+             'p', ARGV[7 + 2 * i], 't', ARGV[8 + 2 * i])
+end
+redis.call('HSET', KEYS[2], 't', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {epoch, first}
+"""
+)
+_POSITION = (
+    _NEW_EPOCH
+    + """
+local m = redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
+if not m[1] then
+  m = {new_epoch(ARGV[1]), '0', '0', ARGV[1]}
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return m
+"""
+)
 _WAKE = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'w', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -62,6 +109,8 @@ class _Watch:
 
     __slots__ = (
         "draining",
+        "epoch",
+        "epoch_text",
         "excluded",
         "last_seq",
         "pending",
@@ -72,6 +121,9 @@ class _Watch:
 
     def __init__(self) -> None:
         self.position: bytes | None = None
+        #: The epoch and offset of the last entry delivered (or the last one at positioning).
+        self.epoch: bytes | None = None
+        self.epoch_text = ""
         self.last_seq: int | None = None
         self.positioned = trio.Event()
         self.positioning = False
@@ -96,10 +148,13 @@ class RedisStreams:
 
     def __init__(self, connection: RedisConnection, settings: Settings, deliver: Deliver) -> None:
         self._connection = connection
+        self._settings = settings
         self._deliver_to = deliver
         self._max_len = str(settings.redis_stream_max_messages)
+        self._meta_ttl_ms = str(max(1, round(settings.history_meta_ttl_seconds * 1000)))
         self._batch = settings.redis_read_batch_messages
         self._publish_script = connection.client.register_script(_PUBLISH)
+        self._position_script = connection.client.register_script(_POSITION)
         self._wake_script = connection.client.register_script(_WAKE)
         self._wake_key = connection.key("wake", connection.node).encode()
         self._wake_id = b"0-0"
@@ -117,17 +172,75 @@ class RedisStreams:
         Raises :class:`BrokerUnavailable` if Redis fails or does not confirm in time.
         """
         connection = self._connection
-        args: list[str | bytes] = [self._max_len, connection.ttl_ms, str(len(encoded))]
+        args: list[str | bytes] = [
+            self._max_len,
+            connection.ttl_ms,
+            self._meta_ttl_ms,
+            _now_ms(),
+            str(len(encoded)),
+            str(round(self._settings.channel_config(name).history_ttl_seconds * 1000)),
+        ]
         for data, text in encoded:
             args += [data, text]
         # Shielded (and bounded by broker_timeout_seconds): a publish given up (an HTTP
         # publish's timeout, a producer closing) is given up before or after its round trip,
         # never inside it, so "not published" is never a guess.
         with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
-            first: Any = await self._publish_script(
-                keys=[connection.key("ch", name), connection.key("seq", name)], args=args
+            result: Any = await self._publish_script(
+                keys=[connection.key("ch", name), connection.key("meta", name)], args=args
             )
-        return int(first)
+        return int(result[1])
+
+    async def recover(self, name: str, since: Position | None) -> Recovery:
+        """The channel's position (made, with a new epoch, if it has none) and, for
+        ``since``, the messages after it: one script call, then XRANGE pages of
+        ``redis_read_batch_messages`` (stopping once past the channel's ``history_bytes``).
+
+        Raises :class:`BrokerUnavailable` if Redis fails or does not answer in time.
+        """
+        connection, settings = self._connection, self._settings
+        keys = [connection.key("ch", name), connection.key("meta", name)]
+        now = _now_ms()
+        with connection.failing_as_unavailable("recover"):
+            meta: Any = await self._position_script(keys=keys, args=[now, self._meta_ttl_ms])
+        epoch = _as_bytes(meta[0]).decode()
+        top, expired_through, last_publish = (int(value) for value in meta[1:4])
+        position = Position(epoch, top)
+        if since is None:
+            return Recovery(position, recovered=False)
+        config = settings.channel_config(name)
+        idle_ms = int(now) - last_publish
+        expired = since.offset < expired_through or (
+            idle_ms > config.history_ttl_seconds * 1000 and since.offset < top
+        )
+        reason = recovery_reason(
+            since,
+            epoch,
+            top,
+            config,
+            expired=expired,
+            recovery_max_messages=settings.recovery_max_messages,
+        )
+        if reason is None and since.offset < top:
+            entries: list[tuple[int, Payload]] = []
+            sizes = 0
+            start = since.offset + 1
+            with connection.failing_as_unavailable("recover"):
+                while start <= top and sizes <= config.history_bytes:
+                    page = await connection.client.xrange(
+                        keys[0], start=f"{epoch}-{start}", end=f"{epoch}-{top}", count=self._batch
+                    )
+                    if not page:
+                        break
+                    for entry in page:
+                        offset, payload = _decoded(entry.identifier, entry.field_values)[1:]
+                        entries.append((offset, payload))
+                        sizes += size_of(payload)
+                    start = entries[-1][0] + 1
+            reason = reason_after_reading(since, top, entries, sizes, config.history_bytes)
+            if reason is None:
+                return Recovery(position, recovered=True, entries=tuple(entries))
+        return Recovery(position, recovered=reason is None, reason=reason)
 
     # -- joining and leaving channels --
 
@@ -163,7 +276,9 @@ class RedisStreams:
                 entries = await connection.client.xrevrange(connection.key("ch", name), count=1)
                 if entries:
                     watch.position = _as_bytes(entries[0].identifier)
-                    watch.last_seq = int(entries[0].field_values[b"s"])
+                    epoch, _, offset = watch.position.partition(b"-")
+                    watch.epoch, watch.epoch_text = epoch, epoch.decode()
+                    watch.last_seq = int(offset)
                 else:
                     watch.position = b"0-0"
                 watch.positioned.set()
@@ -279,46 +394,42 @@ class RedisStreams:
             if self._watches.get(name) is not watch:
                 return
             try:
-                seq, payload = _decoded(entry.field_values)
+                epoch, seq, payload = _decoded(entry.identifier, entry.field_values)
             except (KeyError, ValueError, TypeError):
                 # Not written by a relay (or by another version): skip it, say so, go on.
                 self.malformed += 1
                 log.warning("channel %s: skipped a malformed stream entry", name)
                 continue
-            await self._check_sequence(name, watch, seq)
-            await self._deliver_to(name, payload)
-
-    async def _check_sequence(self, name: str, watch: _Watch, seq: int) -> None:
-        last, watch.last_seq = watch.last_seq, seq
-        if last is None or seq == last + 1:
-            return
-        if seq > last + 1:
-            await self._gap(name, seq - last - 1, "messages trimmed before this relay read them")
-            return
-        # The sequence started again: the keys expired (no publish for the stream's time to
-        # live: nothing was missed), or Redis restarted (what it held is lost). This runs in a
-        # channel's delivery task, not the reader: a failure to ask is a gap of unknown size,
-        # never an error that would end the deliveries.
-        try:
-            restarted = await self._connection.check_restarted()
-        except REDIS_ERRORS as error:
-            self._connection.note_error(f"restart check: {error}")
-            await self._gap(name, None, "the broker could not say whether it restarted")
-        else:
-            if restarted:
-                await self._restarted()
-        watch.last_seq = seq
+            last = watch.last_seq
+            if epoch != watch.epoch:
+                # A new history: the channel's position was lost (its keys expired or were
+                # evicted, Redis restarted without them). Its offsets start from 1 again.
+                had_one = watch.epoch is not None
+                watch.epoch, watch.epoch_text = epoch, epoch.decode()
+                if had_one:
+                    reason = "the channel's history was lost: a new epoch began"
+                    await self._gap(name, None, reason, watch.epoch_text)
+            elif last is not None and seq > last + 1:
+                await self._gap(
+                    name, seq - last - 1, "messages trimmed before this relay read them"
+                )
+            watch.last_seq = seq
+            await self._deliver_to(name, payload, seq, watch.epoch_text)
 
     async def _restarted(self) -> None:
         """Redis lost what it held: every watched channel may have a gap."""
         for name, watch in list(self._watches.items()):
-            watch.last_seq = None  # the sequence starts again
+            # Its next epoch is unknown: the one read next is taken without a second gap
+            # (positioned consumers' writers still tell their clients the new epoch).
+            watch.last_seq = watch.epoch = None
             await self._gap(name, None, "the broker restarted: messages may have been lost")
 
-    async def _gap(self, name: str, count: int | None, reason: str) -> None:
+    async def _gap(
+        self, name: str, count: int | None, reason: str, epoch: str | None = None
+    ) -> None:
         self.gaps += 1
         log.warning("channel %s: gap of %s messages (%s)", name, count, reason)
-        await self._deliver_to(name, Gap(count, reason))
+        await self._deliver_to(name, Gap(count, reason, epoch), 0, epoch or "")
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -326,15 +437,22 @@ def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def _decoded(fields: Any) -> tuple[int, Payload]:
-    """An entry's sequence number and message; KeyError / ValueError if it is not a relay's."""
-    seq = int(fields[b"s"])
+def _decoded(identifier: str | bytes, fields: Any) -> tuple[bytes, int, Payload]:
+    """An entry's epoch, offset (from its id) and message; KeyError / ValueError / TypeError
+    if it is not a relay's."""
+    epoch, _, offset = _as_bytes(identifier).partition(b"-")
+    seq = int(offset)
     data = fields[b"p"]
     if not isinstance(data, bytes):
         raise TypeError("the payload is not bytes")
     kind = fields[b"t"]
     if kind == b"1":
-        return seq, data.decode()
+        return epoch, seq, data.decode()
     if kind == b"0":
-        return seq, data
+        return epoch, seq, data
     raise ValueError("unknown payload type")
+
+
+def _now_ms() -> str:
+    """The wall clock in milliseconds: a new epoch's number, a publish's time."""
+    return str(time.time_ns() // 1_000_000)

@@ -1,0 +1,213 @@
+"""The ``triorelay.v1`` framing: positions, message frames and control messages. Pure, no I/O.
+
+A consumer that asks for it (``Sec-WebSocket-Protocol: triorelay.v1``) gets every message with
+its channel and offset, and control messages (the recovery result, dropped and gap notices);
+it may send a token refresh. The raw endpoints never see any of this: without the subprotocol
+a consumer gets the published bytes, byte for byte. ``docs/reference/framing.md`` is the
+wire format's reference; this module is its one implementation, used by the relay and by
+:mod:`triorelay.client`.
+
+Two kinds of frame, told apart by their first character:
+
+- a **message**: a header line ``m <channel> <offset>\\n`` then the payload, in a text frame
+  for a text message and a binary frame for a binary one (the header is ASCII either way);
+  the overhead is ``4 + len(channel) + len(str(offset))`` bytes;
+- a **control message**: a text frame holding a JSON object whose ``"triorelay"`` member
+  names its kind (``subscribed``, ``dropped``, ``gap``; from the client, ``refresh``).
+
+Room to grow without a version break: a client ignores a frame kind it does not know (the
+first header token), a control kind it does not know, and members it does not know. The
+acked queue adds a job kind; several channels per connection add client control kinds
+(``subscribe``, ``unsubscribe``): every frame already names its channel.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from triorelay.envelopes import Payload
+
+SUBPROTOCOL = "triorelay.v1"
+"""The ``Sec-WebSocket-Protocol`` value that asks for this framing."""
+
+_EPOCH = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAX_OFFSET = 2**63 - 1
+
+RecoveryReason = Literal["trimmed", "expired", "epoch", "future", "too_many", "disabled"]
+"""Why a resume could not be done (``docs/topics/delivery.md`` says what each means):
+
+``trimmed``   the position is older than the oldest message the channel's history keeps;
+``expired``   the channel's history expired (no publish for its ``history_ttl_seconds``);
+``epoch``     the position is from another epoch: the history it belonged to was lost (the
+              relay restarted with the memory broker, Redis lost the channel);
+``future``    the position's offset is past the channel's last message;
+``too_many``  more messages were missed than ``recovery_max_messages``;
+``disabled``  the channel keeps no history (``history_messages = 0``).
+"""
+
+REASONS: tuple[RecoveryReason, ...] = (
+    "trimmed",
+    "expired",
+    "epoch",
+    "future",
+    "too_many",
+    "disabled",
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where a message sits in its channel: ``epoch:offset``.
+
+    Offsets count a channel's messages from 1, without holes; offset 0 is before the first.
+    The epoch names one unbroken history of the channel: it changes whenever that history was
+    lost, so that a position from before is recognised as stale, never misread.
+    """
+
+    epoch: str
+    offset: int
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """``"epoch:offset"`` → Position; ValueError (saying what is wrong) otherwise."""
+        epoch, colon, offset = text.rpartition(":")
+        if not colon or not _EPOCH.fullmatch(epoch):
+            raise ValueError("a position is epoch:offset, the epoch 1-32 of A-Z a-z 0-9 _ -")
+        if not offset.isascii() or not offset.isdigit() or int(offset) > MAX_OFFSET:
+            raise ValueError("a position's offset is a whole number from 0 to 2**63-1")
+        return cls(epoch, int(offset))
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.offset}"
+
+
+# -- relay to client --
+
+
+def message_header(channel: str, offset: int) -> str:
+    """The header line of a message frame."""
+    return f"m {channel} {offset}\n"
+
+
+def encode_message(channel: str, offset: int, payload: Payload) -> Payload:
+    """A message frame: the header line, then the payload; text stays text, binary binary."""
+    if isinstance(payload, str):
+        return f"m {channel} {offset}\n{payload}"
+    return b"m %s %d\n%s" % (channel.encode(), offset, payload)
+
+
+def subscribed(
+    channel: str,
+    position: Position,
+    *,
+    recovering: bool,
+    recovered: bool,
+    reason: RecoveryReason | None,
+    replayed: int,
+) -> str:
+    """The first frame of a subscription: the channel's position the stream goes on from.
+
+    ``recovering``: the client asked to resume; ``recovered``: every message after its
+    position follows (``replayed`` of them before the live ones), else ``reason`` says why not.
+    """
+    return json.dumps(
+        {
+            "triorelay": "subscribed",
+            "channel": channel,
+            "epoch": position.epoch,
+            "offset": position.offset,
+            "recovering": recovering,
+            "recovered": recovered,
+            "reason": reason,
+            "replayed": replayed,
+        },
+        separators=(",", ":"),
+    )
+
+
+def dropped(channel: str, count: int, total: int) -> str:
+    """``count`` messages were dropped for this consumer since the last notice (slow)."""
+    return (
+        f'{{"triorelay":"dropped","channel":{json.dumps(channel)},"count":{count},"total":{total}}}'
+    )
+
+
+def gap(channel: str, count: int | None, reason: str, epoch: str | None = None) -> str:
+    """Messages may have been lost on their way to this relay (``count``: None if unknown);
+    ``epoch``: the channel's new epoch, when its history was lost."""
+    return json.dumps(
+        {"triorelay": "gap", "channel": channel, "count": count, "reason": reason, "epoch": epoch},
+        separators=(",", ":"),
+    )
+
+
+# -- client to relay --
+
+
+def refresh(token: str) -> str:
+    """A token refresh (the connection's new token, for the same subject)."""
+    return json.dumps({"triorelay": "refresh", "token": token}, separators=(",", ":"))
+
+
+# -- reading frames (clients) --
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message frame: the message's channel, offset and payload."""
+
+    channel: str
+    offset: int
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A control message: its kind (``subscribed``, ``dropped``, ``gap``...) and members."""
+
+    kind: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A frame of a kind this version does not know: to be ignored."""
+
+    frame: Payload
+
+
+Frame = Message | Control | Unknown
+
+
+def decode(frame: Payload) -> Frame:
+    """Read one frame the relay sent. Raises ValueError for a malformed one."""
+    payload: Payload
+    if isinstance(frame, str):
+        if frame.startswith("{"):
+            return _control(frame)
+        header, newline, payload = frame.partition("\n")
+    else:
+        raw_header, raw_newline, payload = frame.partition(b"\n")
+        header, newline = raw_header.decode("ascii", "replace"), raw_newline.decode()
+    if not newline:
+        raise ValueError("a message frame has a header line")
+    kind, _, rest = header.partition(" ")
+    if kind != "m":
+        return Unknown(frame)
+    channel, _, offset = rest.partition(" ")
+    if not channel or not offset.isdigit():
+        raise ValueError(f"malformed message header {header!r}")
+    return Message(channel, int(offset), payload)
+
+
+def _control(frame: str) -> Control:
+    try:
+        fields = json.loads(frame)
+    except ValueError:
+        raise ValueError("a control message is a JSON object") from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("triorelay"), str):
+        raise ValueError('a control message is a JSON object with a "triorelay" kind')
+    return Control(fields["triorelay"], fields)
