@@ -21,6 +21,7 @@ from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.errors import SettingsError
 from triorelay.relay import Relay
 from triorelay.routes.asgi import Message, Receive, Scope, Send
+from triorelay.routes.events import EventStreams
 from triorelay.routes.http import FileResponse, blueprint
 from triorelay.routes.websocket import RelayWebSockets
 from triorelay.settings import Settings, load_settings
@@ -49,7 +50,10 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     app.extensions["triorelay"] = relay
     app.response_class = FileResponse
     app.register_blueprint(blueprint)
-    app.asgi_app = RelayWebSockets(app.asgi_app, relay)  # type: ignore[method-assign, assignment, arg-type]
+    app.asgi_app = RelayWebSockets(  # type: ignore[method-assign, assignment]
+        EventStreams(app.asgi_app, relay),  # type: ignore[arg-type]
+        relay,
+    )
     run_scope = trio.CancelScope()
 
     @app.before_serving

@@ -24,6 +24,7 @@ Exception tree::
     │   ├── ProtocolViolation      close 1008: a message the protocol does not allow there
     │   ├── UploadMismatch         close 1008: the upload is not what its metadata declared
     │   ├── RecoveryFailed         HTTP 410 / close 4410: a required resume cannot be done
+    │   ├── MethodNotAllowed       HTTP 405: an endpoint read with GET, asked otherwise
     │   └── UnknownUpstream        HTTP 404 / close 4404
     └── ServiceError               a valid request the relay could not serve; carries the answer
         ├── UpstreamError          HTTP 502 / close 1014: an upstream unreachable or failing
@@ -204,6 +205,12 @@ class RecoveryFailed(RequestError):
 
     status = 410
     close_code = CloseCode.RECOVERY_FAILED
+
+
+class MethodNotAllowed(RequestError):
+    """An HTTP method the endpoint does not serve (an event stream is read with GET)."""
+
+    status = 405
 
 
 class UploadTooBig(MessageTooBig):

@@ -143,17 +143,33 @@ SendMany = Callable[[list[Payload]], Awaitable[bool]]
 
 
 async def write_positioned(
-    consumer: Consumer, send_many: SendMany, cursor: Cursor, encoding: Encoding
+    consumer: Consumer,
+    send_many: SendMany,
+    cursor: Cursor,
+    encoding: Encoding,
+    *,
+    idle_seconds: float | None = None,
+    on_idle: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """A positioned consumer's writer: send its messages (and notices) until its stream ends.
+    """A positioned consumer's writer: send its messages (and notices) until its stream ends,
+    or ``send_many`` (or ``on_idle``) returns False: the client is gone.
 
     Messages up to the cursor are skipped (the seam); a message from a new epoch is preceded
-    by a ``gap`` naming it, unless the broker's gap notice already did.
+    by a ``gap`` naming it, unless the broker's gap notice already did. ``on_idle`` is
+    awaited after ``idle_seconds`` without a message (an event stream's keepalive).
     """
     channel = consumer.channel_name
     while True:
         try:
-            items = [await consumer.receive()]
+            if on_idle is None or idle_seconds is None:
+                items = [await consumer.receive()]
+            else:
+                with trio.move_on_after(idle_seconds) as idle:
+                    items = [await consumer.receive()]
+                if idle.cancelled_caught:
+                    if not await on_idle():
+                        return
+                    continue
         except trio.EndOfChannel:
             return
         try:

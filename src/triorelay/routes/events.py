@@ -1,0 +1,193 @@
+"""``GET /channels/{channel}/events``: a channel as Server-Sent Events, for ``EventSource``.
+
+Served on raw ASGI, beside the WebSocket routes: one task writes the stream, Hypercorn tells
+us of the disconnect (``http.disconnect``), and the consumer is an ordinary positioned hub
+consumer, with the same right (``subscribe`` on the channel), buffer and slow-consumer policy
+as a WebSocket consumer. Each message carries ``id: epoch:offset``, so the browser resumes by
+itself after any disconnect (it sends ``Last-Event-ID``). Wire format:
+``docs/reference/framing.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, unquote
+
+import trio
+
+from triorelay.auth.access import Access, credentials_from_headers
+from triorelay.envelopes import Payload
+from triorelay.errors import InvalidQuery, MethodNotAllowed, RequestError, ServiceError
+from triorelay.hub import Entry, validate_channel_name
+from triorelay.observability.counters import close_label
+from triorelay.routes import positioned
+from triorelay.routes.asgi import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from triorelay.relay import Relay
+
+log = logging.getLogger(__name__)
+
+PREFIX, SUFFIX = "/channels/", "/events"
+KEEPALIVE = b": keepalive\n\n"
+
+
+class EventEncoding:
+    """Server-Sent Events: ``id: epoch:offset`` on every message, notices as named events."""
+
+    def message(self, channel: str, entry: Entry) -> Payload:
+        payload, position = entry.payload, f"{entry.epoch}:{entry.offset}"
+        if isinstance(payload, bytes):
+            data = base64.b64encode(payload).decode()
+            return f"event: binary\nid: {position}\ndata: {data}\n\n"
+        if "\r" in payload:  # EventSource would turn it into a line feed: keep it exact
+            return f"event: text\nid: {position}\ndata: {json.dumps(payload)}\n\n"
+        data = payload.replace("\n", "\ndata: ")
+        return f"id: {position}\ndata: {data}\n\n"
+
+    def control(self, control: str) -> Payload:
+        fields = json.loads(control)
+        kind = fields["triorelay"]
+        if kind == "subscribed":  # a page that gets nothing else resumes from here
+            return f"event: {kind}\nid: {fields['epoch']}:{fields['offset']}\ndata: {control}\n\n"
+        return f"event: {kind}\ndata: {control}\n\n"
+
+
+EVENTS = EventEncoding()
+
+
+def channel_of(path: str) -> str | None:
+    """The channel of an event-stream path, or None for any other path."""
+    if path.startswith(PREFIX) and path.endswith(SUFFIX) and len(path) > len(PREFIX + SUFFIX):
+        return unquote(path[len(PREFIX) : -len(SUFFIX)])
+    return None
+
+
+class EventStreams:
+    """ASGI middleware: ``GET /channels/{c}/events`` is served here, the rest by ``app``."""
+
+    def __init__(self, app: ASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = channel_of(scope["path"]) if scope["type"] == "http" else None
+        if channel is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if scope["method"] != "GET":
+                raise MethodNotAllowed("an event stream is read with GET")
+            await self._serve(scope, channel, receive, send)
+        except (RequestError, ServiceError) as error:
+            self.relay.counters.refusal(error.status)
+            await _answer(send, error.status, str(error), error.status == 405)
+
+    async def _serve(self, scope: Scope, channel: str, receive: Receive, send: Send) -> None:
+        relay = self.relay
+        validate_channel_name(channel)
+        query_string = scope["query_string"].decode("latin-1")
+        peer = scope.get("client")
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        credentials = credentials_from_headers(
+            headers, query_string, peer[0] if peer else None, relay.settings
+        )
+        identity = await relay.access.identify(credentials)
+        Access.require_channel(identity, "subscribe", channel)
+        if relay.settings.channel_config(channel).mode != "broadcast":
+            raise InvalidQuery("event streams are for broadcast channels")
+        last_event_id = next((v for k, v in headers if k == "last-event-id"), None)
+        resume = positioned.resume_query(
+            parse_qs(query_string, keep_blank_values=True), last_event_id
+        )
+        hub = relay.hub
+        with (
+            relay.limits.hold(Access.client_key(identity, credentials)),
+            hub.attach_consumer(channel, positioned=True) as consumer,
+        ):
+            consumer.role = "events"
+            await hub.broker.wait_watching(channel)
+            recovery, cursor = await positioned.subscribe(hub, consumer, resume)
+            response_headers = [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-store"),
+                (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+            ]
+            if credentials.origin is not None:  # a page of an allowed origin: let it read
+                response_headers += [
+                    (b"access-control-allow-origin", credentials.origin.encode("latin-1")),
+                    (b"access-control-allow-credentials", b"true"),
+                    (b"vary", b"origin"),
+                ]
+            await send({"type": "http.response.start", "status": 200, "headers": response_headers})
+            relay.counters.opened(consumer.role)
+            opening = positioned.opening_frames(channel, recovery, resume, EVENTS)
+            scope_ = trio.CancelScope()
+            consumer.bind(scope_)
+            writer = _Writer(send)
+            with scope_:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(writer.until_disconnect, receive, scope_)
+                    if await writer.send_many(opening):
+                        await positioned.write_positioned(
+                            consumer,
+                            writer.send_many,
+                            cursor,
+                            EVENTS,
+                            idle_seconds=relay.settings.sse_keepalive_seconds,
+                            on_idle=writer.keepalive,
+                        )
+                    scope_.cancel()
+            with trio.CancelScope(shield=True):  # end the response (bounded: a local write)
+                with trio.move_on_after(relay.settings.close_timeout_seconds):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            relay.counters.closed(
+                consumer.role,
+                close_label(consumer.close_code, writer.gone),
+                (0, consumer.messages_out),
+                (0, consumer.bytes_out),
+            )
+
+
+class _Writer:
+    """Writes the stream's chunks; notices a client that went away."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.gone = False
+
+    async def send_many(self, frames: list[Payload]) -> bool:
+        body = "".join(f if isinstance(f, str) else f.decode() for f in frames).encode()
+        return await self._write(body)
+
+    async def keepalive(self) -> bool:
+        return await self._write(KEEPALIVE)
+
+    async def _write(self, body: bytes) -> bool:
+        if not self.gone:
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        return not self.gone
+
+    async def until_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        """Wait for the client's disconnect; then end the stream (``scope``)."""
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                scope.cancel()
+                return
+
+
+async def _answer(send: Send, status: int, text: str, allow: bool = False) -> None:
+    body = json.dumps({"error": text}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if allow:
+        headers.append((b"allow", b"GET"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
