@@ -11,6 +11,7 @@ from trio_websocket import ConnectionClosed
 from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, wait_until
+from triorelay.framing import Position
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -137,3 +138,21 @@ async def test_connections_and_refusals_are_counted_by_role_close_and_status(
     # The oversized message is refused on its frame's header: never read, never counted.
     assert samples[("triorelay_connection_messages_total", messages_in)] == 3
     assert samples[("triorelay_refusals_total", (("status", "401"),))] == 2
+
+
+async def test_recoveries_are_counted_by_result_after_their_channels_are_gone(
+    start_relay: StartRelay,
+) -> None:
+    """Two resumes, one recovered and one from another epoch: counted by result, and still
+    there once the channel is gone from the hub; the histories' bytes are a gauge."""
+    relay = await start_relay()
+    hub = relay.relay.hub
+    with hub.attach_producer("news") as producer:
+        await producer.publish("one")
+    position = (await hub.recover("news", None)).position
+    await hub.recover("news", position)
+    await hub.recover("news", Position("another", 1))
+    samples = await _scrape(relay)
+    assert samples[("triorelay_recoveries_total", (("result", "recovered"),))] == 1
+    assert samples[("triorelay_recoveries_total", (("result", "epoch"),))] == 1
+    assert samples[("triorelay_history_bytes", ())] > len("one")

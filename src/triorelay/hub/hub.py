@@ -66,6 +66,8 @@ class Hub:
         #: What every local queue holds together (memory broker), at most max_queued_bytes.
         self.queue_budget = QueueBudget(settings.max_queued_bytes)
         self._connections: set[Connection] = set()
+        #: Resumes on this relay by result (``recovered`` or the reason), every channel.
+        self.recoveries: dict[str, int] = {}
         self.closing = False
 
     def __len__(self) -> int:
@@ -125,9 +127,12 @@ class Hub:
         (see :meth:`Broker.recover <triorelay.brokers.base.Broker.recover>`), counted in the
         channel's statistics."""
         recovery = await self.broker.recover(name, since)
-        channel = self._channels.get(name)
-        if channel is not None and since is not None:
-            channel.counters.count_recovery(recovery.reason)
+        if since is not None:
+            key = recovery.reason or "recovered"
+            self.recoveries[key] = self.recoveries.get(key, 0) + 1
+            channel = self._channels.get(name)
+            if channel is not None:
+                channel.counters.count_recovery(recovery.reason)
         return recovery
 
     async def wait_for_room(self, name: str, size: int) -> None:

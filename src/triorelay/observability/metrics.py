@@ -97,6 +97,14 @@ class RelayCollector(Collector):
             "triorelay_connections", "WebSocket connections open now", value=relay.limits.total
         )
         yield from _connection_metrics(relay.counters)
+        recoveries = CounterMetricFamily(
+            "triorelay_recoveries",
+            "consumers that resumed from a position, by result: recovered or the reason not",
+            labels=["result"],
+        )
+        for result, count in sorted(relay.hub.recoveries.items()):
+            recoveries.add_metric([result], count)
+        yield recoveries
         broker = relay.hub.broker.statistics()
         yield GaugeMetricFamily(
             "triorelay_broker_ready",
@@ -108,9 +116,16 @@ class RelayCollector(Collector):
             ("gaps", "gaps the broker's reader found"),
             ("out_of_memory", "writes Redis refused at maxmemory"),
             ("malformed_entries", "stream entries skipped as malformed"),
+            ("history_trimmed", "history messages let go to keep within history_max_bytes"),
         ):
             if key in broker:
                 yield CounterMetricFamily(f"triorelay_broker_{key}", text, value=broker[key])
+        if "history_bytes" in broker:
+            yield GaugeMetricFamily(
+                "triorelay_history_bytes",
+                "what every channel's history holds (memory broker; within history_max_bytes)",
+                value=broker["history_bytes"],
+            )
         tasks = GaugeMetricFamily(
             "triorelay_task_running", "1 while a supervised relay task runs", labels=["task"]
         )
