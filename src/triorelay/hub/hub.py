@@ -221,6 +221,11 @@ class Hub:
 
     # -- state --
 
+    def consumers_of(self, name: str) -> tuple[Consumer, ...]:
+        """Channel ``name``'s consumers on this relay (none if it is not live)."""
+        channel = self._channels.get(name)
+        return channel.consumers if channel is not None else ()
+
     def channel_statistics(self, name: str) -> ChannelStatistics | None:
         channel = self._channels.get(name)
         return None if channel is None else channel.statistics()
