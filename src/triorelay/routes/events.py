@@ -29,7 +29,7 @@ from triorelay.routes.asgi import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from triorelay.relay import Relay
 
-log = logging.getLogger(__name__)
+access_log = logging.getLogger("triorelay.access")
 
 PREFIX, SUFFIX = "/channels/", "/events"
 KEEPALIVE = b": keepalive\n\n"
@@ -104,6 +104,7 @@ class EventStreams:
             parse_qs(query_string, keep_blank_values=True), last_event_id
         )
         hub = relay.hub
+        started = trio.current_time()
         with (
             relay.limits.hold(Access.client_key(identity, credentials)),
             hub.attach_consumer(channel, positioned=True) as consumer,
@@ -149,6 +150,17 @@ class EventStreams:
                 close_label(consumer.close_code, writer.gone),
                 (0, consumer.messages_out),
                 (0, consumer.bytes_out),
+            )
+            access_log.info(
+                "%s sub=%s path=%s role=events channel=%s seconds=%.3f out=%d/%dB close=%s",
+                credentials.client or "local",
+                identity.sub or "-",
+                scope["path"],
+                channel,
+                trio.current_time() - started,
+                consumer.messages_out,
+                consumer.bytes_out,
+                "client" if writer.gone else (consumer.close_code or "end"),
             )
 
 

@@ -66,7 +66,8 @@ local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
   epoch = new_epoch(ARGV[4])
 elseif redis.call('EXISTS', KEYS[1]) == 0
-    or tonumber(ARGV[4]) - tonumber(redis.call('HGET', KEYS[2], 't')) > tonumber(ARGV[6]) then
+    or tonumber(ARGV[4]) - tonumber(redis.call('HGET', KEYS[2], 't') or ARGV[4])
+       > tonumber(ARGV[6]) then
   -- the history expired (the stream with it, or not yet): what it held is let go
   redis.call('HSET', KEYS[2], 'x', redis.call('HGET', KEYS[2], 'o'))
   redis.call('DEL', KEYS[1])
