@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from triorelay.client.backoff import Backoff
@@ -37,7 +39,7 @@ def test_default_delays_stay_within_their_ceiling() -> None:
     "kwargs",
     [{"initial_seconds": 0}, {"initial_seconds": 2, "max_seconds": 1}, {"multiplier": 0.5}],
 )
-def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
+def test_bad_parameters_are_refused(kwargs: dict[str, Any]) -> None:
     """A zero start, a start past the cap or a shrinking multiplier is a ValueError."""
     with pytest.raises(ValueError, match="Backoff"):
         Backoff(**kwargs)

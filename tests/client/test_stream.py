@@ -182,3 +182,20 @@ def test_which_close_codes_are_retried(code: int | None, fresh_token: bool, retr
 def test_which_handshake_refusals_are_retried(status: int, retry: bool) -> None:
     """5xx and 429 are retried; 4xx refusals (401 included) are final."""
     assert retryable_status(status) is retry
+
+
+def test_a_recovery_replaying_from_further_back_keeps_the_position() -> None:
+    """A recovered stream that replays messages already seen: they are duplicates."""
+    state = connected_state(Position("E1", 10))
+    state.receive(subscribed("E1", 12, replayed=5, recovering=True, recovered=True))
+    assert state.position == Position("E1", 10)
+    kept = [state.receive(message(offset)) for offset in range(8, 13)]
+    assert [m.position.offset for m in kept if isinstance(m, ReceivedMessage)] == [11, 12]
+
+
+def test_a_future_position_gives_way_to_the_relays() -> None:
+    """Not recovered (future): the relay's lower position wins, so new messages pass."""
+    state = connected_state(Position("E1", 100))
+    state.receive(subscribed("E1", 7, recovering=True, reason="future"))
+    assert state.position == Position("E1", 7)
+    assert isinstance(state.receive(message(8)), ReceivedMessage)

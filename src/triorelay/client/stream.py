@@ -157,12 +157,7 @@ class StreamState:
         position = Position.parse(f"{epoch}:{offset}")
         if not 0 <= replayed <= offset:
             raise ValueError(f"replayed {replayed} with offset {offset}")
-        # The replayed messages are offsets offset-replayed+1 .. offset: stand just before
-        # them, so that none of them is taken for a duplicate (with a full recovery this is
-        # the position asked for; without one, the channel's position).
-        self.position = Position(epoch, offset - replayed)
-        self.subscribed = True
-        return Subscribed(
+        event = Subscribed(
             self.channel,
             position,
             recovering=bool(fields.get("recovering", False)),
@@ -170,6 +165,19 @@ class StreamState:
             reason=reason,
             replayed=replayed,
         )
+        # The replayed messages are offsets offset-replayed+1 .. offset: stand just before
+        # them, so that none of them is taken for a duplicate (with a full recovery this is
+        # the position asked for; without one, the channel's position). A recovery that
+        # replays from further back than asked never moves the position back: what was
+        # seen stays seen. Without a recovery the relay's position wins, even a lower one
+        # (``future``: this history is shorter than the position asked for).
+        start = Position(epoch, offset - replayed)
+        mine = self.position
+        if event.recovered and mine is not None and mine.epoch == epoch:
+            start = max(start, mine)
+        self.position = start
+        self.subscribed = True
+        return event
 
     def _gap(self, fields: dict[str, Any]) -> Gap:
         count, epoch = fields.get("count"), fields.get("epoch")

@@ -1,0 +1,152 @@
+"""open_publisher() and publish() against the real relay: offsets, pipelining, failures."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from tests.auth.keys import SECRET, token
+from tests.conftest import StartRelay
+from tests.helpers import RunningRelay, receive_n
+from triorelay.client import (
+    Closed,
+    ConnectionFailed,
+    Rejected,
+    open_publisher,
+    publish,
+)
+
+GUARD_SECONDS = 10
+
+
+async def test_publish_returns_contiguous_offsets(relay: RunningRelay) -> None:
+    """Each message's offset follows the last: 1..3, then 4..5 on the same channel (kept
+    alive by a consumer: the memory broker forgets an idle channel)."""
+    with trio.fail_after(GUARD_SECONDS):
+        async with relay.websocket("/ws/consumer/news"):
+            assert await publish(relay.ws_url, "news", ["a", "b", b"\x00c"]) == [1, 2, 3]
+            assert await publish(relay.http_url, "news", ["d", "e"]) == [4, 5]
+
+
+async def test_messages_arrive_as_published(relay: RunningRelay) -> None:
+    """Text stays text, bytes stay bytes, empty included, in order."""
+    payloads: list[str | bytes] = ["text", b"\x00\xff", "", b"", "ünïcødé"]
+    with trio.fail_after(GUARD_SECONDS):
+        async with relay.websocket("/ws/consumer/types") as consumer:
+            await publish(relay.ws_url, "types", payloads)
+            assert await receive_n(consumer, len(payloads)) == payloads
+
+
+async def test_pipelined_sends_stay_within_max_in_flight(relay: RunningRelay) -> None:
+    """send() without waiting: at most max_in_flight unacknowledged, offsets in order."""
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(relay.ws_url, "pipe", max_in_flight=4) as publisher:
+            acks = []
+            for number in range(50):
+                acks.append(await publisher.send(f"m{number}"))
+                assert publisher.statistics().in_flight <= 4
+            offsets = [await ack.wait() for ack in acks]
+            assert publisher.statistics().published == 50
+    assert offsets == list(range(1, 51))
+
+
+async def test_publishers_in_several_tasks_get_distinct_contiguous_offsets(
+    relay: RunningRelay,
+) -> None:
+    """Concurrent publish() calls on one publisher: each gets its own offset, none skipped."""
+    offsets: list[int] = []
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(relay.ws_url, "many") as publisher:
+
+            async def publish_ten(task: int) -> None:
+                for number in range(10):
+                    offsets.append(await publisher.publish(f"{task}-{number}"))
+
+            async with trio.open_nursery() as nursery:
+                for task in range(5):
+                    nursery.start_soon(publish_ten, task)
+    assert sorted(offsets) == list(range(1, 51))
+
+
+async def test_leaving_the_block_waits_for_the_acks_due(relay: RunningRelay) -> None:
+    """Messages sent without waiting are acknowledged before the block ends."""
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(relay.ws_url, "flush") as publisher:
+            acks = [await publisher.send(f"m{n}") for n in range(20)]
+        assert all(ack.done for ack in acks)
+        assert [await ack.wait() for ack in acks] == list(range(1, 21))
+
+
+async def test_a_message_over_the_limit_closes_with_1009(start_relay: StartRelay) -> None:
+    """The messages before it are acknowledged; it and every later call raise Closed 1009."""
+    relay = await start_relay(max_message_bytes=1024, consumer_buffer_bytes=1024 * 64)
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(relay.ws_url, "big") as publisher:
+            assert await publisher.publish("small") == 1
+            with pytest.raises(Closed) as raised:
+                await publisher.publish("x" * 2000)
+            assert raised.value.code == 1009
+            with pytest.raises(Closed):
+                await publisher.publish("after")
+
+
+async def test_a_bad_channel_name_is_rejected(relay: RunningRelay) -> None:
+    """The relay's 400 comes out as Rejected with its status and reason."""
+    with trio.fail_after(GUARD_SECONDS), pytest.raises(Rejected) as raised:
+        await publish(relay.ws_url, "bad name!", ["x"])
+    assert raised.value.status == 400
+    assert "channel names" in raised.value.body
+
+
+async def test_no_relay_is_connection_failed() -> None:
+    """Nothing listening: ConnectionFailed, the OSError chained."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with trio.fail_after(GUARD_SECONDS), pytest.raises(ConnectionFailed):
+        await publish(f"ws://127.0.0.1:{port}", "chat", ["x"])
+
+
+async def test_a_payload_neither_str_nor_bytes_is_a_type_error(relay: RunningRelay) -> None:
+    """Only str (text) and bytes (binary) are messages."""
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(relay.ws_url, "checks") as publisher:
+            with pytest.raises(TypeError):
+                await publisher.publish(bytearray(b"x"))  # type: ignore[arg-type]
+            assert await publisher.publish("fine") == 1
+
+
+async def test_with_a_token(start_relay: StartRelay) -> None:
+    """A token goes as Authorization: Bearer; a provider is called for it; a text the relay
+    would take as a refresh is refused (ValueError) before it goes out; in-band refreshes
+    leave the acks in step."""
+    relay = await start_relay(auth_hmac_secret=SECRET)
+    grant = {"channels": {"chat": ["publish"]}}
+    calls = 0
+    refreshed = trio.Event()
+
+    def provider() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the first, then two in-band refreshes
+            refreshed.set()
+        return token(grant=grant)
+
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(
+            relay.ws_url, "chat", token=provider, token_refresh_seconds=0.01
+        ) as publisher:
+            assert await publisher.publish("one") == 1
+            with pytest.raises(ValueError, match="refresh"):
+                await publisher.publish('{"triorelay":"refresh","token":"x"}')
+            await refreshed.wait()
+            assert await publisher.publish_many(["two", "three"]) == [2, 3]
+        with pytest.raises(Rejected) as raised:
+            await publish(relay.ws_url, "other", ["x"], token=token(grant=grant))
+        assert raised.value.status == 403
+        with pytest.raises(Rejected) as raised:
+            await publish(relay.ws_url, "chat", ["x"])
+        assert raised.value.status == 401
