@@ -80,3 +80,14 @@ def test_envelopes_and_settings_are_leaves() -> None:
     }
     for module, may_import in allowed.items():
         assert graph[module] <= may_import, f"{module} imports {graph[module] - may_import}"
+
+
+def test_the_client_knows_nothing_of_the_server() -> None:
+    """triorelay.client imports only itself and the pure shared modules (the framing, the
+    envelopes, the errors): a client install runs none of the relay."""
+    shared = {"triorelay.framing", "triorelay.envelopes", "triorelay.errors"}
+    for module, targets in _imports().items():
+        if _layer(module) != "client":
+            continue
+        bad = {t for t in targets if _layer(t) != "client" and t not in shared}
+        assert not bad, f"{module} imports {sorted(bad)}"

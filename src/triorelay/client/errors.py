@@ -19,10 +19,6 @@ from __future__ import annotations
 
 from triorelay.errors import CloseCode, TriorelayError
 
-RECOVERY_FAILED = 4410
-"""The close code of a resume that cannot be done with ``recover=required``
-(``docs/reference/framing.md``; 4410 mirrors HTTP 410 Gone)."""
-
 #: Close codes after which the same connection would be closed again the same way.
 _FINAL_CLOSE_CODES = frozenset(
     {
@@ -32,7 +28,7 @@ _FINAL_CLOSE_CODES = frozenset(
         CloseCode.POLICY_VIOLATION,  # a bad channel name or query, a broken rule
         CloseCode.MESSAGE_TOO_BIG,  # the same message would come again
         CloseCode.FORBIDDEN,
-        RECOVERY_FAILED,
+        CloseCode.RECOVERY_FAILED,
     }
 )
 

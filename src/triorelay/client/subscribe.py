@@ -26,7 +26,6 @@ from triorelay.client.connection import (
     resolve_token,
 )
 from triorelay.client.errors import (
-    RECOVERY_FAILED,
     ConnectionFailed,
     ProtocolError,
     RecoveryFailed,
@@ -35,6 +34,7 @@ from triorelay.client.errors import (
     retryable_status,
 )
 from triorelay.client.stream import Event, ReceivedMessage, Reconnecting, StreamState, Subscribed
+from triorelay.errors import CloseCode
 from triorelay.framing import SUBPROTOCOL, Position
 
 logger = logging.getLogger(__name__)
@@ -389,7 +389,7 @@ class _Connector:
                 await self._deliver(item)
         except ConnectionClosed as closed:
             error = closed_error(closed)
-        if error.code == RECOVERY_FAILED:
+        if error.code == CloseCode.RECOVERY_FAILED:
             said = error.reason.removeprefix("recovery failed:").strip() or None
             raise RecoveryFailed(error.code, error.reason, said)
         if not retryable_close(error.code, fresh_token=callable(self.token)):
