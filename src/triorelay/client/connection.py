@@ -111,17 +111,17 @@ async def open_connection(
         raise Rejected(rejected.status_code or 0, body) from None
     except DisconnectionTimeout as timeout:
         if not entered:
-            raise ConnectionFailed(f"could not connect to {_safe(url)}") from timeout
+            raise _failed(url, timeout) from timeout
         if body_error is not None:
             raise body_error from None
     except HandshakeError as error:
         if entered:
             raise
-        raise ConnectionFailed(f"could not connect to {_safe(url)}") from error
+        raise _failed(url, error) from error
     except OSError as error:  # TLS, DNS and friends, before trio-websocket wraps them
         if entered:
             raise
-        raise ConnectionFailed(f"could not connect to {_safe(url)}") from error
+        raise _failed(url, error) from error
 
 
 def closed_error(closed: ConnectionClosed) -> Closed:
@@ -130,6 +130,21 @@ def closed_error(closed: ConnectionClosed) -> Closed:
     if reason is None or reason.code == 1006:
         return Closed(None, "")
     return Closed(reason.code, reason.reason or "")
+
+
+def _failed(url: str, error: BaseException) -> ConnectionFailed:
+    """ConnectionFailed saying what went wrong, from the innermost cause (``[Errno 111]
+    ... Connection refused``, a timeout)."""
+    cause = error
+    while True:
+        if isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]  # trio's "all attempts to connect failed"
+        elif cause.__cause__ is not None:
+            cause = cause.__cause__
+        else:
+            break
+    said = str(cause) or type(cause).__name__
+    return ConnectionFailed(f"could not connect to {_safe(url)}: {said}")
 
 
 def _safe(url: str) -> str:

@@ -342,8 +342,7 @@ class _Connector:
                     )
                 ended = await self._session(ws)
         except ConnectionFailed as failed:
-            cause = failed.__cause__
-            return Disconnect(None, f"{failed}: {cause!r}" if cause else str(failed), False)
+            return Disconnect(None, str(failed), False)
         except Rejected as rejected:
             if not retryable_status(rejected.status):
                 raise
