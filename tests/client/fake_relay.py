@@ -6,12 +6,14 @@ handshake is recorded, then handed to the test's handler with its number (0, 1, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
+import wsproto
+import wsproto.events as ws_events
 from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
 from triorelay import framing
@@ -101,3 +103,26 @@ async def send_messages(
         await ws.send_message(
             framing.encode_message(channel, offset, text.encode() if binary else text)
         )
+
+
+async def start_mute_relay(nursery: trio.Nursery, *, first_frames: Sequence[str] = ()) -> str:
+    """A relay that accepts the handshake (``triorelay.v1`` if offered), sends
+    ``first_frames``, then never reads again: no pong, no close, TCP fills up. Its URL."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def mute(stream: trio.SocketStream) -> None:
+        conn = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        request = None
+        while request is None:
+            conn.receive_data(await stream.receive_some(65536))
+            request = next((e for e in conn.events() if isinstance(e, ws_events.Request)), None)
+        offered = SUBPROTOCOL if SUBPROTOCOL in request.subprotocols else None
+        data = conn.send(ws_events.AcceptConnection(subprotocol=offered))
+        for frame in first_frames:
+            data += conn.send(ws_events.TextMessage(data=frame))
+        await stream.send_all(data)
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, mute, listeners)
+    return f"ws://127.0.0.1:{port}"

@@ -7,13 +7,17 @@ import socket
 import pytest
 import trio
 import trio.testing
+from trio_websocket import WebSocketRequest
 
 from tests.auth.keys import SECRET, token
+from tests.client.fake_relay import start_fake_relay, start_mute_relay
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, receive_n
 from triorelay.client import (
+    ClientError,
     Closed,
     ConnectionFailed,
+    ProtocolError,
     Rejected,
     open_publisher,
     publish,
@@ -150,3 +154,63 @@ async def test_with_a_token(start_relay: StartRelay) -> None:
         with pytest.raises(Rejected) as raised:
             await publish(relay.ws_url, "chat", ["x"])
         assert raised.value.status == 401
+
+
+async def test_an_ack_that_is_not_one_is_a_protocol_error(nursery: trio.Nursery) -> None:
+    """A relay answering something other than {"id": N}: ProtocolError for the message
+    waiting, and for every later call."""
+
+    async def handler(request: WebSocketRequest, number: int) -> None:
+        ws = await request.accept()
+        await ws.get_message()
+        await ws.send_message("not an ack")
+        await trio.sleep_forever()
+
+    fake = await start_fake_relay(nursery, handler)
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(fake.url, "chat") as publisher:
+            with pytest.raises(ProtocolError, match="expected an ack"):
+                await publisher.publish("x")
+            with pytest.raises(ProtocolError):
+                await publisher.send("y")
+    assert fake.handshakes[0].path == "/ws/producer/chat"
+    assert fake.handshakes[0].query == {"ack": "id"}
+
+
+async def test_messages_waiting_when_the_relay_closes_fail_with_its_code(
+    nursery: trio.Nursery,
+) -> None:
+    """Acks still due when the relay closes: each fails with Closed and the close code;
+    those that came first keep their offsets."""
+
+    async def handler(request: WebSocketRequest, number: int) -> None:
+        ws = await request.accept()
+        for _ in range(3):
+            await ws.get_message()
+        await ws.send_message('{"id": 7}')
+        await ws.aclose(1013, "the broker is unavailable: message not published")
+
+    fake = await start_fake_relay(nursery, handler)
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(fake.url, "chat") as publisher:
+            acks = [await publisher.send(f"m{n}") for n in range(3)]
+            assert await acks[0].wait() == 7
+            for ack in acks[1:]:
+                with pytest.raises(Closed) as raised:
+                    await ack.wait()
+                assert raised.value.code == 1013
+
+
+async def test_a_send_cancelled_mid_write_leaves_the_publisher_unusable(
+    nursery: trio.Nursery,
+) -> None:
+    """Cancelled while its message was half written (the relay not reading): later calls
+    raise, since an ack could no longer be matched to its message."""
+    url = await start_mute_relay(nursery)
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(url, "chat", close_timeout_seconds=0.1) as publisher:
+            with trio.move_on_after(0.2) as cancelled:
+                await publisher.send(b"x" * 16 * 1024 * 1024)
+            assert cancelled.cancelled_caught
+            with pytest.raises(ClientError, match="cancelled"):
+                await publisher.send("next")

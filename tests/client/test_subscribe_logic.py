@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-import wsproto
-import wsproto.events as ws_events
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from tests.client.fake_relay import (
@@ -26,6 +24,7 @@ from tests.client.fake_relay import (
     send_messages,
     send_subscribed,
     start_fake_relay,
+    start_mute_relay,
 )
 from triorelay import framing
 from triorelay.client import (
@@ -517,28 +516,10 @@ async def test_leaving_the_block_closes_with_1000(start_fake: StartFake) -> None
 async def test_a_silent_relay_is_detected_by_ping(nursery: trio.Nursery) -> None:
     """A relay that stops answering (no pong) is given up after ping_timeout_seconds and
     the subscription reconnects."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    connections = 0
-
-    async def mute(stream: trio.SocketStream) -> None:
-        """Accept the handshake, send subscribed, then never read again (pings included)."""
-        nonlocal connections
-        connections += 1
-        conn = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-        while True:
-            conn.receive_data(await stream.receive_some(65536))
-            requests = [e for e in conn.events() if isinstance(e, ws_events.Request)]
-            if requests:
-                break
-        accept = ws_events.AcceptConnection(subprotocol=framing.SUBPROTOCOL)
-        subscribed = framing.subscribed(
-            "chat", Position("E1", 0), recovering=False, recovered=False, reason=None, replayed=0
-        )
-        await stream.send_all(conn.send(accept) + conn.send(ws_events.TextMessage(data=subscribed)))
-        await trio.sleep_forever()
-
-    nursery.start_soon(trio.serve_listeners, mute, listeners)
+    subscribed = framing.subscribed(
+        "chat", Position("E1", 0), recovering=False, recovered=False, reason=None, replayed=0
+    )
+    url = await start_mute_relay(nursery, first_frames=[subscribed])
     events: list[Event] = []
     gone = trio.Event()
 
@@ -549,7 +530,7 @@ async def test_a_silent_relay_is_detected_by_ping(nursery: trio.Nursery) -> None
 
     with trio.fail_after(GUARD_SECONDS):
         async with subscribe(
-            f"ws://127.0.0.1:{port}",
+            url,
             "chat",
             on_event=on_event,
             backoff=FAST,
