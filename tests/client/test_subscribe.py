@@ -1,5 +1,6 @@
-"""subscribe() end to end, against the real relay: positions, resumes across a server-side
-close, a network partition and relay restarts, and recover=required failing."""
+"""subscribe() end to end, against the real relay: positions; resumes across server-side
+closes (1013, 4401), a reset that moves the client to another relay, a partition, relay
+restarts; what a lost history looks like; recover=required failing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay, start_server
 from tests.helpers import RunningRelay
 from tests.redis_server import RedisServer, TcpProxy
+from tests.tcp_proxy import ForwardingProxy
 from triorelay.client import (
     Backoff,
     Event,
@@ -27,6 +29,7 @@ from triorelay.client import (
     publish,
     subscribe,
 )
+from triorelay.errors import CloseCode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -144,6 +147,62 @@ async def test_resumes_after_the_relay_closes_the_connection(start_relay: StartR
     assert [m.position.offset for m in recorder.messages] == [1, 2, 3, 4]
     assert recorder.of(Reconnecting)[0].code == 4401
     assert recorder.of(Subscribed)[1].recovered
+
+
+async def test_resumes_after_the_relay_closes_the_consumer(relay: RunningRelay) -> None:
+    """The relay closes the consumer (1013, as a slow consumer under ``disconnect`` gets),
+    with a message published just then: the client reconnects and resumes, every message
+    once."""
+    recorder = Recorder()
+    with trio.fail_after(GUARD_SECONDS):
+        async with (
+            subscribe(relay.ws_url, "closing", on_event=recorder, backoff=FAST) as sub,
+            reading(sub, recorder),
+        ):
+            await recorder.wait_for(Subscribed)
+            await publish(relay.ws_url, "closing", ["1", "2"])
+            await recorder.wait_for(ReceivedMessage, 2)
+            (consumer,) = relay.relay.hub.consumers_of("closing")
+            consumer.close(CloseCode.TRY_AGAIN_LATER, "consumer too slow")
+            await publish(relay.ws_url, "closing", ["3"])
+            await recorder.wait_for(Reconnecting)
+            await publish(relay.ws_url, "closing", ["4"])
+            await recorder.wait_for(ReceivedMessage, 4)
+    assert [m.payload for m in recorder.messages] == ["1", "2", "3", "4"]
+    assert [m.position.offset for m in recorder.messages] == [1, 2, 3, 4]
+    closed = recorder.of(Reconnecting)[0]
+    assert (closed.code, closed.reason) == (1013, "consumer too slow")
+
+
+async def test_moves_to_another_relay_after_a_reset(
+    redis_server: RedisServer, start_relay: StartRelay, nursery: trio.Nursery
+) -> None:
+    """Two relays on one Redis behind a proxy: the connection is reset (no close frame) and
+    the proxy sends the client to the other relay, where it resumes without loss."""
+    first = await start_relay(broker=redis_server.url)
+    second = await start_relay(broker=redis_server.url)
+    proxy = ForwardingProxy(first.port)
+    await nursery.start(proxy.run)
+    recorder = Recorder()
+    with trio.fail_after(GUARD_SECONDS):
+        async with (
+            subscribe(
+                f"ws://127.0.0.1:{proxy.port}", "moving", on_event=recorder, backoff=FAST
+            ) as subscription,
+            reading(subscription, recorder),
+        ):
+            await recorder.wait_for(Subscribed)
+            await publish(first.ws_url, "moving", ["1", "2"])
+            await recorder.wait_for(ReceivedMessage, 2)
+            proxy.target_port = second.port
+            assert proxy.reset_all() == 1
+            await publish(first.ws_url, "moving", ["3"])
+            await recorder.wait_for(Reconnecting)
+            await publish(second.ws_url, "moving", ["4"])
+            await recorder.wait_for(ReceivedMessage, 4)
+    assert [m.payload for m in recorder.messages] == ["1", "2", "3", "4"]
+    assert recorder.of(Reconnecting)[0].code is None
+    assert recorder.of(Subscribed)[-1].recovered
 
 
 async def test_resumes_after_a_network_partition(
