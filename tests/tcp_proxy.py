@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from functools import partial
@@ -85,8 +86,6 @@ def _reset(stream: trio.SocketStream) -> None:
     sock = stream.socket
     if sock.fileno() == -1:
         return
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-    except OSError:
-        pass
     sock.close()

@@ -174,6 +174,30 @@ async def test_resumes_after_the_relay_closes_the_consumer(relay: RunningRelay) 
     assert (closed.code, closed.reason) == (1013, "consumer too slow")
 
 
+async def test_reconnect_closes_and_resumes_at_once(relay: RunningRelay) -> None:
+    """``subscription.reconnect()``: the client closes its connection (1000) and makes a new
+    one, resuming after its position: a message published in between arrives, once."""
+    recorder = Recorder()
+    with trio.fail_after(GUARD_SECONDS):
+        async with (
+            subscribe(relay.ws_url, "again", on_event=recorder, backoff=FAST) as sub,
+            reading(sub, recorder),
+        ):
+            await recorder.wait_for(Subscribed)
+            await publish(relay.ws_url, "again", ["1"])
+            await recorder.wait_for(ReceivedMessage, 1)
+            sub.reconnect()
+            await publish(relay.ws_url, "again", ["2"])
+            await recorder.wait_for(Reconnecting)
+            await recorder.wait_for(Subscribed, 2)
+            await publish(relay.ws_url, "again", ["3"])
+            await recorder.wait_for(ReceivedMessage, 3)
+    messages = [item.payload for item in recorder.items if isinstance(item, ReceivedMessage)]
+    reconnecting = next(item for item in recorder.items if isinstance(item, Reconnecting))
+    assert messages == ["1", "2", "3"]
+    assert reconnecting.code == CloseCode.NORMAL
+
+
 async def test_moves_to_another_relay_after_a_reset(
     redis_server: RedisServer, start_relay: StartRelay, nursery: trio.Nursery
 ) -> None:

@@ -121,6 +121,13 @@ class Subscription:
         self._state = state
         self._on_event = on_event
         self._failure: Exception | None = None
+        self._connector: _Connector | None = None
+
+    def reconnect(self) -> None:
+        """Close the current connection and make a new one at once, resuming after the last
+        position received (after a network change, say). Does nothing while not connected."""
+        if self._connector is not None:
+            self._connector.reconnect()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -239,6 +246,7 @@ async def subscribe(
         close_timeout_seconds=close_timeout_seconds,
         max_frame_bytes=max_frame_bytes,
     )
+    subscription._connector = connector
     try:
         async with receive, trio.open_nursery() as nursery:
             nursery.start_soon(connector.run)
@@ -282,6 +290,13 @@ class _Connector:
         self._scope = trio.CancelScope()
         self._reading: trio.CancelScope | None = None
         self._stopping = False
+        self._reconnect_asked = False
+
+    def reconnect(self) -> None:
+        """Close the connection (1000) and connect again at once, resuming (no checkpoint)."""
+        if self._reading is not None and not self._stopping:
+            self._reconnect_asked = True
+            self._reading.cancel()
 
     def stop(self) -> None:
         """End the task: politely (close 1000) if connected, at once otherwise; either way
@@ -366,6 +381,9 @@ class _Connector:
             except BaseExceptionGroup as group:
                 reraise_single(group)
         self._reading = None
+        if ended is None and self._reconnect_asked:
+            self._reconnect_asked = False
+            return Disconnect(CloseCode.NORMAL, "a reconnection was asked for", True)
         if ended is None:  # cut short: the relay went silent, or the subscription is closing
             timeout = self.liveness.timeout_seconds if self.liveness else 0
             return Disconnect(None, f"no pong within {timeout} s", self.state.subscribed)
