@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest fuzz conformance conformance-full clean
+.PHONY: run test lint typecheck pytest browser fuzz conformance conformance-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,21 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy src loadtest
 
-pytest: $(VENV)/.installed-test
+# The browser tests (tests/browser/) drive Debian's Chromium through its chromedriver (never a
+# browser download: selenium is told where both are). Installed here only when one is missing;
+# apt-get runs as root, as on CI and the developers' machines. The package lists are refreshed
+# only when the install cannot find the packages (a fresh machine has none).
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+CHROMIUM_PACKAGES := chromium chromium-driver
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends $(CHROMIUM_PACKAGES) \
+	  || { apt-get update && apt-get install -y --no-install-recommends $(CHROMIUM_PACKAGES); }; \
+	fi
+
+pytest: $(VENV)/.installed-test browser
 	rm -f .coverage
 	$(BIN)/coverage run -m pytest
 	$(BIN)/coverage report
