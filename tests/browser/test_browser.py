@@ -3,9 +3,14 @@ with the pages served from another origin than the relay's."""
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from tests.browser.helpers import Browser, PageServer
 from tests.conftest import StartRelay
@@ -79,3 +84,93 @@ async def test_a_page_of_another_origin_is_refused(
     assert await browser.run("return window.echoed;") is None
     console = await browser.console()
     assert any("Unexpected response code: 403" in entry for entry in console), console
+
+
+# -- the triorelay.v1 client, against a scripted relay --
+
+Script = Callable[[WebSocketConnection], Awaitable[None]]
+
+
+def subscribed(epoch: str, offset: int, **fields: object) -> str:
+    fields = {"recovering": False, "recovered": False, "reason": None, "replayed": 0} | fields
+    return json.dumps(
+        {"triorelay": "subscribed", "channel": "chat", "epoch": epoch, "offset": offset} | fields
+    )
+
+
+async def first_connection(ws: WebSocketConnection) -> None:
+    await ws.send_message(subscribed("E1", 5))
+    await ws.send_message("m chat 6\nhello")
+    await ws.send_message(b"m chat 7\n\x00\x01\xff")
+    await ws.send_message("x chat 8\na frame kind of a later version")
+    await ws.send_message('{"triorelay":"later","channel":"chat"}')
+    await ws.send_message('{"triorelay":"dropped","channel":"chat","count":2,"total":2}')
+    await ws.send_message("m chat 8\nline one\nline two")
+    await ws.aclose(1001, "restarting")
+
+
+async def second_connection(ws: WebSocketConnection) -> None:
+    await ws.send_message(subscribed("E1", 9, recovering=True, recovered=True, replayed=1))
+    await ws.send_message("m chat 9\nreplayed")
+    await ws.send_message(
+        '{"triorelay":"gap","channel":"chat","count":null,"reason":"lost","epoch":"E2"}'
+    )
+    await ws.send_message("m chat 1\nnew history")
+    await ws.aclose(1001, "restarting")
+
+
+async def third_connection(ws: WebSocketConnection) -> None:
+    await ws.send_message(subscribed("E2", 40, recovering=True, reason="trimmed"))
+    await ws.send_message("m chat 41\nafter the trim")
+
+
+async def test_framing_client_follows_the_framing(
+    nursery: trio.Nursery, browser: Browser, pages: PageServer
+) -> None:
+    """docs/clients/triorelay.js reads messages (text, binary), control messages and positions,
+    ignores kinds it does not know, and resumes from its position after each close."""
+    scripts: list[Script] = [first_connection, second_connection, third_connection]
+    targets: list[str] = []
+    send_close, closes = trio.open_memory_channel[int | None](len(scripts))
+
+    async def handler(request: WebSocketRequest) -> None:
+        assert "triorelay.v1" in request.proposed_subprotocols
+        targets.append(request.path)
+        ws = await request.accept(subprotocol="triorelay.v1")
+        await scripts[len(targets) - 1](ws)
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed as closed:
+            await send_close.send(closed.reason.code if closed.reason else None)
+
+    server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, None))
+    url = f"http://127.0.0.1:{server.port}"
+    await browser.open(pages.url("/framing_client.html", relay=url, channel="chat"))
+    await browser.wait_for("received.length === 6", fail_if="window.failed")
+    assert await browser.run("return subscription.position;") == "E2:41"
+    await browser.run("subscription.close();")
+    await browser.wait_for("closes.length === 3")
+
+    assert await browser.run("return received;") == [
+        {"position": "E1:6", "data": "hello", "binary": False},
+        {"position": "E1:7", "data": [0, 1, 255], "binary": True},
+        {"position": "E1:8", "data": "line one\nline two", "binary": False},
+        {"position": "E1:9", "data": "replayed", "binary": False},
+        {"position": "E2:1", "data": "new history", "binary": False},
+        {"position": "E2:41", "data": "after the trim", "binary": False},
+    ]
+    kinds = await browser.run("return controls.map((c) => c.triorelay);")
+    assert kinds == ["subscribed", "dropped", "subscribed", "gap", "subscribed"]
+    assert await browser.run("return closes;") == [
+        {"code": 1001, "reason": "restarting"},
+        {"code": 1001, "reason": "restarting"},
+        {"code": 1000, "reason": ""},
+    ]
+    assert targets == [
+        "/ws/consumer/chat",
+        "/ws/consumer/chat?since=E1%3A8",
+        "/ws/consumer/chat?since=E2%3A1",
+    ]
+    with trio.fail_after(5):  # as the scripted relay saw them
+        assert [await closes.receive() for _ in scripts] == [1001, 1001, 1000]
