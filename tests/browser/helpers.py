@@ -1,5 +1,5 @@
-"""Browser test helpers: a Chromium page driven from a trio test, and a server of test pages
-on another origin than the relay's.
+"""Browser test helpers: a Chromium page driven from a trio test, a server of test pages on
+another origin than the relay's, and dropping a channel's consumers from the relay's side.
 
 The relay under test runs in the test's own trio run (``start_relay``), so nothing here may
 block that run: every WebDriver call goes to a worker thread (:class:`Browser`), and the page
@@ -27,6 +27,9 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.helpers import RunningRelay
+from triorelay.errors import CloseCode
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +241,16 @@ def page_server() -> Iterator[PageServer]:
         yield server
     finally:
         server.close()
+
+
+def drop_consumers(relay: RunningRelay, channel: str) -> int:
+    """Close every consumer of ``channel`` from the relay's side, as an eviction or a restart
+    would (1001 on WebSocket; an event stream just ends); return how many there were.
+
+    Reads the hub's channel table: the hub has no public way to name a channel's consumers.
+    """
+    live = relay.relay.hub._channels.get(channel)
+    consumers = live.consumers if live is not None else ()
+    for consumer in consumers:
+        consumer.close(CloseCode.GOING_AWAY, "dropped by the test")
+    return len(consumers)
