@@ -17,7 +17,9 @@ from tests.browser.helpers import Browser, PageServer, drop_consumers
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay
 
-pytestmark = pytest.mark.browser
+# Each test takes a few seconds at most (the EventSource ones wait out Chromium's 3 s
+# reconnection delay twice): a tighter guard than the suite's 60 s.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(30)]
 
 SERVER_SIDE_PENDING = pytest.mark.xfail(
     reason="needs the relay's side: GET /channels/{c}/events and the triorelay.v1 consumer "
