@@ -245,12 +245,8 @@ def page_server() -> Iterator[PageServer]:
 
 def drop_consumers(relay: RunningRelay, channel: str) -> int:
     """Close every consumer of ``channel`` from the relay's side, as an eviction or a restart
-    would (1001 on WebSocket; an event stream just ends); return how many there were.
-
-    Reads the hub's channel table: the hub has no public way to name a channel's consumers.
-    """
-    live = relay.relay.hub._channels.get(channel)
-    consumers = live.consumers if live is not None else ()
+    would (1001 on WebSocket; an event stream just ends); return how many there were."""
+    consumers = relay.relay.hub.consumers_of(channel)
     for consumer in consumers:
         consumer.close(CloseCode.GOING_AWAY, "dropped by the test")
     return len(consumers)

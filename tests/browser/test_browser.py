@@ -21,11 +21,6 @@ from tests.helpers import RunningRelay
 # reconnection delay twice): a tighter guard than the suite's 60 s.
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(30)]
 
-SERVER_SIDE_PENDING = pytest.mark.xfail(
-    reason="needs the relay's side: GET /channels/{c}/events and the triorelay.v1 consumer "
-    "with ?since= (not on main yet)",
-    strict=True,
-)
 
 CANARY = """<!doctype html>
 <meta charset="utf-8">
@@ -228,7 +223,6 @@ async def publish_with_two_drops(
     await browser.wait_for(f"received.length && received.at(-1).data === {last}")
 
 
-@SERVER_SIDE_PENDING
 async def test_event_source_resumes_after_server_side_drops(
     start_relay: StartRelay, browser: Browser, pages: PageServer
 ) -> None:
@@ -240,22 +234,20 @@ async def test_event_source_resumes_after_server_side_drops(
 
     subscriptions = await browser.run("return subscribed;")
     epoch = subscriptions[0]["epoch"]
+    assert await browser.run("return received;") == [
+        {"id": f"{epoch}:{offset}", "data": base64.b64encode(message).decode(), "event": "binary"}
+        if isinstance(message, bytes)
+        else {"id": f"{epoch}:{offset}", "data": message, "event": "message"}
+        for offset, message in enumerate(MESSAGES, 1)
+    ]
     assert [(s["epoch"], s["recovering"]) for s in subscriptions] == [
         (epoch, False),
         (epoch, True),
         (epoch, True),
     ]
     assert [s["recovered"] for s in subscriptions[1:]] == [True, True]
-    expected = [
-        {"id": f"{epoch}:{offset}", "data": base64.b64encode(message).decode(), "event": "binary"}
-        if isinstance(message, bytes)
-        else {"id": f"{epoch}:{offset}", "data": message, "event": "message"}
-        for offset, message in enumerate(MESSAGES, 1)
-    ]
-    assert await browser.run("return received;") == expected
 
 
-@SERVER_SIDE_PENDING
 async def test_framing_client_resumes_after_server_side_drops(
     start_relay: StartRelay, browser: Browser, pages: PageServer
 ) -> None:
@@ -269,16 +261,16 @@ async def test_framing_client_resumes_after_server_side_drops(
 
     controls = await browser.run("return controls;")
     epoch = controls[0]["epoch"]
-    assert [(c["triorelay"], c["epoch"], c["recovering"]) for c in controls] == [
-        ("subscribed", epoch, False),
-        ("subscribed", epoch, True),
-        ("subscribed", epoch, True),
-    ]
-    assert [c["recovered"] for c in controls[1:]] == [True, True]
     assert await browser.run("return received;") == [
         {"position": f"{epoch}:{offset}", "data": list(message), "binary": True}
         if isinstance(message, bytes)
         else {"position": f"{epoch}:{offset}", "data": message, "binary": False}
         for offset, message in enumerate(MESSAGES, 1)
     ]
+    assert [(c["triorelay"], c["epoch"], c["recovering"]) for c in controls] == [
+        ("subscribed", epoch, False),
+        ("subscribed", epoch, True),
+        ("subscribed", epoch, True),
+    ]
+    assert [c["recovered"] for c in controls[1:]] == [True, True]
     assert [close["code"] for close in await browser.run("return closes;")] == [1001, 1001]
