@@ -182,23 +182,25 @@ async def test_framing_client_follows_the_framing(
 
 # -- resuming after the relay drops the connection --
 
-#: 30 messages, text but for one binary, one of them of two lines.
-MESSAGES: list[str | bytes] = [
-    b"\x00binary \xff 15"
-    if i == 15
-    else f"message {i}\nits second line"
-    if i == 25
-    else f"message {i}"
-    for i in range(1, 31)
-]
+
+def message(number: int) -> str | bytes:
+    """The test's message ``number``: text, but for one binary and one of two lines."""
+    if number == 15:
+        return b"\x00binary \xff 15"
+    if number == 25:
+        return f"message {number}\nits second line"
+    return f"message {number}"
+
+
+MESSAGES = [message(number) for number in range(1, 31)]
 
 
 async def publish(relay: RunningRelay, channel: str, messages: list[str | bytes]) -> None:
-    for message in messages:
-        text = isinstance(message, str)
+    for payload in messages:
+        text = isinstance(payload, str)
         response = await relay.http.post(
             f"/channels/{channel}/messages",
-            content=message.encode() if isinstance(message, str) else message,
+            content=payload.encode() if isinstance(payload, str) else payload,
             headers={"content-type": "text/plain" if text else "application/octet-stream"},
         )
         assert response.status_code == 202, response.text
@@ -235,10 +237,10 @@ async def test_event_source_resumes_after_server_side_drops(
     subscriptions = await browser.run("return subscribed;")
     epoch = subscriptions[0]["epoch"]
     assert await browser.run("return received;") == [
-        {"id": f"{epoch}:{offset}", "data": base64.b64encode(message).decode(), "event": "binary"}
-        if isinstance(message, bytes)
-        else {"id": f"{epoch}:{offset}", "data": message, "event": "message"}
-        for offset, message in enumerate(MESSAGES, 1)
+        {"id": f"{epoch}:{offset}", "data": base64.b64encode(payload).decode(), "event": "binary"}
+        if isinstance(payload, bytes)
+        else {"id": f"{epoch}:{offset}", "data": payload, "event": "message"}
+        for offset, payload in enumerate(MESSAGES, 1)
     ]
     assert [(s["epoch"], s["recovering"]) for s in subscriptions] == [
         (epoch, False),
@@ -262,10 +264,10 @@ async def test_framing_client_resumes_after_server_side_drops(
     controls = await browser.run("return controls;")
     epoch = controls[0]["epoch"]
     assert await browser.run("return received;") == [
-        {"position": f"{epoch}:{offset}", "data": list(message), "binary": True}
-        if isinstance(message, bytes)
-        else {"position": f"{epoch}:{offset}", "data": message, "binary": False}
-        for offset, message in enumerate(MESSAGES, 1)
+        {"position": f"{epoch}:{offset}", "data": list(payload), "binary": True}
+        if isinstance(payload, bytes)
+        else {"position": f"{epoch}:{offset}", "data": payload, "binary": False}
+        for offset, payload in enumerate(MESSAGES, 1)
     ]
     assert [(c["triorelay"], c["epoch"], c["recovering"]) for c in controls] == [
         ("subscribed", epoch, False),
