@@ -153,6 +153,8 @@ class Settings(BaseSettings):
     #: ``GET /channels/{c}/events``: a comment line this often keeps proxies from closing an
     #: idle event stream.
     sse_keepalive_seconds: Annotated[float, Field(gt=0)] = 15.0
+    #: ``GET /channels/{c}/events``: how long a browser waits before reconnecting (``retry:``).
+    sse_retry_milliseconds: Annotated[int, Field(ge=0)] = 500
     #: Per-channel overrides: glob pattern -> rule. The first matching pattern wins.
     channels: dict[str, ChannelRule] = Field(default_factory=dict)
 

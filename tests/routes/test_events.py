@@ -148,11 +148,14 @@ async def test_last_event_id_resumes_without_loss_or_duplicate(start_relay: Star
     for text in ("two", "three"):
         await publish(server, "news", text, "text/plain")
     async with events(server, "news", **{"Last-Event-ID": f"{epoch}:1"}) as stream:
-        result = json.loads((await stream.next())["data"])
+        opening = await stream.next()
+        result = json.loads(opening["data"])
         replayed = [await stream.next() for _ in range(2)]
         await publish(server, "news", "four", "text/plain")
         live = await stream.next()
-    assert (result["recovered"], result["replayed"]) == (True, 2)
+    assert (result["recovered"], result["replayed"], result["offset"]) == (True, 2, 3)
+    # Its id is where the replay starts: a drop before the replay ends loses none of it.
+    assert (opening["id"], opening["retry"]) == (f"{epoch}:1", "500")
     assert [e["data"] for e in replayed] == ["two", "three"]
     assert live == {"id": f"{epoch}:4", "data": "four"}
 

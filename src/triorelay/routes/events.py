@@ -36,7 +36,14 @@ KEEPALIVE = b": keepalive\n\n"
 
 
 class EventEncoding:
-    """Server-Sent Events: ``id: epoch:offset`` on every message, notices as named events."""
+    """Server-Sent Events: ``id: epoch:offset`` on every message, notices as named events.
+
+    ``retry_milliseconds``: how long the browser waits before it reconnects (sent once, with
+    ``subscribed``).
+    """
+
+    def __init__(self, retry_milliseconds: int) -> None:
+        self.retry_milliseconds = retry_milliseconds
 
     def message(self, channel: str, entry: Entry) -> Payload:
         payload, position = entry.payload, f"{entry.epoch}:{entry.offset}"
@@ -51,12 +58,15 @@ class EventEncoding:
     def control(self, control: str) -> Payload:
         fields = json.loads(control)
         kind = fields["triorelay"]
-        if kind == "subscribed":  # a page that gets nothing else resumes from here
-            return f"event: {kind}\nid: {fields['epoch']}:{fields['offset']}\ndata: {control}\n\n"
+        if kind == "subscribed":
+            # A page that gets nothing else resumes from here: before the replay, if there is
+            # one (a drop in the middle of it must not skip the rest).
+            offset = fields["offset"] - (fields["replayed"] if fields["recovered"] else 0)
+            return (
+                f"retry: {self.retry_milliseconds}\nevent: {kind}\n"
+                f"id: {fields['epoch']}:{offset}\ndata: {control}\n\n"
+            )
         return f"event: {kind}\ndata: {control}\n\n"
-
-
-EVENTS = EventEncoding()
 
 
 def channel_of(path: str) -> str | None:
@@ -125,7 +135,8 @@ class EventStreams:
                 ]
             await send({"type": "http.response.start", "status": 200, "headers": response_headers})
             relay.counters.opened(consumer.role)
-            opening = positioned.opening_frames(channel, recovery, resume, EVENTS)
+            events = EventEncoding(relay.settings.sse_retry_milliseconds)
+            opening = positioned.opening_frames(channel, recovery, resume, events)
             scope_ = trio.CancelScope()
             consumer.bind(scope_)
             writer = _Writer(send)
@@ -137,7 +148,7 @@ class EventStreams:
                             consumer,
                             writer.send_many,
                             cursor,
-                            EVENTS,
+                            events,
                             idle_seconds=relay.settings.sse_keepalive_seconds,
                             on_idle=writer.keepalive,
                         )
