@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     #: a successful connection.
     broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: One message in this many of each producer is traced through its stages, for the
+    #: latency histograms (``GET /metrics``, channel statistics); 0: none.
+    latency_sample_messages: NonNegativeInt = 64
     #: ``GET /metrics`` labels channels by namespace: the name up to this separator.
     metrics_namespace_separator: str = "."
     #: Most namespaces labelled per scrape; past it channels count under "other".

@@ -34,7 +34,9 @@ class Deliveries:
         self.positions: list[tuple[int, str]] = []
         self._grew = trio.Event()
 
-    async def deliver(self, name: str, item: Payload | Gap, offset: int, epoch: str) -> None:
+    async def deliver(
+        self, name: str, item: Payload | Gap, offset: int, epoch: str, trace: object = None
+    ) -> None:
         self.items.append((name, item))
         self.positions.append((offset, epoch))
         self._grew.set()

@@ -476,7 +476,9 @@ async def test_a_read_for_a_channel_left_and_joined_again_is_not_delivered() -> 
     (it starts after what was published before it): the read's watch must be current."""
     delivered: list[object] = []
 
-    async def deliver(name: str, item: object, offset: int, epoch: str) -> None:
+    async def deliver(
+        name: str, item: object, offset: int, epoch: str, trace: object = None
+    ) -> None:
         delivered.append(item)
 
     streams = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver).streams
@@ -803,7 +805,9 @@ async def test_a_publish_cut_by_a_broken_connection_is_sent_again_only_to_a_new_
     restarted (a new run_id: the first try's write is gone), never to the same Redis."""
     from triorelay.brokers.redis.connection import ConnectionLost
 
-    async def deliver(name: str, item: object, offset: int, epoch: str) -> None:
+    async def deliver(
+        name: str, item: object, offset: int, epoch: str, trace: object = None
+    ) -> None:
         raise AssertionError("nothing is read here")
 
     broker = RedisBroker(make_settings(broker="redis://127.0.0.1:1/0"), deliver)

@@ -239,7 +239,7 @@ async def test_a_slow_event_stream_is_disconnected_by_the_channel_policy(
         (consumer,) = hub._channels["fast"].consumers
         # Fill its buffer faster than the stream is written: deliveries without a checkpoint.
         for i in range(10):
-            await hub.deliver("fast", f"m{i}", i + 1, "e")
+            await hub.deliver("fast", f"m{i}", i + 1, "e", None)
         assert consumer.close_code == 1013
         with trio.fail_after(5):
             await stream.body()  # to its end

@@ -19,6 +19,7 @@ import trio
 from triorelay.envelopes import Payload
 from triorelay.framing import Position, RecoveryReason
 from triorelay.settings import Mode
+from triorelay.tracing import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +36,12 @@ class Gap:
     epoch: str | None = None
 
 
-Deliver = Callable[[str, "Payload | Gap", int, str], Awaitable[None]]
-"""``await deliver(channel_name, payload_or_gap, offset, epoch)``: hand a message (or a gap)
-to this relay's consumers of the channel, with the message's position (a gap's offset is 0;
-queue messages have the offset 0 and the epoch ``""``: they have no position). It may wait (a
-``block`` policy, a full local queue): that is backpressure on whatever feeds it."""
+Deliver = Callable[[str, "Payload | Gap", int, str, "Trace | None"], Awaitable[None]]
+"""``await deliver(channel_name, payload_or_gap, offset, epoch, trace)``: hand a message (or a
+gap) to this relay's consumers of the channel, with the message's position (a gap's offset is
+0; queue messages have the offset 0 and the epoch ``""``: they have no position) and, for a
+traced message, its stage times so far (:mod:`triorelay.tracing`). It may wait (a ``block``
+policy, a full local queue): that is backpressure on whatever feeds it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +122,18 @@ class Broker(Protocol):
     """
 
     async def publish(
-        self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
+        self,
+        name: str,
+        mode: Mode,
+        payloads: list[Payload],
+        published: list[int],
+        traces: dict[int, Trace] | None = None,
     ) -> None:
         """Publish ``payloads`` on channel ``name`` in order, appending each one's sequence
         number to ``published`` as it is accepted: if this raises, ``published`` holds the
         accepted ones (the first ``len(published)`` payloads). A networked broker takes them
-        in one round trip where it can."""
+        in one round trip where it can. ``traces``: the traced payloads' (by index) stage
+        times, stamped with their acceptance and carried to ``deliver`` (broadcast only)."""
         ...
 
     async def recover(self, name: str, since: Position | None) -> Recovery:

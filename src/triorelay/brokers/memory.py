@@ -11,6 +11,7 @@ from triorelay.brokers.history import MemoryHistories, reason_after_reading, rec
 from triorelay.envelopes import Payload, size_of
 from triorelay.framing import Position
 from triorelay.settings import Mode, Settings
+from triorelay.tracing import Trace, now_ns
 
 
 class MemoryBroker:
@@ -35,12 +36,17 @@ class MemoryBroker:
         )
 
     async def publish(
-        self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
+        self,
+        name: str,
+        mode: Mode,
+        payloads: list[Payload],
+        published: list[int],
+        traces: dict[int, Trace] | None = None,
     ) -> None:
         deliver = self._deliver
         if mode == "broadcast":
             histories = self.histories
-            for payload in payloads:
+            for index, payload in enumerate(payloads):
                 # Numbered and kept before it is delivered: an offset is never given twice,
                 # even when a delivery that waits (``block``) is cut; the message is then
                 # published (in the history, and with the consumers that took it).
@@ -49,14 +55,17 @@ class MemoryBroker:
                     history = histories.state(name, self._settings.channel_config(name))
                 offset = histories.append(history, payload, size_of(payload))
                 published.append(offset)
-                await deliver(name, payload, offset, history.epoch)
+                trace = traces.get(index) if traces else None
+                if trace is not None:
+                    trace.accepted_ns = now_ns()
+                await deliver(name, payload, offset, history.epoch, trace)
             return
         seq = self._last_seq.get(name, 0)
         try:
             for payload in payloads:
                 # Numbered once delivered: a publish cancelled while it waits (a full
                 # queue) takes no number, so none is skipped.
-                await deliver(name, payload, 0, "")
+                await deliver(name, payload, 0, "", None)
                 seq += 1
                 published.append(seq)
         finally:

@@ -6,7 +6,7 @@ delivers by mode and slow-consumer policy into :mod:`~triorelay.hub.buffers`;
 :mod:`~triorelay.hub.statistics` holds the counters and their snapshots.
 """
 
-from triorelay.hub.buffers import Entry, Item
+from triorelay.hub.buffers import Entry, Item, Traced
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer
 from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Hub, validate_channel_name
@@ -23,5 +23,6 @@ __all__ = [
     "Hub",
     "Item",
     "Producer",
+    "Traced",
     "validate_channel_name",
 ]

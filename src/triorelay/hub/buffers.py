@@ -24,6 +24,7 @@ from triorelay.brokers.base import QueueSource
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import QueueFull
 from triorelay.framing import encode_message
+from triorelay.tracing import Trace
 
 
 class Entry:
@@ -46,6 +47,17 @@ class Entry:
         if frame is None:
             frame = self._frame = encode_message(channel, self.offset, self.payload)
         return frame
+
+
+class Traced(Entry):
+    """A traced broadcast message (:mod:`triorelay.tracing`): what every consumer gets in its
+    buffer, raw or positioned, so that its writer can time the last two stages."""
+
+    __slots__ = ("trace",)
+
+    def __init__(self, payload: Payload, size: int, offset: int, epoch: str, trace: Trace) -> None:
+        super().__init__(payload, size, offset, epoch)
+        self.trace = trace
 
 
 Item = Payload | Entry
@@ -156,6 +168,7 @@ class ConsumerBuffer(_MemoryInbox):
         "max_messages",
         "messages",
         "peak",
+        "traced",
     )
 
     def __init__(self, max_messages: int, max_bytes: int, occupancy: Occupancy) -> None:
@@ -171,6 +184,8 @@ class ConsumerBuffer(_MemoryInbox):
         self.peak = 0
         self._closed = False
         self.last_size = 0
+        #: Traced messages buffered (their writer unwraps them; counted by the channel).
+        self.traced = 0
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -203,6 +218,8 @@ class ConsumerBuffer(_MemoryInbox):
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             return False
         self._taken(payload)
+        if type(payload) is Traced:
+            self.traced -= 1
         return True
 
     async def wait_for_room(self) -> None:
@@ -224,13 +241,17 @@ class ConsumerBuffer(_MemoryInbox):
         self._send.close()
         self._receive.close()
         self._occupancy.remove(left)
-        self.messages = self.bytes = 0
+        self.messages = self.bytes = self.traced = 0
         if self._room is not None:
             self._room.unpark_all()
         return left
 
     def _taken(self, payload: Item) -> None:
-        size = self.last_size = payload.size if type(payload) is Entry else size_of(payload)  # type: ignore[arg-type]
+        kind = type(payload)
+        if kind is Entry or kind is Traced:
+            size = self.last_size = payload.size  # type: ignore[union-attr]
+        else:
+            size = self.last_size = size_of(payload)  # type: ignore[arg-type]
         self.messages -= 1
         self.bytes -= size
         self._occupancy.messages -= 1

@@ -30,10 +30,12 @@ from triorelay.hub.buffers import (
     Occupancy,
     QueueBudget,
     SourceReader,
+    Traced,
 )
 from triorelay.hub.connections import Consumer, Producer, next_connection_id
 from triorelay.hub.statistics import ChannelCounters, ChannelStatistics
 from triorelay.settings import ChannelConfig
+from triorelay.tracing import Trace, now_ns
 
 
 class Channel:
@@ -145,12 +147,16 @@ class Channel:
                     return
                 await full.wait_for_room()
 
-    async def deliver(self, payload: Payload, offset: int = 0, epoch: str = "") -> None:
+    async def deliver(
+        self, payload: Payload, offset: int = 0, epoch: str = "", trace: Trace | None = None
+    ) -> None:
         """Hand one message to this relay's consumers by the channel's mode and policy.
 
-        ``offset`` and ``epoch`` are its position (broadcast), for positioned consumers.
-        Waits only for a ``block`` policy or a full local queue; does not checkpoint otherwise.
-        Raises :class:`trio.ClosedResourceError` if the channel closes while it waits to queue.
+        ``offset`` and ``epoch`` are its position (broadcast), for positioned consumers;
+        ``trace``: its stage times so far (a traced message, which every consumer then gets
+        as a :class:`Traced` item). Waits only for a ``block`` policy or a full local queue;
+        does not checkpoint otherwise. Raises :class:`trio.ClosedResourceError` if the
+        channel closes while it waits to queue.
         """
         size = size_of(payload)
         counters = self.counters
@@ -159,6 +165,9 @@ class Channel:
         if self._queue is not None:
             await self._queue.put(payload, size)
             return
+        if trace is not None:
+            await self._deliver_traced(payload, size, offset, epoch, trace)
+            return
         entry = Entry(payload, size, offset, epoch) if self._positioned else None
         if self._policy == "block":
             await self._deliver_blocking(payload, size, entry)
@@ -166,21 +175,30 @@ class Channel:
             self._deliver_nowait(payload, size, entry)
 
     def _deliver_nowait(self, payload: Payload, size: int, entry: Entry | None) -> None:
+        # Positioned consumers get the Entry; raw ones the payload, unless it is traced.
+        traced = type(entry) is Traced
+        raw = entry if traced else payload
         policy = self._policy
         snapshot = self._snapshot
         for consumer in snapshot if snapshot is not None else self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
-            if buffer.offer(entry if entry is not None and consumer.positioned else payload, size):
+            item = entry if consumer.positioned else raw
+            assert item is not None
+            if buffer.offer(item, size):
+                if traced:
+                    buffer.traced += 1
                 continue
             if policy == "drop_newest":
                 self._count_drop(consumer, 1)
             elif policy == "drop_oldest":
-                item = entry if entry is not None and consumer.positioned else payload
                 while not buffer.offer(item, size):
                     if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
                         break
                     self._count_drop(consumer, 1)
+                else:
+                    if traced:
+                        buffer.traced += 1
             else:  # disconnect
                 self._evict(consumer)
 
@@ -188,13 +206,18 @@ class Channel:
         # Offer to everyone first, so a full consumer does not hold the message back from the
         # consumers after it; then wait for room in each one that was full, until the
         # message's deadline: past it, a consumer still full is closed (block_timeout_seconds).
+        traced = type(entry) is Traced
+        raw = entry if traced else payload
         full: list[Consumer] = []
         for consumer in self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
-            if not buffer.offer(
-                entry if entry is not None and consumer.positioned else payload, size
-            ):
+            item = entry if consumer.positioned else raw
+            assert item is not None
+            if buffer.offer(item, size):
+                if traced:
+                    buffer.traced += 1
+            else:
                 full.append(consumer)
         if not full:
             return
@@ -203,14 +226,30 @@ class Channel:
         for consumer in full:
             buffer = consumer.buffer
             assert buffer is not None
-            item = entry if entry is not None and consumer.positioned else payload
+            item = entry if consumer.positioned else raw
+            assert item is not None
             with trio.move_on_at(deadline):
                 # A consumer that leaves while we wait has its buffer closed: skip it.
                 while not buffer.closed and not buffer.offer(item, size):
                     await buffer.wait_for_room()
+                if traced and not buffer.closed:
+                    buffer.traced += 1
                 continue
             if not buffer.closed:
                 self._evict(consumer, f"consumer too slow: kept a publish waiting {timeout:g} s")
+
+    async def _deliver_traced(
+        self, payload: Payload, size: int, offset: int, epoch: str, trace: Trace
+    ) -> None:
+        """A traced message: its first two stages timed, one Traced item for every consumer."""
+        trace.delivered_ns = now_ns()
+        self.counters.observe(0, (trace.accepted_ns - trace.read_ns) / 1e9)
+        self.counters.observe(1, (trace.delivered_ns - trace.accepted_ns) / 1e9)
+        item = Traced(payload, size, offset, epoch, trace)
+        if self._policy == "block":
+            await self._deliver_blocking(payload, size, item)
+        else:
+            self._deliver_nowait(payload, size, item)
 
     def _count_drop(self, consumer: Consumer, count: int) -> None:
         consumer.count_dropped(count)
@@ -272,6 +311,7 @@ class Channel:
             peak_buffered=self.occupancy.peak,
             gaps=counters.gaps,
             recoveries=dict(counters.recoveries),
+            latency=counters.latency.summary() if counters.latency is not None else None,
         )
 
     def close(self) -> None:

@@ -17,9 +17,11 @@ from triorelay.envelopes import Payload, size_of
 from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item
 from triorelay.hub.statistics import ChannelCounters, ConnectionStatistics
 from triorelay.settings import Mode
+from triorelay.tracing import Trace
 
-Publish = Callable[[list[Payload], list[int], int], Awaitable[None]]
-"""``await publish(payloads, published, total_bytes)``: see :meth:`triorelay.hub.Hub.publish`."""
+Publish = Callable[[list[Payload], list[int], int, "dict[int, Trace] | None"], Awaitable[None]]
+"""``await publish(payloads, published, total_bytes, traces)``: see
+:meth:`triorelay.hub.Hub.publish`."""
 
 _connection_ids = itertools.count(1)
 
@@ -129,7 +131,12 @@ class Producer(Connection):
         await self.publish_many([payload], published)
         return published[0]
 
-    async def publish_many(self, payloads: list[Payload], published: list[int]) -> None:
+    async def publish_many(
+        self,
+        payloads: list[Payload],
+        published: list[int],
+        traces: dict[int, Trace] | None = None,
+    ) -> None:
         """Publish ``payloads`` in order: each accepted one's sequence number is appended to
         ``published``, also when this raises.
 
@@ -143,7 +150,7 @@ class Producer(Connection):
         total = sum(map(size_of, payloads))
         self.messages_in += len(payloads)
         self.bytes_in += total
-        await self._publish(payloads, published, total)
+        await self._publish(payloads, published, total, traces)
 
 
 class Consumer(Connection):
@@ -176,6 +183,8 @@ class Consumer(Connection):
         #: Its inbox holds an :class:`~triorelay.hub.buffers.Entry` per message (its
         #: position with it), and notices as framing control messages.
         self.positioned = False
+        #: Its client asked for a trace notice after each message of a traced producer.
+        self.traces = False
         self.pending_dropped = 0
 
     @property
@@ -246,6 +255,12 @@ class Consumer(Connection):
         self.dropped += count
         if notice:
             self.pending_dropped += count
+
+    def traced_written(self, trace: Trace, taken_ns: int, written_ns: int) -> None:
+        """A traced message this consumer's writer took at ``taken_ns`` is on its socket."""
+        counters = self._counters
+        counters.observe(2, (taken_ns - trace.delivered_ns) / 1e9)
+        counters.observe(3, (written_ns - taken_ns) / 1e9)
 
     def take_dropped_notice(self) -> int:
         """Return how many messages were dropped for this consumer since the last call."""

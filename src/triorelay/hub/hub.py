@@ -33,8 +33,9 @@ from triorelay.framing import Position
 from triorelay.hub.buffers import QueueBudget
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer
-from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics
+from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, namespace_of
 from triorelay.settings import Settings
+from triorelay.tracing import StageHistograms, Trace
 
 _CHANNEL_NAME_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
@@ -68,6 +69,9 @@ class Hub:
         self._connections: set[Connection] = set()
         #: Resumes on this relay by result (``recovered`` or the reason), every channel.
         self.recoveries: dict[str, int] = {}
+        #: Stage latencies of traced messages by channel namespace (at most
+        #: ``metrics_max_namespaces``, then ``other``): they outlive the channels.
+        self.latency: dict[str, StageHistograms] = {}
         self.closing = False
 
     def __len__(self) -> int:
@@ -85,8 +89,21 @@ class Hub:
                 )
             config = self.settings.channel_config(name)
             channel = Channel(name, config, self.broker, self.queue_budget)
+            channel.counters.namespace_latency = self._namespace_latency(name)
             self._channels[name] = channel
         return channel
+
+    def _namespace_latency(self, name: str) -> StageHistograms:
+        settings = self.settings
+        namespace = namespace_of(name, settings.metrics_namespace_separator)
+        latency = self.latency.get(namespace)
+        if latency is None:
+            if len(self.latency) >= settings.metrics_max_namespaces:
+                namespace = "other"
+                latency = self.latency.get(namespace)
+            if latency is None:
+                latency = self.latency[namespace] = StageHistograms()
+        return latency
 
     def _release(self, channel: Channel) -> None:
         if channel.is_idle and self._channels.get(channel.name) is channel:
@@ -101,6 +118,7 @@ class Hub:
         payloads: list[Payload],
         published: list[int],
         total_bytes: int | None = None,
+        traces: dict[int, Trace] | None = None,
     ) -> None:
         """Publish a producer's ``payloads`` on ``channel`` through the broker, in order.
 
@@ -113,7 +131,9 @@ class Hub:
             raise trio.ClosedResourceError(f"channel {channel.name} is closed")
         start = len(published)
         try:
-            await self.broker.publish(channel.name, channel.config.mode, payloads, published)
+            await self.broker.publish(
+                channel.name, channel.config.mode, payloads, published, traces
+            )
         finally:
             accepted = len(published) - start
             if accepted == len(payloads) and total_bytes is not None:
@@ -143,9 +163,11 @@ class Hub:
         if channel is not None and self.broker.delivers_locally:
             await channel.wait_for_room(size)
 
-    async def deliver(self, name: str, item: Payload | Gap, offset: int, epoch: str) -> None:
+    async def deliver(
+        self, name: str, item: Payload | Gap, offset: int, epoch: str, trace: Trace | None
+    ) -> None:
         """The broker's callback: hand ``item`` to this relay's consumers of channel ``name``,
-        with its position (``offset``, ``epoch``).
+        with its position (``offset``, ``epoch``) and, traced, its stage times so far.
 
         A message goes through the channel's mode and policy (``block`` and a full local queue
         wait); a :class:`Gap` is reported to the channel's consumers. A channel that is gone or
@@ -157,7 +179,7 @@ class Hub:
         if isinstance(item, Gap):
             channel.report_gap(item.count, item.reason, item.epoch)
         else:
-            await channel.deliver(item, offset, epoch)
+            await channel.deliver(item, offset, epoch, trace)
 
     # -- members --
 
@@ -169,8 +191,13 @@ class Hub:
         """
         channel = self._channel(name)
 
-        async def publish(payloads: list[Payload], published: list[int], total: int) -> None:
-            await self.publish(channel, payloads, published, total)
+        async def publish(
+            payloads: list[Payload],
+            published: list[int],
+            total: int,
+            traces: dict[int, Trace] | None = None,
+        ) -> None:
+            await self.publish(channel, payloads, published, total, traces)
 
         producer = Producer(name, publish)
         channel.producers.add(producer)

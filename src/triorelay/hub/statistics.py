@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from triorelay.envelopes import Payload, size_of
+from triorelay.tracing import StageHistograms
+
+
+def namespace_of(channel: str, separator: str) -> str:
+    """The label a channel counts under in metrics: its name up to the first ``separator``."""
+    return channel.split(separator, 1)[0] if separator else channel
 
 
 class ChannelCounters:
@@ -29,9 +35,11 @@ class ChannelCounters:
         "disconnected_slow",
         "dropped",
         "gaps",
+        "latency",
         "messages_delivered",
         "messages_in",
         "messages_out",
+        "namespace_latency",
         "recoveries",
     )
 
@@ -43,6 +51,19 @@ class ChannelCounters:
         self.disconnected_slow = 0
         self.gaps = 0
         self.recoveries: dict[str, int] = {}
+        #: Stage latencies of this channel's traced messages (made on the first one), and of
+        #: its namespace's (the hub's, shared by the namespace's channels; for GET /metrics).
+        self.latency: StageHistograms | None = None
+        self.namespace_latency: StageHistograms | None = None
+
+    def observe(self, stage: int, seconds: float) -> None:
+        """A traced message spent ``seconds`` in stage ``stage`` (see triorelay.tracing)."""
+        latency = self.latency
+        if latency is None:
+            latency = self.latency = StageHistograms()
+        latency.observe_stage(stage, seconds)
+        if self.namespace_latency is not None:
+            self.namespace_latency.observe_stage(stage, seconds)
 
     def count_recovery(self, reason: str | None) -> None:
         """A consumer resumed: ``reason`` None if every missed message was replayed."""
@@ -82,6 +103,8 @@ class ChannelStatistics:
     gaps: int
     #: Resumes by result: ``recovered`` or the reason (see ChannelCounters).
     recoveries: dict[str, int]
+    #: Per stage of traced messages: count, p50 and p99 in seconds (None before any).
+    latency: dict[str, dict[str, float | int | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

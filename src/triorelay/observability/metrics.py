@@ -8,7 +8,9 @@ unbounded series): the part of the name before the first ``metrics_namespace_sep
 past which channels count under ``namespace="other"``. So a relay exposes at most
 ``metrics_max_namespaces + 1`` series per channel metric, however many channels it holds.
 
-This first part covers one process: under ``--workers N`` each worker answers for itself.
+Stage latencies come from traced messages (one in ``latency_sample_messages`` per producer,
+and every message of producers that asked: :mod:`triorelay.tracing`), kept by the hub per
+namespace. This covers one process: under ``--workers N`` each worker answers for itself.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from triorelay.hub.statistics import namespace_of
+from triorelay.tracing import BUCKETS, STAGES, StageHistograms
 
 if TYPE_CHECKING:
     from triorelay.auth.limits import ConnectionLimits
@@ -46,11 +56,6 @@ _CHANNEL_METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("producers", "producers", "producers attached now", False),
     ("consumers", "consumers", "consumers attached now", False),
 )
-
-
-def namespace_of(channel: str, separator: str) -> str:
-    """The label a channel counts under: its name up to the first ``separator``."""
-    return channel.split(separator, 1)[0] if separator else channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class RelayCollector(Collector):
             "triorelay_connections", "WebSocket connections open now", value=relay.limits.total
         )
         yield from _connection_metrics(relay.counters)
+        yield _latency_metric(relay.hub.latency)
         recoveries = CounterMetricFamily(
             "triorelay_recoveries",
             "consumers that resumed from a position, by result: recovered or the reason not",
@@ -148,6 +154,27 @@ class RelayCollector(Collector):
             "the upload directory's quota",
             value=uploads.quota_bytes,
         )
+
+
+def _latency_metric(latency: dict[str, StageHistograms]) -> Metric:
+    """Per namespace and stage, the latency histogram of traced messages (see tracing)."""
+    family = HistogramMetricFamily(
+        "triorelay_stage_latency_seconds",
+        "time traced messages spent in each stage: accept (read off the producer's socket to "
+        "accepted), broker (to handed back), queue (to taken by the consumer's writer), write "
+        "(to written to the consumer's socket)",
+        labels=["namespace", "stage"],
+    )
+    for namespace, histograms in sorted(latency.items()):
+        for stage, name in enumerate(STAGES):
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*BUCKETS, float("inf")), histograms.counts[stage], strict=True
+            ):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric([namespace, name], buckets, sum_value=histograms.sums[stage])
+    return family
 
 
 def _connection_metrics(counters: RelayCounters) -> Iterator[Metric]:

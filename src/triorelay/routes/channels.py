@@ -25,11 +25,12 @@ from triorelay.errors import (
     RateLimited,
     RequestError,
 )
-from triorelay.hub import Consumer, Producer, validate_channel_name
+from triorelay.hub import Consumer, Item, Producer, validate_channel_name
 from triorelay.lifecycle import SHUTDOWN_REASON
-from triorelay.routes import positioned
+from triorelay.routes import positioned, traces
 from triorelay.routes.asgi import Message, Receive, Socket, payload_of
 from triorelay.routes.session import Request, Session, open_session
+from triorelay.tracing import Trace, new_trace_id, now_ns
 
 AckMode = Literal["echo", "id", "none"]
 
@@ -50,12 +51,13 @@ async def produce(request: Request) -> None:
     relay, channel = request.relay, request.argument
     validate_channel_name(channel)
     ack: AckMode = query_value(request.query, "ack", ("echo", "id", "none"))  # type: ignore[assignment]
+    traced = query_value(request.query, "trace", ("false", "true")) == "true"
     if not relay.hub.broker.ready:
         relay.hub.broker.want_ready()
         raise BrokerUnavailable("the broker is unavailable: try again later")
     async with open_session(request, relay.hub.attach_producer(channel)) as session:
         producer = session.connection
-        publisher = Publisher(session, ack)
+        publisher = Publisher(session, ack, trace_id=new_trace_id() if traced else None)
         try:
             if session.tap is not None:
                 await session.read_inbound(publisher.publish_from_reader)
@@ -75,6 +77,7 @@ async def consume(request: Request) -> None:
     relay, channel = request.relay, request.argument
     validate_channel_name(channel)
     notices = query_value(request.query, "notices", ("false", "true")) == "true"
+    wants_traces = query_value(request.query, "trace", ("false", "true")) == "true"
     framed = framing.SUBPROTOCOL in request.subprotocols
     resume = None
     if framed:
@@ -87,6 +90,7 @@ async def consume(request: Request) -> None:
     subprotocol = framing.SUBPROTOCOL if framed else None
     async with open_session(request, attach, subscribe=channel, subprotocol=subprotocol) as session:
         consumer = session.connection
+        consumer.traces = wants_traces
         if resume is not None:
             recovery, cursor = await positioned.subscribe(relay.hub, consumer, resume)
             opening = positioned.opening_frames(channel, recovery, resume, positioned.FRAMING)
@@ -141,10 +145,14 @@ class Publisher:
     """Publishes a producer's messages and answers with acks, a batch at a time.
 
     Each producer connection has a publish rate (``publish_rate_*_per_second``, token
-    buckets holding one second's worth): past it the producer is closed with 1008.
+    buckets holding one second's worth): past it the producer is closed with 1008. One message
+    in ``latency_sample_messages`` is traced (:mod:`triorelay.tracing`), every one with a
+    ``trace_id`` (the producer asked, ``?trace=true``).
     """
 
-    def __init__(self, session: Session[Producer], ack: AckMode) -> None:
+    def __init__(
+        self, session: Session[Producer], ack: AckMode, *, trace_id: str | None = None
+    ) -> None:
         self.session = session
         self.producer = session.connection
         self.ack = ack
@@ -154,6 +162,9 @@ class Publisher:
         now = trio.current_time()
         self._messages = TokenBucket(settings.publish_rate_messages_per_second, now)
         self._bytes = TokenBucket(settings.publish_rate_bytes_per_second, now)
+        self.trace_id = trace_id
+        self._sample_every = settings.latency_sample_messages
+        self._until_sample = self._sample_every
 
     async def publish(self, payloads: list[Payload]) -> None:
         """Publish ``payloads`` in order, then send their acks in one write.
@@ -175,9 +186,18 @@ class Publisher:
             too_big = next(p for p, size in zip(payloads, sizes, strict=True) if size > max_bytes)
         accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
         published: list[int] = []
+        traced: dict[int, Trace] | None = None
+        if self.trace_id is not None:
+            read_ns = now_ns()
+            traced = {i: Trace(read_ns, self.trace_id) for i in range(len(accepted))}
+        elif self._sample_every:
+            self._until_sample -= len(accepted)
+            if self._until_sample <= 0 and accepted:
+                self._until_sample = self._sample_every
+                traced = {len(accepted) - 1: Trace(now_ns())}
         try:
             if accepted:
-                await self.producer.publish_many(accepted, published)
+                await self.producer.publish_many(accepted, published, traced)
             if too_big is not None:
                 size = size_of(too_big)
                 raise MessageTooBig(f"message of {size} bytes over the limit {max_bytes}")
@@ -239,16 +259,22 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     """
     batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
     while True:
-        # A raw consumer's inbox holds payloads only (no Entry: it is not positioned).
         try:
-            batch: list[Payload] = [cast(Payload, await consumer.receive())]
+            items: list[Item] = [await consumer.receive()]
         except trio.EndOfChannel:
             return
         try:
-            while len(batch) < batch_limit:
-                batch.append(cast(Payload, consumer.receive_nowait()))
+            while len(items) < batch_limit:
+                items.append(consumer.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             pass  # send what we have; an ended stream shows on the next receive
+        traced = traces.take_traced(consumer, items)
+        if traced:
+            taken_ns = now_ns()
+            batch = traces.unwrap(items)
+        else:
+            # A raw consumer's inbox holds payloads only (but for the traced ones).
+            batch = cast(list[Payload], items)
         if notices and consumer.pending_dropped:
             batch.insert(0, dropped_notice(consumer.take_dropped_notice(), consumer.dropped))
         sent = False
@@ -260,5 +286,9 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
                 consumer.requeue(batch[-1])
         if not sent:
             return  # the client is gone; the reader sees its disconnect
+        if traced:
+            told = traces.written(consumer, traced, taken_ns)
+            if told and not await socket.send_many(list[Payload](told)):
+                return
         if batch_limit == 1:
             await consumer.acknowledge()  # queue mode: handed to the socket, so delivered

@@ -41,6 +41,7 @@ from triorelay.errors import (
 )
 from triorelay.observability.metrics import exposition
 from triorelay.relay import Relay
+from triorelay.tracing import Trace, now_ns, trace_id_of
 
 blueprint = Blueprint("triorelay", __name__)
 
@@ -88,11 +89,14 @@ async def publish(channel: str) -> tuple[Response, int]:
     payload: Payload = body
     if _is_text(request.headers.get("content-type", "")):
         payload = _text(body, request.mimetype_params.get("charset", "utf-8"))
+    trace_id = trace_id_of(request.headers.get("traceparent"))
+    traces = {0: Trace(now_ns(), trace_id)} if trace_id is not None else None
     with relay.hub.attach_producer(channel) as producer:
         with trio.move_on_after(relay.settings.publish_timeout_seconds):
             await relay.hub.wait_for_room(channel, size_of(payload))
-            seq = await producer.publish(payload)
-            return jsonify({"id": seq}), 202
+            published: list[int] = []
+            await producer.publish_many([payload], published, traces)
+            return jsonify({"id": published[0]}), 202
     raise PublishTimeout(
         f"the channel did not take the message within {relay.settings.publish_timeout_seconds} s:"
         " nothing published"

@@ -23,7 +23,9 @@ from triorelay.envelopes import Payload
 from triorelay.errors import InvalidQuery, RecoveryFailed
 from triorelay.framing import Position
 from triorelay.hub import Consumer, Entry, Hub
+from triorelay.routes import traces
 from triorelay.routes.asgi import Query
+from triorelay.tracing import now_ns
 
 MAX_BATCH = 64
 """Most messages written in one go."""
@@ -177,12 +179,14 @@ async def write_positioned(
                 items.append(consumer.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             pass  # send what we have; an ended stream shows on the next receive
+        traced = traces.take_traced(consumer, items)
+        taken_ns = now_ns() if traced else 0
         frames: list[Payload] = []
         if consumer.pending_dropped:
             count = consumer.take_dropped_notice()
             frames.append(encoding.control(framing.dropped(channel, count, consumer.dropped)))
         for item in items:
-            if type(item) is Entry:
+            if isinstance(item, Entry):  # Traced ones too
                 admitted = cursor.admit(item)
                 if admitted is False:
                     continue
@@ -190,11 +194,17 @@ async def write_positioned(
                     notice = framing.gap(channel, None, NEW_EPOCH_REASON, item.epoch)
                     frames.append(encoding.control(notice))
                 frames.append(encoding.message(channel, item))
-            elif type(item) is str:  # a notice, as the framing's control message
+            elif isinstance(item, str):  # a notice, as the framing's control message
                 cursor.told(item)
                 frames.append(encoding.control(item))
         if frames and not await send_many(frames):
             return  # the client is gone; its disconnect ends the session
+        if traced:
+            told = [
+                encoding.control(notice) for notice in traces.written(consumer, traced, taken_ns)
+            ]
+            if told and not await send_many(told):
+                return
 
 
 class FramingEncoding:

@@ -53,6 +53,7 @@ from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
 from triorelay.framing import Position
 from triorelay.settings import Mode
+from triorelay.tracing import Trace
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
@@ -77,7 +78,12 @@ class RedisBroker:
         )
 
     async def publish(
-        self, name: str, mode: Mode, payloads: list[Payload], published: list[int]
+        self,
+        name: str,
+        mode: Mode,
+        payloads: list[Payload],
+        published: list[int],
+        traces: dict[int, Trace] | None = None,
     ) -> None:
         """Broadcast: append all of ``payloads`` to the channel's stream in one script call
         (one round trip); queue mode: one at a time (each may wait for room).
@@ -97,7 +103,7 @@ class RedisBroker:
                 seq = await self._once_more_after_a_restart(self.queues.publish, name, data, text)
                 published.append(seq)
             return
-        first = await self._once_more_after_a_restart(self.streams.publish, name, encoded)
+        first = await self._once_more_after_a_restart(self.streams.publish, name, encoded, traces)
         published.extend(range(first, first + len(payloads)))
 
     async def _once_more_after_a_restart(

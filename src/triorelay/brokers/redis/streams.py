@@ -33,6 +33,7 @@ from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
 from triorelay.framing import Position
+from triorelay.tracing import Trace
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
@@ -62,6 +63,12 @@ _PUBLISH = (
     _NEW_EPOCH
     + """
 local n = tonumber(ARGV[5])
+local accepted = ''
+if ARGV[7] == '1' then  -- traced messages: stamped with the time Redis stores them
+  redis.replicate_commands()  -- Redis 6: writes after TIME need effects replication
+  local t = redis.call('TIME')
+  accepted = t[1] .. string.format('%06d', tonumber(t[2]))
+end
 local epoch = redis.call('HGET', KEYS[2], 'e')
 if not epoch then
   epoch = new_epoch(ARGV[4])
@@ -74,14 +81,20 @@ elseif redis.call('EXISTS', KEYS[1]) == 0
 end
 local first = redis.call('HINCRBY', KEYS[2], 'o', n) - n + 1
 for i = 0, n - 1 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1],
-             epoch .. '-' .. string.format('%d', first + i),
-             'p', ARGV[7 + 2 * i], 't', ARGV[8 + 2 * i])
+  local id = epoch .. '-' .. string.format('%d', first + i)
+  local trace = ARGV[10 + 3 * i]
+  if trace == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+               'p', ARGV[8 + 3 * i], 't', ARGV[9 + 3 * i])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+               'p', ARGV[8 + 3 * i], 't', ARGV[9 + 3 * i], 'r', trace, 'a', accepted)
+  end
 end
 redis.call('HSET', KEYS[2], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {epoch, first}
+return {epoch, first, accepted}
 """
 )
 _POSITION = (
@@ -166,9 +179,16 @@ class RedisStreams:
         #: Stream entries skipped because no relay wrote them (missing or bad fields).
         self.malformed = 0
 
-    async def publish(self, name: str, encoded: list[tuple[bytes, bytes]]) -> int:
+    async def publish(
+        self,
+        name: str,
+        encoded: list[tuple[bytes, bytes]],
+        traces: dict[int, Trace] | None = None,
+    ) -> int:
         """Append the messages to the channel's stream in one script call (one round trip);
-        return the first one's sequence number (the others follow it).
+        return the first one's sequence number (the others follow it). ``traces``: the
+        traced messages' stage times (by index), carried in their entries and stamped with
+        the time Redis stored them.
 
         Raises :class:`BrokerUnavailable` if Redis fails or does not confirm in time.
         """
@@ -180,9 +200,11 @@ class RedisStreams:
             _now_ms(),
             str(len(encoded)),
             str(round(self._settings.channel_config(name).history_ttl_seconds * 1000)),
+            b"1" if traces else b"0",
         ]
-        for data, text in encoded:
-            args += [data, text]
+        for index, (data, text) in enumerate(encoded):
+            trace = traces.get(index) if traces else None
+            args += [data, text, trace.encode() if trace is not None else b""]
         # Shielded (and bounded by broker_timeout_seconds): a publish given up (an HTTP
         # publish's timeout, a producer closing) is given up before or after its round trip,
         # never inside it, so "not published" is never a guess.
@@ -190,6 +212,10 @@ class RedisStreams:
             result: Any = await self._publish_script(
                 keys=[connection.key("ch", name), connection.key("meta", name)], args=args
             )
+        if traces:
+            accepted_ns = int(result[2]) * 1000
+            for trace in traces.values():
+                trace.accepted_ns = accepted_ns
         return int(result[1])
 
     async def recover(self, name: str, since: Position | None) -> Recovery:
@@ -415,7 +441,14 @@ class RedisStreams:
                     name, seq - last - 1, "messages trimmed before this relay read them"
                 )
             watch.last_seq = seq
-            await self._deliver_to(name, payload, seq, watch.epoch_text)
+            trace = None
+            fields = entry.field_values
+            if b"r" in fields:
+                try:
+                    trace = Trace.decode(fields[b"r"], int(fields[b"a"]) * 1000)
+                except (KeyError, ValueError):
+                    trace = None  # a trace we cannot read: deliver the message untraced
+            await self._deliver_to(name, payload, seq, watch.epoch_text, trace)
 
     async def _restarted(self) -> None:
         """Redis lost what it held: every watched channel may have a gap."""
@@ -430,7 +463,7 @@ class RedisStreams:
     ) -> None:
         self.gaps += 1
         log.warning("channel %s: gap of %s messages (%s)", name, count, reason)
-        await self._deliver_to(name, Gap(count, reason, epoch), 0, epoch or "")
+        await self._deliver_to(name, Gap(count, reason, epoch), 0, epoch or "", None)
 
 
 def _as_bytes(value: str | bytes) -> bytes:
