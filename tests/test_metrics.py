@@ -11,6 +11,7 @@ from trio_websocket import ConnectionClosed
 from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, wait_until
+from tests.redis_server import RedisServer
 from triorelay.framing import Position
 
 
@@ -137,7 +138,8 @@ async def test_connections_and_refusals_are_counted_by_role_close_and_status(
     messages_in = (("direction", "in"), *producer_role)
     # The oversized message is refused on its frame's header: never read, never counted.
     assert samples[("triorelay_connection_messages_total", messages_in)] == 3
-    assert samples[("triorelay_refusals_total", (("status", "401"),))] == 2
+    # Both refusals needed a token: the HTTP listing and the consumer handshake.
+    assert samples[("triorelay_refusals_total", (("reason", "no_token"), ("status", "401")))] == 2
 
 
 async def test_recoveries_are_counted_by_result_after_their_channels_are_gone(
@@ -156,3 +158,86 @@ async def test_recoveries_are_counted_by_result_after_their_channels_are_gone(
     assert samples[("triorelay_recoveries_total", (("result", "recovered"),))] == 1
     assert samples[("triorelay_recoveries_total", (("result", "epoch"),))] == 1
     assert samples[("triorelay_history_bytes", ())] > len("one")
+
+
+async def test_a_scripted_workload_over_redis_is_counted_exactly(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Over Redis: 10 messages to a consumer, one drop (drop_newest), one slow consumer
+    closed (disconnect: what it held and the message that did not fit), one broker
+    reconnection: the scraped counters are exactly those; round trips are timed."""
+    relay = await start_relay(
+        broker=redis_server.url,
+        broker_reconnect_max_seconds=0.1,
+        channels={
+            "lossy.*": {"slow_consumer_policy": "drop_newest", "consumer_buffer_messages": 1},
+            "slow.*": {"slow_consumer_policy": "disconnect", "consumer_buffer_messages": 1},
+        },
+    )
+    hub = relay.relay.hub
+    broker = hub.broker
+    async with (
+        relay.websocket("/ws/consumer/chat.a") as consumer,
+        relay.websocket("/ws/producer/chat.a?ack=id") as producer,
+    ):
+        for i in range(10):
+            await producer.send_message(f"m{i}")
+            await producer.get_message()
+        for _ in range(10):
+            await consumer.get_message()
+        with (
+            hub.attach_consumer("lossy.x") as lossy,
+            hub.attach_consumer("slow.y") as slow,
+            hub.attach_producer("lossy.x") as to_lossy,
+            hub.attach_producer("slow.y") as to_slow,
+        ):
+            for name in ("lossy.x", "slow.y"):
+                await broker.wait_watching(name)
+            for text in ("kept", "dropped"):
+                await to_lossy.publish(text)
+                await to_slow.publish(text)
+            await wait_until(lambda: lossy.dropped == 1 and slow.close_code == 1013)
+            await redis_server.kill()
+            await broker.wait_ready(False)
+            await redis_server.start()
+            await broker.wait_ready(True)
+            samples = await _scrape(relay)
+    chat = (("namespace", "chat"),)
+    assert samples[("triorelay_channel_messages_in_total", chat)] == 10
+    assert samples[("triorelay_channel_messages_out_total", chat)] == 10
+    assert samples[("triorelay_drops_total", (("reason", "drop_newest"),))] == 1
+    assert samples[("triorelay_drops_total", (("reason", "evicted"),))] == 2
+    slow_ns = (("namespace", "slow"),)
+    assert samples[("triorelay_channel_slow_consumer_disconnects_total", slow_ns)] == 1
+    assert samples[("triorelay_broker_reconnects_total", ())] == 1
+    publishes = (("operation", "publish"),)
+    assert samples[("triorelay_broker_round_trip_seconds_count", publishes)] == 14
+
+
+async def test_refusals_are_counted_by_reason(start_relay: StartRelay) -> None:
+    """Auth refusals by why: no token, an expired one, a bad signature, an origin, no right."""
+    from tests.helpers import refused_upgrade
+
+    relay = await start_relay(auth_hmac_secret=SECRET)
+    expired = token(grant={"channels": {"*": ["subscribe"]}}, ttl=-60)
+    forged = token("another-secret-long-enough-for-hmac-sha256-x", grant={"rights": ["admin"]})
+    publisher = token(grant={"channels": {"*": ["publish"]}})
+    for headers in (
+        [],
+        [("Authorization", f"Bearer {expired}")],
+        [("Authorization", f"Bearer {forged}")],
+        [("Origin", "https://evil.example")],
+        [("Authorization", f"Bearer {publisher}")],
+    ):
+        await refused_upgrade(relay.port, "/ws/consumer/x", headers)
+    admin = {"Authorization": f"Bearer {token(grant={'rights': ['admin']})}"}
+    samples = await _scrape(relay, **admin)
+
+    def refused(status: str, reason: str) -> float:
+        return samples[("triorelay_refusals_total", (("reason", reason), ("status", status)))]
+
+    assert refused("401", "no_token") == 1
+    assert refused("401", "expired") == 1
+    assert refused("401", "bad_signature") == 1
+    assert refused("403", "origin") == 1
+    assert refused("403", "no_right") == 1

@@ -38,6 +38,7 @@ Local misuse (a bad setting), a bad request (the client's fault) and a failure b
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -90,6 +91,19 @@ class CloseCode(IntEnum):
 
 class TriorelayError(Exception):
     """Root of every exception triorelay raises on purpose."""
+
+    def __init__(self, message: str = "", *, label: str | None = None) -> None:
+        super().__init__(message)
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        """What the error counts under in metrics (a refusal's ``reason``): a short name set
+        by the code, never by a client's input, so the set is bounded: the class's name in
+        snake case unless the raiser says more (``Unauthorized(..., label="expired")``)."""
+        if self._label is not None:
+            return self._label
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
 
 
 class SettingsError(TriorelayError):

@@ -120,6 +120,21 @@ def new_trace_id() -> str:
     return secrets.token_hex(16)
 
 
+class Histogram:
+    """One histogram over :data:`BUCKETS` (plus +Inf): counts per bucket and their sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
 class StageHistograms:
     """Per stage, how many observations fell in each of :data:`BUCKETS` (plus +Inf), and
     their sum: what a Prometheus histogram holds, and enough for p50 / p99 estimates."""

@@ -130,7 +130,9 @@ class Access:
         """Who sends this request; raise :class:`~triorelay.errors.Forbidden` (403) or
         :class:`~triorelay.errors.Unauthorized` (401)."""
         if check_origin and not origin_allowed(credentials.origin, credentials.host, self._origins):
-            raise Forbidden("this origin may not use the relay (see allowed_origins)")
+            raise Forbidden(
+                "this origin may not use the relay (see allowed_origins)", label="origin"
+            )
         if credentials.token is not None and self.verifier is not None:
             return await self.verifier.verify(credentials.token)
         if (
@@ -145,7 +147,8 @@ class Access:
         ):
             raise Forbidden(
                 "anonymous clients are served on loopback only: configure a key "
-                "(TRIORELAY_AUTH_HMAC_SECRET, ...) or set TRIORELAY_ALLOW_ANONYMOUS=true"
+                "(TRIORELAY_AUTH_HMAC_SECRET, ...) or set TRIORELAY_ALLOW_ANONYMOUS=true",
+                label="anonymous_not_local",
             )
         return Identity(sub=None, grant=self._anonymous)
 
@@ -172,5 +175,5 @@ class Access:
 
 def _refuse(identity: Identity, what: str) -> NoReturn:
     if identity.sub is None:
-        raise Unauthorized(f"a token is needed: {what}")
-    raise Forbidden(f"not allowed: {what}")
+        raise Unauthorized(f"a token is needed: {what}", label="no_token")
+    raise Forbidden(f"not allowed: {what}", label="no_right")

@@ -118,14 +118,16 @@ class TokenVerifier:
                 },
             )
         except jwt.MissingRequiredClaimError as error:
-            raise Unauthorized(f"invalid token: no {error.claim!r} claim") from None
+            raise Unauthorized(
+                f"invalid token: no {error.claim!r} claim", label="missing_claim"
+            ) from None
         except jwt.PyJWTError as error:
             reason = next((r for kind, r in _REASONS if isinstance(error, kind)), "malformed")
-            raise Unauthorized(f"invalid token: {reason}") from None
+            raise Unauthorized(f"invalid token: {reason}", label=reason.replace(" ", "_")) from None
         try:
             grant = Grant.parse(claims.get(CLAIM))
         except InvalidGrant as error:
-            raise Unauthorized(f"invalid token: {error}") from None
+            raise Unauthorized(f"invalid token: {error}", label="bad_grant") from None
         return Identity(sub=str(claims["sub"]), grant=grant, expires_at=float(claims["exp"]))
 
     async def _signing_key(self, token: str) -> Any:
@@ -135,9 +137,13 @@ class TokenVerifier:
             async with self._jwks_limiter:  # one fetch at a time; others use its result
                 signing_key = await trio.to_thread.run_sync(jwks.get_signing_key_from_jwt, token)
         except jwt.PyJWKClientConnectionError:
-            raise Unauthorized("cannot verify tokens now: the key set is unavailable") from None
+            raise Unauthorized(
+                "cannot verify tokens now: the key set is unavailable", label="jwks_unavailable"
+            ) from None
         except jwt.PyJWTError:
-            raise Unauthorized("invalid token: no key for it in the key set") from None
+            raise Unauthorized(
+                "invalid token: no key for it in the key set", label="unknown_key"
+            ) from None
         return signing_key.key
 
     def seconds_left(self, identity: Identity) -> float | None:

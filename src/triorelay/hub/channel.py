@@ -54,6 +54,9 @@ class Channel:
         self._broker = broker
         self._policy = config.slow_consumer_policy
         self.counters = ChannelCounters()
+        #: Messages lost to broadcast consumers by why (``drop_oldest``, ``drop_newest``,
+        #: ``evicted``, ``gap``): the hub's, shared by every channel (they outlive it).
+        self.drops: dict[str, int] = {}
         self.occupancy = Occupancy()
         self.producers: set[Producer] = set()
         # Attach and detach are O(1); delivery iterates a snapshot, rebuilt after a change,
@@ -190,12 +193,12 @@ class Channel:
                     buffer.traced += 1
                 continue
             if policy == "drop_newest":
-                self._count_drop(consumer, 1)
+                self._count_drop(consumer, 1, "drop_newest")
             elif policy == "drop_oldest":
                 while not buffer.offer(item, size):
                     if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
                         break
-                    self._count_drop(consumer, 1)
+                    self._count_drop(consumer, 1, "drop_oldest")
                 else:
                     if traced:
                         buffer.traced += 1
@@ -251,9 +254,10 @@ class Channel:
         else:
             self._deliver_nowait(payload, size, item)
 
-    def _count_drop(self, consumer: Consumer, count: int) -> None:
+    def _count_drop(self, consumer: Consumer, count: int, why: str) -> None:
         consumer.count_dropped(count)
         self.counters.dropped += count
+        self.drops[why] = self.drops.get(why, 0) + count
 
     def _evict(self, consumer: Consumer, reason: str | None = None) -> None:
         self.counters.disconnected_slow += 1
@@ -261,7 +265,7 @@ class Channel:
         self.detach_consumer(consumer)
         # What it still held is lost to it, and so is the message that did not fit: count
         # them, so no loss is silent.
-        self._count_drop(consumer, buffered + 1)
+        self._count_drop(consumer, buffered + 1, "evicted")
         if reason is None:
             held = f"{buffered} messages, {buffered_bytes} bytes"
             reason = f"consumer too slow: its buffer was full ({held})"
@@ -284,6 +288,7 @@ class Channel:
             if count:  # counted as dropped, but told as a gap, not again as "dropped"
                 consumer.count_dropped(count, notice=False)
                 self.counters.dropped += count
+                self.drops["gap"] = self.drops.get("gap", 0) + count
             buffer = consumer.buffer
             if consumer.notices and buffer is not None:
                 told = framed if consumer.positioned else notice

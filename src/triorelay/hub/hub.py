@@ -72,6 +72,8 @@ class Hub:
         #: Stage latencies of traced messages by channel namespace (at most
         #: ``metrics_max_namespaces``, then ``other``): they outlive the channels.
         self.latency: dict[str, StageHistograms] = {}
+        #: Messages lost to consumers, every channel, by why (see Channel.drops).
+        self.drops: dict[str, int] = {}
         self.closing = False
 
     def __len__(self) -> int:
@@ -90,6 +92,7 @@ class Hub:
             config = self.settings.channel_config(name)
             channel = Channel(name, config, self.broker, self.queue_budget)
             channel.counters.namespace_latency = self._namespace_latency(name)
+            channel.drops = self.drops
             self._channels[name] = channel
         return channel
 

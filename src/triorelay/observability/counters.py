@@ -2,7 +2,8 @@
 
 Counted once per connection (when it opens, when it ends) or per refusal, never per message,
 so they cost the message path nothing. Every label takes a bounded set of values: roles are
-the relay's own, a close code outside ``CloseCode`` counts as ``other``, refusals by status.
+the relay's own, a close code outside ``CloseCode`` counts as ``other``, refusals by status and the
+reason the code gave.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class RelayCounters:
 
     open: Counter[str] = field(default_factory=Counter)
     ended: Counter[tuple[str, str]] = field(default_factory=Counter)
-    refused: Counter[int] = field(default_factory=Counter)
+    refused: Counter[tuple[int, str]] = field(default_factory=Counter)
     messages: Counter[tuple[str, str]] = field(default_factory=Counter)
     bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -49,6 +50,7 @@ class RelayCounters:
         self.bytes[(role, "in")] += size[0]
         self.bytes[(role, "out")] += size[1]
 
-    def refusal(self, status: int) -> None:
-        """A handshake or request was refused with HTTP ``status`` (401, 403, 503, ...)."""
-        self.refused[status] += 1
+    def refusal(self, status: int, reason: str = "other") -> None:
+        """A handshake or request was refused with HTTP ``status`` (401, 403, 503, ...) for
+        ``reason`` (:attr:`RequestError.label <triorelay.errors.TriorelayError.label>`)."""
+        self.refused[(status, reason)] += 1

@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from triorelay.hub.statistics import namespace_of
-from triorelay.tracing import BUCKETS, STAGES, StageHistograms
+from triorelay.tracing import BUCKETS, STAGES, Histogram, StageHistograms
 
 if TYPE_CHECKING:
     from triorelay.auth.limits import ConnectionLimits
@@ -103,6 +103,25 @@ class RelayCollector(Collector):
         )
         yield from _connection_metrics(relay.counters)
         yield _latency_metric(relay.hub.latency)
+        drops = CounterMetricFamily(
+            "triorelay_drops",
+            "messages lost to broadcast consumers, by why: the policies drop_oldest and "
+            "drop_newest, evicted (what a slow consumer held when it was closed), gap",
+            labels=["reason"],
+        )
+        for why, count in sorted(relay.hub.drops.items()):
+            drops.add_metric([why], count)
+        yield drops
+        round_trips: dict[str, Histogram] | None = getattr(relay.hub.broker, "round_trips", None)
+        if round_trips is not None:
+            family = HistogramMetricFamily(
+                "triorelay_broker_round_trip_seconds",
+                "round trips to Redis: publish (the publish script), read (positions, history)",
+                labels=["operation"],
+            )
+            for operation, histogram in sorted(round_trips.items()):
+                family.add_metric([operation], _buckets(histogram.counts), histogram.sum)
+            yield family
         recoveries = CounterMetricFamily(
             "triorelay_recoveries",
             "consumers that resumed from a position, by result: recovered or the reason not",
@@ -167,14 +186,18 @@ def _latency_metric(latency: dict[str, StageHistograms]) -> Metric:
     )
     for namespace, histograms in sorted(latency.items()):
         for stage, name in enumerate(STAGES):
-            cumulative, buckets = 0, []
-            for bound, count in zip(
-                (*BUCKETS, float("inf")), histograms.counts[stage], strict=True
-            ):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            buckets = _buckets(histograms.counts[stage])
             family.add_metric([namespace, name], buckets, sum_value=histograms.sums[stage])
     return family
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    """Counts per bucket of :data:`BUCKETS` (and +Inf) as Prometheus's cumulative buckets."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+    return buckets
 
 
 def _connection_metrics(counters: RelayCounters) -> Iterator[Metric]:
@@ -202,10 +225,13 @@ def _connection_metrics(counters: RelayCounters) -> Iterator[Metric]:
             family.add_metric([role, direction], count)
         yield family
     refused = CounterMetricFamily(
-        "triorelay_refusals", "handshakes and requests refused, by HTTP status", labels=["status"]
+        "triorelay_refusals",
+        "handshakes and requests refused, by HTTP status and reason (auth: no_token, expired, "
+        "bad_signature, origin, no_right...)",
+        labels=["status", "reason"],
     )
-    for status, count in sorted(counters.refused.items()):
-        refused.add_metric([str(status)], count)
+    for (status, reason), count in sorted(counters.refused.items()):
+        refused.add_metric([str(status), reason], count)
     yield refused
 
 

@@ -93,7 +93,7 @@ class EventStreams:
                 raise MethodNotAllowed("an event stream is read with GET")
             await self._serve(scope, channel, receive, send)
         except (RequestError, ServiceError) as error:
-            self.relay.counters.refusal(error.status)
+            self.relay.counters.refusal(error.status, error.label)
             await _answer(send, error.status, str(error), error.status == 405)
 
     async def _serve(self, scope: Scope, channel: str, receive: Receive, send: Send) -> None:

@@ -58,7 +58,7 @@ def _is_text(content_type: str) -> bool:
 
 @blueprint.errorhandler(RequestError)
 async def _request_error(error: RequestError) -> tuple[Response, int]:
-    _relay().counters.refusal(error.status)
+    _relay().counters.refusal(error.status, error.label)
     return jsonify({"error": str(error)}), error.status
 
 

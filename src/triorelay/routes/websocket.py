@@ -103,10 +103,10 @@ class RelayWebSockets:
         try:
             await self._serve(scope, *found, receive, send)
         except RequestError as error:  # refused before the upgrade
-            self.relay.counters.refusal(error.status)
+            self.relay.counters.refusal(error.status, error.label)
             await reject(send, error)
         except Rejected as rejected:  # refused while attaching
-            self.relay.counters.refusal(rejected.error.status)
+            self.relay.counters.refusal(rejected.error.status, rejected.error.label)
             await reject(send, rejected.error)
 
     async def _serve(

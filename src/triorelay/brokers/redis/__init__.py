@@ -53,7 +53,7 @@ from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable
 from triorelay.framing import Position
 from triorelay.settings import Mode
-from triorelay.tracing import Trace
+from triorelay.tracing import Histogram, Trace
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
@@ -165,6 +165,11 @@ class RedisBroker:
     async def wait_ready(self, ready: bool = True) -> None:
         """Wait until :attr:`ready` is ``ready`` (connected, or known to be disconnected)."""
         await self.connection.wait_ready(ready)
+
+    @property
+    def round_trips(self) -> dict[str, Histogram]:
+        """Round-trip times to Redis by operation (``publish``, ``read``), for the metrics."""
+        return self.streams.round_trips
 
     @property
     def gaps(self) -> int:

@@ -33,7 +33,7 @@ from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
 from triorelay.framing import Position
-from triorelay.tracing import Trace
+from triorelay.tracing import Histogram, Trace
 
 if TYPE_CHECKING:
     from triorelay.settings import Settings
@@ -178,6 +178,9 @@ class RedisStreams:
         self.gaps = 0
         #: Stream entries skipped because no relay wrote them (missing or bad fields).
         self.malformed = 0
+        #: Round trips to Redis: publishes (the script), and reads of positions and history
+        #: (a resume, a channel's first consumer); the blocking reads wait, so are not timed.
+        self.round_trips = {"publish": Histogram(), "read": Histogram()}
 
     async def publish(
         self,
@@ -208,10 +211,12 @@ class RedisStreams:
         # Shielded (and bounded by broker_timeout_seconds): a publish given up (an HTTP
         # publish's timeout, a producer closing) is given up before or after its round trip,
         # never inside it, so "not published" is never a guess.
+        started = time.perf_counter()
         with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
             result: Any = await self._publish_script(
                 keys=[connection.key("ch", name), connection.key("meta", name)], args=args
             )
+        self.round_trips["publish"].observe(time.perf_counter() - started)
         if traces:
             accepted_ns = int(result[2]) * 1000
             for trace in traces.values():
@@ -228,8 +233,11 @@ class RedisStreams:
         connection, settings = self._connection, self._settings
         keys = [connection.key("ch", name), connection.key("meta", name)]
         now = _now_ms()
+        reads = self.round_trips["read"]
+        started = time.perf_counter()
         with connection.failing_as_unavailable("recover"):
             meta: Any = await self._position_script(keys=keys, args=[now, self._meta_ttl_ms])
+        reads.observe(time.perf_counter() - started)
         epoch = _as_bytes(meta[0]).decode()
         top, expired_through, last_publish = (int(value) for value in meta[1:4])
         position = Position(epoch, top)
@@ -254,9 +262,11 @@ class RedisStreams:
             start = since.offset + 1
             with connection.failing_as_unavailable("recover"):
                 while start <= top and sizes <= config.history_bytes:
+                    started = time.perf_counter()
                     page = await connection.client.xrange(
                         keys[0], start=f"{epoch}-{start}", end=f"{epoch}-{top}", count=self._batch
                     )
+                    reads.observe(time.perf_counter() - started)
                     if not page:
                         break
                     for entry in page:
@@ -300,7 +310,9 @@ class RedisStreams:
         watch.positioning = True
         try:
             with connection.deadline():
+                started = time.perf_counter()
                 entries = await connection.client.xrevrange(connection.key("ch", name), count=1)
+                self.round_trips["read"].observe(time.perf_counter() - started)
                 if entries:
                     watch.position = _as_bytes(entries[0].identifier)
                     epoch, _, offset = watch.position.partition(b"-")
