@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from wsproto import events as ws_events
 
+from tests.helpers import RawWebSocket, wait_until
+from tests.processes import TWO_WORKERS, relay_process, worker_serving
+from tests.redis_server import RedisServer
 from triorelay.errors import SettingsError
 from triorelay.observability.workers import (
     SnapshotDirectory,
@@ -172,3 +178,94 @@ def test_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
     created.prepare()
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+
+
+# -- real processes: hypercorn -w 2 --------------------------------------------------------
+
+PRODUCERS_PER_WORKER = 2
+
+
+async def _scrape(port: int, workers: list[psutil.Process]) -> tuple[int, Samples]:
+    """GET /metrics on a new connection; (the pid of the worker that answered, its samples).
+
+    The connection is kept alive until the worker holding it is found.
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += await stream.receive_some()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head.decode()
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += await stream.receive_some()
+        pid = worker_serving(workers, stream.socket.getsockname()[1])
+    return pid, _samples(body.decode())
+
+
+def _per_worker(samples: Samples, name: str, **labels: str) -> dict[int, float]:
+    wanted = set(labels.items())
+    return {
+        int(dict(key)["worker"]): value
+        for (sample, key), value in samples.items()
+        if sample == name and wanted <= set(key)
+    }
+
+
+@pytest.mark.parametrize("launcher", sorted(TWO_WORKERS))
+async def test_any_of_two_workers_answers_for_both_exactly(
+    redis_server: RedisServer, tmp_path: Path, launcher: str
+) -> None:
+    """hypercorn -w 2 / serve --workers 2: producers on both workers send known numbers of
+    messages; a scrape, whichever worker answers it, counts each worker's messages and
+    connections exactly."""
+    env = {
+        "TRIORELAY_BROKER": redis_server.url,
+        "TRIORELAY_METRICS_SNAPSHOT_SECONDS": "0.2",
+        "TRIORELAY_METRICS_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+    }
+    async with relay_process(TWO_WORKERS[launcher], env) as relay:
+        workers = psutil.Process(relay.process.pid).children()
+        sent: Counter[int] = Counter()
+        producers: Counter[int] = Counter()
+        # Connect producers until both workers serve enough of them (the kernel picks).
+        with trio.fail_after(30):
+            count = 0
+            while len(producers) < 2 or min(producers.values()) < PRODUCERS_PER_WORKER:
+                count += 1
+                raw = await RawWebSocket.connect(relay.port, "/ws/producer/work.p?ack=id", 65536)
+                try:
+                    pid = worker_serving(workers, raw.sock.getsockname()[1])
+                    for i in range(count):
+                        await raw.send_text(f"m{i}")
+                    await raw.read_messages(count)  # every ack: all published
+                    await raw.send_events(ws_events.CloseConnection(code=1000))
+                    await raw.wait_for_close()
+                finally:
+                    raw.close()
+                sent[pid] += count
+                producers[pid] += 1
+        assert len(sent) == 2
+
+        answered: set[int] = set()
+
+        async def both_answered_exactly() -> bool:
+            pid, samples = await _scrape(relay.port, workers)
+            messages = _per_worker(
+                samples, "triorelay_connection_messages_total", role="producer", direction="in"
+            )
+            ended = _per_worker(
+                samples, "triorelay_connections_ended_total", role="producer", close="client"
+            )
+            if messages == dict(sent) and ended == dict(producers):
+                answered.add(pid)
+            return answered == set(sent)
+
+        # Snapshots are written every 0.2 s: wait until each worker has answered with both.
+        await wait_until(both_answered_exactly, timeout_seconds=30)

@@ -225,6 +225,14 @@ class Settings(BaseSettings):
     metrics_namespace_separator: str = "."
     #: Most namespaces labelled per scrape; past it channels count under "other".
     metrics_max_namespaces: PositiveInt = 100
+    #: ``--workers N`` / ``hypercorn -w N``: each worker writes its metrics this often to a
+    #: file of its own, which any worker answering ``GET /metrics`` reads; a file three times
+    #: older than this is a dead worker's, left out and removed.
+    metrics_snapshot_seconds: Annotated[float, Field(gt=0)] = 5.0
+    #: Where those files go (one per worker); default: ``triorelay-metrics-<uid>`` in the
+    #: system's temporary directory. Created with mode 0700; it must belong to this user and
+    #: be writable by no one else.
+    metrics_snapshot_dir: Path | None = None
 
     # -- access control (docs/how-to/secure-a-relay.md) --
     #: HMAC secret that signs tokens (HS256/384/512). Any key setting turns tokens on.

@@ -8,7 +8,8 @@ unbounded series): the part of the name before the first ``metrics_namespace_sep
 past which channels count under ``namespace="other"``. So a relay exposes at most
 ``metrics_max_namespaces + 1`` series per channel metric, however many channels it holds.
 
-This first part covers one process: under ``--workers N`` each worker answers for itself.
+Under ``--workers N`` each worker also shares its figures with the others through
+:mod:`triorelay.observability.workers`, so any worker answers for all of them.
 """
 
 from __future__ import annotations
