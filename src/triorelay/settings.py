@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     #: a successful connection.
     broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Log lines on stderr: ``text`` (``<time> <LEVEL> <logger>: <message>``) or ``json``, one
+    #: object per line with the access log's fields as keys.
+    log_format: Literal["text", "json"] = "text"
     #: ``GET /metrics`` labels channels by namespace: the name up to this separator.
     metrics_namespace_separator: str = "."
     #: Most namespaces labelled per scrape; past it channels count under "other".
