@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import trio
+from trio_websocket import open_websocket_url
 
 from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay
 from tests.helpers import wait_until
+from tests.processes import LAUNCHERS, start_relay_process
 from triorelay.auth.redaction import RedactTokens
 from triorelay.observability.logs import JsonFormatter, logging_config
 from triorelay.settings import load_settings
@@ -147,3 +151,38 @@ async def test_an_event_streams_access_record_has_the_same_fields(
     assert (fields["role"], fields["channel"], fields["sub"]) == ("events", "feed", None)
     assert (fields["messages_in"], fields["bytes_in"], fields["close"]) == (0, 0, "client")
     assert fields["messages_out"] >= 1
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+async def test_a_relay_process_writes_json_lines_without_the_token(launcher: str) -> None:
+    """TRIORELAY_LOG_FORMAT=json under triorelay serve and hypercorn: the relay's lines are
+    JSON objects (every line under serve), the access line has its fields, and the token that
+    came in the query is in no line."""
+    env = {"TRIORELAY_LOG_FORMAT": "json", "TRIORELAY_AUTH_HMAC_SECRET": SECRET}
+    relay = await start_relay_process(LAUNCHERS[launcher], env)
+    jwt = token(sub="erin", grant={"channels": {"logs.*": ["publish"]}})
+    try:
+        url = f"{relay.ws_url}/ws/producer/logs.x?ack=id&token={jwt}"
+        async with open_websocket_url(url, connect_timeout=10, disconnect_timeout=10) as ws:
+            await ws.send_message("hello")
+            await ws.get_message()
+        relay.process.send_signal(signal.SIGINT)
+        assert relay.process.stderr is not None
+        with trio.fail_after(10):
+            async for chunk in relay.process.stderr:
+                relay.output += chunk
+            await relay.process.wait()
+    finally:
+        if relay.process.returncode is None:
+            relay.process.kill()
+            await relay.process.wait()
+    output = relay.output.decode()
+    assert jwt not in output
+    lines = output.splitlines()
+    if launcher == "serve":  # Hypercorn's own lines too; under its CLI they are its own
+        objects = [json.loads(line) for line in lines]
+    else:
+        objects = [json.loads(line) for line in lines if line.startswith("{")]
+    (access,) = [o for o in objects if o["logger"] == "triorelay.access"]
+    assert set(access) >= ACCESS_FIELDS
+    assert (access["sub"], access["role"], access["messages_in"]) == ("erin", "producer", 1)
