@@ -159,6 +159,20 @@ async def test_a_worker_removes_its_snapshot_when_it_stops(tmp_path: Path) -> No
     assert os.listdir(tmp_path) == []
 
 
+async def test_a_removed_directory_is_made_again_and_a_scrape_still_answers(
+    tmp_path: Path,
+) -> None:
+    """The directory removed under the workers (a temporary-file cleaner): the next write
+    makes it again; a scrape meanwhile answers with this worker's figures."""
+    directory = tmp_path / "snapshots"
+    ours = WorkerMetrics(_registry(3), _directory(directory, 100), 1.0)
+    ours.directory.prepare()
+    directory.rmdir()
+    samples = _samples((await ours.exposition()).decode())
+    assert samples[("triorelay_x_total", (("role", "producer"), ("worker", "100")))] == 3
+    assert os.listdir(directory) == ["1-100.json"]
+
+
 def test_an_oversized_or_foreign_snapshot_is_skipped(tmp_path: Path) -> None:
     """A snapshot over the size bound, or not a snapshot, is skipped (and logged)."""
     reader = _directory(tmp_path, 100)

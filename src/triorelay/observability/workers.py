@@ -199,8 +199,13 @@ class SnapshotDirectory:
 
     def write(self, data: bytes) -> None:
         """Replace this worker's snapshot with ``data`` (atomically: a reader sees the old
-        file or the new one)."""
-        self._temporary.write_bytes(data)
+        file or the new one). A directory removed meanwhile (a temporary-file cleaner) is
+        made again; OSError for the rest."""
+        try:
+            self._temporary.write_bytes(data)
+        except FileNotFoundError:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._temporary.write_bytes(data)
         os.replace(self._temporary, self.path)
 
     def remove(self) -> None:
@@ -260,6 +265,7 @@ class WorkerMetrics:
         # One write at a time, in the order the figures were read: the file only moves
         # forward, and two threads never write the temporary file at once.
         self._writing = trio.Lock()
+        self._failing = False  # a failure is logged once, not every interval
 
     @property
     def worker(self) -> str:
@@ -279,10 +285,23 @@ class WorkerMetrics:
 
     async def publish(self) -> list[Metric]:
         """Write this worker's snapshot: its figures read here, the file written in a thread.
-        Return the figures written."""
+        Return the figures read.
+
+        A write that fails (a full disk) is logged and tried again at the next interval:
+        the other workers' scrapes then lack this worker, but the relay stays healthy.
+        """
         async with self._writing:
             families = list(self._source.collect())
-            await trio.to_thread.run_sync(self.directory.write, encode(families))
+            try:
+                await trio.to_thread.run_sync(self.directory.write, encode(families))
+            except OSError as error:
+                if not self._failing:
+                    log.warning(
+                        "cannot write the metrics snapshot %s: %s", self.directory.path, error
+                    )
+                self._failing = True
+            else:
+                self._failing = False
         return families
 
     async def exposition(self) -> bytes:
@@ -292,5 +311,11 @@ class WorkerMetrics:
         shows this worker's figures as of now at least.
         """
         own = await self.publish()
-        others = await trio.to_thread.run_sync(self.directory.read_others, time.time())
+        try:
+            others = await trio.to_thread.run_sync(self.directory.read_others, time.time())
+        except OSError as error:  # the directory is gone: this worker answers for itself
+            log.warning(
+                "cannot read the metrics snapshots in %s: %s", self.directory.directory, error
+            )
+            others = []
         return generate_latest(_Families(merge(self.worker, own, others)))
