@@ -18,7 +18,7 @@ from tests.conftest import StartRelay
 from tests.helpers import wait_until
 from tests.processes import LAUNCHERS, start_relay_process
 from triorelay.auth.redaction import RedactTokens
-from triorelay.observability.logs import JsonFormatter, logging_config
+from triorelay.observability.logs import JsonFormatter, configure_relay_logging, logging_config
 from triorelay.settings import load_settings
 
 ACCESS_FIELDS = {
@@ -103,6 +103,31 @@ def test_the_logging_config_is_json_or_the_text_format_of_before() -> None:
     json_config = logging_config(load_settings(log_format="json"))
     assert json_config["formatters"]["relay"] == {"()": JsonFormatter}
     assert json_config["handlers"]["stderr"]["filters"] == ["redact"]
+
+
+def test_under_the_hypercorn_cli_the_relay_loggers_get_one_handler_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the process's logging unconfigured (no root handler), the triorelay logger gets
+    one JSON handler that redacts, however often it is configured; with a root handler (a
+    --log-config), nothing changes."""
+    relay = logging.getLogger("triorelay")
+    monkeypatch.setattr(relay, "handlers", [])
+    monkeypatch.setattr(relay, "propagate", True)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
+    level = relay.level
+    try:
+        configure_relay_logging(load_settings(log_format="json"))
+        assert relay.handlers == []  # the process's own configuration decides
+        monkeypatch.setattr(logging.getLogger(), "handlers", [])
+        for _ in range(2):
+            configure_relay_logging(load_settings(log_format="json", log_level="WARNING"))
+        (handler,) = relay.handlers
+        assert isinstance(handler.formatter, JsonFormatter)
+        assert any(isinstance(f, RedactTokens) for f in handler.filters)
+        assert (relay.level, relay.propagate) == (logging.WARNING, False)
+    finally:
+        relay.setLevel(level)  # (setLevel, not monkeypatch: it clears the loggers' caches)
 
 
 async def test_the_access_record_has_its_fields_and_the_text_line_of_before(
