@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import psutil
 import trio
 
 STARTUP_TIMEOUT_SECONDS = 20
@@ -19,6 +20,10 @@ LAUNCHERS = {
                   "triorelay.app:app"],
     "serve": [sys.executable, "-m", "triorelay", "serve", "--port", "0"],
 }  # fmt: skip
+TWO_WORKERS = {
+    "hypercorn": [*LAUNCHERS["hypercorn"][:-1], "-w", "2", LAUNCHERS["hypercorn"][-1]],
+    "serve": [*LAUNCHERS["serve"], "--workers", "2"],
+}
 LISTENING = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
 
 
@@ -74,3 +79,12 @@ async def relay_process(argv: Sequence[str], env: dict[str, str]) -> AsyncIterat
     finally:
         kill_group(relay)
         await relay.process.wait()
+
+
+def worker_serving(workers: list[psutil.Process], client_port: int) -> int:
+    """The pid of the worker holding the server side of the connection from ``client_port``."""
+    for worker in workers:
+        for connection in worker.net_connections(kind="tcp"):
+            if connection.raddr and connection.raddr.port == client_port:
+                return worker.pid
+    raise AssertionError(f"no worker serves the connection from port {client_port}")

@@ -14,7 +14,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from tests.helpers import RawWebSocket, wait_until
-from tests.processes import LAUNCHERS, kill_group, relay_process
+from tests.processes import LAUNCHERS, TWO_WORKERS, kill_group, relay_process, worker_serving
 from tests.redis_server import RedisServer
 
 
@@ -50,21 +50,6 @@ async def test_independent_relay_processes_share_a_channel(redis_server: RedisSe
                 assert [m for m in got if m[0] == tag] == [f"{tag}{i}" for i in range(COUNT)]
 
 
-def _worker_serving(workers: list[psutil.Process], client_port: int) -> int:
-    """The pid of the worker holding the server side of the connection from ``client_port``."""
-    for worker in workers:
-        for connection in worker.net_connections(kind="tcp"):
-            if connection.raddr and connection.raddr.port == client_port:
-                return worker.pid
-    raise AssertionError(f"no worker serves the connection from port {client_port}")
-
-
-TWO_WORKERS = {
-    "hypercorn": [*LAUNCHERS["hypercorn"][:-1], "-w", "2", LAUNCHERS["hypercorn"][-1]],
-    "serve": [*LAUNCHERS["serve"], "--workers", "2"],
-}
-
-
 @pytest.mark.parametrize("launcher", sorted(TWO_WORKERS))
 async def test_two_workers_share_channels(redis_server: RedisServer, launcher: str) -> None:
     """hypercorn -w 2 / serve --workers 2: a producer reaches consumers on both workers."""
@@ -79,7 +64,7 @@ async def test_two_workers_share_channels(redis_server: RedisServer, launcher: s
             with trio.fail_after(20):
                 while len(consumers) < 2:
                     raw = await RawWebSocket.connect(relay.port, "/ws/consumer/w2", 65536)
-                    pid = _worker_serving(workers, raw.sock.getsockname()[1])
+                    pid = worker_serving(workers, raw.sock.getsockname()[1])
                     if pid in consumers:
                         extra.append(raw)
                     else:

@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.errors import SettingsError
+from triorelay.observability.logs import configure_relay_logging
 from triorelay.relay import Relay
 from triorelay.routes.asgi import Message, Receive, Scope, Send
 from triorelay.routes.events import EventStreams
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
             "TRIORELAY_BROKER=redis://... to share them, or run one worker"
         )
     hypercorn_compat.isolate_connection_errors()
-    relay = Relay(settings, handle_signals=handle_signals)
+    relay = Relay(settings, handle_signals=handle_signals, workers=workers)
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.extensions["triorelay"] = relay
@@ -130,9 +131,15 @@ def _fail_startup(reason: str) -> None:
 
 
 def _app_from_environment() -> QuartTrio:
-    """The relay app from the environment; a bad setting is a one-line :class:`SystemExit`."""
+    """The relay app from the environment; a bad setting is a one-line :class:`SystemExit`.
+
+    The relay's log lines follow ``log_format`` and ``log_level`` from here on, unless this
+    process's logging is configured already (:func:`configure_relay_logging`).
+    """
     try:
-        return create_app()
+        settings = load_settings()
+        configure_relay_logging(settings)
+        return create_app(settings)
     except SettingsError as error:
         raise SystemExit(f"triorelay: {error}") from None
 

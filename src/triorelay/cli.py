@@ -8,7 +8,6 @@ import codecs
 import dataclasses
 import io
 import json
-import logging
 import os
 import sys
 from collections import deque
@@ -312,9 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"triorelay: {error}", file=sys.stderr)  # noqa: T201
         return 2
-    from triorelay.server import LOG_FORMAT, serve, serve_workers
+    from triorelay.observability.logs import configure_logging
+    from triorelay.server import serve, serve_workers
 
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    configure_logging(settings)
 
     if args.workers > 1:
         if args.config:  # the workers read their settings as `hypercorn -w N` workers do

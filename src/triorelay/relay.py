@@ -10,12 +10,15 @@ app's lifetime in the lifespan nursery (:meth:`Relay.run`). It owns:
 - access control: :class:`~triorelay.auth.access.Access` and the connection limits;
 - the :class:`~triorelay.lifecycle.Shutdown`, and what starts it: signals (when the relay
   runs under the ``hypercorn`` CLI, not under ``triorelay serve``, which handles them itself)
-  and the CLI supervisor's stop event.
+  and the CLI supervisor's stop event;
+- what ``GET /metrics`` reads, and under several workers the snapshots that let any worker
+  answer for all of them (:mod:`triorelay.observability.workers`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import trio
 
@@ -29,6 +32,13 @@ from triorelay.lifecycle import CloseReaper, Liveness, Shutdown, watch_signals, 
 from triorelay.lifecycle.supervisor import Supervisor
 from triorelay.observability.counters import RelayCounters
 from triorelay.observability.metrics import Sources, registry_for
+from triorelay.observability.workers import (
+    STALE_INTERVALS,
+    SnapshotDirectory,
+    WorkerMetrics,
+    default_directory,
+    snapshot_max_bytes,
+)
 from triorelay.settings import Settings
 from triorelay.uploads import UploadStore
 
@@ -38,7 +48,14 @@ log = logging.getLogger(__name__)
 class Relay:
     """Everything one relay process shares between its connections."""
 
-    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, handle_signals: bool = True, workers: int = 0
+    ) -> None:
+        """``workers``: how many worker processes serve with this one (Hypercorn's CLI).
+
+        Raises :class:`~triorelay.errors.SettingsError` when several workers cannot share
+        their metrics (``metrics_snapshot_dir`` unusable).
+        """
         self.settings = settings
         self.hub = Hub(settings, broker_factory(settings))
         self.reaper = CloseReaper(settings.close_timeout_seconds)
@@ -62,7 +79,22 @@ class Relay:
         self.metrics = registry_for(
             Sources(settings, self.hub, self.limits, self.supervisor, self.uploads, self.counters)
         )
+        #: Under several workers: this worker's metrics for the others' scrapes, and theirs
+        #: for its own (None in a single process: ``metrics`` answers alone).
+        self.worker_metrics = self._worker_metrics() if workers > 1 else None
         self.handle_signals = handle_signals
+
+    def _worker_metrics(self) -> WorkerMetrics:
+        settings = self.settings
+        directory = SnapshotDirectory(
+            settings.metrics_snapshot_dir or default_directory(),
+            master=os.getppid(),
+            worker=os.getpid(),
+            stale_seconds=STALE_INTERVALS * settings.metrics_snapshot_seconds,
+            max_bytes=snapshot_max_bytes(settings.metrics_max_namespaces),
+        )
+        directory.prepare()
+        return WorkerMetrics(self.metrics, directory, settings.metrics_snapshot_seconds)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the relay's background work until cancelled.
@@ -84,6 +116,8 @@ class Relay:
             await nursery.start(supervise, "close reaper", self.reaper.run)
             await nursery.start(supervise, "liveness", self.liveness.run)
             await nursery.start(supervise, "upload sweep", self._sweep_uploads_forever)
+            if self.worker_metrics is not None:
+                await nursery.start(supervise, "metrics snapshots", self.worker_metrics.run)
             if self.handle_signals:
                 await nursery.start(watch_signals, self.shutdown)
             event = hypercorn_compat.cli_shutdown_event()

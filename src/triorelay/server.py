@@ -16,11 +16,10 @@ from quart_trio import QuartTrio
 
 from triorelay.app import create_app, relay_of
 from triorelay.lifecycle import watch_signals
+from triorelay.observability.logs import logging_config
 from triorelay.settings import Settings
 
 log = logging.getLogger(__name__)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -48,14 +47,9 @@ def serve_workers(settings: Settings, workers: int) -> int:
     from hypercorn.run import run
 
     config = hypercorn_config(settings)
-    # Worker processes start with logging unconfigured: Hypercorn applies this dict in each.
-    config.logconfig_dict = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": LOG_FORMAT}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "root": {"level": settings.log_level, "handlers": ["stderr"]},
-    }
+    # Worker processes start with logging unconfigured: Hypercorn applies this dict in each
+    # (the master's own, in the format the master was configured with).
+    config.logconfig_dict = logging_config(settings)
     config.application_path = "triorelay.app:app"
     config.worker_class = "trio"
     config.workers = workers

@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     #: a successful connection.
     broker_reconnect_max_seconds: Annotated[float, Field(gt=0)] = 5.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Log lines on stderr: ``text`` (``<time> <LEVEL> <logger>: <message>``) or ``json``, one
+    #: object per line with the access log's fields as keys.
+    log_format: Literal["text", "json"] = "text"
     #: One message in this many of each producer is traced through its stages, for the
     #: latency histograms (``GET /metrics``, channel statistics); 0: none.
     latency_sample_messages: NonNegativeInt = 64
@@ -228,6 +231,14 @@ class Settings(BaseSettings):
     metrics_namespace_separator: str = "."
     #: Most namespaces labelled per scrape; past it channels count under "other".
     metrics_max_namespaces: PositiveInt = 100
+    #: ``--workers N`` / ``hypercorn -w N``: each worker writes its metrics this often to a
+    #: file of its own, which any worker answering ``GET /metrics`` reads; a file three times
+    #: older than this is a dead worker's, left out and removed.
+    metrics_snapshot_seconds: Annotated[float, Field(gt=0)] = 5.0
+    #: Where those files go (one per worker); default: ``triorelay-metrics-<uid>`` in the
+    #: system's temporary directory. Created with mode 0700; it must belong to this user and
+    #: be writable by no one else.
+    metrics_snapshot_dir: Path | None = None
 
     # -- access control (docs/how-to/secure-a-relay.md) --
     #: HMAC secret that signs tokens (HS256/384/512). Any key setting turns tokens on.

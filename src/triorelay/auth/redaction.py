@@ -4,7 +4,9 @@ The relay itself never logs a query string or a header. Hypercorn's access log (
 ``triorelay serve``; ``--access-logfile`` under the ``hypercorn`` CLI) logs every request's
 path with its query, where a browser's token travels: :func:`redact_logs` adds a filter to
 its logger (and the relay's own, for good measure) that rewrites ``token=...`` as
-``token=[redacted]``.
+``token=[redacted]``. The handlers the relay installs carry the same filter
+(:mod:`triorelay.observability.logs`), so every record they write is redacted, in its message
+and in each string field passed with ``extra=`` (which a JSON line writes as it is).
 """
 
 from __future__ import annotations
@@ -14,20 +16,35 @@ import re
 
 REDACTED = "[redacted]"
 
+STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+"""What every log record has by itself: any other attribute came with ``extra=``."""
+
 
 class RedactTokens(logging.Filter):
     """Rewrites ``<parameter>=<value>`` in a record's message to ``<parameter>=[redacted]``."""
 
     def __init__(self, parameter: str) -> None:
         super().__init__()
-        self._pattern = re.compile(rf"(?<=[?&;\s]{re.escape(parameter)}=)[^&\s\"']+")
+        # The parameter at the start of the text (a bare query string) or after ?, &, ; or a
+        # space; its value up to the next separator.
+        self._pattern = re.compile(rf"((?:^|[?&;\s]){re.escape(parameter)}=)[^&\s\"']+")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = self._pattern.sub(REDACTED, message)
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        for key, value in record.__dict__.items():
+            if key not in STANDARD_ATTRIBUTES and isinstance(value, str):
+                record.__dict__[key] = self.redact(value)
         return True
+
+    def redact(self, text: str) -> str:
+        """``text`` with the parameter's every value replaced by ``[redacted]``."""
+        return self._pattern.sub(rf"\g<1>{REDACTED}", text)
 
 
 def redact_logs(parameter: str) -> None:

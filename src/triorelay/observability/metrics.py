@@ -10,7 +10,8 @@ past which channels count under ``namespace="other"``. So a relay exposes at mos
 
 Stage latencies come from traced messages (one in ``latency_sample_messages`` per producer,
 and every message of producers that asked: :mod:`triorelay.tracing`), kept by the hub per
-namespace. This covers one process: under ``--workers N`` each worker answers for itself.
+namespace. Under ``--workers N`` each worker also shares its figures with the others through
+:mod:`triorelay.observability.workers`, so any worker answers for all of them.
 """
 
 from __future__ import annotations

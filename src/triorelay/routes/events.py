@@ -23,6 +23,7 @@ from triorelay.envelopes import Payload
 from triorelay.errors import InvalidQuery, MethodNotAllowed, RequestError, ServiceError
 from triorelay.hub import Entry, validate_channel_name
 from triorelay.observability.counters import close_label
+from triorelay.observability.logs import access_fields
 from triorelay.routes import positioned
 from triorelay.routes.asgi import ASGIApp, Message, Receive, Scope, Send
 
@@ -162,16 +163,30 @@ class EventStreams:
                 (0, consumer.messages_out),
                 (0, consumer.bytes_out),
             )
+            seconds = trio.current_time() - started
+            code = consumer.close_code
+            ended = "client" if writer.gone else (str(int(code)) if code else "end")
             access_log.info(
                 "%s sub=%s path=%s role=events channel=%s seconds=%.3f out=%d/%dB close=%s",
                 credentials.client or "local",
                 identity.sub or "-",
                 scope["path"],
                 channel,
-                trio.current_time() - started,
+                seconds,
                 consumer.messages_out,
                 consumer.bytes_out,
-                "client" if writer.gone else (consumer.close_code or "end"),
+                ended,
+                extra=access_fields(
+                    client=credentials.client or "local",
+                    sub=identity.sub,
+                    path=scope["path"],
+                    role="events",
+                    channel=channel,
+                    seconds=seconds,
+                    messages=(0, consumer.messages_out),
+                    size=(0, consumer.bytes_out),
+                    close=ended,
+                ),
             )
 
 

@@ -175,9 +175,14 @@ def _page_limit() -> int:
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    """The relay's metrics in the Prometheus text format (``admin``)."""
+    """The relay's metrics in the Prometheus text format (``admin``); under several workers,
+    every worker's, each series labelled with its ``worker``."""
     Access.require(await _identify(), "admin")
-    body = exposition(_relay().metrics)
+    relay = _relay()
+    if relay.worker_metrics is not None:  # several workers: every one's series
+        body = await relay.worker_metrics.exposition()
+    else:
+        body = exposition(relay.metrics)
     return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
 

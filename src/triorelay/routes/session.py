@@ -38,6 +38,7 @@ from triorelay.envelopes import Payload, size_of
 from triorelay.errors import CloseCode, Forbidden, RequestError, ServiceError, Unauthorized
 from triorelay.hub import Connection
 from triorelay.observability.counters import RelayCounters, close_label
+from triorelay.observability.logs import access_fields
 from triorelay.routes.asgi import (
     Query,
     Receive,
@@ -353,12 +354,26 @@ def _count_ended(counters: RelayCounters, connection: Connection) -> None:
 
 
 def _log_access(session: Session[C], seconds: float) -> None:
-    """One line per connection, when it ends: who, where, what, how it ended. Never a token."""
+    """One line per connection, when it ends: who, where, what, how it ended. Never a token.
+
+    The same figures go as fields (``extra=``), which a JSON log line has as keys.
+    """
     request, connection = session.request, session.connection
     if connection.disconnected or connection.close_code is None:
         ended = "client"
     else:
         ended = str(int(connection.close_code))
+    fields = access_fields(
+        client=request.client,
+        sub=session.identity.sub,
+        path=request.path,
+        role=connection.role,
+        channel=connection.channel_name,
+        seconds=seconds,
+        messages=(connection.messages_in, connection.messages_out),
+        size=(connection.bytes_in, connection.bytes_out),
+        close=ended,
+    )
     access_log.info(
         "%s sub=%s path=%s role=%s channel=%s seconds=%.3f in=%d/%dB out=%d/%dB close=%s",
         request.client,
@@ -372,6 +387,7 @@ def _log_access(session: Session[C], seconds: float) -> None:
         connection.messages_out,
         connection.bytes_out,
         ended,
+        extra=fields,
     )
 
 
