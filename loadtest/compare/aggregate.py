@@ -5,9 +5,9 @@ A *run* is one job (see :mod:`loadtest.compare.plan`) measured once against one 
 server processes; :func:`extract_metrics` turns its result JSON into flat metrics, and
 :func:`aggregate` turns the repeats of every side into one :class:`Row` per job and metric of
 a :class:`Table`: each side's median and the table's ratios. A table compares some sides:
-triorelay against the baseline, Redis against memory, and tokens on against off. Everything
-here is a pure function of its arguments, so it is tested synchronously;
-:mod:`loadtest.compare.report` renders it.
+triorelay against the baseline, Redis against memory, tokens on against off, and history on
+against off. Everything here is a pure function of its arguments, so it is tested
+synchronously; :mod:`loadtest.compare.report` renders it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Final
 from loadtest.compare.sides import (
     BASELINE,
     MEMORY,
+    NOHISTORY,
     REDIS,
     REDIS_2RELAYS,
     REDIS_SIDES,
@@ -197,6 +198,11 @@ REDIS_TABLE: Final = Table(
 #: The same relay requiring tokens (every client presenting one) against no key at all.
 TOKENS_TABLE: Final = Table(
     "Tokens on vs off", (MEMORY, TOKENS), (("tokens/no tokens", TOKENS, MEMORY),)
+)
+#: The relay keeping its default channel history against the same relay keeping none: the
+#: ratio is history on over off, so the relay with history (``triorelay``) is the numerator.
+HISTORY_TABLE: Final = Table(
+    "History on vs off", (MEMORY, NOHISTORY), (("history/no history", MEMORY, NOHISTORY),)
 )
 
 

@@ -14,9 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from loadtest.compare.aggregate import REDIS_TABLE, TOKENS_TABLE, Table
+from loadtest.compare.aggregate import HISTORY_TABLE, REDIS_TABLE, TOKENS_TABLE, Table
 from loadtest.compare.relay import default, relay_env
-from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    NOHISTORY,
+    REDIS_SIDES,
+    SIDES,
+    TOKENS,
+)
 
 #: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
 #: scheduling hiccup of the pinned generator does not get a consumer disconnected mid-benchmark.
@@ -27,6 +35,12 @@ TOKENS_PAIR_RATE: Final = 5000
 #: The bound on server CPU per message with tokens over without (1.05: verification costs less
 #: than 5 % of server CPU per message at :data:`TOKENS_PAIR_RATE`).
 TOKENS_CPU_BOUND: Final = 1.05
+#: The 1→1 rate the no-history side always runs at (added to the pair rates when missing):
+#: the rate at which history must cost at most :data:`HISTORY_CPU_BOUND` of server CPU.
+HISTORY_PAIR_RATE: Final = 5000
+#: The bound on server CPU per message with history over without (1.10: history costs at most
+#: 10 % more server CPU per message at :data:`HISTORY_PAIR_RATE`, memory broker).
+HISTORY_CPU_BOUND: Final = 1.10
 #: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
 #: the limit raised to this many times its rate: room for the burst of a generator catching up
 #: after a scheduling hiccup, without the relay closing the producer with 1008.
@@ -59,6 +73,8 @@ class Plan:
     redis_fanouts: tuple[tuple[int, int], ...] = ()
     #: Whether the tokens side runs (``pair`` only, at :attr:`tokens_pair_rates`).
     tokens: bool = False
+    #: Whether the no-history side runs (``pair`` only, at :attr:`history_pair_rates`).
+    history: bool = False
 
     @property
     def tokens_pair_rates(self) -> tuple[int, ...]:
@@ -67,6 +83,14 @@ class Plan:
         if not self.tokens or "pair" not in self.scenarios:
             return ()
         return tuple(sorted({*self.pair_rates, TOKENS_PAIR_RATE}))
+
+    @property
+    def history_pair_rates(self) -> tuple[int, ...]:
+        """The 1→1 rates of the no-history side: the pair rates and :data:`HISTORY_PAIR_RATE`
+        (none when the side does not run)."""
+        if not self.history or "pair" not in self.scenarios:
+            return ()
+        return tuple(sorted({*self.pair_rates, HISTORY_PAIR_RATE}))
 
 
 FULL: Final = Plan(
@@ -176,26 +200,36 @@ def build_jobs(plan: Plan) -> list[Job]:
     (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
     in-memory relay and the Redis sides, not on the baseline. With ``plan.tokens``, ``pair``
     jobs at :attr:`Plan.tokens_pair_rates` run on the tokens side too (a rate only it asks for
-    runs on the in-memory relay beside it). Each job runs one producer (the generator's
-    default); its relays get :func:`limits_env` for its rates and connections.
+    runs on the in-memory relay beside it); with ``plan.history``, likewise at
+    :attr:`Plan.history_pair_rates` on the no-history side. Each job runs one producer (the
+    generator's default); its relays get :func:`limits_env` for its rates and connections.
     """
     run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
     token_rates = set(plan.tokens_pair_rates)
+    history_rates = set(plan.history_pair_rates)
     # Every side echoes every message to its producer (the baseline always does; triorelay on
     # ?ack=echo), so they do the same work per message.
-    triorelay_sides = (MEMORY, *([TOKENS] if token_rates else []), *plan.redis_sides)
+    triorelay_sides = (
+        MEMORY,
+        *([TOKENS] if token_rates else []),
+        *([NOHISTORY] if history_rates else []),
+        *plan.redis_sides,
+    )
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
     lean = ("--lean", "--producer-procs", "1")
     redis = plan.redis_sides
 
-    def sides(baseline: bool, on_redis: bool, tokens: bool = False) -> tuple[str, ...]:
+    def sides(
+        baseline: bool, on_redis: bool, tokens: bool = False, history: bool = False
+    ) -> tuple[str, ...]:
         chosen = {
             MEMORY,
             *([BASELINE] if baseline else []),
             *(redis if on_redis else []),
             *([TOKENS] if tokens else []),
+            *([NOHISTORY] if history else []),
         }
         return tuple(side for side in ALL_SIDES if side in chosen)
 
@@ -217,9 +251,14 @@ def build_jobs(plan: Plan) -> list[Job]:
     argv: tuple[str, ...]
     if "pair" in plan.scenarios:
         redis_rates = set(plan.redis_pair_rates) if redis else set()
-        for rate in sorted(set(plan.pair_rates) | redis_rates | token_rates):
+        for rate in sorted(set(plan.pair_rates) | redis_rates | token_rates | history_rates):
             argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s), *lean, *run)
-            on = sides(rate in plan.pair_rates, rate in redis_rates, rate in token_rates)
+            on = sides(
+                rate in plan.pair_rates,
+                rate in redis_rates,
+                rate in token_rates,
+                rate in history_rates,
+            )
             jobs.append(job(f"pair@{rate}", "pair", argv, echo, deep, on, rate=rate, connections=2))
     if "max" in plan.scenarios:
         steps = ",".join(str(s) for s in plan.max_steps)
@@ -324,6 +363,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         ),
         redis_fanouts=redis_fanouts,
         tokens=args.tokens,
+        history=args.history,
     )
 
 
@@ -342,3 +382,8 @@ def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
 def tokens_table_for(plan: Plan) -> Table | None:
     """The tokens table when ``plan`` runs the tokens side, else ``None``."""
     return TOKENS_TABLE if plan.tokens_pair_rates else None
+
+
+def history_table_for(plan: Plan) -> Table | None:
+    """The history table when ``plan`` runs the no-history side, else ``None``."""
+    return HISTORY_TABLE if plan.history_pair_rates else None

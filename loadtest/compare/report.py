@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from loadtest.clients import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
 from loadtest.compare.aggregate import (
     BASELINE_TABLE,
+    HISTORY_TABLE,
     REDIS_TABLE,
     TOKENS_TABLE,
     Cell,
@@ -24,10 +26,26 @@ from loadtest.compare.aggregate import (
     Table,
 )
 from loadtest.compare.deployments import RedisSource, describe_side
-from loadtest.compare.plan import TOKENS_CPU_BOUND, TOKENS_PAIR_RATE, Job, Plan, build_jobs
+from loadtest.compare.plan import (
+    HISTORY_CPU_BOUND,
+    HISTORY_PAIR_RATE,
+    TOKENS_CPU_BOUND,
+    TOKENS_PAIR_RATE,
+    Job,
+    Plan,
+    build_jobs,
+)
 from loadtest.compare.processes import SERVER_COMMANDS
 from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
-from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    NOHISTORY,
+    REDIS_SIDES,
+    SIDES,
+    TOKENS,
+)
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS
 
 
@@ -112,18 +130,81 @@ def _tokens_bound() -> str:
 
 def tokens_headline(rows: Sequence[Row]) -> str:
     """One line: the tokens/no tokens CPU ratio at :data:`TOKENS_PAIR_RATE` against the bound."""
-    label = TOKENS_TABLE.ratios[0][0]
+    return _bound_headline(
+        rows, TOKENS_TABLE, TOKENS_PAIR_RATE, _tokens_bound(), lambda r: r < TOKENS_CPU_BOUND
+    )
+
+
+def history_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the history table shows for each (``pair``) job."""
+    return tokens_job_metrics(jobs)  # the same figures of the same runs: CPU, latency, delivery
+
+
+def history_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes of the history table: how the generator writes, the history kept, and
+    the bound at :data:`HISTORY_PAIR_RATE`."""
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario != "pair":
+            continue
+        note = f"{lean_writes()}; {_history_kept(job)}"
+        if job.key == history_key():
+            note += f"; bound {_history_bound()}"
+        notes[(job.key, "server_cpu_us_per_msg")] = note
+    return notes
+
+
+def lean_writes() -> str:
+    """How the generator's lean producer writes, from :mod:`loadtest.clients`' constants."""
+    return (
+        f"1 lean producer → 1 consumer: one write per {LEAN_TICK_NS / 1e6:g} ms tick with every "
+        f"message due (≤ {LEAN_BATCH_MESSAGES}), echo acks"
+    )
+
+
+def _history_kept(job: Job) -> str:
+    """``triorelay keeps the last 1000 msgs (≤ 1 MiB) per channel``: the history of ``job``'s
+    relay with history."""
+    messages = effective("history_messages", job.triorelay_env)
+    mib = int(effective("history_bytes", job.triorelay_env)) / 2**20
+    return f"{MEMORY} keeps the last {messages} msgs (≤ {mib:g} MiB) per channel, {NOHISTORY} none"
+
+
+def history_key() -> str:
+    """The job whose CPU ratio the history bound applies to: ``pair@`` :data:`HISTORY_PAIR_RATE`."""
+    return f"pair@{HISTORY_PAIR_RATE}"
+
+
+def _history_bound() -> str:
+    """``≤ 1.10x (history ≤ 10 % more server CPU per message)``, from :data:`HISTORY_CPU_BOUND`."""
+    share = round(100 * (HISTORY_CPU_BOUND - 1), 6)
+    return f"≤ {HISTORY_CPU_BOUND:.2f}x (history ≤ {share:g} % more server CPU per message)"
+
+
+def history_headline(rows: Sequence[Row]) -> str:
+    """One line: the history/no history CPU ratio at :data:`HISTORY_PAIR_RATE` against the bound."""
+    return _bound_headline(
+        rows, HISTORY_TABLE, HISTORY_PAIR_RATE, _history_bound(), lambda r: r <= HISTORY_CPU_BOUND
+    )
+
+
+def _bound_headline(
+    rows: Sequence[Row], table: Table, rate: int, bound: str, within: Callable[[float], bool]
+) -> str:
+    """``server CPU per delivered message, <ratio>, at <rate> msg/s: **1.02x**, within the
+    bound <bound>``: the first ratio of ``table`` on ``pair@rate``."""
+    label = table.ratios[0][0]
     found = [
         row.ratios.get(label)
         for row in rows
-        if row.job_key == tokens_key() and row.metric == "server_cpu_us_per_msg"
+        if row.job_key == f"pair@{rate}" and row.metric == "server_cpu_us_per_msg"
     ]
     value = found[0] if found else None
-    head = f"server CPU per delivered message, {label}, at {TOKENS_PAIR_RATE} msg/s"
+    head = f"server CPU per delivered message, {label}, at {rate} msg/s"
     if value is None:
-        return f"{head}: not measured; bound {_tokens_bound()}"
-    verdict = "within" if value < TOKENS_CPU_BOUND else "**over**"
-    return f"{head}: **{_format_ratio(value)}**, {verdict} the bound {_tokens_bound()}"
+        return f"{head}: not measured; bound {bound}"
+    verdict = "within" if within(value) else "**over**"
+    return f"{head}: **{_format_ratio(value)}**, {verdict} the bound {bound}"
 
 
 def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
@@ -281,11 +362,13 @@ def render_report(
     wall_s: float,
     charts: Mapping[str, str] | None = None,
     tokens_rows: Sequence[Row] = (),
+    history_rows: Sequence[Row] = (),
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
-    ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` are
-    the tokens table's rows (none: the tokens side did not run, and there is no section).
+    ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` and
+    ``history_rows`` are the tokens and history tables' rows (none: that side did not run, and
+    there is no section).
     """
     if pins:
         pin_text = (
@@ -323,7 +406,12 @@ def render_report(
             f"- rates: {', '.join(str(r) for r in plan.tokens_pair_rates)} msg/s 1→1\n\n"
             f"{render_table(tokens_rows, TOKENS_TABLE)}\n"
         )
-    planned = {*SIDES, *plan.redis_sides, *([TOKENS] if plan.tokens_pair_rates else [])}
+    planned = {
+        *SIDES,
+        *plan.redis_sides,
+        *([TOKENS] if plan.tokens_pair_rates else []),
+        *([NOHISTORY] if plan.history_pair_rates else []),
+    }
     order = ", ".join(side for side in ALL_SIDES if side in planned)
     chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
     return (
@@ -345,9 +433,27 @@ def render_report(
         f"{rows_md}\n"
         f"{redis_section}"
         f"{tokens_section}"
+        f"{history_section(plan, history_rows)}"
         + (f"Charts: {chart_text}.\n\n" if chart_text else "")
         + "## Every run\n\n"
         f"{runs_md}"
+    )
+
+
+def history_section(plan: Plan, rows: Sequence[Row]) -> str:
+    """The history section of ``compare.md`` (empty without rows): the headline against the
+    bound, what each side keeps, how the generator writes, and the table."""
+    if not rows:
+        return ""
+    return (
+        f"## {HISTORY_TABLE.title}\n\n"
+        f"- {history_headline(rows)}\n"
+        f"- `{MEMORY}`: the in-memory relay with triorelay's default history; `{NOHISTORY}`: "
+        f"{describe_side(NOHISTORY)}; ratios are history over no history, measured in the "
+        "same run with the sides alternating\n"
+        f"- rates: {', '.join(str(r) for r in plan.history_pair_rates)} msg/s 1→1; "
+        f"generator: {lean_writes()}\n\n"
+        f"{render_table(rows, HISTORY_TABLE)}\n"
     )
 
 
