@@ -14,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from loadtest.compare.aggregate import HISTORY_TABLE, REDIS_TABLE, TOKENS_TABLE, Table
+from loadtest.compare.aggregate import (
+    HISTORY_TABLE,
+    REDIS_TABLE,
+    RESUME_TABLE,
+    TOKENS_TABLE,
+    Table,
+)
 from loadtest.compare.relay import default, relay_env
 from loadtest.compare.sides import (
     ALL_SIDES,
@@ -41,6 +47,12 @@ HISTORY_PAIR_RATE: Final = 5000
 #: The bound on server CPU per message with history over without (1.10: history costs at most
 #: 10 % more server CPU per message at :data:`HISTORY_PAIR_RATE`, memory broker).
 HISTORY_CPU_BOUND: Final = 1.10
+#: The ``resume`` job (with ``--history``): each resume replays this many missed messages...
+RESUME_MISSED: Final = 1000
+#: ... and must take less than this, from the handshake to the last replayed message.
+RESUME_BOUND_MS: Final = 100.0
+#: The key of the ``resume`` job.
+RESUME_KEY: Final = "resume"
 #: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
 #: the limit raised to this many times its rate: room for the burst of a generator catching up
 #: after a scheduling hiccup, without the relay closing the producer with 1008.
@@ -73,8 +85,11 @@ class Plan:
     redis_fanouts: tuple[tuple[int, int], ...] = ()
     #: Whether the tokens side runs (``pair`` only, at :attr:`tokens_pair_rates`).
     tokens: bool = False
-    #: Whether the no-history side runs (``pair`` only, at :attr:`history_pair_rates`).
+    #: Whether the no-history side runs (``pair`` only, at :attr:`history_pair_rates`), and
+    #: the ``resume`` job (on :attr:`resume_sides`).
     history: bool = False
+    #: Resumes timed in each run of the ``resume`` job (each on a fresh channel).
+    resume_repeats: int = 20
 
     @property
     def tokens_pair_rates(self) -> tuple[int, ...]:
@@ -91,6 +106,12 @@ class Plan:
         if not self.history or "pair" not in self.scenarios:
             return ()
         return tuple(sorted({*self.pair_rates, HISTORY_PAIR_RATE}))
+
+    @property
+    def resume_sides(self) -> tuple[str, ...]:
+        """The sides the ``resume`` job runs on: the in-memory relay and the Redis sides that
+        run (none without ``history``). Whatever ``scenarios`` says: it is the history's."""
+        return (MEMORY, *self.redis_sides) if self.history else ()
 
 
 FULL: Final = Plan(
@@ -124,6 +145,7 @@ QUICK: Final = Plan(
     redis_pair_rates=(1000,),
     redis_max_steps=(),
     redis_fanouts=((10, 100),),
+    resume_repeats=5,
 )
 
 
@@ -201,8 +223,9 @@ def build_jobs(plan: Plan) -> list[Job]:
     in-memory relay and the Redis sides, not on the baseline. With ``plan.tokens``, ``pair``
     jobs at :attr:`Plan.tokens_pair_rates` run on the tokens side too (a rate only it asks for
     runs on the in-memory relay beside it); with ``plan.history``, likewise at
-    :attr:`Plan.history_pair_rates` on the no-history side. Each job runs one producer (the
-    generator's default); its relays get :func:`limits_env` for its rates and connections.
+    :attr:`Plan.history_pair_rates` on the no-history side, and a ``resume`` job (last) on
+    :attr:`Plan.resume_sides`, with triorelay's default history. Each job runs one producer
+    (the generator's default); its relays get :func:`limits_env` for its rates and connections.
     """
     run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
     token_rates = set(plan.tokens_pair_rates)
@@ -297,6 +320,13 @@ def build_jobs(plan: Plan) -> list[Job]:
         jobs.append(
             job("connections", "connections", argv, {}, {}, SIDES, rate=0, connections=held)
         )
+    if plan.resume_sides:
+        argv = ("--missed", str(RESUME_MISSED), "--repeats", str(plan.resume_repeats))
+        argv += ("--no-progress",)
+        # One connection at a time (position, producer, resume); the producer writes all the
+        # missed messages at once, a burst well within the default publish rate's second.
+        on = sides(False, bool(redis))
+        jobs.append(job(RESUME_KEY, "resume", argv, {}, {}, on, rate=0, connections=2))
     return jobs
 
 
@@ -364,6 +394,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         redis_fanouts=redis_fanouts,
         tokens=args.tokens,
         history=args.history,
+        resume_repeats=pick(args.resume_repeats, base.resume_repeats),
     )
 
 
@@ -387,3 +418,10 @@ def tokens_table_for(plan: Plan) -> Table | None:
 def history_table_for(plan: Plan) -> Table | None:
     """The history table when ``plan`` runs the no-history side, else ``None``."""
     return HISTORY_TABLE if plan.history_pair_rates else None
+
+
+def resume_table_for(plan: Plan) -> Table | None:
+    """The resume table for the sides ``plan`` resumes on, else ``None`` (no ``history``)."""
+    if not plan.resume_sides:
+        return None
+    return Table(RESUME_TABLE.title, plan.resume_sides, RESUME_TABLE.ratios)

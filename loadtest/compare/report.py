@@ -14,10 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from loadtest.clients import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
 from loadtest.compare.aggregate import (
     BASELINE_TABLE,
-    HISTORY_TABLE,
     REDIS_TABLE,
     TOKENS_TABLE,
     Cell,
@@ -27,8 +25,6 @@ from loadtest.compare.aggregate import (
 )
 from loadtest.compare.deployments import RedisSource, describe_side
 from loadtest.compare.plan import (
-    HISTORY_CPU_BOUND,
-    HISTORY_PAIR_RATE,
     TOKENS_CPU_BOUND,
     TOKENS_PAIR_RATE,
     Job,
@@ -71,6 +67,9 @@ METRICS: Final[Mapping[str, Metric]] = {
     "rss_growth_mb": Metric("server RSS growth", "MiB", 1),
     "rss_max_mb": Metric("server RSS max", "MiB", 1),
     "generator_cpu_percent": Metric("generator CPU (in window)", "% core", 0),
+    "resume_p50_ms": Metric("resume p50", "ms", 1),
+    "resume_p99_ms": Metric("resume p99", "ms", 1),
+    "resume_max_ms": Metric("resume max", "ms", 1),
 }
 
 
@@ -130,65 +129,12 @@ def _tokens_bound() -> str:
 
 def tokens_headline(rows: Sequence[Row]) -> str:
     """One line: the tokens/no tokens CPU ratio at :data:`TOKENS_PAIR_RATE` against the bound."""
-    return _bound_headline(
+    return bound_headline(
         rows, TOKENS_TABLE, TOKENS_PAIR_RATE, _tokens_bound(), lambda r: r < TOKENS_CPU_BOUND
     )
 
 
-def history_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
-    """Return which metrics the history table shows for each (``pair``) job."""
-    return tokens_job_metrics(jobs)  # the same figures of the same runs: CPU, latency, delivery
-
-
-def history_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
-    """Return the notes of the history table: how the generator writes, the history kept, and
-    the bound at :data:`HISTORY_PAIR_RATE`."""
-    notes: dict[tuple[str, str], str] = {}
-    for job in jobs:
-        if job.scenario != "pair":
-            continue
-        note = f"{lean_writes()}; {_history_kept(job)}"
-        if job.key == history_key():
-            note += f"; bound {_history_bound()}"
-        notes[(job.key, "server_cpu_us_per_msg")] = note
-    return notes
-
-
-def lean_writes() -> str:
-    """How the generator's lean producer writes, from :mod:`loadtest.clients`' constants."""
-    return (
-        f"1 lean producer → 1 consumer: one write per {LEAN_TICK_NS / 1e6:g} ms tick with every "
-        f"message due (≤ {LEAN_BATCH_MESSAGES}), echo acks"
-    )
-
-
-def _history_kept(job: Job) -> str:
-    """``triorelay keeps the last 1000 msgs (≤ 1 MiB) per channel``: the history of ``job``'s
-    relay with history."""
-    messages = effective("history_messages", job.triorelay_env)
-    mib = int(effective("history_bytes", job.triorelay_env)) / 2**20
-    return f"{MEMORY} keeps the last {messages} msgs (≤ {mib:g} MiB) per channel, {NOHISTORY} none"
-
-
-def history_key() -> str:
-    """The job whose CPU ratio the history bound applies to: ``pair@`` :data:`HISTORY_PAIR_RATE`."""
-    return f"pair@{HISTORY_PAIR_RATE}"
-
-
-def _history_bound() -> str:
-    """``≤ 1.10x (history ≤ 10 % more server CPU per message)``, from :data:`HISTORY_CPU_BOUND`."""
-    share = round(100 * (HISTORY_CPU_BOUND - 1), 6)
-    return f"≤ {HISTORY_CPU_BOUND:.2f}x (history ≤ {share:g} % more server CPU per message)"
-
-
-def history_headline(rows: Sequence[Row]) -> str:
-    """One line: the history/no history CPU ratio at :data:`HISTORY_PAIR_RATE` against the bound."""
-    return _bound_headline(
-        rows, HISTORY_TABLE, HISTORY_PAIR_RATE, _history_bound(), lambda r: r <= HISTORY_CPU_BOUND
-    )
-
-
-def _bound_headline(
+def bound_headline(
     rows: Sequence[Row], table: Table, rate: int, bound: str, within: Callable[[float], bool]
 ) -> str:
     """``server CPU per delivered message, <ratio>, at <rate> msg/s: **1.02x**, within the
@@ -204,7 +150,7 @@ def _bound_headline(
     if value is None:
         return f"{head}: not measured; bound {bound}"
     verdict = "within" if within(value) else "**over**"
-    return f"{head}: **{_format_ratio(value)}**, {verdict} the bound {bound}"
+    return f"{head}: **{format_ratio(value)}**, {verdict} the bound {bound}"
 
 
 def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
@@ -216,7 +162,7 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
     notes: dict[tuple[str, str], str] = {}
     for job in jobs:
         if job.scenario == "pair":
-            ack = _last_value(job.side_argv.get(MEMORY, ()), "--ack")
+            ack = last_value(job.side_argv.get(MEMORY, ()), "--ack")
             notes[(job.key, "server_cpu_us_per_msg")] = (
                 "both echo each message to its producer (triorelay ?ack=echo)"
                 if ack == "echo"
@@ -235,7 +181,7 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
             )
         if job.scenario == "max":
             notes[(job.key, "max_sustained_per_s")] = (
-                f"{_sustained(job)}; ladder {_last_value(job.argv, '--steps')} msg/s "
+                f"{_sustained(job)}; ladder {last_value(job.argv, '--steps')} msg/s "
                 "(— : not even the first step)"
             )
     return notes
@@ -256,8 +202,8 @@ def _slow_policy(job: Job) -> str:
 
 def _sustained(job: Job) -> str:
     """When a step of ``job`` (a ``max`` job) counts as sustained, as its generator decides."""
-    p99_ms = float(_last_value(job.argv, "--p99-bound-ms") or DEFAULT_P99_BOUND_MS)
-    ratio = float(_last_value(job.argv, "--min-delivered-ratio") or DEFAULT_MIN_DELIVERED_RATIO)
+    p99_ms = float(last_value(job.argv, "--p99-bound-ms") or DEFAULT_P99_BOUND_MS)
+    ratio = float(last_value(job.argv, "--min-delivered-ratio") or DEFAULT_MIN_DELIVERED_RATIO)
     return f"p99 ≤ {p99_ms:g} ms and ≥ {100 * ratio:g} % delivered"
 
 
@@ -282,8 +228,8 @@ def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[s
         if job.scenario == "pair":
             notes[(job.key, "delivered_ratio")] = "< 1: messages lost or late past the drain"
         if job.scenario == "max":
-            memory_ladder = _last_value(job.argv, "--steps")
-            redis_ladder = _last_value(job.argv_for(REDIS_SIDES[0]), "--steps")
+            memory_ladder = last_value(job.argv, "--steps")
+            redis_ladder = last_value(job.argv_for(REDIS_SIDES[0]), "--steps")
             notes[(job.key, "max_sustained_per_s")] = (
                 f"{_sustained(job)}; ladder memory {memory_ladder}, redis {redis_ladder} msg/s "
                 "(— : not even the first step)"
@@ -291,7 +237,7 @@ def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[s
     return notes
 
 
-def _last_value(argv: Sequence[str], flag: str) -> str | None:
+def last_value(argv: Sequence[str], flag: str) -> str | None:
     """The value of the last ``flag`` in ``argv`` (the one argparse keeps), ``None`` without."""
     at = [i for i, arg in enumerate(argv) if arg == flag]
     return argv[at[-1] + 1] if at else None
@@ -322,14 +268,14 @@ def render_table(rows: Sequence[Row], table: Table = BASELINE_TABLE) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         metric = METRICS[row.metric]
-        ratios = [_format_ratio(row.ratios.get(label)) for label in labels]
+        ratios = [format_ratio(row.ratios.get(label)) for label in labels]
         cells = [_format_cell(row.cells[s], metric) for s in table.sides]
         label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
         lines.append("| " + " | ".join([row.job_key, label, *cells, *ratios, row.note]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format_ratio(value: float | None) -> str:
+def format_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
@@ -362,13 +308,14 @@ def render_report(
     wall_s: float,
     charts: Mapping[str, str] | None = None,
     tokens_rows: Sequence[Row] = (),
-    history_rows: Sequence[Row] = (),
+    history_md: str = "",
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
-    ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` and
-    ``history_rows`` are the tokens and history tables' rows (none: that side did not run, and
-    there is no section).
+    ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` are
+    the tokens table's rows (none: the tokens side did not run, and there is no section);
+    ``history_md`` is the history section (:func:`loadtest.compare.history.history_section`,
+    empty when ``--history`` was not given).
     """
     if pins:
         pin_text = (
@@ -433,27 +380,8 @@ def render_report(
         f"{rows_md}\n"
         f"{redis_section}"
         f"{tokens_section}"
-        f"{history_section(plan, history_rows)}"
-        + (f"Charts: {chart_text}.\n\n" if chart_text else "")
-        + "## Every run\n\n"
+        f"{history_md}" + (f"Charts: {chart_text}.\n\n" if chart_text else "") + "## Every run\n\n"
         f"{runs_md}"
-    )
-
-
-def history_section(plan: Plan, rows: Sequence[Row]) -> str:
-    """The history section of ``compare.md`` (empty without rows): the headline against the
-    bound, what each side keeps, how the generator writes, and the table."""
-    if not rows:
-        return ""
-    return (
-        f"## {HISTORY_TABLE.title}\n\n"
-        f"- {history_headline(rows)}\n"
-        f"- `{MEMORY}`: the in-memory relay with triorelay's default history; `{NOHISTORY}`: "
-        f"{describe_side(NOHISTORY)}; ratios are history over no history, measured in the "
-        "same run with the sides alternating\n"
-        f"- rates: {', '.join(str(r) for r in plan.history_pair_rates)} msg/s 1→1; "
-        f"generator: {lean_writes()}\n\n"
-        f"{render_table(rows, HISTORY_TABLE)}\n"
     )
 
 

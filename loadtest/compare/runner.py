@@ -44,10 +44,18 @@ from loadtest.compare.aggregate import (
     is_generator_bound,
 )
 from loadtest.compare.deployments import RedisSource, deploy, find_redis
+from loadtest.compare.history import (
+    history_job_metrics,
+    history_notes,
+    history_section,
+    resume_job_metrics,
+    resume_notes,
+)
 from loadtest.compare.plan import (
     FULL,
     HISTORY_PAIR_RATE,
     QUICK,
+    RESUME_MISSED,
     TOKENS_PAIR_RATE,
     Plan,
     Step,
@@ -56,14 +64,13 @@ from loadtest.compare.plan import (
     build_plan,
     history_table_for,
     redis_table_for,
+    resume_table_for,
     table_jobs,
     tokens_table_for,
 )
 from loadtest.compare.processes import REPO_ROOT, STARTUP_TIMEOUT_S, pinning, run_generator
 from loadtest.compare.report import (
     design_notes,
-    history_job_metrics,
-    history_notes,
     job_metrics,
     redis_job_metrics,
     redis_notes,
@@ -207,7 +214,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--history",
         action="store_true",
         help=f"also run {NOHISTORY} (the relay keeping no channel history) on pair at the pair "
-        f"rates and {HISTORY_PAIR_RATE} msg/s: server CPU per message with history / without",
+        f"rates and {HISTORY_PAIR_RATE} msg/s (server CPU per message with history / without), "
+        f"and resume {RESUME_MISSED} missed messages on triorelay and the Redis sides",
+    )
+    parser.add_argument(
+        "--resume-repeats",
+        type=int,
+        default=None,
+        help=f"resumes timed per resume run (default {FULL.resume_repeats}; quick "
+        f"{QUICK.resume_repeats})",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0)
 
@@ -263,6 +278,12 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         history_jobs = table_jobs(jobs, history_table)
         metrics = history_job_metrics(history_jobs)
         history_rows = aggregate(runs, metrics, history_notes(history_jobs), history_table)
+    resume_table = resume_table_for(plan)
+    resume_rows: list[Row] = []
+    if resume_table is not None:
+        resume_jobs = table_jobs(jobs, resume_table)
+        metrics = resume_job_metrics(resume_jobs)
+        resume_rows = aggregate(runs, metrics, resume_notes(resume_jobs), resume_table)
     ran = {step.side for step in steps}
     report = {
         "schema": "triorelay-compare/2",
@@ -285,8 +306,9 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
             "rows": [row.to_dict() for row in tokens_rows],
         },
         "history": {
-            "status": "measured" if history_rows else "not run",
+            "status": "measured" if history_rows or resume_rows else "not run",
             "rows": [row.to_dict() for row in history_rows],
+            "resume_rows": [row.to_dict() for row in resume_rows],
         },
         "runs": [run.to_dict() for run in runs],
         "wall_seconds": round(wall_s, 1),
@@ -302,7 +324,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         wall_s=wall_s,
         charts=PLOT_FILES,
         tokens_rows=tokens_rows,
-        history_rows=history_rows,
+        history_md=history_section(plan, history_rows, resume_rows, resume_table),
     )
     (out / "compare.md").write_text(md)
     write_plots(out, [*rows, *redis_rows, *tokens_rows, *history_rows], slow_series(runs, results))

@@ -22,6 +22,7 @@ from loadtest.replay import (
 from loadtest.report import check_result
 from loadtest.resume import CONNECTIONS_PER_REPEAT, run_resume
 from tests.conftest import StartRelay
+from tests.redis_server import RedisServer
 from triorelay import framing
 from triorelay.framing import Position
 
@@ -135,6 +136,18 @@ async def test_resume_gets_the_missed_messages_in_order_every_repeat(
     assert result["summary"]["latency_ms"]["count"] == 2
     handshake, first = result["extra"]["handshake_ms"], result["extra"]["subscribed_ms"]
     assert 0 < handshake["max"] <= first["max"] <= max(samples)
+
+
+async def test_resume_through_another_relay_on_the_same_redis(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Published on relay A, resumed on relay B (--consumer-url): B replays from Redis, every
+    message in order."""
+    a = await start_relay(broker=redis_server.url)
+    b = await start_relay(broker=redis_server.url)
+    result = await run_resume(url=a.ws_url, consumer_url=b.ws_url, missed=1000, repeats=2)
+    assert result["summary"]["counts"]["delivered"] == 2000
+    assert result["params"]["consumer_url"] == b.ws_url
 
 
 async def test_messages_longer_than_one_read_are_put_back_together(
