@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         "then .RUN.N)",
     )
     p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="repeats done and checked first but not timed (a fresh relay's one-time costs)",
+    )
+    p.add_argument(
         "--consumer-url",
         default=None,
         help="connect consumers to this relay instead of --url (another relay on the same "
@@ -213,6 +219,7 @@ async def run_scenario(
             channel=args.channel,
             missed=args.missed,
             repeats=args.repeats,
+            warmup=args.warmup,
             payload_bytes=args.payload_bytes,
             server_pid=args.server_pid,
             sample_interval_s=args.sample_interval_seconds,
@@ -299,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact_in_logs(args.token)
     if args.payload_bytes < 0 or args.duration_seconds <= 0:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
-    if args.scenario == "resume" and (args.missed < 1 or args.repeats < 1):
-        parser.error("--missed and --repeats must be at least 1")
+    if args.scenario == "resume" and (args.missed < 1 or args.repeats < 1 or args.warmup < 0):
+        parser.error("--missed and --repeats must be at least 1, --warmup at least 0")
     wanted_fds = 4 * getattr(args, "connections", 0) + 8 * getattr(args, "consumers", 0) + 1024
     raise_fd_limit(wanted_fds)
     show = not args.no_progress and sys.stderr.isatty()

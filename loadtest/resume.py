@@ -16,7 +16,8 @@ Against a running relay, each repeat, on a channel of its own (``<prefix>.<run i
 Every connection is a lean wsproto client (:class:`~loadtest.clients.LeanWebSocket`), the
 cheapest reader the generator has: its own parsing of the replayed frames is inside the
 timing, as it is for any client. Repeats are :data:`PAUSE_S` apart, so each one times a relay
-that is done with the last. The result is the usual JSON (:mod:`loadtest.report`): the
+that is done with the last, and the first ``warmup`` of them are not timed (a fresh relay's
+one-time costs are not a resume's). The result is the usual JSON (:mod:`loadtest.report`): the
 summary's latency is the resume time, and ``extra.resume_ms`` has its p50/p99/max from the
 samples themselves (``extra.samples_ms``, in run order), with the handshake's and the
 ``subscribed`` frame's share beside it.
@@ -175,6 +176,7 @@ async def run_resume(
     channel: str | None = None,
     missed: int = 1000,
     repeats: int = 20,
+    warmup: int = 1,
     payload_bytes: int = 128,
     server_pid: int | None = None,
     sample_interval_s: float = 0.5,
@@ -185,20 +187,25 @@ async def run_resume(
 ) -> dict[str, Any]:
     """Time ``repeats`` resumes of ``missed`` messages each (see the module); return the result.
 
+    ``warmup`` repeats come first, done and checked the same way but kept out of the times
+    (``extra.warmup_ms`` has theirs): the first resume on a fresh relay pays one-time costs
+    (a Redis relay's first reads and scripts), which a relay that has been serving has paid.
     Producers connect to ``url``, consumers to ``consumer_url`` (default ``url``: another relay
     on the same Redis, to resume through it). Each repeat has ``connect_timeout_s`` for its
     resume, from connecting to the last replayed message. Raises :class:`ResumeError` at the
     first repeat that does not get exactly its missed messages in order, or cannot be done;
-    ``ValueError`` for ``missed`` or ``repeats`` below 1.
+    ``ValueError`` for ``missed`` or ``repeats`` below 1, or a negative ``warmup``.
     """
-    if missed < 1 or repeats < 1:
-        raise ValueError("--missed and --repeats must be at least 1")
+    if missed < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("--missed and --repeats must be at least 1, --warmup at least 0")
     run = new_run_id(os.urandom(4))
     prefix = channel or DEFAULT_CHANNEL_PREFIX
     padding = padding_for(payload_bytes)
     stats = RoleStats()
     counters = stats.counters
     timings: list[ResumeTiming] = []
+    warmups: list[ResumeTiming] = []
+    total = warmup + repeats
     server = ProcessSampler(server_pid) if server_pid is not None else None
     server_samples: list[Sample] = []
     generator_samples: dict[str, list[Sample]] = {"main": []}
@@ -211,7 +218,7 @@ async def run_resume(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
         try:
-            for n in range(repeats):
+            for n in range(total):
                 name = f"{prefix}.{run}.{n}"
                 target = _Target(
                     producer=endpoint_url(url, "producer", name, ack="id"),
@@ -223,17 +230,20 @@ async def run_resume(
                 try:
                     timing = await _repeat(target, name, run, missed, padding)
                 except REPEAT_FAILURES as error:
-                    failure = ResumeError(f"repeat {n + 1} of {repeats} ({name}): {error}")
+                    failure = ResumeError(f"repeat {n + 1} of {total} ({name}): {error}")
                     break
-                timings.append(timing)
+                if n < warmup:
+                    warmups.append(timing)
+                else:
+                    timings.append(timing)
+                    stats.latency.record_ns(timing.total_ns)
                 counters.offered += missed
                 counters.sent += missed
                 counters.acks += missed
                 counters.delivered += missed
                 counters.connected += CONNECTIONS_PER_REPEAT
-                stats.latency.record_ns(timing.total_ns)
                 if progress is not None:
-                    progress((n + 1) / repeats)
+                    progress((n + 1) / total)
                 await trio.sleep(PAUSE_S)
         finally:
             stop_sampling.set()
@@ -242,7 +252,7 @@ async def run_resume(
     elapsed_s = time.monotonic() - started
     summary = run_summary(
         stats,
-        expected=missed * repeats,
+        expected=missed * total,
         duration_s=elapsed_s,
         server_samples=server_samples if server is not None else None,
         generator_samples=generator_samples,
@@ -256,6 +266,7 @@ async def run_resume(
         params={
             "missed": missed,
             "repeats": repeats,
+            "warmup": warmup,
             "payload_bytes": payload_bytes,
             "consumer_url": consumer_url,
             "connect_timeout_s": connect_timeout_s,
@@ -268,6 +279,7 @@ async def run_resume(
             "handshake_ms": timing_summary([t.handshake_ns / 1e6 for t in timings]),
             "subscribed_ms": timing_summary([t.subscribed_ns / 1e6 for t in timings]),
             "samples_ms": [round(ms, 3) for ms in total_ms],
+            "warmup_ms": [round(t.total_ns / 1e6, 3) for t in warmups],
             "pause_s": PAUSE_S,
         },
     )

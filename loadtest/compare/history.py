@@ -20,6 +20,7 @@ from loadtest.compare.plan import (
     RESUME_BOUND_MS,
     RESUME_KEY,
     RESUME_MISSED,
+    RESUME_WARMUP,
     Job,
     Plan,
 )
@@ -152,8 +153,10 @@ def _resume_bound() -> str:
 
 def resume_method(plan: Plan) -> str:
     """How the ``resume`` job measures, for the report."""
+    command = f"--missed {RESUME_MISSED} --repeats {plan.resume_repeats} --warmup {RESUME_WARMUP}"
     return (
-        f"`python -m loadtest resume --missed {RESUME_MISSED} --repeats {plan.resume_repeats}`; "
+        f"`python -m loadtest resume {command}` (the warm-up repeat, first on a fresh relay, "
+        "done and checked but not timed); "
         "each repeat on a fresh channel: a framed consumer learns its position and leaves, a "
         "producer publishes the missed messages in one write (`?ack=id`) and waits for every "
         f"ack, then a lean wsproto consumer asking for `{SUBPROTOCOL}` with `?since=` is "

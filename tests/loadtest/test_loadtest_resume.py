@@ -107,27 +107,29 @@ def test_percentiles_are_nearest_rank_of_the_samples() -> None:
 
 
 def test_the_cli_refuses_to_resume_nothing() -> None:
-    """--missed 0 or --repeats 0 is a usage error (exit 2), before connecting anywhere."""
+    """--missed 0, --repeats 0 or --warmup -1 is a usage error (exit 2), before connecting."""
     args = build_parser().parse_args(["resume", "--url", "ws://h:1"])
-    assert (args.missed, args.repeats, args.consumer_url) == (1000, 20, None)
-    for flag in ("--missed", "--repeats"):
+    assert (args.missed, args.repeats, args.warmup, args.consumer_url) == (1000, 20, 1, None)
+    for flag, value in (("--missed", "0"), ("--repeats", "0"), ("--warmup", "-1")):
         with pytest.raises(SystemExit) as exited:
-            main(["resume", "--url", "ws://127.0.0.1:9", flag, "0"])
+            main(["resume", "--url", "ws://127.0.0.1:9", flag, value])
         assert exited.value.code == 2
 
 
 async def test_resume_gets_the_missed_messages_in_order_every_repeat(
     start_relay: StartRelay,
 ) -> None:
-    """Against a relay: each repeat resumes 1,000 messages on a fresh channel, every one
-    checked; the result has each timing, its percentiles and the counts."""
+    """Against a relay: each repeat (the warm-up too) resumes 1,000 messages on a fresh
+    channel, every one checked; the result has each timed one, its percentiles, the counts."""
     server = await start_relay()
     result = await run_resume(url=server.ws_url, missed=1000, repeats=2, sample_interval_s=0.1)
     assert check_result(json.loads(json.dumps(result))) == []
     assert result["scenario"] == "resume"
+    assert result["params"]["warmup"] == 1
+    assert len(result["extra"]["warmup_ms"]) == 1
     counts = result["summary"]["counts"]
-    assert counts["delivered"] == counts["expected"] == counts["acks"] == 2000
-    assert counts["connected"] == 2 * CONNECTIONS_PER_REPEAT
+    assert counts["delivered"] == counts["expected"] == counts["acks"] == 3000
+    assert counts["connected"] == 3 * CONNECTIONS_PER_REPEAT
     assert counts["errors"] == 0
     samples = result["extra"]["samples_ms"]
     assert len(samples) == 2
@@ -146,7 +148,7 @@ async def test_resume_through_another_relay_on_the_same_redis(
     a = await start_relay(broker=redis_server.url)
     b = await start_relay(broker=redis_server.url)
     result = await run_resume(url=a.ws_url, consumer_url=b.ws_url, missed=1000, repeats=2)
-    assert result["summary"]["counts"]["delivered"] == 2000
+    assert result["summary"]["counts"]["delivered"] == 3000
     assert result["params"]["consumer_url"] == b.ws_url
 
 
@@ -155,7 +157,9 @@ async def test_messages_longer_than_one_read_are_put_back_together(
 ) -> None:
     """200 kB messages arrive over several reads of the lean client: each is checked whole."""
     server = await start_relay()
-    result = await run_resume(url=server.ws_url, missed=3, repeats=1, payload_bytes=200_000)
+    result = await run_resume(
+        url=server.ws_url, missed=3, repeats=1, warmup=0, payload_bytes=200_000
+    )
     assert result["summary"]["counts"]["delivered"] == 3
 
 
@@ -163,7 +167,7 @@ async def test_a_relay_keeping_fewer_messages_fails_the_run(start_relay: StartRe
     """20 missed on a relay keeping 10: the run fails loudly with the reason."""
     server = await start_relay(history_messages=10)
     with pytest.raises(ResumeError, match=r"repeat 1 of 3 .*reason 'trimmed'.*history_messages"):
-        await run_resume(url=server.ws_url, missed=20, repeats=3)
+        await run_resume(url=server.ws_url, missed=20, repeats=2)
 
 
 async def test_a_relay_without_history_fails_the_run(start_relay: StartRelay) -> None:

@@ -223,7 +223,7 @@ def test_history_adds_a_resume_job_on_memory_and_the_redis_sides() -> None:
     assert job.sides == plan.resume_sides == (MEMORY, REDIS, REDIS_2RELAYS)
     assert job.argv_for(REDIS_2RELAYS) == [
         "resume", "--missed", str(RESUME_MISSED), "--repeats", str(FULL.resume_repeats),
-        "--no-progress",
+        "--warmup", "1", "--no-progress",
     ]  # fmt: skip
     assert job.triorelay_env == {}  # triorelay's default history
     assert _sides(_plan("--history", "--no-redis"))[RESUME_KEY] == (MEMORY,)
@@ -308,6 +308,6 @@ def test_the_history_section_has_the_resume_headline_method_and_table() -> None:
     assert bullets[0].startswith("- server CPU per delivered message, history/no history")
     assert bullets[1].startswith("- resume 1,000 missed messages, handshake → last replayed")
     assert "`triorelay.v1` with `?since=` is timed from its TCP connect" in section
-    assert f"--missed {RESUME_MISSED} --repeats {FULL.resume_repeats}" in section
+    assert f"--missed {RESUME_MISSED} --repeats {FULL.resume_repeats} --warmup 1`" in section
     assert section.index(RESUME_LABEL) > section.index("| history/no history |")
     assert history_section(plan, [], [], table) == ""

@@ -173,7 +173,8 @@ def test_compare_with_history_measures_the_ratio_and_the_resume(tmp_path: Path) 
         assert run["metrics"]["delivered_ratio"] == 1.0, run
     (through,) = (out / "runs").glob(f"1-{RESUME_KEY}-{REDIS_2RELAYS}.json")
     result = json.loads(through.read_text())
-    assert result["summary"]["counts"]["delivered"] == 2 * RESUME_MISSED
+    assert result["summary"]["counts"]["delivered"] == 3 * RESUME_MISSED  # and the warm-up
+    assert len(result["extra"]["samples_ms"]) == 2
     assert result["params"]["consumer_url"] != result["target"]["url"]
     md = (out / "compare.md").read_text()
     assert f"## {HISTORY_TABLE.title}" in md
