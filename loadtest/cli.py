@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from loadtest import connections, scenarios
+from loadtest import connections, resume, scenarios
 from loadtest.compare import runner as compare
 from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
@@ -153,6 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-seconds", type=float, default=1.0)
 
     p = sub.add_parser(
+        "resume",
+        parents=[common],
+        help="time a consumer resuming N missed messages (triorelay.v1 framing, ?since=)",
+        description=(resume.__doc__ or "").split("\n\n")[0],
+    )
+    p.add_argument("--missed", type=int, default=1000, help="messages missed per resume")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="resumes timed, each on a new channel (--channel, default loadtest.resume, "
+        "then .RUN.N)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="repeats done and checked first but not timed (a fresh relay's one-time costs)",
+    )
+    p.add_argument(
+        "--consumer-url",
+        default=None,
+        help="connect consumers to this relay instead of --url (another relay on the same "
+        "Redis: publish on one, resume on the other)",
+    )
+
+    p = sub.add_parser(
         "compare",
         help="triorelay vs the asyncio baseline: fresh pinned servers, medians, ratios, charts",
         description=(compare.__doc__ or "").split("\n\n")[0],
@@ -185,6 +212,22 @@ async def run_scenario(
     args: argparse.Namespace, progress: Callable[[float], None] | None
 ) -> dict[str, Any]:
     """Run the scenario named in ``args`` and return its result object."""
+    if args.scenario == "resume":
+        return await resume.run_resume(
+            url=args.url,
+            consumer_url=args.consumer_url,
+            channel=args.channel,
+            missed=args.missed,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            payload_bytes=args.payload_bytes,
+            server_pid=args.server_pid,
+            sample_interval_s=args.sample_interval_seconds,
+            connect_timeout_s=args.connect_timeout_seconds,
+            progress=progress,
+            token=args.token,
+            token_in=args.token_in,
+        )
     if args.scenario == "connections":
         return await connections.run_connections(
             url=args.url,
@@ -263,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact_in_logs(args.token)
     if args.payload_bytes < 0 or args.duration_seconds <= 0:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
+    if args.scenario == "resume" and (args.missed < 1 or args.repeats < 1 or args.warmup < 0):
+        parser.error("--missed and --repeats must be at least 1, --warmup at least 0")
     wanted_fds = 4 * getattr(args, "connections", 0) + 8 * getattr(args, "consumers", 0) + 1024
     raise_fd_limit(wanted_fds)
     show = not args.no_progress and sys.stderr.isatty()
@@ -280,6 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"max sustained: {result['extra']['max_sustained_per_s']} msg/s "
             f"(limited by {result['extra']['limited_by']})"
+        )
+    if args.scenario == "resume":
+        times = result["extra"]["resume_ms"]
+        print(
+            f"resume {args.missed} missed x {times['count']}: handshake -> last replayed "
+            f"p50 {times['p50']} ms p99 {times['p99']} ms max {times['max']} ms"
         )
     if args.scenario == "connections":
         extra = result["extra"]

@@ -329,6 +329,17 @@ class LeanHandshakeError(Exception):
     """The server refused or broke the WebSocket handshake of a :class:`LeanWebSocket`."""
 
 
+class LeanClosedError(Exception):
+    """The peer of a :class:`LeanWebSocket` closed the connection while
+    :meth:`~LeanWebSocket.receive_messages` waited: ``code`` and ``reason`` of its close
+    frame (``None`` and a description when the TCP connection just ended)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"closed by the server: {code} {reason}" if code else reason)
+        self.code = code
+        self.reason = reason
+
+
 #: Called by :meth:`LeanWebSocket.pump` with each whole incoming message.
 MessageCallback = Callable[[str | bytes | bytearray], None]
 
@@ -343,25 +354,40 @@ LEAN_CONNECT_ERRORS: tuple[type[Exception], ...] = (
 class LeanWebSocket:
     """A minimal WebSocket client: wsproto over a raw trio TCP stream, reading only on request.
 
-    Use :meth:`connect` (an async context manager); :meth:`send_texts` writes many messages in one
-    ``send_all``; :meth:`pump` reads and counts incoming messages (answering pings) until the
-    peer closes. Nothing reads the socket unless :meth:`pump` runs, which is how a stalled
-    consumer is made. Not safe for concurrent :meth:`send_texts` calls from several tasks except
-    through the internal lock, which also serialises pong replies.
+    Use :meth:`open`; :meth:`send_texts` writes many messages in one ``send_all``; :meth:`pump`
+    reads and counts incoming messages (answering pings) until the peer closes, and
+    :meth:`receive_messages` returns the next whole messages instead. Nothing reads the
+    socket unless one of them runs, which is how a stalled consumer is made. Not safe for
+    concurrent :meth:`send_texts` calls from several tasks except through the internal lock,
+    which also serialises pong replies.
     """
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, ws: WSConnection, subprotocol: str | None = None
+    ) -> None:
         self._stream = stream
         self._ws = ws
         self._send_lock = trio.Lock()
         self.received = 0
+        #: The subprotocol the server chose (``None``: none).
+        self.subprotocol = subprotocol
+        # The parts received so far of a message that :meth:`receive_messages` has not
+        # returned yet (wsproto hands over a frame in as many pieces as reads carried it).
+        self._text: list[str] = []
+        self._binary: list[bytes] = []
+        # A close that came after messages receive_messages returned: raised on its next call.
+        self._closed: LeanClosedError | None = None
 
     @staticmethod
     async def open(
-        url: str, *, connect_timeout_s: float = 10.0, headers: Headers = ()
+        url: str,
+        *,
+        connect_timeout_s: float = 10.0,
+        headers: Headers = (),
+        subprotocols: Sequence[str] = (),
     ) -> LeanWebSocket:
-        """Connect and complete the handshake (sending ``headers``); the caller must
-        :meth:`aclose` the result.
+        """Connect and complete the handshake (sending ``headers``, offering
+        ``subprotocols``); the caller must :meth:`aclose` the result.
 
         Raises :class:`LeanHandshakeError` if the server rejects, ``OSError`` or
         ``trio.TooSlowError`` on network failure or timeout.
@@ -372,7 +398,10 @@ class LeanWebSocket:
             try:
                 ws = WSConnection(ConnectionType.CLIENT)
                 request = Request(
-                    host=f"{host}:{port}", target=resource(url), extra_headers=list(headers)
+                    host=f"{host}:{port}",
+                    target=resource(url),
+                    extra_headers=list(headers),
+                    subprotocols=list(subprotocols),
                 )
                 await stream.send_all(ws.send(request))
                 while True:
@@ -382,7 +411,9 @@ class LeanWebSocket:
                     ws.receive_data(data)
                     for event in ws.events():
                         if isinstance(event, AcceptConnection):
-                            return LeanWebSocket(stream, ws)
+                            # Frames that came with the 101 stay in wsproto for the next
+                            # read of events (receive_messages looks there first).
+                            return LeanWebSocket(stream, ws, event.subprotocol)
                         if isinstance(event, RejectConnection):
                             raise LeanHandshakeError(f"rejected with HTTP {event.status_code}")
             except BaseException:
@@ -429,6 +460,51 @@ class LeanWebSocket:
                     await self._stream.send_all(b"".join(replies))
             if not data:
                 return
+
+    async def receive_messages(self) -> list[str | bytes]:
+        """Return the next whole messages (at least one), reading the socket only when wsproto
+        holds none; pings are answered.
+
+        Raises :class:`LeanClosedError` when the peer closes (its close is answered; messages
+        that came before it are returned first), ``trio.BrokenResourceError`` / ``OSError``
+        if the connection breaks. Not to be mixed with a running :meth:`pump`.
+        """
+        ws = self._ws
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            messages: list[str | bytes] = []
+            replies: list[bytes] = []
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    self._text.append(event.data)
+                    if event.message_finished:
+                        messages.append("".join(self._text))
+                        self._text = []
+                elif isinstance(event, BytesMessage):
+                    self._binary.append(bytes(event.data))
+                    if event.message_finished:
+                        messages.append(b"".join(self._binary))
+                        self._binary = []
+                elif isinstance(event, Ping):
+                    replies.append(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state.name == "REMOTE_CLOSING":
+                        replies.append(ws.send(event.response()))
+                    self._closed = LeanClosedError(event.code, event.reason or "")
+                    break
+            if replies:
+                async with self._send_lock:
+                    await self._stream.send_all(b"".join(replies))
+            if messages:
+                self.received += len(messages)
+                return messages
+            if self._closed is not None:
+                raise self._closed
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise LeanClosedError(None, "the server ended the connection without a close")
+            ws.receive_data(data)
 
     async def aclose(self) -> None:
         """Close the TCP stream without a close handshake (the peer sees an abrupt close)."""

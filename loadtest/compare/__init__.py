@@ -14,7 +14,8 @@ I/O-free, tested synchronously:
   their run order;
 * :mod:`loadtest.compare.aggregate`: each run's flat metrics, generator-bound runs, medians and
   ratios per table;
-* :mod:`loadtest.compare.report`: what each table shows, the notes, the markdown.
+* :mod:`loadtest.compare.report`: what each table shows, the notes, the markdown;
+* :mod:`loadtest.compare.history`: the same for the history and resume tables (``--history``).
 
 I/O:
 

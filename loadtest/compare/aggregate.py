@@ -5,9 +5,9 @@ A *run* is one job (see :mod:`loadtest.compare.plan`) measured once against one 
 server processes; :func:`extract_metrics` turns its result JSON into flat metrics, and
 :func:`aggregate` turns the repeats of every side into one :class:`Row` per job and metric of
 a :class:`Table`: each side's median and the table's ratios. A table compares some sides:
-triorelay against the baseline, Redis against memory, and tokens on against off. Everything
-here is a pure function of its arguments, so it is tested synchronously;
-:mod:`loadtest.compare.report` renders it.
+triorelay against the baseline, Redis against memory, tokens on against off, and history on
+against off. Everything here is a pure function of its arguments, so it is tested
+synchronously; :mod:`loadtest.compare.report` renders it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Final
 from loadtest.compare.sides import (
     BASELINE,
     MEMORY,
+    NOHISTORY,
     REDIS,
     REDIS_2RELAYS,
     REDIS_SIDES,
@@ -108,9 +109,14 @@ def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None
     True when the scenario flagged it (a process at or above
     :data:`~loadtest.monitor.GENERATOR_BOUND_PERCENT` of a core), when ``max`` says it was
     ``limited_by: generator``, or when the generator is pinned to ``generator_cores`` cores and
-    its processes together used :data:`GENERATOR_CORE_PERCENT` of each of them.
+    its processes together used :data:`GENERATOR_CORE_PERCENT` of each of them. Never for
+    ``resume``, whose generator is busy by design.
     """
     summary = result["summary"]
+    if result["scenario"] == "resume":
+        # Timed end to end, the client's parsing included: a busy generator only makes a
+        # resume slower, it cannot hide a slow relay, so its runs always count.
+        return False
     if summary["generator"]["generator_bound"]:
         return True
     if result["scenario"] == "max":
@@ -151,6 +157,12 @@ def extract_metrics(
         out["delivered_ratio"] = summary["delivered_ratio"]
     if scenario == "max":
         out["max_sustained_per_s"] = extra.get("max_sustained_per_s")
+    if scenario == "resume":
+        resume = extra["resume_ms"]
+        out["resume_p50_ms"] = resume["p50"]
+        out["resume_p99_ms"] = resume["p99"]
+        out["resume_max_ms"] = resume["max"]
+        out["delivered_ratio"] = summary["delivered_ratio"]
     if scenario == "connections":
         out["rss_per_connection_bytes"] = extra.get("server_rss_per_connection_bytes")
         out["connect_rate_per_s"] = extra.get("connect_rate_per_s")
@@ -198,6 +210,14 @@ REDIS_TABLE: Final = Table(
 TOKENS_TABLE: Final = Table(
     "Tokens on vs off", (MEMORY, TOKENS), (("tokens/no tokens", TOKENS, MEMORY),)
 )
+#: The relay keeping its default channel history against the same relay keeping none: the
+#: ratio is history on over off, so the relay with history (``triorelay``) is the numerator.
+HISTORY_TABLE: Final = Table(
+    "History on vs off", (MEMORY, NOHISTORY), (("history/no history", MEMORY, NOHISTORY),)
+)
+#: How long a consumer takes to resume, in memory and through Redis: times against a bound,
+#: not a ratio.
+RESUME_TABLE: Final = Table("Resume", (MEMORY, *REDIS_SIDES), ())
 
 
 @dataclass(frozen=True)

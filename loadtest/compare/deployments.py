@@ -10,7 +10,9 @@ whose CPU counts.
 - ``triorelay+tokens``: one relay on the in-memory broker with a fresh random HMAC secret
   (``auth_hmac_secret``), and a token signed with it (every channel right on every channel)
   that the generator presents on every handshake. The secret and the token live only in the
-  relay's environment and the generator's command line of that run: never in a report file.
+  relay's environment and the generator's command line of that run: never in a report file;
+- ``triorelay-nohistory``: one relay on the in-memory broker with ``history_messages`` 0: no
+  channel keeps history (``triorelay`` keeps triorelay's default history), every client on it.
 
 Every server process of a run shares the server CPUs, ``redis-server`` included: it is part of
 the server-side cost, and its CPU time is added to the server's. With ``--redis-url`` the Redis
@@ -36,7 +38,7 @@ from loadtest.compare.processes import (
     start_server,
 )
 from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_secret, relay_env
-from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.compare.sides import BASELINE, MEMORY, NOHISTORY, REDIS, REDIS_2RELAYS, TOKENS
 
 #: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
 #: last).
@@ -165,6 +167,10 @@ def deploy(
         server = start_server(MEMORY, _log(stem, "server"), cpus=cpus, env=keyed)
         token = mint_token(secret, ttl_seconds=token_ttl_s)
         return Deployment(server.url, None, [server], token=token)
+    if side == NOHISTORY:
+        without = {**(env or {}), **relay_env(history_messages=0)}
+        server = start_server(MEMORY, _log(stem, "server"), cpus=cpus, env=without)
+        return Deployment(server.url, None, [server])
     if side not in RELAYS:
         raise ValueError(f"unknown side {side!r}")
     if not redis.available:
@@ -209,6 +215,11 @@ def describe_side(side: str) -> str:
             f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with `{env_name('auth_hmac_secret')}` "
             "a fresh random secret per run; every client presents a token signed with it "
             f"(`Authorization: Bearer`, granting `{json.dumps(dict(TOKEN_GRANT))}`)"
+        )
+    if side == NOHISTORY:
+        return (
+            f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with "
+            f"`{env_name('history_messages')}=0` (no channel keeps history), every client on it"
         )
     relays = RELAYS[side]  # KeyError: not a side
     broker = f"`{env_name('broker')}=redis://...`"

@@ -14,9 +14,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from loadtest.compare.aggregate import REDIS_TABLE, TOKENS_TABLE, Table
+from loadtest.compare.aggregate import (
+    HISTORY_TABLE,
+    REDIS_TABLE,
+    RESUME_TABLE,
+    TOKENS_TABLE,
+    Table,
+)
 from loadtest.compare.relay import default, relay_env
-from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    NOHISTORY,
+    REDIS_SIDES,
+    SIDES,
+    TOKENS,
+)
 
 #: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
 #: scheduling hiccup of the pinned generator does not get a consumer disconnected mid-benchmark.
@@ -27,6 +41,21 @@ TOKENS_PAIR_RATE: Final = 5000
 #: The bound on server CPU per message with tokens over without (1.05: verification costs less
 #: than 5 % of server CPU per message at :data:`TOKENS_PAIR_RATE`).
 TOKENS_CPU_BOUND: Final = 1.05
+#: The 1→1 rate the no-history side always runs at (added to the pair rates when missing):
+#: the rate at which history must cost at most :data:`HISTORY_CPU_BOUND` of server CPU.
+HISTORY_PAIR_RATE: Final = 5000
+#: The bound on server CPU per message with history over without (1.10: history costs at most
+#: 10 % more server CPU per message at :data:`HISTORY_PAIR_RATE`, memory broker).
+HISTORY_CPU_BOUND: Final = 1.10
+#: The ``resume`` job (with ``--history``): each resume replays this many missed messages...
+RESUME_MISSED: Final = 1000
+#: ... and must take less than this, from the handshake to the last replayed message.
+RESUME_BOUND_MS: Final = 100.0
+#: Resumes each run of it does first without timing them: its relay is fresh, and the first
+#: resume pays one-time costs (a Redis relay's first reads) that a serving relay has paid.
+RESUME_WARMUP: Final = 1
+#: The key of the ``resume`` job.
+RESUME_KEY: Final = "resume"
 #: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
 #: the limit raised to this many times its rate: room for the burst of a generator catching up
 #: after a scheduling hiccup, without the relay closing the producer with 1008.
@@ -59,6 +88,11 @@ class Plan:
     redis_fanouts: tuple[tuple[int, int], ...] = ()
     #: Whether the tokens side runs (``pair`` only, at :attr:`tokens_pair_rates`).
     tokens: bool = False
+    #: Whether the no-history side runs (``pair`` only, at :attr:`history_pair_rates`), and
+    #: the ``resume`` job (on :attr:`resume_sides`).
+    history: bool = False
+    #: Resumes timed in each run of the ``resume`` job (each on a fresh channel).
+    resume_repeats: int = 20
 
     @property
     def tokens_pair_rates(self) -> tuple[int, ...]:
@@ -67,6 +101,20 @@ class Plan:
         if not self.tokens or "pair" not in self.scenarios:
             return ()
         return tuple(sorted({*self.pair_rates, TOKENS_PAIR_RATE}))
+
+    @property
+    def history_pair_rates(self) -> tuple[int, ...]:
+        """The 1→1 rates of the no-history side: the pair rates and :data:`HISTORY_PAIR_RATE`
+        (none when the side does not run)."""
+        if not self.history or "pair" not in self.scenarios:
+            return ()
+        return tuple(sorted({*self.pair_rates, HISTORY_PAIR_RATE}))
+
+    @property
+    def resume_sides(self) -> tuple[str, ...]:
+        """The sides the ``resume`` job runs on: the in-memory relay and the Redis sides that
+        run (none without ``history``). Whatever ``scenarios`` says: it is the history's."""
+        return (MEMORY, *self.redis_sides) if self.history else ()
 
 
 FULL: Final = Plan(
@@ -100,6 +148,7 @@ QUICK: Final = Plan(
     redis_pair_rates=(1000,),
     redis_max_steps=(),
     redis_fanouts=((10, 100),),
+    resume_repeats=5,
 )
 
 
@@ -176,26 +225,37 @@ def build_jobs(plan: Plan) -> list[Job]:
     (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
     in-memory relay and the Redis sides, not on the baseline. With ``plan.tokens``, ``pair``
     jobs at :attr:`Plan.tokens_pair_rates` run on the tokens side too (a rate only it asks for
-    runs on the in-memory relay beside it). Each job runs one producer (the generator's
-    default); its relays get :func:`limits_env` for its rates and connections.
+    runs on the in-memory relay beside it); with ``plan.history``, likewise at
+    :attr:`Plan.history_pair_rates` on the no-history side, and a ``resume`` job (last) on
+    :attr:`Plan.resume_sides`, with triorelay's default history. Each job runs one producer
+    (the generator's default); its relays get :func:`limits_env` for its rates and connections.
     """
     run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
     token_rates = set(plan.tokens_pair_rates)
+    history_rates = set(plan.history_pair_rates)
     # Every side echoes every message to its producer (the baseline always does; triorelay on
     # ?ack=echo), so they do the same work per message.
-    triorelay_sides = (MEMORY, *([TOKENS] if token_rates else []), *plan.redis_sides)
+    triorelay_sides = (
+        MEMORY,
+        *([TOKENS] if token_rates else []),
+        *([NOHISTORY] if history_rates else []),
+        *plan.redis_sides,
+    )
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
     lean = ("--lean", "--producer-procs", "1")
     redis = plan.redis_sides
 
-    def sides(baseline: bool, on_redis: bool, tokens: bool = False) -> tuple[str, ...]:
+    def sides(
+        baseline: bool, on_redis: bool, tokens: bool = False, history: bool = False
+    ) -> tuple[str, ...]:
         chosen = {
             MEMORY,
             *([BASELINE] if baseline else []),
             *(redis if on_redis else []),
             *([TOKENS] if tokens else []),
+            *([NOHISTORY] if history else []),
         }
         return tuple(side for side in ALL_SIDES if side in chosen)
 
@@ -217,9 +277,14 @@ def build_jobs(plan: Plan) -> list[Job]:
     argv: tuple[str, ...]
     if "pair" in plan.scenarios:
         redis_rates = set(plan.redis_pair_rates) if redis else set()
-        for rate in sorted(set(plan.pair_rates) | redis_rates | token_rates):
+        for rate in sorted(set(plan.pair_rates) | redis_rates | token_rates | history_rates):
             argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s), *lean, *run)
-            on = sides(rate in plan.pair_rates, rate in redis_rates, rate in token_rates)
+            on = sides(
+                rate in plan.pair_rates,
+                rate in redis_rates,
+                rate in token_rates,
+                rate in history_rates,
+            )
             jobs.append(job(f"pair@{rate}", "pair", argv, echo, deep, on, rate=rate, connections=2))
     if "max" in plan.scenarios:
         steps = ",".join(str(s) for s in plan.max_steps)
@@ -258,6 +323,13 @@ def build_jobs(plan: Plan) -> list[Job]:
         jobs.append(
             job("connections", "connections", argv, {}, {}, SIDES, rate=0, connections=held)
         )
+    if plan.resume_sides:
+        argv = ("--missed", str(RESUME_MISSED), "--repeats", str(plan.resume_repeats))
+        argv += ("--warmup", str(RESUME_WARMUP), "--no-progress")
+        # One connection at a time (position, producer, resume); the producer writes all the
+        # missed messages at once, a burst well within the default publish rate's second.
+        on = sides(False, bool(redis))
+        jobs.append(job(RESUME_KEY, "resume", argv, {}, {}, on, rate=0, connections=2))
     return jobs
 
 
@@ -324,6 +396,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         ),
         redis_fanouts=redis_fanouts,
         tokens=args.tokens,
+        history=args.history,
+        resume_repeats=pick(args.resume_repeats, base.resume_repeats),
     )
 
 
@@ -342,3 +416,15 @@ def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
 def tokens_table_for(plan: Plan) -> Table | None:
     """The tokens table when ``plan`` runs the tokens side, else ``None``."""
     return TOKENS_TABLE if plan.tokens_pair_rates else None
+
+
+def history_table_for(plan: Plan) -> Table | None:
+    """The history table when ``plan`` runs the no-history side, else ``None``."""
+    return HISTORY_TABLE if plan.history_pair_rates else None
+
+
+def resume_table_for(plan: Plan) -> Table | None:
+    """The resume table for the sides ``plan`` resumes on, else ``None`` (no ``history``)."""
+    if not plan.resume_sides:
+        return None
+    return Table(RESUME_TABLE.title, plan.resume_sides, RESUME_TABLE.ratios)

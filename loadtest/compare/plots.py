@@ -24,7 +24,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from loadtest.compare.aggregate import Row
-from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    NOHISTORY,
+    REDIS,
+    REDIS_2RELAYS,
+    TOKENS,
+)
 
 #: Every chart ``compare`` writes, and what it shows (the report lists them from here).
 PLOT_FILES: Final[Mapping[str, str]] = {
@@ -38,6 +46,7 @@ _COLORS = {
     REDIS: "tab:red",
     REDIS_2RELAYS: "tab:purple",
     TOKENS: "tab:green",
+    NOHISTORY: "tab:olive",
 }
 
 

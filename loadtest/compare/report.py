@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,10 +24,24 @@ from loadtest.compare.aggregate import (
     Table,
 )
 from loadtest.compare.deployments import RedisSource, describe_side
-from loadtest.compare.plan import TOKENS_CPU_BOUND, TOKENS_PAIR_RATE, Job, Plan, build_jobs
+from loadtest.compare.plan import (
+    TOKENS_CPU_BOUND,
+    TOKENS_PAIR_RATE,
+    Job,
+    Plan,
+    build_jobs,
+)
 from loadtest.compare.processes import SERVER_COMMANDS
 from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
-from loadtest.compare.sides import ALL_SIDES, BASELINE, MEMORY, REDIS_SIDES, SIDES, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    MEMORY,
+    NOHISTORY,
+    REDIS_SIDES,
+    SIDES,
+    TOKENS,
+)
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS
 
 
@@ -53,6 +67,9 @@ METRICS: Final[Mapping[str, Metric]] = {
     "rss_growth_mb": Metric("server RSS growth", "MiB", 1),
     "rss_max_mb": Metric("server RSS max", "MiB", 1),
     "generator_cpu_percent": Metric("generator CPU (in window)", "% core", 0),
+    "resume_p50_ms": Metric("resume p50", "ms", 1),
+    "resume_p99_ms": Metric("resume p99", "ms", 1),
+    "resume_max_ms": Metric("resume max", "ms", 1),
 }
 
 
@@ -112,18 +129,28 @@ def _tokens_bound() -> str:
 
 def tokens_headline(rows: Sequence[Row]) -> str:
     """One line: the tokens/no tokens CPU ratio at :data:`TOKENS_PAIR_RATE` against the bound."""
-    label = TOKENS_TABLE.ratios[0][0]
+    return bound_headline(
+        rows, TOKENS_TABLE, TOKENS_PAIR_RATE, _tokens_bound(), lambda r: r < TOKENS_CPU_BOUND
+    )
+
+
+def bound_headline(
+    rows: Sequence[Row], table: Table, rate: int, bound: str, within: Callable[[float], bool]
+) -> str:
+    """``server CPU per delivered message, <ratio>, at <rate> msg/s: **1.02x**, within the
+    bound <bound>``: the first ratio of ``table`` on ``pair@rate``."""
+    label = table.ratios[0][0]
     found = [
         row.ratios.get(label)
         for row in rows
-        if row.job_key == tokens_key() and row.metric == "server_cpu_us_per_msg"
+        if row.job_key == f"pair@{rate}" and row.metric == "server_cpu_us_per_msg"
     ]
     value = found[0] if found else None
-    head = f"server CPU per delivered message, {label}, at {TOKENS_PAIR_RATE} msg/s"
+    head = f"server CPU per delivered message, {label}, at {rate} msg/s"
     if value is None:
-        return f"{head}: not measured; bound {_tokens_bound()}"
-    verdict = "within" if value < TOKENS_CPU_BOUND else "**over**"
-    return f"{head}: **{_format_ratio(value)}**, {verdict} the bound {_tokens_bound()}"
+        return f"{head}: not measured; bound {bound}"
+    verdict = "within" if within(value) else "**over**"
+    return f"{head}: **{format_ratio(value)}**, {verdict} the bound {bound}"
 
 
 def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
@@ -135,7 +162,7 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
     notes: dict[tuple[str, str], str] = {}
     for job in jobs:
         if job.scenario == "pair":
-            ack = _last_value(job.side_argv.get(MEMORY, ()), "--ack")
+            ack = last_value(job.side_argv.get(MEMORY, ()), "--ack")
             notes[(job.key, "server_cpu_us_per_msg")] = (
                 "both echo each message to its producer (triorelay ?ack=echo)"
                 if ack == "echo"
@@ -154,7 +181,7 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
             )
         if job.scenario == "max":
             notes[(job.key, "max_sustained_per_s")] = (
-                f"{_sustained(job)}; ladder {_last_value(job.argv, '--steps')} msg/s "
+                f"{_sustained(job)}; ladder {last_value(job.argv, '--steps')} msg/s "
                 "(— : not even the first step)"
             )
     return notes
@@ -175,8 +202,8 @@ def _slow_policy(job: Job) -> str:
 
 def _sustained(job: Job) -> str:
     """When a step of ``job`` (a ``max`` job) counts as sustained, as its generator decides."""
-    p99_ms = float(_last_value(job.argv, "--p99-bound-ms") or DEFAULT_P99_BOUND_MS)
-    ratio = float(_last_value(job.argv, "--min-delivered-ratio") or DEFAULT_MIN_DELIVERED_RATIO)
+    p99_ms = float(last_value(job.argv, "--p99-bound-ms") or DEFAULT_P99_BOUND_MS)
+    ratio = float(last_value(job.argv, "--min-delivered-ratio") or DEFAULT_MIN_DELIVERED_RATIO)
     return f"p99 ≤ {p99_ms:g} ms and ≥ {100 * ratio:g} % delivered"
 
 
@@ -201,8 +228,8 @@ def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[s
         if job.scenario == "pair":
             notes[(job.key, "delivered_ratio")] = "< 1: messages lost or late past the drain"
         if job.scenario == "max":
-            memory_ladder = _last_value(job.argv, "--steps")
-            redis_ladder = _last_value(job.argv_for(REDIS_SIDES[0]), "--steps")
+            memory_ladder = last_value(job.argv, "--steps")
+            redis_ladder = last_value(job.argv_for(REDIS_SIDES[0]), "--steps")
             notes[(job.key, "max_sustained_per_s")] = (
                 f"{_sustained(job)}; ladder memory {memory_ladder}, redis {redis_ladder} msg/s "
                 "(— : not even the first step)"
@@ -210,7 +237,7 @@ def redis_notes(jobs: Sequence[Job], *, redis_cpu_counted: bool) -> dict[tuple[s
     return notes
 
 
-def _last_value(argv: Sequence[str], flag: str) -> str | None:
+def last_value(argv: Sequence[str], flag: str) -> str | None:
     """The value of the last ``flag`` in ``argv`` (the one argparse keeps), ``None`` without."""
     at = [i for i, arg in enumerate(argv) if arg == flag]
     return argv[at[-1] + 1] if at else None
@@ -241,14 +268,14 @@ def render_table(rows: Sequence[Row], table: Table = BASELINE_TABLE) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         metric = METRICS[row.metric]
-        ratios = [_format_ratio(row.ratios.get(label)) for label in labels]
+        ratios = [format_ratio(row.ratios.get(label)) for label in labels]
         cells = [_format_cell(row.cells[s], metric) for s in table.sides]
         label = f"{metric.label} ({metric.unit})" if metric.unit else metric.label
         lines.append("| " + " | ".join([row.job_key, label, *cells, *ratios, row.note]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format_ratio(value: float | None) -> str:
+def format_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
@@ -281,11 +308,14 @@ def render_report(
     wall_s: float,
     charts: Mapping[str, str] | None = None,
     tokens_rows: Sequence[Row] = (),
+    history_md: str = "",
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
     ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` are
-    the tokens table's rows (none: the tokens side did not run, and there is no section).
+    the tokens table's rows (none: the tokens side did not run, and there is no section);
+    ``history_md`` is the history section (:func:`loadtest.compare.history.history_section`,
+    empty when ``--history`` was not given).
     """
     if pins:
         pin_text = (
@@ -323,7 +353,12 @@ def render_report(
             f"- rates: {', '.join(str(r) for r in plan.tokens_pair_rates)} msg/s 1→1\n\n"
             f"{render_table(tokens_rows, TOKENS_TABLE)}\n"
         )
-    planned = {*SIDES, *plan.redis_sides, *([TOKENS] if plan.tokens_pair_rates else [])}
+    planned = {
+        *SIDES,
+        *plan.redis_sides,
+        *([TOKENS] if plan.tokens_pair_rates else []),
+        *([NOHISTORY] if plan.history_pair_rates else []),
+    }
     order = ", ".join(side for side in ALL_SIDES if side in planned)
     chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
     return (
@@ -345,8 +380,7 @@ def render_report(
         f"{rows_md}\n"
         f"{redis_section}"
         f"{tokens_section}"
-        + (f"Charts: {chart_text}.\n\n" if chart_text else "")
-        + "## Every run\n\n"
+        f"{history_md}" + (f"Charts: {chart_text}.\n\n" if chart_text else "") + "## Every run\n\n"
         f"{runs_md}"
     )
 

@@ -8,12 +8,13 @@ one process), the baseline with ``python -m loadtest.baseline`` (uvicorn), and t
 generator process. With two or more CPUs every server process (``redis-server`` included) is
 pinned to CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
 
-Sides alternate (triorelay, triorelay+tokens with ``--tokens``, asyncio, triorelay+redis,
-triorelay+redis-2relays, triorelay ...) for ``--repeats`` rounds; the report (``compare.md``,
-``compare.json``, PNG charts, and every raw result under ``runs/``) shows medians,
-triorelay/asyncio, redis/memory and tokens/no tokens ratios (the modules that decide each
-part: see :mod:`loadtest.compare`). The tokens side's secret and token exist only for its run:
-the token reaches the generator on its command line and is in no report file.
+Sides alternate (triorelay, triorelay+tokens with ``--tokens``, triorelay-nohistory with
+``--history``, asyncio, triorelay+redis, triorelay+redis-2relays, triorelay ...) for
+``--repeats`` rounds; the report (``compare.md``, ``compare.json``, PNG charts, and every raw
+result under ``runs/``) shows medians, triorelay/asyncio, redis/memory, tokens/no tokens and
+history/no history ratios (the modules that decide each part: see :mod:`loadtest.compare`).
+The tokens side's secret and token exist only for its run: the token reaches the generator on
+its command line and is in no report file.
 
 This runner is synchronous on purpose: it only starts processes and waits for them, so it
 never competes with the generator for the CPU.
@@ -43,16 +44,27 @@ from loadtest.compare.aggregate import (
     is_generator_bound,
 )
 from loadtest.compare.deployments import RedisSource, deploy, find_redis
+from loadtest.compare.history import (
+    history_job_metrics,
+    history_notes,
+    history_section,
+    resume_job_metrics,
+    resume_notes,
+)
 from loadtest.compare.plan import (
     FULL,
+    HISTORY_PAIR_RATE,
     QUICK,
+    RESUME_MISSED,
     TOKENS_PAIR_RATE,
     Plan,
     Step,
     alternation,
     build_jobs,
     build_plan,
+    history_table_for,
     redis_table_for,
+    resume_table_for,
     table_jobs,
     tokens_table_for,
 )
@@ -68,7 +80,7 @@ from loadtest.compare.report import (
     tokens_job_metrics,
     tokens_notes,
 )
-from loadtest.compare.sides import ALL_SIDES, BASELINE, REDIS_SIDES, TOKENS
+from loadtest.compare.sides import ALL_SIDES, BASELINE, NOHISTORY, REDIS_SIDES, TOKENS
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
@@ -198,6 +210,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"pair at the pair rates and {TOKENS_PAIR_RATE} msg/s: server CPU per message with "
         "tokens / without",
     )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help=f"also run {NOHISTORY} (the relay keeping no channel history) on pair at the pair "
+        f"rates and {HISTORY_PAIR_RATE} msg/s (server CPU per message with history / without), "
+        f"and resume {RESUME_MISSED} missed messages on triorelay and the Redis sides",
+    )
+    parser.add_argument(
+        "--resume-repeats",
+        type=int,
+        default=None,
+        help=f"resumes timed per resume run (default {FULL.resume_repeats}; quick "
+        f"{QUICK.resume_repeats})",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -246,6 +272,18 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         tokens_jobs = table_jobs(jobs, tokens_table)
         metrics = tokens_job_metrics(tokens_jobs)
         tokens_rows = aggregate(runs, metrics, tokens_notes(tokens_jobs), tokens_table)
+    history_table = history_table_for(plan)
+    history_rows: list[Row] = []
+    if history_table is not None:
+        history_jobs = table_jobs(jobs, history_table)
+        metrics = history_job_metrics(history_jobs)
+        history_rows = aggregate(runs, metrics, history_notes(history_jobs), history_table)
+    resume_table = resume_table_for(plan)
+    resume_rows: list[Row] = []
+    if resume_table is not None:
+        resume_jobs = table_jobs(jobs, resume_table)
+        metrics = resume_job_metrics(resume_jobs)
+        resume_rows = aggregate(runs, metrics, resume_notes(resume_jobs), resume_table)
     ran = {step.side for step in steps}
     report = {
         "schema": "triorelay-compare/2",
@@ -267,6 +305,11 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
             "status": "measured" if tokens_rows else "not run",
             "rows": [row.to_dict() for row in tokens_rows],
         },
+        "history": {
+            "status": "measured" if history_rows or resume_rows else "not run",
+            "rows": [row.to_dict() for row in history_rows],
+            "resume_rows": [row.to_dict() for row in resume_rows],
+        },
         "runs": [run.to_dict() for run in runs],
         "wall_seconds": round(wall_s, 1),
     }
@@ -281,9 +324,10 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         wall_s=wall_s,
         charts=PLOT_FILES,
         tokens_rows=tokens_rows,
+        history_md=history_section(plan, history_rows, resume_rows, resume_table),
     )
     (out / "compare.md").write_text(md)
-    write_plots(out, [*rows, *redis_rows, *tokens_rows], slow_series(runs, results))
+    write_plots(out, [*rows, *redis_rows, *tokens_rows, *history_rows], slow_series(runs, results))
     return report
 
 

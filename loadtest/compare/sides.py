@@ -4,8 +4,9 @@ A *side* is one server setup the same job runs against, on fresh processes every
 :mod:`loadtest.compare.deployments` for what each one starts): ``triorelay`` (the in-memory
 broker), ``asyncio`` (the baseline), ``triorelay+redis`` (one relay on a Redis broker: every
 message goes through Redis and back), ``triorelay+redis-2relays`` (two relays on one Redis,
-producers on the first, consumers on the second) and ``triorelay+tokens`` (the in-memory relay
-requiring tokens, every client presenting one).
+producers on the first, consumers on the second), ``triorelay+tokens`` (the in-memory relay
+requiring tokens, every client presenting one) and ``triorelay-nohistory`` (the in-memory relay
+keeping no channel history: ``triorelay`` keeps its default one).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ BASELINE: Final = "asyncio"
 REDIS: Final = "triorelay+redis"
 REDIS_2RELAYS: Final = "triorelay+redis-2relays"
 TOKENS: Final = "triorelay+tokens"
+NOHISTORY: Final = "triorelay-nohistory"
 #: The original two sides (the default of a job), in the order they run.
 SIDES: Final = (MEMORY, BASELINE)
 #: The sides on a Redis broker.
 REDIS_SIDES: Final = (REDIS, REDIS_2RELAYS)
+#: The sides only a flag adds (``--tokens``, ``--history``).
+OPT_IN_SIDES: Final = (TOKENS, NOHISTORY)
 #: Every side, in the order they run within each job of a repeat (A B C D A B C D ...). The
-#: tokens side runs right after the relay it is compared with, so drift of the machine between
-#: the two is smallest.
-ALL_SIDES: Final = (MEMORY, TOKENS, BASELINE, *REDIS_SIDES)
-#: The sides a comparison runs without ``--tokens`` (all but the tokens side), in run order.
-DEFAULT_SIDES: Final = tuple(side for side in ALL_SIDES if side != TOKENS)
+#: opt-in sides run right after the relay they are compared with, so drift of the machine
+#: between them is smallest.
+ALL_SIDES: Final = (MEMORY, *OPT_IN_SIDES, BASELINE, *REDIS_SIDES)
+#: The sides a comparison runs without ``--tokens`` or ``--history``, in run order.
+DEFAULT_SIDES: Final = tuple(side for side in ALL_SIDES if side not in OPT_IN_SIDES)

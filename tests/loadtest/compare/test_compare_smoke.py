@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import main
-from loadtest.compare.aggregate import TOKENS_TABLE
-from loadtest.compare.plan import TOKENS_PAIR_RATE
+from loadtest.compare.aggregate import HISTORY_TABLE, TOKENS_TABLE
+from loadtest.compare.history import RESUME_LABEL
+from loadtest.compare.plan import HISTORY_PAIR_RATE, RESUME_KEY, RESUME_MISSED, TOKENS_PAIR_RATE
 from loadtest.compare.plots import PLOT_FILES
 from loadtest.compare.relay import TOKEN_SUBJECT
 from loadtest.compare.sides import (
     BASELINE,
     DEFAULT_SIDES,
     MEMORY,
+    NOHISTORY,
     REDIS,
     REDIS_2RELAYS,
     SIDES,
@@ -48,6 +50,7 @@ def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
     assert report["schema"] == "triorelay-compare/2"
     assert report["sides"] == list(DEFAULT_SIDES)
     assert report["tokens"] == {"status": "not run", "rows": []}
+    assert report["history"] == {"status": "not run", "rows": [], "resume_rows": []}
     assert {(r["job"], r["side"]) for r in report["runs"]} == {
         *(("pair@200", side) for side in DEFAULT_SIDES),
         *(("slow", side) for side in SIDES),
@@ -130,3 +133,50 @@ def test_compare_with_tokens_measures_the_ratio_and_writes_no_token(tmp_path: Pa
     for path in out.rglob("*"):  # every JWT starts with the base64 of '{"': eyJ
         if path.is_file() and path.suffix in (".json", ".md", ".log"):
             assert "eyJ" not in path.read_text(), path
+
+
+def test_compare_with_history_measures_the_ratio_and_the_resume(tmp_path: Path) -> None:
+    """--history: pair on a relay keeping no history beside the default one, the bound rate
+    added, a history/no history CPU ratio; the resume job on triorelay and through two relays
+    on Redis, every missed message replayed, its p50/max in the history section."""
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--scenarios", "pair",
+            "--pair-rates", "200",
+            "--redis-pair-rates", "200",
+            "--redis-sides", REDIS_2RELAYS,
+            "--history",
+            "--resume-repeats", "2",
+            "--duration-seconds", "0.5",
+            "--drain-seconds", "0.5",
+            "--repeats", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["sides"] == [MEMORY, NOHISTORY, BASELINE, REDIS_2RELAYS]
+    assert report["history"]["status"] == "measured"
+    rows = {(r["job"], r["metric"]): r for r in report["history"]["rows"]}
+    for rate in (200, HISTORY_PAIR_RATE):
+        cpu = rows[(f"pair@{rate}", "server_cpu_us_per_msg")]
+        assert cpu[NOHISTORY]["median"] > 0
+        assert cpu["ratios"]["history/no history"] > 0
+    resume = {r["metric"]: r for r in report["history"]["resume_rows"]}
+    for side in (MEMORY, REDIS_2RELAYS):
+        assert (
+            0 < resume["resume_p50_ms"][side]["median"] <= resume["resume_max_ms"][side]["median"]
+        )
+    for run in report["runs"]:
+        assert run["metrics"]["delivered_ratio"] == 1.0, run
+    (through,) = (out / "runs").glob(f"1-{RESUME_KEY}-{REDIS_2RELAYS}.json")
+    result = json.loads(through.read_text())
+    assert result["summary"]["counts"]["delivered"] == 3 * RESUME_MISSED  # and the warm-up
+    assert len(result["extra"]["samples_ms"]) == 2
+    assert result["params"]["consumer_url"] != result["target"]["url"]
+    md = (out / "compare.md").read_text()
+    assert f"## {HISTORY_TABLE.title}" in md
+    assert f"history/no history, at {HISTORY_PAIR_RATE} msg/s: **" in md
+    assert f"| {RESUME_KEY} | {RESUME_LABEL} |" in md
