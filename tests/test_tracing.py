@@ -57,6 +57,23 @@ def test_histogram_quantiles_interpolate_within_buckets() -> None:
     assert histograms.counts[0][0] == 1
 
 
+def test_histograms_add_up_and_an_interval_is_the_difference() -> None:
+    """total() adds namespaces' histograms; since() leaves what an interval observed alone."""
+    first, second = StageHistograms(), StageHistograms()
+    first.observe((0.001, 0.0, 0.0, 0.0))
+    second.observe((0.001, 0.002, 0.0, 0.0))
+    before = StageHistograms.total([first, second])
+    assert before.count(0) == 2
+    assert before.sums[1] == pytest.approx(0.002)
+    second.observe((4.0, 0.0, 0.0, 0.0))
+    window = StageHistograms.total([first, second]).since(before)
+    assert [window.count(stage) for stage in range(4)] == [1, 1, 1, 1]
+    p99 = window.quantile(0, 0.99)
+    assert p99 is not None
+    assert 2.5 < p99 <= 5.0
+    assert StageHistograms.total([]).since(StageHistograms()).quantile(0, 0.99) is None
+
+
 # -- a real relay --
 
 

@@ -23,6 +23,7 @@ import re
 import secrets
 import time
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 STAGES = ("accept", "broker", "queue", "write")
@@ -155,6 +156,29 @@ class StageHistograms:
         seconds = max(seconds, 0.0)
         self.counts[stage][bisect_left(BUCKETS, seconds)] += 1
         self.sums[stage] += seconds
+
+    @classmethod
+    def total(cls, histograms: Iterable[StageHistograms]) -> StageHistograms:
+        """A new histogram of the observations of all ``histograms`` together."""
+        total = cls()
+        for histogram in histograms:
+            for stage, counts in enumerate(histogram.counts):
+                total.counts[stage] = [
+                    a + b for a, b in zip(total.counts[stage], counts, strict=True)
+                ]
+                total.sums[stage] += histogram.sums[stage]
+        return total
+
+    def since(self, earlier: StageHistograms) -> StageHistograms:
+        """A new histogram of what this one observed after ``earlier``, a copy of it taken
+        before (as :meth:`total` makes): the observations of an interval."""
+        window = StageHistograms()
+        for stage, counts in enumerate(self.counts):
+            window.counts[stage] = [
+                a - b for a, b in zip(counts, earlier.counts[stage], strict=True)
+            ]
+            window.sums[stage] = self.sums[stage] - earlier.sums[stage]
+        return window
 
     def count(self, stage: int) -> int:
         return sum(self.counts[stage])

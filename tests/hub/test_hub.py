@@ -537,6 +537,28 @@ async def test_queue_statistics_count_the_shared_buffer() -> None:
         assert stats.slow_consumer_policy == "block"
 
 
+async def test_traffic_lists_the_busiest_channels_first_and_totals_them_all() -> None:
+    """traffic(limit): at most ``limit`` channels, most messages in and out first; the totals
+    and the channel count cover every live channel."""
+    hub = make_hub()
+    with (
+        hub.attach_producer("quiet") as quiet,
+        hub.attach_producer("busy") as busy,
+        hub.attach_producer("middle") as middle,
+        hub.attach_consumer("busy") as reader,
+    ):
+        await quiet.publish("q")
+        for producer, count in ((busy, 5), (middle, 3)):
+            for i in range(count):
+                await producer.publish(f"m{i}")
+        assert len(drain(reader)) == 5
+        traffic = hub.traffic(2)
+        assert [s.name for s in traffic.busiest] == ["busy", "middle"]
+        assert (traffic.channels, traffic.messages_in, traffic.messages_out) == (3, 9, 5)
+        assert traffic.busiest[0].messages_out == 5
+        assert hub.traffic(10).busiest[-1].name == "quiet"
+
+
 # -- channel lifetime and names --------------------------------------------------------------
 
 

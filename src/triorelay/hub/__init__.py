@@ -10,7 +10,7 @@ from triorelay.hub.buffers import Entry, Item, Traced
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer
 from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Hub, validate_channel_name
-from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics
+from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, Traffic
 
 __all__ = [
     "MAX_CHANNEL_NAME_LENGTH",
@@ -24,5 +24,6 @@ __all__ = [
     "Item",
     "Producer",
     "Traced",
+    "Traffic",
     "validate_channel_name",
 ]

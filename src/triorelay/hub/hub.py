@@ -33,7 +33,12 @@ from triorelay.framing import Position
 from triorelay.hub.buffers import QueueBudget
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer
-from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, namespace_of
+from triorelay.hub.statistics import (
+    ChannelStatistics,
+    ConnectionStatistics,
+    Traffic,
+    namespace_of,
+)
 from triorelay.settings import Settings
 from triorelay.tracing import StageHistograms, Trace
 
@@ -275,6 +280,18 @@ class Hub:
         page = sorted(names) if limit is None else heapq.nsmallest(limit, names)
         return [self._channels[name].statistics() for name in page]
 
+    def traffic(self, limit: int) -> Traffic:
+        """The ``limit`` channels that moved the most messages (in and out, since each
+        appeared), busiest first, and the totals of every channel: a pass over the channels,
+        with statistics made for those ``limit`` alone."""
+        channels = list(self._channels.values())
+        messages_in = messages_out = 0
+        for channel in channels:
+            messages_in += channel.counters.messages_in
+            messages_out += channel.counters.messages_out
+        busiest = heapq.nlargest(limit, channels, key=_messages_moved)
+        return Traffic([c.statistics() for c in busiest], len(channels), messages_in, messages_out)
+
     def connection_statistics(
         self, name: str, *, after: int = 0, limit: int | None = None
     ) -> list[ConnectionStatistics]:
@@ -298,3 +315,7 @@ class Hub:
             connection.close(code, reason)
         for channel in self._channels.values():
             channel.close()
+
+
+def _messages_moved(channel: Channel) -> int:
+    return channel.counters.messages_in + channel.counters.messages_out

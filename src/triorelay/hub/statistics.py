@@ -121,3 +121,17 @@ class ConnectionStatistics:
     dropped: int
     buffered: int
     peak_buffered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """The busiest channels' statistics, and what every live channel moved (the dashboard)."""
+
+    #: At most the limit asked for: the channels with the most messages in and out since each
+    #: appeared, busiest first.
+    busiest: list[ChannelStatistics]
+    #: Live channels, and the messages in and out of all of them (a channel that goes takes
+    #: its counts with it).
+    channels: int
+    messages_in: int
+    messages_out: int
