@@ -73,12 +73,14 @@ class Relay:
         self.shutdown = Shutdown(self.hub)
         #: Restarts a background task that fails; ``/healthz`` reports one that is down.
         self.supervisor = Supervisor()
-        #: What ``GET /metrics`` exposes, read from the statistics at each scrape.
         #: Per-connection and per-refusal counts (never per message), for the metrics.
         self.counters = RelayCounters()
-        self.metrics = registry_for(
-            Sources(settings, self.hub, self.limits, self.supervisor, self.uploads, self.counters)
+        #: What the metrics and the dashboard read.
+        self.sources = Sources(
+            settings, self.hub, self.limits, self.supervisor, self.uploads, self.counters
         )
+        #: What ``GET /metrics`` exposes, read from the statistics at each scrape.
+        self.metrics = registry_for(self.sources)
         #: Under several workers: this worker's metrics for the others' scrapes, and theirs
         #: for its own (None in a single process: ``metrics`` answers alone).
         self.worker_metrics = self._worker_metrics() if workers > 1 else None
@@ -95,6 +97,16 @@ class Relay:
         )
         directory.prepare()
         return WorkerMetrics(self.metrics, directory, settings.metrics_snapshot_seconds)
+
+    def health(self) -> str:
+        """``ok``, or why the relay cannot serve now (``/healthz`` answers 503 with it)."""
+        if self.shutdown.begun:
+            return "shutting down"
+        if not self.hub.broker.ready:
+            return "broker unavailable"
+        if not self.supervisor.healthy:
+            return "a relay task is restarting"
+        return "ok"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the relay's background work until cancelled.

@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     #: system's temporary directory. Created with mode 0700; it must belong to this user and
     #: be writable by no one else.
     metrics_snapshot_dir: Path | None = None
+    #: ``GET /dashboard/feed``: one snapshot this often, of the busiest
+    #: ``dashboard_max_channels`` channels at most.
+    dashboard_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    dashboard_max_channels: Annotated[int, Field(gt=0, le=1000)] = 20
 
     # -- access control (docs/how-to/secure-a-relay.md) --
     #: HMAC secret that signs tokens (HS256/384/512). Any key setting turns tokens on.
