@@ -22,6 +22,7 @@ from triorelay.errors import SettingsError
 from triorelay.observability.logs import configure_relay_logging
 from triorelay.relay import Relay
 from triorelay.routes.asgi import Message, Receive, Scope, Send
+from triorelay.routes.dashboard import Dashboard
 from triorelay.routes.events import EventStreams
 from triorelay.routes.http import FileResponse, blueprint
 from triorelay.routes.websocket import RelayWebSockets
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     app.response_class = FileResponse
     app.register_blueprint(blueprint)
     app.asgi_app = RelayWebSockets(  # type: ignore[method-assign, assignment]
-        EventStreams(app.asgi_app, relay),  # type: ignore[arg-type]
+        EventStreams(Dashboard(app.asgi_app, relay), relay),  # type: ignore[arg-type]
         relay,
     )
     run_scope = trio.CancelScope()

@@ -95,7 +95,7 @@ class EventStreams:
             await self._serve(scope, channel, receive, send)
         except (RequestError, ServiceError) as error:
             self.relay.counters.refusal(error.status, error.label)
-            await _answer(send, error.status, str(error), error.status == 405)
+            await answer(send, error.status, str(error), error.status == 405)
 
     async def _serve(self, scope: Scope, channel: str, receive: Receive, send: Send) -> None:
         relay = self.relay
@@ -140,7 +140,7 @@ class EventStreams:
             opening = positioned.opening_frames(channel, recovery, resume, events)
             scope_ = trio.CancelScope()
             consumer.bind(scope_)
-            writer = _Writer(send)
+            writer = StreamWriter(send)
             with scope_:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(writer.until_disconnect, receive, scope_)
@@ -190,8 +190,8 @@ class EventStreams:
             )
 
 
-class _Writer:
-    """Writes the stream's chunks; notices a client that went away."""
+class StreamWriter:
+    """Writes a streamed response's chunks; notices a client that went away."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -219,7 +219,8 @@ class _Writer:
                 return
 
 
-async def _answer(send: Send, status: int, text: str, allow: bool = False) -> None:
+async def answer(send: Send, status: int, text: str, allow: bool = False) -> None:
+    """A JSON error, ``{"error": text}``, with ``Allow: GET`` if ``allow``."""
     body = json.dumps({"error": text}).encode()
     headers = [
         (b"content-type", b"application/json"),
