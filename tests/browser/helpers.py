@@ -148,6 +148,10 @@ class Browser:
         path.write_bytes(png)
         return path
 
+    async def resize(self, width: int, height: int) -> None:
+        """Set the window's size (the module's Chromium starts at 800 x 600)."""
+        await self._call(self.driver.set_window_size, width, height)
+
     async def leave(self) -> None:
         """Go to a blank page: the page's connections close, and its console is emptied."""
         await self._call(self.driver.get, "about:blank")
