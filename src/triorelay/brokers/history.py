@@ -17,8 +17,8 @@ from triorelay.envelopes import Payload
 from triorelay.framing import Position, RecoveryReason
 from triorelay.settings import ChannelConfig
 
-#: What one kept message costs besides its payload (the tuple, the deque slot, the int),
-#: counted against ``history_max_bytes``.
+#: What one kept message costs besides its payload (its two deque slots, its size's int, the
+#: payload object's header), counted against ``history_max_bytes``.
 ENTRY_OVERHEAD_BYTES = 100
 #: What one channel's state costs besides its messages (the object, its deque, the name and
 #: epoch, the dict slot), counted against ``history_max_bytes``.
@@ -81,7 +81,9 @@ class ChannelHistory:
     __slots__ = (
         "bytes",
         "config",
+        "dropped",
         "entries",
+        "sizes",
         "epoch",
         "expired_through",
         "last_publish",
@@ -95,12 +97,16 @@ class ChannelHistory:
         self.epoch = new_epoch()
         #: The last offset given out.
         self.offset = 0
-        #: ``(offset, payload, size)``, oldest first.
-        self.entries: deque[tuple[int, Payload, int]] = deque()
+        #: The kept messages, oldest first, and their sizes: offsets are contiguous, so the
+        #: oldest one's is all that is stored (no object per message beyond the payload).
+        self.entries: deque[Payload] = deque()
+        self.sizes: deque[int] = deque()
         self.bytes = 0
         self.last_publish = now
         #: The offset through which messages were let go because the history expired.
         self.expired_through = 0
+        #: Let go of (its relay-wide budget, its meta TTL): a publish under way keeps nothing.
+        self.dropped = False
 
     @property
     def position(self) -> Position:
@@ -161,37 +167,54 @@ class MemoryHistories:
         """Channel ``name``'s state as it is (no expiry: :meth:`append` does its own)."""
         return self._channels.get(name)
 
-    def append(self, history: ChannelHistory, payload: Payload, size: int) -> int:
-        """Give ``payload`` the channel's next offset, keep it within the bounds; return it."""
+    def touch(self, history: ChannelHistory) -> None:
+        """A publish to ``history``'s channel begins: expire what it held past its TTL, mark
+        it published to now, and let the channel published to least recently expire. Once
+        per producer read, then :meth:`keep` per message, then :meth:`settle`."""
         now = self._clock()
-        config = history.config
-        if now - history.last_publish > config.history_ttl_seconds and history.entries:
+        if now - history.last_publish > history.config.history_ttl_seconds and history.entries:
             self._expire(history, now)
-        history.offset += 1
-        offset = history.offset
         history.last_publish = now
-        if config.history_messages:
-            entries = history.entries
-            entries.append((offset, payload, size))
-            cost = size + ENTRY_OVERHEAD_BYTES
-            history.bytes += cost
-            self.bytes += cost
-            while entries and (
-                len(entries) > config.history_messages or history.bytes > config.history_bytes
-            ):
-                self._pop_oldest(history)
         channels = self._channels
         channels.move_to_end(history.name)
         oldest = next(iter(channels.values()))
         if oldest is not history:
             self._expire(oldest, now)
-        if self.bytes > self.max_bytes:
-            self._keep_within_budget()
+
+    def keep(self, history: ChannelHistory, payload: Payload) -> int:
+        """Give ``payload`` the channel's next offset and keep it within the channel's
+        bounds; return the offset. (Runs per message: the bookkeeping is written out.)"""
+        offset = history.offset = history.offset + 1
+        config = history.config
+        if not config.history_messages or history.dropped:
+            return offset
+        if type(payload) is str and not payload.isascii():  # size_of, inlined
+            size = len(payload.encode("utf-8", "surrogatepass"))
+        else:
+            size = len(payload)
+        entries, sizes = history.entries, history.sizes
+        entries.append(payload)
+        sizes.append(size)
+        cost = size + ENTRY_OVERHEAD_BYTES
+        history.bytes += cost
+        self.bytes += cost
+        max_messages, max_bytes = config.history_messages, config.history_bytes
+        while entries and (len(entries) > max_messages or history.bytes > max_bytes):
+            entries.popleft()
+            cost = sizes.popleft() + ENTRY_OVERHEAD_BYTES
+            history.bytes -= cost
+            self.bytes -= cost
         return offset
 
+    def settle(self) -> None:
+        """A publish is done: back within ``max_bytes`` (so it is passed by at most one
+        producer read's messages, for as long as the read is delivered)."""
+        if self.bytes > self.max_bytes:
+            self._keep_within_budget()
+
     def _pop_oldest(self, history: ChannelHistory) -> None:
-        _, _, size = history.entries.popleft()
-        cost = size + ENTRY_OVERHEAD_BYTES
+        history.entries.popleft()
+        cost = history.sizes.popleft() + ENTRY_OVERHEAD_BYTES
         history.bytes -= cost
         self.bytes -= cost
 
@@ -210,6 +233,7 @@ class MemoryHistories:
     def _drop_state(self, history: ChannelHistory) -> None:
         while history.entries:
             self._pop_oldest(history)
+        history.dropped = True
         del self._channels[history.name]
         self.bytes -= CHANNEL_OVERHEAD_BYTES
 
@@ -221,6 +245,7 @@ class MemoryHistories:
                 self._pop_oldest(history)
                 self.trimmed += 1
             else:
+                history.dropped = True
                 del channels[name]
                 self.bytes -= CHANNEL_OVERHEAD_BYTES
 
@@ -228,14 +253,17 @@ class MemoryHistories:
         """Drop channel ``name``'s state if it keeps no history (nothing to resume from)."""
         history = self._channels.get(name)
         if history is not None and not history.config.history_messages:
+            history.dropped = True
             del self._channels[name]
             self.bytes -= CHANNEL_OVERHEAD_BYTES
 
     def read(self, history: ChannelHistory, after: int) -> tuple[list[tuple[int, Payload]], int]:
         """The kept messages after offset ``after``, and their sizes' sum."""
         entries = history.entries
-        if not entries or entries[-1][0] <= after:
+        first = history.offset - len(entries) + 1  # the oldest kept one's offset
+        if not entries or history.offset <= after:
             return [], 0
-        skip = max(0, after + 1 - entries[0][0])
-        kept = list(itertools.islice(entries, skip, None))
-        return [(offset, payload) for offset, payload, _ in kept], sum(e[2] for e in kept)
+        skip = max(0, after + 1 - first)
+        kept = itertools.islice(entries, skip, None)
+        size = sum(itertools.islice(history.sizes, skip, None))
+        return [(first + skip + i, payload) for i, payload in enumerate(kept)], size

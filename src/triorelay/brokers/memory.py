@@ -8,7 +8,7 @@ import trio
 
 from triorelay.brokers.base import Deliver, Recovery
 from triorelay.brokers.history import MemoryHistories, reason_after_reading, recovery_reason
-from triorelay.envelopes import Payload, size_of
+from triorelay.envelopes import Payload
 from triorelay.framing import Position
 from triorelay.settings import Mode, Settings
 from triorelay.tracing import Trace, now_ns
@@ -46,19 +46,24 @@ class MemoryBroker:
         deliver = self._deliver
         if mode == "broadcast":
             histories = self.histories
-            for index, payload in enumerate(payloads):
-                # Numbered and kept before it is delivered: an offset is never given twice,
-                # even when a delivery that waits (``block``) is cut; the message is then
-                # published (in the history, and with the consumers that took it).
-                history = histories.held(name)
-                if history is None:
-                    history = histories.state(name, self._settings.channel_config(name))
-                offset = histories.append(history, payload, size_of(payload))
-                published.append(offset)
-                trace = traces.get(index) if traces else None
-                if trace is not None:
-                    trace.accepted_ns = now_ns()
-                await deliver(name, payload, offset, history.epoch, trace)
+            history = histories.held(name)
+            if history is None:
+                history = histories.state(name, self._settings.channel_config(name))
+            histories.touch(history)
+            epoch = history.epoch
+            try:
+                for index, payload in enumerate(payloads):
+                    # Numbered and kept before it is delivered: an offset is never given
+                    # twice, even when a delivery that waits (``block``) is cut; the message
+                    # is then published (in the history, and with the consumers that took it).
+                    offset = histories.keep(history, payload)
+                    published.append(offset)
+                    trace = traces.get(index) if traces else None
+                    if trace is not None:
+                        trace.accepted_ns = now_ns()
+                    await deliver(name, payload, offset, epoch, trace)
+            finally:
+                histories.settle()
             return
         seq = self._last_seq.get(name, 0)
         try:
