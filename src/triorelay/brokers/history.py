@@ -83,12 +83,12 @@ class ChannelHistory:
         "config",
         "dropped",
         "entries",
-        "sizes",
         "epoch",
         "expired_through",
         "last_publish",
         "name",
         "offset",
+        "sizes",
     )
 
     def __init__(self, name: str, config: ChannelConfig, now: float) -> None:
