@@ -255,3 +255,25 @@ async def test_shutdown_ends_the_stream(start_relay: StartRelay) -> None:
         with trio.fail_after(5):
             await stream.body()  # to its end
         assert stream.ended
+
+
+async def test_the_stream_socket_gets_the_tcp_user_timeout(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a WebSocket's: a vanished browser fails the stream's writes within
+    ``tcp_user_timeout_seconds`` (the option is set on the stream's own socket)."""
+    from triorelay.compat.hypercorn import sockets
+    from triorelay.routes import events as events_module
+
+    set_on: list[tuple[bool, float]] = []
+
+    def spy(send: object, seconds: float) -> bool:
+        done = sockets.set_user_timeout(send, seconds)  # type: ignore[arg-type]
+        set_on.append((done, seconds))
+        return done
+
+    monkeypatch.setattr(events_module.hypercorn_compat, "set_user_timeout", spy)
+    server = await start_relay(tcp_user_timeout_seconds=7)
+    async with events(server, "news") as stream:
+        await stream.next()
+    assert set_on == [(True, 7)]

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote
 import trio
 
 from triorelay.auth.access import Access, credentials_from_headers
+from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.envelopes import Payload
 from triorelay.errors import InvalidQuery, MethodNotAllowed, RequestError, ServiceError
 from triorelay.hub import Entry, validate_channel_name
@@ -134,6 +135,9 @@ class EventStreams:
                     (b"access-control-allow-credentials", b"true"),
                     (b"vary", b"origin"),
                 ]
+            if relay.settings.tcp_user_timeout_seconds is not None:
+                # A vanished browser fails the stream's writes in this long, as a WebSocket's.
+                hypercorn_compat.set_user_timeout(send, relay.settings.tcp_user_timeout_seconds)
             await send({"type": "http.response.start", "status": 200, "headers": response_headers})
             relay.counters.opened(consumer.role)
             events = EventEncoding(relay.settings.sse_retry_milliseconds)
