@@ -28,11 +28,14 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process without persistence (a restart loses everything)."""
+    """One redis-server process without persistence (a restart loses everything), or with
+    ``persist_in`` a directory for an append-only file written at every write (a restart
+    keeps everything)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persist_in: Path | None = None) -> None:
         self.port = port if port is not None else free_port()
         self.process: trio.Process | None = None
+        self.persist_in = persist_in
 
     @property
     def url(self) -> str:
@@ -40,10 +43,15 @@ class RedisServer:
 
     async def start(self) -> None:
         """Start the server and return once it accepts connections."""
+        persistence = (
+            ["--save", "", "--appendonly", "no"]
+            if self.persist_in is None
+            else ["--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                  "--dir", str(self.persist_in)]
+        )  # fmt: skip
         argv = [
             str(REDIS_SERVER),
-            "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--logfile", "",
+            "--port", str(self.port), "--bind", "127.0.0.1", *persistence, "--logfile", "",
         ]  # fmt: skip
         process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
         self.process = process

@@ -42,8 +42,8 @@ def test_offsets_are_contiguous_and_the_ring_keeps_the_last_history_messages() -
 
 
 def test_history_bytes_bound_what_a_channel_keeps_counting_utf8() -> None:
-    """``history_bytes`` counts each message's UTF-8 bytes plus its overhead."""
-    limit = 2 * (4 + ENTRY_OVERHEAD_BYTES)
+    """``history_bytes`` counts each message's UTF-8 bytes (payloads only, as Redis does)."""
+    limit = 6
     histories = MemoryHistories(10**9, 3600, Clock())
     history = histories.state("c", config(history_bytes=limit, max_message_bytes=4))
     publish(histories, history, "ab", "éé", "cd")  # "éé" is 4 bytes
@@ -98,6 +98,33 @@ def test_expiry_lets_go_of_messages_then_of_the_position() -> None:
     clock.now = 200
     assert histories.get("c") is None
     assert histories.bytes == 0
+
+
+def test_a_publish_after_the_meta_ttl_goes_on_with_a_fresh_history() -> None:
+    """A channel quiet for longer than the meta TTL, then published to: no error; its
+    messages expired, its numbering goes on (the state being published to is kept)."""
+    clock = Clock()
+    histories = MemoryHistories(10**9, 100, clock)
+    history = histories.state("c", config(history_ttl_seconds=10))
+    publish(histories, history, "a")
+    clock.now = 25 * 3600
+    assert publish(histories, history, "b") == [2]
+    assert histories.read(history, 0) == ([(2, "b")], 1)
+    assert history.expired_through == 1
+
+
+def test_states_made_for_subscribers_go_first_under_the_budget() -> None:
+    """Subscribing to channels nobody publishes to makes states that go before any real
+    history when the budget needs room."""
+    entry = 1 + ENTRY_OVERHEAD_BYTES
+    histories = MemoryHistories(3 * CHANNEL_OVERHEAD_BYTES + entry, 3600, Clock())
+    real = histories.state("real", config())
+    publish(histories, real, "1")
+    for i in range(5):
+        histories.state(f"idle{i}", config(), read=True)
+    assert histories.held("real") is real
+    assert histories.read(real, 0)[0] == [(1, "1")]
+    assert histories.bytes <= histories.max_bytes
 
 
 def test_a_channel_without_history_is_forgotten_with_its_channel() -> None:

@@ -7,6 +7,7 @@ the broker interface (:meth:`Broker.recover`) and, for ``recover=required``, thr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,29 @@ async def test_a_redis_position_is_shared_by_every_relay(redis_server: RedisServ
     assert position.offset == 6
     assert recovery.recovered
     assert recovery.entries == texts(3, 6)
+
+
+async def test_a_redis_restart_with_its_data_still_starts_a_new_epoch(tmp_path: Path) -> None:
+    """Redis restarted and came back with its data (an append-only file, or a snapshot that
+    may be older than the last publishes): the channel goes on in a new epoch, so that no
+    offset is ever given to two messages and an old position is told ``epoch``."""
+    server = RedisServer(persist_in=tmp_path)
+    await server.start()
+    try:
+        backend = Backend("redis", server.url)
+        async with trio.open_nursery() as nursery:
+            broker = await started(backend, nursery, broker_reconnect_max_seconds=0.1)
+            with trio.fail_after(HANG_GUARD_SECONDS):
+                await publish_texts(broker, "kept", 5)
+                before = (await broker.recover("kept", None)).position
+                await server.kill()
+                await server.start()
+                published: list[int] = []
+                await broker.publish("kept", "broadcast", ["after"], published)
+                recovery = await broker.recover("kept", before)
+            nursery.cancel_scope.cancel()
+    finally:
+        await server.kill()
+    assert published == [1]
+    assert (recovery.recovered, recovery.reason) == (False, "epoch")
+    assert int(recovery.position.epoch) > int(before.epoch)

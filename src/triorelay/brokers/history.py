@@ -18,7 +18,8 @@ from triorelay.framing import Position, RecoveryReason
 from triorelay.settings import ChannelConfig
 
 #: What one kept message costs besides its payload (its two deque slots, its size's int, the
-#: payload object's header), counted against ``history_max_bytes``.
+#: payload object's header), counted against ``history_max_bytes`` (``history_bytes`` counts
+#: payloads alone, as the Redis broker's history does).
 ENTRY_OVERHEAD_BYTES = 100
 #: What one channel's state costs besides its messages (the object, its deque, the name and
 #: epoch, the dict slot), counted against ``history_max_bytes``.
@@ -146,14 +147,21 @@ class MemoryHistories:
     def __len__(self) -> int:
         return len(self._channels)
 
-    def state(self, name: str, config: ChannelConfig) -> ChannelHistory:
-        """Channel ``name``'s state, made (with a new epoch) if it has none."""
+    def state(self, name: str, config: ChannelConfig, *, read: bool = False) -> ChannelHistory:
+        """Channel ``name``'s state, made (with a new epoch) if it has none.
+
+        ``read``: made for a subscriber, not a publish: it goes first in line for the budget
+        (as if published to least recently), so that subscribing to many channels nobody
+        publishes to can push out only such states, never a real history.
+        """
         history = self.get(name)
         if history is None:
             history = ChannelHistory(name, config, self._clock())
             self.bytes += CHANNEL_OVERHEAD_BYTES
             self._keep_within_budget()  # before it is held: never drops the one made
             self._channels[name] = history
+            if read:
+                self._channels.move_to_end(name, last=False)
         return history
 
     def get(self, name: str) -> ChannelHistory | None:
@@ -173,7 +181,7 @@ class MemoryHistories:
         per producer read, then :meth:`keep` per message, then :meth:`settle`."""
         now = self._clock()
         if now - history.last_publish > history.config.history_ttl_seconds and history.entries:
-            self._expire(history, now)
+            self._expire_messages(history)  # its state stays: it is being published to
         history.last_publish = now
         channels = self._channels
         channels.move_to_end(history.name)
@@ -192,18 +200,19 @@ class MemoryHistories:
             size = len(payload.encode("utf-8", "surrogatepass"))
         else:
             size = len(payload)
+        # ``history_bytes`` counts payloads (as Redis's history does), ``max_bytes`` their
+        # overhead too.
         entries, sizes = history.entries, history.sizes
         entries.append(payload)
         sizes.append(size)
-        cost = size + ENTRY_OVERHEAD_BYTES
-        history.bytes += cost
-        self.bytes += cost
+        history.bytes += size
+        self.bytes += size + ENTRY_OVERHEAD_BYTES
         max_messages, max_bytes = config.history_messages, config.history_bytes
         while entries and (len(entries) > max_messages or history.bytes > max_bytes):
             entries.popleft()
-            cost = sizes.popleft() + ENTRY_OVERHEAD_BYTES
-            history.bytes -= cost
-            self.bytes -= cost
+            size = sizes.popleft()
+            history.bytes -= size
+            self.bytes -= size + ENTRY_OVERHEAD_BYTES
         return offset
 
     def settle(self) -> None:
@@ -214,9 +223,9 @@ class MemoryHistories:
 
     def _pop_oldest(self, history: ChannelHistory) -> None:
         history.entries.popleft()
-        cost = history.sizes.popleft() + ENTRY_OVERHEAD_BYTES
-        history.bytes -= cost
-        self.bytes -= cost
+        size = history.sizes.popleft()
+        history.bytes -= size
+        self.bytes -= size + ENTRY_OVERHEAD_BYTES
 
     def _expire(self, history: ChannelHistory, now: float | None = None) -> None:
         """Let go of ``history``'s messages past their TTL, and of its state past the meta TTL."""
@@ -224,11 +233,14 @@ class MemoryHistories:
             now = self._clock()
         idle = now - history.last_publish
         if idle > history.config.history_ttl_seconds and history.entries:
-            while history.entries:
-                self._pop_oldest(history)
-            history.expired_through = history.offset
+            self._expire_messages(history)
         if idle > self.meta_ttl_seconds:
             self._drop_state(history)
+
+    def _expire_messages(self, history: ChannelHistory) -> None:
+        while history.entries:
+            self._pop_oldest(history)
+        history.expired_through = history.offset
 
     def _drop_state(self, history: ChannelHistory) -> None:
         while history.entries:

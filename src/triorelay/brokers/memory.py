@@ -82,7 +82,7 @@ class MemoryBroker:
         settings = self._settings
         config = settings.channel_config(name)
         histories = self.histories
-        history = histories.state(name, config)
+        history = histories.state(name, config, read=True)
         position = history.position
         if since is None:
             return Recovery(position, recovered=False)

@@ -46,16 +46,31 @@ log = logging.getLogger(__name__)
 # (a resume is one XRANGE), and a new epoch sorts after the old one (the reader's XREAD, still
 # at the old history's last id, reads the new history from its first message).
 _NEW_EPOCH = """
+local function run_id()
+  redis.replicate_commands()  -- Redis 6: writes after INFO or TIME need effects replication
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+end
+-- The channel's epoch, or false when it has none, or when it is from before a restart of
+-- Redis (a restored snapshot may hold an older copy of it: its offsets would be reused).
+-- Redis's own run id decides, asked each time: a relay's idea of it can be stale (its client
+-- reconnects by itself before the relay hears of the restart).
+local function current_epoch()
+  local m = redis.call('HMGET', KEYS[2], 'e', 'r')
+  if m[1] and m[2] == run_id() then return m[1] end
+  return false
+end
 local function new_epoch(now)
   local epoch = tonumber(now)
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
   if top then  -- the stream outlived its position: it belongs to a lost history
     local old = tonumber(string.match(top[1], '^(%d+)'))
     if old >= epoch then epoch = old + 1 end
-    redis.call('DEL', KEYS[1])
   end
   epoch = string.format('%d', epoch)
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now)
+  -- HSET first: Redis 6 checks maxmemory at a script's first write only, and a DEL first
+  -- (which frees memory) would let every later write through.
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now, 'r', run_id())
+  if top then redis.call('DEL', KEYS[1]) end
   return epoch
 end
 """
@@ -69,7 +84,7 @@ if ARGV[7] == '1' then  -- traced messages: stamped with the time Redis stores t
   local t = redis.call('TIME')
   accepted = t[1] .. string.format('%06d', tonumber(t[2]))
 end
-local epoch = redis.call('HGET', KEYS[2], 'e')
+local epoch = current_epoch()
 if not epoch then
   epoch = new_epoch(ARGV[4])
 elseif redis.call('EXISTS', KEYS[1]) == 0
@@ -100,12 +115,13 @@ return {epoch, first, accepted}
 _POSITION = (
     _NEW_EPOCH
     + """
-local m = redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
-if not m[1] then
-  m = {new_epoch(ARGV[1]), '0', '0', ARGV[1]}
+if not current_epoch() then
+  -- Made for a subscriber: kept only as long as a history would be, so that subscribing to
+  -- names nobody publishes to leaves little behind.
+  new_epoch(ARGV[1])
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-return m
+return redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
 """
 )
 _WAKE = """
@@ -223,6 +239,11 @@ class RedisStreams:
                 trace.accepted_ns = accepted_ns
         return int(result[1])
 
+    def _read_ttl_ms(self, name: str) -> str:
+        """How long a position made for a subscriber (no publish yet) is kept: a history's
+        time to live."""
+        return str(max(1, round(self._settings.channel_config(name).history_ttl_seconds * 1000)))
+
     async def recover(self, name: str, since: Position | None) -> Recovery:
         """The channel's position (made, with a new epoch, if it has none) and, for
         ``since``, the messages after it: one script call, then XRANGE pages of
@@ -236,7 +257,7 @@ class RedisStreams:
         reads = self.round_trips["read"]
         started = time.perf_counter()
         with connection.failing_as_unavailable("recover"):
-            meta: Any = await self._position_script(keys=keys, args=[now, self._meta_ttl_ms])
+            meta: Any = await self._position_script(keys=keys, args=[now, self._read_ttl_ms(name)])
         reads.observe(time.perf_counter() - started)
         epoch = _as_bytes(meta[0]).decode()
         top, expired_through, last_publish = (int(value) for value in meta[1:4])
