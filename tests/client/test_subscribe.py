@@ -198,6 +198,37 @@ async def test_reconnect_closes_and_resumes_at_once(relay: RunningRelay) -> None
     assert reconnecting.code == CloseCode.NORMAL
 
 
+async def test_reconnect_while_the_reader_lags_loses_nothing(relay: RunningRelay) -> None:
+    """``reconnect()`` while a message waits for the reader (a full buffer): the hand-over
+    finishes first, so the resumed connection starts after it, and nothing is lost."""
+    from tests.helpers import wait_until
+
+    recorder = Recorder()
+    with trio.fail_after(GUARD_SECONDS):
+        async with subscribe(
+            relay.ws_url, "lag", backoff=FAST, buffer_messages=1, on_event=recorder
+        ) as sub:
+            got: list[ReceivedMessage] = []
+
+            async def read_one() -> None:
+                got.append(await sub.__anext__())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_one)
+                await recorder.wait_for(Subscribed)
+                await publish(relay.ws_url, "lag", ["1"])
+            # Nobody reads now: "2" fills the buffer, "3" waits to be handed over.
+            await publish(relay.ws_url, "lag", ["2", "3", "4"])
+            connector = sub._connector
+            assert connector is not None
+            await wait_until(lambda: connector._delivering)
+            sub.reconnect()
+            await publish(relay.ws_url, "lag", ["5"])
+            rest = [message.payload for message in await take(sub, 4)]
+    assert [message.payload for message in got] == ["1"]
+    assert rest == ["2", "3", "4", "5"]
+
+
 async def test_moves_to_another_relay_after_a_reset(
     redis_server: RedisServer, start_relay: StartRelay, nursery: trio.Nursery
 ) -> None:

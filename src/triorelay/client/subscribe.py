@@ -291,12 +291,18 @@ class _Connector:
         self._reading: trio.CancelScope | None = None
         self._stopping = False
         self._reconnect_asked = False
+        #: A message is being handed to the reader (cancelling now would lose it).
+        self._delivering = False
 
     def reconnect(self) -> None:
-        """Close the connection (1000) and connect again at once, resuming (no checkpoint)."""
+        """Close the connection (1000) and connect again at once, resuming (no checkpoint).
+
+        Not in the middle of handing a message over (its position already counts it): then
+        once it is handed over."""
         if self._reading is not None and not self._stopping:
             self._reconnect_asked = True
-            self._reading.cancel()
+            if not self._delivering:
+                self._reading.cancel()
 
     def stop(self) -> None:
         """End the task: politely (close 1000) if connected, at once otherwise; either way
@@ -418,11 +424,18 @@ class _Connector:
         try:
             self.send.send_nowait(entry)
         except trio.WouldBlock:
-            if self.liveness is None:
-                await self.send.send(entry)
-            else:
-                with self.liveness.holding_back():
+            self._delivering = True
+            try:
+                # reconnect() waits for this hand-over (see there); stop() does not.
+                if self.liveness is None:
                     await self.send.send(entry)
+                else:
+                    with self.liveness.holding_back():
+                        await self.send.send(entry)
+            finally:
+                self._delivering = False
+            if self._reconnect_asked and self._reading is not None:
+                self._reading.cancel()
 
     async def _watch(
         self, ws: WebSocketConnection, liveness: Liveness, session: trio.CancelScope
