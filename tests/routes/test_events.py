@@ -277,3 +277,28 @@ async def test_the_stream_socket_gets_the_tcp_user_timeout(
     async with events(server, "news") as stream:
         await stream.next()
     assert set_on == [(True, 7)]
+
+
+async def test_an_empty_message_is_an_event_of_its_own(start_relay: StartRelay) -> None:
+    """EventSource would drop an event with empty data without a trace: an empty message
+    comes as ``event: empty`` saying which kind it was, with its id."""
+    server = await start_relay()
+    async with events(server, "news") as stream:
+        epoch = json.loads((await stream.next())["data"])["epoch"]
+        await publish(server, "news", "", "text/plain")
+        await publish(server, "news", b"", "application/octet-stream")
+        text, binary = await stream.next(), await stream.next()
+    assert text == {"event": "empty", "id": f"{epoch}:1", "data": "text"}
+    assert binary == {"event": "empty", "id": f"{epoch}:2", "data": "binary"}
+
+
+async def test_a_stream_ends_when_its_token_expires(start_relay: StartRelay) -> None:
+    """As a WebSocket session: at the token's expiry (here within 2 s) the stream ends (the
+    browser's next attempt needs a valid token)."""
+    server = await start_relay(auth_hmac_secret=SECRET, auth_leeway_seconds=0)
+    reader = token(grant={"channels": {"news": ["subscribe"]}}, ttl=2)
+    async with events(server, "news", f"token={reader}") as stream:
+        await stream.next()
+        with trio.fail_after(5):
+            await stream.body()
+        assert stream.ended

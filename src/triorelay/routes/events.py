@@ -22,7 +22,7 @@ from triorelay.auth.access import Access, credentials_from_headers
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.envelopes import Payload
 from triorelay.errors import InvalidQuery, MethodNotAllowed, RequestError, ServiceError
-from triorelay.hub import Entry, validate_channel_name
+from triorelay.hub import Consumer, Entry, validate_channel_name
 from triorelay.observability.counters import close_label
 from triorelay.observability.logs import access_fields
 from triorelay.routes import positioned
@@ -49,6 +49,9 @@ class EventEncoding:
 
     def message(self, channel: str, entry: Entry) -> Payload:
         payload, position = entry.payload, f"{entry.epoch}:{entry.offset}"
+        if not payload:  # EventSource drops an event whose data is empty: name it instead
+            kind = "binary" if isinstance(payload, bytes) else "text"
+            return f"event: empty\nid: {position}\ndata: {kind}\n\n"
         if isinstance(payload, bytes):
             data = base64.b64encode(payload).decode()
             return f"event: binary\nid: {position}\ndata: {data}\n\n"
@@ -143,55 +146,76 @@ class EventStreams:
             events = EventEncoding(relay.settings.sse_retry_milliseconds)
             opening = positioned.opening_frames(channel, recovery, resume, events)
             scope_ = trio.CancelScope()
+            # Ends at the token's expiry, as a WebSocket session does (the browser then
+            # reconnects with whatever token its page gives it).
+            verifier = relay.access.verifier
+            left = verifier.seconds_left(identity) if verifier is not None else None
+            if left is not None:
+                scope_.deadline = trio.current_time() + left
             consumer.bind(scope_)
             writer = StreamWriter(send)
-            with scope_:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(writer.until_disconnect, receive, scope_)
-                    if await writer.send_many(opening):
-                        await positioned.write_positioned(
-                            consumer,
-                            writer.send_many,
-                            cursor,
-                            events,
-                            idle_seconds=relay.settings.sse_keepalive_seconds,
-                            on_idle=writer.keepalive,
-                        )
-                    scope_.cancel()
-            with trio.CancelScope(shield=True):  # end the response (bounded: a local write)
-                with trio.move_on_after(relay.settings.close_timeout_seconds):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-            relay.counters.closed(
-                consumer.role,
-                close_label(consumer.close_code, writer.gone),
-                (0, consumer.messages_out),
-                (0, consumer.bytes_out),
-            )
-            seconds = trio.current_time() - started
-            code = consumer.close_code
-            ended = "client" if writer.gone else (str(int(code)) if code else "end")
-            access_log.info(
-                "%s sub=%s path=%s role=events channel=%s seconds=%.3f out=%d/%dB close=%s",
-                credentials.client or "local",
-                identity.sub or "-",
-                scope["path"],
-                channel,
-                seconds,
-                consumer.messages_out,
-                consumer.bytes_out,
-                ended,
-                extra=access_fields(
-                    client=credentials.client or "local",
-                    sub=identity.sub,
-                    path=scope["path"],
-                    role="events",
-                    channel=channel,
-                    seconds=seconds,
-                    messages=(0, consumer.messages_out),
-                    size=(0, consumer.bytes_out),
-                    close=ended,
-                ),
-            )
+            try:
+                with scope_:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(writer.until_disconnect, receive, scope_)
+                        if await writer.send_many(opening):
+                            await positioned.write_positioned(
+                                consumer,
+                                writer.send_many,
+                                cursor,
+                                events,
+                                idle_seconds=relay.settings.sse_keepalive_seconds,
+                                on_idle=writer.keepalive,
+                            )
+                        scope_.cancel()
+                with trio.CancelScope(shield=True):  # end the response (a bounded local write)
+                    with trio.move_on_after(relay.settings.close_timeout_seconds):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:  # however it ends (Hypercorn's own deadline included): counted and logged
+                relay.counters.closed(
+                    consumer.role,
+                    close_label(consumer.close_code, writer.gone),
+                    (0, consumer.messages_out),
+                    (0, consumer.bytes_out),
+                )
+                _log_stream(credentials.client, identity.sub, scope["path"], channel, consumer,
+                            trio.current_time() - started, writer.gone)  # fmt: skip
+
+
+def _log_stream(
+    client: str | None,
+    sub: str | None,
+    path: str,
+    channel: str,
+    consumer: Consumer,
+    seconds: float,
+    gone: bool,
+) -> None:
+    """The access-log line of an event stream that ended (never its token)."""
+    code = consumer.close_code
+    ended = "client" if gone else (str(int(code)) if code else "end")
+    access_log.info(
+        "%s sub=%s path=%s role=events channel=%s seconds=%.3f out=%d/%dB close=%s",
+        client or "local",
+        sub or "-",
+        path,
+        channel,
+        seconds,
+        consumer.messages_out,
+        consumer.bytes_out,
+        ended,
+        extra=access_fields(
+            client=client or "local",
+            sub=sub,
+            path=path,
+            role="events",
+            channel=channel,
+            seconds=seconds,
+            messages=(0, consumer.messages_out),
+            size=(0, consumer.bytes_out),
+            close=ended,
+        ),
+    )
 
 
 class StreamWriter:
