@@ -211,3 +211,16 @@ async def test_the_position_survives_the_consumer_leaving_and_the_channel_going(
     async with framed(server, "quiet", f"since={Position(epoch, 0)}") as ws:
         assert (await subscribed(ws))["replayed"] == 1
         assert await receive(ws) == Message("quiet", 1, "while away")
+
+
+def test_a_message_from_an_epoch_left_behind_is_stale_not_new() -> None:
+    """The cursor moved on to a new epoch: a message still buffered from the old one is
+    dropped, not taken for yet another new epoch (which would flip the client back)."""
+    from triorelay.hub import Entry
+    from triorelay.routes.positioned import Cursor
+
+    cursor = Cursor(Position("old", 5))
+    assert cursor.admit(Entry("x", 1, 1, "new")) is None  # a new epoch: a gap first
+    assert cursor.admit(Entry("y", 1, 6, "old")) is False  # left behind
+    assert cursor.admit(Entry("z", 1, 2, "new")) is True
+    assert (cursor.epoch, cursor.offset) == ("new", 2)

@@ -70,29 +70,45 @@ class Cursor:
     """Where a positioned consumer's stream is: the epoch and offset of the last message
     sent. :meth:`admit` decides, for each buffered message, whether it goes out."""
 
-    __slots__ = ("epoch", "offset")
+    __slots__ = ("epoch", "left", "offset")
+
+    #: Epochs left behind that are remembered (a history is lost rarely: a few suffice).
+    MAX_LEFT = 8
 
     def __init__(self, position: Position) -> None:
         self.epoch = position.epoch
         self.offset = position.offset
+        #: Epochs the stream moved on from: a message still buffered from one of them (read
+        #: before the history was lost) is stale, not a new epoch.
+        self.left: list[str] = []
 
     def admit(self, entry: Entry) -> bool | None:
-        """True: send it; False: already covered (the seam, or a duplicate); None: send it,
-        but it starts a new epoch the client has not been told of (send a gap first)."""
+        """True: send it; False: already covered (the seam, a duplicate, an epoch left
+        behind); None: send it, but it starts a new epoch the client has not been told of
+        (send a gap first)."""
         if entry.epoch == self.epoch:
             if entry.offset <= self.offset:
                 return False
             self.offset = entry.offset
             return True
-        self.epoch, self.offset = entry.epoch, entry.offset
+        if entry.epoch in self.left:
+            return False
+        self._move_to(entry.epoch)
+        self.offset = entry.offset
         return None
 
     def told(self, control: str) -> None:
         """A control message went out: a gap naming a new epoch moves the cursor to it."""
         if control.startswith('{"triorelay":"gap"'):
             epoch = json.loads(control).get("epoch")
-            if epoch and epoch != self.epoch:
-                self.epoch, self.offset = epoch, 0
+            if epoch and epoch != self.epoch and epoch not in self.left:
+                self._move_to(epoch)
+                self.offset = 0
+
+    def _move_to(self, epoch: str) -> None:
+        self.left.append(self.epoch)
+        del self.left[: -self.MAX_LEFT]
+        self.epoch = epoch
 
 
 class Encoding(Protocol):

@@ -1,16 +1,20 @@
 """Broadcast channels on Redis: one stream per channel, read by one reader task per relay.
 
-Each channel is a stream, ``{prefix}ch:{name}``. Publishing runs one Lua script that takes the
-channel's next sequence numbers (``{prefix}seq:{name}``, ``INCRBY``), appends the messages with
-them (``XADD ... MAXLEN ~ redis_stream_max_messages``) and renews both keys' expiry: one round
-trip for all the messages a producer sent in one TCP read. The reader reads every stream with
+Each channel is a stream, ``{prefix}ch:{name}``, and a position hash, ``{prefix}meta:{name}``
+(its epoch, last offset, expiry mark, last publish time and the run id of the Redis that
+numbered it). Publishing runs one Lua script that takes the channel's next offsets
+(``HINCRBY``), appends the messages under the ids ``epoch-offset`` (``XADD ... MAXLEN ~
+redis_stream_max_messages``) and renews both keys' expiry: one round trip for all the
+messages a producer sent in one TCP read. A channel without a position, or with one numbered
+by a Redis since restarted (a restored copy may be older: its offsets would be reused), starts
+a new epoch. The reader reads every stream with
 local consumers (every *watched* channel) in one blocking ``XREAD`` and hands the messages to
 ``deliver`` (the hub), which applies the channel's slow-consumer policy as for a local publish.
 
-Each message carries its channel sequence number, so a relay that missed some (it fell further
-behind than the stream keeps, or Redis restarted and lost them) sees the jump and reports it: a
-:class:`~triorelay.brokers.base.Gap` through ``deliver``. A reconnection resumes from the last
-message read, so a network blip loses nothing.
+Each message's id is its position, so a relay that missed some (it fell further behind than
+the stream keeps) sees the jump in offsets, and one whose channel began a new epoch sees that:
+either is reported as a :class:`~triorelay.brokers.base.Gap` through ``deliver``. A
+reconnection resumes from the last message read, so a network blip loses nothing.
 
 Joining a channel: the hub calls :meth:`RedisStreams.watch` for a channel's first local
 consumer; the route then awaits :meth:`RedisStreams.wait_watching`, which reads the stream's
@@ -205,7 +209,7 @@ class RedisStreams:
         traces: dict[int, Trace] | None = None,
     ) -> int:
         """Append the messages to the channel's stream in one script call (one round trip);
-        return the first one's sequence number (the others follow it). ``traces``: the
+        return the first one's offset (the others follow it). ``traces``: the
         traced messages' stage times (by index), carried in their entries and stamped with
         the time Redis stored them.
 
@@ -434,7 +438,10 @@ class RedisStreams:
         except Exception:
             log.exception("channel %s: a delivery failed; what was pending is dropped", name)
             watch.pending.clear()
-            await self._gap(name, None, "a delivery failed on this relay")
+            try:
+                await self._gap(name, None, "a delivery failed on this relay")
+            except Exception:  # the other channels' deliveries go on, whatever happens here
+                log.exception("channel %s: the gap could not be reported either", name)
         finally:
             watch.draining = False
 
