@@ -53,11 +53,13 @@ class Traced(Entry):
     """A traced broadcast message (:mod:`triorelay.tracing`): what every consumer gets in its
     buffer, raw or positioned, so that its writer can time the last two stages."""
 
-    __slots__ = ("trace",)
+    __slots__ = ("logged", "trace")
 
     def __init__(self, payload: Payload, size: int, offset: int, epoch: str, trace: Trace) -> None:
         super().__init__(payload, size, offset, epoch)
         self.trace = trace
+        #: Its trace was logged (once per relay, by the first consumer to write it).
+        self.logged = False
 
 
 Item = Payload | Entry

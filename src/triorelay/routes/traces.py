@@ -33,7 +33,8 @@ def unwrap(items: list[Item]) -> list[Payload]:
 
 def written(consumer: Consumer, traced: list[Traced], taken_ns: int) -> list[str]:
     """The batch holding ``traced`` is on the socket: time their last stages; log the traces
-    producers asked for; return the trace notices this consumer asked for."""
+    producers asked for (once per message: the first consumer to write it); return the trace
+    notices this consumer asked for."""
     written_ns = now_ns()
     notices: list[str] = []
     channel = consumer.channel_name
@@ -42,6 +43,11 @@ def written(consumer: Consumer, traced: list[Traced], taken_ns: int) -> list[str
         consumer.traced_written(trace, taken_ns, written_ns)
         if trace.trace_id is None:
             continue  # a sample: the histograms only
+        if consumer.traces:
+            notices.append(trace.notice(channel, item.offset, taken_ns, written_ns))
+        if item.logged:
+            continue  # once per message and relay, not once per consumer
+        item.logged = True
         accept, broker, queue, write = trace.stages(taken_ns, written_ns)
         trace_log.info(
             "trace %s channel=%s offset=%d consumer=%d accept=%.6f broker=%.6f queue=%.6f "
@@ -55,6 +61,4 @@ def written(consumer: Consumer, traced: list[Traced], taken_ns: int) -> list[str
             queue,
             write,
         )
-        if consumer.traces:
-            notices.append(trace.notice(channel, item.offset, taken_ns, written_ns))
     return notices
