@@ -942,3 +942,42 @@ async def test_a_queue_that_stays_full_refuses_a_publish_after_the_block_timeout
         stats = hub.channel_statistics("jobs.f")
         assert stats is not None
         assert (stats.messages_in, stats.buffered) == (1, 1)
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest", "disconnect"])
+async def test_traced_messages_are_counted_and_unwrapped_under_every_policy(policy: str) -> None:
+    """A slow raw consumer's buffer counts the traced items it holds exactly (dropped ones
+    leave the count), and its writer gives its client payloads only, never a Traced item."""
+    from triorelay.routes.traces import take_traced, unwrap
+    from triorelay.tracing import Trace
+
+    hub = make_hub(channels={"c": {"slow_consumer_policy": policy, "consumer_buffer_messages": 2}})
+    with hub.attach_consumer("c") as consumer, hub.attach_producer("c") as producer:
+        for i in range(5):
+            traces = {0: Trace(0)} if i % 2 == 0 else None  # m0, m2, m4 traced
+            await producer.publish_many([f"m{i}"], [], traces)
+        buffer = consumer.buffer
+        assert buffer is not None
+        if policy == "disconnect":
+            assert consumer.close_code == 1013
+            assert buffer.traced == 0
+            return
+        expected = {"drop_oldest": ["m3", "m4"], "drop_newest": ["m0", "m1"]}[policy]
+        assert buffer.traced == 1  # m4 kept (drop_oldest) or m0 kept (drop_newest)
+        items = drain_items(consumer)
+        assert [getattr(item, "payload", item) for item in items] == expected
+        traced = [item for item in items if type(item).__name__ == "Traced"]
+        assert len(traced) == 1
+        # The writer's view: what it took, then what the client gets.
+        assert take_traced(consumer, items) == traced
+        assert unwrap(items) == expected
+        assert buffer.traced == 0
+
+
+def drain_items(consumer: Consumer) -> list[Any]:
+    items = []
+    while True:
+        try:
+            items.append(consumer.receive_nowait())
+        except trio.WouldBlock:
+            return items

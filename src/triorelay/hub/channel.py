@@ -26,6 +26,7 @@ from triorelay.errors import CloseCode
 from triorelay.hub.buffers import (
     ConsumerBuffer,
     Entry,
+    Item,
     LocalQueue,
     Occupancy,
     QueueBudget,
@@ -178,32 +179,50 @@ class Channel:
             self._deliver_nowait(payload, size, entry)
 
     def _deliver_nowait(self, payload: Payload, size: int, entry: Entry | None) -> None:
+        policy = self._policy
+        snapshot = self._snapshot
+        consumers = snapshot if snapshot is not None else self.consumers
+        if entry is None:  # the common case: every consumer raw, nothing traced
+            for consumer in consumers:
+                buffer = consumer.buffer
+                assert buffer is not None
+                if not buffer.offer(payload, size):
+                    self._full(consumer, buffer, payload, size, policy, False)
+            return
         # Positioned consumers get the Entry; raw ones the payload, unless it is traced.
         traced = type(entry) is Traced
         raw = entry if traced else payload
-        policy = self._policy
-        snapshot = self._snapshot
-        for consumer in snapshot if snapshot is not None else self.consumers:
+        for consumer in consumers:
             buffer = consumer.buffer
             assert buffer is not None
             item = entry if consumer.positioned else raw
-            assert item is not None
             if buffer.offer(item, size):
                 if traced:
                     buffer.traced += 1
-                continue
-            if policy == "drop_newest":
-                self._count_drop(consumer, 1, "drop_newest")
-            elif policy == "drop_oldest":
-                while not buffer.offer(item, size):
-                    if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
-                        break
-                    self._count_drop(consumer, 1, "drop_oldest")
-                else:
-                    if traced:
-                        buffer.traced += 1
-            else:  # disconnect
-                self._evict(consumer)
+            else:
+                self._full(consumer, buffer, item, size, policy, traced)
+
+    def _full(
+        self,
+        consumer: Consumer,
+        buffer: ConsumerBuffer,
+        item: Item,
+        size: int,
+        policy: str,
+        traced: bool,
+    ) -> None:
+        """``consumer``'s buffer had no room for ``item``: the channel's policy decides."""
+        if policy == "drop_newest":
+            self._count_drop(consumer, 1, "drop_newest")
+        elif policy == "drop_oldest":
+            while not buffer.offer(item, size):
+                if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
+                    return
+                self._count_drop(consumer, 1, "drop_oldest")
+            if traced:
+                buffer.traced += 1
+        else:  # disconnect
+            self._evict(consumer)
 
     async def _deliver_blocking(self, payload: Payload, size: int, entry: Entry | None) -> None:
         # Offer to everyone first, so a full consumer does not hold the message back from the
