@@ -7,6 +7,7 @@ import pytest
 from loadtest.cli import build_parser, main
 from loadtest.compare.aggregate import BASELINE_TABLE, REDIS_TABLE
 from loadtest.compare.plan import (
+    EXTRAS,
     FULL,
     QUICK,
     Job,
@@ -21,6 +22,7 @@ from loadtest.compare.sides import (
     BASELINE,
     DEFAULT_SIDES,
     MEMORY,
+    OPT_IN_SIDES,
     REDIS,
     REDIS_2RELAYS,
     REDIS_SIDES,
@@ -175,3 +177,13 @@ def test_redis_fanout_must_be_one_of_the_fanouts() -> None:
         build_plan(parse(["compare", "--fanout", "100x100", "--redis-fanout", "50x10"]))
     assert build_plan(parse(["compare", "--fanout", "20x50,30x5"])).redis_fanouts == ((20, 50),)
     assert build_plan(parse(["compare"])).redis_fanouts == ((100, 100),)
+
+
+def test_every_opt_in_side_has_its_extra_in_run_order() -> None:
+    """EXTRAS follows OPT_IN_SIDES; each one's flag is a Plan field, off by default."""
+    assert tuple(EXTRAS) == OPT_IN_SIDES
+    for side, extra in EXTRAS.items():
+        assert extra.side == side
+        assert getattr(FULL, extra.flag) is False
+        assert extra.key == f"pair@{extra.rate}"
+        assert extra.table.sides == (MEMORY, side)
