@@ -30,7 +30,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +45,6 @@ from loadtest.compare.aggregate import (
 )
 from loadtest.compare.deployments import RedisSource, deploy, find_redis
 from loadtest.compare.history import (
-    history_job_metrics,
     history_notes,
     history_section,
     resume_job_metrics,
@@ -57,36 +56,41 @@ from loadtest.compare.plan import (
     QUICK,
     RESUME_MISSED,
     TOKENS_PAIR_RATE,
+    Job,
     Plan,
     Step,
     alternation,
     build_jobs,
     build_plan,
-    history_table_for,
+    extra_table_for,
     redis_table_for,
     resume_table_for,
     table_jobs,
-    tokens_table_for,
 )
 from loadtest.compare.processes import REPO_ROOT, STARTUP_TIMEOUT_S, pinning, run_generator
 from loadtest.compare.report import (
     design_notes,
+    extra_job_metrics,
     job_metrics,
     redis_job_metrics,
     redis_notes,
     render_report,
     render_runs,
     render_table,
-    tokens_job_metrics,
     tokens_notes,
 )
-from loadtest.compare.sides import ALL_SIDES, BASELINE, NOHISTORY, REDIS_SIDES, TOKENS
+from loadtest.compare.sides import ALL_SIDES, BASELINE, NOHISTORY, OPT_IN_SIDES, REDIS_SIDES, TOKENS
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
 
 #: Where each comparison writes its report unless ``--out`` says otherwise (git-ignored).
 RESULTS_DIR: Final = REPO_ROOT / "loadtest" / "results"
+#: The notes of each opt-in side's table, by side.
+EXTRA_NOTES: Final[Mapping[str, Callable[[Sequence[Job]], dict[tuple[str, str], str]]]] = {
+    TOKENS: tokens_notes,
+    NOHISTORY: history_notes,
+}
 
 
 def _timeout_for(plan: Plan) -> float:
@@ -266,18 +270,8 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         redis_jobs = table_jobs(jobs, redis_table)
         notes = redis_notes(redis_jobs, redis_cpu_counted=redis.url is None)
         redis_rows = aggregate(runs, redis_job_metrics(redis_jobs), notes, redis_table)
-    tokens_table = tokens_table_for(plan)
-    tokens_rows: list[Row] = []
-    if tokens_table is not None:
-        tokens_jobs = table_jobs(jobs, tokens_table)
-        metrics = tokens_job_metrics(tokens_jobs)
-        tokens_rows = aggregate(runs, metrics, tokens_notes(tokens_jobs), tokens_table)
-    history_table = history_table_for(plan)
-    history_rows: list[Row] = []
-    if history_table is not None:
-        history_jobs = table_jobs(jobs, history_table)
-        metrics = history_job_metrics(history_jobs)
-        history_rows = aggregate(runs, metrics, history_notes(history_jobs), history_table)
+    extra_rows = {side: _extra_rows(plan, jobs, runs, side) for side in OPT_IN_SIDES}
+    tokens_rows, history_rows = extra_rows[TOKENS], extra_rows[NOHISTORY]
     resume_table = resume_table_for(plan)
     resume_rows: list[Row] = []
     if resume_table is not None:
@@ -327,8 +321,18 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         history_md=history_section(plan, history_rows, resume_rows, resume_table),
     )
     (out / "compare.md").write_text(md)
-    write_plots(out, [*rows, *redis_rows, *tokens_rows, *history_rows], slow_series(runs, results))
+    extra = [row for side in OPT_IN_SIDES for row in extra_rows[side]]
+    write_plots(out, [*rows, *redis_rows, *extra], slow_series(runs, results))
     return report
+
+
+def _extra_rows(plan: Plan, jobs: Sequence[Job], runs: Sequence[Run], side: str) -> list[Row]:
+    """The rows of the opt-in ``side``'s table (none when ``plan`` does not run it)."""
+    table = extra_table_for(plan, side)
+    if table is None:
+        return []
+    chosen = table_jobs(jobs, table)
+    return aggregate(runs, extra_job_metrics(chosen), EXTRA_NOTES[side](chosen), table)
 
 
 def main(args: argparse.Namespace) -> int:
