@@ -12,7 +12,10 @@ whose CPU counts.
   that the generator presents on every handshake. The secret and the token live only in the
   relay's environment and the generator's command line of that run: never in a report file;
 - ``triorelay-nohistory``: one relay on the in-memory broker with ``history_messages`` 0: no
-  channel keeps history (``triorelay`` keeps triorelay's default history), every client on it.
+  channel keeps history (``triorelay`` keeps triorelay's default history), every client on it;
+- ``triorelay-notracing``: one relay on the in-memory broker with ``latency_sample_messages``
+  0: no message is timed through its stages for the latency histograms (``triorelay`` times
+  its default sample), every client on it.
 
 Every opt-in side but the tokens one is the in-memory relay with the settings of its
 :class:`~loadtest.compare.plan.Extra` changed, and nothing else.

@@ -19,6 +19,7 @@ from loadtest.compare.aggregate import (
     REDIS_TABLE,
     RESUME_TABLE,
     TOKENS_TABLE,
+    TRACING_TABLE,
     Table,
 )
 from loadtest.compare.relay import default, relay_env
@@ -27,6 +28,7 @@ from loadtest.compare.sides import (
     BASELINE,
     MEMORY,
     NOHISTORY,
+    NOTRACING,
     OPT_IN_SIDES,
     REDIS_SIDES,
     SIDES,
@@ -48,6 +50,12 @@ HISTORY_PAIR_RATE: Final = 5000
 #: The bound on server CPU per message with history over without (1.10: history costs at most
 #: 10 % more server CPU per message at :data:`HISTORY_PAIR_RATE`, memory broker).
 HISTORY_CPU_BOUND: Final = 1.10
+#: The 1→1 rate the no-tracing side always runs at (added to the pair rates when missing):
+#: the rate at which stage timing must cost at most :data:`TRACING_CPU_BOUND` of server CPU.
+TRACING_PAIR_RATE: Final = 5000
+#: The bound on server CPU per message with stage timing over without (1.05: metrics and
+#: stage timing cost at most 5 % more server CPU per message at :data:`TRACING_PAIR_RATE`).
+TRACING_CPU_BOUND: Final = 1.05
 #: The ``resume`` job (with ``--history``): each resume replays this many missed messages...
 RESUME_MISSED: Final = 1000
 #: ... and must take less than this, from the handshake to the last replayed message.
@@ -123,6 +131,17 @@ EXTRAS: Final[Mapping[str, Extra]] = {
         settings={"history_messages": 0},
         effect="no channel keeps history",
     ),
+    NOTRACING: Extra(
+        side=NOTRACING,
+        flag="tracing",
+        table=TRACING_TABLE,
+        rate=TRACING_PAIR_RATE,
+        bound=TRACING_CPU_BOUND,
+        inclusive=True,
+        cost="stage timing",
+        settings={"latency_sample_messages": 0},
+        effect="no message sampled for the stage-latency histograms",
+    ),
 }
 
 
@@ -157,6 +176,8 @@ class Plan:
     history: bool = False
     #: Resumes timed in each run of the ``resume`` job (each on a fresh channel).
     resume_repeats: int = 20
+    #: Whether the no-tracing side runs (``pair`` only, at :attr:`tracing_pair_rates`).
+    tracing: bool = False
 
     def extra_pair_rates(self, side: str) -> tuple[int, ...]:
         """The 1→1 rates of the opt-in ``side``: the pair rates and its :attr:`Extra.rate`
@@ -175,6 +196,11 @@ class Plan:
     def history_pair_rates(self) -> tuple[int, ...]:
         """The 1→1 rates of the no-history side (:meth:`extra_pair_rates`)."""
         return self.extra_pair_rates(NOHISTORY)
+
+    @property
+    def tracing_pair_rates(self) -> tuple[int, ...]:
+        """The 1→1 rates of the no-tracing side (:meth:`extra_pair_rates`)."""
+        return self.extra_pair_rates(NOTRACING)
 
     @property
     def resume_sides(self) -> tuple[str, ...]:
@@ -290,9 +316,9 @@ def build_jobs(plan: Plan) -> list[Job]:
     ``pair``, ``max`` and ``fanout`` jobs run on the Redis sides of ``plan.redis_sides`` too
     (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
     in-memory relay and the Redis sides, not on the baseline. Each opt-in side whose flag is
-    on (:data:`EXTRAS`: ``plan.tokens``, ``plan.history``) runs the ``pair`` jobs at its
-    :meth:`Plan.extra_pair_rates` too (a rate only it asks for runs on the in-memory relay
-    beside it); with ``plan.history``, a ``resume`` job (last) runs on
+    on (:data:`EXTRAS`: ``plan.tokens``, ``plan.history``, ``plan.tracing``) runs the ``pair``
+    jobs at its :meth:`Plan.extra_pair_rates` too (a rate only it asks for runs on the
+    in-memory relay beside it); with ``plan.history``, a ``resume`` job (last) runs on
     :attr:`Plan.resume_sides`, with triorelay's default history. Each job runs one producer
     (the generator's default); its relays get :func:`limits_env` for its rates and connections.
     """
@@ -447,6 +473,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         tokens=args.tokens,
         history=args.history,
         resume_repeats=pick(args.resume_repeats, base.resume_repeats),
+        tracing=args.tracing,
     )
 
 
@@ -475,6 +502,11 @@ def tokens_table_for(plan: Plan) -> Table | None:
 def history_table_for(plan: Plan) -> Table | None:
     """The history table when ``plan`` runs the no-history side, else ``None``."""
     return extra_table_for(plan, NOHISTORY)
+
+
+def tracing_table_for(plan: Plan) -> Table | None:
+    """The stage timing table when ``plan`` runs the no-tracing side, else ``None``."""
+    return extra_table_for(plan, NOTRACING)
 
 
 def resume_table_for(plan: Plan) -> Table | None:

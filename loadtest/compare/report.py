@@ -7,7 +7,7 @@ the notes where the sides differ by design, and renders the tables and the whole
 opt-in side's table (:class:`~loadtest.compare.plan.Extra`) gets its metrics, notes, headline
 against the bound and section from one set of helpers (:func:`extra_job_metrics`,
 :func:`extra_notes`, :func:`extra_headline`, :func:`extra_section`); each side adds its words
-(the tokens' here, the history's in :mod:`loadtest.compare.history`).
+(the tokens' and stage timing's here, the history's in :mod:`loadtest.compare.history`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
     MEMORY,
+    NOTRACING,
     OPT_IN_SIDES,
     REDIS_SIDES,
     SIDES,
@@ -127,7 +128,8 @@ def bound_text(extra: Extra) -> str:
 
 def extra_headline(rows: Sequence[Row], extra: Extra) -> str:
     """``server CPU per delivered message, <ratio>, at <rate> msg/s: **1.02x**, within the
-    bound <bound>``: the ratio of ``extra``'s table on :attr:`Extra.key`, against its bound."""
+    bound <bound>: pass`` (or ``**over** ...: **fail**``): the ratio of ``extra``'s table on
+    :attr:`Extra.key`, against its bound."""
     label = extra.table.ratios[0][0]
     found = [
         row.ratios.get(label)
@@ -139,7 +141,8 @@ def extra_headline(rows: Sequence[Row], extra: Extra) -> str:
     if value is None:
         return f"{head}: not measured; bound {bound_text(extra)}"
     verdict = "within" if extra.within(value) else "**over**"
-    return f"{head}: **{format_ratio(value)}**, {verdict} the bound {bound_text(extra)}"
+    result = "pass" if extra.within(value) else "**fail**"
+    return f"{head}: **{format_ratio(value)}**, {verdict} the bound {bound_text(extra)}: {result}"
 
 
 def lean_writes() -> str:
@@ -160,14 +163,14 @@ def extra_section(
     headlines: Sequence[str] = (),
     tables: Sequence[str] = (),
 ) -> str:
-    """The section of ``compare.md`` for ``extra`` (empty without anything to show).
+    """The section of ``compare.md`` for ``extra`` (empty without a table to show).
 
     With ``rows`` (of its table): the headline against the bound, ``sides`` (what each side
     is) with the ratio, the rates and how the generator writes, then the table. ``headlines``
     follow the headline, ``notes`` the rates, and ``tables`` (markdown) the table: what else
     the section shows (the resume of ``--history``).
     """
-    if not rows and not (headlines or notes or tables):
+    if not rows and not tables:
         return ""
     label, numerator, denominator = extra.table.ratios[0]
     lines = [f"## {extra.table.title}\n"]
@@ -205,6 +208,53 @@ def tokens_section(plan: Plan, rows: Sequence[Row]) -> str:
         rows,
         sides=f"`{TOKENS}`: {describe_side(TOKENS)}; `{MEMORY}`: the same relay without a key "
         "(anonymous clients on loopback)",
+    )
+
+
+#: What the stage timing table measures: what the two sides do alike, for its section.
+TRACING_ALIKE: Final = (
+    "metrics themselves cost nothing per message, on either side: `GET /metrics` reads the "
+    "relay's own counters and statistics when it is scraped (nothing scrapes during these "
+    "runs), and they are counted alike with or without stage timing",
+    "so this measures the **sampling**: the checks every untraced message goes through "
+    "(whether its producer asked for traces; in the broker, the channel and each consumer's "
+    f"writer, whether it is traced) run on both sides, and `{NOTRACING}` skips only the "
+    "countdown per producer read and the sampled messages' work (clock reads at each stage, "
+    "a traced item to every consumer, the histogram observations)",
+)
+
+
+def tracing_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes of the stage timing table: how the generator writes, what each side
+    samples, and the bound at :data:`~loadtest.compare.plan.TRACING_PAIR_RATE`."""
+    return extra_notes(jobs, EXTRAS[NOTRACING], lambda job: f"{lean_writes()}; {_sampled(job)}")
+
+
+def _sampled(job: Job) -> str:
+    """``triorelay times 1 msg in 64 per producer ..., triorelay-notracing none``: the
+    sampling of ``job``'s relay with stage timing; both make the per-message checks."""
+    every = effective("latency_sample_messages", job.triorelay_env)
+    return (
+        f"{MEMORY} times 1 msg in {every} per producer through its stages, {NOTRACING} none "
+        "(both check every message for a trace; metrics are read at scrape time)"
+    )
+
+
+def tracing_section(plan: Plan, rows: Sequence[Row]) -> str:
+    """The stage timing section of ``compare.md`` (empty without rows): the headline against
+    issue #14's bound, what each side samples, how the generator writes, what both do alike
+    (:data:`TRACING_ALIKE`), and the table."""
+    setting = "latency_sample_messages"
+    return extra_section(
+        plan,
+        EXTRAS[NOTRACING],
+        rows,
+        sides=f"`{MEMORY}`: the in-memory relay with triorelay's default sampling "
+        f"(`{env_name(setting)}` at its default, {default(setting)}: one message in "
+        f"{default(setting)} of each producer timed through its stages into the stage-latency "
+        f"histograms); `{NOTRACING}`: "
+        f"{describe_side(NOTRACING)}",
+        notes=TRACING_ALIKE,
     )
 
 
@@ -364,13 +414,15 @@ def render_report(
     charts: Mapping[str, str] | None = None,
     tokens_rows: Sequence[Row] = (),
     history_md: str = "",
+    tracing_rows: Sequence[Row] = (),
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
     ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` are
     the tokens table's rows (none: the tokens side did not run, and there is no section);
     ``history_md`` is the history section (:func:`loadtest.compare.history.history_section`,
-    empty when ``--history`` was not given).
+    empty when ``--history`` was not given); ``tracing_rows`` are the stage timing table's
+    rows (none: the no-tracing side did not run, and there is no section).
     """
     if pins:
         pin_text = (
@@ -420,7 +472,10 @@ def render_report(
         f"{rows_md}\n"
         f"{redis_section}"
         f"{tokens_section(plan, tokens_rows)}"
-        f"{history_md}" + (f"Charts: {chart_text}.\n\n" if chart_text else "") + "## Every run\n\n"
+        f"{history_md}"
+        f"{tracing_section(plan, tracing_rows)}"
+        + (f"Charts: {chart_text}.\n\n" if chart_text else "")
+        + "## Every run\n\n"
         f"{runs_md}"
     )
 

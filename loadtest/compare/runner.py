@@ -9,10 +9,11 @@ generator process. With two or more CPUs every server process (``redis-server`` 
 pinned to CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
 
 Sides alternate (triorelay, triorelay+tokens with ``--tokens``, triorelay-nohistory with
-``--history``, asyncio, triorelay+redis, triorelay+redis-2relays, triorelay ...) for
-``--repeats`` rounds; the report (``compare.md``, ``compare.json``, PNG charts, and every raw
-result under ``runs/``) shows medians, triorelay/asyncio, redis/memory, tokens/no tokens and
-history/no history ratios (the modules that decide each part: see :mod:`loadtest.compare`).
+``--history``, triorelay-notracing with ``--tracing``, asyncio, triorelay+redis,
+triorelay+redis-2relays, triorelay ...) for ``--repeats`` rounds; the report (``compare.md``,
+``compare.json``, PNG charts, and every raw result under ``runs/``) shows medians,
+triorelay/asyncio, redis/memory, tokens/no tokens, history/no history and timing/no timing
+ratios (the modules that decide each part: see :mod:`loadtest.compare`).
 The tokens side's secret and token exist only for its run: the token reaches the generator on
 its command line and is in no report file.
 
@@ -56,6 +57,7 @@ from loadtest.compare.plan import (
     QUICK,
     RESUME_MISSED,
     TOKENS_PAIR_RATE,
+    TRACING_PAIR_RATE,
     Job,
     Plan,
     Step,
@@ -78,8 +80,17 @@ from loadtest.compare.report import (
     render_runs,
     render_table,
     tokens_notes,
+    tracing_notes,
 )
-from loadtest.compare.sides import ALL_SIDES, BASELINE, NOHISTORY, OPT_IN_SIDES, REDIS_SIDES, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    NOHISTORY,
+    NOTRACING,
+    OPT_IN_SIDES,
+    REDIS_SIDES,
+    TOKENS,
+)
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
@@ -90,6 +101,7 @@ RESULTS_DIR: Final = REPO_ROOT / "loadtest" / "results"
 EXTRA_NOTES: Final[Mapping[str, Callable[[Sequence[Job]], dict[tuple[str, str], str]]]] = {
     TOKENS: tokens_notes,
     NOHISTORY: history_notes,
+    NOTRACING: tracing_notes,
 }
 
 
@@ -228,6 +240,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"resumes timed per resume run (default {FULL.resume_repeats}; quick "
         f"{QUICK.resume_repeats})",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help=f"also run {NOTRACING} (the relay timing no message's stages for the latency "
+        f"histograms) on pair at the pair rates and {TRACING_PAIR_RATE} msg/s: server CPU per "
+        "message with stage timing / without",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -271,7 +290,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         notes = redis_notes(redis_jobs, redis_cpu_counted=redis.url is None)
         redis_rows = aggregate(runs, redis_job_metrics(redis_jobs), notes, redis_table)
     extra_rows = {side: _extra_rows(plan, jobs, runs, side) for side in OPT_IN_SIDES}
-    tokens_rows, history_rows = extra_rows[TOKENS], extra_rows[NOHISTORY]
+    tokens_rows, history_rows, tracing_rows = (extra_rows[side] for side in OPT_IN_SIDES)
     resume_table = resume_table_for(plan)
     resume_rows: list[Row] = []
     if resume_table is not None:
@@ -304,6 +323,10 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
             "rows": [row.to_dict() for row in history_rows],
             "resume_rows": [row.to_dict() for row in resume_rows],
         },
+        "tracing": {
+            "status": "measured" if tracing_rows else "not run",
+            "rows": [row.to_dict() for row in tracing_rows],
+        },
         "runs": [run.to_dict() for run in runs],
         "wall_seconds": round(wall_s, 1),
     }
@@ -319,6 +342,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         charts=PLOT_FILES,
         tokens_rows=tokens_rows,
         history_md=history_section(plan, history_rows, resume_rows, resume_table),
+        tracing_rows=tracing_rows,
     )
     (out / "compare.md").write_text(md)
     extra = [row for side in OPT_IN_SIDES for row in extra_rows[side]]

@@ -57,14 +57,15 @@ def test_alternation_interleaves_sides_within_each_repeat() -> None:
 
 
 def test_alternation_runs_each_job_on_its_own_sides() -> None:
-    """The opt-in sides (tokens, no history) run right after triorelay; Redis sides after the
-    baseline."""
+    """The opt-in sides (tokens, no history, no tracing) run right after triorelay; Redis
+    sides after the baseline."""
     jobs = [Job("p", "pair", (), sides=ALL_SIDES), Job("s", "slow", ())]
     order = [(s.job.key, s.side) for s in alternation(jobs, 1)]
     assert order == [
         ("p", "triorelay"),
         ("p", "triorelay+tokens"),
         ("p", "triorelay-nohistory"),
+        ("p", "triorelay-notracing"),
         ("p", "asyncio"),
         ("p", "triorelay+redis"),
         ("p", "triorelay+redis-2relays"),
