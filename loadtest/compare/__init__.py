@@ -11,10 +11,12 @@ I/O-free, tested synchronously:
 * :mod:`loadtest.compare.sides`: the names of the sides (server setups) compared;
 * :mod:`loadtest.compare.relay`: triorelay's settings as environment variables and defaults;
 * :mod:`loadtest.compare.plan`: what to measure (``FULL``, ``QUICK``, overrides), the jobs and
-  their run order;
+  their run order, and the opt-in sides (``--tokens``, ``--history``, ``--tracing``: one
+  ``Extra`` each, the settings, rates, table and bound);
 * :mod:`loadtest.compare.aggregate`: each run's flat metrics, generator-bound runs, medians and
   ratios per table;
-* :mod:`loadtest.compare.report`: what each table shows, the notes, the markdown;
+* :mod:`loadtest.compare.report`: what each table shows, the notes, the markdown (the opt-in
+  sides' sections from one set of helpers);
 * :mod:`loadtest.compare.history`: the same for the history and resume tables (``--history``).
 
 I/O:

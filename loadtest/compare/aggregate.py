@@ -5,8 +5,8 @@ A *run* is one job (see :mod:`loadtest.compare.plan`) measured once against one 
 server processes; :func:`extract_metrics` turns its result JSON into flat metrics, and
 :func:`aggregate` turns the repeats of every side into one :class:`Row` per job and metric of
 a :class:`Table`: each side's median and the table's ratios. A table compares some sides:
-triorelay against the baseline, Redis against memory, tokens on against off, and history on
-against off. Everything here is a pure function of its arguments, so it is tested
+triorelay against the baseline, Redis against memory, and tokens, history and stage timing
+each on against off. Everything here is a pure function of its arguments, so it is tested
 synchronously; :mod:`loadtest.compare.report` renders it.
 """
 
@@ -21,6 +21,7 @@ from loadtest.compare.sides import (
     BASELINE,
     MEMORY,
     NOHISTORY,
+    NOTRACING,
     REDIS,
     REDIS_2RELAYS,
     REDIS_SIDES,
@@ -214,6 +215,11 @@ TOKENS_TABLE: Final = Table(
 #: ratio is history on over off, so the relay with history (``triorelay``) is the numerator.
 HISTORY_TABLE: Final = Table(
     "History on vs off", (MEMORY, NOHISTORY), (("history/no history", MEMORY, NOHISTORY),)
+)
+#: The relay timing its default sample of messages through their stages against the same
+#: relay timing none: on over off, so the relay that samples (``triorelay``) is the numerator.
+TRACING_TABLE: Final = Table(
+    "Stage timing on vs off", (MEMORY, NOTRACING), (("timing/no timing", MEMORY, NOTRACING),)
 )
 #: How long a consumer takes to resume, in memory and through Redis: times against a bound,
 #: not a ratio.

@@ -12,7 +12,13 @@ whose CPU counts.
   that the generator presents on every handshake. The secret and the token live only in the
   relay's environment and the generator's command line of that run: never in a report file;
 - ``triorelay-nohistory``: one relay on the in-memory broker with ``history_messages`` 0: no
-  channel keeps history (``triorelay`` keeps triorelay's default history), every client on it.
+  channel keeps history (``triorelay`` keeps triorelay's default history), every client on it;
+- ``triorelay-notracing``: one relay on the in-memory broker with ``latency_sample_messages``
+  0: no message is timed through its stages for the latency histograms (``triorelay`` times
+  its default sample), every client on it.
+
+Every opt-in side but the tokens one is the in-memory relay with the settings of its
+:class:`~loadtest.compare.plan.Extra` changed, and nothing else.
 
 Every server process of a run shares the server CPUs, ``redis-server`` included: it is part of
 the server-side cost, and its CPU time is added to the server's. With ``--redis-url`` the Redis
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from loadtest.compare.plan import EXTRAS
 from loadtest.compare.processes import (
     SERVER_COMMANDS,
     Server,
@@ -38,7 +45,7 @@ from loadtest.compare.processes import (
     start_server,
 )
 from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_secret, relay_env
-from loadtest.compare.sides import BASELINE, MEMORY, NOHISTORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
 
 #: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
 #: last).
@@ -167,9 +174,9 @@ def deploy(
         server = start_server(MEMORY, _log(stem, "server"), cpus=cpus, env=keyed)
         token = mint_token(secret, ttl_seconds=token_ttl_s)
         return Deployment(server.url, None, [server], token=token)
-    if side == NOHISTORY:
-        without = {**(env or {}), **relay_env(history_messages=0)}
-        server = start_server(MEMORY, _log(stem, "server"), cpus=cpus, env=without)
+    if side in EXTRAS:  # the in-memory relay with the side's settings changed
+        changed = {**(env or {}), **relay_env(**EXTRAS[side].settings)}
+        server = start_server(MEMORY, _log(stem, "server"), cpus=cpus, env=changed)
         return Deployment(server.url, None, [server])
     if side not in RELAYS:
         raise ValueError(f"unknown side {side!r}")
@@ -216,10 +223,12 @@ def describe_side(side: str) -> str:
             "a fresh random secret per run; every client presents a token signed with it "
             f"(`Authorization: Bearer`, granting `{json.dumps(dict(TOKEN_GRANT))}`)"
         )
-    if side == NOHISTORY:
+    if side in EXTRAS:
+        extra = EXTRAS[side]
+        changed = ", ".join(f"`{env_name(name)}={v}`" for name, v in extra.settings.items())
         return (
-            f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with "
-            f"`{env_name('history_messages')}=0` (no channel keeps history), every client on it"
+            f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with {changed} ({extra.effect}), "
+            "every client on it"
         )
     relays = RELAYS[side]  # KeyError: not a side
     broker = f"`{env_name('broker')}=redis://...`"

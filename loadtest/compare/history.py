@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from loadtest.clients import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
-from loadtest.compare.aggregate import HISTORY_TABLE, Row, Table
+from loadtest.compare.aggregate import Row, Table
 from loadtest.compare.deployments import describe_side
 from loadtest.compare.plan import (
-    HISTORY_CPU_BOUND,
-    HISTORY_PAIR_RATE,
+    EXTRAS,
     RESUME_BOUND_MS,
     RESUME_KEY,
     RESUME_MISSED,
@@ -25,38 +23,26 @@ from loadtest.compare.plan import (
     Plan,
 )
 from loadtest.compare.relay import effective
-from loadtest.compare.report import METRICS, bound_headline, format_value, last_value, render_table
+from loadtest.compare.report import (
+    METRICS,
+    extra_notes,
+    extra_section,
+    format_value,
+    last_value,
+    lean_writes,
+)
 from loadtest.compare.sides import MEMORY, NOHISTORY
 from loadtest.replay import SUBPROTOCOL
 from loadtest.resume import PAUSE_S
 
-
-def history_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
-    """Return which metrics the history table shows for each (``pair``) job."""
-    shown = ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "delivered_ratio"]
-    return [(job.key, [*shown, "generator_cpu_percent"]) for job in jobs if job.scenario == "pair"]
+#: The no-history side: its settings, rates, table and bound.
+HISTORY: Final = EXTRAS[NOHISTORY]
 
 
 def history_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
     """Return the notes of the history table: how the generator writes, the history kept, and
-    the bound at :data:`HISTORY_PAIR_RATE`."""
-    notes: dict[tuple[str, str], str] = {}
-    for job in jobs:
-        if job.scenario != "pair":
-            continue
-        note = f"{lean_writes()}; {_history_kept(job)}"
-        if job.key == history_key():
-            note += f"; bound {_history_bound()}"
-        notes[(job.key, "server_cpu_us_per_msg")] = note
-    return notes
-
-
-def lean_writes() -> str:
-    """How the generator's lean producer writes, from :mod:`loadtest.clients`' constants."""
-    return (
-        f"1 lean producer → 1 consumer: one write per {LEAN_TICK_NS / 1e6:g} ms tick with every "
-        f"message due (≤ {LEAN_BATCH_MESSAGES}), echo acks"
-    )
+    the bound at :data:`~loadtest.compare.plan.HISTORY_PAIR_RATE`."""
+    return extra_notes(jobs, HISTORY, lambda job: f"{lean_writes()}; {_history_kept(job)}")
 
 
 def _history_kept(job: Job) -> str:
@@ -65,24 +51,6 @@ def _history_kept(job: Job) -> str:
     messages = effective("history_messages", job.triorelay_env)
     mib = int(effective("history_bytes", job.triorelay_env)) / 2**20
     return f"{MEMORY} keeps the last {messages} msgs (≤ {mib:g} MiB) per channel, {NOHISTORY} none"
-
-
-def history_key() -> str:
-    """The job whose CPU ratio the history bound applies to: ``pair@`` :data:`HISTORY_PAIR_RATE`."""
-    return f"pair@{HISTORY_PAIR_RATE}"
-
-
-def _history_bound() -> str:
-    """``≤ 1.10x (history ≤ 10 % more server CPU per message)``, from :data:`HISTORY_CPU_BOUND`."""
-    share = round(100 * (HISTORY_CPU_BOUND - 1), 6)
-    return f"≤ {HISTORY_CPU_BOUND:.2f}x (history ≤ {share:g} % more server CPU per message)"
-
-
-def history_headline(rows: Sequence[Row]) -> str:
-    """One line: the history/no history CPU ratio at :data:`HISTORY_PAIR_RATE` against the bound."""
-    return bound_headline(
-        rows, HISTORY_TABLE, HISTORY_PAIR_RATE, _history_bound(), lambda r: r <= HISTORY_CPU_BOUND
-    )
 
 
 def history_section(
@@ -94,31 +62,23 @@ def history_section(
     """The history section of ``compare.md`` (empty without rows): the headlines against the
     bounds, what each side keeps, how the generator writes, and the tables: ``rows`` of the
     history table, ``resume_rows`` of ``resume_table``."""
-    if not rows and not resume_rows:
-        return ""
-    lines = [f"## {HISTORY_TABLE.title}\n"]
-    if rows:
-        lines.append(f"- {history_headline(rows)}")
+    headlines: list[str] = []
+    notes: list[str] = []
+    tables: list[str] = []
     if resume_rows and resume_table is not None:
-        lines.append(f"- {resume_headline(resume_rows, resume_table)}")
-    if rows:
-        lines.append(
-            f"- `{MEMORY}`: the in-memory relay with triorelay's default history; `{NOHISTORY}`: "
-            f"{describe_side(NOHISTORY)}; ratios are history over no history, measured in the "
-            "same run with the sides alternating"
-        )
-        lines.append(
-            f"- rates: {', '.join(str(r) for r in plan.history_pair_rates)} msg/s 1→1; "
-            f"generator: {lean_writes()}"
-        )
-    if resume_rows and resume_table is not None:
-        lines.append(f"- resume, on {', '.join(resume_table.sides)}: {resume_method(plan)}")
-    out = "\n".join(lines) + "\n\n"
-    if rows:
-        out += f"{render_table(rows, HISTORY_TABLE)}\n"
-    if resume_rows and resume_table is not None:
-        out += f"{render_resume_table(resume_rows, resume_table)}\n"
-    return out
+        headlines.append(resume_headline(resume_rows, resume_table))
+        notes.append(f"resume, on {', '.join(resume_table.sides)}: {resume_method(plan)}")
+        tables.append(render_resume_table(resume_rows, resume_table))
+    return extra_section(
+        plan,
+        HISTORY,
+        rows,
+        sides=f"`{MEMORY}`: the in-memory relay with triorelay's default history; "
+        f"`{NOHISTORY}`: {describe_side(NOHISTORY)}",
+        headlines=headlines,
+        notes=notes,
+        tables=tables,
+    )
 
 
 #: The resume table's one metric line: two medians per side.

@@ -19,6 +19,7 @@ from loadtest.compare.aggregate import (
     REDIS_TABLE,
     RESUME_TABLE,
     TOKENS_TABLE,
+    TRACING_TABLE,
     Table,
 )
 from loadtest.compare.relay import default, relay_env
@@ -27,6 +28,8 @@ from loadtest.compare.sides import (
     BASELINE,
     MEMORY,
     NOHISTORY,
+    NOTRACING,
+    OPT_IN_SIDES,
     REDIS_SIDES,
     SIDES,
     TOKENS,
@@ -47,6 +50,12 @@ HISTORY_PAIR_RATE: Final = 5000
 #: The bound on server CPU per message with history over without (1.10: history costs at most
 #: 10 % more server CPU per message at :data:`HISTORY_PAIR_RATE`, memory broker).
 HISTORY_CPU_BOUND: Final = 1.10
+#: The 1→1 rate the no-tracing side always runs at (added to the pair rates when missing):
+#: the rate at which stage timing must cost at most :data:`TRACING_CPU_BOUND` of server CPU.
+TRACING_PAIR_RATE: Final = 5000
+#: The bound on server CPU per message with stage timing over without (1.05: metrics and
+#: stage timing cost at most 5 % more server CPU per message at :data:`TRACING_PAIR_RATE`).
+TRACING_CPU_BOUND: Final = 1.05
 #: The ``resume`` job (with ``--history``): each resume replays this many missed messages...
 RESUME_MISSED: Final = 1000
 #: ... and must take less than this, from the handshake to the last replayed message.
@@ -60,6 +69,80 @@ RESUME_KEY: Final = "resume"
 #: the limit raised to this many times its rate: room for the burst of a generator catching up
 #: after a scheduling hiccup, without the relay closing the producer with 1008.
 PUBLISH_RATE_HEADROOM: Final = 2
+
+
+@dataclass(frozen=True)
+class Extra:
+    """An opt-in side (:data:`~loadtest.compare.sides.OPT_IN_SIDES`): the in-memory relay with
+    one thing changed, compared with ``triorelay`` in the same run.
+
+    With its flag (the :class:`Plan` field :attr:`flag`, ``--<flag>``) it runs on ``pair`` at
+    the plan's pair rates and at :attr:`rate` (added when missing; a rate only it asks for
+    runs on ``triorelay`` beside it), right after ``triorelay`` (after the opt-in sides before
+    it in :data:`~loadtest.compare.sides.OPT_IN_SIDES`), with the same generator argv and job
+    environment. Its :attr:`table` has one ratio; at :attr:`rate` its server CPU per message
+    is judged against :attr:`bound`.
+    """
+
+    side: str
+    flag: str
+    table: Table
+    rate: int
+    bound: float
+    #: Whether the bound itself passes ("at most", ``<=``) or not ("less than", ``<``).
+    inclusive: bool
+    #: What the ratio's excess is the cost of, for the report ("history").
+    cost: str
+    #: The relay settings its relay gets beside the job's environment, by name (the tokens
+    #: side's secret is fresh per run: :func:`~loadtest.compare.deployments.deploy` makes it).
+    settings: Mapping[str, object] = field(default_factory=dict)
+    #: What :attr:`settings` do, for the report ("no channel keeps history").
+    effect: str = ""
+
+    @property
+    def key(self) -> str:
+        """The job the bound applies to: ``pair@`` :attr:`rate`."""
+        return f"pair@{self.rate}"
+
+    def within(self, value: float) -> bool:
+        """Whether the ratio ``value`` passes :attr:`bound`."""
+        return value <= self.bound if self.inclusive else value < self.bound
+
+
+#: Every opt-in side by name, in run order (:data:`~loadtest.compare.sides.OPT_IN_SIDES`).
+EXTRAS: Final[Mapping[str, Extra]] = {
+    TOKENS: Extra(
+        side=TOKENS,
+        flag="tokens",
+        table=TOKENS_TABLE,
+        rate=TOKENS_PAIR_RATE,
+        bound=TOKENS_CPU_BOUND,
+        inclusive=False,
+        cost="verification",
+    ),
+    NOHISTORY: Extra(
+        side=NOHISTORY,
+        flag="history",
+        table=HISTORY_TABLE,
+        rate=HISTORY_PAIR_RATE,
+        bound=HISTORY_CPU_BOUND,
+        inclusive=True,
+        cost="history",
+        settings={"history_messages": 0},
+        effect="no channel keeps history",
+    ),
+    NOTRACING: Extra(
+        side=NOTRACING,
+        flag="tracing",
+        table=TRACING_TABLE,
+        rate=TRACING_PAIR_RATE,
+        bound=TRACING_CPU_BOUND,
+        inclusive=True,
+        cost="stage timing",
+        settings={"latency_sample_messages": 0},
+        effect="no message sampled for the stage-latency histograms",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -93,22 +176,31 @@ class Plan:
     history: bool = False
     #: Resumes timed in each run of the ``resume`` job (each on a fresh channel).
     resume_repeats: int = 20
+    #: Whether the no-tracing side runs (``pair`` only, at :attr:`tracing_pair_rates`).
+    tracing: bool = False
+
+    def extra_pair_rates(self, side: str) -> tuple[int, ...]:
+        """The 1→1 rates of the opt-in ``side``: the pair rates and its :attr:`Extra.rate`
+        (none when its flag is off or ``pair`` does not run)."""
+        extra = EXTRAS[side]
+        if not getattr(self, extra.flag) or "pair" not in self.scenarios:
+            return ()
+        return tuple(sorted({*self.pair_rates, extra.rate}))
 
     @property
     def tokens_pair_rates(self) -> tuple[int, ...]:
-        """The 1→1 rates of the tokens side: the pair rates and :data:`TOKENS_PAIR_RATE`
-        (none when the side does not run)."""
-        if not self.tokens or "pair" not in self.scenarios:
-            return ()
-        return tuple(sorted({*self.pair_rates, TOKENS_PAIR_RATE}))
+        """The 1→1 rates of the tokens side (:meth:`extra_pair_rates`)."""
+        return self.extra_pair_rates(TOKENS)
 
     @property
     def history_pair_rates(self) -> tuple[int, ...]:
-        """The 1→1 rates of the no-history side: the pair rates and :data:`HISTORY_PAIR_RATE`
-        (none when the side does not run)."""
-        if not self.history or "pair" not in self.scenarios:
-            return ()
-        return tuple(sorted({*self.pair_rates, HISTORY_PAIR_RATE}))
+        """The 1→1 rates of the no-history side (:meth:`extra_pair_rates`)."""
+        return self.extra_pair_rates(NOHISTORY)
+
+    @property
+    def tracing_pair_rates(self) -> tuple[int, ...]:
+        """The 1→1 rates of the no-tracing side (:meth:`extra_pair_rates`)."""
+        return self.extra_pair_rates(NOTRACING)
 
     @property
     def resume_sides(self) -> tuple[str, ...]:
@@ -223,40 +315,27 @@ def build_jobs(plan: Plan) -> list[Job]:
 
     ``pair``, ``max`` and ``fanout`` jobs run on the Redis sides of ``plan.redis_sides`` too
     (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
-    in-memory relay and the Redis sides, not on the baseline. With ``plan.tokens``, ``pair``
-    jobs at :attr:`Plan.tokens_pair_rates` run on the tokens side too (a rate only it asks for
-    runs on the in-memory relay beside it); with ``plan.history``, likewise at
-    :attr:`Plan.history_pair_rates` on the no-history side, and a ``resume`` job (last) on
+    in-memory relay and the Redis sides, not on the baseline. Each opt-in side whose flag is
+    on (:data:`EXTRAS`: ``plan.tokens``, ``plan.history``, ``plan.tracing``) runs the ``pair``
+    jobs at its :meth:`Plan.extra_pair_rates` too (a rate only it asks for runs on the
+    in-memory relay beside it); with ``plan.history``, a ``resume`` job (last) runs on
     :attr:`Plan.resume_sides`, with triorelay's default history. Each job runs one producer
     (the generator's default); its relays get :func:`limits_env` for its rates and connections.
     """
     run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
-    token_rates = set(plan.tokens_pair_rates)
-    history_rates = set(plan.history_pair_rates)
+    extra_rates = {side: set(plan.extra_pair_rates(side)) for side in OPT_IN_SIDES}
     # Every side echoes every message to its producer (the baseline always does; triorelay on
     # ?ack=echo), so they do the same work per message.
-    triorelay_sides = (
-        MEMORY,
-        *([TOKENS] if token_rates else []),
-        *([NOHISTORY] if history_rates else []),
-        *plan.redis_sides,
-    )
+    extras = [side for side, rates in extra_rates.items() if rates]
+    triorelay_sides = (MEMORY, *extras, *plan.redis_sides)
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
     lean = ("--lean", "--producer-procs", "1")
     redis = plan.redis_sides
 
-    def sides(
-        baseline: bool, on_redis: bool, tokens: bool = False, history: bool = False
-    ) -> tuple[str, ...]:
-        chosen = {
-            MEMORY,
-            *([BASELINE] if baseline else []),
-            *(redis if on_redis else []),
-            *([TOKENS] if tokens else []),
-            *([NOHISTORY] if history else []),
-        }
+    def sides(baseline: bool, on_redis: bool, extra: Sequence[str] = ()) -> tuple[str, ...]:
+        chosen = {MEMORY, *([BASELINE] if baseline else []), *(redis if on_redis else []), *extra}
         return tuple(side for side in ALL_SIDES if side in chosen)
 
     def job(
@@ -277,14 +356,10 @@ def build_jobs(plan: Plan) -> list[Job]:
     argv: tuple[str, ...]
     if "pair" in plan.scenarios:
         redis_rates = set(plan.redis_pair_rates) if redis else set()
-        for rate in sorted(set(plan.pair_rates) | redis_rates | token_rates | history_rates):
+        for rate in sorted(set(plan.pair_rates).union(redis_rates, *extra_rates.values())):
             argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s), *lean, *run)
-            on = sides(
-                rate in plan.pair_rates,
-                rate in redis_rates,
-                rate in token_rates,
-                rate in history_rates,
-            )
+            extra = [side for side, rates in extra_rates.items() if rate in rates]
+            on = sides(rate in plan.pair_rates, rate in redis_rates, extra)
             jobs.append(job(f"pair@{rate}", "pair", argv, echo, deep, on, rate=rate, connections=2))
     if "max" in plan.scenarios:
         steps = ",".join(str(s) for s in plan.max_steps)
@@ -398,6 +473,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         tokens=args.tokens,
         history=args.history,
         resume_repeats=pick(args.resume_repeats, base.resume_repeats),
+        tracing=args.tracing,
     )
 
 
@@ -413,14 +489,24 @@ def table_jobs(jobs: Sequence[Job], table: Table) -> list[Job]:
     return [job for job in jobs if set(table.sides) <= set(job.sides)]
 
 
+def extra_table_for(plan: Plan, side: str) -> Table | None:
+    """The table of the opt-in ``side`` when ``plan`` runs it, else ``None``."""
+    return EXTRAS[side].table if plan.extra_pair_rates(side) else None
+
+
 def tokens_table_for(plan: Plan) -> Table | None:
     """The tokens table when ``plan`` runs the tokens side, else ``None``."""
-    return TOKENS_TABLE if plan.tokens_pair_rates else None
+    return extra_table_for(plan, TOKENS)
 
 
 def history_table_for(plan: Plan) -> Table | None:
     """The history table when ``plan`` runs the no-history side, else ``None``."""
-    return HISTORY_TABLE if plan.history_pair_rates else None
+    return extra_table_for(plan, NOHISTORY)
+
+
+def tracing_table_for(plan: Plan) -> Table | None:
+    """The stage timing table when ``plan`` runs the no-tracing side, else ``None``."""
+    return extra_table_for(plan, NOTRACING)
 
 
 def resume_table_for(plan: Plan) -> Table | None:

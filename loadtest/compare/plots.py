@@ -29,6 +29,7 @@ from loadtest.compare.sides import (
     BASELINE,
     MEMORY,
     NOHISTORY,
+    NOTRACING,
     REDIS,
     REDIS_2RELAYS,
     TOKENS,
@@ -47,6 +48,7 @@ _COLORS = {
     REDIS_2RELAYS: "tab:purple",
     TOKENS: "tab:green",
     NOHISTORY: "tab:olive",
+    NOTRACING: "tab:cyan",
 }
 
 

@@ -3,7 +3,11 @@ markdown of ``compare.md`` (I/O-free).
 
 :mod:`loadtest.compare.aggregate` gives the rows; this module says which metrics each job shows
 (:func:`job_metrics`, :func:`redis_job_metrics`), how each metric is shown (:data:`METRICS`),
-the notes where the sides differ by design, and renders the tables and the whole report.
+the notes where the sides differ by design, and renders the tables and the whole report. An
+opt-in side's table (:class:`~loadtest.compare.plan.Extra`) gets its metrics, notes, headline
+against the bound and section from one set of helpers (:func:`extra_job_metrics`,
+:func:`extra_notes`, :func:`extra_headline`, :func:`extra_section`); each side adds its words
+(the tokens' and stage timing's here, the history's in :mod:`loadtest.compare.history`).
 """
 
 from __future__ import annotations
@@ -14,30 +18,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from loadtest.clients import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
 from loadtest.compare.aggregate import (
     BASELINE_TABLE,
     REDIS_TABLE,
-    TOKENS_TABLE,
     Cell,
     Row,
     Run,
     Table,
 )
 from loadtest.compare.deployments import RedisSource, describe_side
-from loadtest.compare.plan import (
-    TOKENS_CPU_BOUND,
-    TOKENS_PAIR_RATE,
-    Job,
-    Plan,
-    build_jobs,
-)
+from loadtest.compare.plan import EXTRAS, Extra, Job, Plan, build_jobs
 from loadtest.compare.processes import SERVER_COMMANDS
 from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
     MEMORY,
-    NOHISTORY,
+    NOTRACING,
+    OPT_IN_SIDES,
     REDIS_SIDES,
     SIDES,
     TOKENS,
@@ -96,61 +95,167 @@ def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
     return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
 
 
-def tokens_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
-    """Return which metrics the tokens table shows for each (``pair``) job."""
+def extra_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the table of an opt-in side shows for each (``pair``) job."""
     shown = ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "delivered_ratio"]
     return [(job.key, [*shown, "generator_cpu_percent"]) for job in jobs if job.scenario == "pair"]
 
 
-def tokens_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
-    """Return the notes of the tokens table: the bound at :data:`TOKENS_PAIR_RATE`, and where
-    verification happens."""
+def extra_notes(
+    jobs: Sequence[Job], extra: Extra, about: Callable[[Job], str]
+) -> dict[tuple[str, str], str]:
+    """Return the notes of ``extra``'s table: ``about(job)`` on every ``pair`` row's server
+    CPU, and the bound on :attr:`Extra.key`'s."""
     notes: dict[tuple[str, str], str] = {}
     for job in jobs:
         if job.scenario != "pair":
             continue
-        note = "token verified once per connection, at connect"
-        if job.key == tokens_key():
-            note += f"; bound {_tokens_bound()}"
+        note = about(job)
+        if job.key == extra.key:
+            note += f"; bound {bound_text(extra)}"
         notes[(job.key, "server_cpu_us_per_msg")] = note
     return notes
 
 
-def tokens_key() -> str:
-    """The job whose CPU ratio the tokens bound applies to (``pair@`` :data:`TOKENS_PAIR_RATE`)."""
-    return f"pair@{TOKENS_PAIR_RATE}"
-
-
-def _tokens_bound() -> str:
-    """``< 1.05x (verification < 5 % of server CPU per message)``, from :data:`TOKENS_CPU_BOUND`."""
-    share = 100 * (TOKENS_CPU_BOUND - 1)
-    return f"< {TOKENS_CPU_BOUND:.2f}x (verification < {share:g} % of server CPU per message)"
-
-
-def tokens_headline(rows: Sequence[Row]) -> str:
-    """One line: the tokens/no tokens CPU ratio at :data:`TOKENS_PAIR_RATE` against the bound."""
-    return bound_headline(
-        rows, TOKENS_TABLE, TOKENS_PAIR_RATE, _tokens_bound(), lambda r: r < TOKENS_CPU_BOUND
+def bound_text(extra: Extra) -> str:
+    """``≤ 1.10x (history ≤ 10 % more server CPU per message)``, from ``extra``'s bound."""
+    sign = "≤" if extra.inclusive else "<"
+    share = round(100 * (extra.bound - 1), 6)
+    return (
+        f"{sign} {extra.bound:.2f}x ({extra.cost} {sign} {share:g} % more server CPU per message)"
     )
 
 
-def bound_headline(
-    rows: Sequence[Row], table: Table, rate: int, bound: str, within: Callable[[float], bool]
-) -> str:
+def extra_headline(rows: Sequence[Row], extra: Extra) -> str:
     """``server CPU per delivered message, <ratio>, at <rate> msg/s: **1.02x**, within the
-    bound <bound>``: the first ratio of ``table`` on ``pair@rate``."""
-    label = table.ratios[0][0]
+    bound <bound>: pass`` (or ``**over** ...: **fail**``): the ratio of ``extra``'s table on
+    :attr:`Extra.key`, against its bound."""
+    label = extra.table.ratios[0][0]
     found = [
         row.ratios.get(label)
         for row in rows
-        if row.job_key == f"pair@{rate}" and row.metric == "server_cpu_us_per_msg"
+        if row.job_key == extra.key and row.metric == "server_cpu_us_per_msg"
     ]
     value = found[0] if found else None
-    head = f"server CPU per delivered message, {label}, at {rate} msg/s"
+    head = f"server CPU per delivered message, {label}, at {extra.rate} msg/s"
     if value is None:
-        return f"{head}: not measured; bound {bound}"
-    verdict = "within" if within(value) else "**over**"
-    return f"{head}: **{format_ratio(value)}**, {verdict} the bound {bound}"
+        return f"{head}: not measured; bound {bound_text(extra)}"
+    verdict = "within" if extra.within(value) else "**over**"
+    result = "pass" if extra.within(value) else "**fail**"
+    return f"{head}: **{format_ratio(value)}**, {verdict} the bound {bound_text(extra)}: {result}"
+
+
+def lean_writes() -> str:
+    """How the generator's lean producer writes, from :mod:`loadtest.clients`' constants."""
+    return (
+        f"1 lean producer → 1 consumer: one write per {LEAN_TICK_NS / 1e6:g} ms tick with every "
+        f"message due (≤ {LEAN_BATCH_MESSAGES}), echo acks"
+    )
+
+
+def extra_section(
+    plan: Plan,
+    extra: Extra,
+    rows: Sequence[Row],
+    *,
+    sides: str,
+    notes: Sequence[str] = (),
+    headlines: Sequence[str] = (),
+    tables: Sequence[str] = (),
+) -> str:
+    """The section of ``compare.md`` for ``extra`` (empty without a table to show).
+
+    With ``rows`` (of its table): the headline against the bound, ``sides`` (what each side
+    is) with the ratio, the rates and how the generator writes, then the table. ``headlines``
+    follow the headline, ``notes`` the rates, and ``tables`` (markdown) the table: what else
+    the section shows (the resume of ``--history``).
+    """
+    if not rows and not tables:
+        return ""
+    label, numerator, denominator = extra.table.ratios[0]
+    lines = [f"## {extra.table.title}\n"]
+    if rows:
+        lines.append(f"- {extra_headline(rows, extra)}")
+    lines += [f"- {headline}" for headline in headlines]
+    if rows:
+        lines.append(
+            f"- {sides}; ratios are {label} (`{numerator}` over `{denominator}`), measured in "
+            "the same run with the sides alternating"
+        )
+        lines.append(
+            f"- rates: {', '.join(str(r) for r in plan.extra_pair_rates(extra.side))} msg/s "
+            f"1→1; generator: {lean_writes()}"
+        )
+    lines += [f"- {note}" for note in notes]
+    out = "\n".join(lines) + "\n\n"
+    if rows:
+        out += f"{render_table(rows, extra.table)}\n"
+    return out + "".join(f"{table}\n" for table in tables)
+
+
+def tokens_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes of the tokens table: where verification happens, and the bound."""
+    return extra_notes(
+        jobs, EXTRAS[TOKENS], lambda job: "token verified once per connection, at connect"
+    )
+
+
+def tokens_section(plan: Plan, rows: Sequence[Row]) -> str:
+    """The tokens section of ``compare.md`` (empty without rows)."""
+    return extra_section(
+        plan,
+        EXTRAS[TOKENS],
+        rows,
+        sides=f"`{TOKENS}`: {describe_side(TOKENS)}; `{MEMORY}`: the same relay without a key "
+        "(anonymous clients on loopback)",
+    )
+
+
+#: What the stage timing table measures: what the two sides do alike, for its section.
+TRACING_ALIKE: Final = (
+    "metrics themselves cost nothing per message, on either side: `GET /metrics` reads the "
+    "relay's own counters and statistics when it is scraped (nothing scrapes during these "
+    "runs), and they are counted alike with or without stage timing",
+    "so this measures the **sampling**: the checks every untraced message goes through "
+    "(whether its producer asked for traces; in the broker, the channel and each consumer's "
+    f"writer, whether it is traced) run on both sides, and `{NOTRACING}` skips only the "
+    "countdown per producer read and the sampled messages' work (clock reads at each stage, "
+    "a traced item to every consumer, the histogram observations)",
+)
+
+
+def tracing_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes of the stage timing table: how the generator writes, what each side
+    samples, and the bound at :data:`~loadtest.compare.plan.TRACING_PAIR_RATE`."""
+    return extra_notes(jobs, EXTRAS[NOTRACING], lambda job: f"{lean_writes()}; {_sampled(job)}")
+
+
+def _sampled(job: Job) -> str:
+    """``triorelay times 1 msg in 64 per producer ..., triorelay-notracing none``: the
+    sampling of ``job``'s relay with stage timing; both make the per-message checks."""
+    every = effective("latency_sample_messages", job.triorelay_env)
+    return (
+        f"{MEMORY} times 1 msg in {every} per producer through its stages, {NOTRACING} none "
+        "(both check every message for a trace; metrics are read at scrape time)"
+    )
+
+
+def tracing_section(plan: Plan, rows: Sequence[Row]) -> str:
+    """The stage timing section of ``compare.md`` (empty without rows): the headline against
+    issue #14's bound, what each side samples, how the generator writes, what both do alike
+    (:data:`TRACING_ALIKE`), and the table."""
+    setting = "latency_sample_messages"
+    return extra_section(
+        plan,
+        EXTRAS[NOTRACING],
+        rows,
+        sides=f"`{MEMORY}`: the in-memory relay with triorelay's default sampling "
+        f"(`{env_name(setting)}` at its default, {default(setting)}: one message in "
+        f"{default(setting)} of each producer timed through its stages into the stage-latency "
+        f"histograms); `{NOTRACING}`: "
+        f"{describe_side(NOTRACING)}",
+        notes=TRACING_ALIKE,
+    )
 
 
 def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
@@ -309,13 +414,15 @@ def render_report(
     charts: Mapping[str, str] | None = None,
     tokens_rows: Sequence[Row] = (),
     history_md: str = "",
+    tracing_rows: Sequence[Row] = (),
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
     ``charts`` maps each chart file written beside it to what it shows; ``tokens_rows`` are
     the tokens table's rows (none: the tokens side did not run, and there is no section);
     ``history_md`` is the history section (:func:`loadtest.compare.history.history_section`,
-    empty when ``--history`` was not given).
+    empty when ``--history`` was not given); ``tracing_rows`` are the stage timing table's
+    rows (none: the no-tracing side did not run, and there is no section).
     """
     if pins:
         pin_text = (
@@ -342,23 +449,8 @@ def render_report(
         redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
     else:
         redis_section = ""
-    tokens_section = ""
-    if tokens_rows:
-        tokens_section = (
-            f"## {TOKENS_TABLE.title}\n\n"
-            f"- {tokens_headline(tokens_rows)}\n"
-            f"- `{TOKENS}`: {describe_side(TOKENS)}; `{MEMORY}`: the same relay without a key "
-            "(anonymous clients on loopback); ratios are over it, measured in the same run "
-            "with the sides alternating\n"
-            f"- rates: {', '.join(str(r) for r in plan.tokens_pair_rates)} msg/s 1→1\n\n"
-            f"{render_table(tokens_rows, TOKENS_TABLE)}\n"
-        )
-    planned = {
-        *SIDES,
-        *plan.redis_sides,
-        *([TOKENS] if plan.tokens_pair_rates else []),
-        *([NOHISTORY] if plan.history_pair_rates else []),
-    }
+    extras = [side for side in OPT_IN_SIDES if plan.extra_pair_rates(side)]
+    planned = {*SIDES, *plan.redis_sides, *extras}
     order = ", ".join(side for side in ALL_SIDES if side in planned)
     chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
     return (
@@ -379,8 +471,11 @@ def render_report(
         f"## {BASELINE_TABLE.title}\n\n"
         f"{rows_md}\n"
         f"{redis_section}"
-        f"{tokens_section}"
-        f"{history_md}" + (f"Charts: {chart_text}.\n\n" if chart_text else "") + "## Every run\n\n"
+        f"{tokens_section(plan, tokens_rows)}"
+        f"{history_md}"
+        f"{tracing_section(plan, tracing_rows)}"
+        + (f"Charts: {chart_text}.\n\n" if chart_text else "")
+        + "## Every run\n\n"
         f"{runs_md}"
     )
 

@@ -9,10 +9,11 @@ generator process. With two or more CPUs every server process (``redis-server`` 
 pinned to CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
 
 Sides alternate (triorelay, triorelay+tokens with ``--tokens``, triorelay-nohistory with
-``--history``, asyncio, triorelay+redis, triorelay+redis-2relays, triorelay ...) for
-``--repeats`` rounds; the report (``compare.md``, ``compare.json``, PNG charts, and every raw
-result under ``runs/``) shows medians, triorelay/asyncio, redis/memory, tokens/no tokens and
-history/no history ratios (the modules that decide each part: see :mod:`loadtest.compare`).
+``--history``, triorelay-notracing with ``--tracing``, asyncio, triorelay+redis,
+triorelay+redis-2relays, triorelay ...) for ``--repeats`` rounds; the report (``compare.md``,
+``compare.json``, PNG charts, and every raw result under ``runs/``) shows medians,
+triorelay/asyncio, redis/memory, tokens/no tokens, history/no history and timing/no timing
+ratios (the modules that decide each part: see :mod:`loadtest.compare`).
 The tokens side's secret and token exist only for its run: the token reaches the generator on
 its command line and is in no report file.
 
@@ -30,7 +31,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +46,6 @@ from loadtest.compare.aggregate import (
 )
 from loadtest.compare.deployments import RedisSource, deploy, find_redis
 from loadtest.compare.history import (
-    history_job_metrics,
     history_notes,
     history_section,
     resume_job_metrics,
@@ -57,36 +57,52 @@ from loadtest.compare.plan import (
     QUICK,
     RESUME_MISSED,
     TOKENS_PAIR_RATE,
+    TRACING_PAIR_RATE,
+    Job,
     Plan,
     Step,
     alternation,
     build_jobs,
     build_plan,
-    history_table_for,
+    extra_table_for,
     redis_table_for,
     resume_table_for,
     table_jobs,
-    tokens_table_for,
 )
 from loadtest.compare.processes import REPO_ROOT, STARTUP_TIMEOUT_S, pinning, run_generator
 from loadtest.compare.report import (
     design_notes,
+    extra_job_metrics,
     job_metrics,
     redis_job_metrics,
     redis_notes,
     render_report,
     render_runs,
     render_table,
-    tokens_job_metrics,
     tokens_notes,
+    tracing_notes,
 )
-from loadtest.compare.sides import ALL_SIDES, BASELINE, NOHISTORY, REDIS_SIDES, TOKENS
+from loadtest.compare.sides import (
+    ALL_SIDES,
+    BASELINE,
+    NOHISTORY,
+    NOTRACING,
+    OPT_IN_SIDES,
+    REDIS_SIDES,
+    TOKENS,
+)
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
 
 #: Where each comparison writes its report unless ``--out`` says otherwise (git-ignored).
 RESULTS_DIR: Final = REPO_ROOT / "loadtest" / "results"
+#: The notes of each opt-in side's table, by side.
+EXTRA_NOTES: Final[Mapping[str, Callable[[Sequence[Job]], dict[tuple[str, str], str]]]] = {
+    TOKENS: tokens_notes,
+    NOHISTORY: history_notes,
+    NOTRACING: tracing_notes,
+}
 
 
 def _timeout_for(plan: Plan) -> float:
@@ -224,6 +240,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"resumes timed per resume run (default {FULL.resume_repeats}; quick "
         f"{QUICK.resume_repeats})",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help=f"also run {NOTRACING} (the relay timing no message's stages for the latency "
+        f"histograms) on pair at the pair rates and {TRACING_PAIR_RATE} msg/s: server CPU per "
+        "message with stage timing / without",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -266,18 +289,8 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         redis_jobs = table_jobs(jobs, redis_table)
         notes = redis_notes(redis_jobs, redis_cpu_counted=redis.url is None)
         redis_rows = aggregate(runs, redis_job_metrics(redis_jobs), notes, redis_table)
-    tokens_table = tokens_table_for(plan)
-    tokens_rows: list[Row] = []
-    if tokens_table is not None:
-        tokens_jobs = table_jobs(jobs, tokens_table)
-        metrics = tokens_job_metrics(tokens_jobs)
-        tokens_rows = aggregate(runs, metrics, tokens_notes(tokens_jobs), tokens_table)
-    history_table = history_table_for(plan)
-    history_rows: list[Row] = []
-    if history_table is not None:
-        history_jobs = table_jobs(jobs, history_table)
-        metrics = history_job_metrics(history_jobs)
-        history_rows = aggregate(runs, metrics, history_notes(history_jobs), history_table)
+    extra_rows = {side: _extra_rows(plan, jobs, runs, side) for side in OPT_IN_SIDES}
+    tokens_rows, history_rows, tracing_rows = (extra_rows[side] for side in OPT_IN_SIDES)
     resume_table = resume_table_for(plan)
     resume_rows: list[Row] = []
     if resume_table is not None:
@@ -310,6 +323,10 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
             "rows": [row.to_dict() for row in history_rows],
             "resume_rows": [row.to_dict() for row in resume_rows],
         },
+        "tracing": {
+            "status": "measured" if tracing_rows else "not run",
+            "rows": [row.to_dict() for row in tracing_rows],
+        },
         "runs": [run.to_dict() for run in runs],
         "wall_seconds": round(wall_s, 1),
     }
@@ -325,10 +342,21 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         charts=PLOT_FILES,
         tokens_rows=tokens_rows,
         history_md=history_section(plan, history_rows, resume_rows, resume_table),
+        tracing_rows=tracing_rows,
     )
     (out / "compare.md").write_text(md)
-    write_plots(out, [*rows, *redis_rows, *tokens_rows, *history_rows], slow_series(runs, results))
+    extra = [row for side in OPT_IN_SIDES for row in extra_rows[side]]
+    write_plots(out, [*rows, *redis_rows, *extra], slow_series(runs, results))
     return report
+
+
+def _extra_rows(plan: Plan, jobs: Sequence[Job], runs: Sequence[Run], side: str) -> list[Row]:
+    """The rows of the opt-in ``side``'s table (none when ``plan`` does not run it)."""
+    table = extra_table_for(plan, side)
+    if table is None:
+        return []
+    chosen = table_jobs(jobs, table)
+    return aggregate(runs, extra_job_metrics(chosen), EXTRA_NOTES[side](chosen), table)
 
 
 def main(args: argparse.Namespace) -> int:

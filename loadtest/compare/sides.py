@@ -5,8 +5,9 @@ A *side* is one server setup the same job runs against, on fresh processes every
 broker), ``asyncio`` (the baseline), ``triorelay+redis`` (one relay on a Redis broker: every
 message goes through Redis and back), ``triorelay+redis-2relays`` (two relays on one Redis,
 producers on the first, consumers on the second), ``triorelay+tokens`` (the in-memory relay
-requiring tokens, every client presenting one) and ``triorelay-nohistory`` (the in-memory relay
-keeping no channel history: ``triorelay`` keeps its default one).
+requiring tokens, every client presenting one), ``triorelay-nohistory`` (the in-memory relay
+keeping no channel history: ``triorelay`` keeps its default one) and ``triorelay-notracing``
+(the in-memory relay timing no message's stages: ``triorelay`` samples its default share).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ REDIS: Final = "triorelay+redis"
 REDIS_2RELAYS: Final = "triorelay+redis-2relays"
 TOKENS: Final = "triorelay+tokens"
 NOHISTORY: Final = "triorelay-nohistory"
+NOTRACING: Final = "triorelay-notracing"
 #: The original two sides (the default of a job), in the order they run.
 SIDES: Final = (MEMORY, BASELINE)
 #: The sides on a Redis broker.
 REDIS_SIDES: Final = (REDIS, REDIS_2RELAYS)
-#: The sides only a flag adds (``--tokens``, ``--history``).
-OPT_IN_SIDES: Final = (TOKENS, NOHISTORY)
+#: The sides only a flag adds (``--tokens``, ``--history``, ``--tracing``), in run order.
+OPT_IN_SIDES: Final = (TOKENS, NOHISTORY, NOTRACING)
 #: Every side, in the order they run within each job of a repeat (A B C D A B C D ...). The
 #: opt-in sides run right after the relay they are compared with, so drift of the machine
 #: between them is smallest.
 ALL_SIDES: Final = (MEMORY, *OPT_IN_SIDES, BASELINE, *REDIS_SIDES)
-#: The sides a comparison runs without ``--tokens`` or ``--history``, in run order.
+#: The sides a comparison runs without ``--tokens``, ``--history`` or ``--tracing``, in run
+#: order.
 DEFAULT_SIDES: Final = tuple(side for side in ALL_SIDES if side not in OPT_IN_SIDES)

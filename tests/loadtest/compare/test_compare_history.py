@@ -13,6 +13,7 @@ from loadtest.clients import LEAN_BATCH_MESSAGES
 from loadtest.compare import deployments
 from loadtest.compare.aggregate import (
     HISTORY_TABLE,
+    Row,
     Run,
     aggregate,
     extract_metrics,
@@ -20,9 +21,8 @@ from loadtest.compare.aggregate import (
 )
 from loadtest.compare.deployments import RedisSource, deploy, describe_side
 from loadtest.compare.history import (
+    HISTORY,
     RESUME_LABEL,
-    history_headline,
-    history_job_metrics,
     history_notes,
     history_section,
     render_resume_table,
@@ -47,12 +47,16 @@ from loadtest.compare.plan import (
     table_jobs,
 )
 from loadtest.compare.relay import default, env_name
-from loadtest.compare.report import render_report, render_table
+from loadtest.compare.report import extra_headline, extra_job_metrics, render_report, render_table
 from loadtest.compare.sides import BASELINE, MEMORY, NOHISTORY, REDIS, REDIS_2RELAYS, TOKENS
 
 pytestmark = pytest.mark.timeout(30)
 
 BOUND_KEY = f"pair@{HISTORY_PAIR_RATE}"
+
+
+def history_headline(rows: list[Row]) -> str:
+    return extra_headline(rows, HISTORY)
 
 
 def _plan(*argv: str) -> Plan:
@@ -142,7 +146,7 @@ def _cpu_runs(history: list[float], none: list[float]) -> list[Run]:
 def test_history_table_gives_history_over_no_history_and_the_headline_judges_it() -> None:
     """The ratio is triorelay (history on) over the no-history side; at most 1.10x passes."""
     jobs = table_jobs(build_jobs(_plan("--history", "--no-redis")), HISTORY_TABLE)
-    metrics = [m for m in history_job_metrics(jobs) if m[0] == BOUND_KEY]
+    metrics = [m for m in extra_job_metrics(jobs) if m[0] == BOUND_KEY]
     assert metrics == [
         (
             BOUND_KEY,

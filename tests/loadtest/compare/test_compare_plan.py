@@ -7,6 +7,7 @@ import pytest
 from loadtest.cli import build_parser, main
 from loadtest.compare.aggregate import BASELINE_TABLE, REDIS_TABLE
 from loadtest.compare.plan import (
+    EXTRAS,
     FULL,
     QUICK,
     Job,
@@ -21,6 +22,7 @@ from loadtest.compare.sides import (
     BASELINE,
     DEFAULT_SIDES,
     MEMORY,
+    OPT_IN_SIDES,
     REDIS,
     REDIS_2RELAYS,
     REDIS_SIDES,
@@ -55,14 +57,15 @@ def test_alternation_interleaves_sides_within_each_repeat() -> None:
 
 
 def test_alternation_runs_each_job_on_its_own_sides() -> None:
-    """The opt-in sides (tokens, no history) run right after triorelay; Redis sides after the
-    baseline."""
+    """The opt-in sides (tokens, no history, no tracing) run right after triorelay; Redis
+    sides after the baseline."""
     jobs = [Job("p", "pair", (), sides=ALL_SIDES), Job("s", "slow", ())]
     order = [(s.job.key, s.side) for s in alternation(jobs, 1)]
     assert order == [
         ("p", "triorelay"),
         ("p", "triorelay+tokens"),
         ("p", "triorelay-nohistory"),
+        ("p", "triorelay-notracing"),
         ("p", "asyncio"),
         ("p", "triorelay+redis"),
         ("p", "triorelay+redis-2relays"),
@@ -175,3 +178,13 @@ def test_redis_fanout_must_be_one_of_the_fanouts() -> None:
         build_plan(parse(["compare", "--fanout", "100x100", "--redis-fanout", "50x10"]))
     assert build_plan(parse(["compare", "--fanout", "20x50,30x5"])).redis_fanouts == ((20, 50),)
     assert build_plan(parse(["compare"])).redis_fanouts == ((100, 100),)
+
+
+def test_every_opt_in_side_has_its_extra_in_run_order() -> None:
+    """EXTRAS follows OPT_IN_SIDES; each one's flag is a Plan field, off by default."""
+    assert tuple(EXTRAS) == OPT_IN_SIDES
+    for side, extra in EXTRAS.items():
+        assert extra.side == side
+        assert getattr(FULL, extra.flag) is False
+        assert extra.key == f"pair@{extra.rate}"
+        assert extra.table.sides == (MEMORY, side)

@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import main
-from loadtest.compare.aggregate import HISTORY_TABLE, TOKENS_TABLE
+from loadtest.compare.aggregate import HISTORY_TABLE, TOKENS_TABLE, TRACING_TABLE
 from loadtest.compare.history import RESUME_LABEL
-from loadtest.compare.plan import HISTORY_PAIR_RATE, RESUME_KEY, RESUME_MISSED, TOKENS_PAIR_RATE
+from loadtest.compare.plan import (
+    HISTORY_PAIR_RATE,
+    RESUME_KEY,
+    RESUME_MISSED,
+    TOKENS_PAIR_RATE,
+    TRACING_PAIR_RATE,
+)
 from loadtest.compare.plots import PLOT_FILES
 from loadtest.compare.relay import TOKEN_SUBJECT
 from loadtest.compare.sides import (
@@ -19,6 +25,7 @@ from loadtest.compare.sides import (
     DEFAULT_SIDES,
     MEMORY,
     NOHISTORY,
+    NOTRACING,
     REDIS,
     REDIS_2RELAYS,
     SIDES,
@@ -51,6 +58,7 @@ def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
     assert report["sides"] == list(DEFAULT_SIDES)
     assert report["tokens"] == {"status": "not run", "rows": []}
     assert report["history"] == {"status": "not run", "rows": [], "resume_rows": []}
+    assert report["tracing"] == {"status": "not run", "rows": []}
     assert {(r["job"], r["side"]) for r in report["runs"]} == {
         *(("pair@200", side) for side in DEFAULT_SIDES),
         *(("slow", side) for side in SIDES),
@@ -180,3 +188,37 @@ def test_compare_with_history_measures_the_ratio_and_the_resume(tmp_path: Path) 
     assert f"## {HISTORY_TABLE.title}" in md
     assert f"history/no history, at {HISTORY_PAIR_RATE} msg/s: **" in md
     assert f"| {RESUME_KEY} | {RESUME_LABEL} |" in md
+
+
+def test_compare_with_tracing_measures_the_ratio(tmp_path: Path) -> None:
+    """--tracing: pair on a relay timing no message's stages beside the default one, the bound
+    rate added, a timing/no timing CPU ratio, every message delivered on both."""
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--scenarios", "pair",
+            "--pair-rates", "200",
+            "--tracing",
+            "--no-redis",
+            "--duration-seconds", "0.5",
+            "--drain-seconds", "0.5",
+            "--repeats", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["sides"] == [MEMORY, NOTRACING, BASELINE]
+    assert report["plan"]["tracing"] is True
+    assert report["tracing"]["status"] == "measured"
+    rows = {(r["job"], r["metric"]): r for r in report["tracing"]["rows"]}
+    for rate in (200, TRACING_PAIR_RATE):
+        cpu = rows[(f"pair@{rate}", "server_cpu_us_per_msg")]
+        assert cpu[NOTRACING]["median"] > 0
+        assert cpu["ratios"]["timing/no timing"] > 0
+    for run in report["runs"]:
+        assert run["metrics"]["delivered_ratio"] == 1.0, run
+    md = (out / "compare.md").read_text()
+    assert f"## {TRACING_TABLE.title}" in md
+    assert f"timing/no timing, at {TRACING_PAIR_RATE} msg/s: **" in md
