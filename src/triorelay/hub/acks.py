@@ -1,0 +1,134 @@
+"""Acknowledged queue delivery, the pure part (issue #16): jobs, a consumer's in-flight set.
+
+A job of an acked queue channel is handed to one framed consumer at a time and stays *in
+flight* for it until the consumer acks it (done), nacks it (give it back), or its
+``ack_timeout_seconds`` pass; a job handed out ``max_deliveries`` times without an ack goes to
+the dead-letter channel with its history. This module holds that bookkeeping without I/O or
+clocks of its own (times are passed in), so it is tested synchronously; the routes and the
+queues drive it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Literal
+
+from triorelay.envelopes import Payload
+
+Outcome = Literal["timed out", "nacked", "consumer left"]
+"""Why a job came back without an ack (its history says, for the dead-letter channel)."""
+
+
+@dataclass(slots=True)
+class Job:
+    """A queued message of an acked channel, with what happened to it so far."""
+
+    payload: Payload
+    size: int
+    #: The channel's sequence number, given when it was published.
+    seq: int
+    #: How many times it was handed out.
+    deliveries: int = 0
+    #: Each time it came back: (when, consumer id, why).
+    history: list[tuple[float, int, Outcome]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A job that came back: put it back in its queue, or (``dead``) on the dead-letter
+    channel, its deliveries used up."""
+
+    job: Job
+    dead: bool
+
+
+class InFlight:
+    """One consumer's jobs handed out and not yet acknowledged.
+
+    At most ``max_in_flight`` at once (:attr:`full`: hand out no more until one is acked:
+    per-consumer backpressure); each has its deadline ``ack_timeout_seconds`` after it was
+    handed out. Delivery ids are unique to this consumer's connection.
+    """
+
+    def __init__(
+        self,
+        consumer_id: int,
+        *,
+        max_in_flight: int,
+        ack_timeout_seconds: float,
+        max_deliveries: int,
+    ) -> None:
+        self.consumer_id = consumer_id
+        self.max_in_flight = max_in_flight
+        self.ack_timeout_seconds = ack_timeout_seconds
+        self.max_deliveries = max_deliveries
+        self._jobs: dict[int, Job] = {}
+        #: (deadline, delivery id), earliest first; entries of settled jobs are skipped.
+        self._deadlines: list[tuple[float, int]] = []
+        self._ids = itertools.count(1)
+        self.acked = self.nacked = self.timed_out = self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def full(self) -> bool:
+        return len(self._jobs) >= self.max_in_flight
+
+    def hand_out(self, job: Job, now: float) -> int:
+        """``job`` goes to this consumer: one more delivery; return its delivery id."""
+        job.deliveries += 1
+        delivery_id = next(self._ids)
+        self._jobs[delivery_id] = job
+        heapq.heappush(self._deadlines, (now + self.ack_timeout_seconds, delivery_id))
+        return delivery_id
+
+    def ack(self, delivery_id: int) -> bool:
+        """The consumer is done with it. False (counted as refused) for an id that is not in
+        flight: unknown, already settled, or timed out and given to another consumer."""
+        if self._jobs.pop(delivery_id, None) is None:
+            self.refused += 1
+            return False
+        self.acked += 1
+        return True
+
+    def nack(self, delivery_id: int, now: float) -> Returned | None:
+        """The consumer gives it back; None (counted as refused) if it is not in flight."""
+        job = self._jobs.pop(delivery_id, None)
+        if job is None:
+            self.refused += 1
+            return None
+        self.nacked += 1
+        return self._returned(job, now, "nacked")
+
+    def next_deadline(self) -> float | None:
+        """When the earliest job in flight times out (None: nothing in flight)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._jobs:
+            heapq.heappop(deadlines)  # settled meanwhile
+        return deadlines[0][0] if deadlines else None
+
+    def expire(self, now: float) -> list[Returned]:
+        """Take back every job whose deadline has passed (a late ack is then refused)."""
+        returned = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, delivery_id = heapq.heappop(deadlines)
+            job = self._jobs.pop(delivery_id, None)
+            if job is not None:
+                self.timed_out += 1
+                returned.append(self._returned(job, now, "timed out"))
+        return returned
+
+    def give_back_all(self, now: float) -> list[Returned]:
+        """The consumer left: every job it held comes back at once, oldest first."""
+        jobs = sorted(self._jobs.items())
+        self._jobs.clear()
+        self._deadlines.clear()
+        return [self._returned(job, now, "consumer left") for _, job in jobs]
+
+    def _returned(self, job: Job, now: float, why: Outcome) -> Returned:
+        job.history.append((now, self.consumer_id, why))
+        return Returned(job, dead=job.deliveries >= self.max_deliveries)
