@@ -7,8 +7,9 @@ Layout:
   :mod:`loadtest.schedule` (open-loop send times, rate steps), :mod:`loadtest.stats` (latency
   histograms and counters that merge across processes), :mod:`loadtest.report` (result JSON),
   :mod:`loadtest.replay` (the ``triorelay.v1`` frames a resume reads, and their check).
-* Thin I/O layers: :mod:`loadtest.clients` (trio-websocket clients, a lean wsproto sender and a
-  stalled raw-socket reader), :mod:`loadtest.monitor` (psutil CPU/RSS sampling),
+* Thin I/O layers: :mod:`loadtest.clients` (trio-websocket clients, and what every client
+  shares), :mod:`loadtest.lean` (a lean wsproto client: the batched sender and a stalled
+  raw-socket reader), :mod:`loadtest.monitor` (psutil CPU/RSS sampling),
   :mod:`loadtest.engine` and :mod:`loadtest.workers` (one run over this process and worker
   processes), :mod:`loadtest.scenarios`, :mod:`loadtest.connections` and
   :mod:`loadtest.resume` (the scenarios),

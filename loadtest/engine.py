@@ -36,13 +36,12 @@ from loadtest.clients import (
     ProducerSlot,
     Stopper,
     consume,
-    hold_stalled,
     produce,
-    produce_lean,
     trio_deadline,
 )
 from loadtest.codec import new_run_id, padding_for
 from loadtest.endpoints import Ack, endpoint_url
+from loadtest.lean import hold_stalled, produce_lean
 from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
 from loadtest.stats import DeliveryLedger, RoleStats, merge

@@ -13,7 +13,7 @@ Against a running relay, each repeat, on a channel of its own (``<prefix>.<run i
    each at the next offset, each the message published there. Anything else fails the run with
    :class:`~loadtest.replay.ResumeError`, saying what came instead.
 
-Every connection is a lean wsproto client (:class:`~loadtest.clients.LeanWebSocket`), the
+Every connection is a lean wsproto client (:class:`~loadtest.lean.LeanWebSocket`), the
 cheapest reader the generator has: its own parsing of the replayed frames is inside the
 timing, as it is for any client. Repeats are :data:`PAUSE_S` apart, so each one times a relay
 that is done with the last, and the first ``warmup`` of them are not timed (a fresh relay's
@@ -33,15 +33,11 @@ from urllib.parse import urlencode
 
 import trio
 
-from loadtest.clients import (
-    CONNECTION_ERRORS,
-    LEAN_CONNECT_ERRORS,
-    LeanClosedError,
-    LeanWebSocket,
-)
+from loadtest.clients import CONNECTION_ERRORS
 from loadtest.codec import encode, new_run_id, padding_for
 from loadtest.endpoints import endpoint_url
 from loadtest.engine import ProgressFn, sample_loop
+from loadtest.lean import LEAN_CONNECT_ERRORS, LeanClosedError, LeanWebSocket
 from loadtest.monitor import ProcessSampler, Sample
 from loadtest.replay import (
     SUBPROTOCOL,

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from loadtest.clients import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
 from loadtest.compare.aggregate import (
     BASELINE_TABLE,
     REDIS_TABLE,
@@ -41,6 +40,7 @@ from loadtest.compare.sides import (
     SIDES,
     TOKENS,
 )
+from loadtest.lean import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS
 
 
@@ -146,7 +146,7 @@ def extra_headline(rows: Sequence[Row], extra: Extra) -> str:
 
 
 def lean_writes() -> str:
-    """How the generator's lean producer writes, from :mod:`loadtest.clients`' constants."""
+    """How the generator's lean producer writes, from :mod:`loadtest.lean`'s constants."""
     return (
         f"1 lean producer → 1 consumer: one write per {LEAN_TICK_NS / 1e6:g} ms tick with every "
         f"message due (≤ {LEAN_BATCH_MESSAGES}), echo acks"

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from loadtest.cli import build_parser
-from loadtest.clients import LEAN_BATCH_MESSAGES
 from loadtest.compare import deployments
 from loadtest.compare.aggregate import (
     HISTORY_TABLE,
@@ -49,6 +48,7 @@ from loadtest.compare.plan import (
 from loadtest.compare.relay import default, env_name
 from loadtest.compare.report import extra_headline, extra_job_metrics, render_report, render_table
 from loadtest.compare.sides import BASELINE, MEMORY, NOHISTORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.lean import LEAN_BATCH_MESSAGES
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from loadtest.cli import build_parser
-from loadtest.clients import LEAN_BATCH_MESSAGES
 from loadtest.compare import deployments
 from loadtest.compare.aggregate import TRACING_TABLE, Row, Run, aggregate
 from loadtest.compare.deployments import RedisSource, deploy, describe_side
@@ -35,6 +34,7 @@ from loadtest.compare.report import (
     tracing_notes,
 )
 from loadtest.compare.sides import BASELINE, MEMORY, NOHISTORY, NOTRACING, TOKENS
+from loadtest.lean import LEAN_BATCH_MESSAGES
 
 pytestmark = pytest.mark.timeout(30)
 

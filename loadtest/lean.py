@@ -1,0 +1,328 @@
+"""The lean WebSocket client of the load generator: wsproto over a raw trio TCP stream.
+
+* :class:`LeanWebSocket` - a minimal client that only reads when asked to. It writes many
+  messages in one ``send_all`` (one syscall), and, because nothing reads its socket unless
+  asked, it doubles as a truly *stalled* consumer: after the handshake the kernel buffers fill
+  and the server sees real backpressure (a trio-websocket client would keep reading into its
+  own queue in the background).
+* :func:`produce_lean` - the batched sender: every message due in a 1 ms tick in one write.
+* :func:`hold_stalled` - a consumer that never reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from loadtest.clients import (
+    CONNECTION_ERRORS,
+    Headers,
+    ProducerSlot,
+    Stopper,
+    stop_sending,
+    trio_deadline,
+    wait_until_ns,
+)
+from loadtest.codec import encode
+from loadtest.endpoints import host_port, resource
+from loadtest.stats import RoleStats
+
+logger = logging.getLogger(__name__)
+
+#: Largest number of due messages a lean producer writes in one ``send_all``.
+LEAN_BATCH_MESSAGES = 512
+#: The lean producer wakes at most once per tick and then writes every message already due.
+#: Each message keeps its own scheduled time, so the tick shows up honestly as up to 1 ms of
+#: latency; in exchange the ~50 us cost of a loopback ``send`` is paid once per tick instead of
+#: once per message.
+LEAN_TICK_NS = 1_000_000
+#: Bytes asked for per ``receive_some`` by the lean client.
+RECEIVE_BYTES = 65536
+
+
+class LeanHandshakeError(Exception):
+    """The server refused or broke the WebSocket handshake of a :class:`LeanWebSocket`."""
+
+
+class LeanClosedError(Exception):
+    """The peer of a :class:`LeanWebSocket` closed the connection while
+    :meth:`~LeanWebSocket.receive_messages` waited: ``code`` and ``reason`` of its close
+    frame (``None`` and a description when the TCP connection just ended)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"closed by the server: {code} {reason}" if code else reason)
+        self.code = code
+        self.reason = reason
+
+
+#: Called by :meth:`LeanWebSocket.pump` with each whole incoming message.
+MessageCallback = Callable[[str | bytes | bytearray], None]
+
+#: What :meth:`LeanWebSocket.open` raises when a connection cannot be made.
+LEAN_CONNECT_ERRORS: tuple[type[Exception], ...] = (
+    *CONNECTION_ERRORS,
+    LeanHandshakeError,
+    trio.TooSlowError,
+)
+
+
+class LeanWebSocket:
+    """A minimal WebSocket client: wsproto over a raw trio TCP stream, reading only on request.
+
+    Use :meth:`open`; :meth:`send_texts` writes many messages in one ``send_all``; :meth:`pump`
+    reads and counts incoming messages (answering pings) until the peer closes, and
+    :meth:`receive_messages` returns the next whole messages instead. Nothing reads the
+    socket unless one of them runs, which is how a stalled consumer is made. Not safe for
+    concurrent :meth:`send_texts` calls from several tasks except through the internal lock,
+    which also serialises pong replies.
+    """
+
+    def __init__(
+        self, stream: trio.SocketStream, ws: WSConnection, subprotocol: str | None = None
+    ) -> None:
+        self._stream = stream
+        self._ws = ws
+        self._send_lock = trio.Lock()
+        self.received = 0
+        #: The subprotocol the server chose (``None``: none).
+        self.subprotocol = subprotocol
+        # The parts received so far of a message that :meth:`receive_messages` has not
+        # returned yet (wsproto hands over a frame in as many pieces as reads carried it).
+        self._text: list[str] = []
+        self._binary: list[bytes] = []
+        # A close that came after messages receive_messages returned: raised on its next call.
+        self._closed: LeanClosedError | None = None
+
+    @staticmethod
+    async def open(
+        url: str,
+        *,
+        connect_timeout_s: float = 10.0,
+        headers: Headers = (),
+        subprotocols: Sequence[str] = (),
+    ) -> LeanWebSocket:
+        """Connect and complete the handshake (sending ``headers``, offering
+        ``subprotocols``); the caller must :meth:`aclose` the result.
+
+        Raises :class:`LeanHandshakeError` if the server rejects, ``OSError`` or
+        ``trio.TooSlowError`` on network failure or timeout.
+        """
+        host, port = host_port(url)
+        with trio.fail_after(connect_timeout_s):
+            stream = await trio.open_tcp_stream(host, port)
+            try:
+                ws = WSConnection(ConnectionType.CLIENT)
+                request = Request(
+                    host=f"{host}:{port}",
+                    target=resource(url),
+                    extra_headers=list(headers),
+                    subprotocols=list(subprotocols),
+                )
+                await stream.send_all(ws.send(request))
+                while True:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        raise LeanHandshakeError("connection closed during the handshake")
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, AcceptConnection):
+                            # Frames that came with the 101 stay in wsproto for the next
+                            # read of events (receive_messages looks there first).
+                            return LeanWebSocket(stream, ws, event.subprotocol)
+                        if isinstance(event, RejectConnection):
+                            raise LeanHandshakeError(f"rejected with HTTP {event.status_code}")
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+
+    async def send_texts(self, texts: list[str]) -> None:
+        """Send each text as one frame, all in one ``send_all``."""
+        ws = self._ws
+        data = b"".join([ws.send(Message(data=t)) for t in texts])
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
+    async def pump(
+        self, on_message: Callable[[str | bytes | bytearray], None] | None = None
+    ) -> None:
+        """Read until the peer closes, counting whole messages in :attr:`received`.
+
+        Pings are answered; a close from the peer is answered and ends the pump. Raises
+        ``trio.BrokenResourceError`` / ``OSError`` if the connection breaks.
+        """
+        ws = self._ws
+        while True:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            ws.receive_data(data or None)
+            replies = []
+            for event in ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    if event.message_finished:
+                        self.received += 1
+                        if on_message is not None:
+                            on_message(event.data)
+                elif isinstance(event, Ping):
+                    replies.append(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state.name == "REMOTE_CLOSING":
+                        replies.append(ws.send(event.response()))
+                    if replies:
+                        async with self._send_lock:
+                            await self._stream.send_all(b"".join(replies))
+                    return
+            if replies:
+                async with self._send_lock:
+                    await self._stream.send_all(b"".join(replies))
+            if not data:
+                return
+
+    async def receive_messages(self) -> list[str | bytes]:
+        """Return the next whole messages (at least one), reading the socket only when wsproto
+        holds none; pings are answered.
+
+        Raises :class:`LeanClosedError` when the peer closes (its close is answered; messages
+        that came before it are returned first), ``trio.BrokenResourceError`` / ``OSError``
+        if the connection breaks. Not to be mixed with a running :meth:`pump`.
+        """
+        ws = self._ws
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            messages: list[str | bytes] = []
+            replies: list[bytes] = []
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    self._text.append(event.data)
+                    if event.message_finished:
+                        messages.append("".join(self._text))
+                        self._text = []
+                elif isinstance(event, BytesMessage):
+                    self._binary.append(bytes(event.data))
+                    if event.message_finished:
+                        messages.append(b"".join(self._binary))
+                        self._binary = []
+                elif isinstance(event, Ping):
+                    replies.append(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state.name == "REMOTE_CLOSING":
+                        replies.append(ws.send(event.response()))
+                    self._closed = LeanClosedError(event.code, event.reason or "")
+                    break
+            if replies:
+                async with self._send_lock:
+                    await self._stream.send_all(b"".join(replies))
+            if messages:
+                self.received += len(messages)
+                return messages
+            if self._closed is not None:
+                raise self._closed
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise LeanClosedError(None, "the server ended the connection without a close")
+            ws.receive_data(data)
+
+    async def aclose(self) -> None:
+        """Close the TCP stream without a close handshake (the peer sees an abrupt close)."""
+        await trio.aclose_forcefully(self._stream)
+
+
+async def produce_lean(
+    slot: ProducerSlot, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Like :func:`~loadtest.clients.produce`, on a :class:`LeanWebSocket` that batches all due
+    messages per write.
+
+    The sender wakes at most once per :data:`LEAN_TICK_NS` and sends every message already due
+    (up to :data:`LEAN_BATCH_MESSAGES`) in one write, each stamped with its own scheduled time.
+    """
+    stats = slot.stats
+    counters = stats.counters
+    try:
+        lean = await LeanWebSocket.open(
+            slot.url, connect_timeout_s=slot.connect_timeout_s, headers=slot.headers
+        )
+    except LEAN_CONNECT_ERRORS as exc:
+        counters.failed_connects += 1
+        stats.note_error(f"lean producer connect: {exc!r}")
+        task_status.started(False)
+        return
+    counters.connected += 1
+    task_status.started(True)
+    try:
+        schedule, plan = await slot.wait_for_start()
+        sent = 0
+        sending_done = False
+        all_acked = trio.Event()
+
+        def on_ack(_message: str | bytes | bytearray) -> None:
+            if sending_done and lean.received >= sent:
+                all_acked.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lean.pump, on_ack)
+            last_wake = 0
+            with trio.move_on_at(trio_deadline(plan.send_cutoff_ns)):
+                while sent < schedule.count:
+                    await wait_until_ns(max(schedule.send_time_ns(sent), last_wake + LEAN_TICK_NS))
+                    last_wake = time.monotonic_ns()
+                    due = min(schedule.due_count(time.monotonic_ns()), sent + LEAN_BATCH_MESSAGES)
+                    texts = [
+                        encode(plan.run, plan.index, n, schedule.send_time_ns(n), plan.padding)
+                        for n in range(sent, due)
+                    ]
+                    await lean.send_texts(texts)
+                    counters.sent += len(texts)
+                    sent = due
+                    stats.sent_per_producer[plan.index] = sent
+            sending_done = True
+            await stop_sending(plan, lambda: lean.received < sent, all_acked)
+            counters.acks += lean.received
+            nursery.cancel_scope.cancel()
+    except CONNECTION_ERRORS as exc:
+        stats.note_error(f"lean producer: {exc!r}")
+    finally:
+        await lean.aclose()
+
+
+async def hold_stalled(
+    url: str,
+    stats: RoleStats,
+    stopper: Stopper,
+    *,
+    connect_timeout_s: float = 10.0,
+    headers: Headers = (),
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect a consumer that never reads after the handshake (sending ``headers`` on it);
+    hold it until ``stopper`` stops.
+
+    ``started(True/False)`` reports whether the connection was made.
+    """
+    try:
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
+    except LEAN_CONNECT_ERRORS as exc:
+        stats.counters.failed_connects += 1
+        stats.note_error(f"stalled consumer connect: {exc!r}")
+        task_status.started(False)
+        return
+    stats.counters.connected += 1
+    task_status.started(True)
+    try:
+        with stopper.scope():
+            await trio.sleep_forever()
+    finally:
+        await lean.aclose()
