@@ -19,6 +19,7 @@ import trio
 
 from loadtest import connections, resume, scenarios
 from loadtest.compare import runner as compare
+from loadtest.engine import SENDERS
 from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
@@ -85,9 +86,20 @@ def _traffic_parser() -> argparse.ArgumentParser:
         help="run consumers in this many worker processes (0: in this process)",
     )
     g.add_argument(
+        "--sender",
+        choices=SENDERS,
+        default=SENDERS[0],
+        help="how producers write: unbatched (the default: one message per write, each at its "
+        "own time, as most real producers do), batched (the lean sender: every message due "
+        "in a 1 ms tick in one write), trio-websocket (one send_message per message on the "
+        "library)",
+    )
+    g.add_argument(
         "--lean",
-        action="store_true",
-        help="send with the batching wsproto client instead of trio-websocket",
+        action="store_const",
+        dest="sender",
+        const="batched",
+        help="the same as --sender batched (kept for older command lines)",
     )
     return p
 
@@ -254,7 +266,7 @@ async def run_scenario(
         server_pid=args.server_pid,
         producer_procs=args.producer_procs,
         consumer_procs=args.consumer_procs,
-        lean=args.lean,
+        sender=args.sender,
         connect_timeout_s=args.connect_timeout_seconds,
         connect_concurrency=args.connect_concurrency,
         sample_interval_s=args.sample_interval_seconds,

@@ -24,9 +24,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import trio
 
@@ -46,10 +46,26 @@ from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
 from loadtest.stats import DeliveryLedger, RoleStats, merge
 from loadtest.tokens import TokenIn, token_headers, token_url
+from loadtest.unbatched import produce_unbatched
 
 logger = logging.getLogger(__name__)
 
 Delivery = Literal["broadcast", "competing"]
+
+#: How producers write (``--sender``): ``unbatched``, one message per write at its own time
+#: (:mod:`loadtest.unbatched`; the default, what most real producers do); ``batched``, the
+#: lean sender writing every message due in a 1 ms tick in one write
+#: (:func:`~loadtest.lean.produce_lean`); ``trio-websocket``, one ``send_message`` per message
+#: on the trio-websocket library (:func:`~loadtest.clients.produce`).
+Sender = Literal["unbatched", "batched", "trio-websocket"]
+#: The senders, the default first.
+SENDERS: Final[tuple[Sender, ...]] = ("unbatched", "batched", "trio-websocket")
+#: The producer client of each sender.
+PRODUCERS: Final[Mapping[Sender, Callable[..., Awaitable[None]]]] = {
+    "unbatched": produce_unbatched,
+    "batched": produce_lean,
+    "trio-websocket": produce,
+}
 
 #: The directory holding the ``loadtest`` package, put on workers' ``PYTHONPATH`` so they import
 #: the same code whether or not the package is installed.
@@ -67,8 +83,8 @@ class RoleSpec:
     ``rate_per_s``. Consumers connect to ``consumer_url`` when set (another relay process
     sharing the channel through a broker), else to ``url`` like the producers. Sends stop at
     ``duration_s`` plus half of ``drain_s``; everything stops at ``duration_s + drain_s`` after
-    the start. ``token`` (kept out of ``repr``) goes on every handshake as ``token_in`` says
-    (:mod:`loadtest.tokens`).
+    the start. ``sender`` is how producers write (:data:`Sender`). ``token`` (kept out of
+    ``repr``) goes on every handshake as ``token_in`` says (:mod:`loadtest.tokens`).
     """
 
     url: str
@@ -80,7 +96,7 @@ class RoleSpec:
     total_producers: int = 0
     consumers: int = 0
     stalled_consumers: int = 0
-    lean_producers: bool = False
+    sender: Sender = "unbatched"
     track_ledger: bool = False
     payload_bytes: int = 128
     rate_per_s: float = 100.0
@@ -243,7 +259,7 @@ class LocalRun:
                 ],
                 spec.connect_concurrency,
             )
-            producer_fn = produce_lean if spec.lean_producers else produce
+            producer_fn = PRODUCERS[spec.sender]
             async with trio.open_nursery() as producers:
                 await start_many(
                     producers,

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -234,6 +236,16 @@ class LeanWebSocket:
             if not data:
                 raise LeanClosedError(None, "the server ended the connection without a close")
             ws.receive_data(data)
+
+    def handover(self) -> tuple[socket.socket, WSConnection]:
+        """Hand the connection to a thread that does all its I/O from now on (the unbatched
+        sender, :mod:`loadtest.unbatched`): return a socket on a duplicate of the descriptor
+        (the caller closes it) and the wsproto connection.
+
+        Nothing may read or write through this object afterwards; :meth:`aclose` still closes
+        the original descriptor (the TCP connection ends when both are closed).
+        """
+        return socket.socket(fileno=os.dup(self._stream.socket.fileno())), self._ws
 
     async def aclose(self) -> None:
         """Close the TCP stream without a close handshake (the peer sees an abrupt close)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadtest.endpoints import Ack
-from loadtest.engine import Delivery, ProgressFn, RoleSpec, RunOutcome, execute
+from loadtest.engine import Delivery, ProgressFn, RoleSpec, RunOutcome, Sender, execute
 from loadtest.report import build_result, run_summary
 from loadtest.schedule import (
     DEFAULT_MIN_DELIVERED_RATIO,
@@ -39,7 +39,8 @@ class Common:
     """Settings every traffic scenario shares.
 
     ``producer_procs``/``consumer_procs`` > 0 move producers/consumers into that many worker
-    processes; ``lean`` sends with the batching wsproto client instead of trio-websocket.
+    processes; ``sender`` is how producers write (:data:`loadtest.engine.Sender`: one message
+    per write by default, ``batched`` for the lean sender's one write per 1 ms tick).
     ``drain_s`` is the time after the send window allowed for acks and deliveries.
     ``consumer_url`` (optional) is where consumers connect instead of ``url``: another relay
     process on the same broker, to measure the cross-process path. ``token`` goes on every
@@ -57,7 +58,7 @@ class Common:
     server_pid: int | None = None
     producer_procs: int = 0
     consumer_procs: int = 0
-    lean: bool = False
+    sender: Sender = "unbatched"
     connect_timeout_s: float = 10.0
     connect_concurrency: int = 64
     sample_interval_s: float = 0.5
@@ -84,7 +85,7 @@ def _spec(common: Common, **kwargs: Any) -> RoleSpec:
         payload_bytes=common.payload_bytes,
         duration_s=common.duration_s,
         drain_s=common.drain_s,
-        lean_producers=common.lean,
+        sender=common.sender,
         connect_timeout_s=common.connect_timeout_s,
         connect_concurrency=common.connect_concurrency,
         token=common.token,

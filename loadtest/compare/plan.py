@@ -331,7 +331,7 @@ def build_jobs(plan: Plan) -> list[Job]:
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
-    lean = ("--lean", "--producer-procs", "1")
+    lean = ("--sender", "batched", "--producer-procs", "1")
     redis = plan.redis_sides
 
     def sides(baseline: bool, on_redis: bool, extra: Sequence[str] = ()) -> tuple[str, ...]:

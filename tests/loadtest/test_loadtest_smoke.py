@@ -51,7 +51,7 @@ async def test_pair(baseline_server: RunningServer) -> None:
 async def test_pair_lean_producers_in_a_worker_process(baseline_server: RunningServer) -> None:
     """The lean wsproto sender in a worker process delivers across process boundaries."""
     result = await scenarios.run_pair(
-        _common(baseline_server, lean=True, producer_procs=1),
+        _common(baseline_server, sender="batched", producer_procs=1),
         producers=2,
         consumers=1,
         rate_per_s=300,
@@ -59,6 +59,25 @@ async def test_pair_lean_producers_in_a_worker_process(baseline_server: RunningS
     _assert_delivered(result, "pair")
     assert result["summary"]["counts"]["delivered"] == 300
     assert result["summary"]["generator"]["processes"] == 2
+
+
+@pytest.mark.parametrize("producers", [1, 100])
+async def test_pair_unbatched_producers_in_a_worker_process(
+    baseline_server: RunningServer, producers: int
+) -> None:
+    """The unbatched sender (the default), one producer or 100 sharing the rate, in a worker
+    process: every message sent on its own, acked and delivered."""
+    result = await scenarios.run_pair(
+        _common(baseline_server, producer_procs=1),
+        producers=producers,
+        consumers=1,
+        rate_per_s=300,
+    )
+    _assert_delivered(result, "pair")
+    counts = result["summary"]["counts"]
+    assert result["params"]["sender"] == "unbatched"
+    assert counts["sent"] == counts["acks"] == counts["delivered"] == 300
+    assert counts["connected"] == producers + 1
 
 
 async def test_fanout(baseline_server: RunningServer) -> None:

@@ -78,7 +78,7 @@ def test_log_lines_show_a_placeholder_instead_of_the_token(
 
 async def test_without_a_token_every_connection_is_refused_with_401(relay: KeyedRelay) -> None:
     """No token: the trio-websocket consumer and the lean producer both get HTTP 401."""
-    result = await scenarios.run_pair(_common(relay, lean=True), rate_per_s=100)
+    result = await scenarios.run_pair(_common(relay, sender="batched"), rate_per_s=100)
     summary = result["summary"]
     assert summary["counts"]["connected"] == 0
     assert summary["counts"]["failed_connects"] == 2
@@ -110,7 +110,7 @@ async def test_with_the_token_every_client_connects_and_the_result_omits_it(
 async def test_lean_producers_in_a_worker_process_get_the_token(relay: KeyedRelay) -> None:
     """The token reaches the lean wsproto sender in a worker process (through its spec)."""
     token = mint_token(relay.secret, ttl_seconds=60)
-    common = _common(relay, token=token, lean=True, producer_procs=1)
+    common = _common(relay, token=token, sender="batched", producer_procs=1)
     result = await scenarios.run_pair(common, rate_per_s=100)
     assert result["summary"]["counts"]["failed_connects"] == 0, result["summary"]["errors"]
     assert result["summary"]["counts"]["delivered"] == 50

@@ -1,0 +1,35 @@
+"""The generator's command line: how producers write (``--sender``), and its old spelling."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.cli import build_parser
+from loadtest.engine import PRODUCERS, SENDERS
+
+
+@pytest.mark.parametrize("scenario", ["pair", "fanout", "queue", "max", "slow"])
+def test_the_default_sender_writes_one_message_per_write(scenario: str) -> None:
+    """Every traffic scenario leads with the common case: unbatched."""
+    args = build_parser().parse_args([scenario, "--url", "ws://x"])
+    assert args.sender == "unbatched" == SENDERS[0]
+
+
+def test_lean_is_the_batched_sender() -> None:
+    """--lean, the old flag, means --sender batched."""
+    parse = build_parser().parse_args
+    assert parse(["pair", "--url", "ws://x", "--lean"]).sender == "batched"
+    assert parse(["pair", "--url", "ws://x", "--sender", "batched"]).sender == "batched"
+
+
+def test_an_unknown_sender_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo is an argument error (exit 2), naming the choices."""
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["pair", "--url", "ws://x", "--sender", "nope"])
+    assert caught.value.code == 2
+    assert "unbatched" in capsys.readouterr().err
+
+
+def test_every_sender_has_a_producer_client() -> None:
+    """The choices and the clients are the same set."""
+    assert set(SENDERS) == set(PRODUCERS)
