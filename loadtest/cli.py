@@ -19,7 +19,7 @@ import trio
 
 from loadtest import connections, resume, scenarios
 from loadtest.compare import runner as compare
-from loadtest.engine import SENDERS
+from loadtest.engine import CONSUMER_CLIENTS, SENDERS
 from loadtest.limits import raise_fd_limit
 from loadtest.report import one_line
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
@@ -93,6 +93,13 @@ def _traffic_parser() -> argparse.ArgumentParser:
         "own time, as most real producers do), batched (the lean sender: every message due "
         "in a 1 ms tick in one write), trio-websocket (one send_message per message on the "
         "library)",
+    )
+    g.add_argument(
+        "--consumer-client",
+        choices=CONSUMER_CLIENTS,
+        default=CONSUMER_CLIENTS[0],
+        help="what consumers read with: lean (the default: wsproto, one task per connection, "
+        "the cheaper per message) or trio-websocket",
     )
     g.add_argument(
         "--lean",
@@ -267,6 +274,7 @@ async def run_scenario(
         producer_procs=args.producer_procs,
         consumer_procs=args.consumer_procs,
         sender=args.sender,
+        consumer_client=args.consumer_client,
         connect_timeout_s=args.connect_timeout_seconds,
         connect_concurrency=args.connect_concurrency,
         sample_interval_s=args.sample_interval_seconds,

@@ -3,8 +3,9 @@
 * :func:`consume` - a trio-websocket consumer that decodes the fixed message prefix and records
   latency from the scheduled send time.
 * :func:`produce` - an open-loop producer on trio-websocket, with a drain task for echoes/acks.
-* :class:`ProducerSlot`, :class:`ProducerPlan`, :class:`Stopper`, :class:`DeliveryCounter`:
-  how a run hands producers their schedule and stops consumers, whichever client they use.
+* :class:`ProducerSlot`, :class:`ProducerPlan`, :class:`Stopper`, :class:`DeliveryCounter`,
+  :class:`DeliveryRecorder`: how a run hands producers their schedule, records deliveries and
+  stops consumers, whichever client they use.
 
 The lean wsproto clients (the batched sender, the stalled consumer) are in
 :mod:`loadtest.lean`.
@@ -135,6 +136,46 @@ class DeliveryCounter:
             self.reached.set()
 
 
+class DeliveryRecorder:
+    """Records what one consumer receives: each message of this run (``run_id``) as a
+    delivery, with its latency from the scheduled send time, in ``stats`` and ``counter``.
+
+    Messages of another run are counted as ``foreign``, frames that are not load-test
+    messages as ``bad_frames``; neither is a delivery. :attr:`delivered` counts this
+    consumer's deliveries.
+    """
+
+    def __init__(self, run_id: str, stats: RoleStats, counter: DeliveryCounter) -> None:
+        self._run_id = run_id
+        self._stats = stats
+        self._counter = counter
+        self.delivered = 0
+
+    def record(self, messages: Sequence[str | bytes], now_ns: int) -> None:
+        """Record ``messages``, all received at ``now_ns`` (``time.monotonic_ns``)."""
+        stats = self._stats
+        counters = stats.counters
+        ledger = stats.ledger
+        got = 0
+        for text in messages:
+            try:
+                header = decode(text) if isinstance(text, str) else decode(text.decode())
+            except (CodecError, UnicodeDecodeError):
+                counters.bad_frames += 1
+                continue
+            if header.run != self._run_id:
+                counters.foreign += 1
+                continue
+            stats.latency.record_ns(now_ns - header.scheduled_ns)
+            if ledger is not None:
+                ledger.record(header.producer, header.seq)
+            got += 1
+        if got:
+            self.delivered += got
+            counters.delivered += got
+            self._counter.add(got)
+
+
 async def consume(
     url: str,
     run_id: str,
@@ -147,17 +188,14 @@ async def consume(
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Connect a consumer to ``url`` (with ``headers``); record every message until ``stopper``
-    says stop.
+    says stop (:class:`DeliveryRecorder`).
 
-    Messages of another run (a different ``run_id``) are counted as ``foreign`` and ignored.
     Reports ``task_status.started(True)`` once connected, or ``started(False)`` when the
     connection could not be made (counted in ``stats``). Errors after connecting are counted, not
     raised. Latency is receive time minus the message's scheduled time.
     """
-    ledger = stats.ledger
-    latency = stats.latency
     counters = stats.counters
-    delivered = 0
+    recorder = DeliveryRecorder(run_id, stats, counter)
     started = False
     try:
         async with open_client(url, connect_timeout_s, headers) as ws:
@@ -167,21 +205,7 @@ async def consume(
             with stopper.scope():
                 while True:
                     text = await ws.get_message()
-                    now = time.monotonic_ns()
-                    try:
-                        header = decode(text) if isinstance(text, str) else decode(text.decode())
-                    except (CodecError, UnicodeDecodeError):
-                        counters.bad_frames += 1
-                        continue
-                    if header.run != run_id:
-                        counters.foreign += 1
-                        continue
-                    latency.record_ns(now - header.scheduled_ns)
-                    if ledger is not None:
-                        ledger.record(header.producer, header.seq)
-                    delivered += 1
-                    counters.delivered += 1
-                    counter.add()
+                    recorder.record((text,), time.monotonic_ns())
     except CONNECTION_ERRORS as exc:
         if not started:
             counters.failed_connects += 1
@@ -191,7 +215,7 @@ async def consume(
             stats.note_error(f"consumer: {exc!r}")
     finally:
         if started:
-            stats.per_consumer_delivered.append(delivered)
+            stats.per_consumer_delivered.append(recorder.delivered)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from loadtest.clients import (
 )
 from loadtest.codec import new_run_id, padding_for
 from loadtest.endpoints import Ack, endpoint_url
-from loadtest.lean import hold_stalled, produce_lean
+from loadtest.lean import consume_lean, hold_stalled, produce_lean
 from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
 from loadtest.stats import DeliveryLedger, RoleStats, merge
@@ -60,6 +60,17 @@ Delivery = Literal["broadcast", "competing"]
 Sender = Literal["unbatched", "batched", "trio-websocket"]
 #: The senders, the default first.
 SENDERS: Final[tuple[Sender, ...]] = ("unbatched", "batched", "trio-websocket")
+#: What consumers read with (``--consumer-client``): ``lean``, the wsproto client
+#: (:func:`~loadtest.lean.consume_lean`; the default, the cheaper per message), or the
+#: trio-websocket library (:func:`~loadtest.clients.consume`).
+ConsumerClient = Literal["lean", "trio-websocket"]
+#: The consumer clients, the default first.
+CONSUMER_CLIENTS: Final[tuple[ConsumerClient, ...]] = ("lean", "trio-websocket")
+#: The consumer function of each consumer client.
+CONSUMERS: Final[Mapping[ConsumerClient, Callable[..., Awaitable[None]]]] = {
+    "lean": consume_lean,
+    "trio-websocket": consume,
+}
 #: The producer client of each sender.
 PRODUCERS: Final[Mapping[Sender, Callable[..., Awaitable[None]]]] = {
     "unbatched": produce_unbatched,
@@ -83,7 +94,8 @@ class RoleSpec:
     ``rate_per_s``. Consumers connect to ``consumer_url`` when set (another relay process
     sharing the channel through a broker), else to ``url`` like the producers. Sends stop at
     ``duration_s`` plus half of ``drain_s``; everything stops at ``duration_s + drain_s`` after
-    the start. ``sender`` is how producers write (:data:`Sender`). ``token`` (kept out of
+    the start. ``sender`` is how producers write (:data:`Sender`), ``consumer_client`` what
+    consumers read with (:data:`ConsumerClient`). ``token`` (kept out of
     ``repr``) goes on every handshake as ``token_in`` says (:mod:`loadtest.tokens`).
     """
 
@@ -97,6 +109,7 @@ class RoleSpec:
     consumers: int = 0
     stalled_consumers: int = 0
     sender: Sender = "unbatched"
+    consumer_client: ConsumerClient = "lean"
     track_ledger: bool = False
     payload_bytes: int = 128
     rate_per_s: float = 100.0
@@ -235,7 +248,7 @@ class LocalRun:
                 consumers,
                 [
                     functools.partial(
-                        consume,
+                        CONSUMERS[spec.consumer_client],
                         consumer_url,
                         spec.run_id,
                         stats,

@@ -6,11 +6,13 @@
   and the server sees real backpressure (a trio-websocket client would keep reading into its
   own queue in the background).
 * :func:`produce_lean` - the batched sender: every message due in a 1 ms tick in one write.
+* :func:`consume_lean` - a consumer, cheaper per message than trio-websocket's.
 * :func:`hold_stalled` - a consumer that never reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -32,6 +34,8 @@ from wsproto.events import (
 
 from loadtest.clients import (
     CONNECTION_ERRORS,
+    DeliveryCounter,
+    DeliveryRecorder,
     Headers,
     ProducerSlot,
     Stopper,
@@ -247,6 +251,11 @@ class LeanWebSocket:
         """
         return socket.socket(fileno=os.dup(self._stream.socket.fileno())), self._ws
 
+    async def send_close(self, code: int = 1000) -> None:
+        """Send a close frame (without waiting for the answer; then :meth:`aclose`)."""
+        async with self._send_lock:
+            await self._stream.send_all(self._ws.send(CloseConnection(code=code)))
+
     async def aclose(self) -> None:
         """Close the TCP stream without a close handshake (the peer sees an abrupt close)."""
         await trio.aclose_forcefully(self._stream)
@@ -337,4 +346,55 @@ async def hold_stalled(
         with stopper.scope():
             await trio.sleep_forever()
     finally:
+        await lean.aclose()
+
+
+#: How long a lean consumer leaving may take to send its close frame.
+CLOSE_TIMEOUT_S = 1.0
+#: What ends a lean consumer early (counted as an error unless it was told to stop).
+CONSUMER_ERRORS: tuple[type[Exception], ...] = (LeanClosedError, *CONNECTION_ERRORS)
+
+
+async def consume_lean(
+    url: str,
+    run_id: str,
+    stats: RoleStats,
+    counter: DeliveryCounter,
+    stopper: Stopper,
+    *,
+    connect_timeout_s: float = 10.0,
+    headers: Headers = (),
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Like :func:`~loadtest.clients.consume`, on a :class:`LeanWebSocket`: one task reading
+    the socket, every whole message of a read recorded at once (trio-websocket adds a reader
+    task and a queue per connection, a few task switches per message).
+
+    Leaves with a close frame (1000) and without waiting for the answer.
+    """
+    counters = stats.counters
+    recorder = DeliveryRecorder(run_id, stats, counter)
+    try:
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
+    except LEAN_CONNECT_ERRORS as exc:
+        counters.failed_connects += 1
+        stats.note_error(f"consumer connect: {exc!r}")
+        task_status.started(False)
+        return
+    counters.connected += 1
+    task_status.started(True)
+    try:
+        with stopper.scope():
+            while True:
+                messages = await lean.receive_messages()
+                recorder.record(messages, time.monotonic_ns())
+    except CONSUMER_ERRORS as exc:
+        if not stopper.stopped:
+            stats.note_error(f"consumer: {exc!r}")
+    finally:
+        stats.per_consumer_delivered.append(recorder.delivered)
+        with trio.move_on_after(CLOSE_TIMEOUT_S) as leaving:
+            leaving.shield = True
+            with contextlib.suppress(*CONNECTION_ERRORS):  # already gone
+                await lean.send_close()
         await lean.aclose()

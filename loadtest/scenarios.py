@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadtest.endpoints import Ack
-from loadtest.engine import Delivery, ProgressFn, RoleSpec, RunOutcome, Sender, execute
+from loadtest.engine import (
+    ConsumerClient,
+    Delivery,
+    ProgressFn,
+    RoleSpec,
+    RunOutcome,
+    Sender,
+    execute,
+)
 from loadtest.report import build_result, run_summary
 from loadtest.schedule import (
     DEFAULT_MIN_DELIVERED_RATIO,
@@ -40,7 +48,8 @@ class Common:
 
     ``producer_procs``/``consumer_procs`` > 0 move producers/consumers into that many worker
     processes; ``sender`` is how producers write (:data:`loadtest.engine.Sender`: one message
-    per write by default, ``batched`` for the lean sender's one write per 1 ms tick).
+    per write by default, ``batched`` for the lean sender's one write per 1 ms tick),
+    ``consumer_client`` what consumers read with (:data:`loadtest.engine.ConsumerClient`).
     ``drain_s`` is the time after the send window allowed for acks and deliveries.
     ``consumer_url`` (optional) is where consumers connect instead of ``url``: another relay
     process on the same broker, to measure the cross-process path. ``token`` goes on every
@@ -59,6 +68,7 @@ class Common:
     producer_procs: int = 0
     consumer_procs: int = 0
     sender: Sender = "unbatched"
+    consumer_client: ConsumerClient = "lean"
     connect_timeout_s: float = 10.0
     connect_concurrency: int = 64
     sample_interval_s: float = 0.5
@@ -86,6 +96,7 @@ def _spec(common: Common, **kwargs: Any) -> RoleSpec:
         duration_s=common.duration_s,
         drain_s=common.drain_s,
         sender=common.sender,
+        consumer_client=common.consumer_client,
         connect_timeout_s=common.connect_timeout_s,
         connect_concurrency=common.connect_concurrency,
         token=common.token,

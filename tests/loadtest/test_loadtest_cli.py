@@ -1,11 +1,12 @@
-"""The generator's command line: how producers write (``--sender``), and its old spelling."""
+"""The generator's command line: how producers write (``--sender``, and its old spelling) and
+what consumers read with (``--consumer-client``)."""
 
 from __future__ import annotations
 
 import pytest
 
 from loadtest.cli import build_parser
-from loadtest.engine import PRODUCERS, SENDERS
+from loadtest.engine import CONSUMER_CLIENTS, CONSUMERS, PRODUCERS, SENDERS
 
 
 @pytest.mark.parametrize("scenario", ["pair", "fanout", "queue", "max", "slow"])
@@ -33,3 +34,12 @@ def test_an_unknown_sender_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
 def test_every_sender_has_a_producer_client() -> None:
     """The choices and the clients are the same set."""
     assert set(SENDERS) == set(PRODUCERS)
+
+
+def test_consumers_read_with_the_lean_client_unless_told() -> None:
+    """The cheaper consumer by default; trio-websocket on request."""
+    parse = build_parser().parse_args
+    assert parse(["fanout", "--url", "ws://x"]).consumer_client == "lean" == CONSUMER_CLIENTS[0]
+    args = parse(["fanout", "--url", "ws://x", "--consumer-client", "trio-websocket"])
+    assert args.consumer_client == "trio-websocket"
+    assert set(CONSUMER_CLIENTS) == set(CONSUMERS)

@@ -80,6 +80,15 @@ async def test_pair_unbatched_producers_in_a_worker_process(
     assert counts["connected"] == producers + 1
 
 
+async def test_pair_on_the_trio_websocket_clients(baseline_server: RunningServer) -> None:
+    """The library clients, producer and consumer, still deliver every message."""
+    common = _common(baseline_server, sender="trio-websocket", consumer_client="trio-websocket")
+    result = await scenarios.run_pair(common, rate_per_s=100)
+    _assert_delivered(result, "pair")
+    assert result["summary"]["counts"]["delivered"] == 100
+    assert result["params"]["consumer_client"] == "trio-websocket"
+
+
 async def test_fanout(baseline_server: RunningServer) -> None:
     """1 producer -> 5 consumers: the baseline delivers each message once, not 5 times."""
     result = await scenarios.run_fanout(_common(baseline_server), consumers=5, rate_per_s=50)

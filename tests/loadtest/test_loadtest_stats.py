@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from loadtest.clients import DeliveryCounter, DeliveryRecorder
+from loadtest.codec import encode
 from loadtest.stats import (
     Counters,
     DeliveryLedger,
@@ -106,3 +108,22 @@ def test_counters_dict_round_trip() -> None:
     assert Counters.from_dict(c.to_dict()) == c
     with pytest.raises(TypeError):
         Counters.from_dict({"bogus": 1})
+
+
+def test_a_recorder_counts_this_runs_messages_and_sets_aside_the_rest() -> None:
+    """Deliveries of this run are recorded (latency, ledger, counts, the shared counter);
+    another run's messages are foreign and a frame that is no message is a bad frame."""
+    stats = RoleStats(ledger=DeliveryLedger())
+    counter = DeliveryCounter()
+    counter.set_target(2)
+    recorder = DeliveryRecorder("0badcafe", stats, counter)
+    mine = [encode("0badcafe", 1, seq, 1_000_000) for seq in (0, 1)]
+    recorder.record([mine[0], encode("feedface", 1, 0, 0), "not json"], 3_000_000)
+    assert not counter.reached.is_set()
+    recorder.record([mine[1].encode()], 5_000_000)
+    assert counter.reached.is_set()
+    assert recorder.delivered == stats.counters.delivered == 2
+    assert (stats.counters.foreign, stats.counters.bad_frames) == (1, 1)
+    assert stats.latency.summary_ms()["max"] == pytest.approx(4.0, rel=1e-2)
+    assert stats.ledger is not None
+    assert stats.ledger.check({1: 2}) == (0, 0)

@@ -78,7 +78,8 @@ def test_log_lines_show_a_placeholder_instead_of_the_token(
 
 async def test_without_a_token_every_connection_is_refused_with_401(relay: KeyedRelay) -> None:
     """No token: the trio-websocket consumer and the lean producer both get HTTP 401."""
-    result = await scenarios.run_pair(_common(relay, sender="batched"), rate_per_s=100)
+    common = _common(relay, sender="batched", consumer_client="trio-websocket")
+    result = await scenarios.run_pair(common, rate_per_s=100)
     summary = result["summary"]
     assert summary["counts"]["connected"] == 0
     assert summary["counts"]["failed_connects"] == 2
@@ -96,9 +97,14 @@ async def test_with_the_token_every_client_connects_and_the_result_omits_it(
     """Token given: trio-websocket producer, consumer and a stalled one connect; the result
     says how the token travelled and never contains it."""
     token = mint_token(relay.secret, ttl_seconds=60)
-    result = await scenarios.run_slow(
-        _common(relay, token=token, token_in=token_in), consumers=1, stalled=1, rate_per_s=100
+    common = _common(
+        relay,
+        token=token,
+        token_in=token_in,
+        sender="trio-websocket",
+        consumer_client="trio-websocket",
     )
+    result = await scenarios.run_slow(common, consumers=1, stalled=1, rate_per_s=100)
     counts = result["summary"]["counts"]
     assert counts["connected"] == 3, result["summary"]["errors"]
     assert counts["failed_connects"] == 0
@@ -107,10 +113,14 @@ async def test_with_the_token_every_client_connects_and_the_result_omits_it(
     assert token not in json.dumps(result)
 
 
-async def test_lean_producers_in_a_worker_process_get_the_token(relay: KeyedRelay) -> None:
-    """The token reaches the lean wsproto sender in a worker process (through its spec)."""
+@pytest.mark.parametrize("sender", ["unbatched", "batched"])
+async def test_lean_producers_in_a_worker_process_get_the_token(
+    relay: KeyedRelay, sender: str
+) -> None:
+    """The token reaches the wsproto senders in a worker process (through its spec), and the
+    lean consumer."""
     token = mint_token(relay.secret, ttl_seconds=60)
-    common = _common(relay, token=token, sender="batched", producer_procs=1)
+    common = _common(relay, token=token, sender=sender, producer_procs=1)
     result = await scenarios.run_pair(common, rate_per_s=100)
     assert result["summary"]["counts"]["failed_connects"] == 0, result["summary"]["errors"]
     assert result["summary"]["counts"]["delivered"] == 50
