@@ -42,7 +42,7 @@ from loadtest.clients import (
 from loadtest.codec import new_run_id, padding_for
 from loadtest.endpoints import Ack, endpoint_url
 from loadtest.lean import consume_lean, hold_stalled, produce_lean
-from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between
+from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between, usable_cores
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
 from loadtest.stats import DeliveryLedger, RoleStats, merge
 from loadtest.tokens import TokenIn, token_headers, token_url
@@ -419,6 +419,8 @@ class RunOutcome:
     server_samples: list[Sample] = field(default_factory=list)
     generator_samples: dict[str, list[Sample]] = field(default_factory=dict)
     worker_pids: list[int] = field(default_factory=list)
+    #: CPUs the generator's processes could run on (this process's affinity, inherited).
+    generator_cores: int | None = None
 
 
 def split_spec(spec: RoleSpec, producer_procs: int, consumer_procs: int) -> list[RoleSpec]:
@@ -545,6 +547,7 @@ async def execute(
         server_samples=server_samples,
         generator_samples=generator_samples,
         worker_pids=[w.pid for w in workers if w.pid is not None],
+        generator_cores=usable_cores(),
     )
 
 

@@ -8,6 +8,7 @@ baseline and reports ``None``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,6 +111,20 @@ def summarize(samples: Sequence[Sample], *, keep_series: bool = True) -> dict[st
     return out
 
 
-def is_generator_bound(cpu_percents: Sequence[float]) -> bool:
-    """Return whether any generator process used at least :data:`GENERATOR_BOUND_PERCENT`."""
-    return any(c >= GENERATOR_BOUND_PERCENT for c in cpu_percents)
+def is_generator_bound(cpu_percents: Sequence[float], *, cores: int | None = None) -> bool:
+    """Return whether the generator's processes were saturated: any of them used at least
+    :data:`GENERATOR_BOUND_PERCENT` of a core, or, given the ``cores`` they may run on,
+    together at least that much of each (processes sharing one core can each stay below the
+    bound while the core is full)."""
+    if any(c >= GENERATOR_BOUND_PERCENT for c in cpu_percents):
+        return True
+    return cores is not None and sum(cpu_percents) >= GENERATOR_BOUND_PERCENT * cores
+
+
+def usable_cores() -> int:
+    """Return how many CPUs this process may run on (its affinity; worker processes inherit
+    it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

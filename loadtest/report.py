@@ -17,7 +17,7 @@ them::
         "latency_ms": {"count", "p50", "p90", "p99", "p99_9", "max", "mean"},
         "server": {"cpu_percent": {"mean", "max"}, "rss_bytes": {"start", "max", "end"},
                    "series": [[t_s, cpu_percent, rss_bytes], ...]} | null,
-        "generator": {"processes", "cpu_percent_by_process", "generator_bound",
+        "generator": {"processes", "cores", "cpu_percent_by_process", "generator_bound",
                       "series": {"main": [...], "worker0": [...]}},
         "flags": ["generator_bound", "sends_behind", "undelivered", "errors", "duplicates"],
         "errors": ["first few error messages"],
@@ -59,13 +59,17 @@ def run_summary(
     duration_s: float,
     server_samples: Sequence[Sample] | None,
     generator_samples: Mapping[str, Sequence[Sample]],
+    generator_cores: int | None = None,
     keep_series: bool = True,
 ) -> dict[str, Any]:
     """Return the ``summary`` block of one run (see the module docstring).
 
     Throughputs divide by ``duration_s`` (the send window). ``duplicates``/``missing`` are
     ``None`` unless the run kept a delivery ledger. ``server_samples`` ``None`` means no server
-    PID was given.
+    PID was given. ``generator_cores`` is how many CPUs the generator's processes could use:
+    ``generator_bound`` is also raised when their in-window CPU together reached
+    :data:`~loadtest.monitor.GENERATOR_BOUND_PERCENT` of each
+    (:func:`~loadtest.monitor.is_generator_bound`).
     """
     c = stats.counters
     duplicates: int | None = None
@@ -81,7 +85,7 @@ def run_summary(
         for s in samples
         if s.cpu_percent is not None
     ]
-    bound = is_generator_bound(gen_cpu) or is_generator_bound(sampled_cpu)
+    bound = is_generator_bound(gen_cpu, cores=generator_cores) or is_generator_bound(sampled_cpu)
     flags = []
     if bound:
         flags.append("generator_bound")
@@ -95,6 +99,7 @@ def run_summary(
         flags.append("duplicates")
     generator: dict[str, Any] = {
         "processes": max(1, len(generator_samples)),
+        "cores": generator_cores,
         "cpu_percent_by_process": gen_cpu,
         "generator_bound": bound,
     }

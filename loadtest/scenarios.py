@@ -124,6 +124,7 @@ def _summary(outcome: RunOutcome, *, keep_series: bool = True) -> dict[str, Any]
         duration_s=outcome.duration_s,
         server_samples=None if not outcome.server_samples else outcome.server_samples,
         generator_samples=outcome.generator_samples,
+        generator_cores=outcome.generator_cores,
         keep_series=keep_series,
     )
 
@@ -269,9 +270,11 @@ async def run_max(
 
     Each step is a full run of ``common.duration_s``. Stops after the first failed step unless
     ``keep_going``. ``extra.limited_by`` says whether the first failed step above the best one
-    was generator-bound (then the number is the generator's ceiling, not the server's); it is
-    ``None`` when no step failed. Use a fresh server: leftovers of earlier runs are ignored by
-    the consumers but still cost the server and the consumers time.
+    was generator-bound (then the number is the generator's ceiling, not the server's): one of
+    its processes at 90 % of a core or more, or all of them together at 90 % of each core they
+    could use (``summary.generator.cores``). It is ``None`` when no step failed. Use a fresh
+    server: leftovers of earlier runs are ignored by the consumers but still cost the server
+    and the consumers time.
     """
     ladder = rate_steps(max_rate_per_s, steps)
     results: list[dict[str, Any]] = []

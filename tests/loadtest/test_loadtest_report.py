@@ -57,6 +57,25 @@ def test_flags_raise_on_loss_and_saturation() -> None:
     assert s["counts"]["missing"] == 50
 
 
+@pytest.mark.parametrize(("cores", "bound"), [(1, True), (2, False), (None, False)])
+def test_processes_sharing_a_full_core_are_generator_bound(cores: int | None, bound: bool) -> None:
+    """Two processes at 50 % each fill one core between them, not two (nor an unknown count):
+    neither reaches the bound alone."""
+    stats = _stats(100, 100, cpu=50.0)
+    stats.cpu_percent.append(45.0)
+    s = run_summary(
+        stats,
+        expected=100,
+        duration_s=1.0,
+        server_samples=None,
+        generator_samples={"main": [], "worker0": []},
+        generator_cores=cores,
+    )
+    assert s["generator"]["generator_bound"] is bound
+    assert s["generator"]["cores"] == cores
+    assert ("generator_bound" in s["flags"]) is bound
+
+
 def test_result_shape_is_checked_and_json_ready() -> None:
     """build_result output passes check_result and survives json round trips."""
     summary = run_summary(
