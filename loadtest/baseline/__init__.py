@@ -11,4 +11,8 @@ against what users actually run today:
 
 Run it with ``python -m loadtest.baseline --host 127.0.0.1 --port 0``; see
 :mod:`loadtest.baseline.__main__`.
+
+``python -m loadtest.baseline --broadcast`` serves the asyncio fan-out side instead
+(:mod:`loadtest.baseline.broadcast`): the ``ConnectionManager`` of FastAPI's WebSockets
+tutorial, whose loop sends every message to every consumer, one ``await`` after the other.
 """

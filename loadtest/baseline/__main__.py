@@ -1,4 +1,5 @@
-"""``python -m loadtest.baseline``: serve the baseline app with uvicorn.
+"""``python -m loadtest.baseline [--broadcast]``: serve a baseline app with uvicorn (the queue of
+:mod:`loadtest.baseline.app`, or the broadcast loop of :mod:`loadtest.baseline.broadcast`).
 
 The listening socket is bound (and listening) before uvicorn starts, and its address is printed
 to stdout as one line ``listening on http://HOST:PORT`` so that a caller using ``--port 0`` can
@@ -14,6 +15,10 @@ import sys
 from collections.abc import Sequence
 
 LISTEN_BACKLOG = 2048
+#: The two asyncio apps, as uvicorn imports them: the queue (the default) and, with
+#: ``--broadcast``, the broadcast loop.
+QUEUE_APP = "loadtest.baseline.app:app"
+BROADCAST_APP = "loadtest.baseline.broadcast:app"
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -38,7 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, bind, announce the bound address on stdout, and serve until interrupted."""
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.baseline",
-        description="The asyncio baseline relay (FastAPI + uvicorn, one global asyncio.Queue).",
+        description="The asyncio baseline relay (FastAPI + uvicorn, one global asyncio.Queue), "
+        "or with --broadcast the FastAPI tutorial's ConnectionManager broadcast loop.",
+    )
+    parser.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="serve the broadcast loop (every consumer gets every message: the asyncio "
+        "fan-out side) instead of the queue (each message to one consumer)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -57,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"listening on http://{shown_host}:{bound_port}", flush=True)
     config = uvicorn.Config(
-        "loadtest.baseline.app:app",
+        BROADCAST_APP if args.broadcast else QUEUE_APP,
         log_level=args.log_level,
         access_log=False,
         lifespan="off",

@@ -40,8 +40,9 @@ def parse_listening_line(line: str) -> int:
     return int(line.strip().rsplit(":", 1)[1])
 
 
-def start_baseline(log_path: Path) -> tuple[subprocess.Popen[str], int]:
-    """Start ``python -m loadtest.baseline --port 0`` and return it with its bound port.
+def start_baseline(log_path: Path, *, broadcast: bool = False) -> tuple[subprocess.Popen[str], int]:
+    """Start ``python -m loadtest.baseline --port 0`` (with ``--broadcast``: the broadcast
+    loop) and return it with its bound port.
 
     Waits (with a selector timeout, not a sleep) for the listening line; stderr goes to
     ``log_path`` so a full pipe can never block the server.
@@ -49,8 +50,9 @@ def start_baseline(log_path: Path) -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log = log_path.open("w")
+    argv = [sys.executable, "-m", "loadtest.baseline", "--host", "127.0.0.1", "--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.baseline", "--host", "127.0.0.1", "--port", "0"],
+        [*argv, *(["--broadcast"] if broadcast else [])],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -90,6 +92,16 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
 def baseline_server(tmp_path: Path) -> Iterator[RunningServer]:
     """A fresh baseline server per test (its global queue and zombie consumers start empty)."""
     proc, port = start_baseline(tmp_path / "baseline.log")
+    try:
+        yield RunningServer(url=f"ws://127.0.0.1:{port}", pid=proc.pid)
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def broadcast_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A fresh broadcast-loop baseline per test (``python -m loadtest.baseline --broadcast``)."""
+    proc, port = start_baseline(tmp_path / "broadcast.log", broadcast=True)
     try:
         yield RunningServer(url=f"ws://127.0.0.1:{port}", pid=proc.pid)
     finally:

@@ -100,6 +100,21 @@ async def test_fanout(baseline_server: RunningServer) -> None:
     assert result["extra"]["deliveries_per_s"] > 0
 
 
+async def test_fanout_on_the_broadcast_loop(broadcast_server: RunningServer) -> None:
+    """1 producer -> 5 consumers on the broadcast baseline: every consumer gets every
+    message, and the producer gets each one back."""
+    result = await scenarios.run_fanout(
+        _common(broadcast_server, producer_procs=1), consumers=5, rate_per_s=100
+    )
+    _assert_delivered(result, "fanout")
+    counts = result["summary"]["counts"]
+    assert counts["sent"] == counts["acks"] == 100
+    assert counts["delivered"] == counts["expected"] == 5 * 100
+    assert result["extra"]["per_consumer_delivered"] == {
+        "consumers": 5, "min": 100, "max": 100, "mean": 100.0,
+    }  # fmt: skip
+
+
 async def test_queue(baseline_server: RunningServer) -> None:
     """Competing consumers: the ledger finds no duplicates and nothing missing."""
     result = await scenarios.run_queue(
