@@ -5,9 +5,9 @@ A *run* is one job (see :mod:`loadtest.compare.plan`) measured once against one 
 server processes; :func:`extract_metrics` turns its result JSON into flat metrics, and
 :func:`aggregate` turns the repeats of every side into one :class:`Row` per job and metric of
 a :class:`Table`: each side's median and the table's ratios. A table compares some sides:
-triorelay against the baseline, Redis against memory, and tokens, history and stage timing
-each on against off. Everything here is a pure function of its arguments, so it is tested
-synchronously; :mod:`loadtest.compare.report` renders it.
+triorelay against the baseline, fan-out against the broadcast loop, Redis against memory, and
+tokens, history and stage timing each on against off. Everything here is a pure function of
+its arguments, so it is tested synchronously; :mod:`loadtest.compare.report` renders it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from loadtest.compare.sides import (
     BASELINE,
+    BROADCAST,
     MEMORY,
     NOHISTORY,
     NOTRACING,
@@ -59,6 +60,9 @@ class Run:
     generator_bound: bool
     generator_cpu_percent: float | None
     flags: list[str] = field(default_factory=list)
+    #: What stopped a ``max`` run's climb: ``server``, ``generator``, or ``None`` (another
+    #: scenario, or no step failed).
+    limited_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form."""
@@ -70,6 +74,7 @@ class Run:
             "generator_bound": self.generator_bound,
             "generator_cpu_percent": self.generator_cpu_percent,
             "flags": self.flags,
+            "limited_by": self.limited_by,
         }
 
 
@@ -200,6 +205,13 @@ class Table:
 #: triorelay (in memory) against the asyncio baseline: the original comparison.
 BASELINE_TABLE: Final = Table(
     "triorelay vs the asyncio baseline", SIDES, ((f"{MEMORY}/{BASELINE}", MEMORY, BASELINE),)
+)
+#: Fan-out: triorelay against the asyncio broadcast loop, both delivering every message to
+#: every consumer (deliveries against deliveries).
+FANOUT_TABLE: Final = Table(
+    "Fan-out: triorelay vs the FastAPI broadcast loop",
+    (MEMORY, BROADCAST),
+    ((f"{MEMORY}/{BROADCAST}", MEMORY, BROADCAST),),
 )
 #: The same relay through Redis (one relay, then two sharing it) against in memory.
 REDIS_TABLE: Final = Table(

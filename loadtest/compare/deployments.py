@@ -2,7 +2,8 @@
 whose CPU counts.
 
 - ``triorelay``: one ``python -m triorelay serve`` on the in-memory broker;
-- ``asyncio``: one ``python -m loadtest.baseline``;
+- ``asyncio``: one ``python -m loadtest.baseline`` (the queue);
+- ``asyncio-broadcast``: one ``python -m loadtest.baseline --broadcast`` (the broadcast loop);
 - ``triorelay+redis``: a fresh ``redis-server`` and one relay on it (producers and consumers
   on that relay: every message goes to Redis and back);
 - ``triorelay+redis-2relays``: a fresh ``redis-server`` and two relays on it, producers on the
@@ -45,7 +46,7 @@ from loadtest.compare.processes import (
     start_server,
 )
 from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_secret, relay_env
-from loadtest.compare.sides import BASELINE, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.compare.sides import ASYNCIO_SIDES, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
 
 #: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
 #: last).
@@ -165,7 +166,7 @@ def deploy(
     ``RuntimeError`` if a process does not start (whatever did start is stopped first) and
     ``ValueError`` for a Redis side when ``redis`` is not available.
     """
-    if side in (MEMORY, BASELINE):
+    if side in (MEMORY, *ASYNCIO_SIDES):
         server = start_server(side, _log(stem, "server"), cpus=cpus, env=env)
         return Deployment(server.url, None, [server])
     if side == TOKENS:

@@ -2,7 +2,8 @@
 
 I/O-free: :class:`Plan` (``FULL``, ``QUICK``, or either with command-line overrides) becomes the
 list of :class:`Job` s to run, each on the sides it makes sense for, and :func:`alternation`
-orders them. Vocabulary: a *job* is one scenario configuration (``pair@5000``), run on fresh
+orders them. Vocabulary: a *job* is one scenario configuration (``pair@5000 unbatched 1→1``;
+how its producers write and how many share the rate is its :class:`Variant`), run on fresh
 servers once per side (see :mod:`loadtest.compare.sides`) and repeat.
 :mod:`loadtest.compare.runner` runs them.
 """
@@ -26,6 +27,7 @@ from loadtest.compare.relay import default, relay_env
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
+    BROADCAST,
     MEMORY,
     NOHISTORY,
     NOTRACING,
@@ -34,6 +36,7 @@ from loadtest.compare.sides import (
     SIDES,
     TOKENS,
 )
+from loadtest.engine import SENDERS
 
 #: Per-consumer buffer for triorelay in the traffic scenarios (not ``slow``): deep enough that a
 #: scheduling hiccup of the pinned generator does not get a consumer disconnected mid-benchmark.
@@ -72,6 +75,74 @@ PUBLISH_RATE_HEADROOM: Final = 2
 
 
 @dataclass(frozen=True)
+class Variant:
+    """How the producers of a ``pair`` or ``max`` job write (a ``--sender``), and how many of
+    them share its rate; one consumer gets every message."""
+
+    sender: str
+    producers: int
+
+    @property
+    def label(self) -> str:
+        """``unbatched 1→1``, ``batched 1→1``, ``unbatched 100→1``: what every row shows."""
+        return f"{self.sender} {self.producers}→1"
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``unbatched:100`` → ``Variant("unbatched", 100)``; ``ValueError`` when it is not a
+        sender and a positive count."""
+        sender, _, producers = text.strip().partition(":")
+        if sender not in SENDERS or not producers.isdigit() or int(producers) < 1:
+            raise ValueError(
+                f"{text.strip()!r} is not SENDER:PRODUCERS (senders: {', '.join(SENDERS)})"
+            )
+        return cls(sender, int(producers))
+
+
+#: One producer writing one message per write: what most real producers do, the headline.
+UNBATCHED_1: Final = Variant("unbatched", 1)
+#: A hundred producers sharing the rate, each writing one message per write.
+UNBATCHED_100: Final = Variant("unbatched", 100)
+#: One producer writing every message due in a 1 ms tick in one write (the lean sender).
+BATCHED_1: Final = Variant("batched", 1)
+#: The variant every summary and table leads with.
+HEADLINE: Final = UNBATCHED_1
+#: The variant the tokens, history and Redis tables measure: the one their bounds were set on
+#: (the only one ``compare`` ran before unbatched senders).
+SIDE_TABLE_VARIANT: Final = BATCHED_1
+
+
+def pair_key(variant: Variant, rate: int) -> str:
+    """The key of the ``pair`` job of ``variant`` at ``rate``: ``pair@2000 unbatched 1→1``."""
+    return f"pair@{rate} {variant.label}"
+
+
+def max_key(variant: Variant) -> str:
+    """The key of the ``max`` job of ``variant``: ``max unbatched 1→1``."""
+    return f"max {variant.label}"
+
+
+def parse_pair_key(key: str) -> tuple[int, str] | None:
+    """``pair@2000 unbatched 1→1`` → ``(2000, "unbatched 1→1")``; ``None`` for another job."""
+    if not key.startswith("pair@"):
+        return None
+    rate, _, label = key.removeprefix("pair@").partition(" ")
+    return int(rate), label
+
+
+def producer_procs(producers: int, generator_cores: int) -> int:
+    """Worker processes for ``producers``: one per CPU the generator has beyond the one its
+    main process (the consumers) uses, at least one, at most one per producer."""
+    return max(1, min(producers, generator_cores - 1))
+
+
+def consumer_procs(generator_cores: int) -> int:
+    """Worker processes for a fan-out's consumers: none on one CPU (they share the main
+    process), else one per CPU beyond the producer's."""
+    return max(0, generator_cores - 1)
+
+
+@dataclass(frozen=True)
 class Extra:
     """An opt-in side (:data:`~loadtest.compare.sides.OPT_IN_SIDES`): the in-memory relay with
     one thing changed, compared with ``triorelay`` in the same run.
@@ -101,8 +172,9 @@ class Extra:
 
     @property
     def key(self) -> str:
-        """The job the bound applies to: ``pair@`` :attr:`rate`."""
-        return f"pair@{self.rate}"
+        """The job the bound applies to: ``pair`` at :attr:`rate`, of the variant the opt-in
+        tables measure (:data:`SIDE_TABLE_VARIANT`)."""
+        return pair_key(SIDE_TABLE_VARIANT, self.rate)
 
     def within(self, value: float) -> bool:
         """Whether the ratio ``value`` passes :attr:`bound`."""
@@ -187,6 +259,15 @@ class Plan:
             return ()
         return tuple(sorted({*self.pair_rates, extra.rate}))
 
+    #: How the ``pair`` jobs against the baseline write (each at every pair rate).
+    pair_variants: tuple[Variant, ...] = (UNBATCHED_1, UNBATCHED_100, BATCHED_1)
+    #: How the ``max`` jobs write (each climbs the ladder against the baseline too).
+    max_variants: tuple[Variant, ...] = (UNBATCHED_1, BATCHED_1)
+    #: CPUs the generator may use (the runner sets it from its pinning): how many worker
+    #: processes its producers and consumers get (:func:`producer_procs`,
+    #: :func:`consumer_procs`).
+    generator_cores: int = 1
+
     @property
     def tokens_pair_rates(self) -> tuple[int, ...]:
         """The 1→1 rates of the tokens side (:meth:`extra_pair_rates`)."""
@@ -241,6 +322,7 @@ QUICK: Final = Plan(
     redis_max_steps=(),
     redis_fanouts=((10, 100),),
     resume_repeats=5,
+    max_variants=(UNBATCHED_1,),
 )
 
 
@@ -254,7 +336,7 @@ class Job:
     ``sides`` are the sides this job runs on, in run order. ``producer_rate_per_s`` and
     ``connections`` are the most any run of the job offers per producer and holds at once
     (every generator connection comes from one client, as the relay counts them): what its
-    relays' limits must allow (:func:`limits_env`).
+    relays' limits must allow (:func:`limits_env`). ``variant`` is how its producers write.
     """
 
     key: str
@@ -266,6 +348,8 @@ class Job:
     sides: tuple[str, ...] = SIDES
     producer_rate_per_s: float = 0.0
     connections: int = 0
+    #: How a ``pair`` or ``max`` job's producers write (``None``: another scenario).
+    variant: Variant | None = None
 
     def argv_for(self, side: str) -> list[str]:
         """Return the generator's argv for ``side``."""
@@ -310,32 +394,50 @@ def limits_env(*, producer_rate_per_s: float, connections: int) -> dict[str, str
     return relay_env(**values)
 
 
+def lead_with_headline(variants: Sequence[Variant]) -> tuple[Variant, ...]:
+    """``variants`` with :data:`HEADLINE` first when it is one of them, else in their order."""
+    return tuple(sorted(variants, key=lambda v: v != HEADLINE))
+
+
 def build_jobs(plan: Plan) -> list[Job]:
     """Return the jobs of ``plan`` in run order.
 
-    ``pair``, ``max`` and ``fanout`` jobs run on the Redis sides of ``plan.redis_sides`` too
-    (``max`` with its own ladder); rates and fan-outs only the Redis table asks for run on the
-    in-memory relay and the Redis sides, not on the baseline. Each opt-in side whose flag is
-    on (:data:`EXTRAS`: ``plan.tokens``, ``plan.history``, ``plan.tracing``) runs the ``pair``
+    ``pair`` runs each of ``plan.pair_variants`` at each pair rate against the baseline (the
+    headline variant first, then by variant and rate), and ``max`` each of
+    ``plan.max_variants``. ``fanout`` runs against the broadcast loop (``asyncio-broadcast``:
+    every consumer gets every message), not the queue baseline. The variant
+    :data:`SIDE_TABLE_VARIANT` also carries the other tables: its ``pair`` and ``max`` jobs
+    run on the Redis sides of ``plan.redis_sides`` (``max`` with its own ladder), and so do
+    the fan-outs of ``plan.redis_fanouts``; rates only the Redis table asks for run on the
+    in-memory relay and the Redis sides alone. Each opt-in side whose flag is on
+    (:data:`EXTRAS`: ``plan.tokens``, ``plan.history``, ``plan.tracing``) runs its ``pair``
     jobs at its :meth:`Plan.extra_pair_rates` too (a rate only it asks for runs on the
     in-memory relay beside it); with ``plan.history``, a ``resume`` job (last) runs on
-    :attr:`Plan.resume_sides`, with triorelay's default history. Each job runs one producer
-    (the generator's default); its relays get :func:`limits_env` for its rates and connections.
+    :attr:`Plan.resume_sides`, with triorelay's default history. Producers run in
+    :func:`producer_procs` worker processes, a fan-out's consumers in :func:`consumer_procs`;
+    each job's relays get :func:`limits_env` for its rates and connections.
     """
     run = ("--drain-seconds", str(plan.drain_s), "--no-progress")
+    cores = plan.generator_cores
     extra_rates = {side: set(plan.extra_pair_rates(side)) for side in OPT_IN_SIDES}
-    # Every side echoes every message to its producer (the baseline always does; triorelay on
-    # ?ack=echo), so they do the same work per message.
+    # Every side echoes every message to its producer (the asyncio sides always do; triorelay
+    # on ?ack=echo), so they do the same work per message.
     extras = [side for side, rates in extra_rates.items() if rates]
     triorelay_sides = (MEMORY, *extras, *plan.redis_sides)
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
-    # One lean producer in a worker process, the consumer in the main one: the cheapest generator.
-    lean = ("--sender", "batched", "--producer-procs", "1")
     redis = plan.redis_sides
 
-    def sides(baseline: bool, on_redis: bool, extra: Sequence[str] = ()) -> tuple[str, ...]:
-        chosen = {MEMORY, *([BASELINE] if baseline else []), *(redis if on_redis else []), *extra}
+    def writes(variant: Variant) -> tuple[str, ...]:
+        # The producers in worker processes, the consumer in the main one.
+        procs = producer_procs(variant.producers, cores)
+        return (
+            "--sender", variant.sender, "--producers", str(variant.producers),
+            "--producer-procs", str(procs),
+        )  # fmt: skip
+
+    def sides(*chosen_sides: str) -> tuple[str, ...]:
+        chosen = {MEMORY, *chosen_sides}
         return tuple(side for side in ALL_SIDES if side in chosen)
 
     def job(
@@ -348,38 +450,75 @@ def build_jobs(plan: Plan) -> list[Job]:
         *,
         rate: float,
         connections: int,
+        variant: Variant | None = None,
     ) -> Job:
         limits = limits_env(producer_rate_per_s=rate, connections=connections)
-        return Job(key, scenario, argv, side_argv, {**env, **limits}, on, rate, connections)
+        env = {**env, **limits}
+        return Job(key, scenario, argv, side_argv, env, on, rate, connections, variant)
 
     jobs: list[Job] = []
     argv: tuple[str, ...]
     if "pair" in plan.scenarios:
         redis_rates = set(plan.redis_pair_rates) if redis else set()
-        for rate in sorted(set(plan.pair_rates).union(redis_rates, *extra_rates.values())):
-            argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s), *lean, *run)
-            extra = [side for side, rates in extra_rates.items() if rate in rates]
-            on = sides(rate in plan.pair_rates, rate in redis_rates, extra)
-            jobs.append(job(f"pair@{rate}", "pair", argv, echo, deep, on, rate=rate, connections=2))
+        own_rates = redis_rates.union(*extra_rates.values())
+        variants = lead_with_headline(plan.pair_variants)
+        if own_rates and SIDE_TABLE_VARIANT not in variants:
+            variants += (SIDE_TABLE_VARIANT,)
+        for variant in variants:
+            baseline_rates = set(plan.pair_rates) if variant in plan.pair_variants else set()
+            side_rates = own_rates if variant == SIDE_TABLE_VARIANT else set()
+            for rate in sorted(baseline_rates | side_rates):
+                argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s))
+                argv += (*writes(variant), *run)
+                on_extras = [s for s, rates in extra_rates.items() if rate in rates & side_rates]
+                on = sides(
+                    *([BASELINE] if rate in baseline_rates else []),
+                    *(redis if rate in side_rates & redis_rates else []),
+                    *on_extras,
+                )
+                jobs.append(
+                    job(
+                        pair_key(variant, rate), "pair", argv, echo, deep, on,
+                        rate=rate / variant.producers, connections=variant.producers + 1,
+                        variant=variant,
+                    )
+                )  # fmt: skip
     if "max" in plan.scenarios:
-        steps = ",".join(str(s) for s in plan.max_steps)
-        argv = ("--steps", steps, "--max-rate", str(max(plan.max_steps)))
-        argv += ("--duration-seconds", str(plan.max_step_s), *lean, *run)
-        side_argv: dict[str, tuple[str, ...]] = dict(echo)
         on_redis = bool(redis and plan.redis_max_steps)
-        if on_redis:
-            # The last --steps/--max-rate wins: the Redis sides climb their own ladder.
-            ladder = ",".join(str(s) for s in plan.redis_max_steps)
-            own = ("--steps", ladder, "--max-rate", str(max(plan.redis_max_steps)))
-            side_argv.update({side: (*echo[side], *own) for side in redis})
-        top = max((*plan.max_steps, *(plan.redis_max_steps if on_redis else ())))
-        on = sides(True, on_redis)
-        jobs.append(job("max", "max", argv, side_argv, deep, on, rate=top, connections=2))
+        variants = lead_with_headline(plan.max_variants)
+        if on_redis and SIDE_TABLE_VARIANT not in variants:
+            variants += (SIDE_TABLE_VARIANT,)
+        steps = ",".join(str(s) for s in plan.max_steps)
+        for variant in variants:
+            argv = ("--steps", steps, "--max-rate", str(max(plan.max_steps)))
+            argv += ("--duration-seconds", str(plan.max_step_s), *writes(variant), *run)
+            side_argv: dict[str, tuple[str, ...]] = dict(echo)
+            with_redis = on_redis and variant == SIDE_TABLE_VARIANT
+            if with_redis:
+                # The last --steps/--max-rate wins: the Redis sides climb their own ladder.
+                ladder = ",".join(str(s) for s in plan.redis_max_steps)
+                own = ("--steps", ladder, "--max-rate", str(max(plan.redis_max_steps)))
+                side_argv.update({side: (*echo[side], *own) for side in redis})
+            top = max((*plan.max_steps, *(plan.redis_max_steps if with_redis else ())))
+            on = sides(
+                *([BASELINE] if variant in plan.max_variants else []),
+                *(redis if with_redis else []),
+            )
+            jobs.append(
+                job(
+                    max_key(variant), "max", argv, side_argv, deep, on,
+                    rate=top / variant.producers, connections=variant.producers + 1,
+                    variant=variant,
+                )
+            )  # fmt: skip
     if "fanout" in plan.scenarios:
         for consumers, rate in plan.fanouts:
             argv = ("--consumers", str(consumers), "--rate", str(rate))
-            argv += ("--duration-seconds", str(plan.duration_s), *run)
-            on = sides(True, bool(redis) and (consumers, rate) in plan.redis_fanouts)
+            argv += ("--duration-seconds", str(plan.duration_s), "--sender", "unbatched")
+            argv += ("--producer-procs", "1", "--consumer-procs", str(consumer_procs(cores)))
+            argv += run
+            on_redis = bool(redis) and (consumers, rate) in plan.redis_fanouts
+            on = sides(BROADCAST, *(redis if on_redis else []))
             key = f"fanout 1→{consumers}"
             jobs.append(
                 job(key, "fanout", argv, echo, deep, on, rate=rate, connections=consumers + 1)
@@ -387,6 +526,7 @@ def build_jobs(plan: Plan) -> list[Job]:
     if "slow" in plan.scenarios:
         argv = ("--consumers", "1", "--stalled", "1", "--payload-bytes", "4096")
         argv += ("--rate", str(plan.slow_rate), "--duration-seconds", str(plan.slow_s))
+        argv += ("--sender", "unbatched", "--producer-procs", "1")
         argv += ("--sample-interval-seconds", "0.25", *run)
         side = {MEMORY: echo[MEMORY], BASELINE: ("--delivery", "competing")}
         # A producer, a consumer and a stalled one.
@@ -403,13 +543,17 @@ def build_jobs(plan: Plan) -> list[Job]:
         argv += ("--warmup", str(RESUME_WARMUP), "--no-progress")
         # One connection at a time (position, producer, resume); the producer writes all the
         # missed messages at once, a burst well within the default publish rate's second.
-        on = sides(False, bool(redis))
+        on = sides(*(redis if redis else []))
         jobs.append(job(RESUME_KEY, "resume", argv, {}, {}, on, rate=0, connections=2))
     return jobs
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def _variants(text: str) -> tuple[Variant, ...]:
+    return tuple(dict.fromkeys(Variant.parse(item) for item in text.split(",") if item.strip()))
 
 
 def _fanouts(text: str) -> tuple[tuple[int, int], ...]:
@@ -419,9 +563,10 @@ def _fanouts(text: str) -> tuple[tuple[int, int], ...]:
 def build_plan(args: argparse.Namespace) -> Plan:
     """Return the plan for ``args``: FULL or QUICK with the given overrides.
 
-    Raises ``ValueError`` for an unknown scenario or Redis side, or a ``--redis-fanout`` that
-    is not one of the fan-outs. Without ``--redis-fanout``, the Redis sides run the default's
-    fan-outs that are planned, else the first planned one.
+    Raises ``ValueError`` for an unknown scenario or Redis side, a variant that is not
+    ``SENDER:PRODUCERS``, or a ``--redis-fanout`` that is not one of the fan-outs. Without
+    ``--redis-fanout``, the Redis sides run the default's fan-outs that are planned, else the
+    first planned one.
     """
     base = QUICK if args.quick else FULL
     scenarios = base.scenarios
@@ -474,6 +619,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         history=args.history,
         resume_repeats=pick(args.resume_repeats, base.resume_repeats),
         tracing=args.tracing,
+        pair_variants=_variants(args.pair_variants) if args.pair_variants else base.pair_variants,
+        max_variants=_variants(args.max_variants) if args.max_variants else base.max_variants,
     )
 
 

@@ -1,6 +1,7 @@
 """The PNG charts of ``python -m loadtest compare`` (matplotlib, Agg backend: no display).
 
-The files and what each shows, per side, are :data:`PLOT_FILES`. The first two include the
+The files and what each shows, per side, are :data:`PLOT_FILES`. ``latency.png`` is the
+headline variant (unbatched 1→1); ``latency_batched.png`` and ``throughput.png`` include the
 Redis sides when they ran. Rows of the Redis table repeat the in-memory relay's cells, so each
 point is taken once per side and job (:func:`side_values`).
 
@@ -24,9 +25,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from loadtest.compare.aggregate import Row
+from loadtest.compare.plan import HEADLINE, SIDE_TABLE_VARIANT, Variant, parse_pair_key
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
+    BROADCAST,
     MEMORY,
     NOHISTORY,
     NOTRACING,
@@ -37,13 +40,18 @@ from loadtest.compare.sides import (
 
 #: Every chart ``compare`` writes, and what it shows (the report lists them from here).
 PLOT_FILES: Final[Mapping[str, str]] = {
-    "latency.png": "pair latency p50/p99 vs offered rate, log scale",
-    "throughput.png": "highest sustained 1→1 rate and fan-out deliveries/s",
+    "latency.png": f"pair {HEADLINE.label} latency p50/p99 vs offered rate, log scale",
+    "latency_batched.png": (
+        f"pair {SIDE_TABLE_VARIANT.label} latency p50/p99 vs offered rate (with the Redis, "
+        "tokens and no-history sides), log scale"
+    ),
+    "throughput.png": "highest sustained rate of each max variant and fan-out deliveries/s",
     "slow_memory.png": "server RSS over time with a stalled consumer",
 }
 _COLORS = {
     MEMORY: "tab:blue",
     BASELINE: "tab:orange",
+    BROADCAST: "tab:brown",
     REDIS: "tab:red",
     REDIS_2RELAYS: "tab:purple",
     TOKENS: "tab:green",
@@ -73,26 +81,32 @@ def _finish(fig: Figure, ax: Axes, path: Path, *, has_data: bool) -> None:
     plt.close(fig)
 
 
-def plot_latency(path: Path, rows: Sequence[Row]) -> None:
-    """Write pair latency percentiles against the offered rate."""
+def pair_points(rows: Sequence[Row], side: str, metric: str, label: str) -> list[tuple[int, float]]:
+    """``(rate, median)`` of ``side``'s ``pair`` jobs of the variant ``label``, by rate."""
+    points = []
+    for key, y in side_values(rows, side, metric).items():
+        parsed = parse_pair_key(key)
+        if parsed is not None and parsed[1] == label:
+            points.append((parsed[0], y))
+    return sorted(points)
+
+
+def plot_latency(path: Path, rows: Sequence[Row], variant: Variant = HEADLINE) -> None:
+    """Write the latency percentiles of ``variant``'s ``pair`` jobs against the offered rate."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plotted = False
     for side in ALL_SIDES:
         for metric, style in (("p50_ms", "--"), ("p99_ms", "-")):
-            points = sorted(
-                (int(key.split("@")[1]), y)
-                for key, y in side_values(rows, side, metric).items()
-                if key.startswith("pair@")
-            )
+            points = pair_points(rows, side, metric, variant.label)
             xs = [x for x, _ in points]
             ys = [y for _, y in points]
             if xs:
                 plotted = True
                 label = f"{side} {metric.removesuffix('_ms')}"
                 ax.plot(xs, ys, style, marker="o", color=_COLORS[side], label=label)
-    ax.set_xlabel("offered msg/s (1 producer → 1 consumer)")
+    ax.set_xlabel(f"offered msg/s ({variant.label}: {variant.producers} producer(s) → 1 consumer)")
     ax.set_ylabel("latency (ms, from scheduled send)")
-    ax.set_title("Latency vs offered rate")
+    ax.set_title(f"Latency vs offered rate, {variant.label}")
     if plotted:
         ax.set_yscale("log")
     _finish(fig, ax, path, has_data=plotted)
@@ -120,9 +134,9 @@ def plot_throughput(path: Path, rows: Sequence[Row]) -> None:
         ys = [values[side].get(key, math.nan) for key in wanted]  # nan: no bar, not a 0
         ax.bar(xs, ys, width, label=side, color=_COLORS[side])
     ax.set_xticks(range(len(wanted)))
-    ax.set_xticklabels(["max sustained 1→1" if key == "max" else key for key in wanted])
+    ax.set_xticklabels([key.replace("max ", "max sustained\n") for key in wanted], fontsize=8)
     ax.set_ylabel("msg/s (fan-out: deliveries/s)")
-    ax.set_title("Throughput (baseline fan-out: each message to ONE consumer)")
+    ax.set_title(f"Throughput (fan-out: asyncio is {BROADCAST}, the broadcast loop)")
     _finish(fig, ax, path, has_data=bool(wanted))
 
 
@@ -149,8 +163,9 @@ def write_plots(
     out: Path, rows: Sequence[Row], slow: Mapping[str, Sequence[Sequence[float]]]
 ) -> list[Path]:
     """Write every chart of :data:`PLOT_FILES` into ``out``; return their paths."""
-    latency, throughput, slow_memory = paths = [out / name for name in PLOT_FILES]
+    latency, latency_batched, throughput, slow_memory = paths = [out / n for n in PLOT_FILES]
     plot_latency(latency, rows)
+    plot_latency(latency_batched, rows, SIDE_TABLE_VARIANT)
     plot_throughput(throughput, rows)
     plot_slow_memory(slow_memory, slow)
     return paths

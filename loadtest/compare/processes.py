@@ -27,15 +27,16 @@ from typing import IO, Any, Final
 import psutil  # type: ignore[import-untyped]
 
 from loadtest.compare.relay import ENV_PREFIX, env_name
-from loadtest.compare.sides import BASELINE, MEMORY
+from loadtest.compare.sides import BASELINE, BROADCAST, MEMORY
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 #: The server of each side that has one of its own, as ``python ARGS --host H --port P``:
-#: the relay on Hypercorn's trio worker, and the baseline on uvicorn. The Redis sides start
-#: ``triorelay`` processes (see :mod:`loadtest.compare.deployments`).
+#: the relay on Hypercorn's trio worker, and the two asyncio apps on uvicorn. The Redis sides
+#: start ``triorelay`` processes (see :mod:`loadtest.compare.deployments`).
 SERVER_COMMANDS: Final[Mapping[str, tuple[str, ...]]] = {
     MEMORY: ("-m", "triorelay", "serve"),
     BASELINE: ("-m", "loadtest.baseline"),
+    BROADCAST: ("-m", "loadtest.baseline", "--broadcast"),
 }
 #: How long a server may take to announce its port and answer a request.
 STARTUP_TIMEOUT_S: Final = 30.0
@@ -46,12 +47,13 @@ READY_POLL_S: Final = 0.05
 
 
 def pinning() -> tuple[set[int], set[int]] | None:
-    """Return ``(server CPUs, generator CPUs)``: CPU 0 and CPU 1 of the ones this process may use,
-    or ``None`` with fewer than two (then nothing is pinned and the report says so)."""
+    """Return ``(server CPUs, generator CPUs)``: the first CPU this process may use for the
+    servers, every other one for the generator (its worker processes spread over them), or
+    ``None`` with fewer than two (then nothing is pinned and the report says so)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
-    return {cpus[0]}, {cpus[1]}
+    return {cpus[0]}, set(cpus[1:])
 
 
 def pin_to(cpus: set[int] | None) -> Callable[[], None] | None:

@@ -27,17 +27,26 @@ from loadtest.compare.aggregate import (
     Table,
 )
 from loadtest.compare.deployments import RedisSource, describe_side
-from loadtest.compare.plan import EXTRAS, Extra, Job, Plan, build_jobs
+from loadtest.compare.plan import (
+    EXTRAS,
+    UNBATCHED_1,
+    Extra,
+    Job,
+    Plan,
+    Variant,
+    build_jobs,
+    consumer_procs,
+    producer_procs,
+)
 from loadtest.compare.processes import SERVER_COMMANDS
 from loadtest.compare.relay import POLICY_EFFECTS, default, effective, env_name
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
+    BROADCAST,
     MEMORY,
     NOTRACING,
-    OPT_IN_SIDES,
     REDIS_SIDES,
-    SIDES,
     TOKENS,
 )
 from loadtest.lean import LEAN_BATCH_MESSAGES, LEAN_TICK_NS
@@ -73,15 +82,60 @@ METRICS: Final[Mapping[str, Metric]] = {
 
 
 def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
-    """Return which metrics the baseline table shows for each job."""
+    """Return which metrics the baseline table shows for each job (fan-outs are in their own
+    table: :func:`fanout_job_metrics`)."""
     shown = {
         "pair": ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "generator_cpu_percent"],
         "max": ["max_sustained_per_s", "generator_cpu_percent"],
-        "fanout": ["delivered_per_s", "server_cpu_us_per_msg", "p99_ms", "generator_cpu_percent"],
         "slow": ["rss_growth_mb", "rss_max_mb", "p99_ms", "generator_cpu_percent"],
         "connections": ["rss_per_connection_bytes"],
     }
-    return [(job.key, shown[job.scenario]) for job in jobs]
+    return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
+
+
+def fanout_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
+    """Return which metrics the fan-out table shows for each (``fanout``) job."""
+    shown = ["delivered_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "delivered_ratio"]
+    shown.append("generator_cpu_percent")
+    return [(job.key, shown) for job in jobs if job.scenario == "fanout"]
+
+
+#: How each sender writes, for notes and the summary (from :mod:`loadtest.lean`'s constants).
+SENDER_WRITES: Final[Mapping[str, str]] = {
+    "unbatched": "one message per write, each at its own scheduled time",
+    "batched": (
+        f"every message due in a {LEAN_TICK_NS / 1e6:g} ms tick in one write "
+        f"(≤ {LEAN_BATCH_MESSAGES})"
+    ),
+    "trio-websocket": "one send_message per message (trio-websocket)",
+}
+
+
+def describe_variant(variant: Variant) -> str:
+    """How ``variant``'s producers write: ``1 producer: one message per write, ...``."""
+    who = (
+        "1 producer"
+        if variant.producers == 1
+        else f"{variant.producers} producers sharing the rate"
+    )
+    return f"{who}: {SENDER_WRITES[variant.sender]}"
+
+
+def fanout_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
+    """Return the notes of the fan-out table: both sides deliver every message to every
+    consumer, and how the asyncio side does it."""
+    notes: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.scenario != "fanout":
+            continue
+        notes[(job.key, "delivered_per_s")] = (
+            f"both deliver every message to every consumer; {BROADCAST}: FastAPI's tutorial "
+            "loop, `await connection.send_text(message)` for each consumer in turn"
+        )
+        notes[(job.key, "server_cpu_us_per_msg")] = (
+            f"per delivery; {describe_variant(UNBATCHED_1)}, echoed to it by both"
+        )
+    return notes
 
 
 def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
@@ -268,25 +322,22 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
     for job in jobs:
         if job.scenario == "pair":
             ack = last_value(job.side_argv.get(MEMORY, ()), "--ack")
-            notes[(job.key, "server_cpu_us_per_msg")] = (
+            echo = (
                 "both echo each message to its producer (triorelay ?ack=echo)"
                 if ack == "echo"
                 else f"the baseline echoes each message; triorelay ?ack={ack or 'default'}"
             )
-        if job.scenario == "fanout":
-            notes[(job.key, "delivered_per_s")] = (
-                "baseline gives each message to ONE consumer (one global queue): compare "
-                "deliveries/s, not messages; triorelay delivers to all"
-            )
-            notes[(job.key, "server_cpu_us_per_msg")] = "per delivery"
+            writes = f"{describe_variant(job.variant)}; " if job.variant else ""
+            notes[(job.key, "server_cpu_us_per_msg")] = writes + echo
         if job.scenario == "slow":
             notes[(job.key, "rss_growth_mb")] = (
                 f"triorelay buffers {_consumer_bound(job)}, then {_slow_policy(job)}; the "
                 "baseline's queue is unbounded"
             )
         if job.scenario == "max":
+            writes = f"{describe_variant(job.variant)}; " if job.variant else ""
             notes[(job.key, "max_sustained_per_s")] = (
-                f"{_sustained(job)}; ladder {last_value(job.argv, '--steps')} msg/s "
+                f"{writes}{_sustained(job)}; ladder {last_value(job.argv, '--steps')} msg/s "
                 "(— : not even the first step)"
             )
     return notes
@@ -384,8 +435,14 @@ def format_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _flags(run: Run) -> str:
+    limited = [f"limited_by: {run.limited_by}"] if run.limited_by else []
+    return ", ".join([*run.flags, *limited])
+
+
 def render_runs(runs: Sequence[Run]) -> str:
-    """Return the per-run markdown table: server CPU, generator CPU and flags of every run."""
+    """Return the per-run markdown table: server CPU, generator CPU and flags of every run
+    (and what limited a ``max`` run)."""
     lines = [
         "| repeat | scenario | side | server CPU (s) | generator CPU (s) | generator CPU (% core) "
         "| gen-bound | flags |",
@@ -397,7 +454,7 @@ def render_runs(runs: Sequence[Run]) -> str:
             f"{format_value(r.metrics.get('server_cpu_s'), 2)} | "
             f"{format_value(r.metrics.get('generator_cpu_s'), 2)} | "
             f"{format_value(r.generator_cpu_percent, 0)} | "
-            f"{'**yes**' if r.generator_bound else 'no'} | {', '.join(r.flags) or '—'} |"
+            f"{'**yes**' if r.generator_bound else 'no'} | {_flags(r) or '—'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -415,6 +472,8 @@ def render_report(
     tokens_rows: Sequence[Row] = (),
     history_md: str = "",
     tracing_rows: Sequence[Row] = (),
+    summary_md: str = "",
+    fanout_md: str = "",
 ) -> str:
     """Return ``compare.md``; ``redis_md`` is the Redis table (empty when no job has one).
 
@@ -422,12 +481,14 @@ def render_report(
     the tokens table's rows (none: the tokens side did not run, and there is no section);
     ``history_md`` is the history section (:func:`loadtest.compare.history.history_section`,
     empty when ``--history`` was not given); ``tracing_rows`` are the stage timing table's
-    rows (none: the no-tracing side did not run, and there is no section).
+    rows (none: the no-tracing side did not run, and there is no section); ``summary_md`` the
+    summary that leads the report (:func:`loadtest.compare.summary.summary_section`),
+    ``fanout_md`` the fan-out table (empty when no fan-out ran).
     """
     if pins:
         pin_text = (
-            f"every server process (relays, baseline, redis-server) pinned to CPU "
-            f"{sorted(pins[0])}, the generator to CPU {sorted(pins[1])}"
+            f"every server process (relays, asyncio apps, redis-server) pinned to CPU "
+            f"{sorted(pins[0])}, the generator's processes to CPU {sorted(pins[1])}"
         )
     else:
         pin_text = "**not pinned**: fewer than 2 CPUs, server and generator share the machine"
@@ -449,8 +510,7 @@ def render_report(
         redis_section = f"## {REDIS_TABLE.title}\n\n{redis.describe()}\n\n"
     else:
         redis_section = ""
-    extras = [side for side in OPT_IN_SIDES if plan.extra_pair_rates(side)]
-    planned = {*SIDES, *plan.redis_sides, *extras}
+    planned = {side for job in jobs for side in job.sides}
     order = ", ".join(side for side in ALL_SIDES if side in planned)
     chart_text = ", ".join(f"`{name}` ({what})" for name, what in (charts or {}).items())
     return (
@@ -460,7 +520,12 @@ def render_report(
         "processes per run; medians over repeats\n"
         f"- {pin_text}; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
         f"- {MEMORY}: `python {' '.join(SERVER_COMMANDS[MEMORY])}` (Hypercorn trio worker); "
-        f"{BASELINE}: `python {' '.join(SERVER_COMMANDS[BASELINE])}` (FastAPI on uvicorn)\n"
+        f"{BASELINE}: `python {' '.join(SERVER_COMMANDS[BASELINE])}` (FastAPI on uvicorn, one "
+        f"global queue: each message to one consumer); {BROADCAST}: "
+        f"`python {' '.join(SERVER_COMMANDS[BROADCAST])}` (FastAPI's tutorial broadcast loop on "
+        "uvicorn: every consumer gets every message), the asyncio side of the fan-outs\n"
+        f"- {_variants(plan)}\n"
+        f"- {_generator(plan)}\n"
         f"- {_buffers(jobs)}\n"
         f"- {_limits(jobs)}\n"
         "- server CPU per message = CPU seconds of every server process over the whole run "
@@ -468,8 +533,10 @@ def render_report(
         "- ⚠gen: every run of that side was generator-bound, so the figure is the generator's "
         "limit, not the server's; generator-bound runs are left out of the other medians\n"
         f"- wall time {wall_s:.0f} s\n\n"
+        f"{summary_md}"
         f"## {BASELINE_TABLE.title}\n\n"
         f"{rows_md}\n"
+        f"{fanout_md}"
         f"{redis_section}"
         f"{tokens_section(plan, tokens_rows)}"
         f"{history_md}"
@@ -477,6 +544,27 @@ def render_report(
         + (f"Charts: {chart_text}.\n\n" if chart_text else "")
         + "## Every run\n\n"
         f"{runs_md}"
+    )
+
+
+def _variants(plan: Plan) -> str:
+    """How the producers of each ``pair`` and ``max`` variant write, by the label every row
+    shows."""
+    variants = dict.fromkeys(job.variant for job in build_jobs(plan) if job.variant is not None)
+    described = "; ".join(f"`{v.label}`: {describe_variant(v)}" for v in variants)
+    return f"producers (pair, max; one consumer): {described or 'none planned'}"
+
+
+def _generator(plan: Plan) -> str:
+    """The generator's processes: where producers and consumers run, and the CPUs they share."""
+    cores = plan.generator_cores
+    fanout = consumer_procs(cores)
+    return (
+        f"generator: {cores} CPU(s) for its processes; producers in worker processes "
+        f"({producer_procs(1, cores)} for 1 producer, {producer_procs(100, cores)} for 100), "
+        "the pair/max consumer in the main one, a fan-out's consumers in "
+        + (f"{fanout} worker process(es)" if fanout else "the main one")
+        + "; consumers read with the lean wsproto client"
     )
 
 

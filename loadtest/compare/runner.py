@@ -2,18 +2,22 @@
 
 For every measurement the servers are started fresh (the baseline keeps leftovers and zombie
 consumers between runs): triorelay with ``python -m triorelay serve`` (Hypercorn's trio worker,
-one process), the baseline with ``python -m loadtest.baseline`` (uvicorn), and the Redis sides
-(a relay on a Redis broker, or two sharing one Redis) with a fresh ``redis-server`` too (see
+one process), the baseline with ``python -m loadtest.baseline`` (uvicorn), the fan-outs'
+asyncio side with ``python -m loadtest.baseline --broadcast``, and the Redis sides (a relay on a
+Redis broker, or two sharing one Redis) with a fresh ``redis-server`` too (see
 :mod:`loadtest.compare.deployments`). Each run is one ``python -m loadtest SCENARIO ...``
 generator process. With two or more CPUs every server process (``redis-server`` included) is
-pinned to CPU 0 and the generator (its threads and worker processes inherit it) to CPU 1.
+pinned to the first CPU and the generator (its threads and worker processes inherit it) to all
+the others; the plan gives it worker processes to match.
 
 Sides alternate (triorelay, triorelay+tokens with ``--tokens``, triorelay-nohistory with
-``--history``, triorelay-notracing with ``--tracing``, asyncio, triorelay+redis,
-triorelay+redis-2relays, triorelay ...) for ``--repeats`` rounds; the report (``compare.md``,
-``compare.json``, PNG charts, and every raw result under ``runs/``) shows medians,
-triorelay/asyncio, redis/memory, tokens/no tokens, history/no history and timing/no timing
-ratios (the modules that decide each part: see :mod:`loadtest.compare`).
+``--history``, triorelay-notracing with ``--tracing``, asyncio, asyncio-broadcast,
+triorelay+redis, triorelay+redis-2relays, triorelay ...) for ``--repeats`` rounds; the report
+(``compare.md``, ``compare.json``, PNG charts, and every raw result under ``runs/``) opens
+with a summary (unbatched 1→1 first, and what limited each ``max``), then shows medians,
+triorelay/asyncio, triorelay/asyncio-broadcast, redis/memory, tokens/no tokens, history/no
+history and timing/no timing ratios (the modules that decide each part: see
+:mod:`loadtest.compare`).
 The tokens side's secret and token exist only for its run: the token reaches the generator on
 its command line and is in no report file.
 
@@ -37,6 +41,7 @@ from typing import Any, Final
 
 from loadtest.compare.aggregate import (
     BASELINE_TABLE,
+    FANOUT_TABLE,
     Row,
     Run,
     aggregate,
@@ -44,7 +49,7 @@ from loadtest.compare.aggregate import (
     generator_cpu_percent,
     is_generator_bound,
 )
-from loadtest.compare.deployments import RedisSource, deploy, find_redis
+from loadtest.compare.deployments import RedisSource, deploy, describe_side, find_redis
 from loadtest.compare.history import (
     history_notes,
     history_section,
@@ -61,6 +66,7 @@ from loadtest.compare.plan import (
     Job,
     Plan,
     Step,
+    Variant,
     alternation,
     build_jobs,
     build_plan,
@@ -73,6 +79,8 @@ from loadtest.compare.processes import REPO_ROOT, STARTUP_TIMEOUT_S, pinning, ru
 from loadtest.compare.report import (
     design_notes,
     extra_job_metrics,
+    fanout_job_metrics,
+    fanout_notes,
     job_metrics,
     redis_job_metrics,
     redis_notes,
@@ -84,13 +92,16 @@ from loadtest.compare.report import (
 )
 from loadtest.compare.sides import (
     ALL_SIDES,
-    BASELINE,
+    ASYNCIO_SIDES,
+    BROADCAST,
     NOHISTORY,
     NOTRACING,
     OPT_IN_SIDES,
     REDIS_SIDES,
     TOKENS,
 )
+from loadtest.compare.summary import summary_section
+from loadtest.engine import SENDERS
 from loadtest.limits import raise_fd_limit
 
 logger = logging.getLogger(__name__)
@@ -103,6 +114,8 @@ EXTRA_NOTES: Final[Mapping[str, Callable[[Sequence[Job]], dict[tuple[str, str], 
     NOHISTORY: history_notes,
     NOTRACING: tracing_notes,
 }
+#: The shape of ``compare.json`` (3: the summary, the fan-out table, variant-labelled keys).
+SCHEMA: Final = "triorelay-compare/3"
 
 
 def _timeout_for(plan: Plan) -> float:
@@ -121,7 +134,7 @@ def measure(
     """Measure one step on fresh servers; return the flat :class:`Run` and the raw result."""
     server_cpus, generator_cpus = pins if pins else (None, None)
     stem = workdir / f"{step.repeat + 1}-{step.job.key.replace(' ', '_')}-{step.side}"
-    env = step.job.triorelay_env if step.side != BASELINE else None
+    env = step.job.triorelay_env if step.side not in ASYNCIO_SIDES else None
     timeout_s = _timeout_for(plan)
     # The token outlives the generator's longest run (the relay closes connections at exp).
     ttl_s = timeout_s + STARTUP_TIMEOUT_S
@@ -156,6 +169,7 @@ def measure(
         generator_bound=is_generator_bound(result, generator_cores=cores),
         generator_cpu_percent=generator_cpu_percent(result),
         flags=list(result["summary"]["flags"]),
+        limited_by=result["extra"].get("limited_by") if result["scenario"] == "max" else None,
     )
     return run, result
 
@@ -171,6 +185,10 @@ def slow_series(
         server = result["summary"].get("server") or {}
         out[run.side] = [[t, rss] for t, _cpu, rss in server.get("series", [])]
     return out
+
+
+def _variants_text(variants: Sequence[Variant]) -> str:
+    return ",".join(f"{v.sender}:{v.producers}" for v in variants)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,6 +215,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair-rates", default=None, help="comma-separated offered msg/s")
     parser.add_argument("--max-steps", default=None, help="comma-separated msg/s ladder")
     parser.add_argument("--max-step-seconds", type=float, default=None)
+    parser.add_argument(
+        "--pair-variants",
+        default=None,
+        help="how pair's producers write, SENDER:PRODUCERS,... (default "
+        f"{_variants_text(FULL.pair_variants)}; senders: {', '.join(SENDERS)}); each at every "
+        "pair rate",
+    )
+    parser.add_argument(
+        "--max-variants",
+        default=None,
+        help=f"the same for max (default {_variants_text(FULL.max_variants)}; quick "
+        f"{_variants_text(QUICK.max_variants)})",
+    )
     parser.add_argument("--fanout", default=None, help="CONSUMERSxRATE,... e.g. 100x100,1000x10")
     parser.add_argument("--slow-seconds", type=float, default=None)
     parser.add_argument("--slow-rate", type=int, default=None)
@@ -270,6 +301,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
     # Servers inherit this limit: fan-out and connections need thousands of sockets.
     raise_fd_limit(4 * max(plan.connections, *(c for c, _ in plan.fanouts), 256) + 1024)
     pins = pinning()
+    plan = dataclasses.replace(plan, generator_cores=len(pins[1]) if pins else 1)
     jobs = build_jobs(plan)
     steps = alternation(jobs, plan.repeats)
     runs: list[Run] = []
@@ -283,6 +315,11 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
     wall_s = time.monotonic() - t0
     baseline_jobs = table_jobs(jobs, BASELINE_TABLE)
     rows = aggregate(runs, job_metrics(baseline_jobs), design_notes(baseline_jobs))
+    fanout_jobs = table_jobs(jobs, FANOUT_TABLE)
+    fanout_rows = aggregate(
+        runs, fanout_job_metrics(fanout_jobs), fanout_notes(fanout_jobs), FANOUT_TABLE
+    )
+    summary_md, summary = summary_section(plan, rows, fanout_rows, runs)
     redis_table = redis_table_for(plan)
     redis_rows: list[Row] = []
     if plan.redis_sides:
@@ -299,7 +336,7 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         resume_rows = aggregate(runs, metrics, resume_notes(resume_jobs), resume_table)
     ran = {step.side for step in steps}
     report = {
-        "schema": "triorelay-compare/2",
+        "schema": SCHEMA,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "plan": dataclasses.asdict(plan),
         "pinning": None
@@ -307,7 +344,9 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         else {"server": sorted(pins[0]), "generator": sorted(pins[1])},
         "cpus": os.cpu_count(),
         "sides": [side for side in ALL_SIDES if side in ran],
+        "summary": summary,
         "rows": [row.to_dict() for row in rows],
+        "fanout": {"rows": [row.to_dict() for row in fanout_rows]},
         "redis": {
             "status": "measured" if redis_rows else "skipped" if not redis.available else "not run",
             "skipped_because": redis.skipped,
@@ -343,11 +382,25 @@ def run_compare(plan: Plan, out: Path, redis: RedisSource | None = None) -> dict
         tokens_rows=tokens_rows,
         history_md=history_section(plan, history_rows, resume_rows, resume_table),
         tracing_rows=tracing_rows,
+        summary_md=summary_md,
+        fanout_md=_fanout_md(fanout_rows),
     )
     (out / "compare.md").write_text(md)
     extra = [row for side in OPT_IN_SIDES for row in extra_rows[side]]
-    write_plots(out, [*rows, *redis_rows, *extra], slow_series(runs, results))
+    write_plots(out, [*rows, *fanout_rows, *redis_rows, *extra], slow_series(runs, results))
     return report
+
+
+def _fanout_md(rows: Sequence[Row]) -> str:
+    """The fan-out section of ``compare.md`` (empty without rows)."""
+    if not rows:
+        return ""
+    return (
+        f"## {FANOUT_TABLE.title}\n\n"
+        f"- `{BROADCAST}`: {describe_side(BROADCAST)}; both deliver every message to every "
+        "consumer, so the figures are deliveries against deliveries\n\n"
+        f"{render_table(rows, FANOUT_TABLE)}\n"
+    )
 
 
 def _extra_rows(plan: Plan, jobs: Sequence[Job], runs: Sequence[Run], side: str) -> list[Row]:

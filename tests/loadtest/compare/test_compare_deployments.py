@@ -9,6 +9,7 @@ import pytest
 from loadtest.compare import deployments
 from loadtest.compare.deployments import RedisSource, find_redis
 from loadtest.compare.sides import (
+    BROADCAST,
     REDIS,
 )
 
@@ -42,3 +43,36 @@ def test_deploy_refuses_a_redis_side_without_redis(tmp_path: Path) -> None:
             REDIS, tmp_path / "x", cpus=None, env=None, redis=RedisSource(skipped="none")
         )
     assert list(tmp_path.iterdir()) == []  # nothing was started
+
+
+def test_the_generator_gets_every_cpu_but_the_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers on the first CPU; the generator's processes spread over all the others; one CPU
+    pins nothing."""
+    from loadtest.compare import processes
+
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda _pid: {3, 1, 2, 0})
+    assert processes.pinning() == ({0}, {1, 2, 3})
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda _pid: {5})
+    assert processes.pinning() is None
+
+
+def test_the_broadcast_side_starts_the_broadcast_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """asyncio-broadcast is the baseline's --broadcast app, with no triorelay settings."""
+    from loadtest.compare.processes import SERVER_COMMANDS
+
+    started: list[tuple[str, object]] = []
+
+    class Started:
+        url = "ws://127.0.0.1:9"
+
+    def start_server(side: str, log: Path, *, cpus: object, env: object) -> Started:
+        started.append((side, env))
+        return Started()
+
+    monkeypatch.setattr(deployments, "start_server", start_server)
+    deployments.deploy(BROADCAST, tmp_path / "b", cpus=None, env=None, redis=RedisSource())
+    assert started == [(BROADCAST, None)]
+    assert SERVER_COMMANDS[BROADCAST] == ("-m", "loadtest.baseline", "--broadcast")
+    assert "--broadcast" in deployments.describe_side(BROADCAST)

@@ -37,11 +37,13 @@ from loadtest.compare.plan import (
     RESUME_BOUND_MS,
     RESUME_KEY,
     RESUME_MISSED,
+    SIDE_TABLE_VARIANT,
     TRAFFIC_BUFFER_MESSAGES,
     Plan,
     build_jobs,
     build_plan,
     history_table_for,
+    pair_key,
     resume_table_for,
     table_jobs,
 )
@@ -52,7 +54,7 @@ from loadtest.lean import LEAN_BATCH_MESSAGES
 
 pytestmark = pytest.mark.timeout(30)
 
-BOUND_KEY = f"pair@{HISTORY_PAIR_RATE}"
+BOUND_KEY = pair_key(SIDE_TABLE_VARIANT, HISTORY_PAIR_RATE)
 
 
 def history_headline(rows: list[Row]) -> str:
@@ -84,9 +86,9 @@ def test_history_runs_pair_at_the_pair_rates_and_the_bound_rate() -> None:
     sides = _sides(plan)
     assert sides[BOUND_KEY] == (MEMORY, NOHISTORY)
     for rate in QUICK.pair_rates:
-        assert sides[f"pair@{rate}"] == (MEMORY, NOHISTORY, BASELINE)
+        assert sides[pair_key(SIDE_TABLE_VARIANT, rate)] == (MEMORY, NOHISTORY, BASELINE)
     assert [key for key, on in sides.items() if NOHISTORY in on] == [
-        f"pair@{rate}" for rate in plan.history_pair_rates
+        pair_key(SIDE_TABLE_VARIANT, rate) for rate in plan.history_pair_rates
     ]
     assert history_table_for(plan) is HISTORY_TABLE
 
@@ -95,7 +97,12 @@ def test_history_and_tokens_each_run_right_after_triorelay() -> None:
     """Both flags: triorelay, then the tokens side, then the no-history side, then the rest."""
     sides = _sides(_plan("--quick", "--no-redis", "--history", "--tokens"))
     assert sides[BOUND_KEY] == (MEMORY, TOKENS, NOHISTORY)
-    assert sides[f"pair@{QUICK.pair_rates[0]}"] == (MEMORY, TOKENS, NOHISTORY, BASELINE)
+    assert sides[pair_key(SIDE_TABLE_VARIANT, QUICK.pair_rates[0])] == (
+        MEMORY,
+        TOKENS,
+        NOHISTORY,
+        BASELINE,
+    )
 
 
 def test_history_needs_the_pair_scenario() -> None:
@@ -184,7 +191,7 @@ def test_the_notes_say_how_the_generator_writes_and_the_bound_is_on_its_rate_onl
     assert f"one write per 1 ms tick with every message due (≤ {LEAN_BATCH_MESSAGES})" in bound
     assert f"keeps the last {default('history_messages')} msgs (≤ 1 MiB) per channel" in bound
     assert "bound ≤ 1.10x (history ≤ 10 % more server CPU per message)" in bound
-    other = notes[(f"pair@{FULL.pair_rates[0]}", "server_cpu_us_per_msg")]
+    other = notes[(pair_key(SIDE_TABLE_VARIANT, FULL.pair_rates[0]), "server_cpu_us_per_msg")]
     assert "1 ms tick" in other
     assert "bound" not in other
 

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from loadtest.cli import build_parser, main
 from loadtest.compare.aggregate import BASELINE_TABLE, REDIS_TABLE
 from loadtest.compare.plan import (
+    BATCHED_1,
     EXTRAS,
     FULL,
     QUICK,
+    UNBATCHED_1,
     Job,
+    Variant,
     alternation,
     build_jobs,
     build_plan,
+    consumer_procs,
+    parse_pair_key,
+    producer_procs,
     redis_table_for,
     table_jobs,
 )
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
-    DEFAULT_SIDES,
+    BROADCAST,
     MEMORY,
     OPT_IN_SIDES,
     REDIS,
@@ -58,7 +66,7 @@ def test_alternation_interleaves_sides_within_each_repeat() -> None:
 
 def test_alternation_runs_each_job_on_its_own_sides() -> None:
     """The opt-in sides (tokens, no history, no tracing) run right after triorelay; Redis
-    sides after the baseline."""
+    sides after the asyncio ones."""
     jobs = [Job("p", "pair", (), sides=ALL_SIDES), Job("s", "slow", ())]
     order = [(s.job.key, s.side) for s in alternation(jobs, 1)]
     assert order == [
@@ -67,6 +75,7 @@ def test_alternation_runs_each_job_on_its_own_sides() -> None:
         ("p", "triorelay-nohistory"),
         ("p", "triorelay-notracing"),
         ("p", "asyncio"),
+        ("p", "asyncio-broadcast"),
         ("p", "triorelay+redis"),
         ("p", "triorelay+redis-2relays"),
         ("s", "triorelay"),
@@ -97,11 +106,74 @@ def test_quick_plan_is_smaller_than_the_full_one() -> None:
     assert plan.pair_rates == (100, 300)
     assert max(c for c, _ in QUICK.fanouts) < max(c for c, _ in FULL.fanouts)
     assert QUICK.duration_s < FULL.duration_s
+    assert QUICK.max_variants == (UNBATCHED_1,)
     keys = [job.key for job in build_jobs(FULL)]
     assert keys == [
-        "pair@500", "pair@1000", "pair@2000", "pair@5000", "pair@10000", "max", "fanout 1→100",
-        "fanout 1→1000", "slow", "connections",
+        "pair@2000 unbatched 1→1", "pair@5000 unbatched 1→1", "pair@10000 unbatched 1→1",
+        "pair@2000 unbatched 100→1", "pair@5000 unbatched 100→1", "pair@10000 unbatched 100→1",
+        "pair@500 batched 1→1", "pair@1000 batched 1→1", "pair@2000 batched 1→1",
+        "pair@5000 batched 1→1", "pair@10000 batched 1→1",
+        "max unbatched 1→1", "max batched 1→1",
+        "fanout 1→100", "fanout 1→1000", "slow", "connections",
     ]  # fmt: skip
+
+
+def test_pair_runs_every_variant_at_every_rate_headline_first() -> None:
+    """Each row says how its producers wrote; unbatched 1→1 leads whatever the order given."""
+    parse = build_parser().parse_args
+    plan = build_plan(
+        parse(["compare", "--pair-variants", "batched:1,unbatched:1", "--pair-rates", "7"])
+    )
+    assert plan.pair_variants == (BATCHED_1, UNBATCHED_1)
+    pairs = [job for job in build_jobs(plan) if job.scenario == "pair" and BASELINE in job.sides]
+    assert [job.key for job in pairs] == ["pair@7 unbatched 1→1", "pair@7 batched 1→1"]
+    assert [job.variant for job in pairs] == [UNBATCHED_1, BATCHED_1]
+    assert [parse_pair_key(job.key) for job in pairs] == [
+        (7, "unbatched 1→1"), (7, "batched 1→1"),
+    ]  # fmt: skip
+    assert parse_pair_key("max unbatched 1→1") is None
+
+
+def test_each_variant_sets_the_sender_and_shares_the_rate() -> None:
+    """100 producers share the rate (rate/100 each, 101 connections); the sender is the
+    variant's, producers in a worker process, the consumer in the main one."""
+    jobs = {job.key: job for job in build_jobs(FULL)}
+    many = jobs["pair@10000 unbatched 100→1"]
+    args = build_parser().parse_args(["pair", "--url", "ws://x", *many.argv_for(MEMORY)[1:]])
+    assert (args.sender, args.producers, args.consumers, args.rate) == ("unbatched", 100, 1, 1e4)
+    assert (args.producer_procs, args.consumer_procs) == (1, 0)
+    assert many.producer_rate_per_s == 100
+    assert many.connections == 101
+    one = jobs["pair@10000 batched 1→1"]
+    args = build_parser().parse_args(["pair", "--url", "ws://x", *one.argv_for(BASELINE)[1:]])
+    assert (args.sender, args.producers) == ("batched", 1)
+    (top,) = [j for j in build_jobs(FULL) if j.key == "max unbatched 1→1"]
+    args = build_parser().parse_args(["max", "--url", "ws://x", *top.argv_for(BASELINE)[1:]])
+    assert args.sender == "unbatched"
+
+
+def test_more_generator_cpus_give_producers_and_fan_out_consumers_more_processes() -> None:
+    """One CPU: one producer process, fan-out consumers in the main one; four: up to three
+    producer processes (never more than producers), three for a fan-out's consumers."""
+    assert [producer_procs(p, 1) for p in (1, 100)] == [1, 1]
+    assert [producer_procs(p, 4) for p in (1, 2, 100)] == [1, 2, 3]
+    assert [consumer_procs(c) for c in (1, 2, 4)] == [0, 1, 3]
+    plan = replace(FULL, generator_cores=4)
+    jobs = {job.key: job for job in build_jobs(plan)}
+    parse = build_parser().parse_args
+    many = parse(["pair", "--url", "ws://x", *jobs["pair@2000 unbatched 100→1"].argv[0:]])
+    assert many.producer_procs == 3
+    fanout = parse(["fanout", "--url", "ws://x", *jobs["fanout 1→1000"].argv])
+    assert (fanout.producer_procs, fanout.consumer_procs, fanout.sender) == (1, 3, "unbatched")
+
+
+def test_a_bad_variant_is_refused() -> None:
+    """A variant is SENDER:PRODUCERS with a known sender and at least one producer."""
+    parse = build_parser().parse_args
+    for bad in ("nope:1", "unbatched", "unbatched:0", "batched:x"):
+        with pytest.raises(ValueError, match="is not SENDER:PRODUCERS"):
+            build_plan(parse(["compare", "--pair-variants", bad]))
+    assert Variant.parse(" trio-websocket:3 ") == Variant("trio-websocket", 3)
 
 
 def test_unknown_scenario_is_refused() -> None:
@@ -110,41 +182,57 @@ def test_unknown_scenario_is_refused() -> None:
 
 
 def test_full_plan_runs_redis_sides_on_pair_max_and_one_fanout() -> None:
-    """Redis-only rates skip the baseline; slow, connections and the big fan-out skip Redis."""
+    """The batched 1→1 variant carries the Redis sides (its Redis-only rates skip the
+    baseline); fan-outs run against the broadcast loop; slow, connections and the big fan-out
+    skip Redis."""
     sides = _sides([])
-    assert sides["pair@500"] == (MEMORY, REDIS, REDIS_2RELAYS)
-    assert sides["pair@2000"] == DEFAULT_SIDES
-    assert sides["pair@10000"] == (MEMORY, BASELINE)
-    assert sides["max"] == DEFAULT_SIDES
-    assert sides["fanout 1→100"] == DEFAULT_SIDES
-    assert sides["fanout 1→1000"] == (MEMORY, BASELINE)
+    batched = (MEMORY, BASELINE, REDIS, REDIS_2RELAYS)
+    assert sides["pair@500 batched 1→1"] == (MEMORY, REDIS, REDIS_2RELAYS)
+    assert sides["pair@2000 batched 1→1"] == batched
+    assert sides["pair@10000 batched 1→1"] == (MEMORY, BASELINE)
+    assert sides["pair@2000 unbatched 1→1"] == sides["pair@2000 unbatched 100→1"] == SIDES
+    assert sides["max batched 1→1"] == batched
+    assert sides["max unbatched 1→1"] == SIDES
+    assert sides["fanout 1→100"] == (MEMORY, BROADCAST, REDIS, REDIS_2RELAYS)
+    assert sides["fanout 1→1000"] == (MEMORY, BROADCAST)
     assert sides["slow"] == sides["connections"] == (MEMORY, BASELINE)
 
 
 def test_without_redis_no_job_runs_on_redis_and_redis_only_rates_vanish() -> None:
-    """--no-redis: the plan is the original memory-vs-baseline one."""
+    """--no-redis: every pair and max variant against the baseline, fan-outs against the
+    broadcast loop."""
     sides = _sides(["--no-redis"])
-    assert set(sides) == {
-        "pair@2000", "pair@5000", "pair@10000", "max", "fanout 1→100", "fanout 1→1000", "slow",
-        "connections",
-    }  # fmt: skip
-    assert all(s == (MEMORY, BASELINE) for s in sides.values())
+    assert len([key for key in sides if key.startswith("pair@")]) == 9
+    assert not [key for key in sides if "@500 " in key or "@1000 " in key]
+    assert all(
+        s == ((MEMORY, BROADCAST) if key.startswith("fanout") else (MEMORY, BASELINE))
+        for key, s in sides.items()
+    )
+
+
+def test_side_tables_keep_a_job_of_their_variant_when_it_is_not_planned() -> None:
+    """Without batched 1→1 among the variants, the Redis sides still get its jobs (without
+    the baseline)."""
+    sides = _sides(["--pair-variants", "unbatched:1", "--max-variants", "unbatched:1"])
+    assert sides["pair@2000 unbatched 1→1"] == SIDES
+    assert sides["pair@2000 batched 1→1"] == (MEMORY, REDIS, REDIS_2RELAYS)
+    assert sides["max batched 1→1"] == (MEMORY, REDIS, REDIS_2RELAYS)
 
 
 def test_quick_plan_runs_short_redis_steps() -> None:
-    """--quick adds one 1→1 rate and the small fan-out on Redis, no max (it stays under 2 min)."""
+    """--quick adds one 1→1 rate and the small fan-out on Redis, no max (it stays short)."""
     sides = _sides(["--quick"])
     on_redis = {key: s for key, s in sides.items() if REDIS in s or REDIS_2RELAYS in s}
     assert on_redis == {
-        "pair@1000": (MEMORY, REDIS, REDIS_2RELAYS),
-        "fanout 1→10": DEFAULT_SIDES,
+        "pair@1000 batched 1→1": (MEMORY, REDIS, REDIS_2RELAYS),
+        "fanout 1→10": (MEMORY, BROADCAST, REDIS, REDIS_2RELAYS),
     }
     assert QUICK.redis_max_steps == ()
 
 
 def test_redis_sides_climb_their_own_max_ladder() -> None:
     """The last --steps wins in argparse: the Redis sides' ladder comes after the shared one."""
-    (job,) = [j for j in build_jobs(FULL) if j.key == "max"]
+    (job,) = [j for j in build_jobs(FULL) if j.key == "max batched 1→1"]
     args = build_parser().parse_args(["max", "--url", "ws://x", *job.argv_for(REDIS)[1:]])
     assert args.steps == "250,500,750,1000,1500,2000,3000,5000"
     assert args.max_rate == 5000
@@ -155,7 +243,7 @@ def test_redis_sides_climb_their_own_max_ladder() -> None:
 
 def test_every_triorelay_side_echoes_and_gets_the_deep_buffer() -> None:
     """Redis sides do the same work per message as the in-memory relay."""
-    (job,) = [j for j in build_jobs(FULL) if j.key == "pair@1000"]
+    (job,) = [j for j in build_jobs(FULL) if j.key == "pair@1000 batched 1→1"]
     for side in job.sides:
         assert job.argv_for(side)[-2:] == ["--ack", "echo"]
     assert job.triorelay_env == {"TRIORELAY_CONSUMER_BUFFER_MESSAGES": "4096"}
@@ -186,5 +274,5 @@ def test_every_opt_in_side_has_its_extra_in_run_order() -> None:
     for side, extra in EXTRAS.items():
         assert extra.side == side
         assert getattr(FULL, extra.flag) is False
-        assert extra.key == f"pair@{extra.rate}"
+        assert extra.key == f"pair@{extra.rate} batched 1→1"
         assert extra.table.sides == (MEMORY, side)

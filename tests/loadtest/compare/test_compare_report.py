@@ -6,13 +6,18 @@ from dataclasses import replace
 
 from sample_runs import pair_run, redis_runs
 
-from loadtest.compare.aggregate import REDIS_TABLE, aggregate
+from loadtest.compare.aggregate import FANOUT_TABLE, REDIS_TABLE, aggregate
 from loadtest.compare.deployments import RedisSource, find_redis
-from loadtest.compare.plan import FULL, QUICK, TRAFFIC_BUFFER_MESSAGES, build_jobs
+from loadtest.compare.plan import FULL, QUICK, TRAFFIC_BUFFER_MESSAGES, Variant, build_jobs
 from loadtest.compare.relay import default, relay_env
 from loadtest.compare.report import (
+    SENDER_WRITES,
+    describe_variant,
     design_notes,
+    fanout_job_metrics,
+    fanout_notes,
     format_value,
+    job_metrics,
     redis_job_metrics,
     redis_notes,
     render_report,
@@ -75,7 +80,7 @@ def test_format_value_uses_separators() -> None:
 def test_redis_table_shows_latency_max_and_redis_cpu() -> None:
     """p50/p99/max latency and redis-server's share of the CPU for 1→1 and fan-out."""
     metrics = dict(redis_job_metrics(build_jobs(FULL)))
-    for key in ("pair@1000", "fanout 1→100"):
+    for key in ("pair@1000 batched 1→1", "fanout 1→100"):
         assert {"p50_ms", "p99_ms", "max_ms", "redis_cpu_us_per_msg"} <= set(metrics[key])
     assert "slow" not in metrics
 
@@ -83,11 +88,12 @@ def test_redis_table_shows_latency_max_and_redis_cpu() -> None:
 def test_redis_notes_say_whose_cpu_is_counted() -> None:
     """On someone else's Redis the server CPU is the relays' only, and the note says so."""
     jobs = build_jobs(FULL)
-    ours = redis_notes(jobs, redis_cpu_counted=True)[("pair@1000", "server_cpu_us_per_msg")]
-    theirs = redis_notes(jobs, redis_cpu_counted=False)[("pair@1000", "server_cpu_us_per_msg")]
+    key = "pair@1000 batched 1→1"
+    ours = redis_notes(jobs, redis_cpu_counted=True)[(key, "server_cpu_us_per_msg")]
+    theirs = redis_notes(jobs, redis_cpu_counted=False)[(key, "server_cpu_us_per_msg")]
     assert "redis-server" in ours
     assert "relay(s) only" in theirs
-    ladder = redis_notes(jobs, redis_cpu_counted=True)[("max", "max_sustained_per_s")]
+    ladder = redis_notes(jobs, redis_cpu_counted=True)[("max batched 1→1", "max_sustained_per_s")]
     assert "redis 250,500,750" in ladder
 
 
@@ -111,7 +117,9 @@ def test_slow_and_max_notes_name_the_values_the_runs_used() -> None:
     slow = notes[("slow", "rss_growth_mb")]
     assert f"≤ {default('consumer_buffer_messages')} msgs" in slow
     assert f"policy `{default('slow_consumer_policy')}`" in slow
-    assert f"p99 ≤ {DEFAULT_P99_BOUND_MS:g} ms" in notes[("max", "max_sustained_per_s")]
+    top = notes[("max unbatched 1→1", "max_sustained_per_s")]
+    assert f"p99 ≤ {DEFAULT_P99_BOUND_MS:g} ms" in top
+    assert top.startswith("1 producer: one message per write, each at its own scheduled time;")
     (job,) = [j for j in build_jobs(FULL) if j.key == "slow"]
     deep = replace(job, triorelay_env=relay_env(consumer_buffer_messages=9))
     assert "≤ 9 msgs" in design_notes([deep])[("slow", "rss_growth_mb")]
@@ -141,3 +149,49 @@ def test_report_derives_commands_buffers_and_what_skips_redis() -> None:
         charts={"a.png": "b"},
     )
     assert "Charts: `a.png` (b).\n" in charted
+
+
+def test_fanout_rows_compare_deliveries_with_the_broadcast_loop() -> None:
+    """Fan-outs leave the baseline table for their own, whose notes say both deliver every
+    message to every consumer, and how the generator's producer wrote."""
+    jobs = build_jobs(FULL)
+    assert not [key for key, _ in job_metrics(jobs) if key.startswith("fanout")]
+    metrics = dict(fanout_job_metrics(jobs))
+    assert set(metrics) == {"fanout 1→100", "fanout 1→1000"}
+    assert {"delivered_ratio", "server_cpu_us_per_msg", "p99_ms"} <= set(metrics["fanout 1→100"])
+    notes = fanout_notes(jobs)
+    assert (
+        "both deliver every message to every consumer" in notes[("fanout 1→100", "delivered_per_s")]
+    )
+    assert notes[("fanout 1→100", "server_cpu_us_per_msg")].startswith(
+        "per delivery; 1 producer: one message per write"
+    )
+    header = render_table([], FANOUT_TABLE).splitlines()[0]
+    assert header == (
+        "| scenario | metric | triorelay | asyncio-broadcast | triorelay/asyncio-broadcast | note |"
+    )
+
+
+def test_every_pair_note_says_how_its_producers_wrote() -> None:
+    """The CPU row of each pair job names its variant's writes; the header lists them all,
+    the broadcast loop's command and the generator's processes."""
+    notes = design_notes(build_jobs(FULL))
+    assert notes[("pair@2000 batched 1→1", "server_cpu_us_per_msg")].startswith(
+        "1 producer: every message due in a 1 ms tick in one write (≤ 512); both echo"
+    )
+    assert notes[("pair@2000 unbatched 100→1", "server_cpu_us_per_msg")].startswith(
+        "100 producers sharing the rate: one message per write"
+    )
+    md = render_report("T\n", "", "R\n", plan=FULL, pins=None, redis=RedisSource(), wall_s=1)
+    assert "`unbatched 1→1`: 1 producer: one message per write" in md
+    assert "`python -m loadtest.baseline --broadcast`" in md
+    assert "generator: 1 CPU(s) for its processes" in md
+    assert "asyncio, asyncio-broadcast, triorelay+redis" in md  # the sides, in run order
+
+
+def test_describe_variant_names_the_sender_and_the_producers() -> None:
+    """One producer or many sharing the rate, and each sender's writes."""
+    assert describe_variant(Variant("trio-websocket", 2)) == (
+        "2 producers sharing the rate: one send_message per message (trio-websocket)"
+    )
+    assert "every message due in a 1 ms tick" in SENDER_WRITES["batched"]

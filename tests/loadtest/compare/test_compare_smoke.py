@@ -15,13 +15,16 @@ from loadtest.compare.plan import (
     HISTORY_PAIR_RATE,
     RESUME_KEY,
     RESUME_MISSED,
+    SIDE_TABLE_VARIANT,
     TOKENS_PAIR_RATE,
     TRACING_PAIR_RATE,
+    pair_key,
 )
 from loadtest.compare.plots import PLOT_FILES
 from loadtest.compare.relay import TOKEN_SUBJECT
 from loadtest.compare.sides import (
     BASELINE,
+    BROADCAST,
     DEFAULT_SIDES,
     MEMORY,
     NOHISTORY,
@@ -36,13 +39,15 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
-    """A tiny pair + slow comparison writes both tables' ratios, .md and PNGs; pair on 4 sides."""
+    """A tiny pair + slow comparison writes both tables' ratios, .md and PNGs: pair unbatched
+    against the baseline, batched on the baseline and both Redis sides, every row labelled."""
     out = tmp_path / "cmp"
     code = main(
         [
             "compare",
             "--scenarios", "pair,slow",
             "--pair-rates", "200",
+            "--pair-variants", "unbatched:1,batched:1",
             "--redis-pair-rates", "200",
             "--duration-seconds", "0.5",
             "--slow-seconds", "0.5",
@@ -54,53 +59,120 @@ def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0
     report = json.loads((out / "compare.json").read_text())
-    assert report["schema"] == "triorelay-compare/2"
-    assert report["sides"] == list(DEFAULT_SIDES)
+    assert report["schema"] == "triorelay-compare/3"
+    ran = [side for side in DEFAULT_SIDES if side != BROADCAST]
+    assert report["sides"] == ran
     assert report["tokens"] == {"status": "not run", "rows": []}
     assert report["history"] == {"status": "not run", "rows": [], "resume_rows": []}
     assert report["tracing"] == {"status": "not run", "rows": []}
+    assert report["fanout"] == {"rows": []}
+    unbatched, batched = "pair@200 unbatched 1→1", "pair@200 batched 1→1"
     assert {(r["job"], r["side"]) for r in report["runs"]} == {
-        *(("pair@200", side) for side in DEFAULT_SIDES),
+        *((unbatched, side) for side in SIDES),
+        *((batched, side) for side in ran),
         *(("slow", side) for side in SIDES),
     }
     for run in report["runs"]:  # every message arrived, whatever the path
-        if run["job"] == "pair@200":
+        if run["job"].startswith("pair@"):
             assert run["metrics"]["delivered_ratio"] == 1.0, run
-    cpu = next(
-        r
-        for r in report["rows"]
-        if r["job"] == "pair@200" and r["metric"] == "server_cpu_us_per_msg"
+    for key in (unbatched, batched):
+        cpu = next(
+            r for r in report["rows"] if r["job"] == key and r["metric"] == "server_cpu_us_per_msg"
+        )
+        for side in SIDES:
+            assert cpu[side]["median"] > 0
+        assert cpu["ratios"]["triorelay/asyncio"] > 0
+    (first, *_rest) = report["summary"]["lines"]
+    assert (first["what"], first["figure"]) == (
+        "unbatched 1→1",
+        "server CPU per message at 200 msg/s",
     )
-    for side in SIDES:
-        assert cpu[side]["median"] > 0
-    assert cpu["ratios"]["triorelay/asyncio"] > 0
+    assert first["ratio"].endswith("x")
 
     assert report["redis"]["status"] == "measured"
     redis_rows = {(r["job"], r["metric"]): r for r in report["redis"]["rows"]}
-    redis_cpu = redis_rows[("pair@200", "server_cpu_us_per_msg")]
+    redis_cpu = redis_rows[(batched, "server_cpu_us_per_msg")]
     for side in (MEMORY, REDIS, REDIS_2RELAYS):
         assert redis_cpu[side]["median"] > 0
     assert redis_cpu["ratios"]["redis/memory"] > 0
     assert redis_cpu["ratios"]["2relays/memory"] > 0
-    own = redis_rows[("pair@200", "redis_cpu_us_per_msg")]
+    own = redis_rows[(batched, "redis_cpu_us_per_msg")]
     assert own[MEMORY]["median"] is None
     assert own[REDIS]["median"] is not None  # measured (it may round to 0 in half a second)
-    assert redis_rows[("pair@200", "max_ms")][REDIS]["median"] > 0
+    assert redis_rows[(batched, "max_ms")][REDIS]["median"] > 0
 
     # The two-relay side really sent consumers to the second relay.
-    (two,) = (out / "runs").glob("1-pair@200-triorelay+redis-2relays.json")
+    (two,) = (out / "runs").glob(f"1-{batched.replace(' ', '_')}-triorelay+redis-2relays.json")
     params = json.loads(two.read_text())["params"]
     assert params["consumer_url"].startswith("ws://127.0.0.1:")
     assert params["consumer_url"] != params["url"]
-    assert len(list((out / "runs").glob("1-pair@200-triorelay+redis-2relays.server*.log"))) == 2
-    assert (out / "runs" / "1-pair@200-triorelay+redis.redis.log").exists()
+    assert params["sender"] == "batched"
+    stem = f"1-{batched.replace(' ', '_')}"
+    assert len(list((out / "runs").glob(f"{stem}-triorelay+redis-2relays.server*.log"))) == 2
+    assert (out / "runs" / f"{stem}-triorelay+redis.redis.log").exists()
+    unbatched_run = json.loads(
+        (out / "runs" / f"1-{unbatched.replace(' ', '_')}-asyncio.json").read_text()
+    )
+    assert unbatched_run["params"]["sender"] == "unbatched"
 
     md = (out / "compare.md").read_text()
-    assert md.count("| pair@200 | server CPU per delivered msg (µs) |") == 2  # both tables
+    assert md.index("## Summary") < md.index("## triorelay vs the asyncio baseline")
+    assert "| **unbatched 1→1** | server CPU per message at 200 msg/s |" in md
+    assert md.count(f"| {batched} | server CPU per delivered msg (µs) |") == 2  # both tables
+    assert f"| {unbatched} | server CPU per delivered msg (µs) |" in md
     assert "## Through Redis vs in memory" in md
     assert "Redis 6.2" in md
     for name in PLOT_FILES:
         assert (out / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_fans_out_against_the_broadcast_loop_and_says_what_limited_max(
+    tmp_path: Path,
+) -> None:
+    """fanout against asyncio-broadcast (deliveries against deliveries) and a two-step max:
+    the fan-out table, its summary lines, and each side's limited_by in the summary."""
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--scenarios", "fanout,max",
+            "--fanout", "5x100",
+            "--max-steps", "100,200",
+            "--max-step-seconds", "0.5",
+            "--max-variants", "unbatched:1",
+            "--duration-seconds", "0.5",
+            "--drain-seconds", "0.5",
+            "--repeats", "1",
+            "--no-redis",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["sides"] == [MEMORY, BASELINE, BROADCAST]
+    assert {(r["job"], r["side"]) for r in report["runs"]} == {
+        ("fanout 1→5", MEMORY), ("fanout 1→5", BROADCAST),
+        ("max unbatched 1→1", MEMORY), ("max unbatched 1→1", BASELINE),
+    }  # fmt: skip
+    fanout = {r["metric"]: r for r in report["fanout"]["rows"]}
+    for side in (MEMORY, BROADCAST):
+        assert fanout["delivered_ratio"][side]["median"] == 1.0  # every consumer, every message
+        assert fanout["server_cpu_us_per_msg"][side]["median"] > 0
+    assert fanout["server_cpu_us_per_msg"]["ratios"]["triorelay/asyncio-broadcast"] > 0
+    limits = {(x["job_key"], x["side"]): x for x in report["summary"]["max_limits"]}
+    for side in (MEMORY, BASELINE):
+        # Two low steps on an idle relay: both sustained, so no limit was found.
+        assert limits[("max unbatched 1→1", side)]["none"] == 1
+        assert limits[("max unbatched 1→1", side)]["found_own_limit"] is False
+    whats = [line["what"] for line in report["summary"]["lines"]]
+    assert whats[0] == "unbatched 1→1"
+    assert "fan-out 1→5 at 100 msg/s, unbatched (asyncio: asyncio-broadcast)" in whats
+    md = (out / "compare.md").read_text()
+    assert "## Fan-out: triorelay vs the FastAPI broadcast loop" in md
+    assert "could not find its own limit" in md
+    for run in report["runs"]:
+        if run["job"].startswith("max"):
+            assert run["limited_by"] is None
 
 
 def test_compare_with_tokens_measures_the_ratio_and_writes_no_token(tmp_path: Path) -> None:
@@ -112,6 +184,7 @@ def test_compare_with_tokens_measures_the_ratio_and_writes_no_token(tmp_path: Pa
             "compare",
             "--scenarios", "pair",
             "--pair-rates", "200",
+            "--pair-variants", "batched:1",
             "--tokens",
             "--no-redis",
             "--duration-seconds", "0.5",
@@ -126,7 +199,7 @@ def test_compare_with_tokens_measures_the_ratio_and_writes_no_token(tmp_path: Pa
     assert report["tokens"]["status"] == "measured"
     rows = {(r["job"], r["metric"]): r for r in report["tokens"]["rows"]}
     for rate in (200, TOKENS_PAIR_RATE):
-        cpu = rows[(f"pair@{rate}", "server_cpu_us_per_msg")]
+        cpu = rows[(pair_key(SIDE_TABLE_VARIANT, rate), "server_cpu_us_per_msg")]
         assert cpu[TOKENS]["median"] > 0
         assert cpu["ratios"]["tokens/no tokens"] > 0
     for run in report["runs"]:
@@ -134,9 +207,10 @@ def test_compare_with_tokens_measures_the_ratio_and_writes_no_token(tmp_path: Pa
     md = (out / "compare.md").read_text()
     assert f"## {TOKENS_TABLE.title}" in md
     assert f"tokens/no tokens, at {TOKENS_PAIR_RATE} msg/s: **" in md
-    result = json.loads((out / "runs" / f"1-pair@200-{TOKENS}.json").read_text())
+    stem = f"1-{pair_key(SIDE_TABLE_VARIANT, 200).replace(' ', '_')}-{TOKENS}"
+    result = json.loads((out / "runs" / f"{stem}.json").read_text())
     assert result["params"]["token_in"] == "header"
-    access = (out / "runs" / f"1-pair@200-{TOKENS}.server.log").read_text()
+    access = (out / "runs" / f"{stem}.server.log").read_text()
     assert f"sub={TOKEN_SUBJECT}" in access
     for path in out.rglob("*"):  # every JWT starts with the base64 of '{"': eyJ
         if path.is_file() and path.suffix in (".json", ".md", ".log"):
@@ -153,6 +227,7 @@ def test_compare_with_history_measures_the_ratio_and_the_resume(tmp_path: Path) 
             "compare",
             "--scenarios", "pair",
             "--pair-rates", "200",
+            "--pair-variants", "batched:1",
             "--redis-pair-rates", "200",
             "--redis-sides", REDIS_2RELAYS,
             "--history",
@@ -169,7 +244,7 @@ def test_compare_with_history_measures_the_ratio_and_the_resume(tmp_path: Path) 
     assert report["history"]["status"] == "measured"
     rows = {(r["job"], r["metric"]): r for r in report["history"]["rows"]}
     for rate in (200, HISTORY_PAIR_RATE):
-        cpu = rows[(f"pair@{rate}", "server_cpu_us_per_msg")]
+        cpu = rows[(pair_key(SIDE_TABLE_VARIANT, rate), "server_cpu_us_per_msg")]
         assert cpu[NOHISTORY]["median"] > 0
         assert cpu["ratios"]["history/no history"] > 0
     resume = {r["metric"]: r for r in report["history"]["resume_rows"]}
@@ -199,6 +274,7 @@ def test_compare_with_tracing_measures_the_ratio(tmp_path: Path) -> None:
             "compare",
             "--scenarios", "pair",
             "--pair-rates", "200",
+            "--pair-variants", "batched:1",
             "--tracing",
             "--no-redis",
             "--duration-seconds", "0.5",
@@ -214,7 +290,7 @@ def test_compare_with_tracing_measures_the_ratio(tmp_path: Path) -> None:
     assert report["tracing"]["status"] == "measured"
     rows = {(r["job"], r["metric"]): r for r in report["tracing"]["rows"]}
     for rate in (200, TRACING_PAIR_RATE):
-        cpu = rows[(f"pair@{rate}", "server_cpu_us_per_msg")]
+        cpu = rows[(pair_key(SIDE_TABLE_VARIANT, rate), "server_cpu_us_per_msg")]
         assert cpu[NOTRACING]["median"] > 0
         assert cpu["ratios"]["timing/no timing"] > 0
     for run in report["runs"]:

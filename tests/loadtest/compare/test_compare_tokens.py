@@ -15,6 +15,7 @@ from loadtest.compare.plan import (
     FULL,
     PUBLISH_RATE_HEADROOM,
     QUICK,
+    SIDE_TABLE_VARIANT,
     TOKENS_CPU_BOUND,
     TOKENS_PAIR_RATE,
     TRAFFIC_BUFFER_MESSAGES,
@@ -22,6 +23,7 @@ from loadtest.compare.plan import (
     build_jobs,
     build_plan,
     limits_env,
+    pair_key,
     table_jobs,
     tokens_table_for,
 )
@@ -67,11 +69,11 @@ def test_tokens_run_on_pair_at_the_pair_rates_and_the_bound_rate() -> None:
     plan = _plan("--quick", "--no-redis", "--tokens")
     assert plan.tokens_pair_rates == tuple(sorted({*QUICK.pair_rates, TOKENS_PAIR_RATE}))
     sides = _sides(plan)
-    assert sides[f"pair@{TOKENS_PAIR_RATE}"] == (MEMORY, TOKENS)
+    assert sides[pair_key(SIDE_TABLE_VARIANT, TOKENS_PAIR_RATE)] == (MEMORY, TOKENS)
     for rate in QUICK.pair_rates:
-        assert sides[f"pair@{rate}"] == (MEMORY, TOKENS, BASELINE)
+        assert sides[pair_key(SIDE_TABLE_VARIANT, rate)] == (MEMORY, TOKENS, BASELINE)
     assert [key for key, on in sides.items() if TOKENS in on] == [
-        f"pair@{rate}" for rate in plan.tokens_pair_rates
+        pair_key(SIDE_TABLE_VARIANT, rate) for rate in plan.tokens_pair_rates
     ]
     assert tokens_table_for(plan) is TOKENS_TABLE
 
@@ -83,7 +85,11 @@ def test_tokens_need_the_pair_scenario() -> None:
 
 def test_the_tokens_side_does_the_same_work_per_message() -> None:
     """Same argv (echo acks) and relay environment as triorelay; only the key differs."""
-    (job,) = [j for j in build_jobs(_plan("--tokens")) if j.key == f"pair@{TOKENS_PAIR_RATE}"]
+    (job,) = [
+        j
+        for j in build_jobs(_plan("--tokens"))
+        if j.key == pair_key(SIDE_TABLE_VARIANT, TOKENS_PAIR_RATE)
+    ]
     assert job.argv_for(TOKENS) == job.argv_for(MEMORY)
     assert job.argv_for(TOKENS)[-2:] == ["--ack", "echo"]
     assert job.triorelay_env == {env_name("consumer_buffer_messages"): str(TRAFFIC_BUFFER_MESSAGES)}
@@ -120,7 +126,10 @@ def test_a_ladder_near_the_publish_rate_limit_raises_it() -> None:
     """A max step above 1/headroom of the publish limit: the limit becomes headroom x the step."""
     limit = default("publish_rate_messages_per_second")
     top = int(limit / PUBLISH_RATE_HEADROOM) + 1
-    plan = _plan("--scenarios", "max", "--max-steps", f"1000,{top}", "--no-redis")
+    plan = _plan(
+        "--scenarios", "max", "--max-steps", f"1000,{top}", "--max-variants", "unbatched:1",
+        "--no-redis",
+    )  # fmt: skip
     (job,) = build_jobs(plan)
     assert job.producer_rate_per_s == top
     raised = job.triorelay_env[env_name("publish_rate_messages_per_second")]
@@ -141,7 +150,7 @@ def test_the_report_names_the_limits_and_where_they_were_raised() -> None:
 
 
 def _cpu_runs(memory: list[float], tokens: list[float]) -> list[Run]:
-    key = f"pair@{TOKENS_PAIR_RATE}"
+    key = pair_key(SIDE_TABLE_VARIANT, TOKENS_PAIR_RATE)
     return [
         Run(key, side, i, {"server_cpu_us_per_msg": v}, False, 30.0)
         for side, values in ((MEMORY, memory), (TOKENS, tokens))
@@ -169,13 +178,13 @@ def test_tokens_table_gives_the_cpu_ratio_and_the_headline_judges_it() -> None:
 
 
 def test_the_bound_note_sits_on_the_bound_rate_only() -> None:
-    """Every pair row says verification is per connection; only pair@5000 names the bound."""
+    """Every pair row says verification is per connection; only 5000 msg/s names the bound."""
     jobs = table_jobs(build_jobs(_plan("--tokens")), TOKENS_TABLE)
     notes = tokens_notes(jobs)
-    bound = notes[(f"pair@{TOKENS_PAIR_RATE}", "server_cpu_us_per_msg")]
+    bound = notes[(pair_key(SIDE_TABLE_VARIANT, TOKENS_PAIR_RATE), "server_cpu_us_per_msg")]
     assert "verified once per connection" in bound
     assert "verification < 5 % more server CPU per message" in bound
-    other = notes[(f"pair@{FULL.pair_rates[0]}", "server_cpu_us_per_msg")]
+    other = notes[(pair_key(SIDE_TABLE_VARIANT, FULL.pair_rates[0]), "server_cpu_us_per_msg")]
     assert "bound" not in other
 
 
@@ -184,7 +193,7 @@ def test_report_has_a_tokens_section_only_when_the_side_ran() -> None:
     plan = _plan("--quick", "--tokens")
     rows = aggregate(
         _cpu_runs([10.0], [10.1]),
-        [(f"pair@{TOKENS_PAIR_RATE}", ["server_cpu_us_per_msg"])],
+        [(pair_key(SIDE_TABLE_VARIANT, TOKENS_PAIR_RATE), ["server_cpu_us_per_msg"])],
         table=TOKENS_TABLE,
     )
     md = render_report(

@@ -16,12 +16,14 @@ from loadtest.compare.plan import (
     EXTRAS,
     FULL,
     QUICK,
+    SIDE_TABLE_VARIANT,
     TRACING_CPU_BOUND,
     TRACING_PAIR_RATE,
     TRAFFIC_BUFFER_MESSAGES,
     Plan,
     build_jobs,
     build_plan,
+    pair_key,
     table_jobs,
     tracing_table_for,
 )
@@ -38,7 +40,7 @@ from loadtest.lean import LEAN_BATCH_MESSAGES
 
 pytestmark = pytest.mark.timeout(30)
 
-BOUND_KEY = f"pair@{TRACING_PAIR_RATE}"
+BOUND_KEY = pair_key(SIDE_TABLE_VARIANT, TRACING_PAIR_RATE)
 SAMPLE = "latency_sample_messages"
 
 
@@ -70,9 +72,9 @@ def test_tracing_runs_pair_at_the_pair_rates_and_the_bound_rate() -> None:
     sides = _sides(plan)
     assert sides[BOUND_KEY] == (MEMORY, NOTRACING)
     for rate in QUICK.pair_rates:
-        assert sides[f"pair@{rate}"] == (MEMORY, NOTRACING, BASELINE)
+        assert sides[pair_key(SIDE_TABLE_VARIANT, rate)] == (MEMORY, NOTRACING, BASELINE)
     assert [key for key, on in sides.items() if NOTRACING in on] == [
-        f"pair@{rate}" for rate in plan.tracing_pair_rates
+        pair_key(SIDE_TABLE_VARIANT, rate) for rate in plan.tracing_pair_rates
     ]
     assert tracing_table_for(plan) is TRACING_TABLE
     assert _plan("--tracing", "--pair-rates", "5000").tracing_pair_rates == (TRACING_PAIR_RATE,)
@@ -83,7 +85,13 @@ def test_tracing_runs_after_triorelay_and_the_other_opt_in_sides() -> None:
     the baseline."""
     sides = _sides(_plan("--quick", "--no-redis", "--tracing", "--history", "--tokens"))
     assert sides[BOUND_KEY] == (MEMORY, TOKENS, NOHISTORY, NOTRACING)
-    assert sides[f"pair@{QUICK.pair_rates[0]}"] == (MEMORY, TOKENS, NOHISTORY, NOTRACING, BASELINE)
+    assert sides[pair_key(SIDE_TABLE_VARIANT, QUICK.pair_rates[0])] == (
+        MEMORY,
+        TOKENS,
+        NOHISTORY,
+        NOTRACING,
+        BASELINE,
+    )
     alone = _sides(_plan("--quick", "--no-redis", "--tracing", "--tokens"))
     assert alone[BOUND_KEY] == (MEMORY, TOKENS, NOTRACING)
 
@@ -188,7 +196,7 @@ def test_the_notes_say_how_the_generator_writes_what_is_sampled_and_the_bound() 
     assert "triorelay-notracing none (both check every message for a trace" in bound
     assert "metrics are read at scrape time" in bound
     assert bound.endswith("; bound ≤ 1.05x (stage timing ≤ 5 % more server CPU per message)")
-    other = notes[(f"pair@{FULL.pair_rates[0]}", "server_cpu_us_per_msg")]
+    other = notes[(pair_key(SIDE_TABLE_VARIANT, FULL.pair_rates[0]), "server_cpu_us_per_msg")]
     assert "1 ms tick" in other
     assert "bound" not in other
     assert {metric for _key, metric in notes} == {"server_cpu_us_per_msg"}
