@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -252,8 +253,11 @@ class LeanWebSocket:
         return socket.socket(fileno=os.dup(self._stream.socket.fileno())), self._ws
 
     async def send_close(self, code: int = 1000) -> None:
-        """Send a close frame (without waiting for the answer; then :meth:`aclose`)."""
+        """Send a close frame (without waiting for the answer; then :meth:`aclose`), unless
+        the close handshake is already over (the server closed first and was answered)."""
         async with self._send_lock:
+            if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                return
             await self._stream.send_all(self._ws.send(CloseConnection(code=code)))
 
     async def aclose(self) -> None:

@@ -220,3 +220,23 @@ def test_a_broken_connection_ends_the_run_and_is_reported() -> None:
     assert outcome.error is not None
     assert "BrokenPipeError" in outcome.error
     assert done_at == []
+
+
+async def test_a_lean_consumer_leaving_a_connection_not_open_sends_nothing() -> None:
+    """A close handshake already over (the server closed first, wsproto CLOSED) or never
+    begun: leaving sends no close frame (wsproto would refuse one), it only closes."""
+    from wsproto import ConnectionType, WSConnection
+
+    from loadtest.lean import LeanWebSocket
+
+    class Recording:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send_all(self, data: bytes) -> None:
+            self.sent.append(data)
+
+    stream = Recording()
+    lean = LeanWebSocket(stream, WSConnection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    await lean.send_close()
+    assert stream.sent == []
