@@ -59,6 +59,15 @@ def recovery_reason(
     return None
 
 
+def history_expired(
+    since: Position, top: int, expired_through: int, idle_seconds: float, ttl_seconds: float
+) -> bool:
+    """Whether messages after ``since`` were let go because the channel's history expired:
+    they were let go already (through offset ``expired_through``), or the channel has been
+    idle past its TTL with messages after ``since`` (its last offset being ``top``)."""
+    return since.offset < expired_through or (idle_seconds > ttl_seconds and since.offset < top)
+
+
 def reason_after_reading(
     since: Position, top: int, entries: Sequence[tuple[int, Payload]], sizes: int, limit: int
 ) -> RecoveryReason | None:
@@ -115,9 +124,12 @@ class ChannelHistory:
 
     def expired_for(self, since: Position, now: float) -> bool:
         """Whether messages after ``since`` were let go because the history expired."""
-        idle = now - self.last_publish
-        return since.offset < self.expired_through or (
-            idle > self.config.history_ttl_seconds and since.offset < self.offset
+        return history_expired(
+            since,
+            self.offset,
+            self.expired_through,
+            now - self.last_publish,
+            self.config.history_ttl_seconds,
         )
 
 

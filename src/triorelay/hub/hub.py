@@ -37,6 +37,7 @@ from triorelay.hub.statistics import (
     ChannelStatistics,
     ConnectionStatistics,
     Traffic,
+    count_recovery,
     namespace_of,
 )
 from triorelay.settings import Settings
@@ -156,8 +157,7 @@ class Hub:
         channel's statistics."""
         recovery = await self.broker.recover(name, since)
         if since is not None:
-            key = recovery.reason or "recovered"
-            self.recoveries[key] = self.recoveries.get(key, 0) + 1
+            count_recovery(self.recoveries, recovery.reason)
             channel = self._channels.get(name)
             if channel is not None:
                 channel.counters.count_recovery(recovery.reason)

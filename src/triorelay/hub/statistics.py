@@ -13,6 +13,12 @@ def namespace_of(channel: str, separator: str) -> str:
     return channel.split(separator, 1)[0] if separator else channel
 
 
+def count_recovery(recoveries: dict[str, int], reason: str | None) -> None:
+    """Count a resume in ``recoveries`` under ``recovered`` (``reason`` None) or its reason."""
+    key = reason or "recovered"
+    recoveries[key] = recoveries.get(key, 0) + 1
+
+
 class ChannelCounters:
     """One channel's running totals, each kept by the code that causes it.
 
@@ -67,8 +73,7 @@ class ChannelCounters:
 
     def count_recovery(self, reason: str | None) -> None:
         """A consumer resumed: ``reason`` None if every missed message was replayed."""
-        key = reason or "recovered"
-        self.recoveries[key] = self.recoveries.get(key, 0) + 1
+        count_recovery(self.recoveries, reason)
 
     def count_in(self, payloads: list[Payload]) -> None:
         self.messages_in += len(payloads)

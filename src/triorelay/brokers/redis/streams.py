@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from triorelay.brokers.base import Deliver, Gap, Recovery
-from triorelay.brokers.history import reason_after_reading, recovery_reason
+from triorelay.brokers.history import history_expired, reason_after_reading, recovery_reason
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
@@ -269,9 +269,9 @@ class RedisStreams:
         if since is None:
             return Recovery(position, recovered=False)
         config = settings.channel_config(name)
-        idle_ms = int(now) - last_publish
-        expired = since.offset < expired_through or (
-            idle_ms > config.history_ttl_seconds * 1000 and since.offset < top
+        idle_seconds = (int(now) - last_publish) / 1000
+        expired = history_expired(
+            since, top, expired_through, idle_seconds, config.history_ttl_seconds
         )
         reason = recovery_reason(
             since,
