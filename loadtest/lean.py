@@ -265,6 +265,30 @@ class LeanWebSocket:
         await trio.aclose_forcefully(self._stream)
 
 
+async def open_counted(
+    url: str,
+    *,
+    connect_timeout_s: float,
+    headers: Sequence[tuple[bytes, bytes]],
+    stats: RoleStats,
+    what: str,
+    task_status: trio.TaskStatus[bool],
+) -> LeanWebSocket | None:
+    """Connect one of the generator's connections, counted as connected or failed (the error
+    noted as ``<what> connect: ...``); ``task_status.started(True/False)`` says which.
+    Returns the connection, or None if it could not be made."""
+    try:
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
+    except LEAN_CONNECT_ERRORS as exc:
+        stats.counters.failed_connects += 1
+        stats.note_error(f"{what} connect: {exc!r}")
+        task_status.started(False)
+        return None
+    stats.counters.connected += 1
+    task_status.started(True)
+    return lean
+
+
 async def produce_lean(
     slot: ProducerSlot, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -276,17 +300,16 @@ async def produce_lean(
     """
     stats = slot.stats
     counters = stats.counters
-    try:
-        lean = await LeanWebSocket.open(
-            slot.url, connect_timeout_s=slot.connect_timeout_s, headers=slot.headers
-        )
-    except LEAN_CONNECT_ERRORS as exc:
-        counters.failed_connects += 1
-        stats.note_error(f"lean producer connect: {exc!r}")
-        task_status.started(False)
+    lean = await open_counted(
+        slot.url,
+        connect_timeout_s=slot.connect_timeout_s,
+        headers=slot.headers,
+        stats=stats,
+        what="lean producer",
+        task_status=task_status,
+    )
+    if lean is None:
         return
-    counters.connected += 1
-    task_status.started(True)
     try:
         schedule, plan = await slot.wait_for_start()
         sent = 0
@@ -337,15 +360,16 @@ async def hold_stalled(
 
     ``started(True/False)`` reports whether the connection was made.
     """
-    try:
-        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
-    except LEAN_CONNECT_ERRORS as exc:
-        stats.counters.failed_connects += 1
-        stats.note_error(f"stalled consumer connect: {exc!r}")
-        task_status.started(False)
+    lean = await open_counted(
+        url,
+        connect_timeout_s=connect_timeout_s,
+        headers=headers,
+        stats=stats,
+        what="stalled consumer",
+        task_status=task_status,
+    )
+    if lean is None:
         return
-    stats.counters.connected += 1
-    task_status.started(True)
     try:
         with stopper.scope():
             await trio.sleep_forever()
@@ -376,17 +400,17 @@ async def consume_lean(
 
     Leaves with a close frame (1000) and without waiting for the answer.
     """
-    counters = stats.counters
     recorder = DeliveryRecorder(run_id, stats, counter)
-    try:
-        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
-    except LEAN_CONNECT_ERRORS as exc:
-        counters.failed_connects += 1
-        stats.note_error(f"consumer connect: {exc!r}")
-        task_status.started(False)
+    lean = await open_counted(
+        url,
+        connect_timeout_s=connect_timeout_s,
+        headers=headers,
+        stats=stats,
+        what="consumer",
+        task_status=task_status,
+    )
+    if lean is None:
         return
-    counters.connected += 1
-    task_status.started(True)
     try:
         with stopper.scope():
             while True:

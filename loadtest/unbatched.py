@@ -39,7 +39,11 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMes
 
 from loadtest.clients import ProducerPlan, ProducerSlot
 from loadtest.codec import encode
-from loadtest.lean import LEAN_CONNECT_ERRORS, RECEIVE_BYTES, LeanClosedError, LeanWebSocket
+from loadtest.lean import (
+    RECEIVE_BYTES,
+    LeanClosedError,
+    open_counted,
+)
 from loadtest.schedule import RateSchedule
 
 #: Longest single wait (ms) of the thread on its socket, while draining acks or while the
@@ -232,17 +236,16 @@ async def produce_unbatched(
     """
     stats = slot.stats
     counters = stats.counters
-    try:
-        lean = await LeanWebSocket.open(
-            slot.url, connect_timeout_s=slot.connect_timeout_s, headers=slot.headers
-        )
-    except LEAN_CONNECT_ERRORS as exc:
-        counters.failed_connects += 1
-        stats.note_error(f"unbatched producer connect: {exc!r}")
-        task_status.started(False)
+    lean = await open_counted(
+        slot.url,
+        connect_timeout_s=slot.connect_timeout_s,
+        headers=slot.headers,
+        stats=stats,
+        what="unbatched producer",
+        task_status=task_status,
+    )
+    if lean is None:
         return
-    counters.connected += 1
-    task_status.started(True)
     try:
         schedule, plan = await slot.wait_for_start()
         sock, ws = lean.handover()
