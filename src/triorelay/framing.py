@@ -15,14 +15,22 @@ Two kinds of frame, told apart by their first character:
 - a **control message**: a text frame holding a JSON object whose ``"triorelay"`` member
   names its kind (``subscribed``, ``dropped``, ``gap``; from the client, ``refresh``).
 
+Acked queue channels (``ack = "explicit"``) send **jobs** instead of messages: a header line
+``j <channel> <delivery id> <deliveries>\n`` then the payload; the client answers each with an
+``ack`` (done) or a ``nack`` (give it back, after ``delay_seconds`` if it says) control
+message, and is told ``refused`` for an ack the relay cannot take (the job timed out and went
+to another consumer, or the id is unknown). A job that used up its deliveries is published on
+the dead-letter channel as a :func:`dead_letter` JSON message.
+
 Room to grow without a version break: a client ignores a frame kind it does not know (the
-first header token), a control kind it does not know, and members it does not know. The
-acked queue adds a job kind; several channels per connection add client control kinds
-(``subscribe``, ``unsubscribe``): every frame already names its channel.
+first header token), a control kind it does not know, and members it does not know. Several
+channels per connection would add client control kinds (``subscribe``, ``unsubscribe``):
+every frame already names its channel.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -128,6 +136,89 @@ def subscribed(
     )
 
 
+def encode_job(channel: str, delivery_id: int, deliveries: int, payload: Payload) -> Payload:
+    """A job frame: ``j <channel> <delivery id> <deliveries>\n`` then the payload.
+
+    ``deliveries`` counts this one: 1 the first time, more when the job may have been seen
+    (and perhaps done) by a consumer before."""
+    if isinstance(payload, str):
+        return f"j {channel} {delivery_id} {deliveries}\n{payload}"
+    return b"j %s %d %d\n%s" % (channel.encode(), delivery_id, deliveries, payload)
+
+
+def subscribed_jobs(
+    channel: str, *, max_in_flight: int, ack_timeout_seconds: float, max_deliveries: int
+) -> str:
+    """The first frame to a consumer of an acked queue: the rules its acks live by."""
+    return json.dumps(
+        {
+            "triorelay": "subscribed",
+            "channel": channel,
+            "ack": "explicit",
+            "max_in_flight": max_in_flight,
+            "ack_timeout_seconds": ack_timeout_seconds,
+            "max_deliveries": max_deliveries,
+        },
+        separators=(",", ":"),
+    )
+
+
+RefusedReason = Literal["not_in_flight", "malformed"]
+"""Why an ack or nack was refused: ``not_in_flight`` (timed out and given to another
+consumer, already settled, or never given), ``malformed`` (not a valid ack)."""
+
+
+def refused(channel: str, kind: str, delivery_id: int | None, reason: RefusedReason) -> str:
+    """The relay could not take the client's ``ack`` or ``nack`` of ``delivery_id``."""
+    return json.dumps(
+        {
+            "triorelay": "refused",
+            "channel": channel,
+            "kind": kind,
+            "id": delivery_id,
+            "reason": reason,
+        },
+        separators=(",", ":"),
+    )
+
+
+def dead_letter(
+    channel: str,
+    payload: Payload,
+    *,
+    seq: int,
+    deliveries: int,
+    reason: str,
+    history: list[dict[str, Any]],
+) -> str:
+    """What the dead-letter channel gets for a job that used up its deliveries: a JSON
+    object with the job (``payload``, text as is, binary in base64 with ``"binary": true``),
+    where it came from, why it died, and each delivery's end (``at`` Unix time, ``consumer``,
+    ``outcome``)."""
+    binary = not isinstance(payload, str)
+    body = base64.b64encode(payload).decode() if isinstance(payload, bytes) else payload
+    return json.dumps(
+        {
+            "channel": channel,
+            "seq": seq,
+            "payload": body,
+            "binary": binary,
+            "deliveries": deliveries,
+            "reason": reason,
+            "history": history,
+        },
+        separators=(",", ":"),
+    )
+
+
+def read_dead_letter(message: str) -> tuple[Payload, dict[str, Any]]:
+    """A dead-letter message → the job's payload and the object's other members."""
+    fields = json.loads(message)
+    body = fields.pop("payload")
+    payload: Payload = base64.b64decode(body) if fields.get("binary") else body
+    return payload, fields
+
+
 def dropped(channel: str, count: int, total: int) -> str:
     """``count`` messages were dropped for this consumer since the last notice (slow)."""
     return (
@@ -152,6 +243,58 @@ def refresh(token: str) -> str:
     return json.dumps({"triorelay": "refresh", "token": token}, separators=(",", ":"))
 
 
+def ack(delivery_id: int) -> str:
+    """The job of ``delivery_id`` is done: the relay forgets it."""
+    return f'{{"triorelay":"ack","id":{delivery_id}}}'
+
+
+def nack(delivery_id: int, delay_seconds: float | None = None) -> str:
+    """Give the job of ``delivery_id`` back, to be handed out again after ``delay_seconds``
+    (default: the channel's redelivery backoff; 0: at once)."""
+    if delay_seconds is None:
+        return f'{{"triorelay":"nack","id":{delivery_id}}}'
+    return json.dumps(
+        {"triorelay": "nack", "id": delivery_id, "delay_seconds": delay_seconds},
+        separators=(",", ":"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """A client's ``ack`` or ``nack`` (read by the relay)."""
+
+    kind: Literal["ack", "nack"]
+    delivery_id: int
+    delay_seconds: float | None = None
+
+
+MAX_NACK_DELAY_SECONDS = 24 * 3600.0
+"""The longest delay a nack may ask for."""
+
+
+def read_settle(frame: str) -> Settle | None:
+    """A client's text frame → its :class:`Settle`, None if it is no ack or nack;
+    ValueError (saying what is wrong) for a malformed one."""
+    if not frame.startswith('{"triorelay"'):
+        return None
+    try:
+        fields = json.loads(frame)
+    except ValueError:
+        raise ValueError("a control message is a JSON object") from None
+    kind = fields.get("triorelay") if isinstance(fields, dict) else None
+    if kind not in ("ack", "nack"):
+        return None
+    delivery_id = fields.get("id")
+    if type(delivery_id) is not int or not 0 < delivery_id <= MAX_OFFSET:
+        raise ValueError(f"{kind}: id must be a positive whole number")
+    delay = fields.get("delay_seconds") if kind == "nack" else None
+    if delay is not None and (
+        type(delay) not in (int, float) or not 0 <= delay <= MAX_NACK_DELAY_SECONDS
+    ):
+        raise ValueError(f"nack: delay_seconds must be from 0 to {MAX_NACK_DELAY_SECONDS:g}")
+    return Settle(kind, delivery_id, None if delay is None else float(delay))
+
+
 # -- reading frames (clients) --
 
 
@@ -161,6 +304,16 @@ class Message:
 
     channel: str
     offset: int
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job frame: its channel, delivery id, deliveries so far (this one included), payload."""
+
+    channel: str
+    delivery_id: int
+    deliveries: int
     payload: Payload
 
 
@@ -179,7 +332,7 @@ class Unknown:
     frame: Payload
 
 
-Frame = Message | Control | Unknown
+Frame = Message | Job | Control | Unknown
 
 
 def decode(frame: Payload) -> Frame:
@@ -195,12 +348,22 @@ def decode(frame: Payload) -> Frame:
     if not newline:
         raise ValueError("a message frame has a header line")
     kind, _, rest = header.partition(" ")
+    if kind == "j":
+        return _job(header, rest, payload)
     if kind != "m":
         return Unknown(frame)
     channel, _, offset = rest.partition(" ")
     if not channel or not offset.isdigit():
         raise ValueError(f"malformed message header {header!r}")
     return Message(channel, int(offset), payload)
+
+
+def _job(header: str, rest: str, payload: Payload) -> Job:
+    channel, _, numbers = rest.partition(" ")
+    delivery_id, _, deliveries = numbers.partition(" ")
+    if not channel or not delivery_id.isdigit() or not deliveries.isdigit():
+        raise ValueError(f"malformed job header {header!r}")
+    return Job(channel, int(delivery_id), int(deliveries), payload)
 
 
 def _control(frame: str) -> Control:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,9 @@ from triorelay.auth.origins import parse_origin_patterns
 from triorelay.errors import SettingsError
 
 Mode = Literal["broadcast", "queue"]
+AckMode = Literal["auto", "explicit"]
+"""Queue channels: ``auto``, a job is done once written to a consumer's socket; ``explicit``,
+a framed consumer acks each one (``docs/topics/queue-delivery.md``)."""
 Policy = Literal["disconnect", "drop_oldest", "drop_newest", "block"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -57,6 +61,8 @@ ALGORITHMS = frozenset(
 
 MIN_HMAC_SECRET_BYTES = 32
 """The shortest HMAC secret accepted: a shorter one can be guessed offline from any token."""
+
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
@@ -77,6 +83,13 @@ class ChannelRule(BaseModel):
     history_messages: NonNegativeInt | None = None
     history_bytes: PositiveInt | None = None
     history_ttl_seconds: Annotated[float, Field(gt=0)] | None = None
+    ack: AckMode | None = None
+    max_in_flight: PositiveInt | None = None
+    ack_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_deliveries: PositiveInt | None = None
+    dead_letter_channel: str | None = None
+    redelivery_backoff_seconds: Annotated[float, Field(ge=0)] | None = None
+    redelivery_backoff_max_seconds: Annotated[float, Field(ge=0)] | None = None
 
 
 class ChannelConfig(BaseModel):
@@ -93,6 +106,31 @@ class ChannelConfig(BaseModel):
     history_messages: int = 0
     history_bytes: int = 1
     history_ttl_seconds: float = 1.0
+    ack: AckMode = "auto"
+    max_in_flight: int = 16
+    ack_timeout_seconds: float = 30.0
+    max_deliveries: int = 5
+    #: Where jobs that used up their deliveries go; ``None``: ``<channel>.dead``.
+    dead_letter_channel: str | None = None
+    redelivery_backoff_seconds: float = 1.0
+    redelivery_backoff_max_seconds: float = 60.0
+
+    @property
+    def acked(self) -> bool:
+        """True for a queue channel whose framed consumers ack each job."""
+        return self.mode == "queue" and self.ack == "explicit"
+
+    def dead_letter_of(self, channel: str) -> str:
+        """The channel a job of ``channel`` goes to once it used up its deliveries."""
+        return self.dead_letter_channel or f"{channel}.dead"
+
+    def redelivery_delay(self, deliveries: int) -> float:
+        """How long a job handed out ``deliveries`` times waits before it is handed out
+        again: the backoff, doubled per delivery after the first, at most the cap."""
+        base = self.redelivery_backoff_seconds
+        if base <= 0 or deliveries <= 0:
+            return 0.0
+        return float(min(base * 2 ** min(deliveries - 1, 62), self.redelivery_backoff_max_seconds))
 
     @property
     def keeps_history(self) -> bool:
@@ -124,6 +162,19 @@ class Settings(BaseSettings):
     block_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     #: Queue-mode channels: messages waiting for a consumer, before producers are backpressured.
     queue_buffer_messages: PositiveInt = 1024
+    #: Queue channels with ``ack = "explicit"`` (docs/topics/queue-delivery.md): jobs a
+    #: framed consumer holds unacknowledged at most (the relay sends it no more until it
+    #: acks one), how long it may hold one before it goes to another consumer, how many
+    #: times a job is handed out before it goes to the dead-letter channel
+    #: (``dead_letter_channel``, default ``<channel>.dead``), and the wait before a job that
+    #: came back is handed out again (doubling per delivery, up to the cap). Settable per
+    #: rule; ``ack`` applies to queue channels only.
+    ack: AckMode = "auto"
+    max_in_flight: PositiveInt = 16
+    ack_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_deliveries: PositiveInt = 5
+    redelivery_backoff_seconds: Annotated[float, Field(ge=0)] = 1.0
+    redelivery_backoff_max_seconds: Annotated[float, Field(ge=0)] = 60.0
     #: Memory broker: bytes queued in every queue channel together; past it publishing to a
     #: queue waits, as with a full queue.
     max_queued_bytes: PositiveInt = 256 * 1024 * 1024
@@ -310,8 +361,28 @@ class Settings(BaseSettings):
             )
         if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://")):
             raise ValueError(f"broker {self.broker!r}: use 'memory' or a redis:// or rediss:// URL")
+        self._check_acked_queues()
         self._check_auth()
         return self
+
+    def _check_acked_queues(self) -> None:
+        for pattern, rule in [("(default)", ChannelRule()), *self.channels.items()]:
+            config = self._resolve(rule)
+            # The global ``ack`` applies to queue channels; a rule saying so on a broadcast
+            # channel is a mistake worth an error.
+            if config.acked and self.broker != "memory":
+                raise ValueError(
+                    f"channels {pattern!r}: ack = 'explicit' needs the memory broker for now"
+                )
+            if rule.ack == "explicit" and config.mode != "queue":
+                raise ValueError(
+                    f"channels {pattern!r}: ack = 'explicit' is for queue channels (mode = 'queue')"
+                )
+            dead = config.dead_letter_channel
+            if dead is not None and not _CHANNEL_NAME.fullmatch(dead):
+                raise ValueError(
+                    f"channels {pattern!r}: dead_letter_channel {dead!r} is not a channel name"
+                )
 
     def _check_auth(self) -> None:
         keys = [
@@ -402,6 +473,21 @@ class Settings(BaseSettings):
             ),
             history_bytes=rule.history_bytes or self.history_bytes,
             history_ttl_seconds=rule.history_ttl_seconds or self.history_ttl_seconds,
+            ack=rule.ack or self.ack,
+            max_in_flight=rule.max_in_flight or self.max_in_flight,
+            ack_timeout_seconds=rule.ack_timeout_seconds or self.ack_timeout_seconds,
+            max_deliveries=rule.max_deliveries or self.max_deliveries,
+            dead_letter_channel=rule.dead_letter_channel,
+            redelivery_backoff_seconds=(
+                rule.redelivery_backoff_seconds
+                if rule.redelivery_backoff_seconds is not None
+                else self.redelivery_backoff_seconds
+            ),
+            redelivery_backoff_max_seconds=(
+                rule.redelivery_backoff_max_seconds
+                if rule.redelivery_backoff_max_seconds is not None
+                else self.redelivery_backoff_max_seconds
+            ),
         )
 
 

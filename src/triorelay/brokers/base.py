@@ -11,8 +11,8 @@ consumer's buffer → the consumer's route.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -39,7 +39,7 @@ class Gap:
 Deliver = Callable[[str, "Payload | Gap", int, str, "Trace | None"], Awaitable[None]]
 """``await deliver(channel_name, payload_or_gap, offset, epoch, trace)``: hand a message (or a
 gap) to this relay's consumers of the channel, with the message's position (a gap's offset is
-0; queue messages have the offset 0 and the epoch ``""``: they have no position) and, for a
+0; queue messages have their sequence number as the offset and the epoch ``""``) and, for a
 traced message, its stage times so far (:mod:`triorelay.tracing`). It may wait (a ``block``
 policy, a full local queue): that is backpressure on whatever feeds it."""
 
@@ -82,6 +82,67 @@ class QueueSource(Protocol):
 
     def release(self, consumer_id: int) -> None:
         """The consumer left: give back what it took and did not acknowledge (in the background)."""
+        ...
+
+
+Outcome = Literal["timed out", "nacked", "consumer left", "relay died"]
+"""Why a job came back without an ack (its history says, for the dead-letter channel)."""
+
+
+@dataclass(slots=True)
+class Job:
+    """A message of an acked queue channel (``ack = "explicit"``), with what happened to it.
+
+    ``deliveries`` counts the times it was handed out (the one in flight included);
+    ``history`` each time it came back, as ``(Unix time, consumer, outcome)``; ``receipt``
+    is the broker's handle on it (Redis: the stream entry), ``None`` for the memory queue.
+    """
+
+    payload: Payload
+    size: int
+    #: The channel's sequence number, given when it was published.
+    seq: int
+    deliveries: int = 0
+    history: list[tuple[float, str, Outcome]] = field(default_factory=list)
+    receipt: object = None
+
+
+class JobSource(Protocol):
+    """Where an acked queue channel's consumers take jobs, and settle them.
+
+    A job taken is the consumer's until it is settled (acked) or given back (nacked, timed
+    out, its consumer left); a relay that dies holding jobs has them given back by another
+    relay after ``redis_claim_idle_seconds`` (Redis: the consumer group's claim), counted as a
+    delivery and with ``relay died`` in their history. The memory broker's source is the
+    hub's :class:`~triorelay.hub.jobs.JobQueue`; the Redis broker's keeps the jobs in the
+    channel's stream (``brokers/redis/jobs.py``).
+
+    The deadlines, ``max_in_flight`` and the dead-letter decision are the consumer's
+    (:class:`~triorelay.hub.acks.InFlight`): a source only stores.
+    """
+
+    async def take(self, consumer_id: int) -> Job:
+        """Wait for the next job ready to be handed out (new, or come back with its delay
+        over): it is then this consumer's. Raises :class:`trio.EndOfChannel` once the source
+        is closed (shutdown), :class:`~triorelay.errors.BrokerUnavailable` never: it waits
+        for the broker to come back."""
+        ...
+
+    async def settle(self, jobs: list[Job]) -> None:
+        """The consumer acked ``jobs``: they are done and forgotten (one round trip). Raises
+        :class:`~triorelay.errors.BrokerUnavailable` if that cannot be done: the jobs then
+        come back after the claim time (delivered at least once)."""
+        ...
+
+    def give_back(self, job: Job, delay_seconds: float) -> None:
+        """``job`` came back (its ``deliveries`` and ``history`` as they are now): hand it out
+        again once ``delay_seconds`` have passed. Returns at once; a broker-held source
+        writes it in the background (retried while the broker is down)."""
+        ...
+
+    def release(self, consumer_id: int) -> None:
+        """The consumer left: anything it took and neither settled nor gave back returns
+        (in the background)."""
         ...
 
 
@@ -148,6 +209,10 @@ class Broker(Protocol):
 
     def queue(self, name: str) -> QueueSource | None:
         """The broker-held queue of queue channel ``name``; ``None``: the hub queues locally."""
+        ...
+
+    def jobs(self, name: str) -> JobSource | None:
+        """The broker-held jobs of acked queue channel ``name``; ``None``: the hub's own."""
         ...
 
     def watch(self, name: str) -> None:

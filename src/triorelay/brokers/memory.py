@@ -70,7 +70,7 @@ class MemoryBroker:
             for payload in payloads:
                 # Numbered once delivered: a publish cancelled while it waits (a full
                 # queue) takes no number, so none is skipped.
-                await deliver(name, payload, 0, "", None)
+                await deliver(name, payload, seq + 1, "", None)
                 seq += 1
                 published.append(seq)
         finally:
@@ -105,6 +105,9 @@ class MemoryBroker:
 
     def queue(self, name: str) -> None:
         """The hub's own queue serves queue channels."""
+
+    def jobs(self, name: str) -> None:
+        """The hub's own job queue serves acked queue channels."""
 
     def watch(self, name: str) -> None:
         """Nothing to do: the local channel is the only one."""

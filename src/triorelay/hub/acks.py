@@ -3,36 +3,20 @@
 A job of an acked queue channel is handed to one framed consumer at a time and stays *in
 flight* for it until the consumer acks it (done), nacks it (give it back), or its
 ``ack_timeout_seconds`` pass; a job handed out ``max_deliveries`` times without an ack goes to
-the dead-letter channel with its history. This module holds that bookkeeping without I/O or
-clocks of its own (times are passed in), so it is tested synchronously; the routes and the
-queues drive it.
+the dead-letter channel with its history. This module holds that bookkeeping without I/O
+(times are passed in, but for the wall clock a history is stamped with), so it is tested
+synchronously; ``routes/jobs.py`` drives it over a :class:`~triorelay.brokers.base.JobSource`.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
-from typing import Literal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from triorelay.envelopes import Payload
-
-Outcome = Literal["timed out", "nacked", "consumer left"]
-"""Why a job came back without an ack (its history says, for the dead-letter channel)."""
-
-
-@dataclass(slots=True)
-class Job:
-    """A queued message of an acked channel, with what happened to it so far."""
-
-    payload: Payload
-    size: int
-    #: The channel's sequence number, given when it was published.
-    seq: int
-    #: How many times it was handed out.
-    deliveries: int = 0
-    #: Each time it came back: (when, consumer id, why).
-    history: list[tuple[float, int, Outcome]] = field(default_factory=list)
+from triorelay.brokers.base import Job, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +38,16 @@ class InFlight:
 
     def __init__(
         self,
-        consumer_id: int,
+        consumer: str,
         *,
         max_in_flight: int,
         ack_timeout_seconds: float,
         max_deliveries: int,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.consumer_id = consumer_id
+        #: Who holds the jobs, as their histories name it.
+        self.consumer = consumer
+        self._wall_clock = wall_clock
         self.max_in_flight = max_in_flight
         self.ack_timeout_seconds = ack_timeout_seconds
         self.max_deliveries = max_deliveries
@@ -85,14 +72,16 @@ class InFlight:
         heapq.heappush(self._deadlines, (now + self.ack_timeout_seconds, delivery_id))
         return delivery_id
 
-    def ack(self, delivery_id: int) -> bool:
-        """The consumer is done with it. False (counted as refused) for an id that is not in
-        flight: unknown, already settled, or timed out and given to another consumer."""
-        if self._jobs.pop(delivery_id, None) is None:
+    def ack(self, delivery_id: int) -> Job | None:
+        """The consumer is done with it: return it, to be settled. None (counted as refused)
+        for an id that is not in flight: unknown, already settled, or timed out and given to
+        another consumer."""
+        job = self._jobs.pop(delivery_id, None)
+        if job is None:
             self.refused += 1
-            return False
+            return None
         self.acked += 1
-        return True
+        return job
 
     def nack(self, delivery_id: int, now: float) -> Returned | None:
         """The consumer gives it back; None (counted as refused) if it is not in flight."""
@@ -129,6 +118,10 @@ class InFlight:
         self._deadlines.clear()
         return [self._returned(job, now, "consumer left") for _, job in jobs]
 
+    def jobs(self) -> list[Job]:
+        """The jobs in flight, oldest first."""
+        return [job for _, job in sorted(self._jobs.items())]
+
     def _returned(self, job: Job, now: float, why: Outcome) -> Returned:
-        job.history.append((now, self.consumer_id, why))
+        job.history.append((self._wall_clock(), self.consumer, why))
         return Returned(job, dead=job.deliveries >= self.max_deliveries)

@@ -13,6 +13,10 @@ Delivery, per channel mode:
     consumer, the one that has waited longest. When it is full, ``deliver`` waits
     (backpressure). With a broker that holds queues itself (Redis), consumers take from it
     instead (:class:`~triorelay.hub.buffers.SourceReader`) and nothing is queued here.
+    An acked queue channel (``ack = "explicit"``) holds jobs instead
+    (:class:`~triorelay.hub.jobs.JobQueue`, or the broker's own
+    :class:`~triorelay.brokers.base.JobSource`), read through a
+    :class:`~triorelay.hub.jobs.JobReader`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import trio
 
 from triorelay import framing
-from triorelay.brokers.base import Broker
+from triorelay.brokers.base import Broker, JobSource
 from triorelay.envelopes import Payload, gap_notice, size_of
 from triorelay.errors import CloseCode
 from triorelay.hub.buffers import (
@@ -34,6 +38,7 @@ from triorelay.hub.buffers import (
     Traced,
 )
 from triorelay.hub.connections import Consumer, Producer, next_connection_id
+from triorelay.hub.jobs import JobQueue, JobReader
 from triorelay.hub.statistics import ChannelCounters, ChannelStatistics
 from triorelay.settings import ChannelConfig
 from triorelay.tracing import Trace, now_ns
@@ -67,9 +72,19 @@ class Channel:
         #: How many consumers are told positions (they get an Entry per message).
         self._positioned = 0
         self.closed = False
-        self._source = broker.queue(name) if config.mode == "queue" else None
+        self._source = broker.queue(name) if config.mode == "queue" and not config.acked else None
         self._queue: LocalQueue | None = None
-        if config.mode == "queue" and self._source is None:
+        #: An acked queue channel's jobs: the broker's, or this relay's own (``_job_queue``).
+        self.jobs: JobSource | None = broker.jobs(name) if config.acked else None
+        self._job_queue: JobQueue | None = None
+        if config.acked and self.jobs is None:
+            self.jobs = self._job_queue = JobQueue(
+                config.queue_buffer_messages,
+                self.occupancy,
+                queue_budget,
+                config.block_timeout_seconds,
+            )
+        elif config.mode == "queue" and self._source is None and self.jobs is None:
             self._queue = LocalQueue(
                 config.queue_buffer_messages,
                 self.occupancy,
@@ -102,7 +117,11 @@ class Channel:
         an :class:`Entry` per message (its position with it), and notices as framing
         control messages."""
         config = self.config
-        if self._source is not None:
+        if self.jobs is not None:
+            consumer_id = next_connection_id()
+            jobs = JobReader(self.jobs, consumer_id)
+            consumer = Consumer(self.name, config.mode, jobs, self.counters, id=consumer_id)
+        elif self._source is not None:
             consumer_id = next_connection_id()
             reader = SourceReader(self._source, consumer_id)
             consumer = Consumer(self.name, config.mode, reader, self.counters, id=consumer_id)
@@ -141,6 +160,8 @@ class Channel:
         local queue), so that a publish given up while waiting leaves nothing behind."""
         if self._queue is not None:
             await self._queue.wait_for_room(size)
+        elif self._job_queue is not None:
+            await self._job_queue.wait_for_room(size)
         elif self._policy == "block":
             while True:
                 full = next(
@@ -168,6 +189,9 @@ class Channel:
         counters.bytes_delivered += size
         if self._queue is not None:
             await self._queue.put(payload, size)
+            return
+        if self._job_queue is not None:
+            await self._job_queue.put(payload, size, offset)
             return
         if trace is not None:
             await self._deliver_traced(payload, size, offset, epoch, trace)
@@ -347,3 +371,5 @@ class Channel:
             self._broker.unwatch(self.name)
         if self._queue is not None:
             self._queue.close()
+        if self._job_queue is not None:
+            self._job_queue.close()

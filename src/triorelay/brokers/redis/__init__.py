@@ -129,6 +129,9 @@ class RedisBroker:
     def queue(self, name: str) -> RedisQueue:
         return RedisQueue(self.queues, name)
 
+    def jobs(self, name: str) -> None:
+        """Acked queue channels on Redis: not yet (issue #16); refused in the settings."""
+
     def watch(self, name: str) -> None:
         self.streams.watch(name)
 
