@@ -374,3 +374,22 @@ async def test_settle_raises_broker_unavailable_when_redis_is_gone(
         with pytest.raises(BrokerUnavailable):
             await jobs.source.settle([job])
     assert broker.statistics()["jobs_held"] == 0
+
+
+async def test_a_malformed_entry_is_dropped_counted_and_taking_goes_on(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """A stream entry no relay wrote (no payload) is not handed out: it is deleted, counted,
+    and the consumer gets the next job."""
+    broker = await started(nursery, redis_url)
+    jobs = RedisJobsUnderTest(broker)
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await jobs.publish("first")  # makes the group
+            await jobs.source.settle([await jobs.source.take(1)])
+            await client.xadd("triorelay:q:jobs.work", {"x": "not a job"})
+            await jobs.publish("good")
+            job = await jobs.source.take(1)
+            assert await client.xlen("triorelay:q:jobs.work") == 1  # "good" alone
+    assert job.payload == "good"
+    assert broker.statistics()["malformed_jobs"] == 1

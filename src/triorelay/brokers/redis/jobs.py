@@ -284,21 +284,15 @@ class RedisJobStore:
             await self._written.wait()
 
     async def _run_returns(self) -> None:
-        try:
-            while True:
-                await self._returns_wanted.wait()
-                self._returns_wanted = trio.Event()
-                while self._returns:
-                    await self._connection.wait_ready()
-                    if not await self._write_next():
-                        await trio.sleep(0.05)  # then wait_ready waits out an outage
-        finally:
-            # Shutting down: what consumers gave back goes back now if Redis is there (else
-            # it is rescued after the claim time). Bounded by broker_timeout_seconds.
-            timeout = self._connection.timeout_seconds
-            with trio.CancelScope(shield=True), trio.move_on_after(timeout):
-                while self._returns and self._connection.ready and await self._write_next():
-                    pass
+        # Not flushed when cancelled: coredis's connections end in the same cancellation, so
+        # what is still queued then is rescued after the claim time, as a dead relay's.
+        while True:
+            await self._returns_wanted.wait()
+            self._returns_wanted = trio.Event()
+            while self._returns:
+                await self._connection.wait_ready()
+                if not await self._write_next():
+                    await trio.sleep(0.05)  # then wait_ready waits out an outage
 
     async def _write_next(self) -> bool:
         """Write the first give-back or release; False (kept first) if Redis failed."""
