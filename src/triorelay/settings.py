@@ -370,10 +370,6 @@ class Settings(BaseSettings):
             config = self._resolve(rule)
             # The global ``ack`` applies to queue channels; a rule saying so on a broadcast
             # channel is a mistake worth an error.
-            if config.acked and self.broker != "memory":
-                raise ValueError(
-                    f"channels {pattern!r}: ack = 'explicit' needs the memory broker for now"
-                )
             if rule.ack == "explicit" and config.mode != "queue":
                 raise ValueError(
                     f"channels {pattern!r}: ack = 'explicit' is for queue channels (mode = 'queue')"
