@@ -17,11 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import coredis
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from tests.conftest import StartRelay
+from tests.processes import LAUNCHERS, kill_group, relay_process
+from tests.redis_server import RedisServer
 from tests.tcp_proxy import ForwardingProxy
 from triorelay import framing
 
@@ -48,10 +51,14 @@ class Tally:
     acks: dict[int, int] = field(default_factory=dict)
     redelivered_seen: int = 0
     connections: int = 0
-    all_acked = trio.Event()
+    relay_killed: bool = False
+    all_acked: trio.Event = field(default_factory=trio.Event)
+    third_acked: trio.Event = field(default_factory=trio.Event)
 
     def acked(self, job: int) -> None:
         self.acks[job] = self.acks.get(job, 0) + 1
+        if len(self.acks) >= JOBS // 3:
+            self.third_acked.set()
         if len(self.acks) == JOBS:
             self.all_acked.set()
 
@@ -115,12 +122,13 @@ async def chaos(
     kills: int = KILLS,
     during: Callable[[Tally], Awaitable[None]] | None = None,
     proxies_for: Callable[[int], int] | None = None,
+    proxies_out: list[ForwardingProxy] | None = None,
 ) -> tuple[Tally, int]:
     """Run the workers through proxies to ``relay_port()`` until every job is acked and
     ``held()`` says the relay holds nothing; return the tally and the kills done."""
     rng = random.Random(16)
     tally = Tally()
-    proxies = []
+    proxies = proxies_out if proxies_out is not None else []
     for index in range(WORKERS):
         port = proxies_for(index) if proxies_for is not None else relay_port()
         proxy = ForwardingProxy(port)
@@ -165,3 +173,53 @@ async def test_jobs_chaos_on_the_memory_broker(
     assert tally.connections >= KILLS  # the workers did reconnect after the kills
     assert tally.redelivered_seen > 0  # the kills did cut jobs in flight
     print(f"memory: {killed} kills, {tally.done_twice} jobs done twice")  # noqa: T201
+
+
+async def test_jobs_chaos_on_redis_with_a_relay_killed(
+    redis_server: RedisServer, nursery: trio.Nursery
+) -> None:
+    """Redis, two relay processes, four workers on each: 19 connection resets and one
+    SIGKILL of a relay (its workers move to the other); the dead relay's jobs are claimed
+    after ``redis_claim_idle_seconds``: every job acked, Redis holds nothing at the end."""
+    env = {
+        "TRIORELAY_BROKER": redis_server.url,
+        "TRIORELAY_CHANNELS": json.dumps({"jobs": RULE}),
+        "TRIORELAY_REDIS_CLAIM_IDLE_SECONDS": "1",
+    }
+    async with (
+        relay_process(LAUNCHERS["hypercorn"], env) as doomed,
+        relay_process(LAUNCHERS["hypercorn"], env) as survivor,
+        coredis.Redis.from_url(redis_server.url) as client,
+    ):
+        proxies: list[ForwardingProxy] = []
+
+        def port_for(index: int) -> int:
+            return doomed.port if index < WORKERS // 2 else survivor.port
+
+        async def kill_a_relay(tally: Tally) -> None:
+            await tally.third_acked.wait()
+            for proxy in proxies[: WORKERS // 2]:
+                proxy.target_port = survivor.port
+            kill_group(doomed)  # SIGKILL: what its workers held stays pending in Redis
+            tally.relay_killed = True
+
+        async def held() -> dict[str, Any] | None:
+            waiting = await client.xlen("triorelay:q:jobs")
+            pending = await client.xpending("triorelay:q:jobs", "triorelay")
+            return {"pending": pending} if waiting == 0 and pending.pending == 0 else None
+
+        tally, killed = await chaos(
+            lambda: survivor.port,
+            survivor.ws_url,
+            held,
+            nursery,
+            kills=KILLS - 1,
+            during=kill_a_relay,
+            proxies_for=port_for,
+            proxies_out=proxies,
+        )
+    assert sorted(tally.acks) == list(range(1, JOBS + 1))  # every job, none lost
+    assert tally.relay_killed
+    assert killed == KILLS - 1
+    assert tally.redelivered_seen > 0
+    print(f"redis: {killed} resets + 1 SIGKILL, {tally.done_twice} jobs done twice")  # noqa: T201
