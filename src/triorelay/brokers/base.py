@@ -243,6 +243,10 @@ class Broker(Protocol):
     #: so a local channel's room decides whether a publish waits.
     delivers_locally: bool
 
+    #: This relay's name in the broker: Redis consumer names and job histories
+    #: (``<node>:<connection id>``) use it.
+    node: str
+
     @property
     def ready(self) -> bool:
         """False while the broker cannot accept messages (for ``/healthz``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import trio
@@ -28,6 +29,7 @@ class MemoryBroker:
     def __init__(self, deliver: Deliver, settings: Settings | None = None) -> None:
         self._deliver = deliver
         self._settings = settings if settings is not None else Settings()
+        self.node = uuid.uuid4().hex[:12]
         self._last_seq: dict[str, int] = {}
         self.histories = MemoryHistories(
             self._settings.history_max_bytes,

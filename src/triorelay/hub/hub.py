@@ -19,7 +19,6 @@ its route binds, which is how eviction and shutdown end connections.
 from __future__ import annotations
 
 import heapq
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from operator import attrgetter
@@ -82,8 +81,6 @@ class Hub:
         self.latency: dict[str, StageHistograms] = {}
         #: Acked queue channels' job counts by namespace (see JobCounters), for /metrics.
         self.jobs: dict[str, JobCounters] = {}
-        #: A name for this relay in job histories.
-        self.node = uuid.uuid4().hex[:12]
         #: Messages lost to consumers, every channel, by why (see Channel.drops).
         self.drops: dict[str, int] = {}
         self.closing = False

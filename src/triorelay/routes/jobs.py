@@ -57,7 +57,7 @@ class JobConsumer:
         assert counters is not None  # an acked queue channel's
         self.counters: JobCounters = counters
         self.in_flight = InFlight(
-            f"{hub.node}:{self.consumer.id}",
+            f"{hub.broker.node}:{self.consumer.id}",
             max_in_flight=config.max_in_flight,
             ack_timeout_seconds=config.ack_timeout_seconds,
             max_deliveries=config.max_deliveries,

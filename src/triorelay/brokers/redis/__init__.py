@@ -73,6 +73,7 @@ class RedisBroker:
 
     def __init__(self, settings: Settings, deliver: Deliver) -> None:
         self.connection = RedisConnection(settings)
+        self.node = self.connection.node
         self.streams = RedisStreams(self.connection, settings, deliver)
         self.queues = RedisQueues(
             self.connection,
