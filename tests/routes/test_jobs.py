@@ -321,3 +321,14 @@ async def test_resume_parameters_are_refused_on_an_acked_channel(acked_relay: Ac
     )
     assert status == 400
     assert b"positions" in body
+
+
+async def test_a_producer_ack_means_the_job_is_queued(acked_relay: AckedRelay) -> None:
+    """``?ack=id``: the producer's ack comes once the job is queued (Redis: the ``XADD``
+    returned), before any consumer took it; a consumer that comes later gets it."""
+    server = await acked_relay()
+    assert await publish(server, "jobs", "durable") == [1]
+    assert await queued(server) == 1
+    async with worker(server) as ws:
+        await subscribed(ws)
+        assert (await next_job(ws)).payload == "durable"
