@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import coredis
+import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
@@ -123,9 +124,10 @@ async def chaos(
     during: Callable[[Tally], Awaitable[None]] | None = None,
     proxies_for: Callable[[int], int] | None = None,
     proxies_out: list[ForwardingProxy] | None = None,
-) -> tuple[Tally, int]:
+) -> tuple[Tally, int, dict[str, Any]]:
     """Run the workers through proxies to ``relay_port()`` until every job is acked and
-    ``held()`` says the relay holds nothing; return the tally and the kills done."""
+    ``held()`` says the relay holds nothing; return the tally, the kills done and what
+    ``held()`` said last."""
     rng = random.Random(16)
     tally = Tally()
     proxies = proxies_out if proxies_out is not None else []
@@ -153,7 +155,7 @@ async def chaos(
                 statistics = await held()
                 await trio.sleep(0.05)
             run.cancel_scope.cancel()
-    return tally, killed[0] if killed else 0
+    return tally, killed[0] if killed else 0, statistics
 
 
 async def test_jobs_chaos_on_the_memory_broker(
@@ -167,8 +169,12 @@ async def test_jobs_chaos_on_the_memory_broker(
         idle = statistics["jobs"]["in_flight"] == 0 and statistics["buffered"] == 0
         return statistics if idle else None
 
-    tally, killed = await chaos(lambda: server.port, server.ws_url, held, nursery)
+    tally, killed, statistics = await chaos(lambda: server.port, server.ws_url, held, nursery)
     assert sorted(tally.acks) == list(range(1, JOBS + 1))  # every job, none lost
+    # What came back came back for a kill, at once: not through the ack timeout.
+    assert statistics["jobs"]["timed_out"] == 0
+    # A kill can lose at most the acks of what its worker held.
+    assert tally.done_twice <= killed * RULE["max_in_flight"]
     assert killed == KILLS
     assert tally.connections >= KILLS  # the workers did reconnect after the kills
     assert tally.redelivered_seen > 0  # the kills did cut jobs in flight
@@ -206,9 +212,13 @@ async def test_jobs_chaos_on_redis_with_a_relay_killed(
         async def held() -> dict[str, Any] | None:
             waiting = await client.xlen("triorelay:q:jobs")
             pending = await client.xpending("triorelay:q:jobs", "triorelay")
-            return {"pending": pending} if waiting == 0 and pending.pending == 0 else None
+            if waiting or pending.pending:
+                return None
+            async with httpx.AsyncClient() as http:
+                answer = await http.get(f"http://127.0.0.1:{survivor.port}/channels/jobs")
+            return {"survivor": answer.json()}
 
-        tally, killed = await chaos(
+        tally, killed, statistics = await chaos(
             lambda: survivor.port,
             survivor.ws_url,
             held,
@@ -219,6 +229,8 @@ async def test_jobs_chaos_on_redis_with_a_relay_killed(
             proxies_out=proxies,
         )
     assert sorted(tally.acks) == list(range(1, JOBS + 1))  # every job, none lost
+    assert tally.done_twice <= (killed + WORKERS // 2) * RULE["max_in_flight"]
+    assert statistics["survivor"]["jobs"]["timed_out"] == 0
     assert tally.relay_killed
     assert killed == KILLS - 1
     assert tally.redelivered_seen > 0

@@ -7,9 +7,12 @@ import pytest
 import trio
 import trio.testing
 
+from tests.conftest import make_settings
+from triorelay.brokers import broker_factory
 from triorelay.errors import QueueFull
+from triorelay.hub import Hub
 from triorelay.hub.buffers import Occupancy, QueueBudget
-from triorelay.hub.jobs import JobQueue
+from triorelay.hub.jobs import JobQueue, JobReader
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -168,3 +171,30 @@ async def test_closing_ends_every_wait_and_drops_what_waits() -> None:
     assert queue.budget.bytes == 1
     with pytest.raises(trio.ClosedResourceError):
         await queue.put("c", 1, 3)
+
+
+async def test_producers_waiting_on_a_full_queue_get_numbers_of_their_own() -> None:
+    """Two producers waiting for room together each get their own sequence number (the
+    memory broker numbers one queue publish at a time)."""
+    settings = make_settings(
+        channels={"jobs": {"mode": "queue", "ack": "explicit", "queue_buffer_messages": 1}}
+    )
+    hub = Hub(settings, broker_factory(settings))
+    ids: list[int] = []
+    with hub.attach_consumer("jobs") as consumer, hub.attach_producer("jobs") as first:
+        ids.append(await first.publish("a"))  # the queue is full now
+
+        async def produce(payload: str) -> None:
+            with hub.attach_producer("jobs") as producer:
+                ids.append(await producer.publish(payload))
+
+        reader = consumer.inbox
+        assert isinstance(reader, JobReader)
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce, "b")
+                nursery.start_soon(produce, "c")
+                await trio.testing.wait_all_tasks_blocked()  # both wait for room
+                seqs = [(await reader.take()).seq for _ in range(3)]
+    assert sorted(ids) == [1, 2, 3]
+    assert sorted(seqs) == [1, 2, 3]

@@ -52,7 +52,8 @@ def acked_relay(start_relay: StartRelay, broker: str) -> Callable[..., Awaitable
     """``await acked_relay(**rule)``: a relay whose ``jobs*`` channels are acked queues."""
 
     async def start(**rule: Any) -> RunningRelay:
-        return await start_relay(broker=broker, channels={"jobs*": {**RULE, **rule}})
+        channels = {"*.dead": {"mode": "broadcast"}, "jobs*": {**RULE, **rule}}
+        return await start_relay(broker=broker, channels=channels)
 
     return start
 
@@ -287,13 +288,22 @@ async def test_what_is_not_an_ack_is_refused_and_changes_nothing(acked_relay: Ac
         await subscribed(ws)
         await publish(server, "jobs", "task")
         job = await next_job(ws)
-        for bad in ('{"triorelay":"ack","id":"1"}', "done", b"\x01", framing.ack(999)):
+        nested = '{"triorelay":' + "[" * 100_000 + "]" * 100_000 + "}"  # RecursionError
+        too_late = '{"triorelay":"nack","id":1,"delay_seconds":86401}'
+        bad_frames = ['{"triorelay":"ack","id":"1"}', "done", b"\x01", framing.ack(999)]
+        for bad in [
+            *bad_frames,
+            nested,
+            too_late,
+            '{"triorelay":"nack","id":1,"delay_seconds":-1}',
+        ]:
             await ws.send_message(bad)
             refusal = await next_control(ws)
             assert refusal.kind == "refused", bad
-        await ws.send_message(framing.ack(job.delivery_id))
+        # Members in another order, and white space, are still an ack.
+        await ws.send_message(f' {{ "id": {job.delivery_id}, "triorelay": "ack" }}')
         await wait_until(lambda: _acked(server, 1))
-        assert (await jobs_of(server))["refused"] == 4
+        assert (await jobs_of(server))["refused"] == 7
 
 
 async def test_a_raw_consumer_of_an_acked_channel_is_acked_by_delivery(
@@ -332,3 +342,64 @@ async def test_a_producer_ack_means_the_job_is_queued(acked_relay: AckedRelay) -
     async with worker(server) as ws:
         await subscribed(ws)
         assert (await next_job(ws)).payload == "durable"
+
+
+async def test_a_returned_job_waits_out_the_redelivery_backoff(acked_relay: AckedRelay) -> None:
+    """Nacked without a delay, a job comes back after ``redelivery_backoff_seconds``; a
+    nack's own ``delay_seconds`` wins."""
+    server = await acked_relay(redelivery_backoff_seconds=0.3)
+    async with worker(server) as ws:
+        await subscribed(ws)
+        await publish(server, "jobs", "task")
+        job = await next_job(ws)
+        nacked = trio.current_time()
+        await ws.send_message(framing.nack(job.delivery_id))
+        again = await next_job(ws)
+        assert trio.current_time() - nacked >= 0.3
+        nacked = trio.current_time()
+        await ws.send_message(framing.nack(again.delivery_id, 0))
+        assert (await next_job(ws)).deliveries == 3
+        assert trio.current_time() - nacked < 0.3
+
+
+async def test_a_dead_letter_that_cannot_be_published_waits_holding_its_place(
+    start_relay: StartRelay, broker: str
+) -> None:
+    """The configured dead-letter channel is a full queue: the dead job waits, counted in
+    flight and against ``max_in_flight`` (the worker gets nothing else meanwhile), is given
+    back each time the publish gives up, and lands once there is room."""
+    channels = {
+        "graveyard": {"mode": "queue", "queue_buffer_messages": 1},
+        "jobs": {
+            **RULE,
+            "max_in_flight": 1,
+            "max_deliveries": 1,
+            "dead_letter_channel": "graveyard",
+        },
+    }
+    server = await start_relay(broker=broker, channels=channels, block_timeout_seconds=0.2)
+    await publish(server, "graveyard", "filler")  # the graveyard is full
+    async with worker(server) as ws:
+        await subscribed(ws)
+        await publish(server, "jobs", "poison", "next")
+        poison = await next_job(ws)
+        await ws.send_message(framing.nack(poison.delivery_id))  # its last delivery
+        statistics = await wait_until(lambda: _held(server, in_flight=1, waiting=1))
+        assert statistics["jobs"]["dead_lettered"] == 0
+        async with server.websocket("/ws/consumer/graveyard") as graveyard:
+            assert await graveyard.get_message() == "filler"
+            letter = await graveyard.get_message()
+        assert isinstance(letter, str)
+        payload, fields = framing.read_dead_letter(letter)
+        assert (payload, fields["channel"]) == ("poison", "jobs")
+        assert (await next_job(ws)).payload == "next"
+
+
+async def test_an_acked_queue_name_must_leave_room_for_its_dead_letter_channel(
+    acked_relay: AckedRelay,
+) -> None:
+    """``<name>.dead`` must be a channel name too: 123 characters at most, said plainly."""
+    server = await acked_relay()
+    status, body = await refused_upgrade(server.port, "/ws/producer/jobs" + "x" * 120)
+    assert status == 400
+    assert b"at most 123 characters" in body

@@ -99,6 +99,12 @@ class Hub:
                     f"the relay holds its maximum of {self.settings.max_channels} channels"
                 )
             config = self.settings.channel_config(name)
+            if config.acked and len(config.dead_letter_of(name)) > MAX_CHANNEL_NAME_LENGTH:
+                suffix = config.dead_letter_of("")
+                raise InvalidChannelName(
+                    f"an acked queue's name leaves room for its dead-letter channel "
+                    f"(<name>{suffix}): at most {MAX_CHANNEL_NAME_LENGTH - len(suffix)} characters"
+                )
             channel = Channel(name, config, self.broker, self.queue_budget)
             channel.counters.namespace_latency = self._namespace_latency(name)
             if config.acked:

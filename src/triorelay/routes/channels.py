@@ -86,7 +86,6 @@ async def consume(request: Request) -> None:
     if framed and config.acked:
         if positioned.asks_to_resume(request.query):
             raise InvalidQuery("an acked queue channel has no positions to resume from")
-        validate_channel_name(config.dead_letter_of(channel))
         await consume_jobs(request, config)
         return
     if framed:

@@ -62,6 +62,9 @@ class JobConsumer:
             ack_timeout_seconds=config.ack_timeout_seconds,
             max_deliveries=config.max_deliveries,
         )
+        #: Jobs being published on the dead-letter channel: they still count as in flight
+        #: (against ``max_in_flight``, and in the counts) until that is done.
+        self._burying = 0
         #: Set when a job was settled or handed out: the writer and the timer look again.
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -94,14 +97,16 @@ class JobConsumer:
     async def _write(self) -> None:
         in_flight, socket, counters = self.in_flight, self.session.socket, self.counters
         while True:
-            while in_flight.full:
+            while len(in_flight) + self._burying >= self.config.max_in_flight:
                 await self._wait_for_change()
             try:
                 job = await self.reader.take()
             except trio.EndOfChannel:
                 return  # the hub ended the stream: shutdown
             if job.deliveries >= self.config.max_deliveries:
-                self._bury(job)  # a dead relay's job that used up its deliveries there
+                # Used up elsewhere (given back by a consumer that left, or a dead relay's).
+                counters.count("in_flight")
+                self._bury(job)
                 continue
             delivery_id = in_flight.hand_out(job, trio.current_time())
             counters.count("in_flight")
@@ -180,12 +185,12 @@ class JobConsumer:
 
     def _come_back(self, returned: Returned, delay_seconds: float | None) -> None:
         """A job the consumer held is no longer its: back to the queue, or to the dead."""
-        self.counters.count("in_flight", -1)
-        self._wake()
         job = returned.job
         if returned.dead:
             self._bury(job)
             return
+        self.counters.count("in_flight", -1)
+        self._wake()
         if delay_seconds is None:
             delay_seconds = self.config.redelivery_delay(job.deliveries)
         self.source.give_back(job, delay_seconds)
@@ -199,15 +204,33 @@ class JobConsumer:
             self.source.give_back(job.job, 0.0)
 
     def _bury(self, job: Job) -> None:
+        """Dead-letter ``job`` (counted in flight until that is done), in a task of the
+        consumer's nursery; when the consumer is leaving, give it back instead: the next
+        consumer to take it buries it."""
         nursery = self._nursery
-        if nursery is None or nursery.cancel_scope.cancel_called:
-            self.source.give_back(job, 0.0)  # leaving: the next taker buries it
-            return
-        nursery.start_soon(self._dead_letter, job)
+        if nursery is not None and not nursery.cancel_scope.cancel_called:
+            self._burying += 1
+            try:
+                nursery.start_soon(self._dead_letter, job)
+                return
+            except RuntimeError:  # the nursery has closed: the consumer is leaving
+                self._burying -= 1
+        self.counters.count("in_flight", -1)
+        self._wake()
+        self.source.give_back(job, 0.0)
 
     async def _dead_letter(self, job: Job) -> None:
-        """Publish ``job`` on the dead-letter channel, then settle it; if either cannot be
-        done (or the consumer leaves meanwhile), the job goes back instead: never lost."""
+        try:
+            await self._publish_dead(job)
+        finally:
+            self._burying -= 1
+            self.counters.count("in_flight", -1)
+            self._wake()
+
+    async def _publish_dead(self, job: Job) -> None:
+        """Publish ``job`` on the dead-letter channel, then settle it; if the publish fails
+        (or the consumer leaves before it is accepted), the job goes back instead: never
+        lost, and never both dead and back once the publish is accepted."""
         dead = self.config.dead_letter_of(self.channel)
         history = [
             {"at": at, "consumer": consumer, "outcome": outcome}
@@ -221,24 +244,37 @@ class JobConsumer:
             reason=DEAD_REASON,
             history=history,
         )
-        hub = self.session.relay.hub
+        relay = self.session.relay
+        published: list[int] = []
         try:
-            with hub.attach_producer(dead) as producer:
-                await producer.publish_many([message], [])
+            with relay.hub.attach_producer(dead) as producer:
+                await producer.publish_many([message], published)
         except (RequestError, ServiceError, trio.ClosedResourceError) as error:
-            log.warning(
-                "job %d of %s not dead-lettered on %s: %s", job.seq, self.channel, dead, error
-            )
-            self.source.give_back(job, self.config.redelivery_delay(job.deliveries))
-            return
+            if not published:
+                log.warning(
+                    "job %d of %s not dead-lettered on %s: %s", job.seq, self.channel, dead, error
+                )
+                self.source.give_back(job, self.config.redelivery_delay(job.deliveries))
+                return
         except BaseException:
-            self.source.give_back(job, 0.0)
+            if not published:
+                self.source.give_back(job, 0.0)
+            else:  # published, then cancelled: it is dead, settle it before leaving
+                await self._settle_dead(job)
             raise
+        await self._settle_dead(job)
+
+    async def _settle_dead(self, job: Job) -> None:
         self.counters.count("dead_lettered")
-        try:
-            await self.source.settle([job])
-        except BrokerUnavailable as error:
-            log.warning("a dead-lettered job was not settled (it may come back): %s", error)
+        # Shielded (bounded): a dead job left unsettled would come back to life.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(self.session.relay.settings.broker_timeout_seconds),
+        ):
+            try:
+                await self.source.settle([job])
+            except BrokerUnavailable as error:
+                log.warning("a dead-lettered job was not settled (it may come back): %s", error)
 
     # -- waking --
 

@@ -77,7 +77,7 @@ class RedisBroker:
         self.streams = RedisStreams(self.connection, settings, deliver)
         self.queues = RedisQueues(
             self.connection,
-            max_messages=settings.queue_buffer_messages,
+            max_messages_of=lambda name: settings.channel_config(name).queue_buffer_messages,
             claim_idle_seconds=settings.redis_claim_idle_seconds,
             full_timeout_seconds=settings.block_timeout_seconds,
         )

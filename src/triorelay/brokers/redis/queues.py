@@ -112,7 +112,7 @@ class RedisQueues:
         self,
         connection: RedisConnection,
         *,
-        max_messages: int,
+        max_messages_of: Callable[[str], int],
         claim_idle_seconds: float,
         full_timeout_seconds: float = float("inf"),
     ) -> None:
@@ -123,7 +123,8 @@ class RedisQueues:
         self._create_group_script = client.register_script(_CREATE_GROUP)
         self._acknowledge_script = client.register_script(_ACKNOWLEDGE)
         self._release_script = client.register_script(_RELEASE)
-        self._max_messages = str(max_messages)
+        #: A queue channel's bound (``queue_buffer_messages``, by its rule).
+        self._max_messages_of = max_messages_of
         self._claim_idle_ms = max(1, round(claim_idle_seconds * 1000))
         # A blocked read returns this often, so that idle messages are claimed in time.
         self._block_ms = max(1, min(5_000, self._claim_idle_ms // 2))
@@ -142,7 +143,8 @@ class RedisQueues:
         (then :class:`~triorelay.errors.QueueFull`). Return its sequence number."""
         connection = self._connection
         keys = [self.key(name), connection.key("qseq", name), connection.key("qdelay", name)]
-        args: list[str | bytes] = [data, text, self._max_messages, connection.ttl_ms, GROUP]
+        bound = str(self._max_messages_of(name))
+        args: list[str | bytes] = [data, text, bound, connection.ttl_ms, GROUP]
         delay = 0.005
         give_up = trio.current_time() + self._full_timeout
         while True:
