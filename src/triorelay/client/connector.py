@@ -131,9 +131,10 @@ class Stopped(Exception):
 class Connector(Generic[ItemT, StampT]):
     """A consumer's connection task: connect, read, reconnect; hand over what it read.
 
-    ``ws`` is the open connection while one is being read (None between connections), and
-    ``send_lock`` the lock every writer of it holds (frames must not interleave): the token
-    refresh, and a job consumer's acks.
+    ``ws`` is the open connection while one is being read (None between connections, and
+    from the moment :meth:`reconnect` or :meth:`stop` ends one), and ``send_lock`` the lock
+    every writer of it holds (frames must not interleave): the token refresh, and a job
+    consumer's acks.
     """
 
     def __init__(
@@ -198,6 +199,7 @@ class Connector(Generic[ItemT, StampT]):
         it): then once it is handed over."""
         if self._reading is not None and not self._stopping:
             self._reconnect_asked = True
+            self.ws = None  # ending: not for writers any more
             if not self._delivering:
                 self._reading.cancel()
 
@@ -205,6 +207,7 @@ class Connector(Generic[ItemT, StampT]):
         """End the task: politely (close 1000) if connected, at once otherwise; either way
         within ``close_timeout_seconds``."""
         self._stopping = True
+        self.ws = None
         self._scope.deadline = min(
             self._scope.deadline, trio.current_time() + self.close_timeout_seconds
         )
