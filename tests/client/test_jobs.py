@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, wait_until
@@ -143,6 +144,28 @@ async def _queued(server: RunningRelay, *, in_flight: int, queued: int) -> dict[
     if statistics["jobs"]["in_flight"] == in_flight and statistics["buffered"] == queued:
         return statistics
     return None
+
+
+async def test_several_tasks_share_one_consumer(start_relay: StartRelay) -> None:
+    """Tasks reading the same Jobs share its jobs, each job going to one of them once, as
+    the worker pool how-to runs them."""
+    server = await acked_relay(start_relay, max_in_flight=2)
+    done: dict[str, list[str]] = {"a": [], "b": []}
+    async with consuming(server.ws_url, Events()) as jobs, trio.open_nursery() as nursery:
+
+        async def work(name: str) -> None:
+            async for job in jobs:
+                assert isinstance(job.payload, str)
+                done[name].append(job.payload)
+                await trio.lowlevel.checkpoint()  # the other task may take the next one
+                await job.ack()
+
+        for name in done:
+            nursery.start_soon(work, name)
+        await publish(server.ws_url, "jobs", [str(n) for n in range(6)])
+        await wait_until(lambda: _settled(server, acked=6, in_flight=0))
+        nursery.cancel_scope.cancel()
+    assert sorted(done["a"] + done["b"]) == [str(n) for n in range(6)]
 
 
 async def test_a_late_ack_is_refused_and_reported(start_relay: StartRelay) -> None:
