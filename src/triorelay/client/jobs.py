@@ -5,8 +5,9 @@ A channel whose rule says ``mode = "queue"`` and ``ack = "explicit"`` hands each
 framed consumer and keeps it in flight until that consumer acks it (done) or nacks it (give
 it back); a job not acked within the rule's ``ack_timeout_seconds``, or held by a consumer
 whose connection ends, goes to another consumer, its delivery count up by one, and after
-``max_deliveries`` deliveries to the dead-letter channel (``docs/reference/framing.md``).
-Delivery is at least once: a job may come again after it was done, if its ack was lost.
+``max_deliveries`` deliveries to the dead-letter channel. Delivery is at least once: a job
+may come again after it was done, if its ack was lost (``docs/how-to/run-a-worker-pool.md``;
+the frames are :mod:`triorelay.framing`'s, the reference ``docs/reference/client.md``).
 
 :class:`JobState` reads the frames (pure, no I/O); :func:`consume_jobs` runs a
 :class:`~triorelay.client.connector.Connector` with it and gives the jobs to the caller.
@@ -311,6 +312,8 @@ class Jobs:
             try:
                 item, generation = await self._receive.receive()
             except trio.EndOfChannel:
+                if self._failure is not None:  # another task took it: this one raises it too
+                    raise self._failure from None
                 raise StopAsyncIteration from None
             if isinstance(item, Failure):
                 self._failure = item.error
