@@ -7,7 +7,7 @@ it back); a job not acked within the rule's ``ack_timeout_seconds``, or held by 
 whose connection ends, goes to another consumer, its delivery count up by one, and after
 ``max_deliveries`` deliveries to the dead-letter channel. Delivery is at least once: a job
 may come again after it was done, if its ack was lost (``docs/how-to/run-a-worker-pool.md``;
-the frames are :mod:`triorelay.framing`'s, the reference ``docs/reference/client.md``).
+the frames are those of :mod:`triorelay.framing`, the reference ``docs/reference/client.md``).
 
 :class:`JobState` reads the frames (pure, no I/O); :func:`consume_jobs` runs a
 :class:`~triorelay.client.connector.Connector` with it and gives the jobs to the caller.
@@ -23,7 +23,6 @@ from typing import Any, Literal
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from triorelay import framing
 from triorelay.client.backoff import Backoff
 from triorelay.client.connection import (
     CLOSE_TIMEOUT_SECONDS,
@@ -36,6 +35,10 @@ from triorelay.client.connector import Connector, Entry, Failure
 from triorelay.client.errors import ProtocolError
 from triorelay.client.stream import ReceivedMessage, Reconnecting, decode_frame, read_control
 from triorelay.envelopes import Payload
+from triorelay.framing import MAX_NACK_DELAY_SECONDS, Control, Job
+from triorelay.framing import ack as ack_frame
+from triorelay.framing import nack as nack_frame
+from triorelay.framing import read_dead_letter as dead_letter_fields
 
 BUFFER_JOBS = 16
 """Default bound of the buffer between a job consumer's connection and its reader (the
@@ -78,7 +81,7 @@ class Delivery:
     """A job frame as read, with the (trio) time by which the relay takes the job back if no
     ack or nack came: ``ack_timeout_seconds`` after it was read."""
 
-    job: framing.Job
+    job: Job
     deadline: float
 
 
@@ -123,13 +126,13 @@ class JobState:
         ``ack = "explicit"``: its consumers get messages, see :func:`subscribe`).
         """
         decoded = decode_frame(frame)
-        if isinstance(decoded, framing.Job):
+        if isinstance(decoded, Job):
             if decoded.channel != self.channel:
                 return None  # several channels per connection are for a later version
             if self.rules is None:
                 raise ProtocolError("a job came before the subscribed frame")
             return Delivery(decoded, self.clock() + self.rules.ack_timeout_seconds)
-        if isinstance(decoded, framing.Control):
+        if isinstance(decoded, Control):
             readers: Mapping[str, Callable[[dict[str, Any]], JobsSubscribed | Refused]] = {
                 "subscribed": self._subscribed,
                 "refused": self._refused,
@@ -218,7 +221,7 @@ class ReceivedJob:
         meanwhile): that comes as a :class:`Refused` event. Raises RuntimeError if the job
         was already acked or nacked.
         """
-        return await self._consumer._settle(self, "ack", framing.ack(self.delivery_id))
+        return await self._consumer._settle(self, "ack", ack_frame(self.delivery_id))
 
     async def nack(self, delay_seconds: float | None = None) -> bool:
         """Give the job back, to be handed out again after ``delay_seconds`` (None: the
@@ -227,9 +230,9 @@ class ReceivedJob:
         Returns as :meth:`ack` does. Raises ValueError for a delay below 0 or above a day,
         RuntimeError if the job was already acked or nacked.
         """
-        if delay_seconds is not None and not 0 <= delay_seconds <= framing.MAX_NACK_DELAY_SECONDS:
-            raise ValueError(f"delay_seconds must be from 0 to {framing.MAX_NACK_DELAY_SECONDS:g}")
-        frame = framing.nack(self.delivery_id, delay_seconds)
+        if delay_seconds is not None and not 0 <= delay_seconds <= MAX_NACK_DELAY_SECONDS:
+            raise ValueError(f"delay_seconds must be from 0 to {MAX_NACK_DELAY_SECONDS:g}")
+        frame = nack_frame(self.delivery_id, delay_seconds)
         return await self._consumer._settle(self, "nack", frame)
 
     def __repr__(self) -> str:
@@ -483,7 +486,7 @@ def read_dead_letter(message: ReceivedMessage | Payload) -> DeadLetter:
     payload = message.payload if isinstance(message, ReceivedMessage) else message
     try:
         text = payload if isinstance(payload, str) else payload.decode()
-        job, fields = framing.read_dead_letter(text)
+        job, fields = dead_letter_fields(text)
         history = tuple(
             DeliveryEnd(float(end["at"]), str(end["consumer"]), str(end["outcome"]))
             for end in fields["history"]
