@@ -4,7 +4,7 @@ of an ended connection not sent on the next one, dead letters."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,9 @@ import trio.lowlevel
 
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, wait_until
+from tests.redis_server import RedisServer
 from tests.routes.test_jobs import RULE
+from tests.routes.test_jobs import queued as waiting
 from tests.tcp_proxy import ForwardingProxy
 from triorelay.client import (
     Backoff,
@@ -33,15 +35,36 @@ from triorelay.client import (
 
 pytestmark = pytest.mark.timeout(30)
 
+AckedRelay = Callable[..., Awaitable[RunningRelay]]
+
 GUARD_SECONDS = 15
 FAST = Backoff(initial_seconds=0.005, max_seconds=0.05)
 
 
-async def acked_relay(start_relay: StartRelay, **rule: Any) -> RunningRelay:
-    """A relay whose ``jobs*`` channels are acked queues; ``jobs.dead`` is broadcast."""
-    return await start_relay(
-        channels={"jobs.dead": {"mode": "broadcast"}, "jobs*": {**RULE, **rule}}
-    )
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Each test on the memory broker, then on a redis-server of its own."""
+    if request.param == "memory":
+        yield "memory"
+        return
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server.url
+    finally:
+        await server.kill()
+
+
+@pytest.fixture
+def acked_relay(start_relay: StartRelay, broker: str) -> AckedRelay:
+    """``await acked_relay(**rule)``: a relay whose ``jobs*`` channels are acked queues
+    (``jobs.dead`` is broadcast)."""
+
+    async def start(**rule: Any) -> RunningRelay:
+        channels = {"jobs.dead": {"mode": "broadcast"}, "jobs*": {**RULE, **rule}}
+        return await start_relay(broker=broker, channels=channels)
+
+    return start
 
 
 class Events:
@@ -73,10 +96,10 @@ async def consuming(url: str, events: Events, **options: Any) -> AsyncIterator[J
             yield jobs
 
 
-async def test_acked_jobs_are_done_and_the_rules_are_known(start_relay: StartRelay) -> None:
+async def test_acked_jobs_are_done_and_the_rules_are_known(acked_relay: AckedRelay) -> None:
     """Each job comes with its payload (text or binary), id and first delivery; acked, the
     relay forgets it; the connection's rules are in ``jobs.rules``."""
-    server = await acked_relay(start_relay)
+    server = await acked_relay()
     events = Events()
     async with consuming(server.ws_url, events) as jobs:
         await publish(server.ws_url, "jobs", ["one", b"\x00two"])
@@ -100,10 +123,10 @@ async def _settled(server: RunningRelay, **expected: int) -> dict[str, int] | No
     return counts if all(counts[key] == n for key, n in expected.items()) else None
 
 
-async def test_a_nacked_job_comes_again_with_its_count(start_relay: StartRelay) -> None:
+async def test_a_nacked_job_comes_again_with_its_count(acked_relay: AckedRelay) -> None:
     """nack(delay_seconds=0) gives the job back at once: it comes again, ``deliveries`` 2,
     ``redelivered``; a second settle of the same job is a RuntimeError."""
-    server = await acked_relay(start_relay)
+    server = await acked_relay()
     async with consuming(server.ws_url, Events()) as jobs:
         await publish(server.ws_url, "jobs", ["task"])
         first = await jobs.__anext__()
@@ -124,10 +147,10 @@ async def _one_more(server: RunningRelay, jobs: Jobs) -> ReceivedJob:
     return await jobs.__anext__()
 
 
-async def test_max_in_flight_holds_the_relay_back(start_relay: StartRelay) -> None:
+async def test_max_in_flight_holds_the_relay_back(acked_relay: AckedRelay) -> None:
     """With the rule's ``max_in_flight`` 2 the client gets two jobs, the third waits in the
-    relay's queue (not in the client) until one is acked."""
-    server = await acked_relay(start_relay, max_in_flight=2)
+    queue (the relay's, or the Redis stream; not in the client) until one is acked."""
+    server = await acked_relay(max_in_flight=2)
     async with consuming(server.ws_url, Events()) as jobs:
         await publish(server.ws_url, "jobs", ["1", "2", "3"])
         first, second = await take(jobs, 2)
@@ -141,15 +164,15 @@ async def test_max_in_flight_holds_the_relay_back(start_relay: StartRelay) -> No
 
 async def _queued(server: RunningRelay, *, in_flight: int, queued: int) -> dict[str, Any] | None:
     statistics = await server.channel("jobs")
-    if statistics["jobs"]["in_flight"] == in_flight and statistics["buffered"] == queued:
+    if statistics["jobs"]["in_flight"] == in_flight and await waiting(server) == queued:
         return statistics
     return None
 
 
-async def test_several_tasks_share_one_consumer(start_relay: StartRelay) -> None:
+async def test_several_tasks_share_one_consumer(acked_relay: AckedRelay) -> None:
     """Tasks reading the same Jobs share its jobs, each job going to one of them once, as
     the worker pool how-to runs them."""
-    server = await acked_relay(start_relay, max_in_flight=2)
+    server = await acked_relay(max_in_flight=2)
     done: dict[str, list[str]] = {"a": [], "b": []}
     async with consuming(server.ws_url, Events()) as jobs, trio.open_nursery() as nursery:
 
@@ -168,11 +191,11 @@ async def test_several_tasks_share_one_consumer(start_relay: StartRelay) -> None
     assert sorted(done["a"] + done["b"]) == [str(n) for n in range(6)]
 
 
-async def test_a_late_ack_is_refused_and_reported(start_relay: StartRelay) -> None:
+async def test_a_late_ack_is_refused_and_reported(acked_relay: AckedRelay) -> None:
     """Held past ``ack_timeout_seconds`` the job comes again; the first delivery's ack is
     still sent (same connection) and the relay's refusal comes as a Refused event, before the
     next job, and in ``statistics().refused``."""
-    server = await acked_relay(start_relay, max_in_flight=1, ack_timeout_seconds=0.2)
+    server = await acked_relay(max_in_flight=1, ack_timeout_seconds=0.2)
     events = Events()
     async with consuming(server.ws_url, events) as jobs:
         await publish(server.ws_url, "jobs", ["slow"])
@@ -188,13 +211,13 @@ async def test_a_late_ack_is_refused_and_reported(start_relay: StartRelay) -> No
 
 
 async def test_a_dropped_connection_gives_the_jobs_back_and_their_acks_are_not_sent(
-    start_relay: StartRelay, nursery: trio.Nursery
+    acked_relay: AckedRelay, nursery: trio.Nursery
 ) -> None:
     """The connection is reset (no close frame): the relay gives back both jobs held, the
     client reconnects and gets them again (``deliveries`` 2, the same ids on the new
     connection). The ack of an old one returns False and is not sent: had it been, it would
     have acked the new job with its id."""
-    server = await acked_relay(start_relay)
+    server = await acked_relay()
     proxy = ForwardingProxy(server.port)
     await nursery.start(proxy.run)
     events = Events()
@@ -219,11 +242,11 @@ async def test_a_dropped_connection_gives_the_jobs_back_and_their_acks_are_not_s
 
 
 async def test_jobs_of_an_ended_connection_left_in_the_buffer_are_dropped(
-    start_relay: StartRelay,
+    acked_relay: AckedRelay,
 ) -> None:
     """Jobs the reader had not taken when their connection ended are dropped (counted), not
     returned: the relay gave them back, and they come again on the next connection."""
-    server = await acked_relay(start_relay)
+    server = await acked_relay()
     async with consuming(server.ws_url, Events()) as jobs:
         await publish(server.ws_url, "jobs", ["a", "b"])
         await wait_until(lambda: jobs.statistics().buffered == 3)  # subscribed, a, b
@@ -234,11 +257,11 @@ async def test_jobs_of_an_ended_connection_left_in_the_buffer_are_dropped(
 
 
 async def test_a_job_that_keeps_failing_is_read_back_from_the_dead_letter_channel(
-    start_relay: StartRelay,
+    acked_relay: AckedRelay,
 ) -> None:
     """Nacked ``max_deliveries`` times, the job lands on ``jobs.dead``: a subscription there
     and read_dead_letter give its payload, deliveries and history."""
-    server = await acked_relay(start_relay, max_deliveries=2)
+    server = await acked_relay(max_deliveries=2)
     async with (
         subscribe(server.ws_url, "jobs.dead") as dead,
         consuming(server.ws_url, Events()) as jobs,
@@ -254,10 +277,10 @@ async def test_a_job_that_keeps_failing_is_read_back_from_the_dead_letter_channe
 
 
 async def test_a_channel_that_is_not_an_acked_queue_ends_the_consumer(
-    start_relay: StartRelay,
+    acked_relay: AckedRelay,
 ) -> None:
     """On a broadcast channel the async for raises ProtocolError saying so, at once."""
-    server = await acked_relay(start_relay)
+    server = await acked_relay()
     with trio.fail_after(GUARD_SECONDS):
         async with consume_jobs(server.ws_url, "news") as jobs:
             with pytest.raises(ProtocolError, match="not an acked queue"):

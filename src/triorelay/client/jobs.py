@@ -455,7 +455,7 @@ async def consume_jobs(
 class DeliveryEnd:
     """How one delivery of a dead job ended: ``at`` (Unix time), the ``consumer`` it was
     handed to (``node:id``), and the ``outcome`` (``nacked``, ``timed out``, ``consumer
-    left``)."""
+    left``, ``relay died``)."""
 
     at: float
     consumer: str
