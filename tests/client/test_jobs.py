@@ -14,7 +14,6 @@ import trio.lowlevel
 
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, wait_until
-from tests.redis_server import RedisServer
 from tests.routes.test_jobs import RULE
 from tests.routes.test_jobs import queued as waiting
 from tests.tcp_proxy import ForwardingProxy
@@ -39,20 +38,6 @@ AckedRelay = Callable[..., Awaitable[RunningRelay]]
 
 GUARD_SECONDS = 15
 FAST = Backoff(initial_seconds=0.005, max_seconds=0.05)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """Each test on the memory broker, then on a redis-server of its own."""
-    if request.param == "memory":
-        yield "memory"
-        return
-    server = RedisServer()
-    await server.start()
-    try:
-        yield server.url
-    finally:
-        await server.kill()
 
 
 @pytest.fixture
