@@ -5,7 +5,7 @@ a real redis-server."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import coredis
@@ -15,7 +15,6 @@ from trio_websocket import WebSocketConnection
 
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, refused_upgrade, wait_until
-from tests.redis_server import RedisServer
 from triorelay import framing
 from triorelay.framing import Control, Job
 
@@ -31,20 +30,6 @@ RULE: dict[str, Any] = {
     "max_deliveries": 3,
     "redelivery_backoff_seconds": 0.0,
 }
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """The ``broker`` setting each test runs with: memory, then a redis-server of its own."""
-    if request.param == "memory":
-        yield "memory"
-        return
-    server = RedisServer()
-    await server.start()
-    try:
-        yield server.url
-    finally:
-        await server.kill()
 
 
 @pytest.fixture
