@@ -43,10 +43,10 @@ FAST = Backoff(initial_seconds=0.005, max_seconds=0.05)
 @pytest.fixture
 def acked_relay(start_relay: StartRelay, broker: str) -> AckedRelay:
     """``await acked_relay(**rule)``: a relay whose ``jobs*`` channels are acked queues
-    (``jobs.dead`` is broadcast)."""
+    (their dead-letter channels ``*.dead`` are broadcast)."""
 
     async def start(**rule: Any) -> RunningRelay:
-        channels = {"jobs.dead": {"mode": "broadcast"}, "jobs*": {**RULE, **rule}}
+        channels = {"*.dead": {"mode": "broadcast"}, "jobs*": {**RULE, **rule}}
         return await start_relay(broker=broker, channels=channels)
 
     return start
