@@ -36,7 +36,9 @@ REDIS = {
     "broker_timeout_seconds": 2.0,
     "broker_reconnect_max_seconds": 0.2,
 }
-ACKED = {"channels": {"jobs.*": {"mode": "queue", "ack": "explicit"}}}
+ACKED = {
+    "channels": {"*.dead": {"mode": "broadcast"}, "jobs.*": {"mode": "queue", "ack": "explicit"}}
+}
 
 
 class Jobs:
