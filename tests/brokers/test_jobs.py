@@ -23,6 +23,7 @@ from tests.redis_server import RedisServer
 from triorelay.brokers import broker_factory
 from triorelay.brokers.base import Job, JobSource
 from triorelay.brokers.redis import RedisBroker
+from triorelay.brokers.redis import jobs as redis_jobs
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable, QueueFull
 from triorelay.hub import Hub
@@ -237,7 +238,8 @@ async def test_release_gives_back_what_a_consumer_took_and_did_not_settle(
     nursery: trio.Nursery, redis_url: str
 ) -> None:
     """A consumer that leaves holding a job it neither settled nor gave back: the job goes
-    back at once (not after the claim time: 600 s here), as it was."""
+    back at once (not after the claim time: 600 s here), its delivery counted and ``consumer
+    left`` in its history (as a relay shutting down leaves its consumers' jobs)."""
     broker = await started(nursery, redis_url, redis_claim_idle_seconds=600)
     jobs = RedisJobsUnderTest(broker)
     with trio.fail_after(HANG_GUARD_SECONDS):
@@ -248,8 +250,39 @@ async def test_release_gives_back_what_a_consumer_took_and_did_not_settle(
         jobs.source.release(1)
         again = await jobs.source.take(2)
         await jobs.written()
-    assert (again.payload, again.seq, again.deliveries) == ("held", held.seq, 0)
+    assert (again.payload, again.seq, again.deliveries) == ("held", held.seq, 1)
+    assert [(who, why) for _, who, why in again.history] == [
+        (broker.queues.consumer_name(1), "consumer left")
+    ]
+    assert abs(again.history[0][0] - time.time()) < 5  # Redis's clock
     assert broker.statistics()["jobs_held"] == 1  # consumer 2's, and no longer consumer 1's
+
+
+async def test_a_release_adds_to_what_a_job_came_back_with_and_forgets_the_consumer(
+    nursery: trio.Nursery, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Released, a job that came back before keeps its deliveries and history, one more of
+    each; more jobs than a release script's batch all come back, and the consumer is no
+    longer in the group."""
+    monkeypatch.setattr(redis_jobs, "SWEEP_BATCH", 2)
+    broker = await started(nursery, redis_url, redis_claim_idle_seconds=600)
+    jobs = RedisJobsUnderTest(broker)
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            for payload in ("nacked", "b", "c", "d", "e"):
+                await jobs.publish(payload)
+            jobs.source.give_back(nacked(await jobs.source.take(1), "consumer 1"), 0)
+            held = [await jobs.source.take(3) for _ in range(5)]
+            jobs.source.release(3)
+            again = {job.payload: job for job in [await jobs.source.take(4) for _ in range(5)]}
+            await jobs.written()
+            consumers = await client.xinfo_consumers("triorelay:q:jobs.work", "triorelay")
+    assert sorted(again) == sorted(job.payload for job in held)
+    assert (again["nacked"].deliveries, again["b"].deliveries) == (2, 1)
+    assert [why for _, _, why in again["nacked"].history] == ["nacked", "consumer left"]
+    names = {consumer[b"name"].decode() for consumer in consumers}
+    assert broker.queues.consumer_name(3) not in names
+    assert broker.queues.consumer_name(4) in names
 
 
 async def test_a_job_of_a_relay_that_died_is_rescued_after_the_claim_time(

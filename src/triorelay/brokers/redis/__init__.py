@@ -167,6 +167,17 @@ class RedisBroker:
             await nursery.start(self.streams.run_deliveries)
             await self.connection.keep_connected(self.streams.read_forever, task_status=task_status)
 
+    async def flush(self) -> None:
+        """Write the give-backs and releases still queued (see :meth:`Broker.flush`): a
+        graceful shutdown gives its consumers' jobs back at once, counted, instead of leaving
+        them for the claim time."""
+        connection = self.connection
+        if not connection.ready:
+            return
+        with trio.move_on_after(connection.timeout_seconds):
+            await self.job_store.wait_written()
+            await self.queues.wait_released()
+
     @property
     def ready(self) -> bool:
         return self.connection.ready

@@ -32,8 +32,12 @@ when it comes back:
   from expiring. Delayed jobs are moved back by a timer in the relay that gave them back (or
   that learnt of them in a sweep) at their due time, or by any relay's next sweep: a relay
   that dies leaves none behind.
-- **Release** (a consumer left): after its give-backs (one queue, in order), what is still
-  pending for it goes back as queues do (:meth:`RedisQueues.give_back_pending`).
+- **Release** (a consumer left; one script per batch of its entries): after its give-backs
+  (one queue, in order), what is still pending for it goes back counted as a rescue's is (``d``
+  + the entry's delivery count, ``[Redis's time, "<consumer>", "consumer left"]`` added to
+  ``h``), and the consumer is forgotten. At shutdown the hub closes the channels before the
+  routes give their jobs back, so the release comes first: the route's give-backs then find
+  nothing pending and write nothing, and the job still comes back counted.
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ local function fields_of(entry)
   for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
   return fields
 end
+local function appended(h, item)  -- history h (JSON, or nil) with one more item
+  if h and h ~= '[]' then return string.sub(h, 1, -2) .. ',' .. item .. ']' end
+  return '[' .. item .. ']'
+end
 """
 _SWEEP = (
     _NOW_MS
@@ -91,10 +99,8 @@ for _, pending in ipairs(idle) do
   local f = entry and fields_of(entry) or {}
   if f.p and f.t and f.s then  -- else not a job: dropped
     local died = '[' .. ARGV[3] .. ',' .. cjson.encode(consumer) .. ',"relay died"]'
-    local h = '[' .. died .. ']'
-    if f.h and f.h ~= '[]' then h = string.sub(f.h, 1, -2) .. ',' .. died .. ']' end
     redis.call('XADD', KEYS[1], '*', 'p', f.p, 't', f.t, 's', f.s,
-      'd', (tonumber(f.d) or 0) + pending[4], 'h', h)
+      'd', (tonumber(f.d) or 0) + pending[4], 'h', appended(f.h, died))
     rescued = rescued + 1
   end
   redis.call('XACK', KEYS[1], ARGV[1], id)
@@ -128,6 +134,32 @@ end
 return 1
 """
 )
+_RELEASE = (
+    _NOW_MS
+    + """
+local batch = tonumber(ARGV[3])
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', batch, ARGV[2])
+if pending.err then return 0 end  -- no group: the stream is gone, and what it held with it
+local t = redis.call('TIME')
+local left = '[' .. t[1] .. '.' .. string.format('%06d', tonumber(t[2])) .. ','
+  .. cjson.encode(ARGV[2]) .. ',"consumer left"]'
+for _, p in ipairs(pending) do
+  local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  local f = entry and fields_of(entry) or {}
+  if f.p and f.t and f.s then  -- else not a job: dropped
+    redis.call('XADD', KEYS[1], '*', 'p', f.p, 't', f.t, 's', f.s,
+      'd', (tonumber(f.d) or 0) + p[4], 'h', appended(f.h, left))
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  redis.call('XDEL', KEYS[1], p[1])
+end
+if #pending < batch then
+  -- Nothing left pending: forget the consumer (one deleted holding entries would drop them).
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return #pending
+"""
+)
 _SETTLE = """
 for i = 3, #ARGV do
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
@@ -150,7 +182,8 @@ while i <= #ARGV do
 end
 """
 
-#: Most entries a sweep moves at once, of each kind (due, rescued): a full batch sweeps again.
+#: Most entries a sweep moves at once, of each kind (due, rescued), or a release gives back:
+#: a full batch goes again.
 SWEEP_BATCH = 100
 #: Most ids of one consumer in one ``XCLAIM`` (Lua's stack bounds a command's arguments).
 RENEW_CHUNK = 1000
@@ -194,6 +227,7 @@ class RedisJobStore:
         client = connection.client
         self._sweep_script = client.register_script(_SWEEP)
         self._give_back_script = client.register_script(_GIVE_BACK)
+        self._release_script = client.register_script(_RELEASE)
         self._settle_script = client.register_script(_SETTLE)
         self._renew_script = client.register_script(_RENEW)
         self._claim_idle_ms = max(1, round(claim_idle_seconds * 1000))
@@ -316,7 +350,9 @@ class RedisJobStore:
     async def _write(self, work: _GiveBack | _Release) -> None:
         if isinstance(work, _Release):
             key = self._queues.key(work.name)
-            await self._queues.give_back_pending(key, work.consumer)
+            args = [GROUP, work.consumer, str(SWEEP_BATCH)]
+            while int(await self._release_script(keys=[key], args=args)) >= SWEEP_BATCH:
+                pass  # a full batch: more may be pending
             self._held = {
                 held for held in self._held if (held.key, held.consumer) != (key, work.consumer)
             }

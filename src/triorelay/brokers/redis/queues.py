@@ -130,6 +130,7 @@ class RedisQueues:
         self._next_claim: dict[str, float] = {}
         self._to_release: list[tuple[str, str]] = []
         self._release_wanted = trio.Event()
+        self._released = trio.Event()
 
     def key(self, name: str) -> str:
         return self._connection.key("q", name)
@@ -269,6 +270,13 @@ class RedisQueues:
                     await trio.sleep(0.05)
                     continue
                 self._to_release.pop(0)
+                self._released.set()
+                self._released = trio.Event()
+
+    async def wait_released(self) -> None:
+        """Return once every release queued so far is written."""
+        while self._to_release:
+            await self._released.wait()
 
     async def give_back_pending(self, key: str, consumer: str) -> None:
         """Copy every message pending for ``consumer`` to the end of stream ``key`` (the
