@@ -394,6 +394,43 @@ async def test_a_queue_holding_a_delayed_job_never_expires_and_counts_it_as_full
         assert 0 < await client.pttl("triorelay:qseq:jobs.work") <= 60_000
 
 
+async def test_writes_redis_refuses_are_dropped_and_hold_up_no_other(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """A give-back or release that fails for a reason other than an outage is not retried:
+    here a give-back whose delayed set is a string (WRONGTYPE: dropped, counted) and a release
+    of a channel whose stream is a string; the give-backs after them are written and their
+    consumers take again, and the refused job, still pending, comes back after the claim
+    time."""
+    broker = await started(nursery, redis_url)
+    refused, gone, flowing = (broker.jobs(name) for name in (NAME, "jobs.gone", "jobs.other"))
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            for name, payload in (
+                (NAME, "refused"),
+                ("jobs.gone", "gone"),
+                ("jobs.other", "flows"),
+            ):
+                await broker.publish(name, "queue", [payload], [])
+            stuck, _, moving = await refused.take(1), await gone.take(3), await flowing.take(2)
+            await client.set("triorelay:qdelay:jobs.work", "not a sorted set")
+            await client.delete(["triorelay:q:jobs.gone"])
+            await client.set("triorelay:q:jobs.gone", "not a stream")
+            refused.give_back(nacked(stuck, "consumer 1"), 0.5)  # its ZADD: WRONGTYPE
+            gone.release(3)
+            flowing.give_back(nacked(moving, "consumer 2"), 0)
+            again = await flowing.take(2)  # once consumer 2's give-back is written
+            await broker.job_store.wait_written()
+            statistics = broker.statistics()
+            await client.delete(["triorelay:qdelay:jobs.work"])
+            rescued = await refused.take(1)
+    assert (again.payload, again.deliveries) == ("flows", 1)
+    assert (statistics["job_returns_dropped"], statistics["jobs_held"]) == (1, 1)  # "flows"
+    assert "wrong kind of value" in statistics["last_error"]
+    assert (rescued.payload, rescued.deliveries) == ("refused", 1)
+    assert [why for _, _, why in rescued.history] == ["relay died"]
+
+
 async def test_settle_raises_broker_unavailable_when_redis_is_gone(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:

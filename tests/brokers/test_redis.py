@@ -553,6 +553,32 @@ async def test_a_release_for_a_queue_that_is_gone_holds_up_no_other_release(
     assert hub.broker.statistics()["last_error"] is None
 
 
+async def test_a_release_redis_refuses_is_dropped_and_holds_up_no_other_release(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A release Redis refuses (the queue's key is a string: WRONGTYPE, whatever the retry)
+    is dropped and counted, so the release queued after it still gives its message back."""
+    settings = make_settings(broker=redis_server.url, redis_claim_idle_seconds=600, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    broken = hub.broker.queue("jobs.broken")
+    assert broken is not None
+    with hub.attach_producer("jobs.live") as producer:
+        assert await producer.publish("job") == 1
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.set("triorelay:q:jobs.broken", "not a stream")
+        with trio.fail_after(10):
+            with hub.attach_consumer("jobs.live") as leaving:
+                assert await leaving.receive() == "job"  # taken, not acknowledged
+                broken.release(leaving.id)  # queued first
+            with hub.attach_consumer("jobs.live") as consumer:  # the claim time is 600 s
+                assert await consumer.receive() == "job"
+                await consumer.acknowledge()
+    statistics = hub.broker.statistics()
+    assert statistics["queue_releases_dropped"] == 1
+    assert "wrong kind of value" in statistics["last_error"]
+
+
 async def test_queue_consumers_past_the_blocking_bound_wait_their_turn(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:

@@ -213,6 +213,7 @@ class RedisBroker:
             "watched_channels": self.streams.watched,
             "blocking_reads": connection["blocking_reads"],
             "blocking_reads_waiting": connection["blocking_reads_waiting"],
+            "queue_releases_dropped": self.queues.releases_dropped,
             **self.job_store.statistics(),
             "last_error": connection["last_error"],
         }

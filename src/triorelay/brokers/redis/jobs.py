@@ -53,7 +53,11 @@ from typing import Any, cast
 import trio
 
 from triorelay.brokers.base import Job, Outcome
-from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
+from triorelay.brokers.redis.connection import (
+    REDIS_ERRORS,
+    UNAVAILABLE_ERRORS,
+    RedisConnection,
+)
 from triorelay.brokers.redis.queues import GROUP, RedisQueues
 
 log = logging.getLogger(__name__)
@@ -121,17 +125,20 @@ if pending.err or #pending == 0 or pending[1][2] ~= ARGV[3] then
   return 0  -- not this consumer's any more (given back already, rescued, Redis restarted)
 end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])[1]
+-- The copy first: a script that fails keeps what it wrote before (Redis has no rollback), so
+-- a copy refused (a key of the wrong type, maxmemory) leaves the job pending, to be rescued.
+if entry then
+  local f = fields_of(entry)
+  local job = {'p', f.p, 't', f.t, 's', f.s, 'd', ARGV[4], 'h', ARGV[5]}
+  if tonumber(ARGV[6]) > 0 then
+    redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[6]), cmsgpack.pack(job))
+  else
+    redis.call('XADD', KEYS[1], '*', unpack(job))
+  end
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if not entry then return 0 end
-local f = fields_of(entry)
-local job = {'p', f.p, 't', f.t, 's', f.s, 'd', ARGV[4], 'h', ARGV[5]}
-if tonumber(ARGV[6]) > 0 then
-  redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[6]), cmsgpack.pack(job))
-else
-  redis.call('XADD', KEYS[1], '*', unpack(job))
-end
-return 1
+return entry and 1 or 0
 """
 )
 _RELEASE = (
@@ -246,6 +253,8 @@ class RedisJobStore:
         self._promote_at: dict[str, float] = {}
         self._promote_wanted = trio.Event()
         self.rescued = self.promoted = self.renewed = self.malformed = 0
+        #: Give-backs and releases Redis refused (not retried: see :meth:`_write_next`).
+        self.returns_dropped = 0
 
     # -- what consumers call (through RedisJobs) --
 
@@ -329,14 +338,33 @@ class RedisJobStore:
                     await trio.sleep(0.05)  # then wait_ready waits out an outage
 
     async def _write_next(self) -> bool:
-        """Write the first give-back or release; False (kept first) if Redis failed."""
+        """Write the first give-back or release; False (kept first, to retry) if Redis is
+        unavailable. One that Redis refuses (a script error: a key of the wrong type,
+        ``maxmemory``) is dropped, logged and counted, not retried (a retry would fail the
+        same way, holding up every write after it): its jobs stay pending in Redis, no longer
+        renewed here, so they come back after the claim time."""
         work = self._returns[0]
         try:
             with self._connection.deadline():
                 await self._write(work)
-        except REDIS_ERRORS as error:
+        except UNAVAILABLE_ERRORS as error:
             self._connection.note_error(f"give back: {error}")
             return False
+        except REDIS_ERRORS as error:
+            self._connection.note_error(f"give back: {error}")
+            self.returns_dropped += 1
+            what = "a release" if isinstance(work, _Release) else "a give-back"
+            log.warning(
+                "Redis refused %s of %s (%s): dropped, its jobs come back after the claim time",
+                what,
+                work.name if isinstance(work, _Release) else work.receipt.name,
+                error,
+            )
+            if isinstance(work, _Release):
+                key = self._queues.key(work.name)
+                self._held = {
+                    held for held in self._held if (held.key, held.consumer) != (key, work.consumer)
+                }
         self._returns.popleft()
         if isinstance(work, _GiveBack):
             self._held.discard(work.receipt)
@@ -478,6 +506,7 @@ class RedisJobStore:
             "jobs_promoted": self.promoted,
             "job_leases_renewed": self.renewed,
             "malformed_jobs": self.malformed,
+            "job_returns_dropped": self.returns_dropped,
         }
 
 

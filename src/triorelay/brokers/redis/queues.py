@@ -38,7 +38,11 @@ from typing import Any
 
 import trio
 
-from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
+from triorelay.brokers.redis.connection import (
+    REDIS_ERRORS,
+    UNAVAILABLE_ERRORS,
+    RedisConnection,
+)
 from triorelay.compat.coredis import is_existing_group, is_missing_group
 from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable, QueueFull
@@ -131,6 +135,8 @@ class RedisQueues:
         self._to_release: list[tuple[str, str]] = []
         self._release_wanted = trio.Event()
         self._released = trio.Event()
+        #: Releases Redis refused (not retried: see :meth:`run_releases`).
+        self.releases_dropped = 0
 
     def key(self, name: str) -> str:
         return self._connection.key("q", name)
@@ -255,7 +261,10 @@ class RedisQueues:
         self._release_wanted.set()
 
     async def run_releases(self) -> None:
-        """Process :meth:`release` requests until cancelled (retried while Redis is down)."""
+        """Process :meth:`release` requests until cancelled: retried while Redis is
+        unavailable; one Redis refuses (a key of the wrong type) is dropped, logged and
+        counted, not retried (it would hold up every release after it): its message stays
+        pending, and is claimed after the claim time."""
         while True:
             await self._release_wanted.wait()
             self._release_wanted = trio.Event()
@@ -265,13 +274,19 @@ class RedisQueues:
                 try:
                     with self._connection.deadline():
                         await self.give_back_pending(self.key(name), consumer)
-                except REDIS_ERRORS as error:
+                except UNAVAILABLE_ERRORS as error:
                     self._connection.note_error(f"release: {error}")
                     await trio.sleep(0.05)
                     continue
+                except REDIS_ERRORS as error:
+                    self._connection.note_error(f"release: {error}")
+                    self.releases_dropped += 1
+                    log.warning("Redis refused a release of queue %s (%s): dropped", name, error)
                 self._to_release.pop(0)
                 self._released.set()
                 self._released = trio.Event()
+        #: Releases Redis refused (not retried: see :meth:`run_releases`).
+        self.releases_dropped = 0
 
     async def wait_released(self) -> None:
         """Return once every release queued so far is written."""
