@@ -285,6 +285,32 @@ async def test_a_release_adds_to_what_a_job_came_back_with_and_forgets_the_consu
     assert broker.queues.consumer_name(4) in names
 
 
+async def test_only_consumers_that_read_are_released_and_at_most_max_connections_wait(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """A consumer that never read its channel (it came and went while Redis was down) has
+    nothing to release; of those that did, at most ``max_connections`` releases wait to be
+    written: one more is dropped and counted, its job no longer renewed (it comes back after
+    the claim time), while the others' go back at once."""
+    broker = await started(nursery, redis_url, max_connections=2, redis_claim_idle_seconds=600)
+    jobs = RedisJobsUnderTest(broker)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        for payload in ("a", "b", "c"):
+            await jobs.publish(payload)
+        held = [await jobs.source.take(consumer) for consumer in (1, 2, 3)]
+        jobs.source.release(9)  # never took anything
+        assert broker.statistics()["jobs_returning"] == 0
+        for consumer in (1, 2, 3):
+            jobs.source.release(consumer)
+        statistics = broker.statistics()
+        again = [await jobs.source.take(4), await jobs.source.take(4)]
+        await jobs.written()
+    assert (statistics["jobs_returning"], statistics["job_returns_dropped"]) == (2, 1)
+    assert statistics["jobs_held"] == 2  # the dropped release's job is no longer renewed
+    assert [job.payload for job in again] == [job.payload for job in held[:2]]
+    assert broker.statistics()["jobs_held"] == 2  # consumer 4's
+
+
 async def test_a_job_of_a_relay_that_died_is_rescued_after_the_claim_time(
     nursery: trio.Nursery, redis_url: str
 ) -> None:

@@ -80,9 +80,13 @@ class RedisBroker:
             max_messages=settings.queue_buffer_messages,
             claim_idle_seconds=settings.redis_claim_idle_seconds,
             full_timeout_seconds=settings.block_timeout_seconds,
+            max_releases=settings.max_connections,
         )
         self.job_store = RedisJobStore(
-            self.connection, self.queues, claim_idle_seconds=settings.redis_claim_idle_seconds
+            self.connection,
+            self.queues,
+            claim_idle_seconds=settings.redis_claim_idle_seconds,
+            max_releases=settings.max_connections,
         )
 
     async def publish(

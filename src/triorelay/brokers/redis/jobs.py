@@ -32,12 +32,16 @@ when it comes back:
   from expiring. Delayed jobs are moved back by a timer in the relay that gave them back (or
   that learnt of them in a sweep) at their due time, or by any relay's next sweep: a relay
   that dies leaves none behind.
-- **Release** (a consumer left; one script per batch of its entries): after its give-backs
-  (one queue, in order), what is still pending for it goes back counted as a rescue's is (``d``
-  + the entry's delivery count, ``[Redis's time, "<consumer>", "consumer left"]`` added to
-  ``h``), and the consumer is forgotten. At shutdown the hub closes the channels before the
-  routes give their jobs back, so the release comes first: the route's give-backs then find
-  nothing pending and write nothing, and the job still comes back counted.
+- **Release** (a consumer that read its channel left; one script per batch of its entries):
+  after its give-backs (one queue, in order), what is still pending for it goes back counted
+  as a rescue's is (``d`` + the entry's delivery count, ``[Redis's time, "<consumer>",
+  "consumer left"]`` added to ``h``), and the consumer is forgotten. At shutdown the hub
+  closes the channels before the routes give their jobs back, so the release comes first:
+  the route's give-backs then find nothing pending and write nothing, and the job still
+  comes back counted.
+- **Writing back**: give-backs and releases are retried while Redis is unavailable and
+  dropped (logged, counted) when Redis refuses them, their jobs then coming back after the
+  claim time; at most ``max_connections`` releases wait (:meth:`RedisJobStore.release`).
 """
 
 from __future__ import annotations
@@ -221,13 +225,59 @@ class _Release:
     consumer: str
 
 
+class _Held:
+    """This relay's jobs taken and not yet settled or written back (their leases are
+    renewed), by stream and consumer: a consumer's are let go of in one step, whatever the
+    others hold."""
+
+    __slots__ = ("_by_consumer", "_count")
+
+    def __init__(self) -> None:
+        self._by_consumer: dict[tuple[str, str], set[JobReceipt]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, receipt: JobReceipt) -> None:
+        held = self._by_consumer.setdefault((receipt.key, receipt.consumer), set())
+        if receipt not in held:
+            held.add(receipt)
+            self._count += 1
+
+    def discard(self, receipt: JobReceipt) -> None:
+        key = (receipt.key, receipt.consumer)
+        held = self._by_consumer.get(key)
+        if held is not None and receipt in held:
+            held.remove(receipt)
+            self._count -= 1
+            if not held:
+                del self._by_consumer[key]
+
+    def discard_consumer(self, key: str, consumer: str) -> None:
+        """Let go of everything ``consumer`` holds on stream ``key``."""
+        self._count -= len(self._by_consumer.pop((key, consumer), ()))
+
+    def by_stream(self) -> dict[str, dict[str, list[str | bytes]]]:
+        """Stream key → consumer → the entry ids it holds."""
+        streams: dict[str, dict[str, list[str | bytes]]] = {}
+        for (key, consumer), held in self._by_consumer.items():
+            streams.setdefault(key, {})[consumer] = [receipt.entry for receipt in held]
+        return streams
+
+
 class RedisJobStore:
     """The acked side of :class:`~triorelay.brokers.redis.RedisBroker`: every acked channel's
     jobs taken here, their leases, and what goes back to Redis in the background
     (:meth:`run`)."""
 
     def __init__(
-        self, connection: RedisConnection, queues: RedisQueues, *, claim_idle_seconds: float
+        self,
+        connection: RedisConnection,
+        queues: RedisQueues,
+        *,
+        claim_idle_seconds: float,
+        max_releases: int = 50_000,
     ) -> None:
         self._connection = connection
         self._queues = queues
@@ -238,14 +288,16 @@ class RedisJobStore:
         self._settle_script = client.register_script(_SETTLE)
         self._renew_script = client.register_script(_RENEW)
         self._claim_idle_ms = max(1, round(claim_idle_seconds * 1000))
-        #: This relay's jobs taken and not yet settled or written back (their leases are
-        #: renewed). Bounded by the jobs in flight (``max_in_flight`` per consumer) and
-        #: those waiting in ``_returns``.
-        self._held: set[JobReceipt] = set()
+        #: This relay's jobs taken and not yet settled or written back. Bounded by the jobs
+        #: in flight (``max_in_flight`` per consumer) and those waiting in ``_returns``.
+        self._held = _Held()
         #: Give-backs and releases to write, in order. Bounded: a give-back is of a job held
         #: (above), and a consumer's next take waits until its give-backs are written
-        #: (:meth:`take`); a release is one per consumer leaving.
+        #: (:meth:`take`); a release is one per consumer that read its channel and left,
+        #: at most ``max_releases`` of them (:meth:`release`).
         self._returns: deque[_GiveBack | _Release] = deque()
+        self._releases = 0  # of them in _returns
+        self._max_releases = max_releases
         self._returning: Counter[str] = Counter()  # consumer → its give-backs in _returns
         self._returns_wanted = trio.Event()
         self._written = trio.Event()
@@ -253,7 +305,8 @@ class RedisJobStore:
         self._promote_at: dict[str, float] = {}
         self._promote_wanted = trio.Event()
         self.rescued = self.promoted = self.renewed = self.malformed = 0
-        #: Give-backs and releases Redis refused (not retried: see :meth:`_write_next`).
+        #: Give-backs and releases Redis refused (not retried: see :meth:`_write_next`), and
+        #: releases past ``max_releases`` (:meth:`release`).
         self.returns_dropped = 0
 
     # -- what consumers call (through RedisJobs) --
@@ -295,8 +348,8 @@ class RedisJobStore:
                 with connection.failing_as_unavailable("settle"):
                     await self._settle_script(keys=self._keys(receipts[0].name), args=args)
         finally:
-            for receipts in by_key.values():
-                self._held.difference_update(receipts)
+            for receipt in (receipt for receipts in by_key.values() for receipt in receipts):
+                self._held.discard(receipt)
 
     def give_back(self, job: Job, delay_seconds: float) -> None:
         """Queue ``job`` to go back (written in the background, retried while Redis is down)."""
@@ -308,8 +361,24 @@ class RedisJobStore:
         self._returns_wanted.set()
 
     def release(self, name: str, consumer_id: int) -> None:
-        """Queue giving back what the consumer still holds, after its give-backs."""
-        self._returns.append(_Release(name, self._queues.consumer_name(consumer_id)))
+        """Queue giving back what the consumer still holds, after its give-backs.
+
+        Nothing to do for a consumer that never read its channel (Redis knows nothing of it:
+        one that came and went while Redis was down, for one). Releases wait only while Redis
+        is unavailable, one per consumer that read and left meanwhile; past ``max_releases``
+        waiting, one more is dropped and counted: its jobs are no longer renewed and come
+        back after the claim time, as a dead relay's.
+        """
+        consumer = self._queues.consumer_name(consumer_id)
+        if not self._queues.left(name, consumer):
+            return
+        if self._releases >= self._max_releases:
+            self.returns_dropped += 1
+            self._held.discard_consumer(self._queues.key(name), consumer)
+            log.warning("%d job releases wait for Redis: one more dropped", self._releases)
+            return
+        self._returns.append(_Release(name, consumer))
+        self._releases += 1
         self._returns_wanted.set()
 
     # -- background work --
@@ -328,7 +397,8 @@ class RedisJobStore:
 
     async def _run_returns(self) -> None:
         # Not flushed when cancelled: coredis's connections end in the same cancellation, so
-        # what is still queued then is rescued after the claim time, as a dead relay's.
+        # what is still queued then is rescued after the claim time, as a dead relay's (a
+        # graceful shutdown flushes first: RedisBroker.flush).
         while True:
             await self._returns_wanted.wait()
             self._returns_wanted = trio.Event()
@@ -360,13 +430,11 @@ class RedisJobStore:
                 work.name if isinstance(work, _Release) else work.receipt.name,
                 error,
             )
-            if isinstance(work, _Release):
-                key = self._queues.key(work.name)
-                self._held = {
-                    held for held in self._held if (held.key, held.consumer) != (key, work.consumer)
-                }
         self._returns.popleft()
-        if isinstance(work, _GiveBack):
+        if isinstance(work, _Release):
+            self._releases -= 1
+            self._held.discard_consumer(self._queues.key(work.name), work.consumer)
+        else:
             self._held.discard(work.receipt)
             self._returning[work.receipt.consumer] -= 1
             if not self._returning[work.receipt.consumer]:
@@ -381,9 +449,6 @@ class RedisJobStore:
             args = [GROUP, work.consumer, str(SWEEP_BATCH)]
             while int(await self._release_script(keys=[key], args=args)) >= SWEEP_BATCH:
                 pass  # a full batch: more may be pending
-            self._held = {
-                held for held in self._held if (held.key, held.consumer) != (key, work.consumer)
-            }
             return
         job, receipt = work.job, work.receipt
         history = json.dumps([list(item) for item in job.history], separators=(",", ":"))
@@ -402,12 +467,7 @@ class RedisJobStore:
             await trio.sleep(self._claim_idle_ms / 3000)
             if not self._connection.ready:
                 continue  # the jobs may be rescued meanwhile: at least once
-            held: dict[str, dict[str, list[str | bytes]]] = {}
-            for receipt in self._held:
-                held.setdefault(receipt.key, {}).setdefault(receipt.consumer, []).append(
-                    receipt.entry
-                )
-            for key, consumers in held.items():  # one script per channel
+            for key, consumers in self._held.by_stream().items():  # one script per channel
                 args: list[str | bytes] = [GROUP]
                 for consumer, ids in consumers.items():
                     for start in range(0, len(ids), RENEW_CHUNK):

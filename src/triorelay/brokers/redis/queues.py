@@ -20,7 +20,9 @@ each message goes to exactly one consumer anywhere:
   (so the stream's length is the backlog the bound applies to); the queue's keys expire
   ``redis_stream_ttl_seconds`` after it is emptied.
 - **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
-  to the end of the stream, the original acknowledged), in the background.
+  to the end of the stream, the original acknowledged), in the background; a consumer that
+  never read has nothing to release, and at most ``max_connections`` releases wait for Redis
+  (:meth:`RedisQueues.release`).
 - **Claim**: a relay that dies leaves its consumers' messages pending; every relay's consumers
   claim messages idle for ``redis_claim_idle_seconds`` (``XAUTOCLAIM``) before reading new ones.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +122,7 @@ class RedisQueues:
         max_messages: int,
         claim_idle_seconds: float,
         full_timeout_seconds: float = float("inf"),
+        max_releases: int = 50_000,
     ) -> None:
         self._full_timeout = full_timeout_seconds
         self._connection = connection
@@ -132,10 +136,17 @@ class RedisQueues:
         # A blocked read returns this often, so that idle messages are claimed in time.
         self._block_ms = max(1, min(5_000, self._claim_idle_ms // 2))
         self._next_claim: dict[str, float] = {}
-        self._to_release: list[tuple[str, str]] = []
+        #: (stream key, consumer name) of each consumer that read a queue's stream and has not
+        #: left: the consumers a release has to forget in Redis (a consumer's first read makes
+        #: it a consumer of the group). Bounded by the consumers connected.
+        self._readers: set[tuple[str, str]] = set()
+        #: Releases to write: at most ``max_releases`` (see :meth:`release`).
+        self._to_release: deque[tuple[str, str]] = deque()
+        self._max_releases = max_releases
         self._release_wanted = trio.Event()
         self._released = trio.Event()
-        #: Releases Redis refused (not retried: see :meth:`run_releases`).
+        #: Releases Redis refused (not retried: see :meth:`run_releases`), or dropped past
+        #: ``max_releases`` (:meth:`release`).
         self.releases_dropped = 0
 
     def key(self, name: str) -> str:
@@ -184,6 +195,7 @@ class RedisQueues:
         key, consumer = self.key(name), self.consumer_name(consumer_id)
         while True:
             await connection.wait_ready()
+            self._readers.add((key, consumer))  # from now on Redis may know it (see left())
             try:
                 entry = await first(name, key, consumer)
                 if entry is None:
@@ -255,9 +267,34 @@ class RedisQueues:
             self._connection.note_error(f"acknowledge: {error}")
             log.warning("could not acknowledge a queue message (%s): it will be redelivered", error)
 
+    def left(self, name: str, consumer: str) -> bool:
+        """Consumer ``consumer`` (its name in Redis) of queue ``name`` left: True if it read
+        the queue's stream, so that Redis may hold entries pending for it and knows it as a
+        consumer of the group; False if it never did (Redis knows nothing of it: there is
+        nothing to release)."""
+        key = (self.key(name), consumer)
+        if key not in self._readers:
+            return False
+        self._readers.remove(key)
+        return True
+
     def release(self, name: str, consumer_id: int) -> None:
-        """Give back what consumer ``consumer_id`` took and did not acknowledge (background)."""
-        self._to_release.append((name, self.consumer_name(consumer_id)))
+        """Give back what consumer ``consumer_id`` took and did not acknowledge (background).
+
+        Nothing to do for a consumer that never read the queue (one that came and went while
+        Redis was down, for one). At most ``max_releases`` wait to be written (they wait only
+        while Redis is unavailable, one per consumer that read and left meanwhile); past that
+        one is dropped and counted, its message claimed after the claim time like a dead
+        relay's, its consumer left in the group until the queue's keys expire.
+        """
+        consumer = self.consumer_name(consumer_id)
+        if not self.left(name, consumer):
+            return
+        if len(self._to_release) >= self._max_releases:
+            self.releases_dropped += 1
+            log.warning("%d queue releases wait for Redis: one more dropped", len(self._to_release))
+            return
+        self._to_release.append((name, consumer))
         self._release_wanted.set()
 
     async def run_releases(self) -> None:
@@ -282,10 +319,11 @@ class RedisQueues:
                     self._connection.note_error(f"release: {error}")
                     self.releases_dropped += 1
                     log.warning("Redis refused a release of queue %s (%s): dropped", name, error)
-                self._to_release.pop(0)
+                self._to_release.popleft()
                 self._released.set()
                 self._released = trio.Event()
-        #: Releases Redis refused (not retried: see :meth:`run_releases`).
+        #: Releases Redis refused (not retried: see :meth:`run_releases`), or dropped past
+        #: ``max_releases`` (:meth:`release`).
         self.releases_dropped = 0
 
     async def wait_released(self) -> None:
