@@ -457,6 +457,27 @@ async def test_writes_redis_refuses_are_dropped_and_hold_up_no_other(
     assert [why for _, _, why in rescued.history] == ["relay died"]
 
 
+async def test_jobs_in_flight_do_not_count_against_queue_buffer_messages(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """queue_buffer_messages bounds the jobs waiting, as on the memory broker: with two in
+    flight (still in the stream, pending) two more are queued, a fifth is refused, and a
+    take (not an ack) makes room for it."""
+    broker = await started(nursery, redis_url, queue_buffer_messages=2, block_timeout_seconds=0.2)
+    jobs = RedisJobsUnderTest(broker)
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            assert [await jobs.publish(payload) for payload in ("a", "b")] == [1, 2]
+            held = [await jobs.source.take(1), await jobs.source.take(2)]
+            assert [await jobs.publish(payload) for payload in ("c", "d")] == [3, 4]
+            assert await client.xlen("triorelay:q:jobs.work") == 4
+            with pytest.raises(QueueFull):
+                await jobs.publish("one too many")
+            held.append(await jobs.source.take(3))
+            assert await jobs.publish("e") == 5
+            assert await client.xlen("triorelay:q:jobs.work") == 5
+
+
 async def test_settle_raises_broker_unavailable_when_redis_is_gone(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:

@@ -3,9 +3,10 @@
 Every relay's consumers of channel ``c`` read ``{prefix}q:{c}`` in the group ``triorelay``, so
 each message goes to exactly one consumer anywhere:
 
-- **Publish** (one Lua script): refuse while the stream holds ``queue_buffer_messages`` (with
-  an acked channel's delayed jobs, ``{prefix}qdelay:{c}``, see :mod:`.jobs`; the producer
-  waits and retries: backpressure, as with the memory broker), else take the next
+- **Publish** (one Lua script): refuse while ``queue_buffer_messages`` wait (the stream's
+  entries not pending for a consumer, with an acked channel's delayed jobs,
+  ``{prefix}qdelay:{c}``, see :mod:`.jobs`; the producer waits and retries: backpressure, as
+  with the memory broker, which does not count what is in flight either), else take the next
   sequence number, ``XADD``, create the group if needed, and take the keys' expiry away: a
   queue that holds messages never expires (its producers were acknowledged).
 - **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
@@ -17,8 +18,8 @@ each message goes to exactly one consumer anywhere:
   ``redis_max_blocking_connections`` consumers of a relay block in Redis at once; the others
   wait their turn in the relay.
 - **Acknowledge** once the message is handed to the consumer's socket: ``XACK`` and ``XDEL``
-  (so the stream's length is the backlog the bound applies to); the queue's keys expire
-  ``redis_stream_ttl_seconds`` after it is emptied.
+  (so the stream's length less what is pending is the backlog the bound applies to); the
+  queue's keys expire ``redis_stream_ttl_seconds`` after it is emptied.
 - **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
   to the end of the stream, the original acknowledged), in the background; a consumer that
   never read has nothing to release, and at most ``max_connections`` releases wait for Redis
@@ -55,8 +56,22 @@ log = logging.getLogger(__name__)
 GROUP = "triorelay"
 
 _PUBLISH = """
-if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
-  return 0
+local waiting = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3])
+if waiting >= tonumber(ARGV[3]) then
+  -- The stream also holds the entries taken and not yet acknowledged: in flight, not
+  -- waiting, so not counted (as the memory queue does not count them). The group's pending
+  -- count from XINFO GROUPS: O(groups), one here (XPENDING's summary is O(consumers)).
+  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+  if not groups.err then
+    for _, group in ipairs(groups) do
+      local fields = {}
+      for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+      if fields.name == ARGV[5] then waiting = waiting - fields.pending end
+    end
+  end
+  if waiting >= tonumber(ARGV[3]) then
+    return 0
+  end
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], '*', 'p', ARGV[1], 't', ARGV[2], 's', seq)
