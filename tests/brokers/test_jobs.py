@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import coredis
@@ -491,6 +492,33 @@ async def test_settle_raises_broker_unavailable_when_redis_is_gone(
         with pytest.raises(BrokerUnavailable):
             await jobs.source.settle([job])
     assert broker.statistics()["jobs_held"] == 0
+
+
+async def test_a_raw_consumer_goes_on_when_redis_is_gone_as_its_job_is_sent(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw consumer's job is settled once written to its socket; if Redis is unreachable
+    then, that is logged, not raised (the consumer is not closed, as on a plain queue
+    channel), and the job, still pending, comes back after the claim time."""
+    server = RedisServer(persist_in=tmp_path)  # what Redis holds survives its restart
+    await server.start()
+    try:
+        settings = make_settings(broker=server.url, **REDIS, **ACKED)
+        hub = Hub(settings, broker_factory(settings))
+        await nursery.start(hub.broker.run)
+        with trio.fail_after(HANG_GUARD_SECONDS), hub.attach_consumer(NAME) as raw:
+            with hub.attach_producer(NAME) as producer:
+                assert await producer.publish("job") == 1
+            assert await raw.receive() == "job"
+            await server.kill()
+            await raw.acknowledge()
+            await server.start()
+            again = await hub.broker.jobs(NAME).take(raw.id + 1)  # still attached: not released
+    finally:
+        await server.kill()
+    assert "could not settle a job a raw consumer was sent" in caplog.text
+    assert (again.payload, again.deliveries) == ("job", 1)
+    assert [why for _, _, why in again.history] == ["relay died"]
 
 
 async def test_a_malformed_entry_is_dropped_counted_and_taking_goes_on(
