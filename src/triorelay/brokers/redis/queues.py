@@ -337,9 +337,6 @@ class RedisQueues:
                 self._to_release.popleft()
                 self._released.set()
                 self._released = trio.Event()
-        #: Releases Redis refused (not retried: see :meth:`run_releases`), or dropped past
-        #: ``max_releases`` (:meth:`release`).
-        self.releases_dropped = 0
 
     async def wait_released(self) -> None:
         """Return once every release queued so far is written."""
