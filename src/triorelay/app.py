@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
     @app.after_serving
     async def _stop_relay() -> None:
         relay.shutdown.begin("the app is stopping")
+        # Every connection has ended: what their consumers gave back is queued. Write it
+        # (bounded) before the broker stops, so that it comes back now, counted.
+        await relay.hub.broker.flush()
         run_scope.cancel()
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import coredis
@@ -23,6 +24,7 @@ from tests.redis_server import RedisServer
 from triorelay.brokers import broker_factory
 from triorelay.brokers.base import Job, JobSource
 from triorelay.brokers.redis import RedisBroker
+from triorelay.brokers.redis import jobs as redis_jobs
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable, QueueFull
 from triorelay.hub import Hub
@@ -239,7 +241,8 @@ async def test_release_gives_back_what_a_consumer_took_and_did_not_settle(
     nursery: trio.Nursery, redis_url: str
 ) -> None:
     """A consumer that leaves holding a job it neither settled nor gave back: the job goes
-    back at once (not after the claim time: 600 s here), as it was."""
+    back at once (not after the claim time: 600 s here), its delivery counted and ``consumer
+    left`` in its history (as a relay shutting down leaves its consumers' jobs)."""
     broker = await started(nursery, redis_url, redis_claim_idle_seconds=600)
     jobs = RedisJobsUnderTest(broker)
     with trio.fail_after(HANG_GUARD_SECONDS):
@@ -250,8 +253,65 @@ async def test_release_gives_back_what_a_consumer_took_and_did_not_settle(
         jobs.source.release(1)
         again = await jobs.source.take(2)
         await jobs.written()
-    assert (again.payload, again.seq, again.deliveries) == ("held", held.seq, 0)
+    assert (again.payload, again.seq, again.deliveries) == ("held", held.seq, 1)
+    assert [(who, why) for _, who, why in again.history] == [
+        (broker.queues.consumer_name(1), "consumer left")
+    ]
+    assert abs(again.history[0][0] - time.time()) < 5  # Redis's clock
     assert broker.statistics()["jobs_held"] == 1  # consumer 2's, and no longer consumer 1's
+
+
+async def test_a_release_adds_to_what_a_job_came_back_with_and_forgets_the_consumer(
+    nursery: trio.Nursery, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Released, a job that came back before keeps its deliveries and history, one more of
+    each; more jobs than a release script's batch all come back, and the consumer is no
+    longer in the group."""
+    monkeypatch.setattr(redis_jobs, "SWEEP_BATCH", 2)
+    broker = await started(nursery, redis_url, redis_claim_idle_seconds=600)
+    jobs = RedisJobsUnderTest(broker)
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            for payload in ("nacked", "b", "c", "d", "e"):
+                await jobs.publish(payload)
+            jobs.source.give_back(nacked(await jobs.source.take(1), "consumer 1"), 0)
+            held = [await jobs.source.take(3) for _ in range(5)]
+            jobs.source.release(3)
+            again = {job.payload: job for job in [await jobs.source.take(4) for _ in range(5)]}
+            await jobs.written()
+            consumers = await client.xinfo_consumers("triorelay:q:jobs.work", "triorelay")
+    assert sorted(again) == sorted(job.payload for job in held)
+    assert (again["nacked"].deliveries, again["b"].deliveries) == (2, 1)
+    assert [why for _, _, why in again["nacked"].history] == ["nacked", "consumer left"]
+    names = {consumer[b"name"].decode() for consumer in consumers}
+    assert broker.queues.consumer_name(3) not in names
+    assert broker.queues.consumer_name(4) in names
+
+
+async def test_only_consumers_that_read_are_released_and_at_most_max_connections_wait(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """A consumer that never read its channel (it came and went while Redis was down) has
+    nothing to release; of those that did, at most ``max_connections`` releases wait to be
+    written: one more is dropped and counted, its job no longer renewed (it comes back after
+    the claim time), while the others' go back at once."""
+    broker = await started(nursery, redis_url, max_connections=2, redis_claim_idle_seconds=600)
+    jobs = RedisJobsUnderTest(broker)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        for payload in ("a", "b", "c"):
+            await jobs.publish(payload)
+        held = [await jobs.source.take(consumer) for consumer in (1, 2, 3)]
+        jobs.source.release(9)  # never took anything
+        assert broker.statistics()["jobs_returning"] == 0
+        for consumer in (1, 2, 3):
+            jobs.source.release(consumer)
+        statistics = broker.statistics()
+        again = [await jobs.source.take(4), await jobs.source.take(4)]
+        await jobs.written()
+    assert (statistics["jobs_returning"], statistics["job_returns_dropped"]) == (2, 1)
+    assert statistics["jobs_held"] == 2  # the dropped release's job is no longer renewed
+    assert [job.payload for job in again] == [job.payload for job in held[:2]]
+    assert broker.statistics()["jobs_held"] == 2  # consumer 4's
 
 
 async def test_a_job_of_a_relay_that_died_is_rescued_after_the_claim_time(
@@ -363,6 +423,64 @@ async def test_a_queue_holding_a_delayed_job_never_expires_and_counts_it_as_full
         assert 0 < await client.pttl("triorelay:qseq:jobs.work") <= 60_000
 
 
+async def test_writes_redis_refuses_are_dropped_and_hold_up_no_other(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """A give-back or release that fails for a reason other than an outage is not retried:
+    here a give-back whose delayed set is a string (WRONGTYPE: dropped, counted) and a release
+    of a channel whose stream is a string; the give-backs after them are written and their
+    consumers take again, and the refused job, still pending, comes back after the claim
+    time."""
+    broker = await started(nursery, redis_url)
+    refused, gone, flowing = (broker.jobs(name) for name in (NAME, "jobs.gone", "jobs.other"))
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            for name, payload in (
+                (NAME, "refused"),
+                ("jobs.gone", "gone"),
+                ("jobs.other", "flows"),
+            ):
+                await broker.publish(name, "queue", [payload], [])
+            stuck, _, moving = await refused.take(1), await gone.take(3), await flowing.take(2)
+            await client.set("triorelay:qdelay:jobs.work", "not a sorted set")
+            await client.delete(["triorelay:q:jobs.gone"])
+            await client.set("triorelay:q:jobs.gone", "not a stream")
+            refused.give_back(nacked(stuck, "consumer 1"), 0.5)  # its ZADD: WRONGTYPE
+            gone.release(3)
+            flowing.give_back(nacked(moving, "consumer 2"), 0)
+            again = await flowing.take(2)  # once consumer 2's give-back is written
+            await broker.job_store.wait_written()
+            statistics = broker.statistics()
+            await client.delete(["triorelay:qdelay:jobs.work"])
+            rescued = await refused.take(1)
+    assert (again.payload, again.deliveries) == ("flows", 1)
+    assert (statistics["job_returns_dropped"], statistics["jobs_held"]) == (1, 1)  # "flows"
+    assert "wrong kind of value" in statistics["last_error"]
+    assert (rescued.payload, rescued.deliveries) == ("refused", 1)
+    assert [why for _, _, why in rescued.history] == ["relay died"]
+
+
+async def test_jobs_in_flight_do_not_count_against_queue_buffer_messages(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """queue_buffer_messages bounds the jobs waiting, as on the memory broker: with two in
+    flight (still in the stream, pending) two more are queued, a fifth is refused, and a
+    take (not an ack) makes room for it."""
+    broker = await started(nursery, redis_url, queue_buffer_messages=2, block_timeout_seconds=0.2)
+    jobs = RedisJobsUnderTest(broker)
+    async with coredis.Redis.from_url(redis_url) as client:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            assert [await jobs.publish(payload) for payload in ("a", "b")] == [1, 2]
+            held = [await jobs.source.take(1), await jobs.source.take(2)]
+            assert [await jobs.publish(payload) for payload in ("c", "d")] == [3, 4]
+            assert await client.xlen("triorelay:q:jobs.work") == 4
+            with pytest.raises(QueueFull):
+                await jobs.publish("one too many")
+            held.append(await jobs.source.take(3))
+            assert await jobs.publish("e") == 5
+            assert await client.xlen("triorelay:q:jobs.work") == 5
+
+
 async def test_settle_raises_broker_unavailable_when_redis_is_gone(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:
@@ -376,6 +494,33 @@ async def test_settle_raises_broker_unavailable_when_redis_is_gone(
         with pytest.raises(BrokerUnavailable):
             await jobs.source.settle([job])
     assert broker.statistics()["jobs_held"] == 0
+
+
+async def test_a_raw_consumer_goes_on_when_redis_is_gone_as_its_job_is_sent(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw consumer's job is settled once written to its socket; if Redis is unreachable
+    then, that is logged, not raised (the consumer is not closed, as on a plain queue
+    channel), and the job, still pending, comes back after the claim time."""
+    server = RedisServer(persist_in=tmp_path)  # what Redis holds survives its restart
+    await server.start()
+    try:
+        settings = make_settings(broker=server.url, **REDIS, **ACKED)
+        hub = Hub(settings, broker_factory(settings))
+        await nursery.start(hub.broker.run)
+        with trio.fail_after(HANG_GUARD_SECONDS), hub.attach_consumer(NAME) as raw:
+            with hub.attach_producer(NAME) as producer:
+                assert await producer.publish("job") == 1
+            assert await raw.receive() == "job"
+            await server.kill()
+            await raw.acknowledge()
+            await server.start()
+            again = await hub.broker.jobs(NAME).take(raw.id + 1)  # still attached: not released
+    finally:
+        await server.kill()
+    assert "could not settle a job a raw consumer was sent" in caplog.text
+    assert (again.payload, again.deliveries) == ("job", 1)
+    assert [why for _, _, why in again.history] == ["relay died"]
 
 
 async def test_a_malformed_entry_is_dropped_counted_and_taking_goes_on(

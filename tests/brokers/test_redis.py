@@ -531,6 +531,10 @@ async def test_queue_consumers_before_any_publish_make_the_group_and_wait_quietl
     assert hub.broker.statistics()["last_error"] is None
 
 
+#: A consumer id no hub connection has, for a consumer that read a queue outside the hub.
+GONE_READER = 1_000_000
+
+
 async def test_a_release_for_a_queue_that_is_gone_holds_up_no_other_release(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:
@@ -541,16 +545,72 @@ async def test_a_release_for_a_queue_that_is_gone_holds_up_no_other_release(
     await nursery.start(hub.broker.run)
     gone = hub.broker.queue("jobs.gone")
     assert gone is not None
+    await hub.broker.publish("jobs.gone", "queue", ["taken"], [])
+    await gone.take(GONE_READER)  # a consumer of it, to be released
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.delete(["triorelay:q:jobs.gone"])
     with hub.attach_producer("jobs.live") as producer:
         assert await producer.publish("job") == 1
     with trio.fail_after(10):
         with hub.attach_consumer("jobs.live") as leaving:
             assert await leaving.receive() == "job"  # taken, not acknowledged
-            gone.release(leaving.id)  # queued first
+            gone.release(GONE_READER)  # queued first
         with hub.attach_consumer("jobs.live") as consumer:  # the claim time is 600 s
             assert await consumer.receive() == "job"
             await consumer.acknowledge()
     assert hub.broker.statistics()["last_error"] is None
+
+
+async def test_a_release_redis_refuses_is_dropped_and_holds_up_no_other_release(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A release Redis refuses (the queue's key is a string: WRONGTYPE, whatever the retry)
+    is dropped and counted, so the release queued after it still gives its message back."""
+    settings = make_settings(broker=redis_server.url, redis_claim_idle_seconds=600, **QUEUE)
+    hub = Hub(settings, broker_factory(settings))
+    await nursery.start(hub.broker.run)
+    broken = hub.broker.queue("jobs.broken")
+    assert broken is not None
+    with hub.attach_producer("jobs.live") as producer:
+        assert await producer.publish("job") == 1
+    await hub.broker.publish("jobs.broken", "queue", ["taken"], [])
+    await broken.take(GONE_READER)  # a consumer of it, to be released
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.delete(["triorelay:q:jobs.broken"])
+        await client.set("triorelay:q:jobs.broken", "not a stream")
+        with trio.fail_after(10):
+            with hub.attach_consumer("jobs.live") as leaving:
+                assert await leaving.receive() == "job"  # taken, not acknowledged
+                broken.release(GONE_READER)  # queued first
+            with hub.attach_consumer("jobs.live") as consumer:  # the claim time is 600 s
+                assert await consumer.receive() == "job"
+                await consumer.acknowledge()
+    statistics = hub.broker.statistics()
+    assert statistics["queue_releases_dropped"] == 1
+    assert "wrong kind of value" in statistics["last_error"]
+
+
+async def test_queue_releases_past_max_connections_are_dropped_and_counted(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A queue consumer that never read has nothing to release; of those that did, at most
+    ``max_connections`` releases wait to be written: one more is dropped and counted."""
+    settings = make_settings(broker=redis_server.url, max_connections=2, **QUEUE)
+    broker = broker_factory(settings)(Deliveries().deliver)
+    await nursery.start(broker.run)
+    queue = broker.queue("jobs.q")
+    assert isinstance(broker, RedisBroker)
+    assert queue is not None
+    with trio.fail_after(10):
+        await broker.publish("jobs.q", "queue", ["a", "b", "c"], [])
+        for consumer in (1, 2, 3):
+            await queue.take(consumer)
+        queue.release(9)  # never read
+        for consumer in (1, 2, 3):
+            queue.release(consumer)
+        dropped = broker.statistics()["queue_releases_dropped"]
+        await broker.flush()
+    assert dropped == 1
 
 
 async def test_queue_consumers_past_the_blocking_bound_wait_their_turn(

@@ -14,7 +14,8 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from tests.conftest import StartRelay
-from tests.helpers import RunningRelay, refused_upgrade, wait_until
+from tests.helpers import RunningRelay, closed_with, refused_upgrade, wait_until
+from tests.redis_server import RedisServer
 from triorelay import framing
 from triorelay.framing import Control, Job
 
@@ -388,3 +389,35 @@ async def test_an_acked_queue_name_must_leave_room_for_its_dead_letter_channel(
     status, body = await refused_upgrade(server.port, "/ws/producer/jobs" + "x" * 120)
     assert status == 400
     assert b"at most 123 characters" in body
+
+
+async def test_a_job_in_flight_at_a_graceful_shutdown_comes_back_counted_on_another_relay(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    """Redis: a relay shutting down gives back the job its framed worker held at once (not
+    after the claim time: 600 s here), counted as a delivery and with ``consumer left`` in its
+    history: a worker of another relay on the same Redis gets it with deliveries 2."""
+    settings: dict[str, Any] = {
+        "broker": redis_server.url,
+        "redis_claim_idle_seconds": 600,
+        "channels": {"*.dead": {"mode": "broadcast"}, "jobs*": {**RULE, "max_deliveries": 2}},
+    }
+    stopping, staying = await start_relay(**settings), await start_relay(**settings)
+    async with worker(stopping) as ws:
+        await subscribed(ws)
+        await publish(stopping, "jobs", "task")
+        assert (await next_job(ws)).deliveries == 1
+        stopping.stop.set()
+        assert (await closed_with(ws))[0] == 1001
+    async with staying.websocket("/ws/consumer/jobs.dead") as dead, worker(staying) as again:
+        await subscribed(again)
+        with trio.fail_after(10):
+            job = await next_job(again)
+        assert (job.payload, job.deliveries) == ("task", 2)
+        await again.send_message(framing.nack(job.delivery_id))
+        letter = await dead.get_message()
+    assert isinstance(letter, str)
+    _, fields = framing.read_dead_letter(letter)
+    history = [(entry["consumer"], entry["outcome"]) for entry in fields["history"]]
+    assert [outcome for _, outcome in history] == ["consumer left", "nacked"]
+    assert history[0][0].startswith(f"{stopping.relay.hub.broker.node}:")

@@ -239,6 +239,14 @@ class Broker(Protocol):
         """Do the broker's background work (deliver other relays' messages) until cancelled."""
         ...
 
+    async def flush(self) -> None:
+        """Write what the broker still has to write in the background (Redis: the jobs and
+        messages that consumers who left gave back), waiting at most
+        ``broker_timeout_seconds`` and not at all while the broker is unavailable: what is not
+        written then comes back after ``redis_claim_idle_seconds``. The relay calls it on its
+        way out, once every connection has ended, before :meth:`run` is cancelled."""
+        ...
+
     #: True when :meth:`publish` delivers to this relay's channel before it returns (memory),
     #: so a local channel's room decides whether a publish waits.
     delivers_locally: bool

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections import deque
 
 import trio
 
 from triorelay.brokers.base import Job, JobSource
 from triorelay.envelopes import Payload
-from triorelay.errors import QueueFull
+from triorelay.errors import BrokerUnavailable, QueueFull
 from triorelay.hub.buffers import Occupancy, QueueBudget
+
+log = logging.getLogger(__name__)
 
 
 class _Taker:
@@ -242,9 +245,15 @@ class JobReader:
         return True
 
     async def acknowledge(self) -> None:
+        """The job is written to the socket: settle it. If the broker cannot (Redis
+        unavailable), say so in the log and go on, as a plain queue consumer does: the job
+        comes back after the claim time (delivered at least once)."""
         job, self._job = self._job, None
         if job is not None:
-            await self.source.settle([job])
+            try:
+                await self.source.settle([job])
+            except BrokerUnavailable as error:
+                log.warning("could not settle a job a raw consumer was sent (%s)", error)
 
     def close(self) -> int:
         if not self._closed:

@@ -80,9 +80,13 @@ class RedisBroker:
             max_messages_of=lambda name: settings.channel_config(name).queue_buffer_messages,
             claim_idle_seconds=settings.redis_claim_idle_seconds,
             full_timeout_seconds=settings.block_timeout_seconds,
+            max_releases=settings.max_connections,
         )
         self.job_store = RedisJobStore(
-            self.connection, self.queues, claim_idle_seconds=settings.redis_claim_idle_seconds
+            self.connection,
+            self.queues,
+            claim_idle_seconds=settings.redis_claim_idle_seconds,
+            max_releases=settings.max_connections,
         )
 
     async def publish(
@@ -167,6 +171,17 @@ class RedisBroker:
             await nursery.start(self.streams.run_deliveries)
             await self.connection.keep_connected(self.streams.read_forever, task_status=task_status)
 
+    async def flush(self) -> None:
+        """Write the give-backs and releases still queued (see :meth:`Broker.flush`): a
+        graceful shutdown gives its consumers' jobs back at once, counted, instead of leaving
+        them for the claim time."""
+        connection = self.connection
+        if not connection.ready:
+            return
+        with trio.move_on_after(connection.timeout_seconds):
+            await self.job_store.wait_written()
+            await self.queues.wait_released()
+
     @property
     def ready(self) -> bool:
         return self.connection.ready
@@ -202,6 +217,7 @@ class RedisBroker:
             "watched_channels": self.streams.watched,
             "blocking_reads": connection["blocking_reads"],
             "blocking_reads_waiting": connection["blocking_reads_waiting"],
+            "queue_releases_dropped": self.queues.releases_dropped,
             **self.job_store.statistics(),
             "last_error": connection["last_error"],
         }

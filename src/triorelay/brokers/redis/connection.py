@@ -54,6 +54,12 @@ RETRY_MIN_SECONDS = 0.05
 #: What a lost or refused Redis connection raises (coredis, trio's deadlines, the OS).
 REDIS_ERRORS = (coredis.exceptions.RedisError, TimeoutError, trio.TooSlowError, OSError)
 
+#: The part of :data:`REDIS_ERRORS` that says Redis is unavailable: its connection broke or
+#: would not open (``LOADING`` included), or it did not answer within a deadline. Worth
+#: retrying once it is back; the rest is Redis refusing the command (a script error, a key of
+#: the wrong type, ``OOM``), which a retry would only repeat.
+UNAVAILABLE_ERRORS = (*CONNECTION_ERRORS, trio.TooSlowError)
+
 
 class Backoff:
     """Reconnection delays: ``base``, doubling per failure up to ``cap``; :meth:`reset` after

@@ -32,8 +32,16 @@ when it comes back:
   from expiring. Delayed jobs are moved back by a timer in the relay that gave them back (or
   that learnt of them in a sweep) at their due time, or by any relay's next sweep: a relay
   that dies leaves none behind.
-- **Release** (a consumer left): after its give-backs (one queue, in order), what is still
-  pending for it goes back as queues do (:meth:`RedisQueues.give_back_pending`).
+- **Release** (a consumer that read its channel left; one script per batch of its entries):
+  after its give-backs (one queue, in order), what is still pending for it goes back counted
+  as a rescue's is (``d`` + the entry's delivery count, ``[Redis's time, "<consumer>",
+  "consumer left"]`` added to ``h``), and the consumer is forgotten. At shutdown the hub
+  closes the channels before the routes give their jobs back, so the release comes first:
+  the route's give-backs then find nothing pending and write nothing, and the job still
+  comes back counted.
+- **Writing back**: give-backs and releases are retried while Redis is unavailable and
+  dropped (logged, counted) when Redis refuses them, their jobs then coming back after the
+  claim time; at most ``max_connections`` releases wait (:meth:`RedisJobStore.release`).
 """
 
 from __future__ import annotations
@@ -49,7 +57,11 @@ from typing import Any, cast
 import trio
 
 from triorelay.brokers.base import Job, Outcome
-from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
+from triorelay.brokers.redis.connection import (
+    REDIS_ERRORS,
+    UNAVAILABLE_ERRORS,
+    RedisConnection,
+)
 from triorelay.brokers.redis.queues import GROUP, RedisQueues
 
 log = logging.getLogger(__name__)
@@ -63,6 +75,10 @@ local function fields_of(entry)
   local fields = {}
   for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
   return fields
+end
+local function appended(h, item)  -- history h (JSON, or nil) with one more item
+  if h and h ~= '[]' then return string.sub(h, 1, -2) .. ',' .. item .. ']' end
+  return '[' .. item .. ']'
 end
 """
 _SWEEP = (
@@ -91,10 +107,8 @@ for _, pending in ipairs(idle) do
   local f = entry and fields_of(entry) or {}
   if f.p and f.t and f.s then  -- else not a job: dropped
     local died = '[' .. ARGV[3] .. ',' .. cjson.encode(consumer) .. ',"relay died"]'
-    local h = '[' .. died .. ']'
-    if f.h and f.h ~= '[]' then h = string.sub(f.h, 1, -2) .. ',' .. died .. ']' end
     redis.call('XADD', KEYS[1], '*', 'p', f.p, 't', f.t, 's', f.s,
-      'd', (tonumber(f.d) or 0) + pending[4], 'h', h)
+      'd', (tonumber(f.d) or 0) + pending[4], 'h', appended(f.h, died))
     rescued = rescued + 1
   end
   redis.call('XACK', KEYS[1], ARGV[1], id)
@@ -115,17 +129,46 @@ if pending.err or #pending == 0 or pending[1][2] ~= ARGV[3] then
   return 0  -- not this consumer's any more (given back already, rescued, Redis restarted)
 end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])[1]
+-- The copy first: a script that fails keeps what it wrote before (Redis has no rollback), so
+-- a copy refused (a key of the wrong type, maxmemory) leaves the job pending, to be rescued.
+if entry then
+  local f = fields_of(entry)
+  local job = {'p', f.p, 't', f.t, 's', f.s, 'd', ARGV[4], 'h', ARGV[5]}
+  if tonumber(ARGV[6]) > 0 then
+    redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[6]), cmsgpack.pack(job))
+  else
+    redis.call('XADD', KEYS[1], '*', unpack(job))
+  end
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if not entry then return 0 end
-local f = fields_of(entry)
-local job = {'p', f.p, 't', f.t, 's', f.s, 'd', ARGV[4], 'h', ARGV[5]}
-if tonumber(ARGV[6]) > 0 then
-  redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[6]), cmsgpack.pack(job))
-else
-  redis.call('XADD', KEYS[1], '*', unpack(job))
+return entry and 1 or 0
+"""
+)
+_RELEASE = (
+    _NOW_MS
+    + """
+local batch = tonumber(ARGV[3])
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', batch, ARGV[2])
+if pending.err then return 0 end  -- no group: the stream is gone, and what it held with it
+local t = redis.call('TIME')
+local left = '[' .. t[1] .. '.' .. string.format('%06d', tonumber(t[2])) .. ','
+  .. cjson.encode(ARGV[2]) .. ',"consumer left"]'
+for _, p in ipairs(pending) do
+  local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])[1]
+  local f = entry and fields_of(entry) or {}
+  if f.p and f.t and f.s then  -- else not a job: dropped
+    redis.call('XADD', KEYS[1], '*', 'p', f.p, 't', f.t, 's', f.s,
+      'd', (tonumber(f.d) or 0) + p[4], 'h', appended(f.h, left))
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  redis.call('XDEL', KEYS[1], p[1])
 end
-return 1
+if #pending < batch then
+  -- Nothing left pending: forget the consumer (one deleted holding entries would drop them).
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return #pending
 """
 )
 _SETTLE = """
@@ -150,7 +193,8 @@ while i <= #ARGV do
 end
 """
 
-#: Most entries a sweep moves at once, of each kind (due, rescued): a full batch sweeps again.
+#: Most entries a sweep moves at once, of each kind (due, rescued), or a release gives back:
+#: a full batch goes again.
 SWEEP_BATCH = 100
 #: Most ids of one consumer in one ``XCLAIM`` (Lua's stack bounds a command's arguments).
 RENEW_CHUNK = 1000
@@ -181,30 +225,79 @@ class _Release:
     consumer: str
 
 
+class _Held:
+    """This relay's jobs taken and not yet settled or written back (their leases are
+    renewed), by stream and consumer: a consumer's are let go of in one step, whatever the
+    others hold."""
+
+    __slots__ = ("_by_consumer", "_count")
+
+    def __init__(self) -> None:
+        self._by_consumer: dict[tuple[str, str], set[JobReceipt]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, receipt: JobReceipt) -> None:
+        held = self._by_consumer.setdefault((receipt.key, receipt.consumer), set())
+        if receipt not in held:
+            held.add(receipt)
+            self._count += 1
+
+    def discard(self, receipt: JobReceipt) -> None:
+        key = (receipt.key, receipt.consumer)
+        held = self._by_consumer.get(key)
+        if held is not None and receipt in held:
+            held.remove(receipt)
+            self._count -= 1
+            if not held:
+                del self._by_consumer[key]
+
+    def discard_consumer(self, key: str, consumer: str) -> None:
+        """Let go of everything ``consumer`` holds on stream ``key``."""
+        self._count -= len(self._by_consumer.pop((key, consumer), ()))
+
+    def by_stream(self) -> dict[str, dict[str, list[str | bytes]]]:
+        """Stream key → consumer → the entry ids it holds."""
+        streams: dict[str, dict[str, list[str | bytes]]] = {}
+        for (key, consumer), held in self._by_consumer.items():
+            streams.setdefault(key, {})[consumer] = [receipt.entry for receipt in held]
+        return streams
+
+
 class RedisJobStore:
     """The acked side of :class:`~triorelay.brokers.redis.RedisBroker`: every acked channel's
     jobs taken here, their leases, and what goes back to Redis in the background
     (:meth:`run`)."""
 
     def __init__(
-        self, connection: RedisConnection, queues: RedisQueues, *, claim_idle_seconds: float
+        self,
+        connection: RedisConnection,
+        queues: RedisQueues,
+        *,
+        claim_idle_seconds: float,
+        max_releases: int = 50_000,
     ) -> None:
         self._connection = connection
         self._queues = queues
         client = connection.client
         self._sweep_script = client.register_script(_SWEEP)
         self._give_back_script = client.register_script(_GIVE_BACK)
+        self._release_script = client.register_script(_RELEASE)
         self._settle_script = client.register_script(_SETTLE)
         self._renew_script = client.register_script(_RENEW)
         self._claim_idle_ms = max(1, round(claim_idle_seconds * 1000))
-        #: This relay's jobs taken and not yet settled or written back (their leases are
-        #: renewed). Bounded by the jobs in flight (``max_in_flight`` per consumer) and
-        #: those waiting in ``_returns``.
-        self._held: set[JobReceipt] = set()
+        #: This relay's jobs taken and not yet settled or written back. Bounded by the jobs
+        #: in flight (``max_in_flight`` per consumer) and those waiting in ``_returns``.
+        self._held = _Held()
         #: Give-backs and releases to write, in order. Bounded: a give-back is of a job held
         #: (above), and a consumer's next take waits until its give-backs are written
-        #: (:meth:`take`); a release is one per consumer leaving.
+        #: (:meth:`take`); a release is one per consumer that read its channel and left,
+        #: at most ``max_releases`` of them (:meth:`release`).
         self._returns: deque[_GiveBack | _Release] = deque()
+        self._releases = 0  # of them in _returns
+        self._max_releases = max_releases
         self._returning: Counter[str] = Counter()  # consumer → its give-backs in _returns
         self._returns_wanted = trio.Event()
         self._written = trio.Event()
@@ -212,6 +305,9 @@ class RedisJobStore:
         self._promote_at: dict[str, float] = {}
         self._promote_wanted = trio.Event()
         self.rescued = self.promoted = self.renewed = self.malformed = 0
+        #: Give-backs and releases Redis refused (not retried: see :meth:`_write_next`), and
+        #: releases past ``max_releases`` (:meth:`release`).
+        self.returns_dropped = 0
 
     # -- what consumers call (through RedisJobs) --
 
@@ -252,8 +348,8 @@ class RedisJobStore:
                 with connection.failing_as_unavailable("settle"):
                     await self._settle_script(keys=self._keys(receipts[0].name), args=args)
         finally:
-            for receipts in by_key.values():
-                self._held.difference_update(receipts)
+            for receipt in (receipt for receipts in by_key.values() for receipt in receipts):
+                self._held.discard(receipt)
 
     def give_back(self, job: Job, delay_seconds: float) -> None:
         """Queue ``job`` to go back (written in the background, retried while Redis is down)."""
@@ -265,8 +361,24 @@ class RedisJobStore:
         self._returns_wanted.set()
 
     def release(self, name: str, consumer_id: int) -> None:
-        """Queue giving back what the consumer still holds, after its give-backs."""
-        self._returns.append(_Release(name, self._queues.consumer_name(consumer_id)))
+        """Queue giving back what the consumer still holds, after its give-backs.
+
+        Nothing to do for a consumer that never read its channel (Redis knows nothing of it:
+        one that came and went while Redis was down, for one). Releases wait only while Redis
+        is unavailable, one per consumer that read and left meanwhile; past ``max_releases``
+        waiting, one more is dropped and counted: its jobs are no longer renewed and come
+        back after the claim time, as a dead relay's.
+        """
+        consumer = self._queues.consumer_name(consumer_id)
+        if not self._queues.left(name, consumer):
+            return
+        if self._releases >= self._max_releases:
+            self.returns_dropped += 1
+            self._held.discard_consumer(self._queues.key(name), consumer)
+            log.warning("%d job releases wait for Redis: one more dropped", self._releases)
+            return
+        self._returns.append(_Release(name, consumer))
+        self._releases += 1
         self._returns_wanted.set()
 
     # -- background work --
@@ -285,7 +397,8 @@ class RedisJobStore:
 
     async def _run_returns(self) -> None:
         # Not flushed when cancelled: coredis's connections end in the same cancellation, so
-        # what is still queued then is rescued after the claim time, as a dead relay's.
+        # what is still queued then is rescued after the claim time, as a dead relay's (a
+        # graceful shutdown flushes first: RedisBroker.flush).
         while True:
             await self._returns_wanted.wait()
             self._returns_wanted = trio.Event()
@@ -295,16 +408,33 @@ class RedisJobStore:
                     await trio.sleep(0.05)  # then wait_ready waits out an outage
 
     async def _write_next(self) -> bool:
-        """Write the first give-back or release; False (kept first) if Redis failed."""
+        """Write the first give-back or release; False (kept first, to retry) if Redis is
+        unavailable. One that Redis refuses (a script error: a key of the wrong type,
+        ``maxmemory``) is dropped, logged and counted, not retried (a retry would fail the
+        same way, holding up every write after it): its jobs stay pending in Redis, no longer
+        renewed here, so they come back after the claim time."""
         work = self._returns[0]
         try:
             with self._connection.deadline():
                 await self._write(work)
-        except REDIS_ERRORS as error:
+        except UNAVAILABLE_ERRORS as error:
             self._connection.note_error(f"give back: {error}")
             return False
+        except REDIS_ERRORS as error:
+            self._connection.note_error(f"give back: {error}")
+            self.returns_dropped += 1
+            what = "a release" if isinstance(work, _Release) else "a give-back"
+            log.warning(
+                "Redis refused %s of %s (%s): dropped, its jobs come back after the claim time",
+                what,
+                work.name if isinstance(work, _Release) else work.receipt.name,
+                error,
+            )
         self._returns.popleft()
-        if isinstance(work, _GiveBack):
+        if isinstance(work, _Release):
+            self._releases -= 1
+            self._held.discard_consumer(self._queues.key(work.name), work.consumer)
+        else:
             self._held.discard(work.receipt)
             self._returning[work.receipt.consumer] -= 1
             if not self._returning[work.receipt.consumer]:
@@ -316,10 +446,9 @@ class RedisJobStore:
     async def _write(self, work: _GiveBack | _Release) -> None:
         if isinstance(work, _Release):
             key = self._queues.key(work.name)
-            await self._queues.give_back_pending(key, work.consumer)
-            self._held = {
-                held for held in self._held if (held.key, held.consumer) != (key, work.consumer)
-            }
+            args = [GROUP, work.consumer, str(SWEEP_BATCH)]
+            while int(await self._release_script(keys=[key], args=args)) >= SWEEP_BATCH:
+                pass  # a full batch: more may be pending
             return
         job, receipt = work.job, work.receipt
         history = json.dumps([list(item) for item in job.history], separators=(",", ":"))
@@ -338,12 +467,7 @@ class RedisJobStore:
             await trio.sleep(self._claim_idle_ms / 3000)
             if not self._connection.ready:
                 continue  # the jobs may be rescued meanwhile: at least once
-            held: dict[str, dict[str, list[str | bytes]]] = {}
-            for receipt in self._held:
-                held.setdefault(receipt.key, {}).setdefault(receipt.consumer, []).append(
-                    receipt.entry
-                )
-            for key, consumers in held.items():  # one script per channel
+            for key, consumers in self._held.by_stream().items():  # one script per channel
                 args: list[str | bytes] = [GROUP]
                 for consumer, ids in consumers.items():
                     for start in range(0, len(ids), RENEW_CHUNK):
@@ -442,6 +566,7 @@ class RedisJobStore:
             "jobs_promoted": self.promoted,
             "job_leases_renewed": self.renewed,
             "malformed_jobs": self.malformed,
+            "job_returns_dropped": self.returns_dropped,
         }
 
 

@@ -3,9 +3,10 @@
 Every relay's consumers of channel ``c`` read ``{prefix}q:{c}`` in the group ``triorelay``, so
 each message goes to exactly one consumer anywhere:
 
-- **Publish** (one Lua script): refuse while the stream holds ``queue_buffer_messages`` (with
-  an acked channel's delayed jobs, ``{prefix}qdelay:{c}``, see :mod:`.jobs`; the producer
-  waits and retries: backpressure, as with the memory broker), else take the next
+- **Publish** (one Lua script): refuse while ``queue_buffer_messages`` wait (the stream's
+  entries not pending for a consumer, with an acked channel's delayed jobs,
+  ``{prefix}qdelay:{c}``, see :mod:`.jobs`; the producer waits and retries: backpressure, as
+  with the memory broker, which does not count what is in flight either), else take the next
   sequence number, ``XADD``, create the group if needed, and take the keys' expiry away: a
   queue that holds messages never expires (its producers were acknowledged).
 - **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
@@ -17,10 +18,12 @@ each message goes to exactly one consumer anywhere:
   ``redis_max_blocking_connections`` consumers of a relay block in Redis at once; the others
   wait their turn in the relay.
 - **Acknowledge** once the message is handed to the consumer's socket: ``XACK`` and ``XDEL``
-  (so the stream's length is the backlog the bound applies to); the queue's keys expire
-  ``redis_stream_ttl_seconds`` after it is emptied.
+  (so the stream's length less what is pending is the backlog the bound applies to); the
+  queue's keys expire ``redis_stream_ttl_seconds`` after it is emptied.
 - **Give back**: a consumer that leaves with a message taken but not sent releases it (copied
-  to the end of the stream, the original acknowledged), in the background.
+  to the end of the stream, the original acknowledged), in the background; a consumer that
+  never read has nothing to release, and at most ``max_connections`` releases wait for Redis
+  (:meth:`RedisQueues.release`).
 - **Claim**: a relay that dies leaves its consumers' messages pending; every relay's consumers
   claim messages idle for ``redis_claim_idle_seconds`` (``XAUTOCLAIM``) before reading new ones.
 
@@ -32,13 +35,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
+from triorelay.brokers.redis.connection import (
+    REDIS_ERRORS,
+    UNAVAILABLE_ERRORS,
+    RedisConnection,
+)
 from triorelay.compat.coredis import is_existing_group, is_missing_group
 from triorelay.envelopes import Payload
 from triorelay.errors import BrokerUnavailable, QueueFull
@@ -48,8 +56,22 @@ log = logging.getLogger(__name__)
 GROUP = "triorelay"
 
 _PUBLISH = """
-if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
-  return 0
+local waiting = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3])
+if waiting >= tonumber(ARGV[3]) then
+  -- The stream also holds the entries taken and not yet acknowledged: in flight, not
+  -- waiting, so not counted (as the memory queue does not count them). The group's pending
+  -- count from XINFO GROUPS: O(groups), one here (XPENDING's summary is O(consumers)).
+  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+  if not groups.err then
+    for _, group in ipairs(groups) do
+      local fields = {}
+      for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+      if fields.name == ARGV[5] then waiting = waiting - fields.pending end
+    end
+  end
+  if waiting >= tonumber(ARGV[3]) then
+    return 0
+  end
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], '*', 'p', ARGV[1], 't', ARGV[2], 's', seq)
@@ -115,6 +137,7 @@ class RedisQueues:
         max_messages_of: Callable[[str], int],
         claim_idle_seconds: float,
         full_timeout_seconds: float = float("inf"),
+        max_releases: int = 50_000,
     ) -> None:
         self._full_timeout = full_timeout_seconds
         self._connection = connection
@@ -129,8 +152,18 @@ class RedisQueues:
         # A blocked read returns this often, so that idle messages are claimed in time.
         self._block_ms = max(1, min(5_000, self._claim_idle_ms // 2))
         self._next_claim: dict[str, float] = {}
-        self._to_release: list[tuple[str, str]] = []
+        #: (stream key, consumer name) of each consumer that read a queue's stream and has not
+        #: left: the consumers a release has to forget in Redis (a consumer's first read makes
+        #: it a consumer of the group). Bounded by the consumers connected.
+        self._readers: set[tuple[str, str]] = set()
+        #: Releases to write: at most ``max_releases`` (see :meth:`release`).
+        self._to_release: deque[tuple[str, str]] = deque()
+        self._max_releases = max_releases
         self._release_wanted = trio.Event()
+        self._released = trio.Event()
+        #: Releases Redis refused (not retried: see :meth:`run_releases`), or dropped past
+        #: ``max_releases`` (:meth:`release`).
+        self.releases_dropped = 0
 
     def key(self, name: str) -> str:
         return self._connection.key("q", name)
@@ -179,6 +212,7 @@ class RedisQueues:
         key, consumer = self.key(name), self.consumer_name(consumer_id)
         while True:
             await connection.wait_ready()
+            self._readers.add((key, consumer))  # from now on Redis may know it (see left())
             try:
                 entry = await first(name, key, consumer)
                 if entry is None:
@@ -250,13 +284,41 @@ class RedisQueues:
             self._connection.note_error(f"acknowledge: {error}")
             log.warning("could not acknowledge a queue message (%s): it will be redelivered", error)
 
+    def left(self, name: str, consumer: str) -> bool:
+        """Consumer ``consumer`` (its name in Redis) of queue ``name`` left: True if it read
+        the queue's stream, so that Redis may hold entries pending for it and knows it as a
+        consumer of the group; False if it never did (Redis knows nothing of it: there is
+        nothing to release)."""
+        key = (self.key(name), consumer)
+        if key not in self._readers:
+            return False
+        self._readers.remove(key)
+        return True
+
     def release(self, name: str, consumer_id: int) -> None:
-        """Give back what consumer ``consumer_id`` took and did not acknowledge (background)."""
-        self._to_release.append((name, self.consumer_name(consumer_id)))
+        """Give back what consumer ``consumer_id`` took and did not acknowledge (background).
+
+        Nothing to do for a consumer that never read the queue (one that came and went while
+        Redis was down, for one). At most ``max_releases`` wait to be written (they wait only
+        while Redis is unavailable, one per consumer that read and left meanwhile); past that
+        one is dropped and counted, its message claimed after the claim time like a dead
+        relay's, its consumer left in the group until the queue's keys expire.
+        """
+        consumer = self.consumer_name(consumer_id)
+        if not self.left(name, consumer):
+            return
+        if len(self._to_release) >= self._max_releases:
+            self.releases_dropped += 1
+            log.warning("%d queue releases wait for Redis: one more dropped", len(self._to_release))
+            return
+        self._to_release.append((name, consumer))
         self._release_wanted.set()
 
     async def run_releases(self) -> None:
-        """Process :meth:`release` requests until cancelled (retried while Redis is down)."""
+        """Process :meth:`release` requests until cancelled: retried while Redis is
+        unavailable; one Redis refuses (a key of the wrong type) is dropped, logged and
+        counted, not retried (it would hold up every release after it): its message stays
+        pending, and is claimed after the claim time."""
         while True:
             await self._release_wanted.wait()
             self._release_wanted = trio.Event()
@@ -266,11 +328,22 @@ class RedisQueues:
                 try:
                     with self._connection.deadline():
                         await self.give_back_pending(self.key(name), consumer)
-                except REDIS_ERRORS as error:
+                except UNAVAILABLE_ERRORS as error:
                     self._connection.note_error(f"release: {error}")
                     await trio.sleep(0.05)
                     continue
-                self._to_release.pop(0)
+                except REDIS_ERRORS as error:
+                    self._connection.note_error(f"release: {error}")
+                    self.releases_dropped += 1
+                    log.warning("Redis refused a release of queue %s (%s): dropped", name, error)
+                self._to_release.popleft()
+                self._released.set()
+                self._released = trio.Event()
+
+    async def wait_released(self) -> None:
+        """Return once every release queued so far is written."""
+        while self._to_release:
+            await self._released.wait()
 
     async def give_back_pending(self, key: str, consumer: str) -> None:
         """Copy every message pending for ``consumer`` to the end of stream ``key`` (the
