@@ -25,7 +25,7 @@ from loadtest.compare.sides import (
     NOTRACING,
     REDIS,
     REDIS_2RELAYS,
-    REDIS_SIDES,
+    REDIS_IDLE,
     SIDES,
     TOKENS,
 )
@@ -216,9 +216,12 @@ FANOUT_TABLE: Final = Table(
 #: The same relay through Redis (one relay, then two sharing it) against in memory.
 REDIS_TABLE: Final = Table(
     "Through Redis vs in memory",
-    (MEMORY, *REDIS_SIDES),
+    (MEMORY, REDIS, REDIS_2RELAYS),
     (("redis/memory", REDIS, MEMORY), ("2relays/memory", REDIS_2RELAYS, MEMORY)),
 )
+#: The ratio the Redis table adds when ``triorelay+redis-idle`` runs beside ``triorelay+redis``:
+#: what idle watched channels add to the cost of each message.
+REDIS_IDLE_RATIO: Final = ("idle/redis", REDIS_IDLE, REDIS)
 #: The same relay requiring tokens (every client presenting one) against no key at all.
 TOKENS_TABLE: Final = Table(
     "Tokens on vs off", (MEMORY, TOKENS), (("tokens/no tokens", TOKENS, MEMORY),)
@@ -235,7 +238,7 @@ TRACING_TABLE: Final = Table(
 )
 #: How long a consumer takes to resume, in memory and through Redis: times against a bound,
 #: not a ratio.
-RESUME_TABLE: Final = Table("Resume", (MEMORY, *REDIS_SIDES), ())
+RESUME_TABLE: Final = Table("Resume", (MEMORY, REDIS, REDIS_2RELAYS), ())
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ whose CPU counts.
   on that relay: every message goes to Redis and back);
 - ``triorelay+redis-2relays``: a fresh ``redis-server`` and two relays on it, producers on the
   first and consumers on the second (the path users scale out with);
+- ``triorelay+redis-idle``: the same as ``triorelay+redis``; the runner connects its idle
+  consumers (:mod:`loadtest.idle`) before the measured run;
 - ``triorelay+tokens``: one relay on the in-memory broker with a fresh random HMAC secret
   (``auth_hmac_secret``), and a token signed with it (every channel right on every channel)
   that the generator presents on every handshake. The secret and the token live only in the
@@ -46,11 +48,18 @@ from loadtest.compare.processes import (
     start_server,
 )
 from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_secret, relay_env
-from loadtest.compare.sides import ASYNCIO_SIDES, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.compare.sides import (
+    ASYNCIO_SIDES,
+    MEMORY,
+    REDIS,
+    REDIS_2RELAYS,
+    REDIS_IDLE,
+    TOKENS,
+)
 
 #: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
 #: last).
-RELAYS: Final[Mapping[str, int]] = {REDIS: 1, REDIS_2RELAYS: 2}
+RELAYS: Final[Mapping[str, int]] = {REDIS: 1, REDIS_2RELAYS: 2, REDIS_IDLE: 1}
 #: How long the streams of one run outlive it on a shared ``--redis-url`` (each run has its own
 #: key prefix, so nothing reads them again).
 REDIS_STREAM_TTL_SECONDS: Final = 600
@@ -233,6 +242,12 @@ def describe_side(side: str) -> str:
         )
     relays = RELAYS[side]  # KeyError: not a side
     broker = f"`{env_name('broker')}=redis://...`"
+    if side == REDIS_IDLE:
+        return (
+            f"one relay with {broker} like `{REDIS}`, with idle consumers connected to it "
+            "before the run, each on a channel of its own that nobody publishes to "
+            "(`python -m loadtest idle`, not counted in generator CPU)"
+        )
     if relays == 1:
         return f"one relay with {broker}, producer and consumers on it (Redis and back)"
     return (

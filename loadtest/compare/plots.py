@@ -35,6 +35,7 @@ from loadtest.compare.sides import (
     NOTRACING,
     REDIS,
     REDIS_2RELAYS,
+    REDIS_IDLE,
     TOKENS,
 )
 
@@ -54,6 +55,7 @@ _COLORS = {
     BROADCAST: "tab:brown",
     REDIS: "tab:red",
     REDIS_2RELAYS: "tab:purple",
+    REDIS_IDLE: "tab:pink",
     TOKENS: "tab:green",
     NOHISTORY: "tab:olive",
     NOTRACING: "tab:cyan",

@@ -78,6 +78,7 @@ def test_alternation_runs_each_job_on_its_own_sides() -> None:
         ("p", "asyncio-broadcast"),
         ("p", "triorelay+redis"),
         ("p", "triorelay+redis-2relays"),
+        ("p", "triorelay+redis-idle"),
         ("s", "triorelay"),
         ("s", "asyncio"),
     ]
@@ -276,3 +277,23 @@ def test_every_opt_in_side_has_its_extra_in_run_order() -> None:
         assert getattr(FULL, extra.flag) is False
         assert extra.key == f"pair@{extra.rate} batched 1→1"
         assert extra.table.sides == (MEMORY, side)
+
+
+def test_idle_side_holds_idle_channels_and_runs_the_redis_variants() -> None:
+    """With the idle side, the Redis pair jobs of every Redis variant run on it, hold the idle
+    consumers there only, and raise the connection limits for them."""
+    args = ["--scenarios", "pair", "--pair-rates", "2000", "--pair-variants", "batched:1"]
+    args += ["--redis-pair-rates", "2000", "--redis-sides", "triorelay+redis,triorelay+redis-idle"]
+    args += ["--redis-pair-variants", "unbatched:1,batched:1", "--redis-idle-channels", "6000"]
+    plan = build_plan(build_parser().parse_args(["compare", *args]))
+    jobs = {job.key: job for job in build_jobs(plan)}
+    unbatched, batched = jobs["pair@2000 unbatched 1→1"], jobs["pair@2000 batched 1→1"]
+    assert unbatched.sides == ("triorelay", "triorelay+redis", "triorelay+redis-idle")
+    assert batched.sides == ("triorelay", "asyncio", "triorelay+redis", "triorelay+redis-idle")
+    for job in (unbatched, batched):
+        assert job.idle_channels == {"triorelay+redis-idle": 6000}
+        assert job.triorelay_env["TRIORELAY_MAX_CONNECTIONS_PER_CLIENT"] == "6002"
+    table = redis_table_for(plan)
+    assert table.sides == ("triorelay", "triorelay+redis", "triorelay+redis-idle")
+    assert [label for label, _, _ in table.ratios] == ["redis/memory", "idle/redis"]
+    assert plan.resume_sides == ()
