@@ -7,9 +7,18 @@ numbered it). Publishing runs one Lua script that takes the channel's next offse
 redis_stream_max_messages``) and renews both keys' expiry: one round trip for all the
 messages a producer sent in one TCP read. A channel without a position, or with one numbered
 by a Redis since restarted (a restored copy may be older: its offsets would be reused), starts
-a new epoch. The reader reads every stream with
-local consumers (every *watched* channel) in one blocking ``XREAD`` and hands the messages to
-``deliver`` (the hub), which applies the channel's slow-consumer policy as for a local publish.
+a new epoch. The script ends with a ``PUBLISH`` of an empty notification on the channel's
+pub/sub channel, ``{prefix}n:{name}``. The publish scripts of every producer of this relay
+share one connection (:class:`~triorelay.brokers.redis.lean.Pipeline`): those queued while a
+round trip is under way go together in the next one.
+
+The reader subscribes to the notifications of every stream with local consumers (every
+*watched* channel), and reads (one non-blocking ``XREAD``) only the streams notified since its
+last read, from where it left each; so a channel nobody publishes to costs nothing per
+message. Notifications are not stored: whatever may have been published while the reader was
+not subscribed (at each (re)connection) is caught up by one ``XREAD`` of every watched
+stream. It hands the messages to ``deliver`` (the hub), which applies the channel's
+slow-consumer policy as for a local publish.
 
 Each message's id is its position, so a relay that missed some (it fell further behind than
 the stream keeps) sees the jump in offsets, and one whose channel began a new epoch sees that:
@@ -17,22 +26,24 @@ either is reported as a :class:`~triorelay.brokers.base.Gap` through ``deliver``
 reconnection resumes from the last message read, so a network blip loses nothing.
 
 Joining a channel: the hub calls :meth:`RedisStreams.watch` for a channel's first local
-consumer; the route then awaits :meth:`RedisStreams.wait_watching`, which reads the stream's
-last entry so that reading starts right after it, and wakes the reader (an ``XADD`` to this
-relay's wake stream, which the blocking ``XREAD`` also reads).
+consumer; the route then awaits :meth:`RedisStreams.wait_watching`, which subscribes to the
+channel's notifications, then reads the stream's last entry so that reading starts right after
+it (anything published later is notified), and has the reader read it once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
 from triorelay.brokers.base import Deliver, Gap, Recovery
 from triorelay.brokers.history import history_expired, reason_after_reading, recovery_reason
+from triorelay.brokers.redis import lean
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
@@ -50,20 +61,17 @@ log = logging.getLogger(__name__)
 # (a resume is one XRANGE), and a new epoch sorts after the old one (the reader's XREAD, still
 # at the old history's last id, reads the new history from its first message).
 _NEW_EPOCH = """
-local function run_id()
-  redis.replicate_commands()  -- Redis 6: writes after INFO or TIME need effects replication
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-end
 -- The channel's epoch, or false when it has none, or when it is from before a restart of
 -- Redis (a restored snapshot may hold an older copy of it: its offsets would be reused).
--- Redis's own run id decides, asked each time: a relay's idea of it can be stale (its client
--- reconnects by itself before the relay hears of the restart).
-local function current_epoch()
+-- Redis's run id decides (rid): the publish script is given the run id of the Redis its
+-- connection reached, learnt when it connected (a connection never outlives its Redis), and
+-- the position script, on a client that reconnects by itself, asks INFO each time.
+local function current_epoch(rid)
   local m = redis.call('HMGET', KEYS[2], 'e', 'r')
-  if m[1] and m[2] == run_id() then return m[1] end
+  if m[1] and m[2] == rid then return m[1] end
   return false
 end
-local function new_epoch(now)
+local function new_epoch(now, rid)
   local epoch = tonumber(now)
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
   if top then  -- the stream outlived its position: it belongs to a lost history
@@ -73,7 +81,7 @@ local function new_epoch(now)
   epoch = string.format('%d', epoch)
   -- HSET first: Redis 6 checks maxmemory at a script's first write only, and a DEL first
   -- (which frees memory) would let every later write through.
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now, 'r', run_id())
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now, 'r', rid)
   if top then redis.call('DEL', KEYS[1]) end
   return epoch
 end
@@ -88,9 +96,9 @@ if ARGV[7] == '1' then  -- traced messages: stamped with the time Redis stores t
   local t = redis.call('TIME')
   accepted = t[1] .. string.format('%06d', tonumber(t[2]))
 end
-local epoch = current_epoch()
+local epoch = current_epoch(ARGV[8])
 if not epoch then
-  epoch = new_epoch(ARGV[4])
+  epoch = new_epoch(ARGV[4], ARGV[8])
 elseif redis.call('EXISTS', KEYS[1]) == 0
     or tonumber(ARGV[4]) - tonumber(redis.call('HGET', KEYS[2], 't') or ARGV[4])
        > tonumber(ARGV[6]) then
@@ -101,40 +109,49 @@ end
 local first = redis.call('HINCRBY', KEYS[2], 'o', n) - n + 1
 for i = 0, n - 1 do
   local id = epoch .. '-' .. string.format('%d', first + i)
-  local trace = ARGV[10 + 3 * i]
+  local trace = ARGV[12 + 3 * i]
   if trace == '' then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
-               'p', ARGV[8 + 3 * i], 't', ARGV[9 + 3 * i])
+               'p', ARGV[10 + 3 * i], 't', ARGV[11 + 3 * i])
   else
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
-               'p', ARGV[8 + 3 * i], 't', ARGV[9 + 3 * i], 'r', trace, 'a', accepted)
+               'p', ARGV[10 + 3 * i], 't', ARGV[11 + 3 * i], 'r', trace, 'a', accepted)
   end
 end
 redis.call('HSET', KEYS[2], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+-- Last, once the messages are readable: the relays watching the channel read it now.
+redis.call('PUBLISH', ARGV[9], '')
 return {epoch, first, accepted}
 """
 )
 _POSITION = (
     _NEW_EPOCH
     + """
-if not current_epoch() then
+redis.replicate_commands()  -- Redis 6: writes after INFO need effects replication
+local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if not current_epoch(rid) then
   -- Made for a subscriber: kept only as long as a history would be, so that subscribing to
   -- names nobody publishes to leaves little behind.
-  new_epoch(ARGV[1])
+  new_epoch(ARGV[1], rid)
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
 """
 )
-_WAKE = """
-redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'w', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-"""
+_PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 
-#: How long one blocking XREAD waits before it is issued again (it also wakes on a wake-up).
+#: How long the reader waits for a notification before it checks its subscription's
+#: connection with a PING (which must come back within ``broker_timeout_seconds``).
 _BLOCK_MILLISECONDS = 10_000
+
+
+class _Entry(NamedTuple):
+    """One stream entry as the reader reads it: its id and its fields."""
+
+    identifier: bytes
+    field_values: dict[bytes, bytes]
 
 
 class _Watch:
@@ -165,7 +182,7 @@ class _Watch:
         self.pending: deque[Any] = deque()
         #: A task is delivering ``pending``.
         self.draining = False
-        #: Left out of the read in flight (``pending`` was full): wake the reader once not.
+        #: Left out of a read (``pending`` was full): to be read again once it is not.
         self.excluded = False
 
 
@@ -187,12 +204,20 @@ class RedisStreams:
         self._max_len = str(settings.redis_stream_max_messages)
         self._meta_ttl_ms = str(max(1, round(settings.history_meta_ttl_seconds * 1000)))
         self._batch = settings.redis_read_batch_messages
-        self._publish_script = connection.client.register_script(_PUBLISH)
         self._position_script = connection.client.register_script(_POSITION)
-        self._wake_script = connection.client.register_script(_WAKE)
-        self._wake_key = connection.key("wake", connection.node).encode()
-        self._wake_id = b"0-0"
+        #: The hot commands' connection: every publish script and the reader's XREADs.
+        self.pipeline = lean.Pipeline(
+            lean.Address.from_url(connection.url), connection.timeout_seconds
+        )
         self._watches: dict[str, _Watch] = {}
+        # The reader's subscription to the watched channels' notifications (None while it
+        # is not connected), and the channels to read at its next read.
+        self._subscriber: lean.Subscriber | None = None
+        self._subscriber_changed = trio.Event()
+        self._notify_prefix = connection.key("n", "").encode()
+        self._notified: set[str] = set()
+        # The reader's wait for notifications, cancelled to make it read at once.
+        self._waiting: trio.CancelScope | None = None
         # Where each channel's deliveries run (see run_deliveries); None until it runs.
         self._deliveries: trio.Nursery | None = None
         self.gaps = 0
@@ -201,6 +226,11 @@ class RedisStreams:
         #: Round trips to Redis: publishes (the script), and reads of positions and history
         #: (a resume, a channel's first consumer); the blocking reads wait, so are not timed.
         self.round_trips = {"publish": Histogram(), "read": Histogram()}
+        #: The reader's XREADs, and the streams they named in all (their ratio: streams per
+        #: read), of which full reads of every watched stream (at each (re)connection).
+        self.reads = 0
+        self.streams_read = 0
+        self.full_reads = 0
 
     async def publish(
         self,
@@ -216,7 +246,10 @@ class RedisStreams:
         Raises :class:`BrokerUnavailable` if Redis fails or does not confirm in time.
         """
         connection = self._connection
-        args: list[str | bytes] = [
+        args: list[str | bytes | object] = [
+            2,
+            connection.key("ch", name),
+            connection.key("meta", name),
             self._max_len,
             connection.ttl_ms,
             self._meta_ttl_ms,
@@ -224,6 +257,8 @@ class RedisStreams:
             str(len(encoded)),
             str(round(self._settings.channel_config(name).history_ttl_seconds * 1000)),
             b"1" if traces else b"0",
+            lean.RUN_ID,
+            self._notify_prefix + name.encode(),
         ]
         for index, (data, text) in enumerate(encoded):
             trace = traces.get(index) if traces else None
@@ -233,9 +268,13 @@ class RedisStreams:
         # never inside it, so "not published" is never a guess.
         started = time.perf_counter()
         with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
-            result: Any = await self._publish_script(
-                keys=[connection.key("ch", name), connection.key("meta", name)], args=args
-            )
+            try:
+                result: Any = await self.pipeline.call(b"EVALSHA", _PUBLISH_SHA, *args)
+            except lean.ResponseError as error:
+                if not str(error).startswith("NOSCRIPT"):
+                    raise
+                # A Redis that never ran it (new, restarted, flushed): sent whole, once.
+                result = await self.pipeline.call(b"EVAL", _PUBLISH, *args)
         self.round_trips["publish"].observe(time.perf_counter() - started)
         if traces:
             accepted_ns = int(result[2]) * 1000
@@ -307,10 +346,26 @@ class RedisStreams:
     # -- joining and leaving channels --
 
     def watch(self, name: str) -> None:
-        self._watches.setdefault(name, _Watch())
+        if name not in self._watches:
+            self._watches[name] = _Watch()
+            if self._subscriber is not None:
+                self._subscriber.keep(self._notify_key(name))
 
     def unwatch(self, name: str) -> None:
-        self._watches.pop(name, None)
+        if self._watches.pop(name, None) is not None and self._subscriber is not None:
+            self._subscriber.unsubscribe_nowait(self._notify_key(name))
+            self._read_soon()
+
+    def _notify_key(self, name: str) -> bytes:
+        """The pub/sub channel the publish script notifies for channel ``name``."""
+        return self._notify_prefix + name.encode()
+
+    def _read_soon(self, name: str | None = None) -> None:
+        """Have the reader read channel ``name`` (if given) at once."""
+        if name is not None:
+            self._notified.add(name)
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     @property
     def watched(self) -> int:
@@ -335,6 +390,11 @@ class RedisStreams:
         watch.positioning = True
         try:
             with connection.deadline():
+                # Subscribed first: whatever is published after the position read below is
+                # notified.
+                while self._subscriber is None:
+                    await self._subscriber_changed.wait()
+                await self._subscriber.subscribe([self._notify_key(name)])
                 started = time.perf_counter()
                 entries = await connection.client.xrevrange(connection.key("ch", name), count=1)
                 self.round_trips["read"].observe(time.perf_counter() - started)
@@ -346,7 +406,7 @@ class RedisStreams:
                 else:
                     watch.position = b"0-0"
                 watch.positioned.set()
-                await self._wake_script(keys=[self._wake_key], args=[connection.ttl_ms])
+                self._read_soon(name)  # what came between the subscription and the position
         except REDIS_ERRORS as error:
             connection.note_error(f"subscribe: {error}")
             if not watch.positioned.is_set():
@@ -359,7 +419,8 @@ class RedisStreams:
     async def run_deliveries(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Own the tasks that deliver each channel's batches, for the broker's lifetime.
+        """Own the tasks that deliver each channel's batches, and the hot commands'
+        :attr:`pipeline`, for the broker's lifetime.
 
         Apart from the reader, so that one channel whose delivery waits (a ``block``
         consumer) holds up neither the reader nor any other channel, and so that a Redis
@@ -367,6 +428,7 @@ class RedisStreams:
         """
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.pipeline.run)
                 self._deliveries = nursery
                 task_status.started()
                 await trio.sleep_forever()
@@ -374,50 +436,104 @@ class RedisStreams:
             self._deliveries = None
 
     async def read_forever(self, restarted: bool) -> None:
-        """Read every watched stream into ``deliver`` until a Redis error (or cancellation).
+        """Read the notified watched streams into ``deliver`` until a Redis error (or
+        cancellation). For :meth:`RedisConnection.keep_connected`.
 
-        Each channel's batches are delivered in order by a task of their own
-        (:meth:`run_deliveries`); a channel with ``MAX_PENDING_BATCHES`` undelivered is left
-        out of the reads until one is delivered. ``restarted``: Redis restarted since the
-        last connection: every watched channel may have a gap, reported first. For
-        :meth:`RedisConnection.keep_connected`.
+        Connects a subscription to every watched channel's notifications, reads every watched
+        stream once (what was published before it was not notified to this relay), then
+        reads, each time it wakes, the streams notified since its last read (and those that
+        gave a whole batch: they may hold more). Each channel's batches are delivered in
+        order by a task of their own (:meth:`run_deliveries`); a channel with
+        ``MAX_PENDING_BATCHES`` undelivered is left out of the reads until one is delivered.
+        ``restarted``: Redis restarted since the last connection: every watched channel may
+        have a gap, reported first.
         """
         if restarted:
             await self._restarted()
-        while True:
-            streams: dict[bytes, bytes] = {self._wake_key: self._wake_id}
-            reading: dict[bytes, tuple[str, _Watch]] = {}
-            for name, watch in self._watches.items():
-                if watch.position is not None:
-                    if len(watch.pending) >= MAX_PENDING_BATCHES * self._batch:
-                        watch.excluded = True
-                        continue
-                    key = self._connection.key("ch", name).encode()
-                    streams[key] = watch.position
-                    reading[key] = (name, watch)
-            # Bounded: a Redis that vanished without closing the connection (a network
-            # partition) would otherwise leave this read waiting for ever.
-            with self._connection.deadline(_BLOCK_MILLISECONDS / 1000):
-                result = await self._connection.client.xread(
-                    streams, count=self._batch, block=_BLOCK_MILLISECONDS
-                )
-            for key, entries in (result or {}).items():
-                if key == self._wake_key:
-                    self._wake_id = _as_bytes(entries[-1].identifier)
-                elif key in reading:
-                    name, watch = reading[key]
-                    watch.position = _as_bytes(entries[-1].identifier)
-                    if self._deliveries is None:  # pragma: no cover - run() starts them first
-                        await self._deliver(name, watch, entries)
-                        continue
-                    watch.pending.extend(entries)
-            # A channel with batches pending and no delivery task (its task ended with the
-            # broker's, or failed) gets one: nothing read is left undelivered.
-            deliveries = self._deliveries
-            for name, watch in self._watches.items():
-                if watch.pending and not watch.draining and deliveries is not None:
-                    watch.draining = True
-                    deliveries.start_soon(self._drain, name, watch)
+        connection = self._connection
+        with connection.deadline():
+            stream = await lean.open_stream(self.pipeline.address)
+        try:
+            subscriber = lean.Subscriber(stream, connection.timeout_seconds)
+            with connection.deadline():
+                await subscriber.subscribe_reading([self._notify_key(n) for n in self._watches])
+            self._set_subscriber(subscriber)
+            self._notified.update(self._watches)
+            full = True
+            while True:
+                if self._notified:
+                    await self._read(self._take_notified(), full=full)
+                    full = False
+                    continue
+                notified: set[bytes] = set()
+                with trio.CancelScope() as self._waiting:
+                    notified = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
+                self._waiting = None
+                prefix = len(self._notify_prefix)
+                self._notified.update(key[prefix:].decode() for key in notified)
+        finally:
+            self._waiting = None
+            self._set_subscriber(None)
+            await stream.aclose()
+
+    def _set_subscriber(self, subscriber: lean.Subscriber | None) -> None:
+        self._subscriber = subscriber
+        self._subscriber_changed.set()
+        self._subscriber_changed = trio.Event()
+
+    def _take_notified(self) -> list[tuple[str, _Watch]]:
+        """The notified channels to read now: watched, positioned, and with room."""
+        notified, self._notified = self._notified, set()
+        chosen = []
+        room = MAX_PENDING_BATCHES * self._batch
+        for name in notified:
+            watch = self._watches.get(name)
+            if watch is None or watch.position is None:
+                continue  # left, or its wait_watching has it read once positioned
+            if len(watch.pending) >= room:
+                watch.excluded = True  # read again once a batch is delivered (_drain)
+                continue
+            chosen.append((name, watch))
+        return chosen
+
+    async def _read(self, chosen: list[tuple[str, _Watch]], *, full: bool = False) -> None:
+        """One non-blocking XREAD of the ``chosen`` streams, each from where it was left;
+        what it gets goes to each channel's deliveries."""
+        if not chosen:
+            return
+        key = self._connection.key
+        keys = [key("ch", name).encode() for name, _ in chosen]
+        positions = [watch.position for _, watch in chosen]
+        self.reads += 1
+        self.full_reads += full
+        self.streams_read += len(chosen)
+        with self._connection.deadline():
+            reply: Any = await self.pipeline.call(
+                b"XREAD", b"COUNT", self._batch, b"STREAMS", *keys, *positions
+            )
+        reading = dict(zip(keys, chosen, strict=True))
+        for stream_key, raw_entries in reply or ():
+            name, watch = reading[stream_key]
+            if self._watches.get(name) is not watch:
+                continue  # left meanwhile (and perhaps joined again, with a new position)
+            entries = [
+                _Entry(identifier, dict(zip(fields[::2], fields[1::2], strict=True)))
+                for identifier, fields in raw_entries
+            ]
+            watch.position = entries[-1].identifier
+            if len(entries) >= self._batch:
+                self._notified.add(name)  # a whole batch: there may be more
+            if self._deliveries is None:  # pragma: no cover - run() starts them first
+                await self._deliver(name, watch, tuple(entries))
+                continue
+            watch.pending.extend(entries)
+        # A channel with batches pending and no delivery task (its task ended with the
+        # broker's, or failed) gets one: nothing read is left undelivered.
+        deliveries = self._deliveries
+        for name, watch in chosen:
+            if watch.pending and not watch.draining and deliveries is not None:
+                watch.draining = True
+                deliveries.start_soon(self._drain, name, watch)
 
     async def _drain(self, name: str, watch: _Watch) -> None:
         """Deliver ``watch``'s pending batches in order, an entry at a time; wake the reader
@@ -434,7 +550,7 @@ class RedisStreams:
                 await self._deliver(name, watch, (pending.popleft(),))
                 if watch.excluded and len(pending) < MAX_PENDING_BATCHES * self._batch:
                     watch.excluded = False
-                    await self._wake()
+                    self._read_soon(name)
         except Exception:
             log.exception("channel %s: a delivery failed; what was pending is dropped", name)
             watch.pending.clear()
@@ -444,15 +560,6 @@ class RedisStreams:
                 log.exception("channel %s: the gap could not be reported either", name)
         finally:
             watch.draining = False
-
-    async def _wake(self) -> None:
-        """Make the reader's blocking read return, so that it reads a channel again."""
-        connection = self._connection
-        try:
-            with connection.deadline():
-                await self._wake_script(keys=[self._wake_key], args=[connection.ttl_ms])
-        except REDIS_ERRORS as error:  # the read returns within 10 s anyway
-            connection.note_error(f"wake: {error}")
 
     async def _deliver(self, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
         """Deliver what was read for ``watch``, unless its channel was left (and perhaps joined

@@ -1,0 +1,386 @@
+"""The lean path to Redis for the broadcast hot path: RESP over a trio stream, parsed by hiredis.
+
+coredis costs about 250-300 µs of CPU per command on this project's benchmark machine (its
+anyio memory streams, a writer and a reader task per connection, a request object and a
+response callback per command), against 60-75 µs for the same command written with one
+``send_all`` and parsed by hiredis (``docs/performance/redis/profile.md``). So the commands sent
+once per message, the publish script and the reader's ``XREAD``, go through here, and so do the
+notifications the reader waits for; everything else stays on coredis.
+
+- :class:`Address`: where Redis is and how to log in, from the broker URL (coredis parses the
+  credentials, the database and the TLS options, so both paths read a URL alike);
+- :func:`open_stream`: one connection, logged in, with the ``run_id`` of the Redis it reached;
+- :class:`Pipeline`: one connection that sends every command queued while the previous round
+  trip was under way in one write, and hands each caller its own reply or error;
+- :class:`Subscriber`: one pub/sub connection whose (un)subscriptions are confirmed in order.
+
+Errors are coredis's classes, so that callers tell them apart as before: an error reply is a
+:class:`coredis.exceptions.ResponseError`, a broken, refused or silent connection a
+:class:`coredis.exceptions.ConnectionError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import coredis
+import hiredis
+import trio
+from coredis.exceptions import ConnectionError as RedisConnectionError
+from coredis.exceptions import ResponseError
+
+__all__ = [
+    "Address",
+    "Pipeline",
+    "RedisConnectionError",
+    "RespStream",
+    "ResponseError",
+    "Subscriber",
+    "encode_command",
+    "open_stream",
+]
+
+#: Bytes asked for per read.
+RECEIVE_BYTES: Final = 65536
+#: The argument of a :class:`Pipeline` command replaced, when it is written, by the ``run_id``
+#: of the Redis the connection reached.
+RUN_ID: Final = object()
+
+Argument = bytes | str | int
+
+
+def encode_command(args: Sequence[Argument]) -> bytes:
+    """One command in RESP (an array of bulk strings)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where one Redis is (``redis://`` or ``rediss://``) and how to log in to it."""
+
+    host: str
+    port: int
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> Address:
+        """The address of a broker URL, parsed as coredis parses it."""
+        kwargs = coredis.ConnectionPool.from_url(url).connection_kwargs
+        parts = urlsplit(url)
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or 6379,
+            db=int(kwargs.get("db") or 0),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            ssl_context=kwargs.get("ssl_context"),
+        )
+
+
+class RespStream:
+    """One connection to Redis: commands out, replies in, in order.
+
+    Error replies are returned as :class:`ResponseError` objects, not raised: in a pipeline
+    each belongs to its own caller. A broken connection raises :class:`RedisConnectionError`.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        #: The ``run_id`` of the Redis this connection reached (set by :func:`open_stream`).
+        self.run_id = b""
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
+
+    def reply_nowait(self) -> Any:
+        """The next reply already received, or ``False`` when none is whole yet."""
+        return self._reader.gets()
+
+    async def reply(self) -> Any:
+        """The next reply, reading as much as it takes."""
+        while True:
+            reply = self._reader.gets()
+            if reply is not False:
+                return reply
+            await self.receive()
+
+    async def receive(self) -> None:
+        """Read once from the socket (cancellable: nothing read is lost)."""
+        try:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
+        if not data:
+            raise RedisConnectionError("Redis closed the connection")
+        self._reader.feed(bytes(data) if isinstance(data, bytearray) else data)
+
+    async def call(self, *args: Argument) -> Any:
+        """Send one command and return its reply; raise an error reply."""
+        await self.send(encode_command(args))
+        reply = await self.reply()
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+
+async def open_stream(address: Address) -> RespStream:
+    """Connect to ``address``, log in, select its database and learn its ``run_id``.
+
+    Raises :class:`RedisConnectionError` if Redis cannot be reached, :class:`ResponseError`
+    if it refuses the login. Bound it with a deadline: it waits as long as the network does.
+    """
+    try:
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+    except OSError as error:
+        raise RedisConnectionError(f"cannot connect to Redis: {error!r}") from None
+    stream: trio.abc.Stream = tcp
+    if address.ssl_context is not None:
+        stream = trio.SSLStream(tcp, address.ssl_context, server_hostname=address.host)
+    resp = RespStream(stream)
+    try:
+        if address.password is not None:
+            login = [address.username, address.password] if address.username else [address.password]
+            await resp.call("AUTH", *login)
+        if address.db:
+            await resp.call("SELECT", address.db)
+        info: bytes = await resp.call("INFO", "server")
+    except BaseException:
+        await resp.aclose()
+        raise
+    for line in info.splitlines():
+        if line.startswith(b"run_id:"):
+            resp.run_id = line.partition(b":")[2].strip()
+    return resp
+
+
+class _Call:
+    """One command of a :class:`Pipeline`, and what became of it."""
+
+    __slots__ = ("args", "done", "error", "reply")
+
+    def __init__(self, args: Sequence[Argument | object]) -> None:
+        self.args = args
+        self.done = trio.Event()
+        self.reply: Any = None
+        self.error: Exception | None = None
+
+    def encode(self, run_id: bytes) -> bytes:
+        return encode_command([run_id if a is RUN_ID else a for a in self.args])  # type: ignore[misc]
+
+
+class Pipeline:
+    """One connection carrying the hot commands of every task of this relay.
+
+    Every command queued while a round trip is under way goes out with the next one, in one
+    write, and each caller gets its own reply (or error) in the order the commands were
+    queued: concurrent publishes of several producers, on several channels, cost one round
+    trip, and each producer's order is kept. :meth:`run` owns the connection; it connects
+    when a command waits, and after a failure fails the commands of that round trip and
+    connects again for the next ones.
+    """
+
+    def __init__(self, address: Address, timeout_seconds: float) -> None:
+        #: Where Redis is (other connections of the lean path go there too).
+        self.address = address
+        self._timeout_seconds = timeout_seconds
+        self._queue: list[_Call] = []
+        self._queued = trio.Event()
+        # The wait of an idle connection for Redis closing it, cancelled when a command comes.
+        self._idle: trio.CancelScope | None = None
+        self._running = False
+        #: Round trips made, and commands sent in them (their ratio: commands per round trip).
+        self.round_trips = 0
+        self.commands = 0
+
+    async def call(self, *args: Argument | object) -> Any:
+        """Queue one command and return its reply. ``RUN_ID`` among ``args`` is replaced by the
+        ``run_id`` of the Redis the command is sent to (a connection never outlives its Redis).
+
+        Raises the error reply (:class:`ResponseError`), or :class:`RedisConnectionError` if
+        the connection failed under it or :meth:`run` is not running. Cancelling the caller
+        abandons the reply, not the command.
+        """
+        if not self._running:
+            raise RedisConnectionError("the connection to Redis is closed")
+        call = _Call(args)
+        self._queue.append(call)
+        self._queued.set()
+        if self._idle is not None:
+            self._idle.cancel()
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.reply
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send what is queued, round trip after round trip, until cancelled."""
+        stream: RespStream | None = None
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                if stream is not None and not self._queue:
+                    # Redis says nothing unasked: a read returns only when the connection
+                    # ends (a restart), which is noticed now, not by the next command.
+                    with trio.CancelScope() as self._idle:
+                        with contextlib.suppress(RedisConnectionError):
+                            await stream.receive()
+                        await stream.aclose()
+                        stream = None
+                    self._idle = None
+                await self._queued.wait()
+                batch, self._queue, self._queued = self._queue, [], trio.Event()
+                answered = 0
+                try:
+                    with trio.fail_after(self._timeout_seconds):
+                        if stream is None:
+                            stream = await open_stream(self.address)
+                        await stream.send(b"".join([c.encode(stream.run_id) for c in batch]))
+                        for call in batch:
+                            call.reply = await stream.reply()
+                            answered += 1
+                except (RedisConnectionError, ResponseError, trio.TooSlowError) as error:
+                    if stream is not None:
+                        await stream.aclose()
+                        stream = None
+                    failure = RedisConnectionError(f"Redis did not answer: {error!r}")
+                    for call in batch[answered:]:
+                        call.error = failure
+                self.round_trips += 1
+                self.commands += len(batch)
+                for call in batch:
+                    if isinstance(call.reply, ResponseError):
+                        call.error = call.reply
+                    call.done.set()
+        finally:
+            self._running = False
+            closed = RedisConnectionError("the connection to Redis is closed")
+            for call in self._queue:
+                call.error = closed
+                call.done.set()
+            self._queue = []
+            if stream is not None:
+                await stream.aclose()
+
+
+class Subscriber:
+    """One pub/sub connection: (un)subscriptions confirmed in order, messages by channel.
+
+    One task reads it: :meth:`wait_messages` returns the channels that had messages since
+    the last call (each once, however many messages it had), and handles the confirmations
+    meanwhile, so :meth:`subscribe` (from any task) returns once that task read its
+    confirmation; :meth:`subscribe_reading` is for the reading task itself.
+    :meth:`unsubscribe_nowait` (for synchronous callers) is sent by the next
+    :meth:`wait_messages`. Writes are bounded by ``timeout_seconds`` and never cut by a
+    cancellation (a half-written command would garble the connection).
+    """
+
+    def __init__(self, stream: RespStream, timeout_seconds: float) -> None:
+        self._stream = stream
+        self._timeout_seconds = timeout_seconds
+        self._send_lock = trio.Lock()
+        # One entry per confirmation Redis owes, in the order the commands were sent: the
+        # event to set once it comes (None: nobody waits for it).
+        self._owed: deque[trio.Event | None] = deque()
+        self._unsubscribe: set[bytes] = set()
+        self._notified: set[bytes] = set()
+        self._pinged = False
+        #: Messages received (each a notification).
+        self.messages = 0
+
+    async def subscribe(self, channels: Sequence[bytes]) -> None:
+        """Subscribe to ``channels``; return once the reading task read every confirmation."""
+        if channels:
+            await (await self._send_subscribe(channels)).wait()
+
+    async def subscribe_reading(self, channels: Sequence[bytes]) -> None:
+        """Subscribe to ``channels`` and read until Redis confirmed every one (messages read
+        meanwhile are kept for the next :meth:`wait_messages`)."""
+        if not channels:
+            return
+        confirmed = await self._send_subscribe(channels)
+        self._take()
+        while not confirmed.is_set():
+            await self._stream.receive()
+            self._take()
+
+    def unsubscribe_nowait(self, channel: bytes) -> None:
+        """Unsubscribe from ``channel`` at the next :meth:`wait_messages`."""
+        self._unsubscribe.add(channel)
+
+    def keep(self, channel: bytes) -> None:
+        """Cancel an unsubscription from ``channel`` not sent yet: a :meth:`subscribe` sent
+        after it must not be undone by it."""
+        self._unsubscribe.discard(channel)
+
+    async def wait_messages(self, idle_seconds: float) -> set[bytes]:
+        """Wait for messages; return the channels that had some (none if cancelled first).
+
+        After ``idle_seconds`` without a reply it sends ``PING`` (and returns nothing), and
+        the next call raises :class:`RedisConnectionError` if nothing at all comes back within
+        ``timeout_seconds`` (a partition leaves a connection open and silent). Cancellable
+        while it waits; nothing read is lost.
+        """
+        if self._unsubscribe:
+            channels, self._unsubscribe = sorted(self._unsubscribe), set()
+            await self._send([None] * len(channels), [b"UNSUBSCRIBE", *channels])
+        wait_seconds = self._timeout_seconds if self._pinged else idle_seconds
+        with trio.move_on_after(wait_seconds) as waited:
+            self._take()
+            while not self._notified:
+                await self._stream.receive()
+                self._pinged = False
+                self._take()
+        if waited.cancelled_caught:
+            if self._pinged:
+                raise RedisConnectionError("Redis did not answer a PING in time")
+            self._pinged = True
+            await self._send([None], [b"PING"])
+        notified, self._notified = self._notified, set()
+        return notified
+
+    async def _send_subscribe(self, channels: Sequence[bytes]) -> trio.Event:
+        confirmed = trio.Event()
+        await self._send([*([None] * (len(channels) - 1)), confirmed], [b"SUBSCRIBE", *channels])
+        return confirmed
+
+    async def _send(self, owed: list[trio.Event | None], command: list[bytes]) -> None:
+        with trio.CancelScope(shield=True), trio.fail_after(self._timeout_seconds):
+            async with self._send_lock:
+                self._owed.extend(owed)
+                await self._stream.send(encode_command(command))
+
+    def _take(self) -> None:
+        """Handle every reply already received: messages into the notified set, and
+        confirmations (subscribe, unsubscribe, pong) in the order they were asked for."""
+        stream = self._stream
+        while (reply := stream.reply_nowait()) is not False:
+            if isinstance(reply, ResponseError):
+                raise reply
+            if reply[0] == b"message":
+                self.messages += 1
+                self._notified.add(reply[1])
+            elif self._owed:
+                confirmed = self._owed.popleft()
+                if confirmed is not None:
+                    confirmed.set()
