@@ -121,8 +121,16 @@ end
 redis.call('HSET', KEYS[2], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
--- Last, once the messages are readable: the relays watching the channel read it now.
-redis.call('PUBLISH', ARGV[9], '')
+-- Last, once the messages are readable: the relays watching the channel get them at once
+-- (see _notified_entries for the format); any relay that missed some reads the stream.
+local note = {epoch, ' ', string.format('%d', first), ' ', accepted, ' ', ARGV[5], '\\n'}
+for i = 0, n - 1 do
+  local p, r = ARGV[10 + 3 * i], ARGV[12 + 3 * i]
+  note[#note + 1] = string.format('%d %d %s\\n', #p, #r, ARGV[11 + 3 * i])
+  note[#note + 1] = p
+  note[#note + 1] = r
+end
+redis.call('PUBLISH', ARGV[9], table.concat(note))
 return {epoch, first, accepted}
 """
 )
@@ -163,15 +171,22 @@ class _Watch:
         "epoch",
         "epoch_text",
         "excluded",
+        "inline",
         "last_seq",
         "pending",
         "position",
         "positioned",
         "positioning",
+        "read_at",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, inline: bool) -> None:
+        #: The id of the last entry read (None: not positioned yet), and it as numbers.
         self.position: bytes | None = None
+        self.read_at = (0, 0)
+        #: Its deliveries never wait (no ``block`` policy): the reader makes them itself
+        #: while nothing of the channel is pending.
+        self.inline = inline
         #: The epoch and offset of the last entry delivered (or the last one at positioning).
         self.epoch: bytes | None = None
         self.epoch_text = ""
@@ -347,7 +362,10 @@ class RedisStreams:
 
     def watch(self, name: str) -> None:
         if name not in self._watches:
-            self._watches[name] = _Watch()
+            config = self._settings.channel_config(name)
+            # Channel.deliver never waits but for a block policy (or a queue's room).
+            inline = config.mode == "broadcast" and config.slow_consumer_policy != "block"
+            self._watches[name] = _Watch(inline)
             if self._subscriber is not None:
                 self._subscriber.keep(self._notify_key(name))
 
@@ -399,12 +417,12 @@ class RedisStreams:
                 entries = await connection.client.xrevrange(connection.key("ch", name), count=1)
                 self.round_trips["read"].observe(time.perf_counter() - started)
                 if entries:
-                    watch.position = _as_bytes(entries[0].identifier)
-                    epoch, _, offset = watch.position.partition(b"-")
+                    _set_position(watch, _as_bytes(entries[0].identifier))
+                    epoch, _, offset = _as_bytes(entries[0].identifier).partition(b"-")
                     watch.epoch, watch.epoch_text = epoch, epoch.decode()
                     watch.last_seq = int(offset)
                 else:
-                    watch.position = b"0-0"
+                    _set_position(watch, b"0-0")
                 watch.positioned.set()
                 self._read_soon(name)  # what came between the subscription and the position
         except REDIS_ERRORS as error:
@@ -465,12 +483,12 @@ class RedisStreams:
                     await self._read(self._take_notified(), full=full)
                     full = False
                     continue
-                notified: set[bytes] = set()
+                messages: list[tuple[bytes, bytes]] = []
                 with trio.CancelScope() as self._waiting:
-                    notified = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
+                    messages = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
                 self._waiting = None
-                prefix = len(self._notify_prefix)
-                self._notified.update(key[prefix:].decode() for key in notified)
+                for key, data in messages:
+                    await self._notification(key, data)
         finally:
             self._waiting = None
             self._set_subscriber(None)
@@ -480,6 +498,48 @@ class RedisStreams:
         self._subscriber = subscriber
         self._subscriber_changed.set()
         self._subscriber_changed = trio.Event()
+
+    async def _notification(self, key: bytes, data: bytes) -> None:
+        """A publish script's notification: its messages are taken as read if they follow
+        what was read of their channel; else the channel's stream is read."""
+        name = key[len(self._notify_prefix) :].decode()
+        watch = self._watches.get(name)
+        if watch is None or watch.position is None or name in self._notified:
+            return  # not watched, not positioned yet (it is read then), or read next anyway
+        try:
+            entries = _notified_entries(data)
+        except ValueError:
+            entries = []
+        if not entries:  # not a relay's notification: what it announces is in the stream
+            self._notified.add(name)
+            return
+        last = entries[-1]
+        if _id_key(last.identifier) <= watch.read_at:
+            return  # read from the stream already
+        fresh = [entry for entry in entries if _id_key(entry.identifier) > watch.read_at]
+        epoch, seq = _id_key(fresh[0].identifier)
+        if (epoch, seq - 1) != watch.read_at:
+            # What came before it was not read (a notification missed, or a new epoch, or a
+            # reading behind): the stream has it all, in order.
+            self._notified.add(name)
+            return
+        if len(watch.pending) >= MAX_PENDING_BATCHES * self._batch:
+            watch.excluded = True  # left in the stream: read once a batch is delivered
+            return
+        await self._accept(name, watch, fresh)
+
+    async def _accept(self, name: str, watch: _Watch, entries: list[_Entry]) -> None:
+        """Entries read for ``watch``, next in its stream: delivered now when its deliveries
+        never wait and none is pending, else queued for its delivery task."""
+        _set_position(watch, entries[-1].identifier)
+        if watch.inline and not watch.pending and not watch.draining:
+            await self._deliver_or_report(name, watch, entries)
+            return
+        watch.pending.extend(entries)
+        deliveries = self._deliveries
+        if not watch.draining and deliveries is not None:
+            watch.draining = True
+            deliveries.start_soon(self._drain, name, watch)
 
     def _take_notified(self) -> list[tuple[str, _Watch]]:
         """The notified channels to read now: watched, positioned, and with room."""
@@ -520,20 +580,9 @@ class RedisStreams:
                 _Entry(identifier, dict(zip(fields[::2], fields[1::2], strict=True)))
                 for identifier, fields in raw_entries
             ]
-            watch.position = entries[-1].identifier
             if len(entries) >= self._batch:
                 self._notified.add(name)  # a whole batch: there may be more
-            if self._deliveries is None:  # pragma: no cover - run() starts them first
-                await self._deliver(name, watch, tuple(entries))
-                continue
-            watch.pending.extend(entries)
-        # A channel with batches pending and no delivery task (its task ended with the
-        # broker's, or failed) gets one: nothing read is left undelivered.
-        deliveries = self._deliveries
-        for name, watch in chosen:
-            if watch.pending and not watch.draining and deliveries is not None:
-                watch.draining = True
-                deliveries.start_soon(self._drain, name, watch)
+            await self._accept(name, watch, entries)
 
     async def _drain(self, name: str, watch: _Watch) -> None:
         """Deliver ``watch``'s pending batches in order, an entry at a time; wake the reader
@@ -552,14 +601,26 @@ class RedisStreams:
                     watch.excluded = False
                     self._read_soon(name)
         except Exception:
-            log.exception("channel %s: a delivery failed; what was pending is dropped", name)
-            watch.pending.clear()
-            try:
-                await self._gap(name, None, "a delivery failed on this relay")
-            except Exception:  # the other channels' deliveries go on, whatever happens here
-                log.exception("channel %s: the gap could not be reported either", name)
+            await self._delivery_failed(name, watch)
         finally:
             watch.draining = False
+
+    async def _deliver_or_report(self, name: str, watch: _Watch, entries: list[_Entry]) -> None:
+        """Deliver ``entries`` now (the reader's own deliveries, which never wait); a failure
+        is reported as a gap, and the reader goes on."""
+        try:
+            await self._deliver(name, watch, tuple(entries))
+        except Exception:
+            await self._delivery_failed(name, watch)
+
+    async def _delivery_failed(self, name: str, watch: _Watch) -> None:
+        """Called in an ``except`` block: drop what is pending for ``watch``, report a gap."""
+        log.exception("channel %s: a delivery failed; what was pending is dropped", name)
+        watch.pending.clear()
+        try:
+            await self._gap(name, None, "a delivery failed on this relay")
+        except Exception:  # the other channels' deliveries go on, whatever happens here
+            log.exception("channel %s: the gap could not be reported either", name)
 
     async def _deliver(self, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
         """Deliver what was read for ``watch``, unless its channel was left (and perhaps joined
@@ -632,6 +693,48 @@ def _decoded(identifier: str | bytes, fields: Any) -> tuple[bytes, int, Payload]
     if kind == b"0":
         return epoch, seq, data
     raise ValueError("unknown payload type")
+
+
+def _id_key(identifier: bytes) -> tuple[int, int]:
+    """A stream id as numbers, ordered as Redis orders ids."""
+    epoch, _, offset = identifier.partition(b"-")
+    return int(epoch), int(offset)
+
+
+def _set_position(watch: _Watch, identifier: bytes) -> None:
+    """``watch``'s stream is read up to ``identifier``."""
+    watch.position = identifier
+    watch.read_at = _id_key(identifier)
+
+
+def _notified_entries(data: bytes) -> list[_Entry]:
+    """The entries a publish script's notification carries, as the stream holds them.
+
+    The format: ``{epoch} {first offset} {accepted} {count}\\n``, then for each message
+    ``{payload bytes} {trace bytes} {type}\\n`` and the payload and the trace. Raises
+    ``ValueError`` for anything else.
+    """
+    end = data.index(b"\n")
+    epoch, first, accepted, count = data[:end].split(b" ")
+    int(epoch)  # digits, or ValueError
+    offset = int(first)
+    entries = []
+    at = end + 1
+    for i in range(int(count)):
+        end = data.index(b"\n", at)
+        payload_bytes, trace_bytes, kind = data[at:end].split(b" ")
+        payload_end = end + 1 + int(payload_bytes)
+        trace_end = payload_end + int(trace_bytes)
+        if trace_end > len(data):
+            raise ValueError("a notification cut short")
+        fields = {b"p": data[end + 1 : payload_end], b"t": kind}
+        if trace_end > payload_end:
+            fields[b"r"], fields[b"a"] = data[payload_end:trace_end], accepted
+        entries.append(_Entry(b"%s-%d" % (epoch, offset + i), fields))
+        at = trace_end
+    if at != len(data):
+        raise ValueError("a notification with more than it says")
+    return entries
 
 
 def _now_ms() -> str:
