@@ -21,7 +21,6 @@ Errors are coredis's classes, so that callers tell them apart as before: an erro
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import ssl
@@ -132,6 +131,20 @@ class RespStream:
                 await trio.lowlevel.wait_writable(raw)
             except OSError as error:
                 raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
+
+    def closed_by_redis(self) -> bool:
+        """Whether Redis closed the connection (or sent what nobody asked for), as far as
+        the socket tells without waiting. Over TLS: never known before a read."""
+        raw = self._raw
+        if raw is None:
+            return False
+        try:
+            raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True  # end of file, or bytes nobody asked for
 
     def reply_nowait(self) -> Any:
         """The next reply already received, or ``False`` when none is whole yet."""
@@ -250,8 +263,6 @@ class Pipeline:
         self._timeout_seconds = timeout_seconds
         self._queue: list[_Call] = []
         self._queued = trio.Event()
-        # The wait of an idle connection for Redis closing it, cancelled when a command comes.
-        self._idle: trio.CancelScope | None = None
         self._running = False
         #: Round trips made, and commands sent in them (their ratio: commands per round trip).
         self.round_trips = 0
@@ -270,8 +281,6 @@ class Pipeline:
         call = _Call(args)
         self._queue.append(call)
         self._queued.set()
-        if self._idle is not None:
-            self._idle.cancel()
         await call.done.wait()
         if call.error is not None:
             raise call.error
@@ -284,17 +293,14 @@ class Pipeline:
         task_status.started()
         try:
             while True:
-                if stream is not None and not self._queue:
-                    # Redis says nothing unasked: a read returns only when the connection
-                    # ends (a restart), which is noticed now, not by the next command.
-                    with trio.CancelScope() as self._idle:
-                        with contextlib.suppress(RedisConnectionError):
-                            await stream.receive()
-                        await stream.aclose()
-                        stream = None
-                    self._idle = None
-                await self._queued.wait()
+                if not self._queue:
+                    await self._queued.wait()
                 batch, self._queue, self._queued = self._queue, [], trio.Event()
+                if stream is not None and stream.closed_by_redis():
+                    # Redis restarted (or dropped us) while the connection was idle: a new
+                    # one, rather than a failure of these commands.
+                    await stream.aclose()
+                    stream = None
                 answered = 0
                 try:
                     with trio.fail_after(self._timeout_seconds):
