@@ -140,19 +140,25 @@ class RedisConnection:
             with self.deadline():
                 yield
         except REDIS_ERRORS as error:
-            self.note_error(f"{what}: {error}")
-            if isinstance(error, CONNECTION_ERRORS):
-                # The connection is gone: say so at once (the reader may not know yet), so
-                # that whoever retries waits for the reconnection.
-                self._lost(error)
-                raise ConnectionLost("the broker is unavailable: message not published") from None
-            if is_out_of_memory(error):
-                # Redis is up but at maxmemory: say so, and count it (not an outage).
-                self.out_of_memory += 1
-                raise BrokerUnavailable(
-                    "the broker is out of memory (Redis maxmemory): message not published"
-                ) from None
-            raise BrokerUnavailable("the broker is unavailable: message not published") from None
+            raise self.unavailable(what, error) from None
+
+    def unavailable(self, what: str, error: BaseException) -> BrokerUnavailable:
+        """What :meth:`failing_as_unavailable` raises for ``error`` (one of
+        :data:`REDIS_ERRORS`), noted for ``/healthz``, for the callers that bound their
+        command themselves."""
+        self.note_error(f"{what}: {error}")
+        if isinstance(error, CONNECTION_ERRORS):
+            # The connection is gone: say so at once (the reader may not know yet), so
+            # that whoever retries waits for the reconnection.
+            self._lost(error)
+            return ConnectionLost("the broker is unavailable: message not published")
+        if is_out_of_memory(error):
+            # Redis is up but at maxmemory: say so, and count it (not an outage).
+            self.out_of_memory += 1
+            return BrokerUnavailable(
+                "the broker is out of memory (Redis maxmemory): message not published"
+            )
+        return BrokerUnavailable("the broker is unavailable: message not published")
 
     def note_error(self, error: str) -> None:
         """Remember the last Redis error (``/healthz``)."""

@@ -27,7 +27,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 import coredis
@@ -38,11 +38,13 @@ from coredis.exceptions import ResponseError
 
 __all__ = [
     "Address",
+    "Encoded",
     "Pipeline",
     "RedisConnectionError",
     "RespStream",
     "ResponseError",
     "Subscriber",
+    "encode_arguments",
     "encode_command",
     "open_stream",
 ]
@@ -53,15 +55,38 @@ RECEIVE_BYTES: Final = 65536
 #: of the Redis the connection reached.
 RUN_ID: Final = object()
 
-Argument = bytes | str | int
+
+class Encoded(NamedTuple):
+    """``arguments`` arguments already in RESP (:func:`encode_arguments`), sent as they are: the
+    arguments a caller sends again and again are encoded once."""
+
+    data: bytes
+    arguments: int
+
+
+Argument = bytes | str | int | Encoded
+
+
+def encode_arguments(args: Sequence[bytes | str | int]) -> Encoded:
+    """``args`` in RESP, to be part of commands (:class:`Encoded`)."""
+    return Encoded(encode_command(args).partition(b"\r\n")[2], len(args))
 
 
 def encode_command(args: Sequence[Argument]) -> bytes:
     """One command in RESP (an array of bulk strings)."""
-    parts = [b"*%d\r\n" % len(args)]
+    parts = [b""]
+    append = parts.append
+    count = len(args)
     for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        if type(arg) is Encoded:
+            append(arg.data)
+            count += arg.arguments - 1
+            continue
+        data = arg if type(arg) is bytes else str(arg).encode()
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
+    parts[0] = b"*%d\r\n" % count
     return b"".join(parts)
 
 
@@ -234,16 +259,26 @@ async def open_stream(address: Address) -> RespStream:
 class _Call:
     """One command of a :class:`Pipeline`, and what became of it."""
 
-    __slots__ = ("args", "done", "error", "reply")
+    __slots__ = ("abandoned", "answered", "args", "done", "error", "lead", "reply")
 
     def __init__(self, args: Sequence[Argument | object]) -> None:
         self.args = args
         self.done = trio.Event()
+        self.answered = False
         self.reply: Any = None
         self.error: Exception | None = None
+        #: Its caller was handed the round trips (``done`` is set, ``answered`` not yet).
+        self.lead = False
+        #: Its caller stopped waiting (cancelled): the command is sent all the same.
+        self.abandoned = False
 
     def encode(self, run_id: bytes) -> bytes:
         return encode_command([run_id if a is RUN_ID else a for a in self.args])  # type: ignore[misc]
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.reply
 
 
 class Pipeline:
@@ -252,17 +287,21 @@ class Pipeline:
     Every command queued while a round trip is under way goes out with the next one, in one
     write, and each caller gets its own reply (or error) in the order the commands were
     queued: concurrent publishes of several producers, on several channels, cost one round
-    trip, and each producer's order is kept. :meth:`run` owns the connection; it connects
-    when a command waits, and after a failure fails the commands of that round trip and
-    connects again for the next ones.
+    trip, and each producer's order is kept. The round trips are made by the callers
+    themselves, one at a time (no task in between): the first caller to find none under way
+    makes one, and hands the next to the first caller that queued meanwhile. A round trip is
+    never cut by a cancellation (it would garble the connection for everyone), only by the
+    deadline of the caller making it; a failure fails the commands of that round trip, and
+    the next one connects again. :meth:`run` bounds the connection's life.
     """
 
-    def __init__(self, address: Address, timeout_seconds: float) -> None:
+    def __init__(self, address: Address) -> None:
         #: Where Redis is (other connections of the lean path go there too).
         self.address = address
-        self._timeout_seconds = timeout_seconds
         self._queue: list[_Call] = []
-        self._queued = trio.Event()
+        self._stream: RespStream | None = None
+        # A caller is making round trips.
+        self._sending = False
         self._running = False
         #: Round trips made, and commands sent in them (their ratio: commands per round trip).
         self.round_trips = 0
@@ -272,65 +311,101 @@ class Pipeline:
         """Queue one command and return its reply. ``RUN_ID`` among ``args`` is replaced by the
         ``run_id`` of the Redis the command is sent to (a connection never outlives its Redis).
 
+        Call it in a scope that shields it and bounds it (``trio.CancelScope(shield=True,
+        deadline=...)``): the caller may be the one making the round trip, which must not be
+        cut by anything but its deadline. Cut by the deadline while it waits, the caller
+        abandons the reply, not the command; cut while it makes the round trip, the
+        connection is closed and that round trip's commands fail.
+
         Raises the error reply (:class:`ResponseError`), or :class:`RedisConnectionError` if
-        the connection failed under it or :meth:`run` is not running. Cancelling the caller
-        abandons the reply, not the command.
+        the connection failed under it or :meth:`run` is not running.
         """
         if not self._running:
             raise RedisConnectionError("the connection to Redis is closed")
         call = _Call(args)
         self._queue.append(call)
-        self._queued.set()
-        await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.reply
+        if self._sending:
+            try:
+                await call.done.wait()
+            except BaseException:
+                call.abandoned = True  # cancelled: never handed the round trips
+                raise
+            if not call.lead:
+                return call.result()
+        self._sending = True
+        try:
+            while not call.answered:
+                await self._round_trip()
+        finally:
+            self._hand_over()
+        return call.result()
+
+    def _hand_over(self) -> None:
+        """Hand the next round trip to the first caller still waiting, if any."""
+        for waiting in self._queue:
+            if not waiting.abandoned:
+                waiting.lead = True
+                waiting.done.set()
+                return
+        self._sending = False
+
+    async def _round_trip(self) -> None:
+        """Send every queued command in one write; read their replies. Bounded by the
+        caller's scope: cut by its deadline, the connection is closed and the commands not
+        answered fail."""
+        batch, self._queue = self._queue, []
+        answered = 0
+        failure: Exception | None = None
+        try:
+            if not self._running:
+                raise RedisConnectionError("the connection to Redis is closed")
+            stream = self._stream
+            if stream is not None and stream.closed_by_redis():
+                # Redis restarted (or dropped us) while the connection was idle: a new one,
+                # rather than a failure of these commands.
+                self._stream = None
+                await stream.aclose()
+                stream = None
+            if stream is None:
+                stream = self._stream = await open_stream(self.address)
+            await stream.send(b"".join([c.encode(stream.run_id) for c in batch]))
+            for call in batch:
+                call.reply = await stream.reply()
+                answered += 1
+        except (RedisConnectionError, ResponseError) as error:
+            failure = RedisConnectionError(f"Redis did not answer: {error!r}")
+        finally:
+            if answered < len(batch):  # failed, or cut by the deadline
+                failure = failure or RedisConnectionError("Redis did not answer in time")
+                if self._stream is not None:
+                    broken, self._stream = self._stream, None
+                    await broken.aclose()
+                for call in batch[answered:]:
+                    call.error = failure
+            self.round_trips += 1
+            self.commands += len(batch)
+            for call in batch:
+                call.answered = True
+                if isinstance(call.reply, ResponseError):
+                    call.error = call.reply
+                call.done.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send what is queued, round trip after round trip, until cancelled."""
-        stream: RespStream | None = None
+        """Let callers make round trips until cancelled; then close the connection."""
         self._running = True
         task_status.started()
         try:
-            while True:
-                if not self._queue:
-                    await self._queued.wait()
-                batch, self._queue, self._queued = self._queue, [], trio.Event()
-                if stream is not None and stream.closed_by_redis():
-                    # Redis restarted (or dropped us) while the connection was idle: a new
-                    # one, rather than a failure of these commands.
-                    await stream.aclose()
-                    stream = None
-                answered = 0
-                try:
-                    with trio.fail_after(self._timeout_seconds):
-                        if stream is None:
-                            stream = await open_stream(self.address)
-                        await stream.send(b"".join([c.encode(stream.run_id) for c in batch]))
-                        for call in batch:
-                            call.reply = await stream.reply()
-                            answered += 1
-                except (RedisConnectionError, ResponseError, trio.TooSlowError) as error:
-                    if stream is not None:
-                        await stream.aclose()
-                        stream = None
-                    failure = RedisConnectionError(f"Redis did not answer: {error!r}")
-                    for call in batch[answered:]:
-                        call.error = failure
-                self.round_trips += 1
-                self.commands += len(batch)
-                for call in batch:
-                    if isinstance(call.reply, ResponseError):
-                        call.error = call.reply
-                    call.done.set()
+            await trio.sleep_forever()
         finally:
             self._running = False
             closed = RedisConnectionError("the connection to Redis is closed")
             for call in self._queue:
                 call.error = closed
+                call.answered = True
                 call.done.set()
             self._queue = []
-            if stream is not None:
+            if self._stream is not None:
+                stream, self._stream = self._stream, None
                 await stream.aclose()
 
 
@@ -356,6 +431,9 @@ class Subscriber:
         self._unsubscribe: set[bytes] = set()
         self._messages: list[tuple[bytes, bytes]] = []
         self._pinged = False
+        # The wait of wait_messages, and whether wake() cut it.
+        self._waiting: trio.CancelScope | None = None
+        self._woken = False
         #: Messages received (each a notification).
         self.messages = 0
 
@@ -385,25 +463,34 @@ class Subscriber:
         after it must not be undone by it."""
         self._unsubscribe.discard(channel)
 
+    def wake(self) -> None:
+        """Make the :meth:`wait_messages` under way return now (with what it has)."""
+        if self._waiting is not None:
+            self._woken = True
+            self._waiting.cancel()
+
     async def wait_messages(self, idle_seconds: float) -> list[tuple[bytes, bytes]]:
-        """Wait for messages; return those of one read (none if cancelled first).
+        """Wait for messages, or :meth:`wake`; return those of one read (maybe none).
 
         After ``idle_seconds`` without a reply it sends ``PING`` (and returns nothing), and
         the next call raises :class:`RedisConnectionError` if nothing at all comes back within
-        ``timeout_seconds`` (a partition leaves a connection open and silent). Cancellable
-        while it waits; nothing read is lost.
+        ``timeout_seconds`` (a partition leaves a connection open and silent). Nothing read is
+        ever lost.
         """
         if self._unsubscribe:
             channels, self._unsubscribe = sorted(self._unsubscribe), set()
             await self._send([None] * len(channels), [b"UNSUBSCRIBE", *channels])
         wait_seconds = self._timeout_seconds if self._pinged else idle_seconds
-        with trio.move_on_after(wait_seconds) as waited:
+        self._woken = False
+        with trio.CancelScope(deadline=trio.current_time() + wait_seconds) as waited:
+            self._waiting = waited
             self._take()
             while not self._messages:
                 await self._stream.receive()
                 self._pinged = False
                 self._take()
-        if waited.cancelled_caught:
+        self._waiting = None
+        if waited.cancelled_caught and not self._woken:
             if self._pinged:
                 raise RedisConnectionError("Redis did not answer a PING in time")
             self._pinged = True

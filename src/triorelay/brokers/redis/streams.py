@@ -150,6 +150,9 @@ return redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
 )
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 
+#: Channels whose publish arguments :meth:`RedisStreams._publish_args` keeps at most.
+_PUBLISH_ARGS_KEPT = 4096
+
 #: How long the reader waits for a notification before it checks its subscription's
 #: connection with a PING (which must come back within ``broker_timeout_seconds``).
 _BLOCK_MILLISECONDS = 10_000
@@ -221,18 +224,15 @@ class RedisStreams:
         self._batch = settings.redis_read_batch_messages
         self._position_script = connection.client.register_script(_POSITION)
         #: The hot commands' connection: every publish script and the reader's XREADs.
-        self.pipeline = lean.Pipeline(
-            lean.Address.from_url(connection.url), connection.timeout_seconds
-        )
+        self.pipeline = lean.Pipeline(lean.Address.from_url(connection.url))
         self._watches: dict[str, _Watch] = {}
+        self._kept_publish_args: dict[str, tuple[lean.Encoded, bytes, bytes]] = {}
         # The reader's subscription to the watched channels' notifications (None while it
         # is not connected), and the channels to read at its next read.
         self._subscriber: lean.Subscriber | None = None
         self._subscriber_changed = trio.Event()
         self._notify_prefix = connection.key("n", "").encode()
         self._notified: set[str] = set()
-        # The reader's wait for notifications, cancelled to make it read at once.
-        self._waiting: trio.CancelScope | None = None
         # Where each channel's deliveries run (see run_deliveries); None until it runs.
         self._deliveries: trio.Nursery | None = None
         self.gaps = 0
@@ -261,41 +261,62 @@ class RedisStreams:
         Raises :class:`BrokerUnavailable` if Redis fails or does not confirm in time.
         """
         connection = self._connection
-        args: list[str | bytes | object] = [
-            2,
-            connection.key("ch", name),
-            connection.key("meta", name),
-            self._max_len,
-            connection.ttl_ms,
-            self._meta_ttl_ms,
-            _now_ms(),
-            str(len(encoded)),
-            str(round(self._settings.channel_config(name).history_ttl_seconds * 1000)),
-            b"1" if traces else b"0",
-            lean.RUN_ID,
-            self._notify_prefix + name.encode(),
-        ]
+        head, history_ttl_ms, notify = self._publish_args(name)
+        args: list[str | bytes | object] = [head, _now_ms(), b"%d" % len(encoded)]
+        args += [history_ttl_ms, b"1" if traces else b"0", lean.RUN_ID, notify]
         for index, (data, text) in enumerate(encoded):
             trace = traces.get(index) if traces else None
             args += [data, text, trace.encode() if trace is not None else b""]
-        # Shielded (and bounded by broker_timeout_seconds): a publish given up (an HTTP
-        # publish's timeout, a producer closing) is given up before or after its round trip,
-        # never inside it, so "not published" is never a guess.
+        # Shielded, and bounded by broker_timeout_seconds (one scope does both): a publish
+        # given up (an HTTP publish's timeout, a producer closing) is given up before or
+        # after its round trip, never inside it, so "not published" is never a guess.
         started = time.perf_counter()
-        with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
+        timeout = connection.timeout_seconds
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout) as scope:
             try:
-                result: Any = await self.pipeline.call(b"EVALSHA", _PUBLISH_SHA, *args)
-            except lean.ResponseError as error:
-                if not str(error).startswith("NOSCRIPT"):
-                    raise
-                # A Redis that never ran it (new, restarted, flushed): sent whole, once.
-                result = await self.pipeline.call(b"EVAL", _PUBLISH, *args)
+                try:
+                    result: Any = await self.pipeline.call(b"EVALSHA", _PUBLISH_SHA, *args)
+                except lean.ResponseError as error:
+                    if not str(error).startswith("NOSCRIPT"):
+                        raise
+                    # A Redis that never ran it (new, restarted, flushed): sent whole, once.
+                    result = await self.pipeline.call(b"EVAL", _PUBLISH, *args)
+            except REDIS_ERRORS as error:
+                raise connection.unavailable("publish", error) from None
+        if scope.cancelled_caught:
+            raise connection.unavailable("publish", trio.TooSlowError())
         self.round_trips["publish"].observe(time.perf_counter() - started)
         if traces:
             accepted_ns = int(result[2]) * 1000
             for trace in traces.values():
                 trace.accepted_ns = accepted_ns
         return int(result[1])
+
+    def _publish_args(self, name: str) -> tuple[lean.Encoded, bytes, bytes]:
+        """The publish script's arguments that depend on the channel only (its keys, its
+        history's time to live, its notification channel), kept for the channels published
+        to lately (at most ``_PUBLISH_ARGS_KEPT``: the settings' rules are not matched per
+        publish)."""
+        kept = self._kept_publish_args.get(name)
+        if kept is not None:
+            return kept
+        connection = self._connection
+        head = lean.encode_arguments(
+            [
+                2,
+                connection.key("ch", name),
+                connection.key("meta", name),
+                self._max_len,
+                connection.ttl_ms,
+                self._meta_ttl_ms,
+            ]
+        )
+        history_ttl = self._settings.channel_config(name).history_ttl_seconds
+        kept = (head, b"%d" % round(history_ttl * 1000), self._notify_key(name))
+        if len(self._kept_publish_args) >= _PUBLISH_ARGS_KEPT:
+            self._kept_publish_args.clear()
+        self._kept_publish_args[name] = kept
+        return kept
 
     def _read_ttl_ms(self, name: str) -> str:
         """How long a position made for a subscriber (no publish yet) is kept: a history's
@@ -382,8 +403,8 @@ class RedisStreams:
         """Have the reader read channel ``name`` (if given) at once."""
         if name is not None:
             self._notified.add(name)
-        if self._waiting is not None:
-            self._waiting.cancel()
+        if self._subscriber is not None:
+            self._subscriber.wake()
 
     @property
     def watched(self) -> int:
@@ -483,14 +504,10 @@ class RedisStreams:
                     await self._read(self._take_notified(), full=full)
                     full = False
                     continue
-                messages: list[tuple[bytes, bytes]] = []
-                with trio.CancelScope() as self._waiting:
-                    messages = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
-                self._waiting = None
+                messages = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
                 for key, data in messages:
                     await self._notification(key, data)
         finally:
-            self._waiting = None
             self._set_subscriber(None)
             await stream.aclose()
 
@@ -567,10 +584,14 @@ class RedisStreams:
         self.reads += 1
         self.full_reads += full
         self.streams_read += len(chosen)
-        with self._connection.deadline():
+        # Shielded (the round trip is shared) and bounded.
+        deadline = trio.current_time() + self._connection.timeout_seconds
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
             reply: Any = await self.pipeline.call(
                 b"XREAD", b"COUNT", self._batch, b"STREAMS", *keys, *positions
             )
+        if scope.cancelled_caught:
+            raise trio.TooSlowError("Redis did not answer an XREAD in time")
         reading = dict(zip(keys, chosen, strict=True))
         for stream_key, raw_entries in reply or ():
             name, watch = reading[stream_key]
