@@ -21,6 +21,7 @@ from loadtest.compare.sides import (
     BASELINE,
     BROADCAST,
     MEMORY,
+    MEMORY_IDLE,
     NOHISTORY,
     NOTRACING,
     REDIS,
@@ -222,6 +223,9 @@ REDIS_TABLE: Final = Table(
 #: The ratio the Redis table adds when ``triorelay+redis-idle`` runs beside ``triorelay+redis``:
 #: what idle watched channels add to the cost of each message.
 REDIS_IDLE_RATIO: Final = ("idle/redis", REDIS_IDLE, REDIS)
+#: Beside it, what the same idle consumers cost the in-memory relay (pings, timers, memory):
+#: the part of ``idle/redis`` that is not Redis's.
+MEMORY_IDLE_RATIO: Final = ("memory idle/memory", MEMORY_IDLE, MEMORY)
 #: The same relay requiring tokens (every client presenting one) against no key at all.
 TOKENS_TABLE: Final = Table(
     "Tokens on vs off", (MEMORY, TOKENS), (("tokens/no tokens", TOKENS, MEMORY),)

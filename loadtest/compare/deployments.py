@@ -10,6 +10,7 @@ whose CPU counts.
   first and consumers on the second (the path users scale out with);
 - ``triorelay+redis-idle``: the same as ``triorelay+redis``; the runner connects its idle
   consumers (:mod:`loadtest.idle`) before the measured run;
+- ``triorelay-idle``: the in-memory relay, with the same idle consumers;
 - ``triorelay+tokens``: one relay on the in-memory broker with a fresh random HMAC secret
   (``auth_hmac_secret``), and a token signed with it (every channel right on every channel)
   that the generator presents on every handshake. The secret and the token live only in the
@@ -51,6 +52,7 @@ from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_s
 from loadtest.compare.sides import (
     ASYNCIO_SIDES,
     MEMORY,
+    MEMORY_IDLE,
     REDIS,
     REDIS_2RELAYS,
     REDIS_IDLE,
@@ -175,8 +177,9 @@ def deploy(
     ``RuntimeError`` if a process does not start (whatever did start is stopped first) and
     ``ValueError`` for a Redis side when ``redis`` is not available.
     """
-    if side in (MEMORY, *ASYNCIO_SIDES):
-        server = start_server(side, _log(stem, "server"), cpus=cpus, env=env)
+    if side in (MEMORY, MEMORY_IDLE, *ASYNCIO_SIDES):
+        command = MEMORY if side == MEMORY_IDLE else side
+        server = start_server(command, _log(stem, "server"), cpus=cpus, env=env)
         return Deployment(server.url, None, [server])
     if side == TOKENS:
         secret = new_hmac_secret()  # fresh per run: no token outlives its run's relay
@@ -227,6 +230,11 @@ def describe_side(side: str) -> str:
     """One line for the report: the server processes of ``side`` and where clients connect."""
     if side in SERVER_COMMANDS:
         return f"`python {' '.join(SERVER_COMMANDS[side])}`, every client on it"
+    if side == MEMORY_IDLE:
+        return (
+            f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with the idle consumers of "
+            f"`{REDIS_IDLE}` (their cost without Redis)"
+        )
     if side == TOKENS:
         return (
             f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with `{env_name('auth_hmac_secret')}` "

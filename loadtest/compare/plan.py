@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from loadtest.compare.aggregate import (
     HISTORY_TABLE,
+    MEMORY_IDLE_RATIO,
     REDIS_IDLE_RATIO,
     REDIS_TABLE,
     RESUME_TABLE,
@@ -30,7 +31,9 @@ from loadtest.compare.sides import (
     BASELINE,
     BROADCAST,
     DEFAULT_REDIS_SIDES,
+    IDLE_SIDES,
     MEMORY,
+    MEMORY_IDLE,
     NOHISTORY,
     NOTRACING,
     OPT_IN_SIDES,
@@ -450,6 +453,8 @@ def build_jobs(plan: Plan) -> list[Job]:
 
     def sides(*chosen_sides: str) -> tuple[str, ...]:
         chosen = {MEMORY, *chosen_sides}
+        if REDIS_IDLE in chosen:
+            chosen.add(MEMORY_IDLE)  # its control: the same idle consumers, no Redis
         return tuple(side for side in ALL_SIDES if side in chosen)
 
     def job(
@@ -464,8 +469,8 @@ def build_jobs(plan: Plan) -> list[Job]:
         connections: int,
         variant: Variant | None = None,
     ) -> Job:
-        held = {REDIS_IDLE: idle} if idle and REDIS_IDLE in on else {}
-        connections += sum(held.values())
+        held: dict[str, int] = {side: idle for side in IDLE_SIDES if idle and side in on}
+        connections += max(held.values(), default=0)
         limits = limits_env(producer_rate_per_s=rate, connections=connections)
         env = {**env, **limits}
         return Job(key, scenario, argv, side_argv, env, on, rate, connections, variant, held)
@@ -649,10 +654,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 def redis_table_for(plan: Plan) -> Table:
     """The Redis table for the Redis sides ``plan`` runs (one or both), with their ratios."""
-    sides = tuple(side for side in REDIS_SIDES if side in plan.redis_sides)
-    ratios = tuple(
-        r for r in (*REDIS_TABLE.ratios, REDIS_IDLE_RATIO) if {r[1], r[2]} <= {MEMORY, *sides}
-    )
+    sides: tuple[str, ...] = tuple(side for side in REDIS_SIDES if side in plan.redis_sides)
+    if REDIS_IDLE in sides:
+        sides = (MEMORY_IDLE, *sides)
+    every = (*REDIS_TABLE.ratios, REDIS_IDLE_RATIO, MEMORY_IDLE_RATIO)
+    ratios = tuple(r for r in every if {r[1], r[2]} <= {MEMORY, *sides})
     return Table(REDIS_TABLE.title, (MEMORY, *sides), ratios)
 
 
