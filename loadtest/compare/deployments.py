@@ -254,7 +254,8 @@ def describe_side(side: str) -> str:
         return (
             f"one relay with {broker} like `{REDIS}`, with idle consumers connected to it "
             "before the run, each on a channel of its own that nobody publishes to "
-            "(`python -m loadtest idle`, not counted in generator CPU)"
+            "(`python -m loadtest idle`, not counted in generator CPU); every relay of these "
+            "jobs pings its clients an hour apart (no ping burst of the idle consumers in a run)"
         )
     if relays == 1:
         return f"one relay with {broker}, producer and consumers on it (Redis and back)"

@@ -74,6 +74,8 @@ RESUME_BOUND_MS: Final = 100.0
 RESUME_WARMUP: Final = 1
 #: The key of the ``resume`` job.
 RESUME_KEY: Final = "resume"
+#: The WebSocket ping interval of every relay of a job with idle sides (longer than a run).
+IDLE_PING_INTERVAL_SECONDS: Final = 3600
 #: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
 #: the limit raised to this many times its rate: room for the burst of a generator catching up
 #: after a scheduling hiccup, without the relay closing the producer with 1008.
@@ -473,6 +475,10 @@ def build_jobs(plan: Plan) -> list[Job]:
         connections += max(held.values(), default=0)
         limits = limits_env(producer_rate_per_s=rate, connections=connections)
         env = {**env, **limits}
+        if held:
+            # Thousands of consumers connected within seconds are all pinged within a second
+            # of each other 20 s later: a burst that would land in some runs and not others.
+            env |= relay_env(ping_interval_seconds=IDLE_PING_INTERVAL_SECONDS)
         return Job(key, scenario, argv, side_argv, env, on, rate, connections, variant, held)
 
     jobs: list[Job] = []

@@ -295,6 +295,7 @@ def test_idle_side_holds_idle_channels_and_runs_the_redis_variants() -> None:
     for job in (unbatched, batched):
         assert job.idle_channels == {"triorelay-idle": 6000, "triorelay+redis-idle": 6000}
         assert job.triorelay_env["TRIORELAY_MAX_CONNECTIONS_PER_CLIENT"] == "6002"
+        assert job.triorelay_env["TRIORELAY_PING_INTERVAL_SECONDS"] == "3600"
     table = redis_table_for(plan)
     assert table.sides == ("triorelay", "triorelay-idle", *idle)
     labels = [label for label, _, _ in table.ratios]

@@ -150,6 +150,9 @@ return redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
 )
 _PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 
+#: Most streams one XREAD names (a full read of more is made of several).
+_STREAMS_PER_READ = 1000
+
 #: Channels whose publish arguments :meth:`RedisStreams._publish_args` keeps at most.
 _PUBLISH_ARGS_KEPT = 4096
 
@@ -242,7 +245,8 @@ class RedisStreams:
         #: (a resume, a channel's first consumer); the blocking reads wait, so are not timed.
         self.round_trips = {"publish": Histogram(), "read": Histogram()}
         #: The reader's XREADs, and the streams they named in all (their ratio: streams per
-        #: read), of which full reads of every watched stream (at each (re)connection).
+        #: read); the full reads of every watched stream (one per (re)connection with
+        #: channels watched, each in parts of at most ``_STREAMS_PER_READ``).
         self.reads = 0
         self.streams_read = 0
         self.full_reads = 0
@@ -501,8 +505,12 @@ class RedisStreams:
             full = True
             while True:
                 if self._notified:
-                    await self._read(self._take_notified(), full=full)
+                    chosen = self._take_notified()
+                    self.full_reads += full and bool(chosen)
                     full = False
+                    # In parts: no one reply holds every watched stream's batch.
+                    for start in range(0, len(chosen), _STREAMS_PER_READ):
+                        await self._read(chosen[start : start + _STREAMS_PER_READ])
                     continue
                 messages = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
                 for key, data in messages:
@@ -573,7 +581,7 @@ class RedisStreams:
             chosen.append((name, watch))
         return chosen
 
-    async def _read(self, chosen: list[tuple[str, _Watch]], *, full: bool = False) -> None:
+    async def _read(self, chosen: list[tuple[str, _Watch]]) -> None:
         """One non-blocking XREAD of the ``chosen`` streams, each from where it was left;
         what it gets goes to each channel's deliveries."""
         if not chosen:
@@ -582,7 +590,6 @@ class RedisStreams:
         keys = [key("ch", name).encode() for name, _ in chosen]
         positions = [watch.position for _, watch in chosen]
         self.reads += 1
-        self.full_reads += full
         self.streams_read += len(chosen)
         # Shielded (the round trip is shared) and bounded.
         deadline = trio.current_time() + self._connection.timeout_seconds
