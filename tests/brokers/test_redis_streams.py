@@ -203,3 +203,57 @@ async def test_a_redis_that_lost_its_scripts_gets_the_script_whole(
         await deliveries.wait_for(2)
     assert published == [1, 2]
     assert payloads_of(deliveries, "c") == ["one", "two"]
+
+
+async def test_the_lean_path_logs_in_and_uses_the_urls_database(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A Redis with a password, and a database other than 0: publishes and reads of the lean
+    path log in and select it, as coredis does for the rest."""
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.config_set({"requirepass": "s3cret"})
+    url = f"redis://:s3cret@127.0.0.1:{redis_server.port}/3"
+    deliveries = Deliveries()
+    settings = make_settings(broker=url)
+    broker = broker_factory(settings)(deliveries.deliver)
+    assert isinstance(broker, RedisBroker)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await nursery.start(broker.run)
+        await watching(broker, "c")
+        published: list[int] = []
+        for text in ("one", "two"):
+            await broker.publish("c", "broadcast", [text], published)
+        await deliveries.wait_for(2)
+    assert payloads_of(deliveries, "c") == ["one", "two"]
+    async with coredis.Redis.from_url(url) as client:
+        assert await client.xlen("triorelay:ch:c") == 2  # in database 3
+
+
+async def test_a_channel_left_and_joined_again_at_once_stays_subscribed(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Leaving a channel unsubscribes from its notifications later, in the reader; joining it
+    again first cancels that, and a join after it was sent subscribes again after it: either
+    way the channel's messages still come (through notifications, not reads)."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    published: list[int] = []
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c", "other")
+        await broker.publish("c", "broadcast", ["first"], published)  # read: the stream was new
+        await deliveries.wait_for(1)
+        broker.unwatch("c")
+        await watching(broker, "c")  # before the reader sent the unsubscription
+        await broker.publish("c", "broadcast", ["second"], published)
+        await deliveries.wait_for(2)
+        broker.unwatch("c")
+        await broker.publish("other", "broadcast", ["o"], published)  # the reader runs
+        await deliveries.wait_for(3)
+        await watching(broker, "c")  # after it
+        reads = broker.streams.reads
+        await broker.publish("c", "broadcast", ["third"], published)
+        await broker.publish("c", "broadcast", ["fourth"], published)
+        await deliveries.wait_for(5)
+    assert payloads_of(deliveries, "c") == ["first", "second", "third", "fourth"]
+    # At most the join's own read: "third" and "fourth" came in their notifications.
+    assert broker.streams.reads <= reads + 1
