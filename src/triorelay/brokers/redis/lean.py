@@ -327,9 +327,9 @@ class Pipeline:
         if self._sending:
             try:
                 await call.done.wait()
-            except BaseException:
-                call.abandoned = True  # cancelled: never handed the round trips
-                raise
+            finally:
+                # Cut by its deadline before its turn: never to be handed the round trips.
+                call.abandoned = not call.done.is_set()
             if not call.lead:
                 return call.result()
         self._sending = True

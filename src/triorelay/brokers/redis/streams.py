@@ -484,10 +484,11 @@ class RedisStreams:
 
         Connects a subscription to every watched channel's notifications, reads every watched
         stream once (what was published before it was not notified to this relay), then
-        reads, each time it wakes, the streams notified since its last read (and those that
-        gave a whole batch: they may hold more). Each channel's batches are delivered in
-        order by a task of their own (:meth:`run_deliveries`); a channel with
-        ``MAX_PENDING_BATCHES`` undelivered is left out of the reads until one is delivered.
+        takes the notifications that follow what it read, and reads, each time it wakes, the
+        streams it has to (a notification missed, a whole batch read: there may be more).
+        Each channel's messages are delivered in order: by the reader itself when their
+        deliveries never wait, else by a task of their own (:meth:`run_deliveries`); a channel
+        with ``MAX_PENDING_BATCHES`` undelivered is left out until one is delivered.
         ``restarted``: Redis restarted since the last connection: every watched channel may
         have a gap, reported first.
         """
