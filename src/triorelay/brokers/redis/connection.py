@@ -88,7 +88,7 @@ class RedisConnection:
         #: as scripts take it).
         self.ttl_ms = str(max(1, round(settings.redis_stream_ttl_seconds * 1000)))
         self._prefix = settings.redis_key_prefix
-        #: This relay's name in Redis (its wake stream, its queue consumers).
+        #: This relay's name in Redis (its queue consumers).
         self.node = uuid.uuid4().hex
         self._backoff = Backoff(0.05, settings.broker_reconnect_max_seconds)
         self.client = open_client(self.url, connect_timeout=self.timeout_seconds)
@@ -111,7 +111,8 @@ class RedisConnection:
         self.last_error: str | None = None
 
     def key(self, kind: str, name: str) -> str:
-        """The Redis key of ``kind`` (``ch``, ``seq``, ``q``, ``qseq``, ``wake``) for ``name``."""
+        """The Redis key of ``kind`` (``ch``, ``meta``, ``q``, ``qseq``; ``n``: a notification
+        channel) for ``name``."""
         return f"{self._prefix}{kind}:{name}"
 
     # -- commands --
@@ -205,8 +206,6 @@ class RedisConnection:
                     task_status.started()
                 await self._until_next_attempt(self._backoff.next())
         finally:
-            # Not deleting the wake stream: it expires by itself, and a command sent while
-            # the client is being torn down leaks one of coredis's connections.
             self._set_ready(False)
 
     async def _until_next_attempt(self, delay: float) -> None:

@@ -416,7 +416,11 @@ class RedisStreams:
         return len(self._watches)
 
     async def wait_watching(self, name: str) -> None:
-        """Start reading channel ``name`` after its current last message; wake the reader."""
+        """Subscribe to channel ``name``'s notifications, then read where its stream ends, so
+        that reading starts right after it; have the reader read it once.
+
+        Raises :class:`BrokerUnavailable` if Redis is down or does not answer in time.
+        """
         connection = self._connection
         watch = self._watches.get(name)
         if watch is None or watch.positioned.is_set():
