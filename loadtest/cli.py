@@ -8,6 +8,7 @@ the full result (see :mod:`loadtest.report`) to ``--json-out`` (``-`` for stdout
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 import trio
 
-from loadtest import connections, resume, scenarios
+from loadtest import connections, idle, resume, scenarios
 from loadtest.compare import runner as compare
 from loadtest.engine import CONSUMER_CLIENTS, SENDERS
 from loadtest.limits import raise_fd_limit
@@ -181,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-seconds", type=float, default=1.0)
 
     p = sub.add_parser(
+        "idle",
+        help="hold N idle consumers, one per channel, until killed (compare's idle channels)",
+        description=(idle.__doc__ or "").split("\n\n")[0],
+    )
+    p.add_argument("--url", required=True, help="server base URL, e.g. ws://127.0.0.1:8000")
+    p.add_argument("--channels", type=int, default=1000, help="idle consumers, one per channel")
+    p.add_argument("--prefix", default=idle.PREFIX, help="channel names: PREFIX0, PREFIX1, ...")
+    p.add_argument("--connect-concurrency", type=int, default=64)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+    p = sub.add_parser(
         "resume",
         parents=[common],
         help="time a consumer resuming N missed messages (triorelay.v1 framing, ?since=)",
@@ -339,6 +351,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.scenario == "compare":
         return compare.main(args)
+    if args.scenario == "idle":
+        raise_fd_limit(2 * args.channels + 1024)
+        try:
+            trio.run(
+                functools.partial(
+                    idle.run_idle,
+                    args.url,
+                    args.channels,
+                    prefix=args.prefix,
+                    connect_concurrency=args.connect_concurrency,
+                )
+            )
+        except KeyboardInterrupt:
+            return 130
+        return 0
     redact_in_logs(args.token)
     if args.payload_bytes < 0 or args.duration_seconds <= 0:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")

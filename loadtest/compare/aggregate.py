@@ -21,11 +21,12 @@ from loadtest.compare.sides import (
     BASELINE,
     BROADCAST,
     MEMORY,
+    MEMORY_IDLE,
     NOHISTORY,
     NOTRACING,
     REDIS,
     REDIS_2RELAYS,
-    REDIS_SIDES,
+    REDIS_IDLE,
     SIDES,
     TOKENS,
 )
@@ -216,9 +217,15 @@ FANOUT_TABLE: Final = Table(
 #: The same relay through Redis (one relay, then two sharing it) against in memory.
 REDIS_TABLE: Final = Table(
     "Through Redis vs in memory",
-    (MEMORY, *REDIS_SIDES),
+    (MEMORY, REDIS, REDIS_2RELAYS),
     (("redis/memory", REDIS, MEMORY), ("2relays/memory", REDIS_2RELAYS, MEMORY)),
 )
+#: The ratio the Redis table adds when ``triorelay+redis-idle`` runs beside ``triorelay+redis``:
+#: what idle watched channels add to the cost of each message.
+REDIS_IDLE_RATIO: Final = ("idle/redis", REDIS_IDLE, REDIS)
+#: Beside it, what the same idle consumers cost the in-memory relay (pings, timers, memory):
+#: the part of ``idle/redis`` that is not Redis's.
+MEMORY_IDLE_RATIO: Final = ("memory idle/memory", MEMORY_IDLE, MEMORY)
 #: The same relay requiring tokens (every client presenting one) against no key at all.
 TOKENS_TABLE: Final = Table(
     "Tokens on vs off", (MEMORY, TOKENS), (("tokens/no tokens", TOKENS, MEMORY),)
@@ -235,7 +242,7 @@ TRACING_TABLE: Final = Table(
 )
 #: How long a consumer takes to resume, in memory and through Redis: times against a bound,
 #: not a ratio.
-RESUME_TABLE: Final = Table("Resume", (MEMORY, *REDIS_SIDES), ())
+RESUME_TABLE: Final = Table("Resume", (MEMORY, REDIS, REDIS_2RELAYS), ())
 
 
 @dataclass(frozen=True)

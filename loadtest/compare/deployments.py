@@ -8,6 +8,9 @@ whose CPU counts.
   on that relay: every message goes to Redis and back);
 - ``triorelay+redis-2relays``: a fresh ``redis-server`` and two relays on it, producers on the
   first and consumers on the second (the path users scale out with);
+- ``triorelay+redis-idle``: the same as ``triorelay+redis``; the runner connects its idle
+  consumers (:mod:`loadtest.idle`) before the measured run;
+- ``triorelay-idle``: the in-memory relay, with the same idle consumers;
 - ``triorelay+tokens``: one relay on the in-memory broker with a fresh random HMAC secret
   (``auth_hmac_secret``), and a token signed with it (every channel right on every channel)
   that the generator presents on every handshake. The secret and the token live only in the
@@ -46,11 +49,19 @@ from loadtest.compare.processes import (
     start_server,
 )
 from loadtest.compare.relay import TOKEN_GRANT, env_name, mint_token, new_hmac_secret, relay_env
-from loadtest.compare.sides import ASYNCIO_SIDES, MEMORY, REDIS, REDIS_2RELAYS, TOKENS
+from loadtest.compare.sides import (
+    ASYNCIO_SIDES,
+    MEMORY,
+    MEMORY_IDLE,
+    REDIS,
+    REDIS_2RELAYS,
+    REDIS_IDLE,
+    TOKENS,
+)
 
 #: How many relays each Redis side runs on its Redis (producers on the first, consumers on the
 #: last).
-RELAYS: Final[Mapping[str, int]] = {REDIS: 1, REDIS_2RELAYS: 2}
+RELAYS: Final[Mapping[str, int]] = {REDIS: 1, REDIS_2RELAYS: 2, REDIS_IDLE: 1}
 #: How long the streams of one run outlive it on a shared ``--redis-url`` (each run has its own
 #: key prefix, so nothing reads them again).
 REDIS_STREAM_TTL_SECONDS: Final = 600
@@ -166,8 +177,9 @@ def deploy(
     ``RuntimeError`` if a process does not start (whatever did start is stopped first) and
     ``ValueError`` for a Redis side when ``redis`` is not available.
     """
-    if side in (MEMORY, *ASYNCIO_SIDES):
-        server = start_server(side, _log(stem, "server"), cpus=cpus, env=env)
+    if side in (MEMORY, MEMORY_IDLE, *ASYNCIO_SIDES):
+        command = MEMORY if side == MEMORY_IDLE else side
+        server = start_server(command, _log(stem, "server"), cpus=cpus, env=env)
         return Deployment(server.url, None, [server])
     if side == TOKENS:
         secret = new_hmac_secret()  # fresh per run: no token outlives its run's relay
@@ -218,6 +230,11 @@ def describe_side(side: str) -> str:
     """One line for the report: the server processes of ``side`` and where clients connect."""
     if side in SERVER_COMMANDS:
         return f"`python {' '.join(SERVER_COMMANDS[side])}`, every client on it"
+    if side == MEMORY_IDLE:
+        return (
+            f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with the idle consumers of "
+            f"`{REDIS_IDLE}` (their cost without Redis)"
+        )
     if side == TOKENS:
         return (
             f"`python {' '.join(SERVER_COMMANDS[MEMORY])}` with `{env_name('auth_hmac_secret')}` "
@@ -233,6 +250,13 @@ def describe_side(side: str) -> str:
         )
     relays = RELAYS[side]  # KeyError: not a side
     broker = f"`{env_name('broker')}=redis://...`"
+    if side == REDIS_IDLE:
+        return (
+            f"one relay with {broker} like `{REDIS}`, with idle consumers connected to it "
+            "before the run, each on a channel of its own that nobody publishes to "
+            "(`python -m loadtest idle`, not counted in generator CPU); every relay of these "
+            "jobs pings its clients an hour apart (no ping burst of the idle consumers in a run)"
+        )
     if relays == 1:
         return f"one relay with {broker}, producer and consumers on it (Redis and back)"
     return (

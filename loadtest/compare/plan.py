@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from loadtest.compare.aggregate import (
     HISTORY_TABLE,
+    MEMORY_IDLE_RATIO,
+    REDIS_IDLE_RATIO,
     REDIS_TABLE,
     RESUME_TABLE,
     TOKENS_TABLE,
@@ -28,10 +30,14 @@ from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
     BROADCAST,
+    DEFAULT_REDIS_SIDES,
+    IDLE_SIDES,
     MEMORY,
+    MEMORY_IDLE,
     NOHISTORY,
     NOTRACING,
     OPT_IN_SIDES,
+    REDIS_IDLE,
     REDIS_SIDES,
     SIDES,
     TOKENS,
@@ -68,6 +74,8 @@ RESUME_BOUND_MS: Final = 100.0
 RESUME_WARMUP: Final = 1
 #: The key of the ``resume`` job.
 RESUME_KEY: Final = "resume"
+#: The WebSocket ping interval of every relay of a job with idle sides (longer than a run).
+IDLE_PING_INTERVAL_SECONDS: Final = 3600
 #: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
 #: the limit raised to this many times its rate: room for the burst of a generator catching up
 #: after a scheduling hiccup, without the relay closing the producer with 1008.
@@ -233,7 +241,7 @@ class Plan:
     connections: int
     scenarios: tuple[str, ...]
     #: The Redis sides to run (none: memory vs baseline only).
-    redis_sides: tuple[str, ...] = REDIS_SIDES
+    redis_sides: tuple[str, ...] = DEFAULT_REDIS_SIDES
     #: 1→1 rates the Redis sides run at (with the in-memory relay beside them; the baseline
     #: too where the rate is also one of ``pair_rates``).
     redis_pair_rates: tuple[int, ...] = ()
@@ -263,6 +271,11 @@ class Plan:
     pair_variants: tuple[Variant, ...] = (UNBATCHED_1, UNBATCHED_100, BATCHED_1)
     #: How the ``max`` jobs write (each climbs the ladder against the baseline too).
     max_variants: tuple[Variant, ...] = (UNBATCHED_1, BATCHED_1)
+    #: How the ``pair`` jobs of the Redis sides write (each at every Redis pair rate).
+    redis_pair_variants: tuple[Variant, ...] = (SIDE_TABLE_VARIANT,)
+    #: The idle consumers (each on a channel of its own) the ``triorelay+redis-idle`` side
+    #: holds through each of its runs.
+    redis_idle_channels: int = 10_000
     #: CPUs the generator may use (the runner sets it from its pinning): how many worker
     #: processes its producers and consumers get (:func:`producer_procs`,
     #: :func:`consumer_procs`).
@@ -287,7 +300,8 @@ class Plan:
     def resume_sides(self) -> tuple[str, ...]:
         """The sides the ``resume`` job runs on: the in-memory relay and the Redis sides that
         run (none without ``history``). Whatever ``scenarios`` says: it is the history's."""
-        return (MEMORY, *self.redis_sides) if self.history else ()
+        redis = tuple(side for side in self.redis_sides if side != REDIS_IDLE)
+        return (MEMORY, *redis) if self.history else ()
 
 
 FULL: Final = Plan(
@@ -350,6 +364,8 @@ class Job:
     connections: int = 0
     #: How a ``pair`` or ``max`` job's producers write (``None``: another scenario).
     variant: Variant | None = None
+    #: Idle consumers (one per channel, :mod:`loadtest.idle`) held through a run, by side.
+    idle_channels: Mapping[str, int] = field(default_factory=dict)
 
     def argv_for(self, side: str) -> list[str]:
         """Return the generator's argv for ``side``."""
@@ -427,6 +443,7 @@ def build_jobs(plan: Plan) -> list[Job]:
     echo = {side: ("--ack", "echo") for side in triorelay_sides}
     deep = relay_env(consumer_buffer_messages=TRAFFIC_BUFFER_MESSAGES)
     redis = plan.redis_sides
+    idle = plan.redis_idle_channels if REDIS_IDLE in redis else 0
 
     def writes(variant: Variant) -> tuple[str, ...]:
         # The producers in worker processes, the consumer in the main one.
@@ -438,6 +455,8 @@ def build_jobs(plan: Plan) -> list[Job]:
 
     def sides(*chosen_sides: str) -> tuple[str, ...]:
         chosen = {MEMORY, *chosen_sides}
+        if REDIS_IDLE in chosen:
+            chosen.add(MEMORY_IDLE)  # its control: the same idle consumers, no Redis
         return tuple(side for side in ALL_SIDES if side in chosen)
 
     def job(
@@ -452,9 +471,15 @@ def build_jobs(plan: Plan) -> list[Job]:
         connections: int,
         variant: Variant | None = None,
     ) -> Job:
+        held: dict[str, int] = {side: idle for side in IDLE_SIDES if idle and side in on}
+        connections += max(held.values(), default=0)
         limits = limits_env(producer_rate_per_s=rate, connections=connections)
         env = {**env, **limits}
-        return Job(key, scenario, argv, side_argv, env, on, rate, connections, variant)
+        if held:
+            # Thousands of consumers connected within seconds are all pinged within a second
+            # of each other 20 s later: a burst that would land in some runs and not others.
+            env |= relay_env(ping_interval_seconds=IDLE_PING_INTERVAL_SECONDS)
+        return Job(key, scenario, argv, side_argv, env, on, rate, connections, variant, held)
 
     jobs: list[Job] = []
     argv: tuple[str, ...]
@@ -464,16 +489,19 @@ def build_jobs(plan: Plan) -> list[Job]:
         variants = lead_with_headline(plan.pair_variants)
         if own_rates and SIDE_TABLE_VARIANT not in variants:
             variants += (SIDE_TABLE_VARIANT,)
+        if redis_rates:
+            variants += tuple(v for v in plan.redis_pair_variants if v not in variants)
         for variant in variants:
             baseline_rates = set(plan.pair_rates) if variant in plan.pair_variants else set()
-            side_rates = own_rates if variant == SIDE_TABLE_VARIANT else set()
-            for rate in sorted(baseline_rates | side_rates):
+            extras_of = extra_rates if variant == SIDE_TABLE_VARIANT else {}
+            on_redis_rates = redis_rates if variant in plan.redis_pair_variants else set()
+            for rate in sorted(baseline_rates.union(on_redis_rates, *extras_of.values())):
                 argv = ("--rate", str(rate), "--duration-seconds", str(plan.duration_s))
                 argv += (*writes(variant), *run)
-                on_extras = [s for s, rates in extra_rates.items() if rate in rates & side_rates]
+                on_extras = [s for s, rates in extras_of.items() if rate in rates]
                 on = sides(
                     *([BASELINE] if rate in baseline_rates else []),
-                    *(redis if rate in side_rates & redis_rates else []),
+                    *(redis if rate in on_redis_rates else []),
                     *on_extras,
                 )
                 jobs.append(
@@ -619,6 +647,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
         history=args.history,
         resume_repeats=pick(args.resume_repeats, base.resume_repeats),
         tracing=args.tracing,
+        redis_pair_variants=(
+            _variants(args.redis_pair_variants)
+            if args.redis_pair_variants
+            else base.redis_pair_variants
+        ),
+        redis_idle_channels=pick(args.redis_idle_channels, base.redis_idle_channels),
         pair_variants=_variants(args.pair_variants) if args.pair_variants else base.pair_variants,
         max_variants=_variants(args.max_variants) if args.max_variants else base.max_variants,
     )
@@ -626,8 +660,11 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 def redis_table_for(plan: Plan) -> Table:
     """The Redis table for the Redis sides ``plan`` runs (one or both), with their ratios."""
-    sides = tuple(side for side in REDIS_SIDES if side in plan.redis_sides)
-    ratios = tuple(r for r in REDIS_TABLE.ratios if r[1] in sides)
+    sides: tuple[str, ...] = tuple(side for side in REDIS_SIDES if side in plan.redis_sides)
+    if REDIS_IDLE in sides:
+        sides = (MEMORY_IDLE, *sides)
+    every = (*REDIS_TABLE.ratios, REDIS_IDLE_RATIO, MEMORY_IDLE_RATIO)
+    ratios = tuple(r for r in every if {r[1], r[2]} <= {MEMORY, *sides})
     return Table(REDIS_TABLE.title, (MEMORY, *sides), ratios)
 
 

@@ -31,10 +31,12 @@ from loadtest.compare.sides import (
     BASELINE,
     BROADCAST,
     MEMORY,
+    MEMORY_IDLE,
     NOHISTORY,
     NOTRACING,
     REDIS,
     REDIS_2RELAYS,
+    REDIS_IDLE,
     TOKENS,
 )
 
@@ -54,6 +56,8 @@ _COLORS = {
     BROADCAST: "tab:brown",
     REDIS: "tab:red",
     REDIS_2RELAYS: "tab:purple",
+    REDIS_IDLE: "tab:pink",
+    MEMORY_IDLE: "tab:gray",
     TOKENS: "tab:green",
     NOHISTORY: "tab:olive",
     NOTRACING: "tab:cyan",

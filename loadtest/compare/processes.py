@@ -28,6 +28,7 @@ import psutil  # type: ignore[import-untyped]
 
 from loadtest.compare.relay import ENV_PREFIX, env_name
 from loadtest.compare.sides import BASELINE, BROADCAST, MEMORY
+from loadtest.idle import READY as IDLE_READY
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 #: The server of each side that has one of its own, as ``python ARGS --host H --port P``:
@@ -188,6 +189,27 @@ def start_redis(binary: Path, log_path: Path, *, cpus: set[int] | None) -> Serve
     return server
 
 
+#: How long the idle consumers of a run may take to connect (thousands of handshakes, and
+#: each one's channel watched by the relay).
+IDLE_STARTUP_TIMEOUT_S: Final = 300.0
+
+
+def start_idle(url: str, channels: int, log_path: Path, *, cpus: set[int] | None) -> Server:
+    """Start ``python -m loadtest idle`` holding ``channels`` idle consumers on the relay at
+    ``url`` (one per channel), pinned to ``cpus``; return once all are connected.
+
+    Its :meth:`Server.stop` ends them. Raises ``RuntimeError`` (with the log tail) if they
+    are not connected within :data:`IDLE_STARTUP_TIMEOUT_S`.
+    """
+    argv = [sys.executable, "-m", "loadtest", "idle", "--url", url, "--channels", str(channels)]
+    ready = re.compile(re.escape(IDLE_READY))
+    server, _ = _spawn(
+        "idle", argv, log_path, cpus=cpus, announce=ready, timeout_s=IDLE_STARTUP_TIMEOUT_S
+    )
+    server.url = url
+    return server
+
+
 def _spawn(
     side: str,
     argv: Sequence[str],
@@ -196,9 +218,10 @@ def _spawn(
     cpus: set[int] | None,
     env: Mapping[str, str] | None = None,
     announce: re.Pattern[str] = _PORT_RE,
+    timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> tuple[Server, int]:
-    """Start ``argv`` pinned to ``cpus``; return it once a line matches ``announce``, with the
-    port that line names (0 if it names none)."""
+    """Start ``argv`` pinned to ``cpus``; return it once a line matches ``announce`` (within
+    ``timeout_s``), with the port that line names (0 if it names none)."""
     proc = subprocess.Popen(
         list(argv),
         stdout=subprocess.PIPE,
@@ -220,7 +243,7 @@ def _spawn(
     try:
         port = None
         for _ in threads:  # one answer per stream: a port, or None at its end
-            port = ports.get(timeout=STARTUP_TIMEOUT_S)
+            port = ports.get(timeout=timeout_s)
             if port is not None:
                 break
     except queue.Empty:

@@ -75,7 +75,14 @@ from loadtest.compare.plan import (
     resume_table_for,
     table_jobs,
 )
-from loadtest.compare.processes import REPO_ROOT, STARTUP_TIMEOUT_S, pinning, run_generator
+from loadtest.compare.processes import (
+    REPO_ROOT,
+    STARTUP_TIMEOUT_S,
+    Server,
+    pinning,
+    run_generator,
+    start_idle,
+)
 from loadtest.compare.report import (
     design_notes,
     extra_job_metrics,
@@ -94,9 +101,11 @@ from loadtest.compare.sides import (
     ALL_SIDES,
     ASYNCIO_SIDES,
     BROADCAST,
+    DEFAULT_REDIS_SIDES,
     NOHISTORY,
     NOTRACING,
     OPT_IN_SIDES,
+    REDIS_IDLE,
     REDIS_SIDES,
     TOKENS,
 )
@@ -139,7 +148,14 @@ def measure(
     # The token outlives the generator's longest run (the relay closes connections at exp).
     ttl_s = timeout_s + STARTUP_TIMEOUT_S
     servers = deploy(step.side, stem, cpus=server_cpus, env=env, redis=redis, token_ttl_s=ttl_s)
+    idle: Server | None = None
     try:
+        if step.job.idle_channels.get(step.side):
+            # Connected before the CPU is read: their handshakes are not the run's cost, only
+            # their watched channels are. On the generator's CPUs, like every client.
+            idle_log = stem.with_name(f"{stem.name}.idle.log")
+            channels = step.job.idle_channels[step.side]
+            idle = start_idle(servers.url, channels, idle_log, cpus=generator_cpus)
         argv = [*step.job.argv_for(step.side), "--url", servers.url]
         if servers.consumer_url is not None:
             argv += ["--consumer-url", servers.consumer_url]
@@ -156,6 +172,8 @@ def measure(
         )
         cpu1, redis1 = servers.cpu_seconds()
     finally:
+        if idle is not None:
+            idle.stop()
         servers.stop()
     redis_cpu_s = None if redis0 is None or redis1 is None else redis1 - redis0
     metrics = extract_metrics(result, server_cpu_s=cpu1 - cpu0, redis_cpu_s=redis_cpu_s)
@@ -243,7 +261,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-sides",
         default=None,
-        help=f"comma-separated subset of {','.join(REDIS_SIDES)} (default: both)",
+        help=f"comma-separated subset of {','.join(REDIS_SIDES)} (default: "
+        f"{','.join(DEFAULT_REDIS_SIDES)})",
+    )
+    parser.add_argument(
+        "--redis-pair-variants",
+        default=None,
+        help="how the Redis sides' pair producers write, SENDER:PRODUCERS,... (default "
+        f"{_variants_text(FULL.redis_pair_variants)}); each at every Redis pair rate",
+    )
+    parser.add_argument(
+        "--redis-idle-channels",
+        type=int,
+        default=None,
+        help=f"idle consumers, one per channel, that {REDIS_IDLE} holds through each run "
+        f"(default {FULL.redis_idle_channels})",
     )
     parser.add_argument("--redis-pair-rates", default=None, help="1→1 msg/s for the Redis sides")
     parser.add_argument("--redis-max-steps", default=None, help="max ladder of the Redis sides")

@@ -74,10 +74,12 @@ def test_alternation_runs_each_job_on_its_own_sides() -> None:
         ("p", "triorelay+tokens"),
         ("p", "triorelay-nohistory"),
         ("p", "triorelay-notracing"),
+        ("p", "triorelay-idle"),
         ("p", "asyncio"),
         ("p", "asyncio-broadcast"),
         ("p", "triorelay+redis"),
         ("p", "triorelay+redis-2relays"),
+        ("p", "triorelay+redis-idle"),
         ("s", "triorelay"),
         ("s", "asyncio"),
     ]
@@ -276,3 +278,26 @@ def test_every_opt_in_side_has_its_extra_in_run_order() -> None:
         assert getattr(FULL, extra.flag) is False
         assert extra.key == f"pair@{extra.rate} batched 1→1"
         assert extra.table.sides == (MEMORY, side)
+
+
+def test_idle_side_holds_idle_channels_and_runs_the_redis_variants() -> None:
+    """With the idle side, the Redis pair jobs of every Redis variant run on it and on its
+    in-memory control, hold the idle consumers there only, and raise the connection limits."""
+    args = ["--scenarios", "pair", "--pair-rates", "2000", "--pair-variants", "batched:1"]
+    args += ["--redis-pair-rates", "2000", "--redis-sides", "triorelay+redis,triorelay+redis-idle"]
+    args += ["--redis-pair-variants", "unbatched:1,batched:1", "--redis-idle-channels", "6000"]
+    plan = build_plan(build_parser().parse_args(["compare", *args]))
+    jobs = {job.key: job for job in build_jobs(plan)}
+    unbatched, batched = jobs["pair@2000 unbatched 1→1"], jobs["pair@2000 batched 1→1"]
+    idle = ("triorelay+redis", "triorelay+redis-idle")
+    assert unbatched.sides == ("triorelay", "triorelay-idle", *idle)
+    assert batched.sides == ("triorelay", "triorelay-idle", "asyncio", *idle)
+    for job in (unbatched, batched):
+        assert job.idle_channels == {"triorelay-idle": 6000, "triorelay+redis-idle": 6000}
+        assert job.triorelay_env["TRIORELAY_MAX_CONNECTIONS_PER_CLIENT"] == "6002"
+        assert job.triorelay_env["TRIORELAY_PING_INTERVAL_SECONDS"] == "3600"
+    table = redis_table_for(plan)
+    assert table.sides == ("triorelay", "triorelay-idle", *idle)
+    labels = [label for label, _, _ in table.ratios]
+    assert labels == ["redis/memory", "idle/redis", "memory idle/memory"]
+    assert plan.resume_sides == ()

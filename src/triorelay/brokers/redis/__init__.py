@@ -5,8 +5,10 @@
 - :mod:`.connection`: the clients, connecting and reconnecting with a backoff, readiness,
   Redis restarts (its ``run_id``), the last error: one :class:`RedisConnection` the other two
   use through its public API;
-- :mod:`.streams`: broadcast channels, one stream each, published to by a Lua script and read
-  by one blocking ``XREAD`` per relay, with sequence numbers to detect gaps;
+- :mod:`.streams`: broadcast channels, one stream each, published to by a Lua script that
+  also notifies the relays watching the channel (which read a stream only when they missed
+  something), with sequence numbers to detect gaps; its hot commands go through
+  :mod:`.lean`;
 - :mod:`.queues`: queue channels, one stream each read by a consumer group, so that each
   message goes to exactly one consumer anywhere (take, acknowledge, give back, claim);
 - :mod:`.jobs`: acked queue channels (``ack = "explicit"``), on the queue streams: jobs held

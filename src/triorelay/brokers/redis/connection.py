@@ -94,7 +94,7 @@ class RedisConnection:
         #: as scripts take it).
         self.ttl_ms = str(max(1, round(settings.redis_stream_ttl_seconds * 1000)))
         self._prefix = settings.redis_key_prefix
-        #: This relay's name in Redis (its wake stream, its queue consumers).
+        #: This relay's name in Redis (its queue consumers).
         self.node = uuid.uuid4().hex
         self._backoff = Backoff(0.05, settings.broker_reconnect_max_seconds)
         self.client = open_client(self.url, connect_timeout=self.timeout_seconds)
@@ -117,7 +117,8 @@ class RedisConnection:
         self.last_error: str | None = None
 
     def key(self, kind: str, name: str) -> str:
-        """The Redis key of ``kind`` (``ch``, ``seq``, ``q``, ``qseq``, ``wake``) for ``name``."""
+        """The Redis key of ``kind`` (``ch``, ``meta``, ``q``, ``qseq``; ``n``: a notification
+        channel) for ``name``."""
         return f"{self._prefix}{kind}:{name}"
 
     # -- commands --
@@ -146,19 +147,25 @@ class RedisConnection:
             with self.deadline():
                 yield
         except REDIS_ERRORS as error:
-            self.note_error(f"{what}: {error}")
-            if isinstance(error, CONNECTION_ERRORS):
-                # The connection is gone: say so at once (the reader may not know yet), so
-                # that whoever retries waits for the reconnection.
-                self._lost(error)
-                raise ConnectionLost("the broker is unavailable: message not published") from None
-            if is_out_of_memory(error):
-                # Redis is up but at maxmemory: say so, and count it (not an outage).
-                self.out_of_memory += 1
-                raise BrokerUnavailable(
-                    "the broker is out of memory (Redis maxmemory): message not published"
-                ) from None
-            raise BrokerUnavailable("the broker is unavailable: message not published") from None
+            raise self.unavailable(what, error) from None
+
+    def unavailable(self, what: str, error: BaseException) -> BrokerUnavailable:
+        """What :meth:`failing_as_unavailable` raises for ``error`` (one of
+        :data:`REDIS_ERRORS`), noted for ``/healthz``, for the callers that bound their
+        command themselves."""
+        self.note_error(f"{what}: {error}")
+        if isinstance(error, CONNECTION_ERRORS):
+            # The connection is gone: say so at once (the reader may not know yet), so
+            # that whoever retries waits for the reconnection.
+            self._lost(error)
+            return ConnectionLost("the broker is unavailable: message not published")
+        if is_out_of_memory(error):
+            # Redis is up but at maxmemory: say so, and count it (not an outage).
+            self.out_of_memory += 1
+            return BrokerUnavailable(
+                "the broker is out of memory (Redis maxmemory): message not published"
+            )
+        return BrokerUnavailable("the broker is unavailable: message not published")
 
     def note_error(self, error: str) -> None:
         """Remember the last Redis error (``/healthz``)."""
@@ -205,8 +212,6 @@ class RedisConnection:
                     task_status.started()
                 await self._until_next_attempt(self._backoff.next())
         finally:
-            # Not deleting the wake stream: it expires by itself, and a command sent while
-            # the client is being torn down leaks one of coredis's connections.
             self._set_ready(False)
 
     async def _until_next_attempt(self, delay: float) -> None:

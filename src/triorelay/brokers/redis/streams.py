@@ -7,9 +7,18 @@ numbered it). Publishing runs one Lua script that takes the channel's next offse
 redis_stream_max_messages``) and renews both keys' expiry: one round trip for all the
 messages a producer sent in one TCP read. A channel without a position, or with one numbered
 by a Redis since restarted (a restored copy may be older: its offsets would be reused), starts
-a new epoch. The reader reads every stream with
-local consumers (every *watched* channel) in one blocking ``XREAD`` and hands the messages to
-``deliver`` (the hub), which applies the channel's slow-consumer policy as for a local publish.
+a new epoch. The script ends with a ``PUBLISH`` of an empty notification on the channel's
+pub/sub channel, ``{prefix}n:{name}``. The publish scripts of every producer of this relay
+share one connection (:class:`~triorelay.brokers.redis.lean.Pipeline`): those queued while a
+round trip is under way go together in the next one.
+
+The reader subscribes to the notifications of every stream with local consumers (every
+*watched* channel), and reads (one non-blocking ``XREAD``) only the streams notified since its
+last read, from where it left each; so a channel nobody publishes to costs nothing per
+message. Notifications are not stored: whatever may have been published while the reader was
+not subscribed (at each (re)connection) is caught up by one ``XREAD`` of every watched
+stream. It hands the messages to ``deliver`` (the hub), which applies the channel's
+slow-consumer policy as for a local publish.
 
 Each message's id is its position, so a relay that missed some (it fell further behind than
 the stream keeps) sees the jump in offsets, and one whose channel began a new epoch sees that:
@@ -17,22 +26,24 @@ either is reported as a :class:`~triorelay.brokers.base.Gap` through ``deliver``
 reconnection resumes from the last message read, so a network blip loses nothing.
 
 Joining a channel: the hub calls :meth:`RedisStreams.watch` for a channel's first local
-consumer; the route then awaits :meth:`RedisStreams.wait_watching`, which reads the stream's
-last entry so that reading starts right after it, and wakes the reader (an ``XADD`` to this
-relay's wake stream, which the blocking ``XREAD`` also reads).
+consumer; the route then awaits :meth:`RedisStreams.wait_watching`, which subscribes to the
+channel's notifications, then reads the stream's last entry so that reading starts right after
+it (anything published later is notified), and has the reader read it once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
 from triorelay.brokers.base import Deliver, Gap, Recovery
 from triorelay.brokers.history import history_expired, reason_after_reading, recovery_reason
+from triorelay.brokers.redis import lean
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
@@ -50,20 +61,17 @@ log = logging.getLogger(__name__)
 # (a resume is one XRANGE), and a new epoch sorts after the old one (the reader's XREAD, still
 # at the old history's last id, reads the new history from its first message).
 _NEW_EPOCH = """
-local function run_id()
-  redis.replicate_commands()  -- Redis 6: writes after INFO or TIME need effects replication
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-end
 -- The channel's epoch, or false when it has none, or when it is from before a restart of
 -- Redis (a restored snapshot may hold an older copy of it: its offsets would be reused).
--- Redis's own run id decides, asked each time: a relay's idea of it can be stale (its client
--- reconnects by itself before the relay hears of the restart).
-local function current_epoch()
+-- Redis's run id decides (rid): the publish script is given the run id of the Redis its
+-- connection reached, learnt when it connected (a connection never outlives its Redis), and
+-- the position script, on a client that reconnects by itself, asks INFO each time.
+local function current_epoch(rid)
   local m = redis.call('HMGET', KEYS[2], 'e', 'r')
-  if m[1] and m[2] == run_id() then return m[1] end
+  if m[1] and m[2] == rid then return m[1] end
   return false
 end
-local function new_epoch(now)
+local function new_epoch(now, rid)
   local epoch = tonumber(now)
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
   if top then  -- the stream outlived its position: it belongs to a lost history
@@ -73,7 +81,7 @@ local function new_epoch(now)
   epoch = string.format('%d', epoch)
   -- HSET first: Redis 6 checks maxmemory at a script's first write only, and a DEL first
   -- (which frees memory) would let every later write through.
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now, 'r', run_id())
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'x', 0, 't', now, 'r', rid)
   if top then redis.call('DEL', KEYS[1]) end
   return epoch
 end
@@ -88,9 +96,9 @@ if ARGV[7] == '1' then  -- traced messages: stamped with the time Redis stores t
   local t = redis.call('TIME')
   accepted = t[1] .. string.format('%06d', tonumber(t[2]))
 end
-local epoch = current_epoch()
+local epoch = current_epoch(ARGV[8])
 if not epoch then
-  epoch = new_epoch(ARGV[4])
+  epoch = new_epoch(ARGV[4], ARGV[8])
 elseif redis.call('EXISTS', KEYS[1]) == 0
     or tonumber(ARGV[4]) - tonumber(redis.call('HGET', KEYS[2], 't') or ARGV[4])
        > tonumber(ARGV[6]) then
@@ -101,40 +109,63 @@ end
 local first = redis.call('HINCRBY', KEYS[2], 'o', n) - n + 1
 for i = 0, n - 1 do
   local id = epoch .. '-' .. string.format('%d', first + i)
-  local trace = ARGV[10 + 3 * i]
+  local trace = ARGV[12 + 3 * i]
   if trace == '' then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
-               'p', ARGV[8 + 3 * i], 't', ARGV[9 + 3 * i])
+               'p', ARGV[10 + 3 * i], 't', ARGV[11 + 3 * i])
   else
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
-               'p', ARGV[8 + 3 * i], 't', ARGV[9 + 3 * i], 'r', trace, 'a', accepted)
+               'p', ARGV[10 + 3 * i], 't', ARGV[11 + 3 * i], 'r', trace, 'a', accepted)
   end
 end
 redis.call('HSET', KEYS[2], 't', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+-- Last, once the messages are readable: the relays watching the channel get them at once
+-- (see _notified_entries for the format); any relay that missed some reads the stream.
+local note = {epoch, ' ', string.format('%d', first), ' ', accepted, ' ', ARGV[5], '\\n'}
+for i = 0, n - 1 do
+  local p, r = ARGV[10 + 3 * i], ARGV[12 + 3 * i]
+  note[#note + 1] = string.format('%d %d %s\\n', #p, #r, ARGV[11 + 3 * i])
+  note[#note + 1] = p
+  note[#note + 1] = r
+end
+redis.call('PUBLISH', ARGV[9], table.concat(note))
 return {epoch, first, accepted}
 """
 )
 _POSITION = (
     _NEW_EPOCH
     + """
-if not current_epoch() then
+redis.replicate_commands()  -- Redis 6: writes after INFO need effects replication
+local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if not current_epoch(rid) then
   -- Made for a subscriber: kept only as long as a history would be, so that subscribing to
   -- names nobody publishes to leaves little behind.
-  new_epoch(ARGV[1])
+  new_epoch(ARGV[1], rid)
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return redis.call('HMGET', KEYS[2], 'e', 'o', 'x', 't')
 """
 )
-_WAKE = """
-redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'w', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-"""
+_PUBLISH_SHA = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 
-#: How long one blocking XREAD waits before it is issued again (it also wakes on a wake-up).
+#: Most streams one XREAD names (a full read of more is made of several).
+_STREAMS_PER_READ = 1000
+
+#: Channels whose publish arguments :meth:`RedisStreams._publish_args` keeps at most.
+_PUBLISH_ARGS_KEPT = 4096
+
+#: How long the reader waits for a notification before it checks its subscription's
+#: connection with a PING (which must come back within ``broker_timeout_seconds``).
 _BLOCK_MILLISECONDS = 10_000
+
+
+class _Entry(NamedTuple):
+    """One stream entry as the reader reads it: its id and its fields."""
+
+    identifier: bytes
+    field_values: dict[bytes, bytes]
 
 
 class _Watch:
@@ -146,15 +177,22 @@ class _Watch:
         "epoch",
         "epoch_text",
         "excluded",
+        "inline",
         "last_seq",
         "pending",
         "position",
         "positioned",
         "positioning",
+        "read_at",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, inline: bool) -> None:
+        #: The id of the last entry read (None: not positioned yet), and it as numbers.
         self.position: bytes | None = None
+        self.read_at = (0, 0)
+        #: Its deliveries never wait (no ``block`` policy): the reader makes them itself
+        #: while nothing of the channel is pending.
+        self.inline = inline
         #: The epoch and offset of the last entry delivered (or the last one at positioning).
         self.epoch: bytes | None = None
         self.epoch_text = ""
@@ -165,7 +203,7 @@ class _Watch:
         self.pending: deque[Any] = deque()
         #: A task is delivering ``pending``.
         self.draining = False
-        #: Left out of the read in flight (``pending`` was full): wake the reader once not.
+        #: Left out of a read (``pending`` was full): to be read again once it is not.
         self.excluded = False
 
 
@@ -187,12 +225,17 @@ class RedisStreams:
         self._max_len = str(settings.redis_stream_max_messages)
         self._meta_ttl_ms = str(max(1, round(settings.history_meta_ttl_seconds * 1000)))
         self._batch = settings.redis_read_batch_messages
-        self._publish_script = connection.client.register_script(_PUBLISH)
         self._position_script = connection.client.register_script(_POSITION)
-        self._wake_script = connection.client.register_script(_WAKE)
-        self._wake_key = connection.key("wake", connection.node).encode()
-        self._wake_id = b"0-0"
+        #: The hot commands' connection: every publish script and the reader's XREADs.
+        self.pipeline = lean.Pipeline(lean.Address.from_url(connection.url))
         self._watches: dict[str, _Watch] = {}
+        self._kept_publish_args: dict[str, tuple[lean.Encoded, bytes, bytes]] = {}
+        # The reader's subscription to the watched channels' notifications (None while it
+        # is not connected), and the channels to read at its next read.
+        self._subscriber: lean.Subscriber | None = None
+        self._subscriber_changed = trio.Event()
+        self._notify_prefix = connection.key("n", "").encode()
+        self._notified: set[str] = set()
         # Where each channel's deliveries run (see run_deliveries); None until it runs.
         self._deliveries: trio.Nursery | None = None
         self.gaps = 0
@@ -201,6 +244,12 @@ class RedisStreams:
         #: Round trips to Redis: publishes (the script), and reads of positions and history
         #: (a resume, a channel's first consumer); the blocking reads wait, so are not timed.
         self.round_trips = {"publish": Histogram(), "read": Histogram()}
+        #: The reader's XREADs, and the streams they named in all (their ratio: streams per
+        #: read); the full reads of every watched stream (one per (re)connection with
+        #: channels watched, each in parts of at most ``_STREAMS_PER_READ``).
+        self.reads = 0
+        self.streams_read = 0
+        self.full_reads = 0
 
     async def publish(
         self,
@@ -216,32 +265,62 @@ class RedisStreams:
         Raises :class:`BrokerUnavailable` if Redis fails or does not confirm in time.
         """
         connection = self._connection
-        args: list[str | bytes] = [
-            self._max_len,
-            connection.ttl_ms,
-            self._meta_ttl_ms,
-            _now_ms(),
-            str(len(encoded)),
-            str(round(self._settings.channel_config(name).history_ttl_seconds * 1000)),
-            b"1" if traces else b"0",
-        ]
+        head, history_ttl_ms, notify = self._publish_args(name)
+        args: list[str | bytes | object] = [head, _now_ms(), b"%d" % len(encoded)]
+        args += [history_ttl_ms, b"1" if traces else b"0", lean.RUN_ID, notify]
         for index, (data, text) in enumerate(encoded):
             trace = traces.get(index) if traces else None
             args += [data, text, trace.encode() if trace is not None else b""]
-        # Shielded (and bounded by broker_timeout_seconds): a publish given up (an HTTP
-        # publish's timeout, a producer closing) is given up before or after its round trip,
-        # never inside it, so "not published" is never a guess.
+        # Shielded, and bounded by broker_timeout_seconds (one scope does both): a publish
+        # given up (an HTTP publish's timeout, a producer closing) is given up before or
+        # after its round trip, never inside it, so "not published" is never a guess.
         started = time.perf_counter()
-        with trio.CancelScope(shield=True), connection.failing_as_unavailable("publish"):
-            result: Any = await self._publish_script(
-                keys=[connection.key("ch", name), connection.key("meta", name)], args=args
-            )
+        timeout = connection.timeout_seconds
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout) as scope:
+            try:
+                try:
+                    result: Any = await self.pipeline.call(b"EVALSHA", _PUBLISH_SHA, *args)
+                except lean.ResponseError as error:
+                    if not str(error).startswith("NOSCRIPT"):
+                        raise
+                    # A Redis that never ran it (new, restarted, flushed): sent whole, once.
+                    result = await self.pipeline.call(b"EVAL", _PUBLISH, *args)
+            except REDIS_ERRORS as error:
+                raise connection.unavailable("publish", error) from None
+        if scope.cancelled_caught:
+            raise connection.unavailable("publish", trio.TooSlowError())
         self.round_trips["publish"].observe(time.perf_counter() - started)
         if traces:
             accepted_ns = int(result[2]) * 1000
             for trace in traces.values():
                 trace.accepted_ns = accepted_ns
         return int(result[1])
+
+    def _publish_args(self, name: str) -> tuple[lean.Encoded, bytes, bytes]:
+        """The publish script's arguments that depend on the channel only (its keys, its
+        history's time to live, its notification channel), kept for the channels published
+        to lately (at most ``_PUBLISH_ARGS_KEPT``: the settings' rules are not matched per
+        publish)."""
+        kept = self._kept_publish_args.get(name)
+        if kept is not None:
+            return kept
+        connection = self._connection
+        head = lean.encode_arguments(
+            [
+                2,
+                connection.key("ch", name),
+                connection.key("meta", name),
+                self._max_len,
+                connection.ttl_ms,
+                self._meta_ttl_ms,
+            ]
+        )
+        history_ttl = self._settings.channel_config(name).history_ttl_seconds
+        kept = (head, b"%d" % round(history_ttl * 1000), self._notify_key(name))
+        if len(self._kept_publish_args) >= _PUBLISH_ARGS_KEPT:
+            self._kept_publish_args.clear()
+        self._kept_publish_args[name] = kept
+        return kept
 
     def _read_ttl_ms(self, name: str) -> str:
         """How long a position made for a subscriber (no publish yet) is kept: a history's
@@ -307,10 +386,29 @@ class RedisStreams:
     # -- joining and leaving channels --
 
     def watch(self, name: str) -> None:
-        self._watches.setdefault(name, _Watch())
+        if name not in self._watches:
+            config = self._settings.channel_config(name)
+            # Channel.deliver never waits but for a block policy (or a queue's room).
+            inline = config.mode == "broadcast" and config.slow_consumer_policy != "block"
+            self._watches[name] = _Watch(inline)
+            if self._subscriber is not None:
+                self._subscriber.keep(self._notify_key(name))
 
     def unwatch(self, name: str) -> None:
-        self._watches.pop(name, None)
+        if self._watches.pop(name, None) is not None and self._subscriber is not None:
+            self._subscriber.unsubscribe_nowait(self._notify_key(name))
+            self._read_soon()
+
+    def _notify_key(self, name: str) -> bytes:
+        """The pub/sub channel the publish script notifies for channel ``name``."""
+        return self._notify_prefix + name.encode()
+
+    def _read_soon(self, name: str | None = None) -> None:
+        """Have the reader read channel ``name`` (if given) at once."""
+        if name is not None:
+            self._notified.add(name)
+        if self._subscriber is not None:
+            self._subscriber.wake()
 
     @property
     def watched(self) -> int:
@@ -318,7 +416,11 @@ class RedisStreams:
         return len(self._watches)
 
     async def wait_watching(self, name: str) -> None:
-        """Start reading channel ``name`` after its current last message; wake the reader."""
+        """Subscribe to channel ``name``'s notifications, then read where its stream ends, so
+        that reading starts right after it; have the reader read it once.
+
+        Raises :class:`BrokerUnavailable` if Redis is down or does not answer in time.
+        """
         connection = self._connection
         watch = self._watches.get(name)
         if watch is None or watch.positioned.is_set():
@@ -335,18 +437,23 @@ class RedisStreams:
         watch.positioning = True
         try:
             with connection.deadline():
+                # Subscribed first: whatever is published after the position read below is
+                # notified.
+                while self._subscriber is None:
+                    await self._subscriber_changed.wait()
+                await self._subscriber.subscribe([self._notify_key(name)])
                 started = time.perf_counter()
                 entries = await connection.client.xrevrange(connection.key("ch", name), count=1)
                 self.round_trips["read"].observe(time.perf_counter() - started)
                 if entries:
-                    watch.position = _as_bytes(entries[0].identifier)
-                    epoch, _, offset = watch.position.partition(b"-")
+                    _set_position(watch, _as_bytes(entries[0].identifier))
+                    epoch, _, offset = _as_bytes(entries[0].identifier).partition(b"-")
                     watch.epoch, watch.epoch_text = epoch, epoch.decode()
                     watch.last_seq = int(offset)
                 else:
-                    watch.position = b"0-0"
+                    _set_position(watch, b"0-0")
                 watch.positioned.set()
-                await self._wake_script(keys=[self._wake_key], args=[connection.ttl_ms])
+                self._read_soon(name)  # what came between the subscription and the position
         except REDIS_ERRORS as error:
             connection.note_error(f"subscribe: {error}")
             if not watch.positioned.is_set():
@@ -359,7 +466,8 @@ class RedisStreams:
     async def run_deliveries(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Own the tasks that deliver each channel's batches, for the broker's lifetime.
+        """Own the tasks that deliver each channel's batches, and the hot commands'
+        :attr:`pipeline`, for the broker's lifetime.
 
         Apart from the reader, so that one channel whose delivery waits (a ``block``
         consumer) holds up neither the reader nor any other channel, and so that a Redis
@@ -367,6 +475,7 @@ class RedisStreams:
         """
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.pipeline.run)
                 self._deliveries = nursery
                 task_status.started()
                 await trio.sleep_forever()
@@ -374,50 +483,139 @@ class RedisStreams:
             self._deliveries = None
 
     async def read_forever(self, restarted: bool) -> None:
-        """Read every watched stream into ``deliver`` until a Redis error (or cancellation).
+        """Read the notified watched streams into ``deliver`` until a Redis error (or
+        cancellation). For :meth:`RedisConnection.keep_connected`.
 
-        Each channel's batches are delivered in order by a task of their own
-        (:meth:`run_deliveries`); a channel with ``MAX_PENDING_BATCHES`` undelivered is left
-        out of the reads until one is delivered. ``restarted``: Redis restarted since the
-        last connection: every watched channel may have a gap, reported first. For
-        :meth:`RedisConnection.keep_connected`.
+        Connects a subscription to every watched channel's notifications, reads every watched
+        stream once (what was published before it was not notified to this relay), then
+        takes the notifications that follow what it read, and reads, each time it wakes, the
+        streams it has to (a notification missed, a whole batch read: there may be more).
+        Each channel's messages are delivered in order: by the reader itself when their
+        deliveries never wait, else by a task of their own (:meth:`run_deliveries`); a channel
+        with ``MAX_PENDING_BATCHES`` undelivered is left out until one is delivered.
+        ``restarted``: Redis restarted since the last connection: every watched channel may
+        have a gap, reported first.
         """
         if restarted:
             await self._restarted()
-        while True:
-            streams: dict[bytes, bytes] = {self._wake_key: self._wake_id}
-            reading: dict[bytes, tuple[str, _Watch]] = {}
-            for name, watch in self._watches.items():
-                if watch.position is not None:
-                    if len(watch.pending) >= MAX_PENDING_BATCHES * self._batch:
-                        watch.excluded = True
-                        continue
-                    key = self._connection.key("ch", name).encode()
-                    streams[key] = watch.position
-                    reading[key] = (name, watch)
-            # Bounded: a Redis that vanished without closing the connection (a network
-            # partition) would otherwise leave this read waiting for ever.
-            with self._connection.deadline(_BLOCK_MILLISECONDS / 1000):
-                result = await self._connection.client.xread(
-                    streams, count=self._batch, block=_BLOCK_MILLISECONDS
-                )
-            for key, entries in (result or {}).items():
-                if key == self._wake_key:
-                    self._wake_id = _as_bytes(entries[-1].identifier)
-                elif key in reading:
-                    name, watch = reading[key]
-                    watch.position = _as_bytes(entries[-1].identifier)
-                    if self._deliveries is None:  # pragma: no cover - run() starts them first
-                        await self._deliver(name, watch, entries)
-                        continue
-                    watch.pending.extend(entries)
-            # A channel with batches pending and no delivery task (its task ended with the
-            # broker's, or failed) gets one: nothing read is left undelivered.
-            deliveries = self._deliveries
-            for name, watch in self._watches.items():
-                if watch.pending and not watch.draining and deliveries is not None:
-                    watch.draining = True
-                    deliveries.start_soon(self._drain, name, watch)
+        connection = self._connection
+        with connection.deadline():
+            stream = await lean.open_stream(self.pipeline.address)
+        try:
+            subscriber = lean.Subscriber(stream, connection.timeout_seconds)
+            with connection.deadline():
+                await subscriber.subscribe_reading([self._notify_key(n) for n in self._watches])
+            self._set_subscriber(subscriber)
+            self._notified.update(self._watches)
+            full = True
+            while True:
+                if self._notified:
+                    chosen = self._take_notified()
+                    self.full_reads += full and bool(chosen)
+                    full = False
+                    # In parts: no one reply holds every watched stream's batch.
+                    for start in range(0, len(chosen), _STREAMS_PER_READ):
+                        await self._read(chosen[start : start + _STREAMS_PER_READ])
+                    continue
+                messages = await subscriber.wait_messages(_BLOCK_MILLISECONDS / 1000)
+                for key, data in messages:
+                    await self._notification(key, data)
+        finally:
+            self._set_subscriber(None)
+            await stream.aclose()
+
+    def _set_subscriber(self, subscriber: lean.Subscriber | None) -> None:
+        self._subscriber = subscriber
+        self._subscriber_changed.set()
+        self._subscriber_changed = trio.Event()
+
+    async def _notification(self, key: bytes, data: bytes) -> None:
+        """A publish script's notification: its messages are taken as read if they follow
+        what was read of their channel; else the channel's stream is read."""
+        name = key[len(self._notify_prefix) :].decode()
+        watch = self._watches.get(name)
+        if watch is None or watch.position is None or name in self._notified:
+            return  # not watched, not positioned yet (it is read then), or read next anyway
+        try:
+            entries = _notified_entries(data)
+        except ValueError:
+            entries = []
+        if not entries:  # not a relay's notification: what it announces is in the stream
+            self._notified.add(name)
+            return
+        last = entries[-1]
+        if _id_key(last.identifier) <= watch.read_at:
+            return  # read from the stream already
+        fresh = [entry for entry in entries if _id_key(entry.identifier) > watch.read_at]
+        epoch, seq = _id_key(fresh[0].identifier)
+        if (epoch, seq - 1) != watch.read_at:
+            # What came before it was not read (a notification missed, or a new epoch, or a
+            # reading behind): the stream has it all, in order.
+            self._notified.add(name)
+            return
+        if len(watch.pending) >= MAX_PENDING_BATCHES * self._batch:
+            watch.excluded = True  # left in the stream: read once a batch is delivered
+            return
+        await self._accept(name, watch, fresh)
+
+    async def _accept(self, name: str, watch: _Watch, entries: list[_Entry]) -> None:
+        """Entries read for ``watch``, next in its stream: delivered now when its deliveries
+        never wait and none is pending, else queued for its delivery task."""
+        _set_position(watch, entries[-1].identifier)
+        if watch.inline and not watch.pending and not watch.draining:
+            await self._deliver_or_report(name, watch, entries)
+            return
+        watch.pending.extend(entries)
+        deliveries = self._deliveries
+        if not watch.draining and deliveries is not None:
+            watch.draining = True
+            deliveries.start_soon(self._drain, name, watch)
+
+    def _take_notified(self) -> list[tuple[str, _Watch]]:
+        """The notified channels to read now: watched, positioned, and with room."""
+        notified, self._notified = self._notified, set()
+        chosen = []
+        room = MAX_PENDING_BATCHES * self._batch
+        for name in notified:
+            watch = self._watches.get(name)
+            if watch is None or watch.position is None:
+                continue  # left, or its wait_watching has it read once positioned
+            if len(watch.pending) >= room:
+                watch.excluded = True  # read again once a batch is delivered (_drain)
+                continue
+            chosen.append((name, watch))
+        return chosen
+
+    async def _read(self, chosen: list[tuple[str, _Watch]]) -> None:
+        """One non-blocking XREAD of the ``chosen`` streams, each from where it was left;
+        what it gets goes to each channel's deliveries."""
+        if not chosen:
+            return
+        key = self._connection.key
+        keys = [key("ch", name).encode() for name, _ in chosen]
+        positions = [watch.position for _, watch in chosen]
+        self.reads += 1
+        self.streams_read += len(chosen)
+        # Shielded (the round trip is shared) and bounded.
+        deadline = trio.current_time() + self._connection.timeout_seconds
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            reply: Any = await self.pipeline.call(
+                b"XREAD", b"COUNT", self._batch, b"STREAMS", *keys, *positions
+            )
+        if scope.cancelled_caught:
+            raise trio.TooSlowError("Redis did not answer an XREAD in time")
+        reading = dict(zip(keys, chosen, strict=True))
+        for stream_key, raw_entries in reply or ():
+            name, watch = reading[stream_key]
+            if self._watches.get(name) is not watch:
+                continue  # left meanwhile (and perhaps joined again, with a new position)
+            entries = [
+                _Entry(identifier, dict(zip(fields[::2], fields[1::2], strict=True)))
+                for identifier, fields in raw_entries
+            ]
+            if len(entries) >= self._batch:
+                self._notified.add(name)  # a whole batch: there may be more
+            await self._accept(name, watch, entries)
 
     async def _drain(self, name: str, watch: _Watch) -> None:
         """Deliver ``watch``'s pending batches in order, an entry at a time; wake the reader
@@ -434,25 +632,28 @@ class RedisStreams:
                 await self._deliver(name, watch, (pending.popleft(),))
                 if watch.excluded and len(pending) < MAX_PENDING_BATCHES * self._batch:
                     watch.excluded = False
-                    await self._wake()
+                    self._read_soon(name)
         except Exception:
-            log.exception("channel %s: a delivery failed; what was pending is dropped", name)
-            watch.pending.clear()
-            try:
-                await self._gap(name, None, "a delivery failed on this relay")
-            except Exception:  # the other channels' deliveries go on, whatever happens here
-                log.exception("channel %s: the gap could not be reported either", name)
+            await self._delivery_failed(name, watch)
         finally:
             watch.draining = False
 
-    async def _wake(self) -> None:
-        """Make the reader's blocking read return, so that it reads a channel again."""
-        connection = self._connection
+    async def _deliver_or_report(self, name: str, watch: _Watch, entries: list[_Entry]) -> None:
+        """Deliver ``entries`` now (the reader's own deliveries, which never wait); a failure
+        is reported as a gap, and the reader goes on."""
         try:
-            with connection.deadline():
-                await self._wake_script(keys=[self._wake_key], args=[connection.ttl_ms])
-        except REDIS_ERRORS as error:  # the read returns within 10 s anyway
-            connection.note_error(f"wake: {error}")
+            await self._deliver(name, watch, tuple(entries))
+        except Exception:
+            await self._delivery_failed(name, watch)
+
+    async def _delivery_failed(self, name: str, watch: _Watch) -> None:
+        """Called in an ``except`` block: drop what is pending for ``watch``, report a gap."""
+        log.exception("channel %s: a delivery failed; what was pending is dropped", name)
+        watch.pending.clear()
+        try:
+            await self._gap(name, None, "a delivery failed on this relay")
+        except Exception:  # the other channels' deliveries go on, whatever happens here
+            log.exception("channel %s: the gap could not be reported either", name)
 
     async def _deliver(self, name: str, watch: _Watch, entries: tuple[Any, ...]) -> None:
         """Deliver what was read for ``watch``, unless its channel was left (and perhaps joined
@@ -525,6 +726,48 @@ def _decoded(identifier: str | bytes, fields: Any) -> tuple[bytes, int, Payload]
     if kind == b"0":
         return epoch, seq, data
     raise ValueError("unknown payload type")
+
+
+def _id_key(identifier: bytes) -> tuple[int, int]:
+    """A stream id as numbers, ordered as Redis orders ids."""
+    epoch, _, offset = identifier.partition(b"-")
+    return int(epoch), int(offset)
+
+
+def _set_position(watch: _Watch, identifier: bytes) -> None:
+    """``watch``'s stream is read up to ``identifier``."""
+    watch.position = identifier
+    watch.read_at = _id_key(identifier)
+
+
+def _notified_entries(data: bytes) -> list[_Entry]:
+    """The entries a publish script's notification carries, as the stream holds them.
+
+    The format: ``{epoch} {first offset} {accepted} {count}\\n``, then for each message
+    ``{payload bytes} {trace bytes} {type}\\n`` and the payload and the trace. Raises
+    ``ValueError`` for anything else.
+    """
+    end = data.index(b"\n")
+    epoch, first, accepted, count = data[:end].split(b" ")
+    int(epoch)  # digits, or ValueError
+    offset = int(first)
+    entries = []
+    at = end + 1
+    for i in range(int(count)):
+        end = data.index(b"\n", at)
+        payload_bytes, trace_bytes, kind = data[at:end].split(b" ")
+        payload_end = end + 1 + int(payload_bytes)
+        trace_end = payload_end + int(trace_bytes)
+        if trace_end > len(data):
+            raise ValueError("a notification cut short")
+        fields = {b"p": data[end + 1 : payload_end], b"t": kind}
+        if trace_end > payload_end:
+            fields[b"r"], fields[b"a"] = data[payload_end:trace_end], accepted
+        entries.append(_Entry(b"%s-%d" % (epoch, offset + i), fields))
+        at = trace_end
+    if at != len(data):
+        raise ValueError("a notification with more than it says")
+    return entries
 
 
 def _now_ms() -> str:

@@ -1,0 +1,65 @@
+"""The lean Redis path's pure parts: command encoding and the notifications' format."""
+
+from __future__ import annotations
+
+import hiredis
+import pytest
+
+from triorelay.brokers.redis.lean import encode_arguments, encode_command
+from triorelay.brokers.redis.streams import _notified_entries
+
+
+def parsed(data: bytes) -> object:
+    reader = hiredis.Reader()
+    reader.feed(data)
+    return reader.gets()
+
+
+def test_a_command_is_an_array_of_bulk_strings() -> None:
+    """Bytes, text and numbers become bulk strings, as Redis reads them."""
+    data = encode_command([b"SET", "k\u00e9y", 42, b""])
+    assert data == b"*4\r\n$3\r\nSET\r\n$4\r\nk\xc3\xa9y\r\n$2\r\n42\r\n$0\r\n\r\n"
+
+
+def test_arguments_encoded_once_are_spliced_in_and_counted() -> None:
+    """Arguments encoded beforehand make the same command as the arguments themselves."""
+    head = encode_arguments([2, "ch:a", b"meta:a"])
+    assert encode_command([b"EVALSHA", b"abc", head, b"x"]) == encode_command(
+        [b"EVALSHA", b"abc", 2, "ch:a", b"meta:a", b"x"]
+    )
+    assert parsed(encode_command([head])) == [b"2", b"ch:a", b"meta:a"]
+
+
+def notification(
+    epoch: bytes, first: int, accepted: bytes, messages: list[tuple[bytes, bytes, bytes]]
+) -> bytes:
+    """What the publish script PUBLISHes, built as its Lua code builds it."""
+    parts = [b"%s %d %s %d\n" % (epoch, first, accepted, len(messages))]
+    for payload, kind, trace in messages:
+        parts += [b"%d %d %s\n" % (len(payload), len(trace), kind), payload, trace]
+    return b"".join(parts)
+
+
+def test_a_notification_gives_its_entries_as_the_stream_holds_them() -> None:
+    """Ids from the epoch and first offset; payload and type; a trace with its accepted time."""
+    data = notification(b"1700", 7, b"123", [(b"a\nb c", b"1", b""), (b"\x00\xff", b"0", b"TR")])
+    first, second = _notified_entries(data)
+    assert first == (b"1700-7", {b"p": b"a\nb c", b"t": b"1"})
+    assert second == (b"1700-8", {b"p": b"\x00\xff", b"t": b"0", b"r": b"TR", b"a": b"123"})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",  # an empty notification (another writer's: read the stream)
+        b"1700 7  1\n",  # fewer bytes than it says
+        b"1700 7  1\n3 0 1\nab",
+        b"1700 7  1\n2 0 1\nabc",  # more than it says
+        b"e 7  1\n1 0 1\na",  # not an epoch
+        b"1700 7\n",
+    ],
+)
+def test_anything_else_is_not_a_notification(data: bytes) -> None:
+    """A notification the reader cannot read whole is refused (it reads the stream instead)."""
+    with pytest.raises(ValueError):  # noqa: PT011 - the one error it raises
+        _notified_entries(data)

@@ -1,0 +1,259 @@
+"""The Redis broadcast path's own mechanics: notified reads, catching up, pipelined publishes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import coredis
+import pytest
+import trio
+from coredis.tokens import PureToken
+
+from tests.brokers.conftest import HANG_GUARD_SECONDS, Deliveries
+from tests.conftest import make_settings
+from tests.redis_server import RedisServer
+from triorelay.brokers import broker_factory
+from triorelay.brokers.redis import RedisBroker
+from triorelay.brokers.redis.streams import _PUBLISH
+from triorelay.envelopes import Payload
+from triorelay.errors import BrokerUnavailable
+
+
+async def started(
+    nursery: trio.Nursery, server: RedisServer, deliveries: Deliveries, **overrides: Any
+) -> RedisBroker:
+    settings = make_settings(broker=server.url, **overrides)
+    broker = broker_factory(settings)(deliveries.deliver)
+    assert isinstance(broker, RedisBroker)
+    await nursery.start(broker.run)
+    return broker
+
+
+async def watching(broker: RedisBroker, *names: str) -> None:
+    for name in names:
+        broker.watch(name)
+        await broker.wait_watching(name)
+
+
+def payloads_of(deliveries: Deliveries, name: str) -> list[Payload]:
+    return [item for channel, item in deliveries.items if channel == name]  # type: ignore[misc]
+
+
+async def test_a_busy_channel_is_read_without_reading_the_idle_ones(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """With 200 idle watched channels, the messages of a busy one come in its notifications:
+    once the channels are joined, no XREAD at all (let alone one naming the idle streams)."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    streams = broker.streams
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, *(f"idle{i}" for i in range(200)), "busy")
+        published: list[int] = []
+        # Its first message follows no read entry (the stream was empty): read from the
+        # stream, after the joins' own reads (the reader does those before it listens).
+        await broker.publish("busy", "broadcast", ["first"], published)
+        await deliveries.wait_for(1)
+        reads = streams.reads
+        for i in range(50):
+            await broker.publish("busy", "broadcast", [f"m{i}"], published)
+        await deliveries.wait_for(51)
+    assert payloads_of(deliveries, "busy") == ["first", *(f"m{i}" for i in range(50))]
+    assert streams.reads == reads
+
+
+async def test_a_missed_notification_is_caught_up_from_the_stream_in_order(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A message whose notification never came (published to a notification channel nobody
+    hears) is read from the stream when the next notification shows the jump: every message
+    arrives, in order, with no gap reported."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c")
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["one"], published)
+        await deliveries.wait_for(1)
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            info: Any = await client.info("server")
+            # The relay's own script, notifying a channel no relay subscribed to.
+            await client.eval(
+                _PUBLISH,
+                keys=["triorelay:ch:c", "triorelay:meta:c"],
+                args=[
+                    "1000", "60000", "60000", str(time.time_ns() // 1_000_000), "1", "60000",
+                    "0", info["run_id"], "triorelay:nobody:c", b"two", b"1", b"",
+                ],
+            )  # fmt: skip
+        reads = broker.streams.reads
+        await broker.publish("c", "broadcast", ["three"], published)
+        await deliveries.wait_for(3)
+    assert payloads_of(deliveries, "c") == ["one", "two", "three"]
+    assert [offset for offset, _ in deliveries.positions] == [1, 2, 3]
+    assert broker.gaps == 0
+    assert broker.streams.reads == reads + 1  # the one read that caught up
+
+
+async def test_what_was_published_while_the_subscription_was_down_is_read_on_reconnection(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Redis drops the reader's subscription (its notifications for that while are lost): the
+    reader reconnects and reads every watched stream once, so nothing is lost."""
+    deliveries = Deliveries()
+    reader = await started(nursery, redis_server, deliveries, broker_reconnect_max_seconds=0.1)
+    writer = await started(nursery, redis_server, Deliveries())
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(reader, "a", "b")
+        full_reads = reader.streams.full_reads
+        published: list[int] = []
+        await writer.publish("a", "broadcast", ["a1"], published)
+        await deliveries.wait_for(1)
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.client_kill(type_=PureToken.PUBSUB)
+        for name, text in (("a", "a2"), ("b", "b3"), ("a", "a4")):
+            await writer.publish(name, "broadcast", [text], published)
+        await deliveries.wait_for(4)
+    assert payloads_of(deliveries, "a") == ["a1", "a2", "a4"]
+    assert payloads_of(deliveries, "b") == ["b3"]
+    assert reader.streams.full_reads > full_reads
+    assert reader.gaps == 0
+
+
+async def test_concurrent_publishes_share_round_trips_each_with_its_own_order_and_errors(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Twenty producers at once on four channels, one of them broken (its position key is
+    not a hash): publishes share round trips, each producer's messages keep its order, and
+    only the broken channel's producers are refused."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.set("triorelay:meta:broken", "not a hash")
+    results: dict[int, list[int]] = {}
+    refused: list[int] = []
+
+    async def produce(index: int) -> None:
+        name = "broken" if index % 4 == 3 else f"ch{index % 4}"
+        published: list[int] = []
+        try:
+            for i in range(10):
+                await broker.publish(name, "broadcast", [f"p{index}-{i}"], published)
+        except BrokerUnavailable:
+            refused.append(index)
+        results[index] = published
+
+    pipeline = broker.streams.pipeline
+    round_trips, commands = pipeline.round_trips, pipeline.commands
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        async with trio.open_nursery() as producers:
+            for index in range(20):
+                producers.start_soon(produce, index)
+    assert sorted(refused) == [i for i in range(20) if i % 4 == 3]
+    for index, published in results.items():
+        if index % 4 != 3:
+            assert published == sorted(published)  # in order
+            assert len(published) == 10
+    per_channel = [sorted(o for i, p in results.items() if i % 4 == c for o in p) for c in range(3)]
+    assert all(offsets == list(range(1, 51)) for offsets in per_channel)  # none lost, none twice
+    assert pipeline.commands - commands >= 2 * (pipeline.round_trips - round_trips)
+
+
+async def test_a_publish_asks_redis_nothing_but_its_script(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """The publish script is told the run id of the Redis its connection reached: no INFO per
+    publish (Redis's own command counts say so)."""
+    broker = await started(nursery, redis_server, Deliveries())
+    async with coredis.Redis.from_url(redis_server.url) as client:
+
+        async def calls() -> tuple[int, int]:
+            stats: Any = await client.info("commandstats")
+            counts = [
+                stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("info", "evalsha")
+            ]
+            return int(counts[0]), int(counts[1])
+
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["warm"], published)  # loads the script
+        before = await calls()
+        for i in range(20):
+            await broker.publish("c", "broadcast", [f"m{i}"], published)
+        after = await calls()
+    assert after[0] - before[0] == 1  # this test's own INFO, counted once it ran
+    assert after[1] - before[1] == 20
+
+
+@pytest.mark.parametrize("flush", [False, True])
+async def test_a_redis_that_lost_its_scripts_gets_the_script_whole(
+    nursery: trio.Nursery, redis_server: RedisServer, flush: bool
+) -> None:
+    """After SCRIPT FLUSH (as after a restart), the next publish is sent whole and succeeds."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c")
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["one"], published)
+        if flush:
+            async with coredis.Redis.from_url(redis_server.url) as client:
+                await client.script_flush()
+        await broker.publish("c", "broadcast", ["two"], published)
+        await deliveries.wait_for(2)
+    assert published == [1, 2]
+    assert payloads_of(deliveries, "c") == ["one", "two"]
+
+
+async def test_the_lean_path_logs_in_and_uses_the_urls_database(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A Redis with a password, and a database other than 0: publishes and reads of the lean
+    path log in and select it, as coredis does for the rest."""
+    async with coredis.Redis.from_url(redis_server.url) as client:
+        await client.config_set({"requirepass": "s3cret"})
+    url = f"redis://:s3cret@127.0.0.1:{redis_server.port}/3"
+    deliveries = Deliveries()
+    settings = make_settings(broker=url)
+    broker = broker_factory(settings)(deliveries.deliver)
+    assert isinstance(broker, RedisBroker)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await nursery.start(broker.run)
+        await watching(broker, "c")
+        published: list[int] = []
+        for text in ("one", "two"):
+            await broker.publish("c", "broadcast", [text], published)
+        await deliveries.wait_for(2)
+    assert payloads_of(deliveries, "c") == ["one", "two"]
+    async with coredis.Redis.from_url(url) as client:
+        assert await client.xlen("triorelay:ch:c") == 2  # in database 3
+
+
+async def test_a_channel_left_and_joined_again_at_once_stays_subscribed(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """Leaving a channel unsubscribes from its notifications later, in the reader; joining it
+    again first cancels that, and a join after it was sent subscribes again after it: either
+    way the channel's messages still come (through notifications, not reads)."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    published: list[int] = []
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c", "other")
+        await broker.publish("c", "broadcast", ["first"], published)  # read: the stream was new
+        await deliveries.wait_for(1)
+        broker.unwatch("c")
+        await watching(broker, "c")  # before the reader sent the unsubscription
+        await broker.publish("c", "broadcast", ["second"], published)
+        await deliveries.wait_for(2)
+        broker.unwatch("c")
+        await broker.publish("other", "broadcast", ["o"], published)  # the reader runs
+        await deliveries.wait_for(3)
+        await watching(broker, "c")  # after it
+        reads = broker.streams.reads
+        await broker.publish("c", "broadcast", ["third"], published)
+        await broker.publish("c", "broadcast", ["fourth"], published)
+        await deliveries.wait_for(5)
+    assert payloads_of(deliveries, "c") == ["first", "second", "third", "fourth"]
+    # At most the join's own read: "third" and "fourth" came in their notifications.
+    assert broker.streams.reads <= reads + 1
