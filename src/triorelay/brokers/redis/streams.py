@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
+import triorelay.brokers.redis.lean as lean
 from triorelay.brokers.base import Deliver, Gap, Recovery
 from triorelay.brokers.history import history_expired, reason_after_reading, recovery_reason
-from triorelay.brokers.redis import lean
 from triorelay.brokers.redis.connection import REDIS_ERRORS, RedisConnection
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import BrokerUnavailable
