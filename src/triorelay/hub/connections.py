@@ -14,10 +14,15 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from triorelay.envelopes import Payload, size_of
-from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item
+from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item, Unfinished
 from triorelay.hub.statistics import ChannelCounters, ConnectionStatistics
 from triorelay.settings import Mode
 from triorelay.tracing import Trace
+
+WriteNow = Callable[[Payload], bool | bytes]
+"""``write(payload)``: write one message to the consumer's socket now, without waiting: True
+once written, False (nothing written) when it cannot, or the rest of its frame when the socket
+took only part of it (see :class:`~triorelay.hub.buffers.Unfinished`)."""
 
 Publish = Callable[[list[Payload], list[int], int, "dict[int, Trace] | None"], Awaitable[None]]
 """``await publish(payloads, published, total_bytes, traces)``: see
@@ -186,6 +191,7 @@ class Consumer(Connection):
         #: Its client asked for a trace notice after each message of a traced producer.
         self.traces = False
         self.pending_dropped = 0
+        self._write_now: WriteNow | None = None
 
     @property
     def detached(self) -> bool:
@@ -224,6 +230,39 @@ class Consumer(Connection):
         payload = self.inbox.receive_nowait()
         self._took(payload)
         return payload
+
+    def write_directly(self, write: WriteNow | None) -> None:
+        """Let the channel hand this consumer's messages to ``write`` in the publishing task
+        while its writer waits with nothing buffered (broadcast; see
+        :class:`~triorelay.hub.buffers.ConsumerBuffer`); ``None`` stops it. Each message
+        written so is counted as this consumer's (and its channel's) as it goes out.
+
+        The writer that calls this must handle :class:`~triorelay.hub.buffers.Unfinished`
+        items from :meth:`receive`, and call :meth:`take_unfinished` when it stops.
+        """
+        buffer = self.buffer
+        if buffer is None:
+            return
+        self._write_now = write
+        buffer.write_directly(None if write is None else self._written_now)
+
+    def _written_now(self, payload: Payload, size: int) -> bool | bytes:
+        write = self._write_now
+        assert write is not None
+        written = write(payload)
+        if written is not False:  # on the socket, whole or begun: counted as it goes out
+            self.messages_out += 1
+            self.bytes_out += size
+            counters = self._counters
+            counters.messages_out += 1
+            counters.bytes_out += size
+        return written
+
+    def take_unfinished(self) -> Unfinished | None:
+        """The rest of a direct write not yet received (the stream was closed, or the writer
+        is stopping): its writer must still write it (see :meth:`write_directly`)."""
+        buffer = self.buffer
+        return buffer.take_unfinished() if buffer is not None else None
 
     def requeue(self, payload: Payload) -> bool:
         """Queue mode: give back a message this consumer took but could not deliver.
@@ -268,6 +307,8 @@ class Consumer(Connection):
         return dropped
 
     def _took(self, payload: Item) -> None:
+        if type(payload) is Unfinished:
+            return  # counted when its first bytes went out
         size = self.inbox.last_size  # measured once, by the inbox
         self.messages_out += 1
         self.bytes_out += size

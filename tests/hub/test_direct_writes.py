@@ -1,0 +1,355 @@
+"""Direct writes: a waiting consumer's messages written from the publishing task, in order.
+
+The hub hands a broadcast consumer's messages to its writer's ``write_directly`` callable while
+the writer waits with nothing buffered; everything else is buffered as before. These tests play
+the writer with a fake socket (a list, and a switch that makes it refuse or take part of a
+frame), so they check the hub's side alone: order, counting, policies, tracing, closing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from triorelay.envelopes import Payload
+from triorelay.hub import Consumer, Hub, Traced, Unfinished
+from triorelay.settings import load_settings
+from triorelay.tracing import Trace
+
+HANG_GUARD_SECONDS = 10
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("TRIORELAY_")]:
+        monkeypatch.delenv(name)
+
+
+def make_hub(**overrides: Any) -> Hub:
+    return Hub(load_settings(**overrides))
+
+
+class FakeSocket:
+    """What a consumer's socket took directly (``wire``), and whether it takes more.
+
+    ``mode``: ``"take"`` (every write whole), ``"refuse"`` (full: nothing), ``"partial"`` (the
+    next write is taken in part, then the socket is full).
+    """
+
+    def __init__(self) -> None:
+        self.wire: list[Payload] = []
+        self.mode = "take"
+        self.calls = 0
+
+    def write(self, payload: Payload) -> bool | bytes:
+        self.calls += 1
+        if self.mode == "refuse":
+            return False
+        self.wire.append(payload)
+        if self.mode == "partial":
+            self.mode = "refuse"
+            return b"rest of " + (payload if isinstance(payload, bytes) else payload.encode())
+        return True
+
+
+class Writer:
+    """A consumer's writer: takes what the hub buffers for it (after the direct ones), in
+    order, into the same ``delivered`` list, as write_loop does."""
+
+    def __init__(self, consumer: Consumer, socket: FakeSocket) -> None:
+        self.consumer = consumer
+        self.socket = socket
+        self.received: list[Any] = []
+        self.go = trio.Event()
+        self.go.set()
+
+    @property
+    def delivered(self) -> list[Payload]:
+        return self.socket.wire
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.consumer.write_directly(self.socket.write)
+        task_status.started()
+        try:
+            while True:
+                try:
+                    item = await self.consumer.receive()
+                except trio.EndOfChannel:
+                    return
+                await self.go.wait()  # a slow writer: it holds what it took
+                self.received.append(item)
+                if isinstance(item, Unfinished):
+                    continue  # the rest of a message already on the wire
+                payload = item.payload if isinstance(item, Traced) else item
+                assert isinstance(payload, (bytes, str))
+                self.socket.wire.append(payload)
+        finally:
+            self.consumer.write_directly(None)
+
+
+async def publish_all(hub: Hub, name: str, payloads: list[Payload]) -> None:
+    with hub.attach_producer(name) as producer:
+        for payload in payloads:
+            await producer.publish(payload)
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_waiting_writer_gets_messages_directly_and_they_are_counted(
+    nursery: trio.Nursery,
+) -> None:
+    """While its writer waits, each message goes straight to the socket: nothing is buffered,
+    the writer is never woken, and the consumer and channel count every message and byte."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", ["one", b"two", "thr\u00e9e"])
+        assert socket.wire == ["one", b"two", "thr\u00e9e"]
+        assert writer.received == []  # never woken
+        assert consumer.buffered == 0
+        assert (consumer.messages_out, consumer.bytes_out) == (3, 3 + 3 + 6)
+        stats = hub.channel_statistics("news")
+        assert stats is not None
+        assert (stats.messages_out, stats.bytes_out, stats.buffered) == (3, 12, 0)
+        assert (stats.messages_delivered, stats.peak_buffered) == (3, 0)
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_consumer_that_becomes_slow_midstream_gets_everything_in_order_once(
+    nursery: trio.Nursery,
+) -> None:
+    """A socket that fills after two messages: the rest is buffered and the writer woken;
+    nothing goes directly while anything is buffered or held by the writer, even once the
+    socket has room again; back to direct writes when the writer waits again. In order, no
+    message twice or lost, each counted once."""
+    hub = make_hub(consumer_buffer_messages=100)
+    socket = FakeSocket()
+    payloads: list[Payload] = [f"m{i}" for i in range(12)]
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        writer.go = trio.Event()  # the writer, once woken, holds its item until told
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", payloads[:2])
+        socket.mode = "refuse"
+        await publish_all(hub, "news", payloads[2:4])  # buffered: the writer is woken
+        socket.mode = "take"  # room again, but the writer holds m2: no direct write
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", payloads[4:8])
+        assert socket.wire == payloads[:2]
+        assert consumer.buffered == 5  # m3..m7 (m2 is the writer's)
+        writer.go.set()
+        await trio.testing.wait_all_tasks_blocked()  # drains, then waits again
+        await publish_all(hub, "news", payloads[8:])  # direct again
+        assert socket.wire == payloads
+        assert [item for item in writer.received] == payloads[2:8]
+        assert consumer.messages_out == len(payloads)
+        stats = hub.channel_statistics("news")
+        assert stats is not None
+        assert (stats.messages_out, stats.buffered) == (len(payloads), 0)
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_partial_direct_write_is_finished_by_the_writer_before_anything_else(
+    nursery: trio.Nursery,
+) -> None:
+    """The socket took part of a frame: the writer gets the rest first (an Unfinished item,
+    not counted again), then what was buffered behind it."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        writer.go = trio.Event()
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        socket.mode = "partial"
+        await publish_all(hub, "news", ["big", "after", "later"])
+        assert socket.wire == ["big"]  # begun directly
+        assert consumer.buffered == 2
+        writer.go.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(writer.received[0], Unfinished)
+        assert writer.received[0].rest == b"rest of big"
+        assert writer.received[1:] == ["after", "later"]
+        assert socket.wire == ["big", "after", "later"]
+        assert consumer.messages_out == 3
+        stats = hub.channel_statistics("news")
+        assert stats is not None
+        assert stats.messages_out == 3
+
+
+async def test_a_rest_left_when_the_buffer_closes_is_kept_for_the_writer() -> None:
+    """Closed before its writer ran, a buffer still hands over the unfinished rest (the
+    writer must write it whatever ended it), and ends the stream after it."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        consumer.write_directly(socket.write)
+        async with trio.open_nursery() as nursery:
+            received: list[Any] = []
+
+            async def reader() -> None:
+                received.append(await consumer.receive())
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            socket.mode = "partial"
+            await publish_all(hub, "news", ["big"])
+            assert consumer.inbox.close() == 0  # nothing buffered: the rest is not a message
+        assert isinstance(received[0], Unfinished)
+        assert consumer.take_unfinished() is None
+        with pytest.raises(trio.EndOfChannel):
+            consumer.receive_nowait()
+    # And when the writer never ran: take_unfinished gives the rest, once.
+    with hub.attach_consumer("news") as consumer:
+        consumer.write_directly(socket.write)
+        async with trio.open_nursery() as nursery:
+
+            async def cancelled_reader(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await consumer.receive()
+
+            scope = await nursery.start(cancelled_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            socket.mode = "partial"
+            await publish_all(hub, "news", ["big"])
+            scope.cancel()  # woken, but cancelled before it runs: it returns the rest anyway
+        unfinished = consumer.take_unfinished()
+        assert unfinished is None or unfinished.rest == b"rest of big"
+
+
+async def test_no_direct_write_without_a_waiting_writer() -> None:
+    """A consumer whose writer is not waiting (busy, or not started) gets its messages
+    buffered, as before: the direct write is not even tried."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        consumer.write_directly(socket.write)
+        await publish_all(hub, "news", ["a", "b"])
+        assert socket.calls == 0
+        assert consumer.buffered == 2
+        assert [consumer.receive_nowait(), consumer.receive_nowait()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest", "disconnect"])
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_policies_apply_once_the_socket_is_full(nursery: trio.Nursery, policy: str) -> None:
+    """A full socket sends messages to the buffer, where the slow-consumer policy applies as
+    it always did: drops counted (and told in the next notice), or the consumer evicted."""
+    hub = make_hub(slow_consumer_policy=policy, consumer_buffer_messages=2)
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        writer.go = trio.Event()  # once woken, the writer stalls: the buffer fills
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", ["direct"])
+        socket.mode = "refuse"
+        with hub.attach_producer("news"):  # keeps the channel (and its statistics) alive
+            await publish_all(hub, "news", ["w", "b1", "b2", "b3"])
+            stats = hub.channel_statistics("news")
+            assert stats is not None
+            if policy == "disconnect":
+                assert consumer.close_code == 1013
+                assert consumer.detached
+                assert stats.disconnected_slow == 1
+                assert socket.wire == ["direct"]
+                return
+            # "w" was handed to the writer (it takes none of the 2 places); one dropped,
+            # never "w", which the writer already holds.
+            assert consumer.dropped == 1
+            assert consumer.pending_dropped == 1
+            assert consumer.buffered == 3
+            kept = ["b2", "b3"] if policy == "drop_oldest" else ["b1", "b2"]
+            writer.go.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert socket.wire == ["direct", "w", *kept]
+            stats = hub.channel_statistics("news")
+            assert stats is not None
+            assert (stats.messages_out, stats.dropped) == (4, 1)
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_pending_dropped_notice_keeps_messages_for_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    """The route's direct write refuses while a ``dropped`` notice is due (the writer sends
+    it first): the message is buffered, in order after the drop."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news", notices=True) as consumer:
+
+        def write(payload: Payload) -> bool | bytes:
+            if consumer.pending_dropped:
+                return False
+            return socket.write(payload)
+
+        consumer.write_directly(write)
+        got: list[Any] = []
+
+        async def reader() -> None:
+            got.append(await consumer.receive())
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        consumer.count_dropped(3)
+        await publish_all(hub, "news", ["after the drop"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == ["after the drop"]
+        assert socket.wire == []
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_traced_and_positioned_messages_always_go_to_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    """A traced message (its writer times its last stages) is buffered, not written
+    directly; positioned consumers never register a direct write (their writer frames
+    positions), so the hub's Entry items reach their writer as before."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            published: list[int] = []
+            await producer.publish_many(["sampled"], published, {0: Trace(0)})
+        await trio.testing.wait_all_tasks_blocked()
+        assert socket.calls == 0
+        assert [type(item) for item in writer.received] == [Traced]
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_fan_out_writes_directly_to_waiting_consumers_and_buffers_for_the_rest(
+    nursery: trio.Nursery,
+) -> None:
+    """One publish reaches three consumers: two waiting ones directly, one whose socket is
+    full through its buffer; each gets every message once, in order."""
+    hub = make_hub()
+    sockets = [FakeSocket() for _ in range(3)]
+    sockets[1].mode = "refuse"
+    with (
+        hub.attach_consumer("news") as first,
+        hub.attach_consumer("news") as second,
+        hub.attach_consumer("news") as third,
+    ):
+        writers = [Writer(c, s) for c, s in zip((first, second, third), sockets, strict=True)]
+        for writer in writers:
+            await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", ["a", "b", "c"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert [s.wire for s in sockets] == [["a", "b", "c"]] * 3
+        assert writers[0].received == writers[2].received == []
+        assert writers[1].received == ["a", "b", "c"]
+        stats = hub.channel_statistics("news")
+        assert stats is not None
+        assert stats.messages_out == 9
