@@ -10,9 +10,16 @@ plain-TCP, no-timeout case as ``wait_readable`` then one ``recv``: one syscall a
 step per read, a checkpoint on each, the same events handed to the protocol in the same order.
 With a ``read_timeout`` or TLS it is Hypercorn's loop, unchanged. The loop it replaces is
 pinned by ``tests/compat/hypercorn/test_structure.py``.
+
+Once a WebSocket is accepted, its reads need nothing of the HTTP/1.1 layer in between
+(``ProtocolWrapper.handle`` → ``H11Protocol.handle``, which copies each read into a buffer,
+copies it out again as a ``Data`` event, and tries it against seven event types):
+the inbound tap (:mod:`.tap`) sets :attr:`ReadLoop.on_data`, and each read goes to it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import trio
 from hypercorn.events import Closed, RawData
@@ -22,6 +29,10 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 class ReadLoop(TCPServer):
     """Hypercorn's TCPServer, reading a plain socket without a read timeout as
     ``wait_readable`` + ``recv``."""
+
+    #: Set by the inbound tap of an accepted WebSocket: each read (never the EOF) goes to it
+    #: instead of through ``ProtocolWrapper.handle``, which would hand it to the same place.
+    on_data: Callable[[bytes], Awaitable[None]] | None = None
 
     async def _read_data(self) -> None:
         stream = self.stream
@@ -38,10 +49,16 @@ class ReadLoop(TCPServer):
                 data: bytes = sock.recv(MAX_RECV)
             except BlockingIOError:  # pragma: no cover - readable, then nothing to read
                 continue
-            except (trio.ClosedResourceError, OSError):
-                # Closed by the relay (its close reaper, shutdown) or by the peer (reset):
-                # what Hypercorn's loop does on ClosedResourceError and BrokenResourceError.
+            except (trio.ClosedResourceError, OSError, ValueError):
+                # Closed by the relay or by Hypercorn (its close reaper, shutdown, the end of
+                # the close handshake: a closed socket's descriptor is -1, a ValueError for
+                # the wait), or by the peer (reset): what Hypercorn's loop does on
+                # ClosedResourceError and BrokenResourceError.
                 break
+            on_data = self.on_data
+            if on_data is not None and data:
+                await on_data(data)
+                continue
             await handle(RawData(data))
             if data == b"":
                 break
