@@ -43,8 +43,8 @@ class SendLock:
     to the next waiter on release; acquiring is cancellable, releasing never waits), but without
     an owner: :meth:`DirectWebSocket.send_nowait` may take it in the publishing task, write part
     of a frame, and leave the lock taken for the consumer's writer, which writes the rest and
-    releases it (:meth:`DirectWebSocket.send_messages` with ``rest``). No frame ever interleaves
-    with another, as with Hypercorn's own lock.
+    releases it (:meth:`DirectWebSocket.finish_messages`). No frame ever interleaves with
+    another, as with Hypercorn's own lock.
     """
 
     __slots__ = ("_held", "_lot")
@@ -173,19 +173,28 @@ class DirectWebSocket:
         Each message is encoded once however many connections it is written to.
         """
         lock = self._lock
-        if lock is None or lock._held or not self._plain or not self._is_open():
+        ws_stream = self._ws_stream
+        if (
+            lock is None
+            or lock._held
+            or not self._plain
+            or ws_stream.closed
+            or ws_stream.connection.state is not ConnectionState.OPEN
+        ):
             return False
         frame = _frames(payload)
-        lock._held = True  # acquire_nowait, written out: this runs once per delivery
+        # The lock is free, so nobody waits for it, and nothing can start waiting before the
+        # write below returns (it does not yield): taken and released as two assignments.
+        lock._held = True
         try:
             sent: int = self._sock.send(frame)
         except OSError:  # BlockingIOError (full), or failed: the writer's own write will tell
             sent = 0
         if sent == len(frame):
-            lock.release()
+            lock._held = False
             return True
         if not sent:
-            lock.release()
+            lock._held = False
             return False
         return frame[sent:]
 
@@ -195,16 +204,16 @@ class DirectWebSocket:
         if lock is None or lock._held or not self._is_open():
             return False
         data = self._encode(payloads)
-        lock._held = True
+        lock._held = True  # as in send_nowait: nobody can wait for it meanwhile
         try:
             sent: int = self._sock.send(data)
         except OSError:
             sent = 0
         if sent == len(data):
-            lock.release()
+            lock._held = False
             return True
         if not sent:
-            lock.release()
+            lock._held = False
             return False
         return data[sent:]
 
