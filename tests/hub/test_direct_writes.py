@@ -353,3 +353,30 @@ async def test_fan_out_writes_directly_to_waiting_consumers_and_buffers_for_the_
         stats = hub.channel_statistics("news")
         assert stats is not None
         assert stats.messages_out == 9
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_batch_from_one_read_goes_to_the_writer_to_be_written_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """Several messages published together (one producer read) are buffered, not written one
+    by one: the writer, woken once, takes them all for one socket write; a single message
+    after them goes directly again."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        writer.go = trio.Event()
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            await producer.publish_many(["a", "b", "c"], [])
+            assert socket.calls == 0
+            assert consumer.buffered == 3
+            writer.go.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.received == ["a", "b", "c"]
+            await producer.publish("d")
+        assert socket.calls == 1
+        assert socket.wire == ["a", "b", "c", "d"]
+        assert consumer.messages_out == 4

@@ -254,13 +254,14 @@ class ConsumerBuffer:
             return False
         return self.messages < self.max_messages
 
-    def offer(self, payload: Item, size: int) -> bool:
+    def offer(self, payload: Item, size: int, direct: bool = True) -> bool:
         """Buffer ``payload`` (of ``size``) if there is room, or write it directly (see the
-        class's docstring); False, and nothing changes, if neither. Never waits."""
+        class's docstring; not with ``direct`` False); False, and nothing changes, if neither.
+        Never waits."""
         if self._closed:
             return False
         waiter = self._waiter
-        if waiter is not None:
+        if waiter is not None and direct:
             # The reader waits, and nothing is buffered or being written: this message may
             # go straight to its socket. An Entry or a traced item has the writer's work to
             # do (positions, stage times), so it goes to the writer.
@@ -274,7 +275,7 @@ class ConsumerBuffer:
                     self._unfinished = Unfinished(written)
                     self._wake(waiter)
                     return True
-        elif self.messages - self._handed >= self.max_messages:
+        if waiter is None and self.messages - self._handed >= self.max_messages:
             return False
         if self.bytes + size > self.max_bytes and self.messages:
             return False

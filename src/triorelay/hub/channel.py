@@ -71,6 +71,8 @@ class Channel:
         self._snapshot: tuple[Consumer, ...] | None = ()
         #: How many consumers are told positions (they get an Entry per message).
         self._positioned = 0
+        #: Batches being delivered (:meth:`deliver_batch`): while any is, no direct writes.
+        self._batches = 0
         self.closed = False
         self._source = broker.queue(name) if config.mode == "queue" and not config.acked else None
         self._queue: LocalQueue | None = None
@@ -202,15 +204,28 @@ class Channel:
         else:
             self._deliver_nowait(payload, size, entry)
 
+    def begin_batch(self) -> None:
+        """Several messages are about to be delivered in a row (one producer's read): until
+        :meth:`end_batch`, each goes to its consumers' buffers, not directly to their sockets.
+
+        A waiting consumer's writer is then woken once, by the first, and writes them all in
+        one socket write: one wake-up and one write per consumer instead of a write per
+        message (see :class:`~triorelay.hub.buffers.ConsumerBuffer`)."""
+        self._batches += 1
+
+    def end_batch(self) -> None:
+        self._batches -= 1
+
     def _deliver_nowait(self, payload: Payload, size: int, entry: Entry | None) -> None:
         policy = self._policy
         snapshot = self._snapshot
         consumers = snapshot if snapshot is not None else self.consumers
+        direct = not self._batches
         if entry is None:  # the common case: every consumer raw, nothing traced
             for consumer in consumers:
                 buffer = consumer.buffer
                 assert buffer is not None
-                if not buffer.offer(payload, size):
+                if not buffer.offer(payload, size, direct):
                     self._full(consumer, buffer, payload, size, policy, False)
             return
         # Positioned consumers get the Entry; raw ones the payload, unless it is traced.
@@ -220,7 +235,7 @@ class Channel:
             buffer = consumer.buffer
             assert buffer is not None
             item = entry if consumer.positioned else raw
-            if buffer.offer(item, size):
+            if buffer.offer(item, size, direct):
                 if traced:
                     buffer.traced += 1
             else:
@@ -255,12 +270,13 @@ class Channel:
         traced = type(entry) is Traced
         raw = entry if traced else payload
         full: list[Consumer] = []
+        direct = not self._batches
         for consumer in self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
             item = entry if consumer.positioned else raw
             assert item is not None
-            if buffer.offer(item, size):
+            if buffer.offer(item, size, direct):
                 if traced:
                     buffer.traced += 1
             else:
