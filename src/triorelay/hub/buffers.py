@@ -265,10 +265,10 @@ class ConsumerBuffer:
             # The reader waits, and nothing is buffered or being written: this message may
             # go straight to its socket. An Entry or a traced item has the writer's work to
             # do (positions, stage times), so it goes to the writer.
-            direct = self._direct
+            write = self._direct
             kind = type(payload)
-            if direct is not None and (kind is str or kind is bytes):
-                written = direct(payload, size)  # type: ignore[arg-type]
+            if write is not None and (kind is str or kind is bytes):
+                written = write(payload, size)  # type: ignore[arg-type]
                 if written is True:
                     return True
                 if written is not False:
