@@ -21,7 +21,7 @@ from loadtest import connections, resume, scenarios
 from loadtest.compare import runner as compare
 from loadtest.engine import CONSUMER_CLIENTS, SENDERS
 from loadtest.limits import raise_fd_limit
-from loadtest.report import one_line
+from loadtest.report import acked_line, one_line
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
 from loadtest.tokens import QUERY_PARAMETER, TOKEN_IN, redact_in_logs
 
@@ -69,9 +69,11 @@ def _traffic_parser() -> argparse.ArgumentParser:
     g.add_argument("--drain-seconds", type=float, default=2.0, help="wait for stragglers")
     g.add_argument(
         "--ack",
-        choices=["echo", "id", "none"],
+        choices=["echo", "id", "none", "explicit"],
         default=None,
-        help="triorelay producer ack mode (omitted: server default; baseline echoes)",
+        help="triorelay producer ack mode (omitted: server default; baseline echoes); "
+        "queue also takes explicit: an acked queue (consumers ack each job, producers "
+        "?ack=id) measured against plain queue mode, side by side",
     )
     g.add_argument(
         "--producer-procs",
@@ -140,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--producers", type=int, default=1)
     p.add_argument("--consumers", type=int, default=4)
     p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument(
+        "--acked-channel",
+        default=None,
+        help=f"with --ack explicit: the acked queue channel (default "
+        f"{scenarios.ACKED_QUEUE_CHANNEL}; --channel, default "
+        f"{scenarios.PLAIN_QUEUE_CHANNEL}, is the plain queue one)",
+    )
 
     p = sub.add_parser("max", parents=[common, traffic], help="step the rate up to the limit")
     p.add_argument("--producers", type=int, default=1)
@@ -269,7 +278,7 @@ async def run_scenario(
         duration_s=args.duration_seconds,
         payload_bytes=args.payload_bytes,
         drain_s=args.drain_seconds,
-        ack=args.ack,
+        ack=None if args.ack == "explicit" else args.ack,
         server_pid=args.server_pid,
         producer_procs=args.producer_procs,
         consumer_procs=args.consumer_procs,
@@ -286,7 +295,14 @@ async def run_scenario(
         return await scenarios.run_fanout(common, consumers=args.consumers, rate_per_s=args.rate)
     p, c = args.producers, args.consumers
     if args.scenario == "queue":
-        return await scenarios.run_queue(common, producers=p, consumers=c, rate_per_s=args.rate)
+        return await scenarios.run_queue(
+            common,
+            producers=p,
+            consumers=c,
+            rate_per_s=args.rate,
+            ack="explicit" if args.ack == "explicit" else "auto",
+            acked_channel=args.acked_channel,
+        )
     if args.scenario == "pair":
         return await scenarios.run_pair(
             common, producers=p, consumers=c, rate_per_s=args.rate, delivery=args.delivery
@@ -328,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
     if args.scenario == "resume" and (args.missed < 1 or args.repeats < 1 or args.warmup < 0):
         parser.error("--missed and --repeats must be at least 1, --warmup at least 0")
+    explicit = getattr(args, "ack", None) == "explicit"
+    if explicit and args.scenario != "queue":
+        parser.error("--ack explicit is for the queue scenario")
+    if explicit and args.consumer_client != "lean":
+        parser.error("--ack explicit reads with the lean client (both sides, for a fair ratio)")
     wanted_fds = 4 * getattr(args, "connections", 0) + 8 * getattr(args, "consumers", 0) + 1024
     raise_fd_limit(wanted_fds)
     show = not args.no_progress and sys.stderr.isatty()
@@ -341,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.exception("the %s run failed", args.scenario)
         return 1
     print(one_line(result))
+    if "acked_vs_plain" in result["extra"]:
+        print(acked_line(result))
     if args.scenario == "max":
         print(
             f"max sustained: {result['extra']['max_sustained_per_s']} msg/s "

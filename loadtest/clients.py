@@ -151,8 +151,11 @@ class DeliveryRecorder:
         self._counter = counter
         self.delivered = 0
 
-    def record(self, messages: Sequence[str | bytes], now_ns: int) -> None:
-        """Record ``messages``, all received at ``now_ns`` (``time.monotonic_ns``)."""
+    def record(
+        self, messages: Sequence[str | bytes], now_ns: int, acked_ns: int | None = None
+    ) -> None:
+        """Record ``messages``, all received at ``now_ns`` (``time.monotonic_ns``) and, by an
+        acked consumer, acked at ``acked_ns`` (their ack latency from the scheduled time)."""
         stats = self._stats
         counters = stats.counters
         ledger = stats.ledger
@@ -167,12 +170,15 @@ class DeliveryRecorder:
                 counters.foreign += 1
                 continue
             stats.latency.record_ns(now_ns - header.scheduled_ns)
+            if acked_ns is not None:
+                stats.ack_latency.record_ns(acked_ns - header.scheduled_ns)
             if ledger is not None:
                 ledger.record(header.producer, header.seq)
             got += 1
         if got:
             self.delivered += got
             counters.delivered += got
+            stats.last_done_ns = max(stats.last_done_ns, now_ns if acked_ns is None else acked_ns)
             self._counter.add(got)
 
 

@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 
 import trio
 
+from loadtest.acked import consume_acked
 from loadtest.clients import (
     DeliveryCounter,
     ProducerPlan,
@@ -66,6 +67,10 @@ SENDERS: Final[tuple[Sender, ...]] = ("unbatched", "batched", "trio-websocket")
 ConsumerClient = Literal["lean", "trio-websocket"]
 #: The consumer clients, the default first.
 CONSUMER_CLIENTS: Final[tuple[ConsumerClient, ...]] = ("lean", "trio-websocket")
+#: How consumers settle what they get: ``auto``, done once delivered (every channel but an
+#: acked queue); ``explicit``, the acked consumer of an acked queue channel, acking each job
+#: (:func:`~loadtest.acked.consume_acked`, on the lean client).
+ConsumerAck = Literal["auto", "explicit"]
 #: The consumer function of each consumer client.
 CONSUMERS: Final[Mapping[ConsumerClient, Callable[..., Awaitable[None]]]] = {
     "lean": consume_lean,
@@ -95,8 +100,10 @@ class RoleSpec:
     sharing the channel through a broker), else to ``url`` like the producers. Sends stop at
     ``duration_s`` plus half of ``drain_s``; everything stops at ``duration_s + drain_s`` after
     the start. ``sender`` is how producers write (:data:`Sender`), ``consumer_client`` what
-    consumers read with (:data:`ConsumerClient`). ``token`` (kept out of
-    ``repr``) goes on every handshake as ``token_in`` says (:mod:`loadtest.tokens`).
+    consumers read with (:data:`ConsumerClient`), ``consumer_ack`` whether they ack each job
+    (:data:`ConsumerAck`: ``explicit`` reads with the acked consumer whatever the client).
+    ``token`` (kept out of ``repr``) goes on every handshake as ``token_in`` says
+    (:mod:`loadtest.tokens`).
     """
 
     url: str
@@ -110,6 +117,7 @@ class RoleSpec:
     stalled_consumers: int = 0
     sender: Sender = "unbatched"
     consumer_client: ConsumerClient = "lean"
+    consumer_ack: ConsumerAck = "auto"
     track_ledger: bool = False
     payload_bytes: int = 128
     rate_per_s: float = 100.0
@@ -243,12 +251,15 @@ class LocalRun:
         producer_url, consumer_url = spec.endpoints()
         headers = spec.headers()
         timeout = spec.connect_timeout_s
+        consumer_fn = (
+            consume_acked if spec.consumer_ack == "explicit" else CONSUMERS[spec.consumer_client]
+        )
         async with trio.open_nursery() as consumers:
             await start_many(
                 consumers,
                 [
                     functools.partial(
-                        CONSUMERS[spec.consumer_client],
+                        consumer_fn,
                         consumer_url,
                         spec.run_id,
                         stats,

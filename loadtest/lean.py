@@ -29,6 +29,7 @@ from wsproto.events import (
     Message,
     Ping,
     RejectConnection,
+    RejectData,
     Request,
     TextMessage,
 )
@@ -59,6 +60,8 @@ LEAN_BATCH_MESSAGES = 512
 LEAN_TICK_NS = 1_000_000
 #: Bytes asked for per ``receive_some`` by the lean client.
 RECEIVE_BYTES = 65536
+#: How much of a refused handshake's body a :class:`LeanHandshakeError` says.
+REJECT_BODY_BYTES = 200
 
 
 class LeanHandshakeError(Exception):
@@ -140,9 +143,14 @@ class LeanWebSocket:
                     subprotocols=list(subprotocols),
                 )
                 await stream.send_all(ws.send(request))
-                while True:
+                rejected: RejectConnection | None = None
+                body = b""
+                done = False
+                while not done and len(body) < REJECT_BODY_BYTES:
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
+                        if rejected is not None:
+                            break  # the body ends with the connection
                         raise LeanHandshakeError("connection closed during the handshake")
                     ws.receive_data(data)
                     for event in ws.events():
@@ -151,7 +159,14 @@ class LeanWebSocket:
                             # read of events (receive_messages looks there first).
                             return LeanWebSocket(stream, ws, event.subprotocol)
                         if isinstance(event, RejectConnection):
-                            raise LeanHandshakeError(f"rejected with HTTP {event.status_code}")
+                            rejected, done = event, not event.has_body
+                        elif isinstance(event, RejectData):
+                            body, done = body + event.data, event.body_finished
+                assert rejected is not None
+                said = body[:REJECT_BODY_BYTES].decode("utf-8", "replace").strip()
+                raise LeanHandshakeError(
+                    f"rejected with HTTP {rejected.status_code}" + (f": {said}" if said else "")
+                )
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -273,12 +288,16 @@ async def open_counted(
     stats: RoleStats,
     what: str,
     task_status: trio.TaskStatus[bool],
+    subprotocols: Sequence[str] = (),
 ) -> LeanWebSocket | None:
-    """Connect one of the generator's connections, counted as connected or failed (the error
-    noted as ``<what> connect: ...``); ``task_status.started(True/False)`` says which.
-    Returns the connection, or None if it could not be made."""
+    """Connect one of the generator's connections (offering ``subprotocols``), counted as
+    connected or failed (the error noted as ``<what> connect: ...``);
+    ``task_status.started(True/False)`` says which. Returns the connection, or None if it
+    could not be made."""
     try:
-        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
+        lean = await LeanWebSocket.open(
+            url, connect_timeout_s=connect_timeout_s, headers=headers, subprotocols=subprotocols
+        )
     except LEAN_CONNECT_ERRORS as exc:
         stats.counters.failed_connects += 1
         stats.note_error(f"{what} connect: {exc!r}")
@@ -420,9 +439,15 @@ async def consume_lean(
         if not stopper.stopped:
             stats.note_error(f"consumer: {exc!r}")
     finally:
-        stats.per_consumer_delivered.append(recorder.delivered)
-        with trio.move_on_after(CLOSE_TIMEOUT_S) as leaving:
-            leaving.shield = True
-            with contextlib.suppress(*CONNECTION_ERRORS):  # already gone
-                await lean.send_close()
-        await lean.aclose()
+        await leave(lean, recorder, stats)
+
+
+async def leave(lean: LeanWebSocket, recorder: DeliveryRecorder, stats: RoleStats) -> None:
+    """A consumer leaving: its deliveries counted per consumer, a close frame (1000) sent
+    within :data:`CLOSE_TIMEOUT_S` without waiting for the answer, the socket closed."""
+    stats.per_consumer_delivered.append(recorder.delivered)
+    with trio.move_on_after(CLOSE_TIMEOUT_S) as leaving:
+        leaving.shield = True
+        with contextlib.suppress(*CONNECTION_ERRORS):  # already gone
+            await lean.send_close()
+    await lean.aclose()

@@ -70,6 +70,14 @@ class ProcessSampler:
                     raise
         return cpu, rss
 
+    def cpu_seconds(self) -> float | None:
+        """Return the CPU time (user + system) the process has used so far, or ``None`` if
+        it has exited."""
+        try:
+            return self._read()[0]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
     def sample(self) -> Sample | None:
         """Return a new :class:`Sample`, or ``None`` if the process has exited."""
         if self.gone:

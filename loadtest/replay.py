@@ -87,19 +87,23 @@ def parse_subscribed(frame: str | bytes) -> Subscribed:
 def parse_message(frame: str | bytes) -> tuple[str, int, str | bytes]:
     """Read a message frame: ``(channel, offset, payload)``; :class:`ResumeError` for any
     other frame (a control message, a frame of another kind, a malformed header)."""
-    body: str | bytes
-    if isinstance(frame, str):
-        if frame.startswith("{"):
-            raise ResumeError(f"a control message instead of a replayed one: {_show(frame)}")
-        header, newline, body = frame.partition("\n")
-    else:
-        raw_header, raw_newline, body = frame.partition(b"\n")
-        header, newline = raw_header.decode("ascii", "replace"), raw_newline.decode()
+    if isinstance(frame, str) and frame.startswith("{"):
+        raise ResumeError(f"a control message instead of a replayed one: {_show(frame)}")
+    header, newline, body = split_header(frame)
     kind, _, rest = header.partition(" ")
     channel, _, offset = rest.partition(" ")
     if not newline or kind != "m" or not channel or not offset.isdigit():
         raise ResumeError(f"not a message frame: {_show(frame)}")
     return channel, int(offset), body
+
+
+def split_header(frame: str | bytes) -> tuple[str, str, str | bytes]:
+    """A message or job frame's header line (ASCII, decoded either way), the line feed
+    after it (empty if there is none) and the payload, text or binary as the frame."""
+    if isinstance(frame, str):
+        return frame.partition("\n")
+    raw_header, raw_newline, body = frame.partition(b"\n")
+    return raw_header.decode("ascii", "replace"), raw_newline.decode(), body
 
 
 class ReplayCheck:

@@ -25,12 +25,22 @@ them::
       },
       "extra": {...scenario-specific: max steps, per-consumer spread, RSS per connection...}
     }
+
+``queue --ack explicit`` adds to ``extra`` (its ``summary`` is the acked run's)::
+
+    "plain": {...the plain queue run's summary, same shape...},
+    "ack_latency_ms": {"count", "p50", "p90", "p99", "p99_9", "max", "mean"},  # publish -> ack
+    "ack_latency_hdr": "<base64 HDR histogram>",
+    "jobs": {"acked", "refused", "redelivered"},
+    "acked_vs_plain": {"jobs_per_s" | "latency_p50_ms" | "latency_p99_ms" |
+                       "server_cpu_us_per_job": {"acked", "plain", "ratio"}}
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from loadtest.monitor import Sample, is_generator_bound, summarize
@@ -154,6 +164,69 @@ def build_result(
         "summary": dict(summary),
         "extra": dict(extra or {}),
     }
+
+
+@dataclass(frozen=True)
+class QueueSide:
+    """One side of ``queue --ack explicit``: its run's ``summary``, the server CPU seconds it
+    took (``None`` without a server PID) and the jobs it got through per second
+    (:func:`jobs_per_s`)."""
+
+    summary: Mapping[str, Any]
+    server_cpu_s: float | None
+    jobs_per_s: float | None
+
+
+def jobs_per_s(done: int, start_ns: int, last_done_ns: int) -> float | None:
+    """``done`` jobs over the time from the run's first scheduled send (``start_ns``) to the
+    last one done (``last_done_ns``), per second: the offered rate while a side keeps up
+    (a little less: the last job's latency counts), its own ceiling once it falls behind.
+    ``None`` when nothing was done."""
+    elapsed_ns = last_done_ns - start_ns
+    return None if done <= 0 or elapsed_ns <= 0 else round(done * 1e9 / elapsed_ns, 1)
+
+
+def acked_vs_plain(acked: QueueSide, plain: QueueSide) -> dict[str, dict[str, float | None]]:
+    """Compare an acked queue run with a plain queue run (``queue --ack explicit``): jobs
+    done per second (:func:`jobs_per_s`), delivery latency p50/p99 and server CPU per
+    delivered job in microseconds; each as ``{"acked", "plain", "ratio"}``, the ratio acked /
+    plain (``None`` where a figure is missing or the plain one is 0)."""
+
+    def row(a: float | None, p: float | None) -> dict[str, float | None]:
+        ratio = None if a is None or not p else round(a / p, 3)
+        return {"acked": a, "plain": p, "ratio": ratio}
+
+    def per_job_us(side: QueueSide) -> float | None:
+        delivered: int = side.summary["counts"]["delivered"]
+        if side.server_cpu_s is None or not delivered:
+            return None
+        return round(side.server_cpu_s * 1e6 / delivered, 1)
+
+    a_lat, p_lat = acked.summary["latency_ms"], plain.summary["latency_ms"]
+    return {
+        "jobs_per_s": row(acked.jobs_per_s, plain.jobs_per_s),
+        "latency_p50_ms": row(a_lat["p50"], p_lat["p50"]),
+        "latency_p99_ms": row(a_lat["p99"], p_lat["p99"]),
+        "server_cpu_us_per_job": row(per_job_us(acked), per_job_us(plain)),
+    }
+
+
+def acked_line(result: Mapping[str, Any]) -> str:
+    """Return the second line of ``queue --ack explicit`` (for the CLI): the ratios acked /
+    plain and the publish-to-ack latency."""
+    extra = result["extra"]
+    rows, ack = extra["acked_vs_plain"], extra["ack_latency_ms"]
+
+    def show(name: str, unit: str) -> str:
+        r = rows[name]
+        return f"{r['acked']}{unit} vs {r['plain']}{unit} (ratio {r['ratio']})"
+
+    return (
+        f"acked vs plain queue: jobs {show('jobs_per_s', '/s')}; latency p50 "
+        f"{show('latency_p50_ms', ' ms')}, p99 {show('latency_p99_ms', ' ms')}; server CPU "
+        f"per job {show('server_cpu_us_per_job', ' us')}; publish to ack ms p50 {ack['p50']} "
+        f"p99 {ack['p99']} max {ack['max']}"
+    )
 
 
 def check_result(result: Mapping[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The traffic scenarios: ``pair``, ``fanout``, ``queue``, ``slow`` and ``max``.
+"""The traffic scenarios: ``pair``, ``fanout``, ``queue`` (and acked queue against plain),
+``slow`` and ``max``.
 
 Each is an async function taking a :class:`Common` (target URL, durations, process split...)
 plus its own knobs, and returning the result object of :mod:`loadtest.report`. They never
@@ -17,10 +18,11 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from loadtest.endpoints import Ack
 from loadtest.engine import (
+    ConsumerAck,
     ConsumerClient,
     Delivery,
     ProgressFn,
@@ -29,7 +31,8 @@ from loadtest.engine import (
     Sender,
     execute,
 )
-from loadtest.report import build_result, run_summary
+from loadtest.monitor import ProcessSampler
+from loadtest.report import QueueSide, acked_vs_plain, build_result, jobs_per_s, run_summary
 from loadtest.schedule import (
     DEFAULT_MIN_DELIVERED_RATIO,
     DEFAULT_P99_BOUND_MS,
@@ -199,14 +202,44 @@ async def run_fanout(
     )
 
 
+#: The channels of ``queue --ack explicit`` when none is named: the plain queue side's and
+#: the acked queue side's (:func:`acked_queue_rules` gives the rules the relay needs for them).
+PLAIN_QUEUE_CHANNEL: Final = "loadtest.queue"
+ACKED_QUEUE_CHANNEL: Final = "loadtest.acked"
+
+
+def acked_queue_rules(
+    plain: str = PLAIN_QUEUE_CHANNEL, acked: str = ACKED_QUEUE_CHANNEL
+) -> dict[str, dict[str, str]]:
+    """The relay's channel rules ``queue --ack explicit`` needs (``TRIORELAY_CHANNELS`` as
+    JSON, or ``[channels."..."]`` tables in TOML): ``plain`` a queue, ``acked`` an acked queue
+    (the rule's other bounds, such as ``max_in_flight``, at the relay's defaults)."""
+    return {acked: {"mode": "queue", "ack": "explicit"}, plain: {"mode": "queue"}}
+
+
 async def run_queue(
-    common: Common, *, producers: int = 1, consumers: int = 4, rate_per_s: float = 1000.0
+    common: Common,
+    *,
+    producers: int = 1,
+    consumers: int = 4,
+    rate_per_s: float = 1000.0,
+    ack: ConsumerAck = "auto",
+    acked_channel: str | None = None,
 ) -> dict[str, Any]:
     """Competing consumers: each message should reach exactly one consumer.
 
     Keeps a delivery ledger, so ``counts.duplicates`` and ``counts.missing`` are exact. Use a
-    queue channel (``--channel jobs.x``) against triorelay.
+    queue channel (``--channel jobs.x``) against triorelay. With ``ack="explicit"``, see
+    :func:`run_acked_queue`.
     """
+    if ack == "explicit":
+        return await run_acked_queue(
+            common,
+            producers=producers,
+            consumers=consumers,
+            rate_per_s=rate_per_s,
+            acked_channel=acked_channel,
+        )
     spec = _spec(
         common,
         total_producers=producers,
@@ -217,6 +250,94 @@ async def run_queue(
     outcome = await _run(common, spec, "competing")
     params = {"producers": producers, "consumers": consumers, "rate_per_s": rate_per_s}
     return _result("queue", common, outcome, params)
+
+
+async def run_acked_queue(
+    common: Common,
+    *,
+    producers: int = 1,
+    consumers: int = 4,
+    rate_per_s: float = 1000.0,
+    acked_channel: str | None = None,
+) -> dict[str, Any]:
+    """Acked queue against plain queue, side by side (``queue --ack explicit``; triorelay).
+
+    Two runs with the same producers, consumers, rate, payloads and duration, one after the
+    other on one relay: first on the plain queue channel ``common.channel`` (default
+    :data:`PLAIN_QUEUE_CHANNEL`), consumers done with a job once it is delivered; then on the
+    acked queue ``acked_channel`` (default :data:`ACKED_QUEUE_CHANNEL`), each consumer acking
+    every job as soon as it has read it (:func:`~loadtest.acked.consume_acked`). Producers
+    publish with ``?ack=id`` on both unless ``common.ack`` says otherwise. The relay needs
+    :func:`acked_queue_rules` for the two channels.
+
+    The result's ``summary`` is the acked run's; ``extra.plain`` the plain run's summary;
+    ``extra.ack_latency_ms`` each job's latency from its scheduled publish to its ack being
+    written; ``extra.acked_vs_plain`` delivered jobs/s, delivery latency and (with
+    ``server_pid``) server CPU per delivered job, each as acked, plain and their ratio
+    (acked / plain); ``extra.jobs`` the acks sent, refused and redeliveries seen.
+    """
+    plain_common = dataclasses.replace(
+        common, channel=common.channel or PLAIN_QUEUE_CHANNEL, ack=common.ack or "id"
+    )
+    acked_common = dataclasses.replace(plain_common, channel=acked_channel or ACKED_QUEUE_CHANNEL)
+    server = (
+        None
+        if common.server_pid is None
+        else ProcessSampler(common.server_pid, include_children=True)
+    )
+    runs: list[tuple[RunOutcome, float | None]] = []
+    for side, consumer_ack in ((plain_common, "auto"), (acked_common, "explicit")):
+        spec = _spec(
+            side,
+            total_producers=producers,
+            consumers=consumers,
+            rate_per_s=rate_per_s,
+            track_ledger=True,
+            consumer_ack=consumer_ack,
+        )
+        before = None if server is None else server.cpu_seconds()
+        outcome = await _run(side, spec, "competing")
+        after = None if server is None else server.cpu_seconds()
+        runs.append((outcome, None if before is None or after is None else after - before))
+    (plain, plain_cpu_s), (acked, acked_cpu_s) = runs
+    plain_summary = _summary(plain, keep_series=False)
+    acked_summary = _summary(acked)
+    jobs = acked.stats.counters
+    params = {
+        "producers": producers,
+        "consumers": consumers,
+        "rate_per_s": rate_per_s,
+        "consumer_ack": "explicit",
+        "acked_channel": acked_common.channel,
+    }
+    return build_result(
+        scenario="queue",
+        url=common.url,
+        channel=acked_common.channel,
+        server_pid=common.server_pid,
+        params={**plain_common.params(), **params},
+        summary=acked_summary,
+        extra={
+            "connect_seconds": acked.connect_s,
+            "per_consumer_delivered": _consumer_spread(acked.stats.per_consumer_delivered),
+            "ack_latency_ms": acked.stats.ack_latency.summary_ms(),
+            "ack_latency_hdr": acked.stats.ack_latency.encode(),
+            "jobs": {
+                "acked": jobs.jobs_acked,
+                "refused": jobs.jobs_refused,
+                "redelivered": jobs.jobs_redelivered,
+            },
+            "acked_vs_plain": acked_vs_plain(
+                _side(acked, acked_summary, acked_cpu_s), _side(plain, plain_summary, plain_cpu_s)
+            ),
+            "plain": plain_summary,
+        },
+    )
+
+
+def _side(outcome: RunOutcome, summary: dict[str, Any], cpu_s: float | None) -> QueueSide:
+    done = outcome.stats.counters.delivered
+    return QueueSide(summary, cpu_s, jobs_per_s(done, outcome.start_ns, outcome.stats.last_done_ns))
 
 
 async def run_slow(

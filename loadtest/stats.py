@@ -93,7 +93,10 @@ class Counters:
     * ``acks``: echoes/acks the producers drained; ``delivered``: received by consumers;
     * ``errors``: connection or protocol failures; ``bad_frames``: frames that did not decode;
     * ``foreign``: well-formed messages of another run (left over in the server), ignored;
-    * ``connected``/``failed_connects``: connection attempts that did or did not complete.
+    * ``connected``/``failed_connects``: connection attempts that did or did not complete;
+    * ``jobs_acked``: acks the acked consumers sent (``queue --ack explicit``),
+      ``jobs_refused``: refusals the relay sent them, ``jobs_redelivered``: jobs they got on
+      a second or later delivery.
     """
 
     offered: int = 0
@@ -105,6 +108,9 @@ class Counters:
     foreign: int = 0
     connected: int = 0
     failed_connects: int = 0
+    jobs_acked: int = 0
+    jobs_refused: int = 0
+    jobs_redelivered: int = 0
 
     def add(self, other: Counters) -> None:
         """Add ``other``'s counts into these."""
@@ -184,16 +190,22 @@ class DeliveryLedger:
 class RoleStats:
     """Everything one process measured: counters, latency, optional ledger and per-consumer counts.
 
-    This is the unit shipped from worker processes (:meth:`to_wire`) and merged (:meth:`add`).
+    ``latency`` is from each message's scheduled send time to its receipt; ``ack_latency``
+    (acked consumers only) to the moment its ack was written; ``last_done_ns`` is the
+    ``time.monotonic_ns()`` of the last delivery (of an acked consumer: of the last ack), 0
+    before any. This is the unit shipped from worker processes (:meth:`to_wire`) and merged
+    (:meth:`add`).
     """
 
     counters: Counters = field(default_factory=Counters)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    ack_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     ledger: DeliveryLedger | None = None
     sent_per_producer: dict[int, int] = field(default_factory=dict)
     per_consumer_delivered: list[int] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     cpu_percent: list[float] = field(default_factory=list)
+    last_done_ns: int = 0
 
     MAX_ERROR_SAMPLES: ClassVar[int] = 20
 
@@ -207,6 +219,7 @@ class RoleStats:
         """Merge ``other`` into these stats."""
         self.counters.add(other.counters)
         self.latency.add(other.latency)
+        self.ack_latency.add(other.ack_latency)
         if other.ledger is not None:
             if self.ledger is None:
                 self.ledger = DeliveryLedger()
@@ -217,6 +230,7 @@ class RoleStats:
         room = self.MAX_ERROR_SAMPLES - len(self.error_samples)
         self.error_samples.extend(other.error_samples[: max(0, room)])
         self.cpu_percent.extend(other.cpu_percent)
+        self.last_done_ns = max(self.last_done_ns, other.last_done_ns)
 
     def to_wire(self) -> dict[str, Any]:
         """Return a JSON-ready form for :meth:`from_wire`."""
@@ -224,11 +238,14 @@ class RoleStats:
             "counters": self.counters.to_dict(),
             "latency_hdr": self.latency.encode(),
             "latency_clamped_high": self.latency.clamped_high,
+            "ack_latency_hdr": self.ack_latency.encode(),
+            "ack_latency_clamped_high": self.ack_latency.clamped_high,
             "ledger": None if self.ledger is None else self.ledger.to_wire(),
             "sent_per_producer": {str(p): n for p, n in self.sent_per_producer.items()},
             "per_consumer_delivered": self.per_consumer_delivered,
             "error_samples": self.error_samples,
             "cpu_percent": self.cpu_percent,
+            "last_done_ns": self.last_done_ns,
         }
 
     @classmethod
@@ -238,11 +255,15 @@ class RoleStats:
         return cls(
             counters=Counters.from_dict(data["counters"]),
             latency=LatencyHistogram.decode(data["latency_hdr"], data["latency_clamped_high"]),
+            ack_latency=LatencyHistogram.decode(
+                data["ack_latency_hdr"], data["ack_latency_clamped_high"]
+            ),
             ledger=None if ledger is None else DeliveryLedger.from_wire(ledger),
             sent_per_producer={int(p): int(n) for p, n in data["sent_per_producer"].items()},
             per_consumer_delivered=[int(n) for n in data["per_consumer_delivered"]],
             error_samples=[str(e) for e in data["error_samples"]],
             cpu_percent=[float(c) for c in data["cpu_percent"]],
+            last_done_ns=int(data["last_done_ns"]),
         )
 
 

@@ -61,6 +61,21 @@ async def relay(start_relay: StartRelay) -> RunningRelay:
     return await start_relay()
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The ``broker`` setting of a test that runs on both: memory, then a redis-server of
+    its own (acked queues: the route's tests and the job client's)."""
+    if request.param == "memory":
+        yield "memory"
+        return
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server.url
+    finally:
+        await server.kill()
+
+
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisServer]:
     """A fresh redis-server of the test's own on a free port, killed when the test ends."""

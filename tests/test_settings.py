@@ -356,3 +356,42 @@ def test_the_blocking_connection_bound_has_a_default_and_reads_the_environment(
     assert load_settings().redis_max_blocking_connections == 1024
     monkeypatch.setenv("TRIORELAY_REDIS_MAX_BLOCKING_CONNECTIONS", "16")
     assert load_settings().redis_max_blocking_connections == 16
+
+
+ACKED = {"mode": "queue", "ack": "explicit"}
+
+
+@pytest.mark.parametrize(
+    ("channels", "message"),
+    [
+        ({"news.*": {"ack": "explicit"}}, "ack = 'explicit' is for queue channels"),
+        ({"jobs.*": {**ACKED, "dead_letter_channel": "bad name"}}, "is not a channel name"),
+        # jobs.x.dead matches jobs.* too: dead letters would go round and round.
+        ({"jobs.*": ACKED}, "'jobs.*.dead' is an acked queue too"),
+        ({"jobs.*": {**ACKED, "dead_letter_channel": "jobs.failed"}}, "'jobs.failed' is an"),
+        ({"jobs": {**ACKED, "ack_timeout_seconds": float("inf")}}, "ack_timeout_seconds"),
+        ({"jobs": {**ACKED, "redelivery_backoff_max_seconds": 1e9}}, "redelivery_backoff_max"),
+    ],
+)
+def test_acked_queue_rules_that_cannot_work_are_refused(
+    channels: dict[str, Any], message: str
+) -> None:
+    """An acked rule on a broadcast channel, a dead-letter channel that is no channel name
+    or is an acked queue itself, times past a day: refused at start-up, saying which."""
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(channels=channels)
+
+
+def test_acked_queue_rules_resolve_with_their_dead_letter_rule_first() -> None:
+    """With a rule for dead letters before it, an acked rule resolves, falling back to the
+    global settings; the backoff doubles per delivery up to its cap."""
+    settings = load_settings(
+        max_deliveries=7,
+        channels={"*.dead": {"mode": "broadcast"}, "jobs.*": {**ACKED, "max_in_flight": 2}},
+    )
+    config = settings.channel_config("jobs.render")
+    assert config.acked
+    assert (config.max_in_flight, config.max_deliveries) == (2, 7)
+    assert config.dead_letter_of("jobs.render") == "jobs.render.dead"
+    assert not settings.channel_config("jobs.render.dead").acked
+    assert [config.redelivery_delay(n) for n in (0, 1, 2, 3, 8)] == [0, 1, 2, 4, 60]

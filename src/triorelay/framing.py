@@ -275,11 +275,11 @@ MAX_NACK_DELAY_SECONDS = 24 * 3600.0
 def read_settle(frame: str) -> Settle | None:
     """A client's text frame → its :class:`Settle`, None if it is no ack or nack;
     ValueError (saying what is wrong) for a malformed one."""
-    if not frame.startswith('{"triorelay"'):
+    if not frame.lstrip().startswith("{"):
         return None
     try:
         fields = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         raise ValueError("a control message is a JSON object") from None
     kind = fields.get("triorelay") if isinstance(fields, dict) else None
     if kind not in ("ack", "nack"):
@@ -369,7 +369,7 @@ def _job(header: str, rest: str, payload: Payload) -> Job:
 def _control(frame: str) -> Control:
     try:
         fields = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValueError("a control message is a JSON object") from None
     if not isinstance(fields, dict) or not isinstance(fields.get("triorelay"), str):
         raise ValueError('a control message is a JSON object with a "triorelay" kind')

@@ -47,6 +47,8 @@ a framed consumer acks each one (``docs/topics/queue-delivery.md``)."""
 Policy = Literal["disconnect", "drop_oldest", "drop_newest", "block"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+JobSeconds = Annotated[float, Field(gt=0, le=86_400)]
+"""An acked queue's times: at most a day (a nack's delay is bounded the same way)."""
 UpstreamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 """A proxy upstream's name: what ``/ws/proxy/{name}`` says, never a URL."""
 WebSocketUrl = Annotated[
@@ -85,11 +87,11 @@ class ChannelRule(BaseModel):
     history_ttl_seconds: Annotated[float, Field(gt=0)] | None = None
     ack: AckMode | None = None
     max_in_flight: PositiveInt | None = None
-    ack_timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    ack_timeout_seconds: JobSeconds | None = None
     max_deliveries: PositiveInt | None = None
     dead_letter_channel: str | None = None
-    redelivery_backoff_seconds: Annotated[float, Field(ge=0)] | None = None
-    redelivery_backoff_max_seconds: Annotated[float, Field(ge=0)] | None = None
+    redelivery_backoff_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    redelivery_backoff_max_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
 
 
 class ChannelConfig(BaseModel):
@@ -171,10 +173,10 @@ class Settings(BaseSettings):
     #: rule; ``ack`` applies to queue channels only.
     ack: AckMode = "auto"
     max_in_flight: PositiveInt = 16
-    ack_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    ack_timeout_seconds: JobSeconds = 30.0
     max_deliveries: PositiveInt = 5
-    redelivery_backoff_seconds: Annotated[float, Field(ge=0)] = 1.0
-    redelivery_backoff_max_seconds: Annotated[float, Field(ge=0)] = 60.0
+    redelivery_backoff_seconds: Annotated[float, Field(ge=0, le=86_400)] = 1.0
+    redelivery_backoff_max_seconds: Annotated[float, Field(ge=0, le=86_400)] = 60.0
     #: Memory broker: bytes queued in every queue channel together; past it publishing to a
     #: queue waits, as with a full queue.
     max_queued_bytes: PositiveInt = 256 * 1024 * 1024
@@ -370,10 +372,6 @@ class Settings(BaseSettings):
             config = self._resolve(rule)
             # The global ``ack`` applies to queue channels; a rule saying so on a broadcast
             # channel is a mistake worth an error.
-            if config.acked and self.broker != "memory":
-                raise ValueError(
-                    f"channels {pattern!r}: ack = 'explicit' needs the memory broker for now"
-                )
             if rule.ack == "explicit" and config.mode != "queue":
                 raise ValueError(
                     f"channels {pattern!r}: ack = 'explicit' is for queue channels (mode = 'queue')"
@@ -382,6 +380,17 @@ class Settings(BaseSettings):
             if dead is not None and not _CHANNEL_NAME.fullmatch(dead):
                 raise ValueError(
                     f"channels {pattern!r}: dead_letter_channel {dead!r} is not a channel name"
+                )
+            if not config.acked:
+                continue
+            # A dead-letter channel that is itself an acked queue would pass its own dead jobs
+            # on and on (or to itself). The pattern stands for the names it matches.
+            target = config.dead_letter_of(pattern)
+            if self.channel_config(target).acked:
+                raise ValueError(
+                    f"channels {pattern!r}: its dead-letter channel {target!r} is an acked queue "
+                    "too; give dead letters a rule of their own before this one (e.g. "
+                    "channels.\"*.dead\" with mode = 'broadcast')"
                 )
 
     def _check_auth(self) -> None:

@@ -111,7 +111,7 @@ def test_unknown_kinds_and_other_channels_are_ignored() -> None:
     """Room to grow: unknown frame kinds, control kinds and channels are skipped."""
     state = connected_state()
     state.receive(subscribed("E1", 0))
-    assert state.receive("j chat 1\npayload") is None
+    assert state.receive("x chat 1\npayload") is None  # "j" is taken: a job frame
     assert state.receive('{"triorelay":"job","channel":"chat"}') is None
     assert state.receive(message(1, channel="other")) is None
     assert state.position == Position("E1", 0)

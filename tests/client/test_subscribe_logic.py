@@ -42,7 +42,7 @@ from triorelay.client import (
     Subscribed,
     subscribe,
 )
-from triorelay.client.subscribe import Disconnect, retry_forever
+from triorelay.client.connector import Disconnect, retry_forever
 
 #: A hang guard: these tests take milliseconds.
 GUARD_SECONDS = 10

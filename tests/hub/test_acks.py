@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from triorelay.brokers.base import Job
 from triorelay.hub.acks import InFlight
 
@@ -85,4 +87,22 @@ def test_a_consumer_that_leaves_gives_back_everything_at_once() -> None:
     assert [r.job.payload for r in returned] == ["a", "b"]
     assert [r.job.history[-1][2] for r in returned] == ["consumer left"] * 2
     assert len(jobs) == 0
+    assert jobs.next_deadline() is None
+
+
+def test_what_is_kept_is_bounded_by_the_jobs_in_flight() -> None:
+    """A long job held while many short ones are acked beside it: nothing is kept for the
+    settled ones (deadlines in hand-out order, no heap of stale entries)."""
+    jobs = in_flight(ack_timeout_seconds=3600.0)
+    long = jobs.hand_out(Job("long", 1, seq=0), now=0)
+    tracemalloc.start()
+    try:
+        for seq in range(1, 10_001):
+            jobs.ack(jobs.hand_out(Job("short", 1, seq=seq), now=seq / 1000))
+            assert jobs.next_deadline() == 3600.0  # the long job's, always
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert kept < 20_000, kept  # a stale entry per short job would be about 700 KB
+    assert jobs.ack(long) is not None
     assert jobs.next_deadline() is None

@@ -132,3 +132,22 @@ def keyed_relay(tmp_path: Path) -> Iterator[KeyedRelay]:
         yield KeyedRelay(url=server.url, pid=server.proc.pid, secret=secret)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def acked_relay(tmp_path: Path) -> Iterator[RunningServer]:
+    """A fresh ``python -m triorelay serve`` with the channel rules ``queue --ack explicit``
+    needs: ``loadtest.queue`` a queue, ``loadtest.acked`` an acked queue."""
+    import json
+
+    from loadtest.compare.processes import start_server
+    from loadtest.compare.relay import relay_env
+    from loadtest.compare.sides import MEMORY
+    from loadtest.scenarios import acked_queue_rules
+
+    env = relay_env(channels=json.dumps(acked_queue_rules()))
+    server = start_server(MEMORY, tmp_path / "relay.log", cpus=None, env=env)
+    try:
+        yield RunningServer(url=server.url, pid=server.proc.pid)
+    finally:
+        server.stop()

@@ -1,11 +1,11 @@
-"""The generator's command line: how producers write (``--sender``, and its old spelling) and
-what consumers read with (``--consumer-client``)."""
+"""The generator's command line: how producers write (``--sender``, and its old spelling),
+what consumers read with (``--consumer-client``), and ``queue --ack explicit``."""
 
 from __future__ import annotations
 
 import pytest
 
-from loadtest.cli import build_parser
+from loadtest.cli import build_parser, main
 from loadtest.engine import CONSUMER_CLIENTS, CONSUMERS, PRODUCERS, SENDERS
 
 
@@ -43,3 +43,21 @@ def test_consumers_read_with_the_lean_client_unless_told() -> None:
     args = parse(["fanout", "--url", "ws://x", "--consumer-client", "trio-websocket"])
     assert args.consumer_client == "trio-websocket"
     assert set(CONSUMER_CLIENTS) == set(CONSUMERS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["pair", "--ack", "explicit"], "for the queue scenario"),
+        (["queue", "--ack", "explicit", "--consumer-client", "trio-websocket"], "lean client"),
+    ],
+)
+def test_ack_explicit_is_for_a_lean_queue_run(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Acked queues are measured by the queue scenario, on the lean client on both sides:
+    anything else is an argument error (exit 2) before anything connects."""
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, "--url", "ws://127.0.0.1:9"])
+    assert caught.value.code == 2
+    assert said in capsys.readouterr().err

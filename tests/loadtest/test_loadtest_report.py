@@ -10,7 +10,16 @@ import pytest
 from loadtest.endpoints import endpoint_url, host_port, resource
 from loadtest.engine import RoleSpec, expected_deliveries, split_spec
 from loadtest.monitor import Sample, cpu_percent_between, summarize
-from loadtest.report import SCHEMA, build_result, check_result, one_line, run_summary
+from loadtest.report import (
+    SCHEMA,
+    QueueSide,
+    acked_vs_plain,
+    build_result,
+    check_result,
+    jobs_per_s,
+    one_line,
+    run_summary,
+)
 from loadtest.stats import DeliveryLedger, RoleStats
 
 
@@ -159,3 +168,32 @@ def test_consumers_connect_to_the_consumer_url_when_given() -> None:
     assert spec.endpoints() == ("ws://a:1/ws/producer/c?ack=echo", "ws://b:2/ws/consumer/c")
     assert RoleSpec(url="ws://a:1").endpoints()[1] == "ws://a:1/ws/consumer"
     assert RoleSpec.from_json(spec.to_json()).consumer_url == "ws://b:2"
+
+
+def _summary(delivered: int, latency_ns: int) -> dict[str, object]:
+    stats = _stats(delivered, 0)
+    stats.counters.delivered = delivered
+    for _ in range(delivered):
+        stats.latency.record_ns(latency_ns)
+    return run_summary(
+        stats, expected=delivered, duration_s=2.0, server_samples=None, generator_samples={}
+    )
+
+
+def test_acked_against_plain_gives_each_figure_and_its_ratio() -> None:
+    """Jobs done per second, latency and server CPU per job, acked / plain; a figure missing
+    on either side (no server PID) has no ratio."""
+    acked, plain = _summary(900, 2_000_000), _summary(1000, 1_000_000)
+    rows = acked_vs_plain(QueueSide(acked, 0.9, 450.0), QueueSide(plain, 0.5, 500.0))
+    assert rows["jobs_per_s"] == {"acked": 450.0, "plain": 500.0, "ratio": 0.9}
+    assert rows["latency_p50_ms"] == {"acked": 2.0, "plain": 1.0, "ratio": 2.0}
+    assert rows["server_cpu_us_per_job"] == {"acked": 1000.0, "plain": 500.0, "ratio": 2.0}
+    unsampled = acked_vs_plain(QueueSide(acked, None, 450.0), QueueSide(plain, None, 500.0))
+    assert unsampled["server_cpu_us_per_job"] == {"acked": None, "plain": None, "ratio": None}
+
+
+def test_jobs_per_second_run_to_the_last_one_done() -> None:
+    """From the first scheduled send to the last job done: 1000 jobs done 2.5 s after the
+    start are 400/s, however long the send window was; nothing done, no rate."""
+    assert jobs_per_s(1000, 1_000_000_000, 3_500_000_000) == 400.0
+    assert jobs_per_s(0, 1_000_000_000, 0) is None

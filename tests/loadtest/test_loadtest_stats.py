@@ -89,6 +89,8 @@ def test_role_stats_wire_round_trip_and_merge() -> None:
     one = RoleStats(ledger=DeliveryLedger())
     one.counters.sent = 3
     one.latency.record_ns(2_000_000)
+    one.ack_latency.record_ns(3_000_000)
+    one.last_done_ns = 7
     one.sent_per_producer[0] = 3
     one.per_consumer_delivered.append(3)
     one.note_error("boom")
@@ -97,6 +99,8 @@ def test_role_stats_wire_round_trip_and_merge() -> None:
     assert total.counters.sent == 6
     assert total.counters.errors == 2
     assert total.latency.count == 2
+    assert total.ack_latency.count == 2
+    assert total.last_done_ns == 7
     assert total.sent_per_producer == {0: 6}
     assert total.per_consumer_delivered == [3, 3]
     assert total.error_samples == ["boom", "boom"]
@@ -127,3 +131,16 @@ def test_a_recorder_counts_this_runs_messages_and_sets_aside_the_rest() -> None:
     assert stats.latency.summary_ms()["max"] == pytest.approx(4.0, rel=1e-2)
     assert stats.ledger is not None
     assert stats.ledger.check({1: 2}) == (0, 0)
+
+
+def test_an_acked_consumers_recorder_also_times_the_acks() -> None:
+    """Given the ack's time, each message's ack latency (from its scheduled time) is recorded
+    beside its delivery latency; without it, none is."""
+    stats = RoleStats()
+    recorder = DeliveryRecorder("0badcafe", stats, DeliveryCounter())
+    recorder.record([encode("0badcafe", 0, 0, 1_000_000)], 2_000_000, acked_ns=4_000_000)
+    recorder.record([encode("0badcafe", 0, 1, 1_000_000)], 2_000_000)
+    assert stats.latency.count == 2
+    assert stats.ack_latency.count == 1
+    assert stats.ack_latency.summary_ms()["max"] == pytest.approx(3.0, rel=1e-2)
+    assert stats.last_done_ns == 4_000_000  # the ack, of an acked consumer

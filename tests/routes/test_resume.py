@@ -152,11 +152,14 @@ async def test_bad_resume_parameters_are_refused_with_400(
 
 
 async def test_the_framing_is_refused_on_a_queue_channel(start_relay: StartRelay) -> None:
-    """Queue messages have no position (acknowledged queues will extend the framing)."""
+    """Queue messages have no position: the framing is for broadcast and acked queues."""
     server = await start_relay(channels={"jobs.*": {"mode": "queue"}})
     headers = [("Sec-WebSocket-Protocol", framing.SUBPROTOCOL)]
     status, body = await refused_upgrade(server.port, "/ws/consumer/jobs.a", headers)
-    assert (status, body) == (400, b"the triorelay.v1 framing is for broadcast channels")
+    assert (status, body) == (
+        400,
+        b"the triorelay.v1 framing is for broadcast channels and acked queues",
+    )
 
 
 async def test_messages_published_while_resuming_are_neither_lost_nor_repeated(

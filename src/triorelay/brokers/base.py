@@ -112,10 +112,10 @@ class JobSource(Protocol):
 
     A job taken is the consumer's until it is settled (acked) or given back (nacked, timed
     out, its consumer left); a relay that dies holding jobs has them given back by another
-    relay after ``redis_claim_idle_seconds`` (Redis: the consumer group's claim), counted as a
-    delivery and with ``relay died`` in their history. The memory broker's source is the
-    hub's :class:`~triorelay.hub.jobs.JobQueue`; the Redis broker's keeps the jobs in the
-    channel's stream (``brokers/redis/jobs.py``).
+    relay after ``redis_claim_idle_seconds`` (Redis: their leases are no longer renewed),
+    counted as a delivery and with ``relay died`` in their history. The memory broker's
+    source is the hub's :class:`~triorelay.hub.jobs.JobQueue`; the Redis broker's keeps the
+    jobs in the channel's stream (``brokers/redis/jobs.py``).
 
     The deadlines, ``max_in_flight`` and the dead-letter decision are the consumer's
     (:class:`~triorelay.hub.acks.InFlight`): a source only stores.
@@ -242,6 +242,10 @@ class Broker(Protocol):
     #: True when :meth:`publish` delivers to this relay's channel before it returns (memory),
     #: so a local channel's room decides whether a publish waits.
     delivers_locally: bool
+
+    #: This relay's name in the broker: Redis consumer names and job histories
+    #: (``<node>:<connection id>``) use it.
+    node: str
 
     @property
     def ready(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import trio
@@ -28,7 +29,10 @@ class MemoryBroker:
     def __init__(self, deliver: Deliver, settings: Settings | None = None) -> None:
         self._deliver = deliver
         self._settings = settings if settings is not None else Settings()
+        self.node = uuid.uuid4().hex[:12]
         self._last_seq: dict[str, int] = {}
+        #: Live queue channels' publish locks (forgotten with the channel).
+        self._queue_locks: dict[str, trio.Lock] = {}
         self.histories = MemoryHistories(
             self._settings.history_max_bytes,
             self._settings.history_meta_ttl_seconds,
@@ -65,17 +69,29 @@ class MemoryBroker:
             finally:
                 histories.settle()
             return
-        seq = self._last_seq.get(name, 0)
+        # One publish at a time per queue channel: each may wait for room, and two waiting
+        # together must not take the same number.
+        lock = self._queue_locks.get(name)
+        if lock is None:
+            lock = self._queue_locks[name] = trio.Lock()
         try:
-            for payload in payloads:
-                # Numbered once delivered: a publish cancelled while it waits (a full
-                # queue) takes no number, so none is skipped.
-                await deliver(name, payload, seq + 1, "", None)
-                seq += 1
-                published.append(seq)
+            lock.acquire_nowait()  # the common case, without a checkpoint
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            seq = self._last_seq.get(name, 0)
+            try:
+                for payload in payloads:
+                    # Numbered once delivered: a publish cancelled while it waits (a full
+                    # queue) takes no number, so none is skipped.
+                    await deliver(name, payload, seq + 1, "", None)
+                    seq += 1
+                    published.append(seq)
+            finally:
+                if seq:
+                    self._last_seq[name] = seq
         finally:
-            if seq:
-                self._last_seq[name] = seq
+            lock.release()
 
     async def recover(self, name: str, since: Position | None) -> Recovery:
         """Read the channel's history (no checkpoint: nothing is published meanwhile)."""
@@ -120,6 +136,7 @@ class MemoryBroker:
 
     def forget(self, name: str) -> None:
         self._last_seq.pop(name, None)
+        self._queue_locks.pop(name, None)
         self.histories.forget(name)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

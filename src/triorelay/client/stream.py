@@ -8,12 +8,13 @@ duplicate, or a frame kind this version does not know).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from triorelay.client.errors import ProtocolError
 from triorelay.envelopes import Payload
-from triorelay.framing import Control, Message, Position, decode
+from triorelay.framing import Control, Frame, Message, Position, decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +111,16 @@ class StreamState:
         Raises ProtocolError for a malformed frame, a message before ``subscribed``, or a
         ``subscribed`` without a valid position.
         """
-        try:
-            decoded = decode(frame)
-        except ValueError as error:
-            raise ProtocolError(f"malformed frame from the relay: {error}") from None
+        decoded = decode_frame(frame)
         if isinstance(decoded, Message):
             return self._message(decoded)
         if isinstance(decoded, Control):
-            return self._control(decoded)
+            readers: Mapping[str, Callable[[dict[str, Any]], Event]] = {
+                "subscribed": self._subscribed,
+                "dropped": self._dropped,
+                "gap": self._gap,
+            }
+            return read_control(decoded, self.channel, readers)
         return None  # a frame kind from a later version
 
     def _message(self, message: Message) -> ReceivedMessage | None:
@@ -133,21 +136,8 @@ class StreamState:
         self.position = Position(position.epoch, message.offset)
         return ReceivedMessage(message.channel, self.position, message.payload)
 
-    def _control(self, control: Control) -> Event | None:
-        fields = control.fields
-        channel = fields.get("channel", self.channel)
-        if channel != self.channel:
-            return None
-        try:
-            if control.kind == "subscribed":
-                return self._subscribed(fields)
-            if control.kind == "dropped":
-                return Dropped(channel, _int(fields["count"]), _int(fields["total"]))
-            if control.kind == "gap":
-                return self._gap(fields)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ProtocolError(f"malformed {control.kind} frame: {error!r}") from None
-        return None  # a control kind from a later version
+    def _dropped(self, fields: dict[str, Any]) -> Dropped:
+        return Dropped(self.channel, _int(fields["count"]), _int(fields["total"]))
 
     def _subscribed(self, fields: dict[str, Any]) -> Subscribed:
         epoch, offset, replayed = fields["epoch"], _int(fields["offset"]), _int(fields["replayed"])
@@ -192,6 +182,34 @@ class StreamState:
             # first message, a reconnection resumes from the start of it.
             self.position = Position(gap.epoch, 0)
         return gap
+
+
+def decode_frame(frame: Payload) -> Frame:
+    """:func:`triorelay.framing.decode`, with a malformed frame a ProtocolError."""
+    try:
+        return decode(frame)
+    except ValueError as error:
+        raise ProtocolError(f"malformed frame from the relay: {error}") from None
+
+
+T = TypeVar("T")
+
+
+def read_control(
+    control: Control, channel: str, readers: Mapping[str, Callable[[dict[str, Any]], T]]
+) -> T | None:
+    """What ``readers[control.kind]`` makes of a control message of ``channel``; None for
+    another channel's or a kind with no reader (one from a later version). A reader's
+    KeyError, TypeError or ValueError (a member missing or wrong) is a ProtocolError."""
+    if control.fields.get("channel", channel) != channel:
+        return None
+    reader = readers.get(control.kind)
+    if reader is None:
+        return None
+    try:
+        return reader(control.fields)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProtocolError(f"malformed {control.kind} frame: {error!r}") from None
 
 
 def _int(value: object) -> int:

@@ -3,77 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import Literal
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from triorelay.client.backoff import Backoff
 from triorelay.client.connection import (
     CLOSE_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
     MAX_FRAME_BYTES,
-    Liveness,
     Token,
-    closed_error,
     endpoint_url,
-    open_connection,
-    refresh_forever,
-    reraise_single,
-    resolve_token,
 )
-from triorelay.client.errors import (
-    ConnectionFailed,
-    ProtocolError,
-    RecoveryFailed,
-    Rejected,
-    retryable_close,
-    retryable_status,
-)
-from triorelay.client.stream import Event, ReceivedMessage, Reconnecting, StreamState, Subscribed
-from triorelay.errors import CloseCode
-from triorelay.framing import SUBPROTOCOL, Position
-
-logger = logging.getLogger(__name__)
+from triorelay.client.connector import Connector, Entry, Failure
+from triorelay.client.errors import RecoveryFailed
+from triorelay.client.stream import Event, ReceivedMessage, StreamState, Subscribed
+from triorelay.envelopes import Payload
+from triorelay.framing import Position
 
 Recover = Literal["best_effort", "required"]
 
 BUFFER_MESSAGES = 64
 """Default bound of the buffer between a subscription's connection and its reader."""
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    """How one connection attempt ended, when it is worth another: its close code (None
-    without a WebSocket or a close frame), what happened, and whether it was subscribed."""
-
-    code: int | None
-    reason: str
-    subscribed: bool
-
-
-async def retry_forever(
-    connect_once: Callable[[], Awaitable[Disconnect]],
-    backoff: Backoff,
-    notify: Callable[[Reconnecting], Awaitable[None]],
-) -> NoReturn:
-    """Call ``connect_once`` again and again, ``backoff`` apart; raises what it raises.
-
-    The attempt count (and so the delay's ceiling) starts again from 0 after a connection
-    that was subscribed; ``notify`` hears of each wait before it starts.
-    """
-    attempt = 0
-    while True:
-        ended = await connect_once()
-        if ended.subscribed:
-            attempt = 0
-        delay = backoff.delay_seconds(attempt)
-        attempt += 1
-        await notify(Reconnecting(ended.code, ended.reason, attempt, delay))
-        await trio.sleep(delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +40,48 @@ class SubscriptionStatistics:
     buffer_messages: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    error: Exception
+_Item = Entry[ReceivedMessage | Event, Position | None]
 
 
-_Item = tuple[ReceivedMessage | Event | _Failure, Position | None]
+class _Positions:
+    """What the connector needs of a subscription's :class:`StreamState`: where each
+    connection resumes from, and, with ``recover="required"``, the end of a resume that
+    lost messages."""
 
+    def __init__(self, state: StreamState, recover: Recover) -> None:
+        self.state = state
+        self.recover = recover
 
-class _Stopped(Exception):
-    """The subscription was closed while connected: its connection is closed, stop."""
+    @property
+    def channel(self) -> str:
+        return self.state.channel
+
+    @property
+    def subscribed(self) -> bool:
+        return self.state.subscribed
+
+    def query(self) -> Mapping[str, str]:
+        position = self.state.position
+        if position is None:
+            return {}
+        return {"since": str(position), "recover": self.recover}
+
+    def connected(self) -> None:
+        self.state.connected()
+
+    def receive(self, frame: Payload) -> ReceivedMessage | Event | None:
+        item = self.state.receive(frame)
+        if (
+            isinstance(item, Subscribed)
+            and self.recover == "required"
+            and item.recovering
+            and not item.recovered
+        ):
+            raise RecoveryFailed(None, f"recovery failed: {item.reason}", item.reason)
+        return item
+
+    def stamp(self) -> Position | None:
+        return self.state.position
 
 
 class Subscription:
@@ -121,7 +106,7 @@ class Subscription:
         self._state = state
         self._on_event = on_event
         self._failure: Exception | None = None
-        self._connector: _Connector | None = None
+        self._connector: Connector[ReceivedMessage | Event, Position | None] | None = None
 
     def reconnect(self) -> None:
         """Close the current connection and make a new one at once, resuming after the last
@@ -147,7 +132,7 @@ class Subscription:
                 item, position = await self._receive.receive()
             except trio.EndOfChannel:
                 raise StopAsyncIteration from None
-            if isinstance(item, _Failure):
+            if isinstance(item, Failure):
                 self._failure = item.error
                 continue
             self.position = position
@@ -228,224 +213,19 @@ async def subscribe(
     state = StreamState(channel, start)
     send, receive = trio.open_memory_channel[_Item](buffer_messages)
     subscription = Subscription(channel, receive, state, on_event)
-    liveness = (
-        None
-        if ping_interval_seconds is None
-        else Liveness(ping_interval_seconds, ping_timeout_seconds)
-    )
-    connector = _Connector(
+    connector = Connector[ReceivedMessage | Event, Position | None](
         url,
-        state,
+        _Positions(state, recover),
         send,
-        recover=recover,
         token=token,
         backoff=backoff,
-        liveness=liveness,
         token_refresh_seconds=token_refresh_seconds,
+        ping_interval_seconds=ping_interval_seconds,
+        ping_timeout_seconds=ping_timeout_seconds,
         connect_timeout_seconds=connect_timeout_seconds,
         close_timeout_seconds=close_timeout_seconds,
         max_frame_bytes=max_frame_bytes,
     )
     subscription._connector = connector
-    try:
-        async with receive, trio.open_nursery() as nursery:
-            nursery.start_soon(connector.run)
-            try:
-                yield subscription
-            finally:
-                connector.stop()
-    except BaseExceptionGroup as group:
-        reraise_single(group)
-
-
-class _Connector:
-    """A subscription's connection task: connect, read, reconnect; hand over what it read."""
-
-    def __init__(
-        self,
-        url: str,
-        state: StreamState,
-        send: trio.MemorySendChannel[_Item],
-        *,
-        recover: Recover,
-        token: Token | None,
-        backoff: Backoff,
-        liveness: Liveness | None,
-        token_refresh_seconds: float | None,
-        connect_timeout_seconds: float,
-        close_timeout_seconds: float,
-        max_frame_bytes: int,
-    ) -> None:
-        self.url = url
-        self.state = state
-        self.send = send
-        self.recover = recover
-        self.token = token
-        self.backoff = backoff
-        self.liveness = liveness
-        self.token_refresh_seconds = token_refresh_seconds
-        self.connect_timeout_seconds = connect_timeout_seconds
-        self.close_timeout_seconds = close_timeout_seconds
-        self.max_frame_bytes = max_frame_bytes
-        self._scope = trio.CancelScope()
-        self._reading: trio.CancelScope | None = None
-        self._stopping = False
-        self._reconnect_asked = False
-        #: A message is being handed to the reader (cancelling now would lose it).
-        self._delivering = False
-
-    def reconnect(self) -> None:
-        """Close the connection (1000) and connect again at once, resuming (no checkpoint).
-
-        Not in the middle of handing a message over (its position already counts it): then
-        once it is handed over."""
-        if self._reading is not None and not self._stopping:
-            self._reconnect_asked = True
-            if not self._delivering:
-                self._reading.cancel()
-
-    def stop(self) -> None:
-        """End the task: politely (close 1000) if connected, at once otherwise; either way
-        within ``close_timeout_seconds``."""
-        self._stopping = True
-        self._scope.deadline = min(
-            self._scope.deadline, trio.current_time() + self.close_timeout_seconds
-        )
-        if self._reading is not None:
-            self._reading.cancel()
-        else:
-            self._scope.cancel()
-
-    async def run(self) -> None:
-        """Connect until stopped; what ends the subscription goes to the reader."""
-        with self._scope:
-            async with self.send:
-                try:
-                    await retry_forever(self._connect_once, self.backoff, self._reconnecting)
-                except _Stopped:
-                    return
-                except Exception as error:  # the reader raises it, in its own task
-                    logger.debug("subscription to %s ended: %r", self.state.channel, error)
-                    await self.send.send((_Failure(error), None))
-
-    async def _reconnecting(self, event: Reconnecting) -> None:
-        logger.info(
-            "channel %s: connection ended (%s %s), reconnecting in %.3f s (attempt %d)",
-            self.state.channel,
-            event.code,
-            event.reason,
-            event.delay_seconds,
-            event.attempt,
-        )
-        await self._deliver(event)
-
-    async def _connect_once(self) -> Disconnect:
-        state = self.state
-        query = {}
-        if state.position is not None:
-            query = {"since": str(state.position), "recover": self.recover}
-        url = endpoint_url(self.url, f"/ws/consumer/{state.channel}", query)
-        token = await resolve_token(self.token)
-        try:
-            async with open_connection(
-                url,
-                token=token,
-                subprotocols=[SUBPROTOCOL],
-                max_frame_bytes=self.max_frame_bytes,
-                connect_timeout_seconds=self.connect_timeout_seconds,
-                close_timeout_seconds=self.close_timeout_seconds,
-            ) as ws:
-                state.connected()
-                if ws.subprotocol != SUBPROTOCOL:
-                    raise ProtocolError(
-                        f"the relay did not accept the {SUBPROTOCOL} framing (is it older "
-                        "than this client?)"
-                    )
-                ended = await self._session(ws)
-        except ConnectionFailed as failed:
-            return Disconnect(None, str(failed), False)
-        except Rejected as rejected:
-            if not retryable_status(rejected.status):
-                raise
-            return Disconnect(None, str(rejected), False)
-        if self._stopping:
-            raise _Stopped
-        return ended
-
-    async def _session(self, ws: WebSocketConnection) -> Disconnect:
-        """Read one connection until it ends; its keepalive and refresh tasks beside."""
-        ended: Disconnect | None = None
-        with trio.CancelScope() as self._reading:
-            try:
-                async with trio.open_nursery() as nursery:
-                    if self.liveness is not None:
-                        nursery.start_soon(self._watch, ws, self.liveness, nursery.cancel_scope)
-                    if self.token_refresh_seconds is not None and callable(self.token):
-                        nursery.start_soon(self._refresh, ws, self.token_refresh_seconds)
-                    ended = await self._read(ws)
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                reraise_single(group)
-        self._reading = None
-        if ended is None and self._reconnect_asked:
-            self._reconnect_asked = False
-            return Disconnect(CloseCode.NORMAL, "a reconnection was asked for", True)
-        if ended is None:  # cut short: the relay went silent, or the subscription is closing
-            timeout = self.liveness.timeout_seconds if self.liveness else 0
-            return Disconnect(None, f"no pong within {timeout} s", self.state.subscribed)
-        return ended
-
-    async def _read(self, ws: WebSocketConnection) -> Disconnect:
-        state = self.state
-        try:
-            while True:
-                item = state.receive(await ws.get_message())
-                if item is None:
-                    continue
-                if (
-                    isinstance(item, Subscribed)
-                    and self.recover == "required"
-                    and item.recovering
-                    and not item.recovered
-                ):
-                    raise RecoveryFailed(None, f"recovery failed: {item.reason}", item.reason)
-                await self._deliver(item)
-        except ConnectionClosed as closed:
-            error = closed_error(closed)
-        if error.code == CloseCode.RECOVERY_FAILED:
-            said = error.reason.removeprefix("recovery failed:").strip() or None
-            raise RecoveryFailed(error.code, error.reason, said)
-        if not retryable_close(error.code, fresh_token=callable(self.token)):
-            raise error
-        return Disconnect(error.code, error.reason or "connection lost", state.subscribed)
-
-    async def _deliver(self, item: ReceivedMessage | Event) -> None:
-        entry = (item, self.state.position)
-        try:
-            self.send.send_nowait(entry)
-        except trio.WouldBlock:
-            self._delivering = True
-            try:
-                # reconnect() waits for this hand-over (see there); stop() does not.
-                if self.liveness is None:
-                    await self.send.send(entry)
-                else:
-                    with self.liveness.holding_back():
-                        await self.send.send(entry)
-            finally:
-                self._delivering = False
-            if self._reconnect_asked and self._reading is not None:
-                self._reading.cancel()
-
-    async def _watch(
-        self, ws: WebSocketConnection, liveness: Liveness, session: trio.CancelScope
-    ) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await liveness.watch(ws)
-            logger.info("channel %s: the relay went silent", self.state.channel)
-            session.cancel()
-
-    async def _refresh(self, ws: WebSocketConnection, every_seconds: float) -> None:
-        assert callable(self.token)
-        with contextlib.suppress(ConnectionClosed):
-            await refresh_forever(ws, self.token, every_seconds, trio.Lock())
+    async with connector.running(receive):
+        yield subscription

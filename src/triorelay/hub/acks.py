@@ -10,9 +10,9 @@ synchronously; ``routes/jobs.py`` drives it over a :class:`~triorelay.brokers.ba
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,9 +51,11 @@ class InFlight:
         self.max_in_flight = max_in_flight
         self.ack_timeout_seconds = ack_timeout_seconds
         self.max_deliveries = max_deliveries
-        self._jobs: dict[int, Job] = {}
-        #: (deadline, delivery id), earliest first; entries of settled jobs are skipped.
-        self._deadlines: list[tuple[float, int]] = []
+        #: Delivery id -> (job, deadline), in the order handed out: with one timeout for
+        #: every job, that is deadline order too, so the first is the next to time out and
+        #: nothing is kept for a settled job (an OrderedDict's first item is O(1) however
+        #: many were removed before it).
+        self._jobs: OrderedDict[int, tuple[Job, float]] = OrderedDict()
         self._ids = itertools.count(1)
         self.acked = self.nacked = self.timed_out = self.refused = 0
 
@@ -68,59 +70,60 @@ class InFlight:
         """``job`` goes to this consumer: one more delivery; return its delivery id."""
         job.deliveries += 1
         delivery_id = next(self._ids)
-        self._jobs[delivery_id] = job
-        heapq.heappush(self._deadlines, (now + self.ack_timeout_seconds, delivery_id))
+        self._jobs[delivery_id] = (job, now + self.ack_timeout_seconds)
         return delivery_id
 
     def ack(self, delivery_id: int) -> Job | None:
         """The consumer is done with it: return it, to be settled. None (counted as refused)
         for an id that is not in flight: unknown, already settled, or timed out and given to
         another consumer."""
-        job = self._jobs.pop(delivery_id, None)
-        if job is None:
+        held = self._jobs.pop(delivery_id, None)
+        if held is None:
             self.refused += 1
             return None
         self.acked += 1
-        return job
+        return held[0]
 
     def nack(self, delivery_id: int, now: float) -> Returned | None:
         """The consumer gives it back; None (counted as refused) if it is not in flight."""
-        job = self._jobs.pop(delivery_id, None)
-        if job is None:
+        held = self._jobs.pop(delivery_id, None)
+        if held is None:
             self.refused += 1
             return None
         self.nacked += 1
-        return self._returned(job, now, "nacked")
+        return self._returned(held[0], now, "nacked")
 
     def next_deadline(self) -> float | None:
         """When the earliest job in flight times out (None: nothing in flight)."""
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][1] not in self._jobs:
-            heapq.heappop(deadlines)  # settled meanwhile
-        return deadlines[0][0] if deadlines else None
+        jobs = self._jobs
+        if not jobs:
+            return None
+        _, deadline = jobs[next(iter(jobs))]
+        return deadline
 
     def expire(self, now: float) -> list[Returned]:
         """Take back every job whose deadline has passed (a late ack is then refused)."""
         returned = []
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, delivery_id = heapq.heappop(deadlines)
-            job = self._jobs.pop(delivery_id, None)
-            if job is not None:
-                self.timed_out += 1
-                returned.append(self._returned(job, now, "timed out"))
+        jobs = self._jobs
+        while jobs:
+            delivery_id = next(iter(jobs))
+            job, deadline = jobs[delivery_id]
+            if deadline > now:
+                break
+            del jobs[delivery_id]
+            self.timed_out += 1
+            returned.append(self._returned(job, now, "timed out"))
         return returned
 
     def give_back_all(self, now: float) -> list[Returned]:
         """The consumer left: every job it held comes back at once, oldest first."""
-        jobs = sorted(self._jobs.items())
+        held = list(self._jobs.values())
         self._jobs.clear()
-        self._deadlines.clear()
-        return [self._returned(job, now, "consumer left") for _, job in jobs]
+        return [self._returned(job, now, "consumer left") for job, _ in held]
 
     def jobs(self) -> list[Job]:
         """The jobs in flight, oldest first."""
-        return [job for _, job in sorted(self._jobs.items())]
+        return [job for job, _ in self._jobs.values()]
 
     def _returned(self, job: Job, now: float, why: Outcome) -> Returned:
         job.history.append((self._wall_clock(), self.consumer, why))

@@ -376,6 +376,7 @@ class Channel:
             gaps=counters.gaps,
             recoveries=dict(counters.recoveries),
             latency=counters.latency.summary() if counters.latency is not None else None,
+            jobs=dict(counters.jobs.counts) if counters.jobs is not None else None,
         )
 
     def close(self) -> None:

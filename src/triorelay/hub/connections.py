@@ -306,6 +306,15 @@ class Consumer(Connection):
         dropped, self.pending_dropped = self.pending_dropped, 0
         return dropped
 
+    @property
+    def channel_counters(self) -> ChannelCounters:
+        """Its channel's counters."""
+        return self._counters
+
+    def count_taken(self) -> None:
+        """The inbox's last item was taken by the route itself (an acked queue's job)."""
+        self._took("")
+
     def _took(self, payload: Item) -> None:
         if type(payload) is Unfinished:
             return  # counted when its first bytes went out

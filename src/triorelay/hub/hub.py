@@ -19,7 +19,7 @@ its route binds, which is how eviction and shutdown end connections.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from operator import attrgetter
 
@@ -36,6 +36,7 @@ from triorelay.hub.connections import Connection, Consumer, Producer
 from triorelay.hub.statistics import (
     ChannelStatistics,
     ConnectionStatistics,
+    JobCounters,
     Traffic,
     count_recovery,
     namespace_of,
@@ -78,6 +79,8 @@ class Hub:
         #: Stage latencies of traced messages by channel namespace (at most
         #: ``metrics_max_namespaces``, then ``other``): they outlive the channels.
         self.latency: dict[str, StageHistograms] = {}
+        #: Acked queue channels' job counts by namespace (see JobCounters), for /metrics.
+        self.jobs: dict[str, JobCounters] = {}
         #: Messages lost to consumers, every channel, by why (see Channel.drops).
         self.drops: dict[str, int] = {}
         self.closing = False
@@ -96,22 +99,40 @@ class Hub:
                     f"the relay holds its maximum of {self.settings.max_channels} channels"
                 )
             config = self.settings.channel_config(name)
+            if config.acked and len(config.dead_letter_of(name)) > MAX_CHANNEL_NAME_LENGTH:
+                suffix = config.dead_letter_of("")
+                raise InvalidChannelName(
+                    f"an acked queue's name leaves room for its dead-letter channel "
+                    f"(<name>{suffix}): at most {MAX_CHANNEL_NAME_LENGTH - len(suffix)} characters"
+                )
             channel = Channel(name, config, self.broker, self.queue_budget)
             channel.counters.namespace_latency = self._namespace_latency(name)
+            if config.acked:
+                channel.counters.jobs = JobCounters(self._namespace_jobs(name))
             channel.drops = self.drops
             self._channels[name] = channel
         return channel
 
-    def _namespace_latency(self, name: str) -> StageHistograms:
+    def _namespace(self, name: str, known: Mapping[str, object]) -> str:
+        """The namespace ``name`` counts under in ``known``: ``other`` past the limit."""
         settings = self.settings
         namespace = namespace_of(name, settings.metrics_namespace_separator)
+        if namespace not in known and len(known) >= settings.metrics_max_namespaces:
+            return "other"
+        return namespace
+
+    def _namespace_jobs(self, name: str) -> JobCounters:
+        namespace = self._namespace(name, self.jobs)
+        counters = self.jobs.get(namespace)
+        if counters is None:
+            counters = self.jobs[namespace] = JobCounters()
+        return counters
+
+    def _namespace_latency(self, name: str) -> StageHistograms:
+        namespace = self._namespace(name, self.latency)
         latency = self.latency.get(namespace)
         if latency is None:
-            if len(self.latency) >= settings.metrics_max_namespaces:
-                namespace = "other"
-                latency = self.latency.get(namespace)
-            if latency is None:
-                latency = self.latency[namespace] = StageHistograms()
+            latency = self.latency[namespace] = StageHistograms()
         return latency
 
     def _release(self, channel: Channel) -> None:

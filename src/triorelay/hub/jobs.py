@@ -24,6 +24,16 @@ from triorelay.errors import QueueFull
 from triorelay.hub.buffers import Occupancy, QueueBudget
 
 
+class _Taker:
+    """A consumer waiting in :meth:`JobQueue.take`: the job handed to it, when one is."""
+
+    __slots__ = ("event", "job")
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.event = trio.Event()
+
+
 class JobQueue:
     """One acked queue channel's jobs on this relay (memory broker): a
     :class:`~triorelay.brokers.base.JobSource`.
@@ -32,7 +42,10 @@ class JobQueue:
     producers wait, and their bytes, with those in flight, within the relay's
     :class:`QueueBudget`. A job that comes back is always taken back, even past the bound: it
     was accepted once, and what is in flight is bounded by ``max_in_flight`` per consumer.
-    Consumers waiting in :meth:`take` are served in the order they came.
+
+    Consumers waiting in :meth:`take` are served in the order they came, and a job that
+    comes back goes to one of them first: a consumer that nacks a job is not waiting at that
+    moment, so the job goes to another one when there is one.
     """
 
     def __init__(
@@ -50,7 +63,8 @@ class JobQueue:
         #: (ready at, tie-break, job), earliest first.
         self._delayed: list[tuple[float, int, Job]] = []
         self._order = itertools.count()
-        self._waiting = trio.lowlevel.ParkingLot()
+        #: Consumers waiting for a job, first come first served (one entry per consumer).
+        self._takers: deque[_Taker] = deque()
         self._room = trio.lowlevel.ParkingLot()
         self.closed = False
 
@@ -86,9 +100,7 @@ class JobQueue:
                     f"the queue stayed full for {self._full_timeout:g} s: message not queued"
                 )
         self.budget.add(size)
-        self._ready.append(Job(payload, size, seq))
-        self._occupancy.add()
-        self._waiting.unpark()
+        self._offer(Job(payload, size, seq))
 
     async def take(self, consumer_id: int) -> Job:
         """The next ready job, waiting for one (or for a delayed one's time); raises
@@ -103,9 +115,22 @@ class JobQueue:
                 return job
             if self.closed:
                 raise trio.EndOfChannel
-            ready_at = self._delayed[0][0] if self._delayed else float("inf")
-            with trio.move_on_at(ready_at):
-                await self._waiting.park()
+            taker = _Taker()
+            self._takers.append(taker)
+            try:
+                with trio.move_on_at(self._delayed[0][0] if self._delayed else float("inf")):
+                    await taker.event.wait()
+            except BaseException:
+                # Cancelled: a job handed over meanwhile goes to the next one (first in line).
+                if taker.job is not None:
+                    self._offer(taker.job, first=True)
+                raise
+            finally:
+                if taker.job is None:
+                    self._takers.remove(taker)
+            if taker.job is not None:
+                return taker.job
+            # Woken for a delayed job's time, or the queue closed: look again.
 
     async def settle(self, jobs: list[Job]) -> None:
         """Acked: the jobs' bytes leave the budget (no checkpoint)."""
@@ -117,16 +142,15 @@ class JobQueue:
         if self.closed:  # shutting down: the memory queue goes with the relay
             self.budget.remove(job.size)
             return
-        self._occupancy.add()
         if delay_seconds <= 0:
-            self._ready.append(job)
-            self._waiting.unpark()
+            self._offer(job)
             return
         ready_at = trio.current_time() + delay_seconds
         earliest = self._delayed[0][0] if self._delayed else float("inf")
         heapq.heappush(self._delayed, (ready_at, next(self._order), job))
+        self._occupancy.add()
         if ready_at < earliest:
-            self._waiting.unpark_all()  # they wait until the earliest one: look again
+            self._wake_takers()  # they wait until the earliest one: look again
 
     def release(self, consumer_id: int) -> None:
         """Nothing to do: what a consumer held was given back job by job."""
@@ -141,14 +165,33 @@ class JobQueue:
         self._occupancy.remove(len(self))
         self._ready.clear()
         self._delayed.clear()
-        self._waiting.unpark_all()
+        self._wake_takers()
         self._room.unpark_all()
         self.budget.wake()
+
+    def _offer(self, job: Job, *, first: bool = False) -> None:
+        """Hand ``job`` to the consumer waiting longest, else queue it as ready (``first``:
+        before the others)."""
+        if self._takers:
+            taker = self._takers.popleft()
+            taker.job = job
+            taker.event.set()
+            return
+        if first:
+            self._ready.appendleft(job)
+        else:
+            self._ready.append(job)
+        self._occupancy.add()
 
     def _promote(self, now: float) -> None:
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
-            self._ready.append(heapq.heappop(delayed)[2])
+            self._occupancy.remove()
+            self._offer(heapq.heappop(delayed)[2])
+
+    def _wake_takers(self) -> None:
+        for taker in self._takers:
+            taker.event.set()
 
 
 class JobReader:

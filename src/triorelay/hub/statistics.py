@@ -19,6 +19,40 @@ def count_recovery(recoveries: dict[str, int], reason: str | None) -> None:
     recoveries[key] = recoveries.get(key, 0) + 1
 
 
+JOB_COUNTS = (
+    "in_flight",
+    "acked",
+    "nacked",
+    "timed_out",
+    "redelivered",
+    "dead_lettered",
+    "refused",
+)
+"""What an acked queue channel counts (:class:`JobCounters`)."""
+
+
+class JobCounters:
+    """What happened to an acked queue channel's jobs on this relay.
+
+    ``in_flight`` (handed out, not yet settled or back) goes up and down; the others only
+    up: ``acked``, ``nacked``, ``timed_out`` (held past ``ack_timeout_seconds``),
+    ``redelivered`` (handed out again), ``dead_lettered``, ``refused`` (an ack or nack of a
+    job not in flight, such as a late ack, or a malformed one). ``parent``: the namespace's
+    totals, which outlive the channel (``GET /metrics``), counted alongside.
+    """
+
+    __slots__ = ("counts", "parent")
+
+    def __init__(self, parent: JobCounters | None = None) -> None:
+        self.counts = dict.fromkeys(JOB_COUNTS, 0)
+        self.parent = parent
+
+    def count(self, kind: str, amount: int = 1) -> None:
+        self.counts[kind] += amount
+        if self.parent is not None:
+            self.parent.count(kind, amount)
+
+
 class ChannelCounters:
     """One channel's running totals, each kept by the code that causes it.
 
@@ -41,6 +75,7 @@ class ChannelCounters:
         "disconnected_slow",
         "dropped",
         "gaps",
+        "jobs",
         "latency",
         "messages_delivered",
         "messages_in",
@@ -57,6 +92,8 @@ class ChannelCounters:
         self.disconnected_slow = 0
         self.gaps = 0
         self.recoveries: dict[str, int] = {}
+        #: An acked queue channel's job counts (None for other channels).
+        self.jobs: JobCounters | None = None
         #: Stage latencies of this channel's traced messages (made on the first one), and of
         #: its namespace's (the hub's, shared by the namespace's channels; for GET /metrics).
         self.latency: StageHistograms | None = None
@@ -110,6 +147,8 @@ class ChannelStatistics:
     recoveries: dict[str, int]
     #: Per stage of traced messages: count, p50 and p99 in seconds (None before any).
     latency: dict[str, dict[str, float | int | None]] | None = None
+    #: An acked queue channel's jobs: in flight, acked, nacked... (see JobCounters).
+    jobs: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

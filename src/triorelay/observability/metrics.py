@@ -30,7 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from triorelay.hub.statistics import namespace_of
+from triorelay.hub.statistics import JobCounters, namespace_of
 from triorelay.tracing import BUCKETS, STAGES, Histogram, StageHistograms
 
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class RelayCollector(Collector):
         for result, count in sorted(relay.hub.recoveries.items()):
             recoveries.add_metric([result], count)
         yield recoveries
+        yield from _job_metrics(relay.hub.jobs)
         broker = relay.hub.broker.statistics()
         yield GaugeMetricFamily(
             "triorelay_broker_ready",
@@ -190,6 +191,29 @@ def _latency_metric(latency: dict[str, StageHistograms]) -> Metric:
             buckets = _buckets(histograms.counts[stage])
             family.add_metric([namespace, name], buckets, sum_value=histograms.sums[stage])
     return family
+
+
+def _job_metrics(jobs: dict[str, JobCounters]) -> Iterator[Metric]:
+    """Acked queue channels' jobs by namespace: in flight now, and what became of them."""
+    in_flight = GaugeMetricFamily(
+        "triorelay_jobs_in_flight",
+        "jobs of acked queue channels handed to a consumer and not yet acked or back",
+        labels=["namespace"],
+    )
+    outcomes = CounterMetricFamily(
+        "triorelay_jobs",
+        "jobs of acked queue channels by outcome: acked, nacked, timed_out, redelivered, "
+        "dead_lettered, refused (an ack or nack of a job not in flight, or malformed)",
+        labels=["namespace", "outcome"],
+    )
+    for namespace, counters in sorted(jobs.items()):
+        for kind, count in counters.counts.items():
+            if kind == "in_flight":
+                in_flight.add_metric([namespace], count)
+            else:
+                outcomes.add_metric([namespace, kind], count)
+    yield in_flight
+    yield outcomes
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

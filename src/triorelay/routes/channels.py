@@ -30,7 +30,9 @@ from triorelay.hub import Consumer, Item, Producer, Unfinished, WriteNow, valida
 from triorelay.lifecycle import SHUTDOWN_REASON
 from triorelay.routes import positioned, traces
 from triorelay.routes.asgi import Message, Receive, Socket, payload_of
+from triorelay.routes.jobs import JobConsumer
 from triorelay.routes.session import Request, Session, open_session
+from triorelay.settings import ChannelConfig
 from triorelay.tracing import Trace, new_trace_id, now_ns
 
 AckMode = Literal["echo", "id", "none"]
@@ -80,10 +82,18 @@ async def consume(request: Request) -> None:
     notices = query_value(request.query, "notices", ("false", "true")) == "true"
     wants_traces = query_value(request.query, "trace", ("false", "true")) == "true"
     framed = framing.SUBPROTOCOL in request.subprotocols
+    config = relay.settings.channel_config(channel)
     resume = None
+    if framed and config.acked:
+        if positioned.asks_to_resume(request.query):
+            raise InvalidQuery("an acked queue channel has no positions to resume from")
+        await consume_jobs(request, config)
+        return
     if framed:
-        if relay.settings.channel_config(channel).mode != "broadcast":
-            raise InvalidQuery(f"the {framing.SUBPROTOCOL} framing is for broadcast channels")
+        if config.mode != "broadcast":
+            raise InvalidQuery(
+                f"the {framing.SUBPROTOCOL} framing is for broadcast channels and acked queues"
+            )
         resume = positioned.resume_query(request.query)
     elif positioned.asks_to_resume(request.query):
         raise InvalidQuery(f"since and recover need the {framing.SUBPROTOCOL} subprotocol")
@@ -128,6 +138,18 @@ async def consume(request: Request) -> None:
             consumer.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         else:
             consumer.disconnected = True  # the client went away mid-send
+
+
+async def consume_jobs(request: Request, config: ChannelConfig) -> None:
+    """A framed consumer of an acked queue channel (``routes/jobs.py``)."""
+    relay, channel = request.relay, request.argument
+    attach = relay.hub.attach_consumer(channel)
+    async with open_session(
+        request, attach, subscribe=channel, subprotocol=framing.SUBPROTOCOL
+    ) as session:
+        await JobConsumer(session, config).run()
+        if session.connection.detached:
+            session.connection.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
 
 
 def _disconnected(session: Session[Consumer]) -> None:

@@ -397,7 +397,7 @@ def _refresh_token(payload: Payload) -> str | None:
         return None
     try:
         message = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         return None
     if not isinstance(message, dict) or message.get("triorelay") != "refresh":
         return None

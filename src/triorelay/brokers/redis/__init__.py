@@ -1,6 +1,6 @@
 """The Redis broker: channels shared by every relay process on one Redis, over Redis Streams.
 
-:class:`RedisBroker` puts together three parts, each in its module:
+:class:`RedisBroker` puts together four parts, each in its module:
 
 - :mod:`.connection`: the clients, connecting and reconnecting with a backoff, readiness,
   Redis restarts (its ``run_id``), the last error: one :class:`RedisConnection` the other two
@@ -8,7 +8,10 @@
 - :mod:`.streams`: broadcast channels, one stream each, published to by a Lua script and read
   by one blocking ``XREAD`` per relay, with sequence numbers to detect gaps;
 - :mod:`.queues`: queue channels, one stream each read by a consumer group, so that each
-  message goes to exactly one consumer anywhere (take, acknowledge, give back, claim).
+  message goes to exactly one consumer anywhere (take, acknowledge, give back, claim);
+- :mod:`.jobs`: acked queue channels (``ack = "explicit"``), on the queue streams: jobs held
+  under a lease this relay renews, given back with their deliveries and history, delayed in
+  a sorted set, rescued from relays that died.
 
 Why streams rather than pub/sub:
 
@@ -47,6 +50,7 @@ from triorelay.brokers.redis.connection import (
     ConnectionLost,
     RedisConnection,
 )
+from triorelay.brokers.redis.jobs import RedisJobs, RedisJobStore
 from triorelay.brokers.redis.queues import RedisQueue, RedisQueues
 from triorelay.brokers.redis.streams import RedisStreams
 from triorelay.envelopes import Payload
@@ -69,12 +73,16 @@ class RedisBroker:
 
     def __init__(self, settings: Settings, deliver: Deliver) -> None:
         self.connection = RedisConnection(settings)
+        self.node = self.connection.node
         self.streams = RedisStreams(self.connection, settings, deliver)
         self.queues = RedisQueues(
             self.connection,
-            max_messages=settings.queue_buffer_messages,
+            max_messages_of=lambda name: settings.channel_config(name).queue_buffer_messages,
             claim_idle_seconds=settings.redis_claim_idle_seconds,
             full_timeout_seconds=settings.block_timeout_seconds,
+        )
+        self.job_store = RedisJobStore(
+            self.connection, self.queues, claim_idle_seconds=settings.redis_claim_idle_seconds
         )
 
     async def publish(
@@ -129,8 +137,8 @@ class RedisBroker:
     def queue(self, name: str) -> RedisQueue:
         return RedisQueue(self.queues, name)
 
-    def jobs(self, name: str) -> None:
-        """Acked queue channels on Redis: not yet (issue #16); refused in the settings."""
+    def jobs(self, name: str) -> RedisJobs:
+        return RedisJobs(self.job_store, name)
 
     def watch(self, name: str) -> None:
         self.streams.watch(name)
@@ -145,8 +153,9 @@ class RedisBroker:
         """Nothing to let go: a channel's state here lives exactly as long as its watch."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, then read every watched stream into ``deliver`` and give back what leaving
-        queue consumers held, until cancelled; reconnect whenever Redis fails.
+        """Connect, then read every watched stream into ``deliver``, give back what leaving
+        queue consumers held, and keep acked channels' jobs (their leases, give-backs and
+        delays), until cancelled; reconnect whenever Redis fails.
 
         Started after the first connection attempt, successful or not (bounded by
         ``broker_timeout_seconds``): the relay then serves, ready at once when Redis is up,
@@ -154,6 +163,7 @@ class RedisBroker:
         """
         async with self.connection.open(), trio.open_nursery() as nursery:
             nursery.start_soon(self.queues.run_releases)
+            nursery.start_soon(self.job_store.run)
             await nursery.start(self.streams.run_deliveries)
             await self.connection.keep_connected(self.streams.read_forever, task_status=task_status)
 
@@ -192,6 +202,7 @@ class RedisBroker:
             "watched_channels": self.streams.watched,
             "blocking_reads": connection["blocking_reads"],
             "blocking_reads_waiting": connection["blocking_reads_waiting"],
+            **self.job_store.statistics(),
             "last_error": connection["last_error"],
         }
 

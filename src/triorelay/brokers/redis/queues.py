@@ -3,8 +3,9 @@
 Every relay's consumers of channel ``c`` read ``{prefix}q:{c}`` in the group ``triorelay``, so
 each message goes to exactly one consumer anywhere:
 
-- **Publish** (one Lua script): refuse while the stream holds ``queue_buffer_messages`` (the
-  producer waits and retries: backpressure, as with the memory broker), else take the next
+- **Publish** (one Lua script): refuse while the stream holds ``queue_buffer_messages`` (with
+  an acked channel's delayed jobs, ``{prefix}qdelay:{c}``, see :mod:`.jobs`; the producer
+  waits and retries: backpressure, as with the memory broker), else take the next
   sequence number, ``XADD``, create the group if needed, and take the keys' expiry away: a
   queue that holds messages never expires (its producers were acknowledged).
 - **Take**: each consumer reads one message at a time (``XREADGROUP ... COUNT 1``, under its own
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 GROUP = "triorelay"
 
 _PUBLISH = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
   return 0
 end
 local seq = redis.call('INCR', KEYS[2])
@@ -110,7 +112,7 @@ class RedisQueues:
         self,
         connection: RedisConnection,
         *,
-        max_messages: int,
+        max_messages_of: Callable[[str], int],
         claim_idle_seconds: float,
         full_timeout_seconds: float = float("inf"),
     ) -> None:
@@ -121,7 +123,8 @@ class RedisQueues:
         self._create_group_script = client.register_script(_CREATE_GROUP)
         self._acknowledge_script = client.register_script(_ACKNOWLEDGE)
         self._release_script = client.register_script(_RELEASE)
-        self._max_messages = str(max_messages)
+        #: A queue channel's bound (``queue_buffer_messages``, by its rule).
+        self._max_messages_of = max_messages_of
         self._claim_idle_ms = max(1, round(claim_idle_seconds * 1000))
         # A blocked read returns this often, so that idle messages are claimed in time.
         self._block_ms = max(1, min(5_000, self._claim_idle_ms // 2))
@@ -139,8 +142,9 @@ class RedisQueues:
         """Append a message; wait while the queue is full, at most ``full_timeout_seconds``
         (then :class:`~triorelay.errors.QueueFull`). Return its sequence number."""
         connection = self._connection
-        keys = [self.key(name), connection.key("qseq", name)]
-        args: list[str | bytes] = [data, text, self._max_messages, connection.ttl_ms, GROUP]
+        keys = [self.key(name), connection.key("qseq", name), connection.key("qdelay", name)]
+        bound = str(self._max_messages_of(name))
+        args: list[str | bytes] = [data, text, bound, connection.ttl_ms, GROUP]
         delay = 0.005
         give_up = trio.current_time() + self._full_timeout
         while True:
@@ -158,12 +162,25 @@ class RedisQueues:
 
     async def take(self, name: str, consumer_id: int) -> tuple[Payload, object]:
         """The next message for this consumer, claimed from a dead relay or new."""
+        entry = await self.take_entry(name, consumer_id, self._claim)
+        fields = entry.field_values
+        data: bytes = fields[b"p"]
+        payload: Payload = data.decode() if fields[b"t"] == b"1" else data
+        seq_key = self._connection.key("qseq", name)
+        return payload, Receipt(self.key(name), entry.identifier, seq_key)
+
+    async def take_entry(
+        self, name: str, consumer_id: int, first: Callable[[str, str, str], Awaitable[Any]]
+    ) -> Any:
+        """The next stream entry for this consumer: ``await first(name, key, consumer)`` if it
+        returns one, else a new one (``XREADGROUP``), waiting for it. Redis being down, the
+        group missing (made here) and blocking reads past their bound are waited out."""
         connection = self._connection
         key, consumer = self.key(name), self.consumer_name(consumer_id)
         while True:
             await connection.wait_ready()
             try:
-                entry = await self._claim(name, key, consumer)
+                entry = await first(name, key, consumer)
                 if entry is None:
                     entry = await self._read_new(key, consumer)
             except REDIS_ERRORS as error:
@@ -175,19 +192,22 @@ class RedisQueues:
                 await trio.sleep(0.05)  # the reader notices an outage; then wait_ready waits
                 continue
             if entry is not None:
-                fields = entry.field_values
-                data: bytes = fields[b"p"]
-                payload: Payload = data.decode() if fields[b"t"] == b"1" else data
-                seq_key = connection.key("qseq", name)
-                return payload, Receipt(key, entry.identifier, seq_key)
+                return entry
 
-    async def _claim(self, name: str, key: str, consumer: str) -> Any:
+    def claim_due(self, name: str) -> bool:
+        """True at most once per block time per queue: time to look for a dead relay's
+        messages (a rate, so that waiting consumers do not scan the pending list each read)."""
         now = trio.current_time()
         if now < self._next_claim.get(name, 0.0):
-            return None
+            return False
         if len(self._next_claim) >= MAX_CLAIM_TIMES:
             self._next_claim.clear()  # only a rate of XAUTOCLAIM: forgetting claims sooner
         self._next_claim[name] = now + self._block_ms / 1000
+        return True
+
+    async def _claim(self, name: str, key: str, consumer: str) -> Any:
+        if not self.claim_due(name):
+            return None
         with self._connection.deadline():
             result = await self._connection.client.xautoclaim(
                 key, GROUP, consumer, min_idle_time=self._claim_idle_ms, start="0-0", count=1
@@ -245,23 +265,31 @@ class RedisQueues:
                 await self._connection.wait_ready()
                 try:
                     with self._connection.deadline():
-                        await self._release_all(self.key(name), consumer)
+                        await self.give_back_pending(self.key(name), consumer)
                 except REDIS_ERRORS as error:
                     self._connection.note_error(f"release: {error}")
                     await trio.sleep(0.05)
                     continue
                 self._to_release.pop(0)
 
-    async def _release_all(self, key: str, consumer: str) -> None:
+    async def give_back_pending(self, key: str, consumer: str) -> None:
+        """Copy every message pending for ``consumer`` to the end of stream ``key`` (the
+        original acknowledged and deleted), then forget the consumer. Each copy is one script,
+        so a retry after a failure gives nothing back twice."""
         client = self._connection.client
-        try:
-            pending: Any = await client.xpending(key, GROUP, "-", "+", 100, consumer=consumer)
-        except REDIS_ERRORS as error:
-            if is_missing_group(error):
-                return  # the stream is gone, and what it held with it
-            raise
-        for entry in pending:
-            await self._release_script(keys=[key], args=[GROUP, entry.identifier])
+        while True:
+            try:
+                pending: Any = await client.xpending(key, GROUP, "-", "+", 100, consumer=consumer)
+            except REDIS_ERRORS as error:
+                if is_missing_group(error):
+                    return  # the stream is gone, and what it held with it
+                raise
+            if not pending:
+                break
+            # Until none is left: deleting the consumer drops what it still has pending, and
+            # such an entry would never be read again.
+            for entry in pending:
+                await self._release_script(keys=[key], args=[GROUP, entry.identifier])
         await client.xgroup_delconsumer(key, GROUP, consumer)
 
 
