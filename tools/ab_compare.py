@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis = RedisSource(skipped="not used")
     cells: dict[str, dict[str, list[float]]] = {}
     bound: dict[str, dict[str, int]] = {}
+    runs: list[dict[str, object]] = []
     for repeat in range(plan.repeats):
         for job in jobs:
             asyncio_side = next(side for side in job.sides if side in ASYNCIO_SIDES)
@@ -81,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run, _ = measure(step, plan, workdir / label, pins, redis)
                 per_msg = run.metrics.get("server_cpu_us_per_msg")
                 name = "asyncio" if label in ASYNCIO_SIDES else label
+                runs.append(
+                    {
+                        "repeat": repeat + 1,
+                        "job": job.key,
+                        "side": name,
+                        "us_per_msg": per_msg,
+                        "p50_ms": run.metrics.get("p50_ms"),
+                        "generator_bound": run.generator_bound,
+                    }
+                )
                 print(
                     f"{repeat + 1} {job.key:<28} {name:<8} {per_msg} us/msg"
                     + (" (generator-bound)" if run.generator_bound else ""),
@@ -117,7 +128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{job.key:<28} {after or 0:8.1f} {before or 0:8.1f} {base or 0:8.1f} "
             f"{row['after/asyncio']}  {row['before/asyncio']}  {row['after/before']}"
         )
-    (workdir / "ab.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\nper repeat (after/asyncio, before/asyncio): ", end="")
+    for job in jobs:
+        for repeat in range(1, plan.repeats + 1):
+            got = {
+                str(r["side"]): r["us_per_msg"]
+                for r in runs
+                if r["job"] == job.key and r["repeat"] == repeat and not r["generator_bound"]
+            }
+            base = got.get("asyncio")
+            if isinstance(base, float) and base:
+                a, b = got.get("after"), got.get("before")
+                ratios = [f"{x / base:.2f}" if isinstance(x, float) else "-" for x in (a, b)]
+                print(f"\n  {job.key} #{repeat}: {' / '.join(ratios)}", end="")
+    print()
+    out = {"jobs": summary, "runs": runs}
+    (workdir / "ab.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwritten: {workdir / 'ab.json'}", file=sys.stderr)
     return 0
 

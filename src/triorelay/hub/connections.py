@@ -141,6 +141,7 @@ class Producer(Connection):
         payloads: list[Payload],
         published: list[int],
         traces: dict[int, Trace] | None = None,
+        total_bytes: int | None = None,
     ) -> None:
         """Publish ``payloads`` in order: each accepted one's sequence number is appended to
         ``published``, also when this raises.
@@ -151,8 +152,9 @@ class Producer(Connection):
         (:class:`~triorelay.errors.BrokerUnavailable`).
         """
         # The connection counts what its client sent (read off its socket); the channel counts
-        # what the broker accepted (``ChannelCounters``). Sizes are measured once, here.
-        total = sum(map(size_of, payloads))
+        # what the broker accepted (``ChannelCounters``). Sizes are measured once, here (or by
+        # the caller, which passes their sum as ``total_bytes``).
+        total = sum(map(size_of, payloads)) if total_bytes is None else total_bytes
         self.messages_in += len(payloads)
         self.bytes_in += total
         await self._publish(payloads, published, total, traces)

@@ -200,14 +200,18 @@ class Publisher:
             if not payloads:
                 return
         sizes = list(map(size_of, payloads))
+        total = sum(sizes)
         now = trio.current_time()
-        if not self._messages.take(len(payloads), now) or not self._bytes.take(sum(sizes), now):
+        if not self._messages.take(len(payloads), now) or not self._bytes.take(total, now):
             raise RateLimited("publishing faster than this relay's rate limit for a producer")
         max_bytes = self.max_bytes
         too_big = None
         if max(sizes) > max_bytes:
             too_big = next(p for p, size in zip(payloads, sizes, strict=True) if size > max_bytes)
-        accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
+            accepted = payloads[: payloads.index(too_big)]
+            total = sum(sizes[: len(accepted)])
+        else:
+            accepted = payloads
         published: list[int] = []
         traced: dict[int, Trace] | None = None
         if self.trace_id is not None:
@@ -220,15 +224,19 @@ class Publisher:
                 traced = {len(accepted) - 1: Trace(now_ns())}
         try:
             if accepted:
-                await self.producer.publish_many(accepted, published, traced)
+                await self.producer.publish_many(accepted, published, traced, total)
             if too_big is not None:
                 size = size_of(too_big)
                 raise MessageTooBig(f"message of {size} bytes over the limit {max_bytes}")
         finally:
             count = len(published)
             if self.ack == "echo":
-                acks: list[Payload] = accepted[:count]
-                acked_bytes = sum(sizes[:count])
+                if count == len(accepted):  # the common case: every message published
+                    acks: list[Payload] = accepted
+                    acked_bytes = total
+                else:
+                    acks = accepted[:count]
+                    acked_bytes = sum(sizes[:count])
             elif self.ack == "id":
                 acks = [id_ack(seq) for seq in published]
                 acked_bytes = sum(map(len, acks))  # ASCII
