@@ -296,3 +296,13 @@ async def test_the_send_lock_hands_over_in_order_and_survives_a_cancelled_waiter
     assert not lock.locked()
     with pytest.raises(RuntimeError):
         lock.release()
+
+
+async def test_no_direct_write_with_compression_on() -> None:
+    """With permessage-deflate on, nothing is encoded for a direct write: the compressor is
+    stateful, so a batch encoded and then not written could not be encoded again."""
+    direct, tcp_server = direct_socket(room=100)
+    direct._plain = False  # what a negotiated extension makes it
+    assert direct.send_nowait("x") is False
+    assert direct.send_many_nowait(["x", "y"]) is False
+    assert bytes(tcp_server.stream.wire) == b""

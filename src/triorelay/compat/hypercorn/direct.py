@@ -199,11 +199,14 @@ class DirectWebSocket:
         return frame[sent:]
 
     def send_many_nowait(self, payloads: list[Payload]) -> bool | bytes:
-        """:meth:`send_nowait` for several messages, in one socket write (acks)."""
+        """:meth:`send_nowait` for several messages, in one socket write (acks).
+
+        Not with compression on either: encoding advances the compressor, so a batch encoded
+        and then not written could not be encoded again for :meth:`send_messages`."""
         lock = self._lock
-        if lock is None or lock._held or not self._is_open():
+        if lock is None or lock._held or not self._plain or not self._is_open():
             return False
-        data = self._encode(payloads)
+        data = b"".join([serialize_message(p) for p in payloads])
         lock._held = True  # as in send_nowait: nobody can wait for it meanwhile
         try:
             sent: int = self._sock.send(data)
