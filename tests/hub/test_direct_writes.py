@@ -186,7 +186,8 @@ async def test_a_partial_direct_write_is_finished_by_the_writer_before_anything_
 
 async def test_a_rest_left_when_the_buffer_closes_is_kept_for_the_writer() -> None:
     """Closed before its writer ran, a buffer still hands over the unfinished rest (the
-    writer must write it whatever ended it), and ends the stream after it."""
+    writer must write it whatever ended it), and ends the stream after it; or gives it to
+    take_unfinished, once."""
     hub = make_hub()
     socket = FakeSocket()
     with hub.attach_consumer("news") as consumer:
@@ -206,23 +207,28 @@ async def test_a_rest_left_when_the_buffer_closes_is_kept_for_the_writer() -> No
         assert consumer.take_unfinished() is None
         with pytest.raises(trio.EndOfChannel):
             consumer.receive_nowait()
-    # And when the writer never ran: take_unfinished gives the rest, once.
+    # A writer that stops before it ran again (its finally) takes the rest itself, once;
+    # then its receive finds the stream ended.
     with hub.attach_consumer("news") as consumer:
         consumer.write_directly(socket.write)
+        ended: list[bool] = []
         async with trio.open_nursery() as nursery:
 
-            async def cancelled_reader(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-                with trio.CancelScope() as scope:
-                    task_status.started(scope)
+            async def reader() -> None:
+                with pytest.raises(trio.EndOfChannel):
                     await consumer.receive()
+                ended.append(True)
 
-            scope = await nursery.start(cancelled_reader)
+            nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
             socket.mode = "partial"
             await publish_all(hub, "news", ["big"])
-            scope.cancel()  # woken, but cancelled before it runs: it returns the rest anyway
-        unfinished = consumer.take_unfinished()
-        assert unfinished is None or unfinished.rest == b"rest of big"
+            consumer.inbox.close()
+            unfinished = consumer.take_unfinished()  # before the reader runs again
+            assert unfinished is not None
+            assert unfinished.rest == b"rest of big"
+            assert consumer.take_unfinished() is None
+        assert ended == [True]
 
 
 async def test_no_direct_write_without_a_waiting_writer() -> None:
