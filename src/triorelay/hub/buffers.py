@@ -216,7 +216,9 @@ class ConsumerBuffer:
     )
 
     def __init__(self, max_messages: int, max_bytes: int, occupancy: Occupancy) -> None:
-        self._items: deque[Item] = deque()
+        # Made on first use: a consumer that keeps up gets its messages directly and never
+        # buffers one (an empty deque is 600 bytes per idle connection).
+        self._items: deque[Item] | None = None
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._occupancy = occupancy
@@ -279,7 +281,10 @@ class ConsumerBuffer:
             return False
         if self.bytes + size > self.max_bytes and self.messages:
             return False
-        self._items.append(payload)
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(payload)
         self.bytes += size
         self.messages += 1
         if self.messages > self.peak:
@@ -301,7 +306,7 @@ class ConsumerBuffer:
         """Discard the oldest buffered message (not one already handed to the reader); False
         if there was none."""
         items = self._items
-        if len(items) <= self._handed:
+        if items is None or len(items) <= self._handed:
             return False
         if self._handed:
             payload = items[1]
@@ -382,7 +387,7 @@ class ConsumerBuffer:
         for :meth:`take_unfinished`); the reader's next receive raises EndOfChannel."""
         left = self.messages
         self._closed = True
-        self._items.clear()
+        self._items = None
         self._handed = False
         self._occupancy.remove(left)
         self.messages = self.bytes = self.traced = 0
