@@ -154,7 +154,7 @@ class InboundTap:
             and decoder.header is None
             and len(decoder.buffer.buffer) == decoder.buffer.bytes_used
             and proto._message_decoder.opcode is None
-            and not any(extension.enabled() for extension in proto.extensions)
+            and not (proto.extensions and any(e.enabled() for e in proto.extensions))
         )
 
     def _fail(self, code: int, reason: str) -> None:
@@ -164,38 +164,43 @@ class InboundTap:
 
     async def _on_data(self, data: bytes) -> None:
         """One read, from the read loop: what ``H11Protocol`` would hand on as ``Data``."""
-        await self._tapped_handle(Data(stream_id=_STREAM_ID, data=data))
+        await self._data(data, _STREAM_ID)
 
     async def _tapped_handle(self, event: Any) -> None:
-        ws_stream = self._ws_stream
-        if type(event) is not Data:
+        if type(event) is Data:
+            await self._data(event.data, event.stream_id)
+        else:
             await self._to_wsproto(event)
-            return
+
+    async def _data(self, data: bytes, stream_id: int) -> None:
+        """What the peer sent, a TCP read at a time: simple frames parsed here, the rest to
+        wsproto."""
         self.last_received = trio.current_time()
         if self._failed:
             return  # the connection is being closed for invalid data: read no further
+        ws_stream = self._ws_stream
         if ws_stream.closed or ws_stream.state is not _CONNECTED or not self._wsproto_idle():
             if self._parser.buffered_bytes:
                 # A partial simple frame was held back: wsproto gets it whole.
-                held = self._parser.take_buffered()
-                event = Data(stream_id=event.stream_id, data=held + event.data)
-            await self._to_wsproto(event)
+                data = self._parser.take_buffered() + data
+            await self._to_wsproto(Data(stream_id=stream_id, data=data))
             return
-        events = self._parser.feed(event.data)
+        events = self._parser.feed(data)
         if not events:
             return
         last = events[-1]
         if isinstance(last, HandOff | Fail):
             events.pop()  # the parser stops there: everything before it is a message
         if events:
-            await self._deliver([e for e in events if isinstance(e, (bytes, str))])
+            # Only messages are left (simple frames: no control frame events).
+            await self._deliver(events)  # type: ignore[arg-type]
         if isinstance(last, Fail):
             # wsproto would fail the connection without a close frame (1002, 1007) or buffer
             # the frame whole before checking its size (1009,
             # https://github.com/pgjones/hypercorn/issues/307): close with the parser's code.
             self._fail(last.code, last.reason)
         elif isinstance(last, HandOff):
-            await self._to_wsproto(Data(stream_id=event.stream_id, data=last.data))
+            await self._to_wsproto(Data(stream_id=stream_id, data=last.data))
 
     async def _to_wsproto(self, event: Any) -> None:
         await self._handle(event)
