@@ -407,3 +407,76 @@ def test_an_idle_consumers_buffer_holds_almost_nothing() -> None:
     assert per_buffer < 400, f"{per_buffer:.0f} bytes per idle buffer"
     assert buffers[0].offer("now it has one", 14)  # made on first use
     assert buffers[0].receive_nowait() == "now it has one"
+
+
+@pytest.mark.parametrize("mode", ["take", "refuse", "partial"])
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_batch_is_written_in_one_direct_write_at_its_end(
+    nursery: trio.Nursery, mode: str
+) -> None:
+    """With a batch write registered, a batch for a waiting writer is held and written in
+    one go at the batch's end (counted as it goes out, the writer never woken); a socket that
+    cannot take it wakes the writer for all of it; one that takes part of it leaves the rest
+    as an Unfinished item. Order and counts hold every way."""
+    hub = make_hub()
+    socket = FakeSocket()
+    batches: list[list[Payload]] = []
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        batches.append(list(payloads))
+        if mode == "refuse":
+            return False
+        socket.wire.extend(payloads)
+        return True if mode == "take" else b"rest of the batch"
+
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        consumer.write_directly(socket.write, write_many)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            await producer.publish_many(["a", "b", "c"], [])
+            assert batches == [["a", "b", "c"]]
+            await trio.testing.wait_all_tasks_blocked()
+            await producer.publish("d")  # alone: directly, once the writer waits again
+            stats = hub.channel_statistics("news")
+        assert socket.wire == ["a", "b", "c", "d"]
+        assert consumer.messages_out == 4
+        assert stats is not None
+        assert (stats.messages_out, stats.buffered) == (4, 0)
+        if mode == "take":
+            assert writer.received == []
+        elif mode == "refuse":
+            assert writer.received == ["a", "b", "c"]
+        else:
+            assert [type(item) for item in writer.received] == [Unfinished]
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_traced_message_in_a_batch_goes_behind_what_the_batch_holds(
+    nursery: trio.Nursery,
+) -> None:
+    """A message that is not for a direct write (a traced one) in the middle of a batch goes
+    behind what the batch holds and wakes the writer, which writes them all in order: nothing
+    is written directly past what is held, not even the batch's later messages."""
+    hub = make_hub()
+    socket = FakeSocket()
+    written_many: list[list[Payload]] = []
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        written_many.append(payloads)  # pragma: no cover - must not be called
+        return True  # pragma: no cover
+
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        consumer.write_directly(socket.write, write_many)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            await producer.publish_many(["a", "traced", "c"], [], {1: Trace(0)})
+            await trio.testing.wait_all_tasks_blocked()
+        assert written_many == []
+        assert socket.calls == 0
+        assert socket.wire == ["a", "traced", "c"]
+        assert [type(item) for item in writer.received] == [str, Traced, str]
+        assert consumer.messages_out == 3

@@ -8,7 +8,7 @@ delivers by mode and slow-consumer policy into :mod:`~triorelay.hub.buffers`;
 
 from triorelay.hub.buffers import Entry, Item, Traced, Unfinished
 from triorelay.hub.channel import Channel
-from triorelay.hub.connections import Connection, Consumer, Producer, WriteNow
+from triorelay.hub.connections import Connection, Consumer, Producer, WriteManyNow, WriteNow
 from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Hub, validate_channel_name
 from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, Traffic
 
@@ -26,6 +26,7 @@ __all__ = [
     "Traced",
     "Traffic",
     "Unfinished",
+    "WriteManyNow",
     "WriteNow",
     "validate_channel_name",
 ]

@@ -90,6 +90,10 @@ once the message is on the consumer's socket; False, having written nothing, whe
 (then the message is buffered as usual); or, when the socket took only part of its frame, the
 rest of it (see :class:`Unfinished`)."""
 
+DirectWriteMany = Callable[[list[Payload], int], bool | bytes]
+"""``write_many(payloads, total_bytes)``: :data:`DirectWrite` for the messages of a batch,
+in one socket write."""
+
 
 class Occupancy:
     """How many messages a channel's buffers hold, and the most they held at once."""
@@ -194,12 +198,17 @@ class ConsumerBuffer:
     writer, which then owns the order: until it waits again, every message is buffered behind
     that one. So a consumer gets its messages in order and each once, whichever way each went.
     A direct write the socket took only part of leaves an :class:`Unfinished` rest, which
-    :meth:`receive` returns before anything buffered after it.
+    :meth:`receive` returns before anything buffered after it. The messages of a batch (one
+    producer read, :meth:`offer` with ``batch``) are held instead, the writer still waiting,
+    and written in one direct write at the batch's end (:meth:`flush_batch`); anything else
+    offered meanwhile goes behind them and wakes the writer, which then writes them all.
     """
 
     __slots__ = (
         "_closed",
+        "_deferred",
         "_direct",
+        "_direct_many",
         "_handed",
         "_items",
         "_occupancy",
@@ -230,6 +239,9 @@ class ConsumerBuffer:
         #: The head of ``_items`` was handed to the waiter, which has not run yet.
         self._handed = False
         self._direct: DirectWrite | None = None
+        self._direct_many: DirectWriteMany | None = None
+        #: Messages are held for one write at the end of a batch (flush_batch).
+        self._deferred = False
         self._unfinished: Unfinished | None = None
         self.messages = 0
         self.bytes = 0
@@ -244,11 +256,15 @@ class ConsumerBuffer:
     def closed(self) -> bool:
         return self._closed
 
-    def write_directly(self, write: DirectWrite | None) -> None:
+    def write_directly(
+        self, write: DirectWrite | None, write_many: DirectWriteMany | None = None
+    ) -> None:
         """Hand offered messages to ``write`` while the reader waits with nothing buffered (see
-        the class's docstring); ``None`` stops it. The reader's own task sets it, before it
-        first waits, and clears it when it stops reading."""
+        the class's docstring), and a batch's to ``write_many`` at its end; ``None`` stops
+        it. The reader's own task sets it, before it first waits, and clears it when it
+        stops reading."""
         self._direct = write
+        self._direct_many = write_many
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -256,20 +272,44 @@ class ConsumerBuffer:
             return False
         return self.messages < self.max_messages
 
-    def offer(self, payload: Item, size: int, direct: bool = True) -> bool:
+    def offer(self, payload: Item, size: int, batch: list[ConsumerBuffer] | None = None) -> bool:
         """Buffer ``payload`` (of ``size``) if there is room, or write it directly (see the
-        class's docstring; not with ``direct`` False); False, and nothing changes, if neither.
-        Never waits."""
+        class's docstring); False, and nothing changes, if neither. Never waits.
+
+        ``batch``: the message is one of several delivered in a row (see
+        :meth:`flush_batch`); a waiting writer's messages are then held for one write at the
+        batch's end, and this buffer joins ``batch`` once.
+        """
         if self._closed:
             return False
         waiter = self._waiter
-        if waiter is not None and direct:
-            # The reader waits, and nothing is buffered or being written: this message may
-            # go straight to its socket. An Entry or a traced item has the writer's work to
-            # do (positions, stage times), so it goes to the writer.
-            write = self._direct
-            kind = type(payload)
-            if write is not None and (kind is str or kind is bytes):
+        if waiter is None:
+            return self._append(payload, size)
+        kind = type(payload)
+        raw = kind is str or kind is bytes
+        if self._deferred:
+            # Messages held for one write at the end of a batch.
+            if raw and batch is not None:
+                return self._append(payload, size)
+            # Anything else (a notice from outside the batch, a traced item) goes behind
+            # them, and the writer writes them all: no direct write past what is held.
+            self._deferred = False
+            appended = self._append(payload, size)
+            self._handed = True
+            self._wake(waiter)
+            return appended
+        # The reader waits, and nothing is buffered or being written: this message may go
+        # straight to its socket. An Entry or a traced item has the writer's work to do
+        # (positions, stage times), so it goes to the writer.
+        write = self._direct
+        if write is not None and raw:
+            if batch is not None:
+                if self._direct_many is not None:
+                    self._append(payload, size)  # the buffer is empty: it fits
+                    self._deferred = True
+                    batch.append(self)
+                    return True
+            else:
                 written = write(payload, size)  # type: ignore[arg-type]
                 if written is True:
                     return True
@@ -277,7 +317,42 @@ class ConsumerBuffer:
                     self._unfinished = Unfinished(written)
                     self._wake(waiter)
                     return True
-        if waiter is None and self.messages - self._handed >= self.max_messages:
+        self._append(payload, size)  # the buffer is empty: it fits
+        self._handed = True
+        self._wake(waiter)
+        return True
+
+    def flush_batch(self) -> None:
+        """The end of the batch this buffer joined in :meth:`offer`: write what it held for the
+        batch in one direct write if the socket takes it at once (or part of it: the rest then
+        goes to the writer as an :class:`Unfinished`), else wake the writer to write it."""
+        if not self._deferred:
+            return  # ended meanwhile (the writer was woken, or the buffer closed)
+        self._deferred = False
+        waiter, items, write_many = self._waiter, self._items, self._direct_many
+        if waiter is None or not items or write_many is None:  # pragma: no cover - defensive
+            return  # the writer stopped waiting (cancelled): it finds them when it reads
+        payloads = list(items)  # raw messages only (see offer)
+        written = write_many(payloads, self.bytes)  # type: ignore[arg-type]
+        if written is False:
+            self._handed = True
+            self._wake(waiter)
+            return
+        # On the socket, whole or begun: none of them is buffered any more.
+        occupancy = self._occupancy
+        occupancy.messages -= self.messages
+        self.messages = self.bytes = 0
+        items.clear()
+        if self._room:
+            self._room.unpark_all()
+        if written is not True:
+            self._unfinished = Unfinished(written)
+            self._wake(waiter)
+
+    def _append(self, payload: Item, size: int) -> bool:
+        """Buffer ``payload`` if there is room (the one message handed to a woken writer takes
+        none of the ``max_messages`` places); False if not."""
+        if self.messages - self._handed >= self.max_messages:
             return False
         if self.bytes + size > self.max_bytes and self.messages:
             return False
@@ -293,9 +368,6 @@ class ConsumerBuffer:
         occupancy.messages += 1
         if occupancy.messages > occupancy.peak:
             occupancy.peak = occupancy.messages
-        if waiter is not None:
-            self._handed = True
-            self._wake(waiter)
         return True
 
     def _wake(self, waiter: trio.lowlevel.Task) -> None:
@@ -387,6 +459,7 @@ class ConsumerBuffer:
         for :meth:`take_unfinished`); the reader's next receive raises EndOfChannel."""
         left = self.messages
         self._closed = True
+        self._deferred = False
         self._items = None
         self._handed = False
         self._occupancy.remove(left)

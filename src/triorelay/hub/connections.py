@@ -24,6 +24,9 @@ WriteNow = Callable[[Payload], bool | bytes]
 once written, False (nothing written) when it cannot, or the rest of its frame when the socket
 took only part of it (see :class:`~triorelay.hub.buffers.Unfinished`)."""
 
+WriteManyNow = Callable[[list[Payload]], bool | bytes]
+"""``write_many(payloads)``: :data:`WriteNow` for several messages, in one socket write."""
+
 Publish = Callable[[list[Payload], list[int], int, "dict[int, Trace] | None"], Awaitable[None]]
 """``await publish(payloads, published, total_bytes, traces)``: see
 :meth:`triorelay.hub.Hub.publish`."""
@@ -194,6 +197,7 @@ class Consumer(Connection):
         self.traces = False
         self.pending_dropped = 0
         self._write_now: WriteNow | None = None
+        self._write_many_now: WriteManyNow | None = None
 
     @property
     def detached(self) -> bool:
@@ -233,11 +237,14 @@ class Consumer(Connection):
         self._took(payload)
         return payload
 
-    def write_directly(self, write: WriteNow | None) -> None:
+    def write_directly(
+        self, write: WriteNow | None, write_many: WriteManyNow | None = None
+    ) -> None:
         """Let the channel hand this consumer's messages to ``write`` in the publishing task
         while its writer waits with nothing buffered (broadcast; see
-        :class:`~triorelay.hub.buffers.ConsumerBuffer`); ``None`` stops it. Each message
-        written so is counted as this consumer's (and its channel's) as it goes out.
+        :class:`~triorelay.hub.buffers.ConsumerBuffer`), and a batch's messages to
+        ``write_many`` at the batch's end; ``None`` stops it. Each message written so is
+        counted as this consumer's (and its channel's) as it goes out.
 
         The writer that calls this must handle :class:`~triorelay.hub.buffers.Unfinished`
         items from :meth:`receive`, and call :meth:`take_unfinished` when it stops.
@@ -245,8 +252,12 @@ class Consumer(Connection):
         buffer = self.buffer
         if buffer is None:
             return
-        self._write_now = write
-        buffer.write_directly(None if write is None else self._written_now)
+        self._write_now, self._write_many_now = write, write_many
+        if write is None:
+            buffer.write_directly(None)
+        else:
+            many = None if write_many is None else self._written_many_now
+            buffer.write_directly(self._written_now, many)
 
     def _written_now(self, payload: Payload, size: int) -> bool | bytes:
         write = self._write_now
@@ -258,6 +269,19 @@ class Consumer(Connection):
             counters = self._counters
             counters.messages_out += 1
             counters.bytes_out += size
+        return written
+
+    def _written_many_now(self, payloads: list[Payload], total_bytes: int) -> bool | bytes:
+        write_many = self._write_many_now
+        assert write_many is not None
+        written = write_many(payloads)
+        if written is not False:
+            count = len(payloads)
+            self.messages_out += count
+            self.bytes_out += total_bytes
+            counters = self._counters
+            counters.messages_out += count
+            counters.bytes_out += total_bytes
         return written
 
     def take_unfinished(self) -> Unfinished | None:

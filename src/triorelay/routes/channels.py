@@ -26,7 +26,15 @@ from triorelay.errors import (
     RateLimited,
     RequestError,
 )
-from triorelay.hub import Consumer, Item, Producer, Unfinished, WriteNow, validate_channel_name
+from triorelay.hub import (
+    Consumer,
+    Item,
+    Producer,
+    Unfinished,
+    WriteManyNow,
+    WriteNow,
+    validate_channel_name,
+)
 from triorelay.lifecycle import SHUTDOWN_REASON
 from triorelay.routes import positioned, traces
 from triorelay.routes.asgi import Message, Receive, Socket, payload_of
@@ -304,7 +312,7 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     if direct is None:
         await _write_batches(consumer, socket, notices)
         return
-    consumer.write_directly(_direct_write(consumer, direct, notices))
+    consumer.write_directly(*_direct_writes(consumer, direct, notices))
     try:
         await _write_batches(consumer, socket, notices)
     finally:
@@ -317,19 +325,27 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
                 await socket.finish_many(unfinished.rest, [])
 
 
-def _direct_write(consumer: Consumer, direct: DirectWebSocket, notices: bool) -> WriteNow:
+def _direct_writes(
+    consumer: Consumer, direct: DirectWebSocket, notices: bool
+) -> tuple[WriteNow, WriteManyNow]:
     """What a raw broadcast consumer's socket takes from the publishing task: each message,
-    unless the client has a ``dropped`` notice coming (the writer sends that first)."""
-    send_nowait = direct.send_nowait
+    or a batch's in one write, unless the client has a ``dropped`` notice coming (the writer
+    sends that first)."""
+    send_nowait, send_many_nowait = direct.send_nowait, direct.send_many_nowait
     if not notices:
-        return send_nowait
+        return send_nowait, send_many_nowait
 
     def write(payload: Payload) -> bool | bytes:
         if consumer.pending_dropped:
             return False
         return send_nowait(payload)
 
-    return write
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        if consumer.pending_dropped:
+            return False
+        return send_many_nowait(payloads)
+
+    return write, write_many
 
 
 async def _write_batches(consumer: Consumer, socket: Socket, notices: bool) -> None:
