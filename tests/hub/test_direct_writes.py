@@ -480,3 +480,34 @@ async def test_a_traced_message_in_a_batch_goes_behind_what_the_batch_holds(
         assert socket.wire == ["a", "traced", "c"]
         assert [type(item) for item in writer.received] == [str, Traced, str]
         assert consumer.messages_out == 3
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_under_block_a_batch_is_not_held_while_the_publish_waits(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """block: while a publish waits for a full consumer, the other consumers' messages of
+    the same batch are already on their sockets (not held for the batch's end)."""
+    hub = make_hub(slow_consumer_policy="block", consumer_buffer_messages=1)
+    fast = FakeSocket()
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:  # pragma: no cover - not held
+        fast.wire.extend(payloads)
+        return True
+
+    with hub.attach_consumer("news") as slow, hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, fast)
+        await nursery.start(writer.run)
+        consumer.write_directly(fast.write, write_many)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            async with trio.open_nursery() as publishing:
+                publishing.start_soon(producer.publish_many, ["a", "b", "c"], [])
+                await trio.testing.wait_all_tasks_blocked()  # waits for the slow one
+                assert fast.wire == ["a", "b"]  # written while the publish waits
+                assert slow.receive_nowait() == "a"
+                await trio.testing.wait_all_tasks_blocked()
+                assert slow.receive_nowait() == "b"
+                await trio.testing.wait_all_tasks_blocked()
+                assert slow.receive_nowait() == "c"
+        assert fast.wire == ["a", "b", "c"]

@@ -278,13 +278,14 @@ class Channel:
         traced = type(entry) is Traced
         raw = entry if traced else payload
         full: list[Consumer] = []
-        batch = self._batched if self._batches else None
+        # Never held for the end of a batch here: this may wait for a full consumer, and the
+        # others' messages must not wait with it.
         for consumer in self.consumers:
             buffer = consumer.buffer
             assert buffer is not None
             item = entry if consumer.positioned else raw
             assert item is not None
-            if buffer.offer(item, size, batch):
+            if buffer.offer(item, size):
                 if traced:
                     buffer.traced += 1
             else:
