@@ -136,10 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r in runs
                 if r["job"] == job.key and r["repeat"] == repeat and not r["generator_bound"]
             }
-            base = got.get("asyncio")
-            if isinstance(base, float) and base:
-                a, b = got.get("after"), got.get("before")
-                ratios = [f"{x / base:.2f}" if isinstance(x, float) else "-" for x in (a, b)]
+            asyncio_cpu = got.get("asyncio")
+            if isinstance(asyncio_cpu, float) and asyncio_cpu:
+                mine = (got.get("after"), got.get("before"))
+                ratios = [f"{x / asyncio_cpu:.2f}" if isinstance(x, float) else "-" for x in mine]
                 print(f"\n  {job.key} #{repeat}: {' / '.join(ratios)}", end="")
     print()
     out = {"jobs": summary, "runs": runs}
