@@ -6,6 +6,7 @@ fails and the bypass in ``triorelay.routes.websocket`` can be reconsidered.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import trio
@@ -69,12 +70,17 @@ async def test_hypercorn_send_after_disconnect_returns_without_a_checkpoint() ->
 async def test_relay_send_on_a_closed_socket_reports_it_and_checkpoints() -> None:
     """The relay's direct send says nothing went out, and yields, so its loops end."""
     from hypercorn.protocol.ws_stream import WSStream
+    from wsproto.connection import Connection as WSConnection
+    from wsproto.connection import ConnectionType
 
     from triorelay.compat.hypercorn import DirectWebSocket
 
     stream = object.__new__(WSStream)
     stream.closed = True
-    stream.connection = None
-    direct = DirectWebSocket(stream, None, None)
+    stream.connection = WSConnection(ConnectionType.SERVER)
+    socket = SimpleNamespace(_sock=None)
+    tcp_server = SimpleNamespace(send_lock=trio.Lock(), stream=SimpleNamespace(socket=socket))
+    direct = DirectWebSocket(stream, tcp_server, None)
+    assert direct.send_nowait("x") is False
     with trio.testing.assert_checkpoints():
         assert await direct.send_messages(["x"]) is False

@@ -162,3 +162,48 @@ async def test_block_policy_backpressures_the_producer(start_relay: StartRelay) 
         slow.close()
     assert acked == COUNT
     assert received == [message(i) for i in range(COUNT)]
+
+
+async def test_a_consumer_that_stalls_midstream_gets_every_message_once_in_order(
+    start_relay: StartRelay,
+) -> None:
+    """A consumer that reads, stops reading, then reads again: the messages the relay wrote
+    to its socket while it read (directly, on the fast path), those that waited in its buffer
+    once the socket was full (a frame cut by the full socket among them), and those after it
+    caught up all arrive once, in order, each counted once (fast path and plain ASGI)."""
+    count = 150  # 9.4 MiB: more than the loopback buffers hold, less than its buffer
+    relay = await start_relay(
+        slow_consumer_policy="disconnect",
+        consumer_buffer_messages=count,
+        consumer_buffer_bytes=count * MESSAGE_BYTES,
+        max_message_bytes=MESSAGE_BYTES,
+    )
+    slow = await RawWebSocket.connect(relay.port, "/ws/consumer/feed")
+    received: list[str | bytes] = []
+    async with relay.websocket("/ws/producer/feed?ack=id") as producer:
+
+        async def publish(numbers: range) -> None:
+            for i in numbers:
+                await producer.send_message(message(i))
+                assert json.loads(await producer.get_message()) == {"id": i + 1}
+
+        for i in range(10):  # read as they come
+            await publish(range(i, i + 1))
+            received += await slow.read_messages(1)
+        await publish(range(10, count))  # not read: the socket fills, then the buffer
+        stalled = await relay.channel("feed")
+        received += await slow.read_messages(count - 10)
+        for i in range(count, count + 10):  # caught up: read as they come again
+            await publish(range(i, i + 1))
+            received += await slow.read_messages(1)
+        stats = await relay.channel("feed")
+    slow.close()
+    assert received == [message(i) for i in range(count + 10)]
+    assert stalled["peak_buffered"] > 0, "the stall reached the relay's buffer"
+    assert (stats["dropped"], stats["disconnected_slow"], stats["buffered"]) == (0, 0, 0)
+    assert stats["messages_out"] == count + 10
+    consumer = next(c for c in stats["connections"] if c["role"] == "consumer")
+    assert (consumer["messages_out"], consumer["bytes_out"]) == (
+        count + 10,
+        (count + 10) * MESSAGE_BYTES,
+    )

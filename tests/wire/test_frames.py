@@ -19,6 +19,7 @@ from triorelay.wire.frames import (
     Fail,
     FrameParser,
     HandOff,
+    LastFrame,
     Opcode,
     Ping,
     Pong,
@@ -78,6 +79,21 @@ def test_server_frames_use_the_shortest_length_encoding() -> None:
     assert serialize_message(b"a" * 126)[:4] == b"\x82\x7e\x00\x7e"
     assert serialize_message(b"a" * 65535)[:4] == b"\x82\x7e\xff\xff"
     assert serialize_message(b"a" * 65536)[:10] == b"\x82\x7f" + (65536).to_bytes(8, "big")
+
+
+def test_last_frame_encodes_a_message_once_for_every_consumer() -> None:
+    """The same payload object in a row gets the same frame object; any other payload, even
+    an equal one, its own frame, always what serialize_message gives."""
+    frames = LastFrame()
+    payload = "x" * 200
+    first = frames(payload)
+    assert first == serialize_message(payload)
+    assert frames(payload) is first
+    equal = "".join(["x"] * 200)
+    assert frames(equal) == first
+    assert frames(equal) is not first
+    assert frames(b"bin") == serialize_message(b"bin")
+    assert frames("") == serialize_message("")
 
 
 def test_control_frames_serialize() -> None:

@@ -6,9 +6,9 @@ delivers by mode and slow-consumer policy into :mod:`~triorelay.hub.buffers`;
 :mod:`~triorelay.hub.statistics` holds the counters and their snapshots.
 """
 
-from triorelay.hub.buffers import Entry, Item, Traced
+from triorelay.hub.buffers import Entry, Item, Traced, Unfinished
 from triorelay.hub.channel import Channel
-from triorelay.hub.connections import Connection, Consumer, Producer
+from triorelay.hub.connections import Connection, Consumer, Producer, WriteManyNow, WriteNow
 from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Hub, validate_channel_name
 from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, Traffic
 
@@ -25,5 +25,8 @@ __all__ = [
     "Producer",
     "Traced",
     "Traffic",
+    "Unfinished",
+    "WriteManyNow",
+    "WriteNow",
     "validate_channel_name",
 ]

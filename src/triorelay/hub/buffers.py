@@ -16,6 +16,8 @@ in the one place it changes, so the channel reads a total that cannot drift.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -62,9 +64,35 @@ class Traced(Entry):
         self.logged = False
 
 
-Item = Payload | Entry
+class Unfinished:
+    """The rest of a message frame a direct write began (the socket took only part of it).
+
+    The message was handed to the socket: it is counted as written, and it is not a buffered
+    message. Its writer must write the rest before anything else; every other writer of that
+    connection waits meanwhile (the I/O layer keeps its send lock taken for the rest).
+    """
+
+    __slots__ = ("rest",)
+
+    def __init__(self, rest: bytes) -> None:
+        self.rest = rest
+
+
+Item = Payload | Entry | Unfinished
 """What a consumer's inbox holds: a message (and, with notices, a notice), or for a
-positioned consumer an :class:`Entry` (notices stay text)."""
+positioned consumer an :class:`Entry` (notices stay text); and, first, the rest of a message a
+direct write began (:class:`Unfinished`, raw broadcast consumers only)."""
+
+DirectWrite = Callable[[Payload, int], bool | bytes]
+"""``write(payload, size)``: a consumer's writer taking one message at once, in the publishing
+task, while it waits with nothing buffered (:meth:`ConsumerBuffer.write_directly`). Returns True
+once the message is on the consumer's socket; False, having written nothing, when it cannot
+(then the message is buffered as usual); or, when the socket took only part of its frame, the
+rest of it (see :class:`Unfinished`)."""
+
+DirectWriteMany = Callable[[list[Payload], int], bool | bytes]
+"""``write_many(payloads, total_bytes)``: :data:`DirectWrite` for the messages of a batch,
+in one socket write."""
 
 
 class Occupancy:
@@ -153,19 +181,42 @@ class _MemoryInbox:
         raise NotImplementedError
 
 
-class ConsumerBuffer(_MemoryInbox):
+class ConsumerBuffer:
     """A broadcast consumer's buffer: at most ``max_messages`` messages and ``max_bytes``.
 
     A message larger than ``max_bytes`` still fits into an empty buffer (it is within
     ``max_message_bytes``, or it would not have been accepted). ``messages`` and ``bytes`` are
-    what it holds now; ``peak`` the most messages it held.
+    what it holds now; ``peak`` the most messages it held. One task reads it (the consumer's
+    writer); while it waits, the first message offered is handed to it and does not take one
+    of the ``max_messages`` places (as with a trio memory channel of that size).
+
+    **Direct writes.** A writer that can write to its socket without waiting registers that
+    write (:meth:`write_directly`). While it waits in :meth:`receive` with nothing buffered
+    and nothing being written, a raw message offered goes to that write at once, in the
+    publishing task: no task is woken and nothing is buffered. Anything else (the write
+    cannot take it, or the message is an :class:`Entry`, or traced) is buffered and wakes the
+    writer, which then owns the order: until it waits again, every message is buffered behind
+    that one. So a consumer gets its messages in order and each once, whichever way each went.
+    A direct write the socket took only part of leaves an :class:`Unfinished` rest, which
+    :meth:`receive` returns before anything buffered after it. The messages of a batch (one
+    producer read, :meth:`offer` with ``batch``) are held instead, the writer still waiting,
+    and written in one direct write at the batch's end (:meth:`flush_batch`); anything else
+    offered meanwhile goes behind them and wakes the writer, which then writes them all.
     """
 
     __slots__ = (
+        "_closed",
+        "_deferred",
+        "_direct",
+        "_direct_many",
+        "_handed",
+        "_items",
         "_occupancy",
         "_room",
-        "_send",
+        "_unfinished",
+        "_waiter",
         "bytes",
+        "last_size",
         "max_bytes",
         "max_messages",
         "messages",
@@ -174,20 +225,46 @@ class ConsumerBuffer(_MemoryInbox):
     )
 
     def __init__(self, max_messages: int, max_bytes: int, occupancy: Occupancy) -> None:
-        self._send, self._receive = trio.open_memory_channel[Item](max_messages)
+        # Made on first use: a consumer that keeps up gets its messages directly and never
+        # buffers one (an empty deque is 600 bytes per idle connection).
+        self._items: deque[Item] | None = None
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._occupancy = occupancy
         # Where a ``block`` publisher waits for room: made on first use (only ``block`` needs
         # it, and an idle connection should cost as little as possible).
         self._room: trio.lowlevel.ParkingLot | None = None
+        #: The reader, while it waits in receive() with nothing to take.
+        self._waiter: trio.lowlevel.Task | None = None
+        #: The head of ``_items`` was handed to the waiter, which has not run yet.
+        self._handed = False
+        self._direct: DirectWrite | None = None
+        self._direct_many: DirectWriteMany | None = None
+        #: Messages are held for one write at the end of a batch (flush_batch).
+        self._deferred = False
+        self._unfinished: Unfinished | None = None
         self.messages = 0
         self.bytes = 0
         self.peak = 0
         self._closed = False
+        #: The size of the message last received (so that it is measured once).
         self.last_size = 0
         #: Traced messages buffered (their writer unwraps them; counted by the channel).
         self.traced = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write_directly(
+        self, write: DirectWrite | None, write_many: DirectWriteMany | None = None
+    ) -> None:
+        """Hand offered messages to ``write`` while the reader waits with nothing buffered (see
+        the class's docstring), and a batch's to ``write_many`` at its end; ``None`` stops
+        it. The reader's own task sets it, before it first waits, and clears it when it
+        stops reading."""
+        self._direct = write
+        self._direct_many = write_many
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -195,14 +272,94 @@ class ConsumerBuffer(_MemoryInbox):
             return False
         return self.messages < self.max_messages
 
-    def offer(self, payload: Item, size: int) -> bool:
-        """Buffer ``payload`` (of ``size``) if there is room; False, and nothing changes, if not."""
+    def offer(self, payload: Item, size: int, batch: list[ConsumerBuffer] | None = None) -> bool:
+        """Buffer ``payload`` (of ``size``) if there is room, or write it directly (see the
+        class's docstring); False, and nothing changes, if neither. Never waits.
+
+        ``batch``: the message is one of several delivered in a row (see
+        :meth:`flush_batch`); a waiting writer's messages are then held for one write at the
+        batch's end, and this buffer joins ``batch`` once.
+        """
+        if self._closed:
+            return False
+        waiter = self._waiter
+        if waiter is None:
+            return self._append(payload, size)
+        kind = type(payload)
+        raw = kind is str or kind is bytes
+        if self._deferred:
+            # Messages held for one write at the end of a batch.
+            if raw and batch is not None:
+                return self._append(payload, size)
+            # Anything else (a notice from outside the batch, a traced item) goes behind
+            # them, and the writer writes them all: no direct write past what is held.
+            self._deferred = False
+            appended = self._append(payload, size)
+            self._handed = True
+            self._wake(waiter)
+            return appended
+        # The reader waits, and nothing is buffered or being written: this message may go
+        # straight to its socket. An Entry or a traced item has the writer's work to do
+        # (positions, stage times), so it goes to the writer.
+        write = self._direct
+        if write is not None and raw:
+            if batch is not None:
+                if self._direct_many is not None:
+                    self._append(payload, size)  # the buffer is empty: it fits
+                    self._deferred = True
+                    batch.append(self)
+                    return True
+            else:
+                written = write(payload, size)  # type: ignore[arg-type]
+                if written is True:
+                    return True
+                if written is not False:
+                    self._unfinished = Unfinished(written)
+                    self._wake(waiter)
+                    return True
+        self._append(payload, size)  # the buffer is empty: it fits
+        self._handed = True
+        self._wake(waiter)
+        return True
+
+    def flush_batch(self) -> None:
+        """The end of the batch this buffer joined in :meth:`offer`: write what it held for the
+        batch in one direct write if the socket takes it at once (or part of it: the rest then
+        goes to the writer as an :class:`Unfinished`), else wake the writer to write it."""
+        if not self._deferred:
+            return  # ended meanwhile (the writer was woken, or the buffer closed)
+        self._deferred = False
+        waiter, items, write_many = self._waiter, self._items, self._direct_many
+        if waiter is None or not items or write_many is None:  # pragma: no cover - defensive
+            return  # the writer stopped waiting (cancelled): it finds them when it reads
+        payloads = list(items)  # raw messages only (see offer)
+        written = write_many(payloads, self.bytes)  # type: ignore[arg-type]
+        if written is False:
+            self._handed = True
+            self._wake(waiter)
+            return
+        # On the socket, whole or begun: none of them is buffered any more.
+        occupancy = self._occupancy
+        occupancy.messages -= self.messages
+        self.messages = self.bytes = 0
+        items.clear()
+        if self._room:
+            self._room.unpark_all()
+        if written is not True:
+            self._unfinished = Unfinished(written)
+            self._wake(waiter)
+
+    def _append(self, payload: Item, size: int) -> bool:
+        """Buffer ``payload`` if there is room (the one message handed to a woken writer takes
+        none of the ``max_messages`` places); False if not."""
+        if self.messages - self._handed >= self.max_messages:
+            return False
         if self.bytes + size > self.max_bytes and self.messages:
             return False
-        try:
-            self._send.send_nowait(payload)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            return False
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(payload)
         self.bytes += size
         self.messages += 1
         if self.messages > self.peak:
@@ -213,16 +370,76 @@ class ConsumerBuffer(_MemoryInbox):
             occupancy.peak = occupancy.messages
         return True
 
+    def _wake(self, waiter: trio.lowlevel.Task) -> None:
+        self._waiter = None
+        trio.lowlevel.reschedule(waiter)
+
     def drop_oldest(self) -> bool:
-        """Discard the oldest buffered message; False if there was none."""
-        try:
-            payload = self._receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+        """Discard the oldest buffered message (not one already handed to the reader); False
+        if there was none."""
+        items = self._items
+        if items is None or len(items) <= self._handed:
             return False
+        if self._handed:
+            payload = items[1]
+            del items[1]
+        else:
+            payload = items.popleft()
         self._taken(payload)
         if type(payload) is Traced:
             self.traced -= 1
         return True
+
+    async def receive(self) -> Item:
+        """The next item: an :class:`Unfinished` rest first, then the buffered messages in
+        order; waits while there is none. Raises :class:`trio.EndOfChannel` once closed (an
+        unfinished rest is still returned first), :class:`trio.BusyResourceError` if another
+        task is already waiting."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            item = self.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
+        while True:
+            if self._waiter is not None:
+                raise trio.BusyResourceError("another task is receiving from this buffer")
+            task = self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: object, task: trio.lowlevel.Task = task) -> trio.lowlevel.Abort:
+                if self._waiter is task:
+                    self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            try:
+                return self.receive_nowait()
+            except trio.WouldBlock:  # pragma: no cover - woken only with something to take
+                continue
+
+    def receive_nowait(self) -> Item:
+        """The next item if there is one (see :meth:`receive`), else :class:`trio.WouldBlock`;
+        closed: :class:`trio.EndOfChannel`."""
+        unfinished = self._unfinished
+        if unfinished is not None:
+            self._unfinished = None
+            return unfinished
+        items = self._items
+        if items:
+            payload = items.popleft()
+            self._handed = False
+            self._taken(payload)
+            return payload
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    def take_unfinished(self) -> Unfinished | None:
+        """The :class:`Unfinished` rest not yet received, if any (for a writer that stops)."""
+        unfinished, self._unfinished = self._unfinished, None
+        return unfinished
 
     async def wait_for_room(self) -> None:
         """Wait until a message is taken out (or the buffer closes)."""
@@ -238,12 +455,18 @@ class ConsumerBuffer(_MemoryInbox):
         """Nothing to confirm: the message was this consumer's alone."""
 
     def close(self) -> int:
+        """End the stream: what it held is discarded (an :class:`Unfinished` rest is kept
+        for :meth:`take_unfinished`); the reader's next receive raises EndOfChannel."""
         left = self.messages
         self._closed = True
-        self._send.close()
-        self._receive.close()
+        self._deferred = False
+        self._items = None
+        self._handed = False
         self._occupancy.remove(left)
         self.messages = self.bytes = self.traced = 0
+        waiter = self._waiter
+        if waiter is not None:
+            self._wake(waiter)
         if self._room is not None:
             self._room.unpark_all()
         return left

@@ -71,6 +71,10 @@ class Channel:
         self._snapshot: tuple[Consumer, ...] | None = ()
         #: How many consumers are told positions (they get an Entry per message).
         self._positioned = 0
+        #: Batches being delivered (:meth:`begin_batch`), and the buffers holding messages
+        #: for one write at their end.
+        self._batches = 0
+        self._batched: list[ConsumerBuffer] = []
         self.closed = False
         self._source = broker.queue(name) if config.mode == "queue" and not config.acked else None
         self._queue: LocalQueue | None = None
@@ -202,15 +206,34 @@ class Channel:
         else:
             self._deliver_nowait(payload, size, entry)
 
+    def begin_batch(self) -> None:
+        """Several messages are about to be delivered in a row (one producer's read): until
+        :meth:`end_batch`, a waiting consumer's messages are held, not written one by one,
+        and at the end each such consumer gets them in one socket write (or, if its socket
+        cannot take them at once, its writer is woken to write them): one write per
+        consumer instead of one per message (see
+        :class:`~triorelay.hub.buffers.ConsumerBuffer`)."""
+        self._batches += 1
+
+    def end_batch(self) -> None:
+        """The end of a batch: write what each consumer's buffer held for it."""
+        self._batches -= 1
+        if self._batches or not self._batched:
+            return
+        batched, self._batched = self._batched, []
+        for buffer in batched:
+            buffer.flush_batch()
+
     def _deliver_nowait(self, payload: Payload, size: int, entry: Entry | None) -> None:
         policy = self._policy
         snapshot = self._snapshot
         consumers = snapshot if snapshot is not None else self.consumers
+        batch = self._batched if self._batches else None
         if entry is None:  # the common case: every consumer raw, nothing traced
             for consumer in consumers:
                 buffer = consumer.buffer
                 assert buffer is not None
-                if not buffer.offer(payload, size):
+                if not buffer.offer(payload, size, batch):
                     self._full(consumer, buffer, payload, size, policy, False)
             return
         # Positioned consumers get the Entry; raw ones the payload, unless it is traced.
@@ -220,7 +243,7 @@ class Channel:
             buffer = consumer.buffer
             assert buffer is not None
             item = entry if consumer.positioned else raw
-            if buffer.offer(item, size):
+            if buffer.offer(item, size, batch):
                 if traced:
                     buffer.traced += 1
             else:
@@ -255,6 +278,8 @@ class Channel:
         traced = type(entry) is Traced
         raw = entry if traced else payload
         full: list[Consumer] = []
+        # Never held for the end of a batch here: this may wait for a full consumer, and the
+        # others' messages must not wait with it.
         for consumer in self.consumers:
             buffer = consumer.buffer
             assert buffer is not None

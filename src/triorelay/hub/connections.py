@@ -14,10 +14,18 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from triorelay.envelopes import Payload, size_of
-from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item
+from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item, Unfinished
 from triorelay.hub.statistics import ChannelCounters, ConnectionStatistics
 from triorelay.settings import Mode
 from triorelay.tracing import Trace
+
+WriteNow = Callable[[Payload], bool | bytes]
+"""``write(payload)``: write one message to the consumer's socket now, without waiting: True
+once written, False (nothing written) when it cannot, or the rest of its frame when the socket
+took only part of it (see :class:`~triorelay.hub.buffers.Unfinished`)."""
+
+WriteManyNow = Callable[[list[Payload]], bool | bytes]
+"""``write_many(payloads)``: :data:`WriteNow` for several messages, in one socket write."""
 
 Publish = Callable[[list[Payload], list[int], int, "dict[int, Trace] | None"], Awaitable[None]]
 """``await publish(payloads, published, total_bytes, traces)``: see
@@ -136,6 +144,7 @@ class Producer(Connection):
         payloads: list[Payload],
         published: list[int],
         traces: dict[int, Trace] | None = None,
+        total_bytes: int | None = None,
     ) -> None:
         """Publish ``payloads`` in order: each accepted one's sequence number is appended to
         ``published``, also when this raises.
@@ -146,8 +155,9 @@ class Producer(Connection):
         (:class:`~triorelay.errors.BrokerUnavailable`).
         """
         # The connection counts what its client sent (read off its socket); the channel counts
-        # what the broker accepted (``ChannelCounters``). Sizes are measured once, here.
-        total = sum(map(size_of, payloads))
+        # what the broker accepted (``ChannelCounters``). Sizes are measured once, here (or by
+        # the caller, which passes their sum as ``total_bytes``).
+        total = sum(map(size_of, payloads)) if total_bytes is None else total_bytes
         self.messages_in += len(payloads)
         self.bytes_in += total
         await self._publish(payloads, published, total, traces)
@@ -186,6 +196,8 @@ class Consumer(Connection):
         #: Its client asked for a trace notice after each message of a traced producer.
         self.traces = False
         self.pending_dropped = 0
+        self._write_now: WriteNow | None = None
+        self._write_many_now: WriteManyNow | None = None
 
     @property
     def detached(self) -> bool:
@@ -224,6 +236,59 @@ class Consumer(Connection):
         payload = self.inbox.receive_nowait()
         self._took(payload)
         return payload
+
+    def write_directly(
+        self, write: WriteNow | None, write_many: WriteManyNow | None = None
+    ) -> None:
+        """Let the channel hand this consumer's messages to ``write`` in the publishing task
+        while its writer waits with nothing buffered (broadcast; see
+        :class:`~triorelay.hub.buffers.ConsumerBuffer`), and a batch's messages to
+        ``write_many`` at the batch's end; ``None`` stops it. Each message written so is
+        counted as this consumer's (and its channel's) as it goes out.
+
+        The writer that calls this must handle :class:`~triorelay.hub.buffers.Unfinished`
+        items from :meth:`receive`, and call :meth:`take_unfinished` when it stops.
+        """
+        buffer = self.buffer
+        if buffer is None:
+            return
+        self._write_now, self._write_many_now = write, write_many
+        if write is None:
+            buffer.write_directly(None)
+        else:
+            many = None if write_many is None else self._written_many_now
+            buffer.write_directly(self._written_now, many)
+
+    def _written_now(self, payload: Payload, size: int) -> bool | bytes:
+        write = self._write_now
+        assert write is not None
+        written = write(payload)
+        if written is not False:  # on the socket, whole or begun: counted as it goes out
+            self.messages_out += 1
+            self.bytes_out += size
+            counters = self._counters
+            counters.messages_out += 1
+            counters.bytes_out += size
+        return written
+
+    def _written_many_now(self, payloads: list[Payload], total_bytes: int) -> bool | bytes:
+        write_many = self._write_many_now
+        assert write_many is not None
+        written = write_many(payloads)
+        if written is not False:
+            count = len(payloads)
+            self.messages_out += count
+            self.bytes_out += total_bytes
+            counters = self._counters
+            counters.messages_out += count
+            counters.bytes_out += total_bytes
+        return written
+
+    def take_unfinished(self) -> Unfinished | None:
+        """The rest of a direct write not yet received (the stream was closed, or the writer
+        is stopping): its writer must still write it (see :meth:`write_directly`)."""
+        buffer = self.buffer
+        return buffer.take_unfinished() if buffer is not None else None
 
     def requeue(self, payload: Payload) -> bool:
         """Queue mode: give back a message this consumer took but could not deliver.
@@ -277,6 +342,8 @@ class Consumer(Connection):
         self._took("")
 
     def _took(self, payload: Item) -> None:
+        if type(payload) is Unfinished:
+            return  # counted when its first bytes went out
         size = self.inbox.last_size  # measured once, by the inbox
         self.messages_out += 1
         self.bytes_out += size

@@ -160,11 +160,17 @@ class Hub:
         if channel.closed:
             raise trio.ClosedResourceError(f"channel {channel.name} is closed")
         start = len(published)
+        # Delivered here, several in a row: each waiting consumer's writer writes them in one go.
+        batch = len(payloads) > 1 and self.broker.delivers_locally
+        if batch:
+            channel.begin_batch()
         try:
             await self.broker.publish(
                 channel.name, channel.config.mode, payloads, published, traces
             )
         finally:
+            if batch:
+                channel.end_batch()
             accepted = len(published) - start
             if accepted == len(payloads) and total_bytes is not None:
                 channel.counters.messages_in += accepted

@@ -64,6 +64,23 @@ class Socket:
             await send_payload(self._send, payload)
         return True
 
+    def send_many_nowait(self, payloads: list[Payload]) -> bool | bytes:
+        """Send ``payloads`` in one socket write if that needs no waiting (Hypercorn's batch
+        path only): True once written; False, having written nothing, when it cannot now (use
+        :meth:`send_many`); or, when the socket took only part, the rest, which
+        :meth:`finish_many` must write next (see
+        :meth:`~triorelay.compat.hypercorn.DirectWebSocket.send_nowait`)."""
+        if self._direct is None:
+            return False
+        return self._direct.send_many_nowait(payloads)
+
+    async def finish_many(self, rest: bytes, payloads: list[Payload]) -> bool:
+        """Write ``rest``, what the socket did not take of a write begun without waiting,
+        then ``payloads``; False once the connection failed (see
+        :meth:`~triorelay.compat.hypercorn.DirectWebSocket.finish_messages`)."""
+        assert self._direct is not None, "only Hypercorn's batch path leaves a rest"
+        return await self._direct.finish_messages(rest, payloads)
+
 
 def payload_of(event: Message) -> Payload:
     payload: Payload | None = event.get("bytes")

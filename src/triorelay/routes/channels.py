@@ -16,6 +16,7 @@ import trio
 
 from triorelay import framing
 from triorelay.auth.limits import TokenBucket
+from triorelay.compat.hypercorn import DirectWebSocket
 from triorelay.envelopes import Payload, dropped_notice, id_ack, size_of
 from triorelay.errors import (
     BrokerUnavailable,
@@ -25,7 +26,15 @@ from triorelay.errors import (
     RateLimited,
     RequestError,
 )
-from triorelay.hub import Consumer, Item, Producer, validate_channel_name
+from triorelay.hub import (
+    Consumer,
+    Item,
+    Producer,
+    Unfinished,
+    WriteManyNow,
+    WriteNow,
+    validate_channel_name,
+)
 from triorelay.lifecycle import SHUTDOWN_REASON
 from triorelay.routes import positioned, traces
 from triorelay.routes.asgi import Message, Receive, Socket, payload_of
@@ -199,14 +208,18 @@ class Publisher:
             if not payloads:
                 return
         sizes = list(map(size_of, payloads))
+        total = sum(sizes)
         now = trio.current_time()
-        if not self._messages.take(len(payloads), now) or not self._bytes.take(sum(sizes), now):
+        if not self._messages.take(len(payloads), now) or not self._bytes.take(total, now):
             raise RateLimited("publishing faster than this relay's rate limit for a producer")
         max_bytes = self.max_bytes
         too_big = None
         if max(sizes) > max_bytes:
             too_big = next(p for p, size in zip(payloads, sizes, strict=True) if size > max_bytes)
-        accepted = payloads if too_big is None else payloads[: payloads.index(too_big)]
+            accepted = payloads[: payloads.index(too_big)]
+            total = sum(sizes[: len(accepted)])
+        else:
+            accepted = payloads
         published: list[int] = []
         traced: dict[int, Trace] | None = None
         if self.trace_id is not None:
@@ -219,25 +232,36 @@ class Publisher:
                 traced = {len(accepted) - 1: Trace(now_ns())}
         try:
             if accepted:
-                await self.producer.publish_many(accepted, published, traced)
+                await self.producer.publish_many(accepted, published, traced, total)
             if too_big is not None:
                 size = size_of(too_big)
                 raise MessageTooBig(f"message of {size} bytes over the limit {max_bytes}")
         finally:
             count = len(published)
             if self.ack == "echo":
-                acks: list[Payload] = accepted[:count]
-                acked_bytes = sum(sizes[:count])
+                if count == len(accepted):  # the common case: every message published
+                    acks: list[Payload] = accepted
+                    acked_bytes = total
+                else:
+                    acks = accepted[:count]
+                    acked_bytes = sum(sizes[:count])
             elif self.ack == "id":
                 acks = [id_ack(seq) for seq in published]
                 acked_bytes = sum(map(len, acks))  # ASCII
             else:
                 acks = []
             if acks:
-                with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
-                    if await self.socket.send_many(acks):
-                        self.producer.messages_out += count
-                        self.producer.bytes_out += acked_bytes
+                # Written at once where the socket takes them (no cancel scope, no wait).
+                written = self.socket.send_many_nowait(acks)
+                if written is not True:
+                    with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
+                        if written is False:
+                            written = await self.socket.send_many(acks)
+                        else:  # the socket took part of them: the rest follows first
+                            written = await self.socket.finish_many(written, [])
+                if written:
+                    self.producer.messages_out += count
+                    self.producer.bytes_out += acked_bytes
 
     async def publish_from_reader(self, payloads: list[Payload]) -> None:
         """:meth:`publish`, called from Hypercorn's reader task: errors close the producer."""
@@ -277,8 +301,54 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     """A consumer's writer: send its messages until its stream ends (``EndOfChannel``).
 
     Broadcast consumers send what is buffered in one go (up to MAX_BATCH); queue consumers take
-    one message at a time, so the others get their share.
+    one message at a time, so the others get their share. On Hypercorn's batch path a
+    broadcast consumer also takes messages while this task waits (``Consumer.write_directly``):
+    the publishing task writes each one to the socket itself, encoded once for every consumer,
+    and this task wakes only for what the socket could not take at once (a full socket,
+    another write under way), a traced message, or a ``dropped`` notice to send first. The
+    order holds: nothing is written directly while anything is buffered or being written.
     """
+    direct = socket.direct if consumer.buffer is not None else None
+    if direct is None:
+        await _write_batches(consumer, socket, notices)
+        return
+    consumer.write_directly(*_direct_writes(consumer, direct, notices))
+    try:
+        await _write_batches(consumer, socket, notices)
+    finally:
+        consumer.write_directly(None)
+        unfinished = consumer.take_unfinished()
+        if unfinished is not None:
+            # Part of a frame is on the wire and the send lock is taken for the rest: it goes
+            # out whatever ended this writer (bounded: the reaper drops stuck sockets).
+            with trio.CancelScope(shield=True):
+                await socket.finish_many(unfinished.rest, [])
+
+
+def _direct_writes(
+    consumer: Consumer, direct: DirectWebSocket, notices: bool
+) -> tuple[WriteNow, WriteManyNow]:
+    """What a raw broadcast consumer's socket takes from the publishing task: each message,
+    or a batch's in one write, unless the client has a ``dropped`` notice coming (the writer
+    sends that first)."""
+    send_nowait, send_many_nowait = direct.send_nowait, direct.send_many_nowait
+    if not notices:
+        return send_nowait, send_many_nowait
+
+    def write(payload: Payload) -> bool | bytes:
+        if consumer.pending_dropped:
+            return False
+        return send_nowait(payload)
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        if consumer.pending_dropped:
+            return False
+        return send_many_nowait(payloads)
+
+    return write, write_many
+
+
+async def _write_batches(consumer: Consumer, socket: Socket, notices: bool) -> None:
     batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
     while True:
         try:
@@ -290,6 +360,10 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
                 items.append(consumer.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             pass  # send what we have; an ended stream shows on the next receive
+        # The rest of a direct write the socket took only part of comes first (its first
+        # bytes are out, and the send lock is taken for the rest).
+        head = items[0]
+        rest = items.pop(0).rest if type(head) is Unfinished else None  # type: ignore[union-attr]
         traced = traces.take_traced(consumer, items)
         if traced:
             taken_ns = now_ns()
@@ -301,7 +375,10 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
             batch.insert(0, dropped_notice(consumer.take_dropped_notice(), consumer.dropped))
         sent = False
         try:
-            sent = await socket.send_many(batch)
+            if rest is not None:
+                sent = await socket.finish_many(rest, batch)
+            else:
+                sent = await socket.send_many(batch)
         finally:
             # Queue mode: a message taken but not sent goes back for another consumer.
             if not sent and batch_limit == 1:

@@ -154,6 +154,29 @@ def serialize_message(payload: bytes | str) -> bytes:
     return _LONG.pack(first, 127, length) + data
 
 
+class LastFrame:
+    """:func:`serialize_message` with a memory of one message: called with the payload it was
+    last called with (the same object), it returns the same frame without encoding it again.
+
+    A fan-out writes one message to each of its consumers in a row: this encodes it once. It
+    holds the last payload and frame until the next call (one message, within
+    ``max_message_bytes``).
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[bytes | str, bytes] = ("", serialize_message(""))
+
+    def __call__(self, payload: bytes | str) -> bytes:
+        last = self._last  # one read: the pair stays whole whoever else calls
+        if last[0] is payload:
+            return last[1]
+        frame = serialize_message(payload)
+        self._last = (payload, frame)
+        return frame
+
+
 def serialize_ping(payload: bytes = b"") -> bytes:
     """An unmasked ping frame (``payload`` at most 125 bytes)."""
     return serialize_frame(Opcode.PING, payload)

@@ -11,9 +11,10 @@ from hypercorn.events import RawData
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from triorelay.compat.hypercorn import DirectWebSocket
+from triorelay.compat.hypercorn.direct import SendLock
 from triorelay.wire.frames import serialize_close
 
 
@@ -191,4 +192,117 @@ async def test_no_ping_after_the_connection_closed() -> None:
     assert frame is not None
     ws_stream.closed = True  # Hypercorn sent its close frame meanwhile
     await direct.finish_write(frame)
+    assert bytes(tcp_server.stream.wire) == b""
+
+
+# -- direct writes from another task (fan-out) -----------------------------------------------
+
+
+async def test_the_connections_free_lock_is_replaced_by_one_any_task_may_release() -> None:
+    """A DirectWebSocket made on a connection whose send lock is free installs a SendLock
+    (one that a task other than the one that took it may release); a taken lock is kept, and
+    then no direct write is tried."""
+    _, tcp_server = direct_socket(room=100)
+    assert isinstance(tcp_server.send_lock, SendLock)
+    held = _TCPServer(room=100)
+    held.send_lock.acquire_nowait()
+    _, receive_channel = trio.open_memory_channel[Any](1)
+    kept = DirectWebSocket(_WSStream(), held, receive_channel)
+    assert isinstance(held.send_lock, trio.Lock)
+    assert kept.send_nowait("x") is False
+    assert bytes(held.stream.wire) == b""
+
+
+@pytest.mark.timeout(5)
+async def test_a_direct_write_cut_by_the_socket_is_finished_before_any_other_frame() -> None:
+    """send_nowait, from one task, gets part of a frame out: the lock stays taken, Hypercorn's
+    close waits for it, and the writer's finish_messages writes the rest and what follows
+    first, from another task (before, the lock could only be released by its taker)."""
+    direct, tcp_server = direct_socket(room=10)
+    payload = b"x" * 1000
+    rest = direct.send_nowait(payload)
+    assert isinstance(rest, bytes)
+    assert tcp_server.send_lock.locked()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hypercorn_sends, tcp_server, serialize_close(1001, "bye"))
+        await trio.testing.wait_all_tasks_blocked()  # Hypercorn waits for the lock
+        assert direct.send_nowait("not now") is False  # nor anyone else
+
+        async def writer() -> None:
+            assert await direct.finish_messages(rest, ["after"])
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        tcp_server.stream.drained.set()
+    events = client_reads(bytes(tcp_server.stream.wire))
+    assert [type(event) for event in events] == [BytesMessage, TextMessage, CloseConnection]
+    assert events[0].data == payload
+    assert not tcp_server.send_lock.locked()
+
+
+async def test_a_direct_write_takes_nothing_from_a_full_or_busy_socket() -> None:
+    """A full socket, or a write under way, leave the wire and the lock as they were."""
+    direct, tcp_server = direct_socket(room=0)
+    assert direct.send_nowait("full") is False
+    assert direct.send_many_nowait(["full", "too"]) is False
+    assert not tcp_server.send_lock.locked()
+    direct, tcp_server = direct_socket(room=100)
+    tcp_server.send_lock.acquire_nowait()
+    assert direct.send_nowait("busy") is False
+    tcp_server.send_lock.release()
+    assert direct.send_nowait("whole") is True
+    assert direct.send_many_nowait(["a", "b"]) is True
+    events = client_reads(bytes(tcp_server.stream.wire))
+    assert [event.data for event in events] == ["whole", "a", "b"]
+
+
+async def test_no_direct_write_once_the_connection_is_closed() -> None:
+    """Hypercorn has closed (or is closing) the connection: nothing more goes out directly."""
+    direct, tcp_server = direct_socket(room=100)
+    direct._ws_stream.closed = True
+    assert direct.send_nowait("late") is False
+    assert bytes(tcp_server.stream.wire) == b""
+
+
+@pytest.mark.timeout(5)
+async def test_the_send_lock_hands_over_in_order_and_survives_a_cancelled_waiter() -> None:
+    """SendLock, as Hypercorn uses it: waiters get it in turn on release; a waiter cancelled
+    while waiting never gets it; any task may release it."""
+    lock = SendLock()
+    order: list[str] = []
+    lock.acquire_nowait()
+    async with trio.open_nursery() as nursery:
+
+        async def waiter(name: str) -> None:
+            async with lock:
+                order.append(name)
+
+        async def gives_up(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+            with trio.CancelScope() as scope:
+                task_status.started(scope)
+                await lock.acquire()
+                order.append("never")
+
+        nursery.start_soon(waiter, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        cancelled = await nursery.start(gives_up)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter, "second")
+        await trio.testing.wait_all_tasks_blocked()
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        lock.release()  # not the task that took it: fine
+    assert order == ["first", "second"]
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+async def test_no_direct_write_with_compression_on() -> None:
+    """With permessage-deflate on, nothing is encoded for a direct write: the compressor is
+    stateful, so a batch encoded and then not written could not be encoded again."""
+    direct, tcp_server = direct_socket(room=100)
+    direct._plain = False  # what a negotiated extension makes it
+    assert direct.send_nowait("x") is False
+    assert direct.send_many_nowait(["x", "y"]) is False
     assert bytes(tcp_server.stream.wire) == b""

@@ -11,11 +11,15 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.trio import run as run_module
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 from trio_websocket import open_websocket_url
 
 from triorelay.compat import hypercorn as compat
+from triorelay.compat.hypercorn._chain import tcp_server_of
+from triorelay.compat.hypercorn.direct import SendLock
+from triorelay.compat.hypercorn.reads import ReadLoop
 
 
 async def _probe(found: dict[str, Any], scope: Any, receive: Any, send: Any) -> None:
@@ -25,6 +29,7 @@ async def _probe(found: dict[str, Any], scope: Any, receive: Any, send: Any) -> 
     await send({"type": "websocket.accept"})
     direct = compat.open_direct(receive, send)
     found["direct"] = direct
+    found["send_lock"] = tcp_server_of(send).send_lock
     found["transport"] = compat.transport_of(send)
     found["closed_before"] = compat.is_closed(send)
     assert direct is not None
@@ -59,6 +64,7 @@ async def test_hypercorn_structure_is_what_compat_expects(nursery: trio.Nursery)
         assert await ws.get_message() == "back"
     stop.set()
     assert isinstance(found["direct"], compat.DirectWebSocket)
+    assert isinstance(found["send_lock"], SendLock)
     assert isinstance(found["transport"], trio.SocketStream)
     assert found["closed_before"] is False
 
@@ -78,6 +84,35 @@ def test_outside_hypercorn_compat_finds_nothing() -> None:
     assert compat.is_closed(send) is False
     assert compat.cli_shutdown_event() is None
     assert compat.cli_worker_count() == 0
+
+
+def test_hypercorn_only_takes_its_send_lock_with_async_with() -> None:
+    """DirectWebSocket swaps the lock for a SendLock (any task may release it): Hypercorn
+    must use nothing of it but ``async with`` (no ``locked()``, no owner checks)."""
+    import hypercorn.trio.tcp_server as tcp_server_module
+
+    source = inspect.getsource(tcp_server_module)
+    uses = [line.strip() for line in source.splitlines() if "send_lock" in line]
+    assert uses == ["self.send_lock = trio.Lock()", "async with self.send_lock:"]
+
+
+def test_hypercorn_reads_as_the_read_loop_expects() -> None:
+    """ReadLoop replaces TCPServer._read_data for plain sockets without a read timeout: the
+    loop it stands for must still read under fail_after, hand each read to the protocol as
+    RawData, stop at EOF or a closed/broken stream, and end with Closed."""
+    source = inspect.getsource(TCPServer._read_data)
+    for line in (
+        "with trio.fail_after(self.config.read_timeout or inf):",
+        "data = await self.stream.receive_some(MAX_RECV)",
+        "trio.ClosedResourceError,",
+        "trio.BrokenResourceError,",
+        "await self.protocol.handle(RawData(bytes(data)))",
+        'if data == b"":',
+        "await self.protocol.handle(Closed())",
+    ):
+        assert line in source, line
+    compat.isolate_connection_errors()  # what create_app does
+    assert issubclass(run_module.TCPServer, ReadLoop), "the worker serves with it"
 
 
 def test_hypercorn_writes_under_its_send_lock_shielded() -> None:

@@ -6,11 +6,14 @@ from typing import Any
 
 import pytest
 import trio
+from hypercorn.events import RawData
 from hypercorn.protocol.events import Data
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WebsocketBuffer
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
+from tests.conftest import StartRelay
 from triorelay.compat import hypercorn as compat
 from triorelay.wire.frames import Opcode, serialize_frame
 
@@ -161,3 +164,31 @@ async def test_tap_takes_a_trickled_frame_in_linear_time() -> None:
         await tapped.read(frame[i : i + 1])
     assert tapped.delivered == [payload]
     assert tapped.ws_stream.to_wsproto == []
+
+
+@pytest.mark.timeout(10)
+async def test_an_accepted_websockets_reads_skip_the_http_layer(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the tap is on, each read goes from the relay's read loop to the tap: none reaches
+    H11Protocol.handle (which would copy it twice and pass it on), and every message arrives;
+    a ping (wsproto's) and the close still work."""
+    relay = await start_relay()
+    seen: list[Any] = []
+    handle = H11Protocol.handle
+
+    async def counting_handle(self: H11Protocol, event: Any) -> None:
+        seen.append(event)
+        await handle(self, event)
+
+    monkeypatch.setattr(H11Protocol, "handle", counting_handle)
+    async with (
+        relay.websocket("/ws/consumer/c") as consumer,
+        relay.websocket("/ws/producer/c?ack=none") as producer,
+    ):
+        before = sum(isinstance(event, RawData) for event in seen)
+        for i in range(20):
+            await producer.send_message(f"m{i}")
+        assert [await consumer.get_message() for _ in range(20)] == [f"m{i}" for i in range(20)]
+        await producer.ping(b"still there")
+        assert sum(isinstance(event, RawData) for event in seen) == before

@@ -8,6 +8,8 @@ One module per job, each naming the Hypercorn code and upstream issue it works a
 - :mod:`.direct`: :class:`DirectWebSocket`, batched writes of the relay's own frames.
 - :mod:`.tap`: :class:`InboundTap`, inbound messages parsed in Hypercorn's reader task.
 - :mod:`.isolation`: one connection's failure kept from ending the server (hypercorn#225).
+- :mod:`.reads`: one connection's read loop without a cancel scope and a failed ``recv`` per
+  read.
 
 The frames themselves are the relay's own code, in :mod:`triorelay.wire`. Every helper returns
 ``None`` / does nothing when Hypercorn's structure is not the expected one, and

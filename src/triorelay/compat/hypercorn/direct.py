@@ -7,6 +7,12 @@ relay's frames (:mod:`triorelay.wire`) itself, under the same ``TCPServer.send_l
 never interleave with Hypercorn's own (pongs, close). Upstream: sends are shielded and cannot be
 cancelled, https://github.com/pgjones/hypercorn/issues; the structure is checked by
 ``tests/compat/hypercorn/test_structure.py``.
+
+The lock itself is replaced, on each connection the relay writes to directly, by a
+:class:`SendLock` that any task may release: a fan-out writes a message to a consumer's socket
+from the publishing task (:meth:`DirectWebSocket.send_nowait`), and when the socket takes only
+part of the frame, the lock stays taken until the consumer's own writer has written the rest.
+Hypercorn only ever takes it with ``async with self.send_lock`` (checked by the same test).
 """
 
 from __future__ import annotations
@@ -22,7 +28,63 @@ from wsproto.events import BytesMessage, TextMessage
 
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
 from triorelay.compat.hypercorn._chain import tcp_server_of
-from triorelay.wire.frames import serialize_message, serialize_ping
+from triorelay.wire.frames import LastFrame, Payload, serialize_message, serialize_ping
+
+_frames = LastFrame()
+"""Encodes each message once however many consumers it is written to: a fan-out writes one
+message to every consumer in a row (one per process: trio runs one task at a time)."""
+
+
+class SendLock:
+    """``TCPServer.send_lock`` for a connection the relay writes to directly: a lock that the
+    task which took it may leave to another task to release.
+
+    Like :class:`trio.Lock` for everything Hypercorn does with it (``async with``: FIFO, handed
+    to the next waiter on release; acquiring is cancellable, releasing never waits), but without
+    an owner: :meth:`DirectWebSocket.send_nowait` may take it in the publishing task, write part
+    of a frame, and leave the lock taken for the consumer's writer, which writes the rest and
+    releases it (:meth:`DirectWebSocket.finish_messages`). No frame ever interleaves with
+    another, as with Hypercorn's own lock.
+    """
+
+    __slots__ = ("_held", "_lot")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire_nowait(self) -> None:
+        """Take the lock, or raise :class:`trio.WouldBlock`."""
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
+
+    async def acquire(self) -> None:
+        """Take the lock, waiting (cancellably) for it if it is taken."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held:
+            await self._lot.park()  # release() hands the lock over: it stays taken, for us
+        else:
+            self._held = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def release(self) -> None:
+        """Release the lock, or hand it to the task that has waited longest."""
+        if not self._held:
+            raise RuntimeError("the send lock is not taken")
+        if self._lot:
+            self._lot.unpark()
+        else:
+            self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class DirectWebSocket:
@@ -39,13 +101,25 @@ class DirectWebSocket:
     Hypercorn's own (pongs, close) and a cancellation never leaves half a frame on the wire.
 
     :func:`open_direct` returns None when the structure is not the expected one; callers then
-    use the ASGI callables.
+    use the ASGI callables. Made once the connection is accepted (the extensions are settled);
+    it replaces the connection's send lock with a :class:`SendLock` if that lock is free then,
+    and :meth:`send_nowait` writes only with one.
     """
 
     def __init__(self, ws_stream: Any, tcp_server: Any, receive_channel: Any) -> None:
         self._ws_stream = ws_stream
         self._tcp_server = tcp_server
         self._receive_channel = receive_channel
+        self._sock = tcp_server.stream.socket._sock
+        lock = tcp_server.send_lock
+        if isinstance(lock, trio.Lock) and not lock.locked():
+            # Nobody holds it or waits for it (waiters exist only while it is held), and
+            # nothing checkpoints between this look and the swap.
+            lock = tcp_server.send_lock = SendLock()
+        self._lock: SendLock | None = lock if isinstance(lock, SendLock) else None
+        connection = ws_stream.connection
+        #: No extension is on (compression): the relay's own frames go as they are.
+        self._plain = not any(extension.enabled() for extension in connection._proto.extensions)
 
     def receive_nowait(self) -> dict[str, Any]:
         """The next queued ASGI event, or raise :class:`trio.WouldBlock`."""
@@ -65,22 +139,99 @@ class DirectWebSocket:
         if not self._is_open():
             await trio.lowlevel.checkpoint()
             return False
-        connection = self._ws_stream.connection
-        if any(extension.enabled() for extension in connection._proto.extensions):
-            data = b"".join([connection.send(_as_event(p)) for p in payloads])
-        else:
-            data = b"".join([serialize_message(p) for p in payloads])
-        return await self._write(data)
+        return await self._write(self._encode(payloads))
 
-    async def _write(self, data: bytes, *, skip_if_busy: bool = False) -> bool:
+    async def finish_messages(self, rest: bytes, payloads: list[Payload]) -> bool:
+        """Write ``rest``, what the socket did not take of a frame :meth:`send_nowait` began
+        (the send lock is still taken for it), then ``payloads``, in one write; release the
+        lock. Returns False once the socket fails.
+
+        The rest goes out whatever the connection's state (a close frame Hypercorn has queued
+        waits for the lock, behind it); ``payloads`` only while the connection is open. It
+        never waits for the lock, and once any byte is out the rest follows shielded, so a
+        cancellation cannot cut the frame.
+        """
+        data = rest + self._encode(payloads) if payloads and self._is_open() else rest
+        return await self._write(data, held=True)
+
+    def _encode(self, payloads: list[Payload]) -> bytes:
+        if self._plain:
+            return b"".join([serialize_message(p) for p in payloads])
+        connection = self._ws_stream.connection
+        return b"".join([connection.send(_as_event(p)) for p in payloads])
+
+    def send_nowait(self, payload: Payload) -> bool | bytes:
+        """Write one message now if that needs no waiting; any task may call it.
+
+        Returns True once the socket took the whole frame; False, having written nothing, when
+        the connection is closed or closing, compression is on, another write holds the send
+        lock (or the connection kept Hypercorn's own lock), the socket is full, or it failed
+        (the next :meth:`send_messages` says so); or, when the socket took only part of the
+        frame, the rest of it, as bytes. The send lock then stays taken for that rest, and
+        the caller must see that :meth:`finish_messages` writes it before anything else is
+        written on this connection (nothing else can: every other writer waits for the lock).
+        Each message is encoded once however many connections it is written to.
+        """
+        lock = self._lock
+        ws_stream = self._ws_stream
+        if (
+            lock is None
+            or lock._held
+            or not self._plain
+            or ws_stream.closed
+            or ws_stream.connection.state is not ConnectionState.OPEN
+        ):
+            return False
+        frame = _frames(payload)
+        # The lock is free, so nobody waits for it, and nothing can start waiting before the
+        # write below returns (it does not yield): taken and released as two assignments.
+        lock._held = True
+        try:
+            sent: int = self._sock.send(frame)
+        except OSError:  # BlockingIOError (full), or failed: the writer's own write will tell
+            sent = 0
+        if sent == len(frame):
+            lock._held = False
+            return True
+        if not sent:
+            lock._held = False
+            return False
+        return frame[sent:]
+
+    def send_many_nowait(self, payloads: list[Payload]) -> bool | bytes:
+        """:meth:`send_nowait` for several messages, in one socket write (acks).
+
+        Not with compression on either: encoding advances the compressor, so a batch encoded
+        and then not written could not be encoded again for :meth:`send_messages`."""
+        lock = self._lock
+        if lock is None or lock._held or not self._plain or not self._is_open():
+            return False
+        data = b"".join([serialize_message(p) for p in payloads])
+        lock._held = True  # as in send_nowait: nobody can wait for it meanwhile
+        try:
+            sent: int = self._sock.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            lock._held = False
+            return True
+        if not sent:
+            lock._held = False
+            return False
+        return data[sent:]
+
+    async def _write(self, data: bytes, *, skip_if_busy: bool = False, held: bool = False) -> bool:
         """Write ``data`` whole under ``TCPServer.send_lock``, as ``protocol_send`` does.
 
         With ``skip_if_busy``, write nothing (and return False) when the lock is taken or the
-        socket is full.
+        socket is full; with ``held``, the lock is already taken for this write (the rest of a
+        frame :meth:`send_nowait` began).
         """
         tcp_server = self._tcp_server
-        lock: trio.Lock = tcp_server.send_lock
-        if not lock.locked():
+        lock: trio.Lock | SendLock = tcp_server.send_lock
+        if held:
+            pass
+        elif not lock.locked():
             # No checkpoint from here to the send: neither a cancellation nor another writer
             # can come between taking the lock and the first byte.
             lock.acquire_nowait()
@@ -111,7 +262,7 @@ class DirectWebSocket:
     def _send_now(self, data: bytes) -> int:
         """Write what the socket takes at once; 0 when it is full. Other errors propagate."""
         try:
-            sent: int = self._tcp_server.stream.socket._sock.send(data)
+            sent: int = self._sock.send(data)
         except BlockingIOError:
             return 0
         return sent
@@ -152,7 +303,7 @@ def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> Direct
     receive_channel = _bound_self(receive)
     if (
         not isinstance(getattr(ws_stream, "connection", None), WSConnection)
-        or not isinstance(getattr(tcp_server, "send_lock", None), trio.Lock)
+        or not isinstance(getattr(tcp_server, "send_lock", None), trio.Lock | SendLock)
         # Plain TCP only: the direct write goes to the socket (TLS keeps Hypercorn's sends).
         or not isinstance(getattr(tcp_server, "stream", None), trio.SocketStream)
         or not isinstance(receive_channel, trio.MemoryReceiveChannel)

@@ -1,7 +1,8 @@
 """Keep one connection's failure inside it (Hypercorn 0.18.0's trio worker).
 
 https://github.com/pgjones/hypercorn/issues/225: an exception from one connection escapes into
-the handler nursery shared by all of them and ends the server.
+the handler nursery shared by all of them and ends the server. The replacement class also reads
+as :mod:`.reads` does (it is the one TCPServer subclass the worker can be given).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import logging
 
 import trio
 from hypercorn.trio import run as run_module
-from hypercorn.trio.tcp_server import TCPServer
+
+from triorelay.compat.hypercorn.reads import ReadLoop
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,9 @@ def isolate_connection_errors() -> None:
         setattr(run_module, "TCPServer", _IsolatedTCPServer)  # noqa: B010 - not re-exported
 
 
-class _IsolatedTCPServer(TCPServer):
-    """Hypercorn's TCPServer, whose failures end only their own connection."""
+class _IsolatedTCPServer(ReadLoop):
+    """Hypercorn's TCPServer, whose failures end only their own connection (and which reads
+    as :class:`~triorelay.compat.hypercorn.reads.ReadLoop` does)."""
 
     async def run(self) -> None:
         try:

@@ -16,10 +16,13 @@ from typing import Any
 
 import trio
 from hypercorn.protocol.events import Data
+from hypercorn.protocol.h11 import STREAM_ID as _STREAM_ID
+from hypercorn.protocol.h11 import H11WSConnection
 from wsproto.connection import Connection as WSConnection
 
 from triorelay.compat.hypercorn._chain import CONNECTED as _CONNECTED
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
+from triorelay.compat.hypercorn.reads import ReadLoop
 from triorelay.compat.message_limits import LimitedBuffer
 from triorelay.wire.frames import Fail, FrameParser, HandOff
 
@@ -48,7 +51,10 @@ class InboundTap:
 
     ``on_messages`` runs in Hypercorn's reader task: it must not raise (except Cancelled), and
     whatever it waits for is backpressure on that connection's socket. :meth:`remove` restores
-    Hypercorn's behaviour.
+    Hypercorn's behaviour. Where the connection reads with
+    :class:`~triorelay.compat.hypercorn.reads.ReadLoop` (the relay's own worker class), each
+    read comes here straight from the loop (``ReadLoop.on_data``), past the HTTP/1.1 layer
+    that would only pass it on.
     """
 
     def __init__(
@@ -78,6 +84,9 @@ class InboundTap:
         self._app_put = ws_stream.app_put
         ws_stream.handle = self._tapped_handle
         ws_stream.app_put = self._tapped_app_put
+        self._reader = _read_loop_of(ws_stream)
+        if self._reader is not None:
+            self._reader.on_data = self._on_data
         # Messages that reached the app's channel before the tap (during the accept) are
         # delivered first, by start(); until then the reader waits, so the order holds.
         self._started = trio.Event()
@@ -121,6 +130,8 @@ class InboundTap:
         still held back is dropped with it.
         """
         ws_stream = self._ws_stream
+        if self._reader is not None:
+            self._reader.on_data = None
         if ws_stream.handle == self._tapped_handle:
             ws_stream.handle = self._handle
             ws_stream.app_put = self._app_put
@@ -143,7 +154,7 @@ class InboundTap:
             and decoder.header is None
             and len(decoder.buffer.buffer) == decoder.buffer.bytes_used
             and proto._message_decoder.opcode is None
-            and not any(extension.enabled() for extension in proto.extensions)
+            and not (proto.extensions and any(e.enabled() for e in proto.extensions))
         )
 
     def _fail(self, code: int, reason: str) -> None:
@@ -151,39 +162,45 @@ class InboundTap:
         self._parser.take_buffered()
         self._on_invalid(code, reason)
 
+    async def _on_data(self, data: bytes) -> None:
+        """One read, from the read loop: what ``H11Protocol`` would hand on as ``Data``."""
+        await self._data(data, _STREAM_ID)
+
     async def _tapped_handle(self, event: Any) -> None:
-        ws_stream = self._ws_stream
-        if isinstance(event, Data):
-            self.last_received = trio.current_time()
-        if self._failed and isinstance(event, Data):
-            return  # the connection is being closed for invalid data: read no further
-        if (
-            not isinstance(event, Data)
-            or ws_stream.closed
-            or ws_stream.state is not _CONNECTED
-            or not self._wsproto_idle()
-        ):
-            if self._parser.buffered_bytes and isinstance(event, Data):
-                # A partial simple frame was held back: wsproto gets it whole.
-                held = self._parser.take_buffered()
-                event = Data(stream_id=event.stream_id, data=held + event.data)
+        if type(event) is Data:
+            await self._data(event.data, event.stream_id)
+        else:
             await self._to_wsproto(event)
+
+    async def _data(self, data: bytes, stream_id: int) -> None:
+        """What the peer sent, a TCP read at a time: simple frames parsed here, the rest to
+        wsproto."""
+        self.last_received = trio.current_time()
+        if self._failed:
+            return  # the connection is being closed for invalid data: read no further
+        ws_stream = self._ws_stream
+        if ws_stream.closed or ws_stream.state is not _CONNECTED or not self._wsproto_idle():
+            if self._parser.buffered_bytes:
+                # A partial simple frame was held back: wsproto gets it whole.
+                data = self._parser.take_buffered() + data
+            await self._to_wsproto(Data(stream_id=stream_id, data=data))
             return
-        events = self._parser.feed(event.data)
+        events = self._parser.feed(data)
         if not events:
             return
         last = events[-1]
         if isinstance(last, HandOff | Fail):
             events.pop()  # the parser stops there: everything before it is a message
         if events:
-            await self._deliver([e for e in events if isinstance(e, (bytes, str))])
+            # Only messages are left (simple frames: no control frame events).
+            await self._deliver(events)  # type: ignore[arg-type]
         if isinstance(last, Fail):
             # wsproto would fail the connection without a close frame (1002, 1007) or buffer
             # the frame whole before checking its size (1009,
             # https://github.com/pgjones/hypercorn/issues/307): close with the parser's code.
             self._fail(last.code, last.reason)
         elif isinstance(last, HandOff):
-            await self._to_wsproto(Data(stream_id=event.stream_id, data=last.data))
+            await self._to_wsproto(Data(stream_id=stream_id, data=last.data))
 
     async def _to_wsproto(self, event: Any) -> None:
         await self._handle(event)
@@ -191,6 +208,21 @@ class InboundTap:
             # A fragmented or compressed message passed the limit: Hypercorn has closed with
             # 1009 (compat.message_limits). Read no further, and end the relay's handler.
             self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
+
+
+def _read_loop_of(ws_stream: Any) -> ReadLoop | None:
+    """The connection's ReadLoop, when its reads reach ``ws_stream`` only through an
+    upgraded HTTP/1.1 protocol (which then passes each read on as it is), else None."""
+    protocol = _bound_self(getattr(ws_stream, "send", None))
+    tcp_server = _bound_self(getattr(protocol, "send", None))
+    if (
+        not isinstance(tcp_server, ReadLoop)
+        or getattr(getattr(tcp_server, "protocol", None), "protocol", None) is not protocol
+        or not isinstance(getattr(protocol, "connection", None), H11WSConnection)
+        or getattr(protocol, "stream", None) is not ws_stream
+    ):
+        return None
+    return tcp_server
 
 
 def tap_inbound(
