@@ -511,3 +511,56 @@ async def test_under_block_a_batch_is_not_held_while_the_publish_waits(
                 await trio.testing.wait_all_tasks_blocked()
                 assert slow.receive_nowait() == "c"
         assert fast.wire == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest", "disconnect"])
+@pytest.mark.timeout(10)
+async def test_a_read_held_for_a_waiting_writer_has_its_whole_buffer(
+    nursery: trio.Nursery, policy: str
+) -> None:
+    """A buffer of 2 and one producer read of 3 messages for an idle consumer: the first is
+    the waiting writer's (taking no place, as when a writer is woken with it), so nothing is
+    dropped or evicted, whatever the policy."""
+    hub = make_hub(slow_consumer_policy=policy, consumer_buffer_messages=2)
+    socket = FakeSocket()
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        socket.wire.extend(payloads)
+        return True
+
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        consumer.write_directly(socket.write, write_many)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            await producer.publish_many(["a", "b", "c"], [])
+            await trio.testing.wait_all_tasks_blocked()
+        assert not consumer.detached
+        assert consumer.dropped == 0
+        assert socket.wire == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.timeout(10)
+async def test_drop_oldest_counts_what_it_cannot_keep(nursery: trio.Nursery, batched: bool) -> None:
+    """``drop_oldest`` with a byte bound: a message that does not fit beside the one the
+    writer was handed is lost counted, never silently."""
+    hub = make_hub(
+        slow_consumer_policy="drop_oldest", consumer_buffer_bytes=100, max_message_bytes=100
+    )
+    socket = FakeSocket()
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        socket.wire.extend(payloads)
+        return True
+
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        consumer.write_directly(socket.write, write_many if batched else None)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            await producer.publish_many(["a" * 60, "b" * 60], [])
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(socket.wire) + consumer.dropped == 2, (socket.wire, consumer.dropped)

@@ -294,8 +294,8 @@ class ConsumerBuffer:
             # Anything else (a notice from outside the batch, a traced item) goes behind
             # them, and the writer writes them all: no direct write past what is held.
             self._deferred = False
+            self._handed = True  # (already: the held head is the woken writer's)
             appended = self._append(payload, size)
-            self._handed = True
             self._wake(waiter)
             return appended
         # The reader waits, and nothing is buffered or being written: this message may go
@@ -306,6 +306,9 @@ class ConsumerBuffer:
             if batch is not None:
                 if self._direct_many is not None:
                     self._append(payload, size)  # the buffer is empty: it fits
+                    # The head of what is held is the waiting writer's, as when it is woken
+                    # with it: it takes none of the max_messages places, and no policy drops it.
+                    self._handed = True
                     self._deferred = True
                     batch.append(self)
                     return True
@@ -343,6 +346,7 @@ class ConsumerBuffer:
         occupancy.messages -= self.messages
         self.messages = self.bytes = 0
         items.clear()
+        self._handed = False
         if self._room:
             self._room.unpark_all()
         if written is not True:

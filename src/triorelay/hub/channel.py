@@ -263,7 +263,10 @@ class Channel:
             self._count_drop(consumer, 1, "drop_newest")
         elif policy == "drop_oldest":
             while not buffer.offer(item, size):
-                if not buffer.drop_oldest():  # pragma: no cover - full implies buffered
+                if not buffer.drop_oldest():
+                    # Nothing left to drop but the message the writer was handed (its bytes
+                    # still count): this one does not fit beside it, and is lost, counted.
+                    self._count_drop(consumer, 1, "drop_oldest")
                     return
                 self._count_drop(consumer, 1, "drop_oldest")
             if traced:

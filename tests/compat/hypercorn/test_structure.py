@@ -5,7 +5,9 @@ If an upgrade changes them, these fail first, naming the assumption that broke.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import textwrap
 from functools import partial
 from typing import Any
 
@@ -96,6 +98,10 @@ def test_hypercorn_only_takes_its_send_lock_with_async_with() -> None:
     assert uses == ["self.send_lock = trio.Lock()", "async with self.send_lock:"]
 
 
+#: sha256 of Hypercorn 0.18.0's ``TCPServer._read_data`` source, dedented.
+READ_DATA_SHA256 = "73588ef2e57091d4ff384c80859ab0aac84c013006609611debeb2b49ec56344"
+
+
 def test_hypercorn_reads_as_the_read_loop_expects() -> None:
     """ReadLoop replaces TCPServer._read_data for plain sockets without a read timeout: the
     loop it stands for must still read under fail_after, hand each read to the protocol as
@@ -111,6 +117,11 @@ def test_hypercorn_reads_as_the_read_loop_expects() -> None:
         "await self.protocol.handle(Closed())",
     ):
         assert line in source, line
+    # The whole loop, pinned: a line added to it (an exception caught, an event sent) would
+    # be behaviour the read loop silently leaves out.
+    digest = hashlib.sha256(textwrap.dedent(source).encode()).hexdigest()
+    assert digest == READ_DATA_SHA256, "TCPServer._read_data changed: review compat/reads.py"
+    assert "self._read_data()" in inspect.getsource(TCPServer.run)
     compat.isolate_connection_errors()  # what create_app does
     assert issubclass(run_module.TCPServer, ReadLoop), "the worker serves with it"
 
