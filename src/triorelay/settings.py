@@ -468,36 +468,17 @@ class Settings(BaseSettings):
         return config
 
     def _resolve(self, rule: ChannelRule) -> ChannelConfig:
-        return ChannelConfig(
-            mode=rule.mode or self.mode,
-            slow_consumer_policy=rule.slow_consumer_policy or self.slow_consumer_policy,
-            consumer_buffer_messages=rule.consumer_buffer_messages or self.consumer_buffer_messages,
-            consumer_buffer_bytes=rule.consumer_buffer_bytes or self.consumer_buffer_bytes,
-            queue_buffer_messages=rule.queue_buffer_messages or self.queue_buffer_messages,
-            block_timeout_seconds=self.block_timeout_seconds,
-            history_messages=(
-                rule.history_messages
-                if rule.history_messages is not None
-                else self.history_messages
-            ),
-            history_bytes=rule.history_bytes or self.history_bytes,
-            history_ttl_seconds=rule.history_ttl_seconds or self.history_ttl_seconds,
-            ack=rule.ack or self.ack,
-            max_in_flight=rule.max_in_flight or self.max_in_flight,
-            ack_timeout_seconds=rule.ack_timeout_seconds or self.ack_timeout_seconds,
-            max_deliveries=rule.max_deliveries or self.max_deliveries,
-            dead_letter_channel=rule.dead_letter_channel,
-            redelivery_backoff_seconds=(
-                rule.redelivery_backoff_seconds
-                if rule.redelivery_backoff_seconds is not None
-                else self.redelivery_backoff_seconds
-            ),
-            redelivery_backoff_max_seconds=(
-                rule.redelivery_backoff_max_seconds
-                if rule.redelivery_backoff_max_seconds is not None
-                else self.redelivery_backoff_max_seconds
-            ),
-        )
+        """Each of the rule's fields, or where it leaves one out (``None``) the global setting
+        of the same name; ``block_timeout_seconds`` is global only, ``dead_letter_channel``
+        per rule only."""
+        values: dict[str, Any] = {}
+        for name in ChannelConfig.model_fields:
+            value = getattr(rule, name, None)
+            if value is None:
+                value = getattr(self, name, None)
+            if value is not None:
+                values[name] = value
+        return ChannelConfig(**values)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

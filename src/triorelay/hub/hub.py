@@ -19,9 +19,10 @@ its route binds, which is how eviction and shutdown end connections.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from operator import attrgetter
+from typing import TypeVar
 
 import trio
 
@@ -43,6 +44,8 @@ from triorelay.hub.statistics import (
 )
 from triorelay.settings import Settings
 from triorelay.tracing import StageHistograms, Trace
+
+T = TypeVar("T")
 
 _CHANNEL_NAME_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
@@ -113,27 +116,23 @@ class Hub:
             self._channels[name] = channel
         return channel
 
-    def _namespace(self, name: str, known: Mapping[str, object]) -> str:
-        """The namespace ``name`` counts under in ``known``: ``other`` past the limit."""
-        settings = self.settings
-        namespace = namespace_of(name, settings.metrics_namespace_separator)
-        if namespace not in known and len(known) >= settings.metrics_max_namespaces:
-            return "other"
-        return namespace
-
     def _namespace_jobs(self, name: str) -> JobCounters:
-        namespace = self._namespace(name, self.jobs)
-        counters = self.jobs.get(namespace)
-        if counters is None:
-            counters = self.jobs[namespace] = JobCounters()
-        return counters
+        return self._of_namespace(self.jobs, name, JobCounters)
 
     def _namespace_latency(self, name: str) -> StageHistograms:
-        namespace = self._namespace(name, self.latency)
-        latency = self.latency.get(namespace)
-        if latency is None:
-            latency = self.latency[namespace] = StageHistograms()
-        return latency
+        return self._of_namespace(self.latency, name, StageHistograms)
+
+    def _of_namespace(self, table: dict[str, T], name: str, make: Callable[[], T]) -> T:
+        """Channel ``name``'s namespace's entry in ``table`` (made on first use); past
+        ``metrics_max_namespaces`` new namespaces share ``other``."""
+        settings = self.settings
+        namespace = namespace_of(name, settings.metrics_namespace_separator)
+        if namespace not in table and len(table) >= settings.metrics_max_namespaces:
+            namespace = "other"
+        entry = table.get(namespace)
+        if entry is None:
+            entry = table[namespace] = make()
+        return entry
 
     def _release(self, channel: Channel) -> None:
         if channel.is_idle and self._channels.get(channel.name) is channel:

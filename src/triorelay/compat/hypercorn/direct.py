@@ -182,21 +182,7 @@ class DirectWebSocket:
             or ws_stream.connection.state is not ConnectionState.OPEN
         ):
             return False
-        frame = _frames(payload)
-        # The lock is free, so nobody waits for it, and nothing can start waiting before the
-        # write below returns (it does not yield): taken and released as two assignments.
-        lock._held = True
-        try:
-            sent: int = self._sock.send(frame)
-        except OSError:  # BlockingIOError (full), or failed: the writer's own write will tell
-            sent = 0
-        if sent == len(frame):
-            lock._held = False
-            return True
-        if not sent:
-            lock._held = False
-            return False
-        return frame[sent:]
+        return self._write_nowait(lock, _frames(payload))
 
     def send_many_nowait(self, payloads: list[Payload]) -> bool | bytes:
         """:meth:`send_nowait` for several messages, in one socket write (acks).
@@ -206,11 +192,17 @@ class DirectWebSocket:
         lock = self._lock
         if lock is None or lock._held or not self._plain or not self._is_open():
             return False
-        data = b"".join([serialize_message(p) for p in payloads])
-        lock._held = True  # as in send_nowait: nobody can wait for it meanwhile
+        return self._write_nowait(lock, b"".join([serialize_message(p) for p in payloads]))
+
+    def _write_nowait(self, lock: SendLock, data: bytes) -> bool | bytes:
+        """One non-blocking write of ``data`` under the free send ``lock`` (see
+        :meth:`send_nowait` for what it returns; a rest keeps the lock taken)."""
+        # The lock is free, so nobody waits for it, and nothing can start waiting before the
+        # write below returns (it does not yield): taken and released as two assignments.
+        lock._held = True
         try:
             sent: int = self._sock.send(data)
-        except OSError:
+        except OSError:  # BlockingIOError (full), or failed: the writer's own write will tell
             sent = 0
         if sent == len(data):
             lock._held = False
