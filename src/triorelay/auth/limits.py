@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from triorelay.errors import TooManyConnections
 
 
@@ -24,9 +21,12 @@ class ConnectionLimits:
     def count(self, client: str) -> int:
         return self._per_client.get(client, 0)
 
-    @contextmanager
-    def hold(self, client: str) -> Iterator[None]:
-        """One connection of ``client`` for the ``with`` block; raise TooManyConnections."""
+    def hold(self, client: str) -> Held:
+        """One connection of ``client`` for the ``with`` block; entering raises
+        TooManyConnections past either bound."""
+        return Held(self, client)
+
+    def _take(self, client: str) -> None:
         held = self._per_client.get(client, 0)
         if self.total >= self.max_total:
             raise TooManyConnections(
@@ -38,15 +38,31 @@ class ConnectionLimits:
             )
         self.total += 1
         self._per_client[client] = held + 1
-        try:
-            yield
-        finally:
-            self.total -= 1
-            left = self._per_client[client] - 1
-            if left:
-                self._per_client[client] = left
-            else:
-                del self._per_client[client]
+
+    def _give_back(self, client: str) -> None:
+        self.total -= 1
+        left = self._per_client[client] - 1
+        if left:
+            self._per_client[client] = left
+        else:
+            del self._per_client[client]
+
+
+class Held:
+    """A connection counted by :meth:`ConnectionLimits.hold` (a small object, not a generator:
+    one lives as long as each connection)."""
+
+    __slots__ = ("_client", "_limits")
+
+    def __init__(self, limits: ConnectionLimits, client: str) -> None:
+        self._limits = limits
+        self._client = client
+
+    def __enter__(self) -> None:
+        self._limits._take(self._client)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._limits._give_back(self._client)
 
 
 class TokenBucket:

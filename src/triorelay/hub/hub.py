@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from operator import attrgetter
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import trio
 
@@ -46,6 +46,7 @@ from triorelay.settings import Settings
 from triorelay.tracing import StageHistograms, Trace
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Connection)
 
 _CHANNEL_NAME_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
@@ -58,6 +59,27 @@ def validate_channel_name(name: str) -> str:
     if not 0 < len(name) <= MAX_CHANNEL_NAME_LENGTH or not _CHANNEL_NAME_CHARS.issuperset(name):
         raise InvalidChannelName("channel names are 1 to 128 characters from A-Z a-z 0-9 . _ : -")
     return name
+
+
+class Attachment(Generic[M]):
+    """A connection's membership of the hub for a ``with`` block: entering joins (and may
+    raise what joining raises), leaving leaves. A small object rather than a generator, since
+    one lives as long as each connection does."""
+
+    __slots__ = ("_channel", "_connection", "_hub", "_join")
+
+    def __init__(self, hub: Hub, join: Callable[[], tuple[M, Channel | None]]) -> None:
+        self._hub = hub
+        self._join: Callable[[], tuple[M, Channel | None]] | None = join
+
+    def __enter__(self) -> M:
+        assert self._join is not None, "an attachment is entered once"
+        self._connection, self._channel = self._join()
+        self._join = None
+        return self._connection
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._hub._leave(self._connection, self._channel)
 
 
 class Hub:
@@ -217,12 +239,35 @@ class Hub:
 
     # -- members --
 
-    @contextmanager
-    def attach_producer(self, name: str) -> Iterator[Producer]:
+    def attach_producer(self, name: str) -> Attachment[Producer]:
         """Attach a producer to channel ``name`` (created if needed) for the ``with`` block.
 
-        Raises :class:`RequestError` subclasses for a bad name, too many channels, or shutdown.
+        Entering raises :class:`RequestError` subclasses for a bad name, too many channels, or
+        shutdown.
         """
+        return Attachment(self, partial(self._join_as_producer, name))
+
+    def attach_consumer(
+        self, name: str, *, notices: bool = False, positioned: bool = False
+    ) -> Attachment[Consumer]:
+        """Attach a consumer to channel ``name`` (created if needed) for the ``with`` block.
+
+        ``notices``: the consumer also gets the broker's gap notices in its stream;
+        ``positioned``: it is told each message's position (see :meth:`Channel.attach_consumer`).
+        """
+        return Attachment(self, partial(self._join_as_consumer, name, notices, positioned))
+
+    def attach_echo(self) -> Attachment[Connection]:
+        """Register an echo connection (no channel) so that shutdown reaches it too."""
+        return self.attach_standalone("echo")
+
+    def attach_standalone(self, role: str) -> Attachment[Connection]:
+        """Register a connection outside any channel (echo, flows, uploads, proxy) for the
+        ``with`` block, so that shutdown reaches it too. Entering raises ShuttingDown once
+        closing."""
+        return Attachment(self, partial(self._join_standalone, role))
+
+    def _join_as_producer(self, name: str) -> tuple[Producer, Channel]:
         channel = self._channel(name)
 
         async def publish(
@@ -236,49 +281,33 @@ class Hub:
         producer = Producer(name, publish)
         channel.producers.add(producer)
         self._connections.add(producer)
-        try:
-            yield producer
-        finally:
-            channel.producers.discard(producer)
-            self._connections.discard(producer)
-            self._release(channel)
+        return producer, channel
 
-    @contextmanager
-    def attach_consumer(
-        self, name: str, *, notices: bool = False, positioned: bool = False
-    ) -> Iterator[Consumer]:
-        """Attach a consumer to channel ``name`` (created if needed) for the ``with`` block.
-
-        ``notices``: the consumer also gets the broker's gap notices in its stream;
-        ``positioned``: it is told each message's position (see :meth:`Channel.attach_consumer`).
-        """
+    def _join_as_consumer(
+        self, name: str, notices: bool, positioned: bool
+    ) -> tuple[Consumer, Channel]:
         channel = self._channel(name)
         consumer = channel.attach_consumer(notices=notices, positioned=positioned)
         self._connections.add(consumer)
-        try:
-            yield consumer
-        finally:
-            channel.detach_consumer(consumer)
-            self._connections.discard(consumer)
-            self._release(channel)
+        return consumer, channel
 
-    def attach_echo(self) -> AbstractContextManager[Connection]:
-        """Register an echo connection (no channel) so that shutdown reaches it too."""
-        return self.attach_standalone("echo")
-
-    @contextmanager
-    def attach_standalone(self, role: str) -> Iterator[Connection]:
-        """Register a connection outside any channel (echo, flows, uploads, proxy) for the
-        ``with`` block, so that shutdown reaches it too. Raises ShuttingDown once closing."""
+    def _join_standalone(self, role: str) -> tuple[Connection, None]:
         if self.closing:
             raise ShuttingDown("the relay is shutting down")
         connection = Connection()
         connection.role = role
         self._connections.add(connection)
-        try:
-            yield connection
-        finally:
-            self._connections.discard(connection)
+        return connection, None
+
+    def _leave(self, connection: Connection, channel: Channel | None) -> None:
+        self._connections.discard(connection)
+        if channel is None:
+            return
+        if isinstance(connection, Consumer):
+            channel.detach_consumer(connection)
+        else:
+            channel.producers.discard(connection)
+        self._release(channel)
 
     # -- state --
 

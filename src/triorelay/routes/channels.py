@@ -10,6 +10,8 @@ Each is a thin handler on :func:`~triorelay.routes.session.open_session`:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Literal, cast
 
 import trio
@@ -116,22 +118,20 @@ async def consume(request: Request) -> None:
             if not await session.socket.send_many(opening):
                 consumer.disconnected = True
                 return
-
-            async def write() -> None:
-                assert resume is not None
-                await positioned.write_positioned(
-                    consumer, session.socket.send_many, cursor, positioned.FRAMING
-                )
+            write: Callable[[], Awaitable[None]] = partial(
+                positioned.write_positioned,
+                consumer,
+                session.socket.send_many,
+                cursor,
+                positioned.FRAMING,
+            )
         else:
-
-            async def write() -> None:
-                await write_loop(consumer, session.socket, notices)
-
+            write = partial(write_loop, consumer, session.socket, notices)
         if session.tap is not None:
             # Hypercorn's reader reports the disconnect: no reader task of our own. What a
             # consumer sends is discarded (but for a token refresh), and its size limit still
             # holds, checked on each frame's header before anything is buffered.
-            session.tap.on_disconnect = lambda: _disconnected(session)
+            session.tap.on_disconnect = partial(_disconnected, session)
             if session.refreshable:
                 session.take_controls_from_tap()
             await session.tap.start()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -232,7 +232,7 @@ class Session(Generic[C]):
     def bind(self, scope: trio.CancelScope) -> None:
         """Let the hub cancel ``scope`` to end the connection, with the close clock running."""
         reaper, connection = self.relay.reaper, self.connection
-        connection.bind(scope, on_close=lambda: reaper.arm(connection))
+        connection.bind(scope, on_close=partial(reaper.arm, connection))
 
     @contextmanager
     def rebound(self) -> Iterator[None]:
@@ -290,15 +290,21 @@ async def open_session(
     relay, receive, send = request.relay, request.receive, request.send
     settings = relay.settings
     started = trio.current_time()
-    with ExitStack() as stack:
-        try:
-            connection = stack.enter_context(attach)
-            if subscribe is not None:
+    try:
+        connection = attach.__enter__()
+    except RequestError as error:
+        raise Rejected(error) from None
+    # What was set up is undone in one ``finally`` (each step there is safe whether or not
+    # it was reached), not by an ExitStack: an idle connection holds this frame for its whole
+    # life, and a stack's callbacks cost it about 3 KB.
+    session: Session[C] | None = None
+    try:
+        if subscribe is not None:
+            try:
                 await relay.hub.broker.wait_watching(subscribe)
-        except RequestError as error:
-            raise Rejected(error) from None
+            except RequestError as error:
+                raise Rejected(error) from None
         relay.reaper.track(connection, send)
-        stack.callback(relay.reaper.forget, connection)
         if not settings.compression:
             hypercorn_compat.refuse_compression(send)
         # Fragmented and compressed messages: bounded inside Hypercorn and wsproto too.
@@ -307,29 +313,21 @@ async def open_session(
         )
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
-        accept: dict[str, object] = {"type": "websocket.accept"}
-        if subprotocol is not None:
-            accept["subprotocol"] = subprotocol
-        await send(accept)
+        await send(_accept_event(subprotocol))
         relay.counters.opened(connection.role)
-        stack.callback(_count_ended, relay.counters, connection)  # however the session ends
-        socket = Socket(receive, send)
-        session = Session(request, connection, socket, None)
+        session = Session(request, connection, Socket(receive, send), None)
         # Where Hypercorn allows, its reader task hands each TCP read's messages to the
         # session itself: no task switch per message.
-        tap = hypercorn_compat.tap_inbound(
+        session.tap = hypercorn_compat.tap_inbound(
             receive,
             send,
             session._from_tap,
             partial(_refuse, connection),
             settings.max_message_bytes,
         )
-        if tap is not None:
-            session.tap = tap
-            stack.callback(tap.remove)
-        if tap is not None and socket.direct is not None:
-            relay.liveness.track(connection, session, socket.direct)
-            stack.callback(relay.liveness.forget, connection)
+        direct = session.socket.direct
+        if session.tap is not None and direct is not None:
+            relay.liveness.track(connection, session, direct)
         else:
             relay.liveness.cannot_track()
         with session.scope:
@@ -342,6 +340,21 @@ async def open_session(
             connection.close(CloseCode.TOKEN_EXPIRED, "token expired")
         await session.finish(send)
         _log_access(session, trio.current_time() - started)
+    finally:
+        if session is not None:  # accepted
+            relay.liveness.forget(connection)
+            if session.tap is not None:
+                session.tap.remove()
+            _count_ended(relay.counters, connection)  # however the session ends
+        relay.reaper.forget(connection)
+        attach.__exit__(None, None, None)
+
+
+def _accept_event(subprotocol: str | None) -> dict[str, object]:
+    """The ASGI accept, with the subprotocol the relay chose, if any."""
+    if subprotocol is None:
+        return {"type": "websocket.accept"}
+    return {"type": "websocket.accept", "subprotocol": subprotocol}
 
 
 def _count_ended(counters: RelayCounters, connection: Connection) -> None:

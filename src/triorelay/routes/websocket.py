@@ -97,11 +97,15 @@ class RelayWebSockets:
         if found is None:
             await self.app(scope, receive, send)
             return
-        connect = await receive()
-        if connect["type"] != "websocket.connect":  # pragma: no cover - the ASGI spec's order
+        if (await receive())["type"] != "websocket.connect":  # pragma: no cover - ASGI's order
             return
         try:
-            await self._serve(scope, *found, receive, send)
+            # This frame lives as long as the connection: it keeps only what it needs.
+            request, client_key = await self._admit(scope, *found, receive, send)
+            handler = found[0].handler
+            del found
+            with self.relay.limits.hold(client_key):
+                await handler(request)
         except RequestError as error:  # refused before the upgrade
             self.relay.counters.refusal(error.status, error.label)
             await reject(send, error)
@@ -109,9 +113,11 @@ class RelayWebSockets:
             self.relay.counters.refusal(rejected.error.status, rejected.error.label)
             await reject(send, rejected.error)
 
-    async def _serve(
+    async def _admit(
         self, scope: Scope, route: Route, argument: str, receive: Receive, send: Send
-    ) -> None:
+    ) -> tuple[Request, str]:
+        """The request a handler serves, and the key its client's connections are counted
+        under; raises :class:`RequestError` for a client without the route's right."""
         relay = self.relay
         query_string = scope["query_string"].decode("latin-1")
         peer = scope.get("client")
@@ -140,5 +146,4 @@ class RelayWebSockets:
             send=send,
             subprotocols=tuple(scope.get("subprotocols") or ()),
         )
-        with relay.limits.hold(Access.client_key(identity, credentials)):
-            await route.handler(request)
+        return request, Access.client_key(identity, credentials)

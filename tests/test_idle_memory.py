@@ -1,0 +1,56 @@
+"""What an idle connection costs: the relay's Python objects beyond the serving stack's own.
+
+``tools/idle_memory.py`` serves real Hypercorn under tracemalloc, once with the relay and once
+with a do-nothing ASGI app (the floor), while a child process holds idle WebSocket connections
+to it; each in a fresh process (a second server in the same one reuses the first one's freed
+objects, which tracemalloc does not see as new). Issue #15 cut the relay's share from about
+11 KB to about 5 KB per connection (an ExitStack's callbacks, generator context managers,
+closures, a long-lived frame's locals); the bound below fails if that comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "idle_memory.py"
+COUNT = 200
+#: The relay's Python bytes per idle connection beyond bare Hypercorn's (measured: 4.6-5.0 KB
+#: for a producer or a consumer; before issue #15's cuts, 11 KB).
+MAX_RELAY_BYTES = 6_000
+
+
+async def measure(app: str, role: str) -> dict[str, Any]:
+    done = await trio.run_process(
+        [
+            sys.executable,
+            str(TOOL),
+            f"--app={app}",
+            f"--role={role}",
+            f"--connections={COUNT}",
+        ],
+        capture_stdout=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def tasks_per_connection(result: dict[str, Any]) -> float:
+    return sum(stack["tasks"] for stack in result["task_stacks"]) / result["connections"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("role", ["producer", "consumer"])
+async def test_an_idle_connection_costs_little_beyond_hypercorn(role: str) -> None:
+    relay = await measure("relay", role)
+    bare = await measure("bare", role)
+    extra = relay["python_bytes_per_connection"] - bare["python_bytes_per_connection"]
+    assert extra <= MAX_RELAY_BYTES, (extra, relay["by_package"], bare["by_package"])
+    # No task of the relay's own per idle connection: Hypercorn's two (its reader, the app).
+    assert tasks_per_connection(bare) == 2
+    assert tasks_per_connection(relay) == 2, relay["task_stacks"]
