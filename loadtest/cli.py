@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=1000)
     p.add_argument("--role", choices=["consumer", "producer"], default="consumer")
     p.add_argument("--hold-seconds", type=float, default=1.0)
+    p.add_argument(
+        "--client",
+        choices=connections.CLIENTS,
+        default=connections.CLIENTS[0],
+        help="what holds the connections: trio-websocket, or lean (wsproto over a raw stream: "
+        "a cheaper handshake, so the server rather than the generator limits the connect rate)",
+    )
 
     p = sub.add_parser(
         "idle",
@@ -282,6 +289,7 @@ async def run_scenario(
             progress=progress,
             token=args.token,
             token_in=args.token_in,
+            client=args.client,
         )
     common = scenarios.Common(
         url=args.url,

@@ -1,8 +1,11 @@
 """The ``connections`` scenario: ramp to N idle WebSocket connections and measure their cost.
 
 Reports the connect rate, per-connection connect latency (in ``summary.latency_ms``) and the
-server's RSS per connection: ``(RSS after the ramp and hold - RSS before) / connected``. The
-idle connections are trio-websocket clients, so they answer the server's pings like real ones.
+server's RSS per connection: ``(RSS after the ramp and hold - RSS before) / connected``, and
+its CPU time per connection set up during the ramp. The idle connections answer the server's
+pings like real ones: trio-websocket clients, or with ``client="lean"`` wsproto over a raw
+stream (:class:`~loadtest.lean.LeanWebSocket`), whose handshake costs the generator a fraction
+of trio-websocket's, so that the server, not the generator, limits the connect rate.
 """
 
 from __future__ import annotations
@@ -11,19 +14,23 @@ import functools
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Final, Literal
 
 import trio
 
 from loadtest.clients import CONNECTION_ERRORS, Headers, Stopper, open_client
 from loadtest.endpoints import Role, endpoint_url
 from loadtest.engine import ProgressFn, sample_loop, start_many
+from loadtest.lean import CONSUMER_ERRORS, LEAN_CONNECT_ERRORS, LeanWebSocket
 from loadtest.monitor import ProcessSampler, Sample
 from loadtest.report import build_result, run_summary
 from loadtest.stats import RoleStats
 from loadtest.tokens import TokenIn, token_headers, token_param, token_url
 
 logger = logging.getLogger(__name__)
+
+Client = Literal["trio-websocket", "lean"]
+CLIENTS: Final[tuple[Client, ...]] = ("trio-websocket", "lean")
 
 
 async def hold_idle(
@@ -34,15 +41,19 @@ async def hold_idle(
     connect_timeout_s: float,
     headers: Headers = (),
     on_connected: ProgressFn | None = None,
+    client: Client = "trio-websocket",
     task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Open one connection (sending ``headers``), record its connect time, and hold it until
-    ``stopper`` stops.
+    """Open one connection (sending ``headers``) with ``client``, record its connect time, and
+    hold it until ``stopper`` stops.
 
     Reports ``started(True)`` once connected, ``started(False)`` on failure (counted).
     """
     t0 = time.monotonic_ns()
     started = False
+    if client == "lean":
+        await _hold_lean(url, stats, stopper, connect_timeout_s, headers, on_connected, task_status)
+        return
     try:
         async with open_client(url, connect_timeout_s, headers):
             stats.latency.record_ns(time.monotonic_ns() - t0)
@@ -60,6 +71,40 @@ async def hold_idle(
             task_status.started(False)
         elif not stopper.stopped:
             stats.note_error(f"idle connection: {exc!r}")
+
+
+async def _hold_lean(
+    url: str,
+    stats: RoleStats,
+    stopper: Stopper,
+    connect_timeout_s: float,
+    headers: Headers,
+    on_connected: ProgressFn | None,
+    task_status: trio.TaskStatus[bool],
+) -> None:
+    t0 = time.monotonic_ns()
+    try:
+        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
+    except LEAN_CONNECT_ERRORS as exc:
+        stats.counters.failed_connects += 1
+        stats.note_error(f"connect: {exc!r}")
+        task_status.started(False)
+        return
+    try:
+        stats.latency.record_ns(time.monotonic_ns() - t0)
+        stats.counters.connected += 1
+        if on_connected is not None:
+            on_connected(1.0)
+        task_status.started(True)
+        with stopper.scope():
+            await lean.pump()  # answers pings; returns when the server closes
+        if not stopper.stopped:
+            stats.note_error("idle connection: closed by the server")
+    except CONSUMER_ERRORS as exc:
+        if not stopper.stopped:
+            stats.note_error(f"idle connection: {exc!r}")
+    finally:
+        await lean.aclose()
 
 
 async def probe_round_trip(
@@ -111,11 +156,13 @@ async def run_connections(
     progress: ProgressFn | None = None,
     token: str | None = None,
     token_in: TokenIn = "header",
+    client: Client = "trio-websocket",
 ) -> dict[str, Any]:
     """Ramp to ``connections`` idle connections, hold them ``hold_s``, then close them all.
 
-    RSS per connection needs ``server_pid``; without it those fields are ``None``. Every
-    connection presents ``token`` as ``token_in`` says; ``params.token_in`` records how.
+    RSS and CPU per connection need ``server_pid``; without it those fields are ``None``.
+    Every connection presents ``token`` as ``token_in`` says; ``params.token_in`` records
+    how. ``client`` opens and holds them (see the module docstring).
     """
     stats = RoleStats()
     stopper = Stopper()
@@ -140,6 +187,7 @@ async def run_connections(
             samplers.append((server, server_samples))
         nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
         t0 = time.monotonic()
+        cpu0 = server.cpu_seconds() if server is not None else None
         connected = await start_many(
             nursery,
             [
@@ -151,12 +199,14 @@ async def run_connections(
                     connect_timeout_s=connect_timeout_s,
                     headers=headers,
                     on_connected=on_connected,
+                    client=client,
                 )
                 for _ in range(connections)
             ],
             connect_concurrency,
         )
         connect_s = time.monotonic() - t0
+        cpu1 = server.cpu_seconds() if server is not None else None
         await trio.sleep(hold_s)  # let the server settle before reading RSS
         after = server.sample() if server is not None else None
         probe = await probe_round_trip(url, channel, token=token, token_in=token_in)
@@ -165,6 +215,9 @@ async def run_connections(
 
     rss_delta = None
     per_conn = None
+    cpu_ms_per_connect = None
+    if cpu0 is not None and cpu1 is not None and connected:
+        cpu_ms_per_connect = round((cpu1 - cpu0) * 1000 / connected, 3)
     if before is not None and after is not None:
         rss_delta = after.rss_bytes - before.rss_bytes
         per_conn = round(rss_delta / connected, 1) if connected else None
@@ -183,6 +236,7 @@ async def run_connections(
         params={
             "connections": connections,
             "role": role,
+            "client": client,
             "connect_concurrency": connect_concurrency,
             "connect_timeout_s": connect_timeout_s,
             "hold_s": hold_s,
@@ -198,6 +252,7 @@ async def run_connections(
             "server_rss_after_bytes": None if after is None else after.rss_bytes,
             "server_rss_delta_bytes": rss_delta,
             "server_rss_per_connection_bytes": per_conn,
+            "server_cpu_ms_per_connect": cpu_ms_per_connect,
             **probe,
         },
     )

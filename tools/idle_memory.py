@@ -101,18 +101,22 @@ def type_counts() -> collections.Counter[str]:
     return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
 
 
+def all_tasks() -> list[trio.lowlevel.Task]:
+    """Every live trio task (``gc`` tracks them all)."""
+    return [obj for obj in gc.get_objects() if isinstance(obj, trio.lowlevel.Task)]
+
+
 def task_stacks() -> collections.Counter[tuple[str, ...]]:
     """Every live trio task's await chain (coroutine and generator names, outermost first),
     counted: an idle connection's tasks and how deep each waits."""
     stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
-    for obj in gc.get_objects():
-        if isinstance(obj, trio.lowlevel.Task):
-            chain: list[str] = []
-            frame: Any = obj.coro
-            while frame is not None:
-                chain.append(getattr(frame, "__qualname__", type(frame).__qualname__))
-                frame = getattr(frame, "cr_await", None) or getattr(frame, "gi_yieldfrom", None)
-            stacks[tuple(chain)] += 1
+    for task in all_tasks():
+        chain: list[str] = []
+        frame: Any = task.coro
+        while frame is not None:
+            chain.append(getattr(frame, "__qualname__", type(frame).__qualname__))
+            frame = getattr(frame, "cr_await", None) or getattr(frame, "gi_yieldfrom", None)
+        stacks[tuple(chain)] += 1
     return stacks
 
 
@@ -145,6 +149,9 @@ async def measure(app_name: str, role: str, count: int, top: int) -> dict[str, A
         port = int(binds[0].rsplit(":", 1)[1])
         # Warm up: the first connection's imports and caches are not per connection.
         await trio.to_thread.run_sync(_hold_and_release, port, role, 20)
+        # ...and wait until the server has let go of them.
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        tasks_before = len(all_tasks())
         before_types = type_counts()
         before = tracemalloc.take_snapshot()
         rss_before = process.memory_info().rss
@@ -163,6 +170,7 @@ async def measure(app_name: str, role: str, count: int, top: int) -> dict[str, A
         await trio.testing.wait_all_tasks_blocked(0.05)
         after_types = type_counts()
         stacks = task_stacks()
+        tasks_after = len(all_tasks())
         after = tracemalloc.take_snapshot()
         rss_after = process.memory_info().rss
         await child.stdin.aclose()
@@ -189,6 +197,7 @@ async def measure(app_name: str, role: str, count: int, top: int) -> dict[str, A
         "gc_objects_per_connection": {
             k: round(v / count, 2) for k, v in types.most_common(40) if v >= count // 2
         },
+        "tasks_per_connection": round((tasks_after - tasks_before) / count, 3),
         "task_stacks": [
             {"tasks": n, "stack": stack} for stack, n in stacks.most_common() if n >= count // 2
         ],
@@ -210,6 +219,17 @@ def _hold_and_release(port: int, role: str, count: int) -> None:
     child.communicate()
 
 
+def raise_fd_limit(wanted: int) -> None:
+    """Raise the soft open-files limit to ``wanted`` (up to the hard one): the child, which
+    holds the client ends, inherits it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     description = __doc__.split("\n")[0]
     parser = argparse.ArgumentParser(prog="tools/idle_memory.py", description=description)
@@ -228,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import triorelay.settings  # noqa: F401
 
     tracemalloc.start()
+    raise_fd_limit(2 * args.connections + 256)
     result = trio.run(measure, args.app, args.role, args.connections, args.top)
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -15,7 +15,7 @@ from conftest import RunningServer
 
 from loadtest import scenarios
 from loadtest.cli import main
-from loadtest.connections import run_connections
+from loadtest.connections import Client, run_connections
 from loadtest.report import check_result
 
 pytestmark = pytest.mark.timeout(45)
@@ -157,18 +157,24 @@ async def test_max(baseline_server: RunningServer) -> None:
     assert "series" not in steps[0]["summary"]["server"]
 
 
-async def test_connections(baseline_server: RunningServer) -> None:
-    """Ramp to 30 idle connections; report RSS per connection, connect rate, a probe's RTT."""
+@pytest.mark.parametrize("client", ["trio-websocket", "lean"])
+async def test_connections(baseline_server: RunningServer, client: Client) -> None:
+    """Ramp to 30 idle connections with either client; report RSS and CPU per connection,
+    connect rate, a probe's RTT."""
     result = await run_connections(
         url=baseline_server.url,
         connections=30,
         role="producer",
         hold_s=0.1,
         server_pid=baseline_server.pid,
+        client=client,
     )
     assert check_result(json.loads(json.dumps(result))) == []
     extra = result["extra"]
+    assert result["params"]["client"] == client
     assert extra["connected"] == 30
+    assert result["summary"]["counts"]["errors"] == 0
+    assert extra["server_cpu_ms_per_connect"] > 0
     assert extra["connect_rate_per_s"] > 0
     assert extra["server_rss_per_connection_bytes"] is not None
     assert result["summary"]["latency_ms"]["count"] == 30

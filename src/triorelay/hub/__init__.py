@@ -9,11 +9,12 @@ delivers by mode and slow-consumer policy into :mod:`~triorelay.hub.buffers`;
 from triorelay.hub.buffers import Entry, Item, Traced, Unfinished
 from triorelay.hub.channel import Channel
 from triorelay.hub.connections import Connection, Consumer, Producer, WriteManyNow, WriteNow
-from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Hub, validate_channel_name
+from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Attachment, Hub, validate_channel_name
 from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, Traffic
 
 __all__ = [
     "MAX_CHANNEL_NAME_LENGTH",
+    "Attachment",
     "Channel",
     "ChannelStatistics",
     "Connection",

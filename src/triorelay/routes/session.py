@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -36,7 +36,7 @@ from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.compat import message_limits
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import CloseCode, Forbidden, RequestError, ServiceError, Unauthorized
-from triorelay.hub import Connection
+from triorelay.hub import Attachment, Connection
 from triorelay.observability.counters import RelayCounters, close_label
 from triorelay.observability.logs import access_fields
 from triorelay.routes.asgi import (
@@ -274,7 +274,7 @@ class Session(Generic[C]):
 @asynccontextmanager
 async def open_session(
     request: Request,
-    attach: AbstractContextManager[C],
+    attach: Attachment[C],
     *,
     subscribe: str | None = None,
     subprotocol: str | None = None,
@@ -294,9 +294,9 @@ async def open_session(
         connection = attach.__enter__()
     except RequestError as error:
         raise Rejected(error) from None
-    # What was set up is undone in one ``finally`` (each step there is safe whether or not
-    # it was reached), not by an ExitStack: an idle connection holds this frame for its whole
-    # life, and a stack's callbacks cost it about 3 KB.
+    # What was set up is undone in the ``finally`` below (each step there is safe whether or
+    # not it was reached), not by an ExitStack: an idle connection holds this frame for its
+    # whole life, and a stack's callbacks cost it about 3 KB.
     session: Session[C] | None = None
     try:
         if subscribe is not None:
@@ -341,13 +341,17 @@ async def open_session(
         await session.finish(send)
         _log_access(session, trio.current_time() - started)
     finally:
-        if session is not None:  # accepted
-            relay.liveness.forget(connection)
-            if session.tap is not None:
-                session.tap.remove()
-            _count_ended(relay.counters, connection)  # however the session ends
-        relay.reaper.forget(connection)
-        attach.__exit__(None, None, None)
+        try:
+            if session is not None:  # accepted
+                relay.liveness.forget(connection)
+                try:
+                    if session.tap is not None:
+                        session.tap.remove()  # Hypercorn's internals: the one that may fail
+                finally:
+                    _count_ended(relay.counters, connection)  # however the session ends
+        finally:
+            relay.reaper.forget(connection)
+            attach.__exit__(None, None, None)
 
 
 def _accept_event(subprotocol: str | None) -> dict[str, object]:
