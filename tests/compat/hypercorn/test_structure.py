@@ -126,6 +126,31 @@ def test_hypercorn_reads_as_the_read_loop_expects() -> None:
     assert issubclass(run_module.TCPServer, ReadLoop), "the worker serves with it"
 
 
+#: sha256 of Hypercorn 0.18.0's ``TCPServer._idle_timeout`` and ``protocol_send``, dedented.
+IDLE_TIMEOUT_SHA256 = "076077a62ad1c28f101c404aecff3785d02b9c14117e0c4672420f6b290152ae"
+PROTOCOL_SEND_SHA256 = "22b51ba714d07580a0c352848e88b4e849e977e2891eebfbf36286492a3696c8"
+
+
+def test_hypercorn_times_idleness_as_the_idle_timer_expects() -> None:
+    """IdleTimer stands in for ``TCPServer.idle_task``: Hypercorn must still restart it (with
+    ``_idle_timeout``) before the read loop and on ``Updated(idle=True)``, stop it on
+    ``Updated(idle=False)``, and close an idle connection as the read loop then does."""
+    run = inspect.getsource(TCPServer.run)
+    restart = "await self.idle_task.restart(self._task_group, self._idle_timeout)"
+    assert restart in run
+    assert run.index(restart) < run.index("await self._read_data()")
+    send = inspect.getsource(TCPServer.protocol_send)
+    assert restart in send
+    assert "await self.idle_task.stop()" in send
+    assert hashlib.sha256(textwrap.dedent(send).encode()).hexdigest() == PROTOCOL_SEND_SHA256
+    idle = textwrap.dedent(inspect.getsource(TCPServer._idle_timeout))
+    assert "await self._initiate_server_close()" in idle
+    assert hashlib.sha256(idle.encode()).hexdigest() == IDLE_TIMEOUT_SHA256, (
+        "TCPServer._idle_timeout changed: review compat/hypercorn/reads.py"
+    )
+    assert "self.idle_task = TrioSingleTask()" in inspect.getsource(TCPServer.__init__)
+
+
 def test_hypercorn_writes_under_its_send_lock_shielded() -> None:
     """DirectWebSocket's frames stay whole only if Hypercorn's own writes take the same lock
     and cannot be cancelled halfway (TCPServer.protocol_send)."""

@@ -11,6 +11,19 @@ step per read, a checkpoint on each, the same events handed to the protocol in t
 With a ``read_timeout`` or TLS it is Hypercorn's loop, unchanged. The loop it replaces is
 pinned by ``tests/compat/hypercorn/test_structure.py``.
 
+Waiting for a request costs no task either. Hypercorn runs its keep-alive timer
+(``TCPServer.idle_task``: ``restart(..., self._idle_timeout)`` when a connection opens and
+after each response, ``stop()`` when a request arrives) as a task of its own, started through
+``nursery.start`` (a temporary nursery and two cancel scopes) from whichever task restarts it:
+about a fifth of the relay's CPU per connection set up in a reconnect storm, and after a
+response that task is the app's. Under Quart-Trio, which cancels its request's nursery once the
+response is sent, the timer started after a response was cancelled with it, so an idle HTTP
+keep-alive connection was never closed. :class:`IdleTimer` makes the timer a deadline on the
+read loop's own cancel scope instead: the same ``keep_alive_timeout``, the same close when it
+passes. One difference: Hypercorn's task also closes an idle connection as soon as the server
+stops; here a connection already idle then is closed at its deadline or by the server's
+graceful timeout, whichever comes first (one that becomes idle after is closed at once).
+
 Once a WebSocket is accepted, its reads need nothing of the HTTP/1.1 layer in between
 (``ProtocolWrapper.handle`` → ``H11Protocol.handle``, which copies each read into a buffer,
 copies it out again as a ``Data`` event, and tries it against seven event types):
@@ -20,10 +33,32 @@ the inbound tap (:mod:`.tap`) sets :attr:`ReadLoop.on_data`, and each read goes 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from math import inf
+from typing import Any
 
 import trio
 from hypercorn.events import Closed, RawData
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import TrioSingleTask
+
+
+class IdleTimer(TrioSingleTask):
+    """``TCPServer.idle_task`` for the read loop: (re)starting sets the deadline of
+    :attr:`scope`, the read loop's cancel scope, ``timeout`` from now (now, once the server
+    is terminating); stopping lifts it."""
+
+    def __init__(self, timeout: float, terminated: Any) -> None:  # no lock: nothing to guard
+        self.timeout = timeout
+        self._terminated = terminated
+        self.scope = trio.CancelScope()
+
+    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+        self.scope.deadline = trio.current_time() + (
+            0.0 if self._terminated.is_set() else self.timeout
+        )
+
+    async def stop(self) -> None:
+        self.scope.deadline = inf
 
 
 class ReadLoop(TCPServer):
@@ -34,32 +69,46 @@ class ReadLoop(TCPServer):
     #: instead of through ``ProtocolWrapper.handle``, which would hand it to the same place.
     on_data: Callable[[bytes], Awaitable[None]] | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._reads_itself():
+            self.idle_task = IdleTimer(self.config.keep_alive_timeout, self.context.terminated)
+
+    def _reads_itself(self) -> bool:
+        return self.config.read_timeout is None and isinstance(self.stream, trio.SocketStream)
+
     async def _read_data(self) -> None:
-        stream = self.stream
-        if self.config.read_timeout is not None or not isinstance(stream, trio.SocketStream):
+        if not self._reads_itself():
             await super()._read_data()
             return
-        sock = stream.socket._sock
+        sock = self.stream.socket._sock
         handle = self.protocol.handle
-        while True:
-            try:
-                # Waits (a checkpoint) even when bytes are there already: the next
-                # epoll round sees them at once.
-                await trio.lowlevel.wait_readable(sock)
-                data: bytes = sock.recv(MAX_RECV)
-            except BlockingIOError:  # pragma: no cover - readable, then nothing to read
-                continue
-            except (trio.ClosedResourceError, OSError, ValueError):
-                # Closed by the relay or by Hypercorn (its close reaper, shutdown, the end of
-                # the close handshake: a closed socket's descriptor is -1, a ValueError for
-                # the wait), or by the peer (reset): what Hypercorn's loop does on
-                # ClosedResourceError and BrokenResourceError.
-                break
-            on_data = self.on_data
-            if on_data is not None and data:
-                await on_data(data)
-                continue
-            await handle(RawData(data))
-            if data == b"":
-                break
+        idle = self.idle_task
+        assert isinstance(idle, IdleTimer)
+        with idle.scope:  # its deadline is the keep-alive timer's, while the connection is idle
+            while True:
+                try:
+                    # Waits (a checkpoint) even when bytes are there already: the next
+                    # epoll round sees them at once.
+                    await trio.lowlevel.wait_readable(sock)
+                    data: bytes = sock.recv(MAX_RECV)
+                except BlockingIOError:  # pragma: no cover - readable, then nothing to read
+                    continue
+                except (trio.ClosedResourceError, OSError, ValueError):
+                    # Closed by the relay or by Hypercorn (its close reaper, shutdown, the end of
+                    # the close handshake: a closed socket's descriptor is -1, a ValueError for
+                    # the wait), or by the peer (reset): what Hypercorn's loop does on
+                    # ClosedResourceError and BrokenResourceError.
+                    break
+                on_data = self.on_data
+                if on_data is not None and data:
+                    await on_data(data)
+                    continue
+                await handle(RawData(data))
+                if data == b"":
+                    break
+        if idle.scope.cancelled_caught:
+            # What Hypercorn's _idle_timeout does once its time is up.
+            with trio.CancelScope(shield=True):
+                await self._initiate_server_close()
         await handle(Closed())

@@ -1,0 +1,125 @@
+"""IdleTimer: Hypercorn's keep-alive timer as a deadline on the read loop's cancel scope, not a
+task: a new connection without a request and an HTTP keep-alive connection idle after its
+response are closed at ``keep_alive_timeout``; an accepted WebSocket never is."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+import trio
+from hypercorn.config import Config
+
+from tests.conftest import StartRelay
+from tests.helpers import RunningRelay
+from triorelay import server as server_module
+from triorelay.compat.hypercorn.reads import IdleTimer
+from triorelay.settings import Settings
+
+KEEP_ALIVE_SECONDS = 0.3
+
+
+@pytest.fixture
+def short_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relays started in the test close idle connections after KEEP_ALIVE_SECONDS."""
+    original = server_module.hypercorn_config
+
+    def config(settings: Settings) -> Config:
+        made = original(settings)
+        made.keep_alive_timeout = KEEP_ALIVE_SECONDS
+        return made
+
+    monkeypatch.setattr(server_module, "hypercorn_config", config)
+
+
+async def connect(relay: RunningRelay) -> trio.SocketStream:
+    return await trio.open_tcp_stream("127.0.0.1", relay.port)
+
+
+async def read_until_closed(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := await stream.receive_some(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.usefixtures("short_keep_alive")
+async def test_a_connection_that_sends_no_request_is_closed_at_the_keep_alive_timeout(
+    start_relay: StartRelay,
+) -> None:
+    relay = await start_relay()
+    stream = await connect(relay)
+    opened = trio.current_time()
+    with trio.fail_after(10):
+        assert await read_until_closed(stream) == b""
+    assert trio.current_time() - opened >= KEEP_ALIVE_SECONDS * 0.9
+
+
+@pytest.mark.usefixtures("short_keep_alive")
+async def test_a_partial_request_does_not_move_the_deadline(start_relay: StartRelay) -> None:
+    """Bytes of an unfinished request do not count as a request (as in Hypercorn)."""
+    relay = await start_relay()
+    stream = await connect(relay)
+    opened = trio.current_time()
+    await stream.send_all(b"GET /healthz HTTP/1.1\r\n")
+    with trio.fail_after(10):
+        assert await read_until_closed(stream) == b""
+    assert trio.current_time() - opened >= KEEP_ALIVE_SECONDS * 0.9
+
+
+@pytest.mark.usefixtures("short_keep_alive")
+async def test_a_keep_alive_connection_idle_after_its_request_is_closed_too(
+    start_relay: StartRelay,
+) -> None:
+    """After a response the connection is idle again and is closed at the timeout. (Under
+    Hypercorn's own timer it never was: Quart-Trio cancels the task that restarts it.)"""
+    relay = await start_relay()
+    stream = await connect(relay)
+    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+    with trio.fail_after(10):
+        received = await read_until_closed(stream)
+    assert received.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.usefixtures("short_keep_alive")
+async def test_an_accepted_websocket_is_never_closed_for_idleness(
+    start_relay: StartRelay,
+) -> None:
+    relay = await start_relay()
+    stream = await connect(relay)
+    key = base64.b64encode(os.urandom(16)).decode()
+    handshake = (
+        "GET /ws/producer HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await stream.send_all(handshake.encode())
+    with trio.fail_after(10):
+        answer = await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 101")
+    # Proving a negative takes waiting: three keep-alive timeouts, then the socket is open.
+    with trio.move_on_after(3 * KEEP_ALIVE_SECONDS):
+        assert await stream.receive_some(65536) != b"", "closed while idle"
+        raise AssertionError("the relay sent something unasked")
+    await stream.send_all(bytes([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]))  # close 1000, masked
+    with trio.fail_after(10):
+        assert (await read_until_closed(stream))[:2] == bytes([0x88, 0x02])
+
+
+async def test_the_timer_is_a_deadline_on_the_read_loops_scope() -> None:
+    """Restarting sets the deadline keep_alive_timeout from now (now once the server is
+    terminating), stopping lifts it; no task is started either way."""
+    terminated = trio.Event()
+    timer = IdleTimer(5.0, terminated)
+
+    async def action() -> None:  # pragma: no cover - must not run
+        raise AssertionError("Hypercorn's idle task was started")
+
+    await timer.restart(None, action)  # a new connection
+    assert timer.scope.deadline == pytest.approx(trio.current_time() + 5.0)
+    await timer.stop()  # its request arrived
+    assert timer.scope.deadline == float("inf")
+    terminated.set()
+    await timer.restart(None, action)  # idle again, the server stopping
+    assert timer.scope.deadline == pytest.approx(trio.current_time())
