@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import run as run_module
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
@@ -149,6 +150,10 @@ def test_hypercorn_times_idleness_as_the_idle_timer_expects() -> None:
         "TCPServer._idle_timeout changed: review compat/hypercorn/reads.py"
     )
     assert "self.idle_task = TrioSingleTask()" in inspect.getsource(TCPServer.__init__)
+    # A request stops the timer before anything else happens to it (before any checkpoint).
+    events = inspect.getsource(H11Protocol._handle_events)
+    request_branch = events.split("if isinstance(event, h11.Request):", 1)[1]
+    assert request_branch.split("\n")[1].strip() == "await self.send(Updated(idle=False))"
 
 
 def test_hypercorn_writes_under_its_send_lock_shielded() -> None:

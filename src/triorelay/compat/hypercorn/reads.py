@@ -8,21 +8,24 @@ again and yields once more. On traffic of one message per segment that is a fail
 syscall and a second pass of trio's run loop for every message. :class:`ReadLoop` reads the
 plain-TCP, no-timeout case as ``wait_readable`` then one ``recv``: one syscall and one task
 step per read, a checkpoint on each, the same events handed to the protocol in the same order.
-With a ``read_timeout`` or TLS it is Hypercorn's loop, unchanged. The loop it replaces is
+With a ``read_timeout`` or TLS it is Hypercorn's loop (under the idle deadline, below). The loop it replaces is
 pinned by ``tests/compat/hypercorn/test_structure.py``.
 
 Waiting for a request costs no task either. Hypercorn runs its keep-alive timer
 (``TCPServer.idle_task``: ``restart(..., self._idle_timeout)`` when a connection opens and
 after each response, ``stop()`` when a request arrives) as a task of its own, started through
 ``nursery.start`` (a temporary nursery and two cancel scopes) from whichever task restarts it:
-about a fifth of the relay's CPU per connection set up in a reconnect storm, and after a
-response that task is the app's. Under Quart-Trio, which cancels its request's nursery once the
-response is sent, the timer started after a response was cancelled with it, so an idle HTTP
-keep-alive connection was never closed. :class:`IdleTimer` makes the timer a deadline on the
-read loop's own cancel scope instead: the same ``keep_alive_timeout``, the same close when it
-passes. One difference: Hypercorn's task also closes an idle connection as soon as the server
-stops; here a connection already idle then is closed at its deadline or by the server's
-graceful timeout, whichever comes first (one that becomes idle after is closed at once).
+about a fifth of the relay's CPU per connection set up in a reconnect storm. After a response
+that task is the app's, and under Quart-Trio it is already cancelled by then: Hypercorn closes
+the request's stream first (``H11Protocol._maybe_recycle``: ``_close_stream``, which queues
+``http.disconnect``, then ``Updated(idle=True)``), Quart-Trio cancels its request's nursery on
+that disconnect, and the restart, in the cancelled scope, never gets its timer going; an idle
+HTTP keep-alive connection was never closed. :class:`IdleTimer` makes the timer a deadline on
+the read loop's own cancel scope instead (plain TCP or TLS, any ``read_timeout``): the same
+``keep_alive_timeout``, the same close when it passes. One difference: Hypercorn's task also
+closes an idle connection as soon as the server stops; here a connection already idle then is
+closed at its deadline or by the server's graceful timeout, whichever comes first (one that
+becomes idle after is closed at once).
 
 Once a WebSocket is accepted, its reads need nothing of the HTTP/1.1 layer in between
 (``ProtocolWrapper.handle`` → ``H11Protocol.handle``, which copies each read into a buffer,
@@ -71,20 +74,21 @@ class ReadLoop(TCPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self._reads_itself():
-            self.idle_task = IdleTimer(self.config.keep_alive_timeout, self.context.terminated)
-
-    def _reads_itself(self) -> bool:
-        return self.config.read_timeout is None and isinstance(self.stream, trio.SocketStream)
+        self.idle_task = IdleTimer(self.config.keep_alive_timeout, self.context.terminated)
 
     async def _read_data(self) -> None:
-        if not self._reads_itself():
-            await super()._read_data()
-            return
-        sock = self.stream.socket._sock
-        handle = self.protocol.handle
         idle = self.idle_task
         assert isinstance(idle, IdleTimer)
+        handle = self.protocol.handle
+        stream = self.stream
+        if self.config.read_timeout is not None or not isinstance(stream, trio.SocketStream):
+            with idle.scope:  # TLS or a read timeout: Hypercorn's loop, under the idle deadline
+                await super()._read_data()
+            if idle.scope.cancelled_caught:
+                await self._close_idle()
+                await handle(Closed())
+            return
+        sock = stream.socket._sock
         with idle.scope:  # its deadline is the keep-alive timer's, while the connection is idle
             while True:
                 try:
@@ -100,6 +104,8 @@ class ReadLoop(TCPServer):
                     # the wait), or by the peer (reset): what Hypercorn's loop does on
                     # ClosedResourceError and BrokenResourceError.
                     break
+                if idle.scope.cancel_called:  # the deadline passed as the bytes came
+                    break
                 on_data = self.on_data
                 if on_data is not None and data:
                     await on_data(data)
@@ -107,8 +113,11 @@ class ReadLoop(TCPServer):
                 await handle(RawData(data))
                 if data == b"":
                     break
-        if idle.scope.cancelled_caught:
-            # What Hypercorn's _idle_timeout does once its time is up.
-            with trio.CancelScope(shield=True):
-                await self._initiate_server_close()
+        if idle.scope.cancel_called:
+            await self._close_idle()
         await handle(Closed())
+
+    async def _close_idle(self) -> None:
+        """What Hypercorn's ``_idle_timeout`` does once its time is up."""
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
