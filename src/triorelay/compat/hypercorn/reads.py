@@ -8,8 +8,8 @@ again and yields once more. On traffic of one message per segment that is a fail
 syscall and a second pass of trio's run loop for every message. :class:`ReadLoop` reads the
 plain-TCP, no-timeout case as ``wait_readable`` then one ``recv``: one syscall and one task
 step per read, a checkpoint on each, the same events handed to the protocol in the same order.
-With a ``read_timeout`` or TLS it is Hypercorn's loop (under the idle deadline, below). The loop it replaces is
-pinned by ``tests/compat/hypercorn/test_structure.py``.
+With a ``read_timeout`` or TLS it is Hypercorn's loop (under the idle deadline, below). The
+loop it replaces is pinned by ``tests/compat/hypercorn/test_structure.py``.
 
 Waiting for a request costs no task either. Hypercorn runs its keep-alive timer
 (``TCPServer.idle_task``: ``restart(..., self._idle_timeout)`` when a connection opens and
