@@ -21,7 +21,7 @@ import trio
 from loadtest.clients import CONNECTION_ERRORS, Headers, Stopper, open_client
 from loadtest.endpoints import Role, endpoint_url
 from loadtest.engine import ProgressFn, sample_loop, start_many
-from loadtest.lean import CONSUMER_ERRORS, LEAN_CONNECT_ERRORS, LeanWebSocket
+from loadtest.lean import CONSUMER_ERRORS, open_counted
 from loadtest.monitor import ProcessSampler, Sample
 from loadtest.report import build_result, run_summary
 from loadtest.stats import RoleStats
@@ -83,19 +83,20 @@ async def _hold_lean(
     task_status: trio.TaskStatus[bool],
 ) -> None:
     t0 = time.monotonic_ns()
-    try:
-        lean = await LeanWebSocket.open(url, connect_timeout_s=connect_timeout_s, headers=headers)
-    except LEAN_CONNECT_ERRORS as exc:
-        stats.counters.failed_connects += 1
-        stats.note_error(f"connect: {exc!r}")
-        task_status.started(False)
+    lean = await open_counted(
+        url,
+        connect_timeout_s=connect_timeout_s,
+        headers=headers,
+        stats=stats,
+        what="idle",
+        task_status=task_status,
+    )
+    if lean is None:
         return
     try:
         stats.latency.record_ns(time.monotonic_ns() - t0)
-        stats.counters.connected += 1
         if on_connected is not None:
             on_connected(1.0)
-        task_status.started(True)
         with stopper.scope():
             await lean.pump()  # answers pings; returns when the server closes
         if not stopper.stopped:
