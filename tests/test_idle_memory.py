@@ -1,7 +1,7 @@
 """What an idle connection costs: the relay's Python objects beyond the serving stack's own.
 
-``tools/idle_memory.py`` serves real Hypercorn under tracemalloc, once with the relay and once
-with a do-nothing ASGI app (the floor), while a child process holds idle WebSocket connections
+``python -m tools.idle_memory`` serves real Hypercorn under tracemalloc, once with the relay and
+once with a do-nothing ASGI app (the floor), while a child process holds idle WebSocket connections
 to it; each in a fresh process (a second server in the same one reuses the first one's freed
 objects, which tracemalloc does not see as new). Issue #15 cut the relay's share from about
 11 KB to about 5 KB per connection (an ExitStack's callbacks, generator context managers,
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "idle_memory.py"
+ROOT = Path(__file__).resolve().parents[1]
 N = 200
 #: The relay's Python bytes per idle connection beyond bare Hypercorn's (measured: 4.6-4.9 KB
 #: for a producer or a consumer at 1,000, a little more at 200; before issue #15's cuts, 11 KB).
@@ -26,15 +26,11 @@ MAX_RELAY_BYTES = 6_000
 
 
 async def measure(app: str, role: str) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        str(TOOL),
-        f"--app={app}",
-        f"--role={role}",
-        f"--connections={N}",
-    ]
+    command = [sys.executable, "-m", "tools.idle_memory", f"--app={app}", f"--role={role}"]
     with trio.fail_after(100):  # the tool is killed, not left behind
-        done = await trio.run_process(command, capture_stdout=True)
+        done = await trio.run_process(
+            [*command, f"--connections={N}"], capture_stdout=True, cwd=ROOT
+        )
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 

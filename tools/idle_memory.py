@@ -11,10 +11,10 @@ the process's RSS growth for context. ``--app`` picks the server:
 - ``bare``: Hypercorn's trio worker with a do-nothing ASGI app that accepts the WebSocket and
   waits for its end, the serving stack's own floor.
 
-Example (1,000 idle producers on the relay, then the floor)::
+Example, from the repository's root (1,000 idle producers on the relay, then the floor)::
 
-    python tools/idle_memory.py --app relay --role producer --connections 1000
-    python tools/idle_memory.py --app bare --connections 1000
+    python -m tools.idle_memory --app relay --role producer --connections 1000
+    python -m tools.idle_memory --app bare --connections 1000
 
 tracemalloc's own bookkeeping inflates RSS, so the RSS figure here is only for comparing the
 two apps; ``python -m loadtest connections`` measures RSS per connection without it.
@@ -32,13 +32,18 @@ import socket
 import subprocess
 import sys
 import tracemalloc
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
 import trio
 import trio.testing
 
+from loadtest.limits import raise_fd_limit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HANDSHAKE = (
     "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
     "Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -148,34 +153,22 @@ async def measure(app_name: str, role: str, count: int, top: int) -> dict[str, A
             )
         port = int(binds[0].rsplit(":", 1)[1])
         # Warm up: the first connection's imports and caches are not per connection.
-        await trio.to_thread.run_sync(_hold_and_release, port, role, 20)
+        async with holding(port, role, 20):
+            pass
         # ...and wait until the server has let go of them.
         await trio.testing.wait_all_tasks_blocked(0.05)
         tasks_before = len(all_tasks())
         before_types = type_counts()
         before = tracemalloc.take_snapshot()
         rss_before = process.memory_info().rss
-        child = await trio.lowlevel.open_process(
-            _holder(port, role, count), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert child.stdout is not None
-        assert child.stdin is not None
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = await child.stdout.receive_some(64)
-            if not chunk:
-                raise SystemExit("the client process ended before it was ready")
-            line += chunk
-        # Every handshake is answered: let every handler reach its idle wait.
-        await trio.testing.wait_all_tasks_blocked(0.05)
-        after_types = type_counts()
-        stacks = task_stacks()
-        tasks_after = len(all_tasks())
-        after = tracemalloc.take_snapshot()
-        rss_after = process.memory_info().rss
-        await child.stdin.aclose()
-        await child.wait()
-        await child.stdout.aclose()
+        async with holding(port, role, count):
+            # Every handshake is answered: let every handler reach its idle wait.
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            after_types = type_counts()
+            stacks = task_stacks()
+            tasks_after = len(all_tasks())
+            after = tracemalloc.take_snapshot()
+            rss_after = process.memory_info().rss
         nursery.cancel_scope.cancel()
 
     by_package: collections.Counter[str] = collections.Counter()
@@ -205,34 +198,36 @@ async def measure(app_name: str, role: str, count: int, top: int) -> dict[str, A
     }
 
 
-def _holder(port: int, role: str, count: int) -> list[str]:
-    """The command line of a child holding ``count`` idle connections (:func:`hold`)."""
-    return [sys.executable, __file__, "--hold", str(port), "--role", role, f"--connections={count}"]
-
-
-def _hold_and_release(port: int, role: str, count: int) -> None:
-    holder = _holder(port, role, count)
-    child = subprocess.Popen(holder, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+@asynccontextmanager
+async def holding(port: int, role: str, count: int) -> AsyncIterator[None]:
+    """A child process holding ``count`` idle connections (:func:`hold`) for the block: entered
+    once all are accepted, left once the child has closed them and ended."""
+    command = [sys.executable, "-m", "tools.idle_memory", "--hold", str(port), "--role", role]
+    child = await trio.lowlevel.open_process(
+        [*command, f"--connections={count}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
     assert child.stdout is not None
     assert child.stdin is not None
-    child.stdout.readline()
-    child.communicate()
-
-
-def raise_fd_limit(wanted: int) -> None:
-    """Raise the soft open-files limit to ``wanted`` (up to the hard one): the child, which
-    holds the client ends, inherits it."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = await child.stdout.receive_some(64)
+            if not chunk:
+                raise SystemExit("the client process ended before it was ready")
+            line += chunk
+        yield
+    finally:
+        await child.stdin.aclose()
+        await child.wait()
+        await child.stdout.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     description = __doc__.split("\n")[0]
-    parser = argparse.ArgumentParser(prog="tools/idle_memory.py", description=description)
+    parser = argparse.ArgumentParser(prog="python -m tools.idle_memory", description=description)
     parser.add_argument("--app", choices=("relay", "bare"), default="relay")
     parser.add_argument("--role", choices=("producer", "consumer"), default="producer")
     parser.add_argument("--connections", type=int, default=1000)
