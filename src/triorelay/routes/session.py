@@ -314,6 +314,7 @@ async def open_session(
         if settings.tcp_user_timeout_seconds is not None:
             hypercorn_compat.set_user_timeout(send, settings.tcp_user_timeout_seconds)
         await send(_accept_event(subprotocol))
+        hypercorn_compat.release_handshake(send)  # the 101 is out: h11 is not needed again
         relay.counters.opened(connection.role)
         session = Session(request, connection, Socket(receive, send), None)
         # Where Hypercorn allows, its reader task hands each TCP read's messages to the

@@ -10,6 +10,7 @@ One module per job, each naming the Hypercorn code and upstream issue it works a
 - :mod:`.isolation`: one connection's failure kept from ending the server (hypercorn#225).
 - :mod:`.reads`: one connection's read loop without a cancel scope and a failed ``recv`` per
   read.
+- :mod:`.upgrade`: the HTTP/1.1 handshake's state let go once the WebSocket is accepted.
 
 The frames themselves are the relay's own code, in :mod:`triorelay.wire`. Every helper returns
 ``None`` / does nothing when Hypercorn's structure is not the expected one, and
@@ -34,6 +35,7 @@ from triorelay.compat.hypercorn.sockets import (
     watch_peer_close,
 )
 from triorelay.compat.hypercorn.tap import InboundTap, OnInvalid, OnMessages, tap_inbound
+from triorelay.compat.hypercorn.upgrade import release_handshake
 
 __all__ = [
     "DirectWebSocket",
@@ -48,6 +50,7 @@ __all__ = [
     "isolate_connection_errors",
     "open_direct",
     "refuse_compression",
+    "release_handshake",
     "set_user_timeout",
     "tap_inbound",
     "transport_of",

@@ -1,0 +1,72 @@
+"""release_handshake: once the WebSocket is accepted, the h11 state Hypercorn keeps behind it is
+let go, and the WebSocket works as before (messages both ways, wsproto's ping, the close)."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import weakref
+from typing import Any
+
+import h11
+import pytest
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
+from hypercorn.protocol.ws_stream import WSStream
+
+from tests.conftest import StartRelay
+from triorelay.compat import hypercorn as compat
+from triorelay.compat.hypercorn import upgrade
+
+
+@pytest.mark.timeout(10)
+async def test_the_h11_connection_is_let_go_once_accepted(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[weakref.ref[Any]] = []
+    original = upgrade.release_handshake
+
+    def recording(send: object) -> bool:
+        connection = upgrade.bound_self(upgrade.bound_self(send).send).connection
+        assert isinstance(connection, H11WSConnection)
+        released.append(weakref.ref(connection.h11_connection))
+        assert original(send) is True
+        assert isinstance(connection.h11_connection, upgrade._Released)
+        return True
+
+    monkeypatch.setattr(compat, "release_handshake", recording)
+    relay = await start_relay()
+    async with (
+        relay.websocket("/ws/consumer/c") as consumer,
+        relay.websocket("/ws/producer/c?ack=none") as producer,
+    ):
+        for i in range(5):
+            await producer.send_message(f"m{i}")
+        assert [await consumer.get_message() for _ in range(5)] == [f"m{i}" for i in range(5)]
+        await producer.ping(b"still there")
+        gc.collect()
+        assert len(released) == 2
+        assert all(ref() is None for ref in released), "the h11 connection is still held"
+    assert len(released) == 2
+
+
+def test_nothing_is_sent_through_h11_once_released() -> None:
+    with pytest.raises(h11.LocalProtocolError, match="a WebSocket now"):
+        upgrade._RELEASED.send(h11.Response(status_code=200, headers=[]))
+
+
+def test_outside_hypercorn_release_does_nothing() -> None:
+    async def send(message: object) -> None:  # pragma: no cover - never called
+        pass
+
+    assert upgrade.release_handshake(send) is False
+
+
+def test_hypercorn_sends_through_h11_only_before_the_accept() -> None:
+    """The assumption: once connected, WSStream sends only WebSocket data (passed through as it
+    is); an HTTP response (the only thing h11 would send) is accepted in the handshake only."""
+    app_send = inspect.getsource(WSStream.app_send)
+    start = app_send.split('message["type"] == "websocket.http.response.start"', 1)[1]
+    assert start.lstrip().startswith("and self.state == ASGIWebsocketState.HANDSHAKE")
+    stream_send = inspect.getsource(H11Protocol.stream_send)
+    data_branch = stream_send.split("elif isinstance(event, Data):", 1)[1]
+    assert data_branch.split("\n")[1].strip() == "await self.send(RawData(data=event.data))"
