@@ -5,9 +5,9 @@
 connection's life, to send the handshake's answer: the 101, or a refusal with its body. Once the
 app has accepted, only WebSocket data goes out (``Data``, passed through as it is) and nothing is
 ever sent through h11 again (``WSStream.app_send`` refuses an HTTP response once connected), so
-its state machine, header list and buffers (about 1.7 KB per connection) are kept for nothing.
+its state machine, header list and buffers (0.75-1.1 KB per connection) are kept for nothing.
 :func:`release_handshake` lets them go. The structure it relies on is checked by
-``tests/compat/hypercorn/test_structure.py``.
+``tests/compat/hypercorn/test_upgrade.py``.
 """
 
 from __future__ import annotations
