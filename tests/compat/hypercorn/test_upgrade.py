@@ -46,7 +46,6 @@ async def test_the_h11_connection_is_let_go_once_accepted(
         gc.collect()
         assert len(released) == 2
         assert all(ref() is None for ref in released), "the h11 connection is still held"
-    assert len(released) == 2
 
 
 def test_nothing_is_sent_through_h11_once_released() -> None:
