@@ -1,11 +1,20 @@
-"""The lean Redis path's pure parts: command encoding and the notifications' format."""
+"""The lean Redis path's pure parts (command encoding, the notifications' format) and a closed
+connection's errors."""
 
 from __future__ import annotations
 
+import socket
+
 import hiredis
 import pytest
+import trio
 
-from triorelay.brokers.redis.lean import encode_arguments, encode_command
+from triorelay.brokers.redis.lean import (
+    RedisConnectionError,
+    RespStream,
+    encode_arguments,
+    encode_command,
+)
 from triorelay.brokers.redis.streams import _notified_entries
 
 
@@ -63,3 +72,19 @@ def test_anything_else_is_not_a_notification(data: bytes) -> None:
     """A notification the reader cannot read whole is refused (it reads the stream instead)."""
     with pytest.raises(ValueError):  # noqa: PT011 - the one error it raises
         _notified_entries(data)
+
+
+async def test_a_closed_connection_fails_every_read_and_write_alike() -> None:
+    """Once closed, each read and each write raises RedisConnectionError: never a wait on the
+    closed socket's descriptor -1, which trio would keep registered (the second would then
+    be a BusyResourceError, and so would any other wait on a closed socket in the process)."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        ours.setblocking(False)
+        resp = RespStream(trio.SocketStream(trio.socket.from_stdlib_socket(ours.dup())), ours)
+        await resp.aclose()
+        for _ in range(2):
+            with pytest.raises(RedisConnectionError, match="lost the connection"):
+                await resp.receive()
+            with pytest.raises(RedisConnectionError, match="lost the connection"):
+                await resp.send(b"*1\r\n$4\r\nPING\r\n")

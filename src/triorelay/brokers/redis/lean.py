@@ -149,13 +149,14 @@ class RespStream:
                 raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
             return
         view = memoryview(data)
-        while view:
-            try:
-                view = view[raw.send(view) :]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(raw)
-            except OSError as error:
-                raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
+        try:
+            while view:
+                try:
+                    view = view[raw.send(view) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(_open(raw))
+        except (trio.ClosedResourceError, OSError) as error:
+            raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
 
     def closed_by_redis(self) -> bool:
         """Whether Redis closed the connection (or sent what nobody asked for), as far as
@@ -192,7 +193,7 @@ class RespStream:
             else:
                 while True:
                     if self._drained:
-                        await trio.lowlevel.wait_readable(raw)
+                        await trio.lowlevel.wait_readable(_open(raw))
                     try:
                         data = raw.recv(RECEIVE_BYTES)
                         break
@@ -218,6 +219,15 @@ class RespStream:
             trio.lowlevel.notify_closing(self._raw)
             self._raw.close()
         await trio.aclose_forcefully(self._stream)
+
+
+def _open(raw: socket.socket) -> socket.socket:
+    """``raw``, or :class:`trio.ClosedResourceError` once it is closed: trio would register a
+    wait on descriptor -1 and keep it after epoll refuses it, failing every later wait on a
+    closed socket in the process (``compat/hypercorn/reads.py`` says more)."""
+    if raw.fileno() < 0:
+        raise trio.ClosedResourceError("the socket is closed")
+    return raw
 
 
 async def open_stream(address: Address) -> RespStream:
