@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from loadtest import connections, idle, resume, scenarios
+from loadtest import connections, idle, resume, roundtrip, scenarios
 from loadtest.compare import runner as compare
 from loadtest.engine import CONSUMER_CLIENTS, SENDERS
 from loadtest.limits import raise_fd_limit
@@ -227,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "roundtrip",
+        parents=[common],
+        help="one message in flight: producer -> consumer latency of a quiet channel",
+        description=(roundtrip.__doc__ or "").split("\n\n")[0],
+    )
+    p.add_argument("--rounds", type=int, default=5000, help="messages timed, one at a time")
+    p.add_argument("--warmup", type=int, default=200, help="rounds done and checked first, untimed")
+
+    p = sub.add_parser(
         "compare",
         help="triorelay vs the asyncio baseline: fresh pinned servers, medians, ratios, charts",
         description=(compare.__doc__ or "").split("\n\n")[0],
@@ -266,6 +275,20 @@ async def run_scenario(
             channel=args.channel,
             missed=args.missed,
             repeats=args.repeats,
+            warmup=args.warmup,
+            payload_bytes=args.payload_bytes,
+            server_pid=args.server_pid,
+            sample_interval_s=args.sample_interval_seconds,
+            connect_timeout_s=args.connect_timeout_seconds,
+            progress=progress,
+            token=args.token,
+            token_in=args.token_in,
+        )
+    if args.scenario == "roundtrip":
+        return await roundtrip.run_roundtrip(
+            url=args.url,
+            channel=args.channel,
+            rounds=args.rounds,
             warmup=args.warmup,
             payload_bytes=args.payload_bytes,
             server_pid=args.server_pid,
@@ -379,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--payload-bytes must be >= 0 and --duration-seconds > 0")
     if args.scenario == "resume" and (args.missed < 1 or args.repeats < 1 or args.warmup < 0):
         parser.error("--missed and --repeats must be at least 1, --warmup at least 0")
+    if args.scenario == "roundtrip" and (args.rounds < 1 or args.warmup < 0):
+        parser.error("--rounds must be at least 1, --warmup at least 0")
     explicit = getattr(args, "ack", None) == "explicit"
     if explicit and args.scenario != "queue":
         parser.error("--ack explicit is for the queue scenario")
@@ -408,6 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         times = result["extra"]["resume_ms"]
         print(
             f"resume {args.missed} missed x {times['count']}: handshake -> last replayed "
+            f"p50 {times['p50']} ms p99 {times['p99']} ms max {times['max']} ms"
+        )
+    if args.scenario == "roundtrip":
+        times = result["extra"]["roundtrip_ms"]
+        print(
+            f"roundtrip x {times['count']}, one message in flight: producer -> consumer "
             f"p50 {times['p50']} ms p99 {times['p99']} ms max {times['max']} ms"
         )
     if args.scenario == "connections":

@@ -117,12 +117,13 @@ def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None
     :data:`~loadtest.monitor.GENERATOR_BOUND_PERCENT` of a core), when ``max`` says it was
     ``limited_by: generator``, or when the generator is pinned to ``generator_cores`` cores and
     its processes together used :data:`GENERATOR_CORE_PERCENT` of each of them. Never for
-    ``resume``, whose generator is busy by design.
+    ``resume`` and ``roundtrip``, closed loops whose generator is busy by design.
     """
     summary = result["summary"]
-    if result["scenario"] == "resume":
-        # Timed end to end, the client's parsing included: a busy generator only makes a
-        # resume slower, it cannot hide a slow relay, so its runs always count.
+    if result["scenario"] in ("resume", "roundtrip"):
+        # Timed end to end, the client's own time included (the same client on both sides):
+        # a busy generator only makes each round slower, it cannot hide a slow server, so
+        # their runs always count.
         return False
     if summary["generator"]["generator_bound"]:
         return True
@@ -154,7 +155,7 @@ def extract_metrics(
     out: dict[str, Any] = {"server_cpu_s": server_cpu_s}
     if redis_cpu_s is not None:
         out["redis_cpu_s"] = redis_cpu_s
-    if scenario in ("pair", "fanout", "slow"):
+    if scenario in ("pair", "fanout", "slow", "roundtrip"):
         out["server_cpu_us_per_msg"] = _per_us(server_cpu_s, counts["delivered"])
         out["redis_cpu_us_per_msg"] = _per_us(redis_cpu_s, counts["delivered"])
         out["p50_ms"] = latency["p50"]

@@ -74,6 +74,13 @@ RESUME_BOUND_MS: Final = 100.0
 RESUME_WARMUP: Final = 1
 #: The key of the ``resume`` job.
 RESUME_KEY: Final = "resume"
+#: The key of the ``roundtrip`` job (one message in flight, producer to consumer).
+ROUNDTRIP_KEY: Final = "roundtrip 1→1"
+#: Rounds each run of it does first without timing them (connections and caches warm).
+ROUNDTRIP_WARMUP: Final = 200
+#: The most that job's producer can offer per second (one over the shortest round trip,
+#: 50 µs): what its relays' publish rate limit must allow (:func:`limits_env`).
+ROUNDTRIP_MAX_RATE: Final = 20_000
 #: The WebSocket ping interval of every relay of a job with idle sides (longer than a run).
 IDLE_PING_INTERVAL_SECONDS: Final = 3600
 #: A job whose producer offers more than 1/this of the relay's default publish rate limit gets
@@ -258,6 +265,8 @@ class Plan:
     resume_repeats: int = 20
     #: Whether the no-tracing side runs (``pair`` only, at :attr:`tracing_pair_rates`).
     tracing: bool = False
+    #: Messages timed in each run of ``roundtrip`` (one in flight; after its warm-up).
+    roundtrip_rounds: int = 5000
 
     def extra_pair_rates(self, side: str) -> tuple[int, ...]:
         """The 1→1 rates of the opt-in ``side``: the pair rates and its :attr:`Extra.rate`
@@ -315,7 +324,7 @@ FULL: Final = Plan(
     slow_rate=2000,
     slow_s=10.0,
     connections=2000,
-    scenarios=("pair", "max", "fanout", "slow", "connections"),
+    scenarios=("pair", "roundtrip", "max", "fanout", "slow", "connections"),
     redis_pair_rates=(500, 1000, 2000),
     redis_max_steps=(250, 500, 750, 1000, 1500, 2000, 3000, 5000),
     redis_fanouts=((100, 100),),
@@ -336,6 +345,7 @@ QUICK: Final = Plan(
     redis_max_steps=(),
     redis_fanouts=((10, 100),),
     resume_repeats=5,
+    roundtrip_rounds=1000,
     max_variants=(UNBATCHED_1,),
 )
 
@@ -511,6 +521,16 @@ def build_jobs(plan: Plan) -> list[Job]:
                         variant=variant,
                     )
                 )  # fmt: skip
+    if "roundtrip" in plan.scenarios:
+        argv = ("--rounds", str(plan.roundtrip_rounds), "--warmup", str(ROUNDTRIP_WARMUP))
+        # One message in flight (its rate one over the round trip, a few thousand a second),
+        # so a relay with its default buffers.
+        jobs.append(
+            job(
+                ROUNDTRIP_KEY, "roundtrip", (*argv, "--no-progress"), {}, {}, SIDES,
+                rate=ROUNDTRIP_MAX_RATE, connections=2,
+            )
+        )  # fmt: skip
     if "max" in plan.scenarios:
         on_redis = bool(redis and plan.redis_max_steps)
         variants = lead_with_headline(plan.max_variants)
@@ -646,6 +666,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         tokens=args.tokens,
         history=args.history,
         resume_repeats=pick(args.resume_repeats, base.resume_repeats),
+        roundtrip_rounds=pick(args.roundtrip_rounds, base.roundtrip_rounds),
         tracing=args.tracing,
         redis_pair_variants=(
             _variants(args.redis_pair_variants)

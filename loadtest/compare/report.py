@@ -86,6 +86,7 @@ def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
     table: :func:`fanout_job_metrics`)."""
     shown = {
         "pair": ["server_cpu_us_per_msg", "p50_ms", "p99_ms", "generator_cpu_percent"],
+        "roundtrip": ["p50_ms", "p99_ms", "server_cpu_us_per_msg", "generator_cpu_percent"],
         "max": ["max_sustained_per_s", "generator_cpu_percent"],
         "slow": ["rss_growth_mb", "rss_max_mb", "p99_ms", "generator_cpu_percent"],
         "connections": ["rss_per_connection_bytes"],
@@ -143,6 +144,7 @@ def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
     traffic = ["server_cpu_us_per_msg", "redis_cpu_us_per_msg", "p50_ms", "p99_ms", "max_ms"]
     shown = {
         "pair": [*traffic, "delivered_ratio", "generator_cpu_percent"],
+        "roundtrip": ["p50_ms", "p99_ms", "server_cpu_us_per_msg", "generator_cpu_percent"],
         "max": ["max_sustained_per_s", "generator_cpu_percent"],
         "fanout": ["delivered_per_s", *traffic, "generator_cpu_percent"],
     }
@@ -329,6 +331,12 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
             )
             writes = f"{describe_variant(job.variant)}; " if job.variant else ""
             notes[(job.key, "server_cpu_us_per_msg")] = writes + echo
+        if job.scenario == "roundtrip":
+            notes[(job.key, "p50_ms")] = (
+                "one message in flight: the producer writes it (one write), the consumer's "
+                "receipt stops the clock, the producer reads its echo before the next; "
+                f"{last_value(job.argv, '--rounds')} rounds per run"
+            )
         if job.scenario == "slow":
             notes[(job.key, "rss_growth_mb")] = (
                 f"triorelay buffers {_consumer_bound(job)}, then {_slow_policy(job)}; the "

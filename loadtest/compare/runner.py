@@ -304,6 +304,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{QUICK.resume_repeats})",
     )
     parser.add_argument(
+        "--roundtrip-rounds",
+        type=int,
+        default=None,
+        help=f"messages timed per roundtrip run, one in flight (default "
+        f"{FULL.roundtrip_rounds}; quick {QUICK.roundtrip_rounds})",
+    )
+    parser.add_argument(
         "--tracing",
         action="store_true",
         help=f"also run {NOTRACING} (the relay timing no message's stages for the latency "

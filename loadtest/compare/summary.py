@@ -16,6 +16,7 @@ from typing import Any, Final
 from loadtest.compare.aggregate import BASELINE_TABLE, FANOUT_TABLE, Cell, Row, Run, Table
 from loadtest.compare.plan import (
     HEADLINE,
+    ROUNDTRIP_KEY,
     Plan,
     lead_with_headline,
     max_key,
@@ -29,6 +30,12 @@ PAIR_FIGURES: Final = (
     ("server_cpu_us_per_msg", "server CPU per message"),
     ("p50_ms", "latency p50"),
     ("p99_ms", "latency p99"),
+)
+#: The figures of the ``roundtrip`` job (one message in flight), in order.
+ROUNDTRIP_FIGURES: Final = (
+    ("p50_ms", "serial round trip p50 (producer → consumer)"),
+    ("p99_ms", "serial round trip p99"),
+    ("server_cpu_us_per_msg", "server CPU per message"),
 )
 #: The figures of each fan-out, in order.
 FANOUT_FIGURES: Final = (
@@ -107,8 +114,8 @@ def _line(
 def summary_lines(
     plan: Plan, rows: Sequence[Row], fanout_rows: Sequence[Row] = ()
 ) -> list[SummaryLine]:
-    """The summary's lines: each ``pair`` variant at the pair rates (the headline first), each
-    ``max`` variant, each fan-out against the broadcast loop."""
+    """The summary's lines: each ``pair`` variant at the pair rates (the headline first), the
+    serial round trip, each ``max`` variant, each fan-out against the broadcast loop."""
     by_key = {(row.job_key, row.metric): row for row in rows}
     lines: list[SummaryLine | None] = []
     rates = sorted(plan.pair_rates)
@@ -119,6 +126,11 @@ def summary_lines(
                 found = [by_key.get((pair_key(variant, rate), metric)) for rate in rates]
                 figure = f"{name} at {at} msg/s"
                 lines.append(_line(variant.label, figure, found, BASELINE_TABLE, metric))
+    if "roundtrip" in plan.scenarios:
+        what = f"{HEADLINE.label}, one message in flight"
+        for metric, name in ROUNDTRIP_FIGURES:
+            found = [by_key.get((ROUNDTRIP_KEY, metric))]
+            lines.append(_line(what, name, found, BASELINE_TABLE, metric))
     if "max" in plan.scenarios:
         for variant in lead_with_headline(plan.max_variants):
             found = [by_key.get((max_key(variant), "max_sustained_per_s"))]

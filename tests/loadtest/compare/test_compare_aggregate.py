@@ -118,3 +118,13 @@ def test_generator_cpu_falls_back_to_the_sampled_series() -> None:
     result = scenario_result(cpu=[])
     result["summary"]["generator"]["series"] = {"main": [[0.0, None, 1], [0.5, 30.0, 1]]}
     assert generator_cpu_percent(result) == 30.0
+
+
+def test_roundtrip_has_its_latency_and_cpu_per_message_and_always_counts() -> None:
+    """One message in flight: p50/p99 and CPU per message like pair; a closed loop whose
+    generator is busy by design, so never generator-bound (flag or CPU)."""
+    result = scenario_result("roundtrip", cpu=[99.0], flagged=True)
+    metrics = extract_metrics(result, server_cpu_s=0.1)
+    assert (metrics["p50_ms"], metrics["p99_ms"]) == (1.0, 3.0)
+    assert metrics["server_cpu_us_per_msg"] == pytest.approx(100.0)
+    assert not is_generator_bound(result, generator_cores=1)

@@ -25,6 +25,7 @@ from loadtest.compare.plan import (
     redis_table_for,
     table_jobs,
 )
+from loadtest.compare.relay import effective
 from loadtest.compare.sides import (
     ALL_SIDES,
     BASELINE,
@@ -114,7 +115,7 @@ def test_quick_plan_is_smaller_than_the_full_one() -> None:
         "pair@2000 unbatched 1→1", "pair@5000 unbatched 1→1", "pair@10000 unbatched 1→1",
         "pair@2000 unbatched 100→1", "pair@5000 unbatched 100→1", "pair@10000 unbatched 100→1",
         "pair@500 batched 1→1", "pair@1000 batched 1→1", "pair@2000 batched 1→1",
-        "pair@5000 batched 1→1", "pair@10000 batched 1→1",
+        "pair@5000 batched 1→1", "pair@10000 batched 1→1", "roundtrip 1→1",
         "max unbatched 1→1", "max batched 1→1",
         "fanout 1→100", "fanout 1→1000", "slow", "connections",
     ]  # fmt: skip
@@ -241,6 +242,20 @@ def test_redis_sides_climb_their_own_max_ladder() -> None:
     assert args.ack == "echo"
     memory = build_parser().parse_args(["max", "--url", "ws://x", *job.argv_for(MEMORY)[1:]])
     assert memory.steps.startswith("1000,2000")
+
+
+def test_roundtrip_runs_the_same_command_on_the_relay_and_the_baseline() -> None:
+    """One message in flight on both sides alike (its producer asks for the echo itself);
+    --roundtrip-rounds sets how many are timed, and the relay lets one producer go that fast."""
+    (job,) = [j for j in build_jobs(FULL) if j.scenario == "roundtrip"]
+    assert job.sides == SIDES
+    argv = ["roundtrip", "--rounds", "5000", "--warmup", "200", "--no-progress"]
+    assert job.argv_for(MEMORY) == job.argv_for(BASELINE) == argv
+    assert float(effective("publish_rate_messages_per_second", job.triorelay_env)) >= 20_000
+    plan = build_plan(build_parser().parse_args(["compare", "--roundtrip-rounds", "300"]))
+    (job,) = [j for j in build_jobs(plan) if j.scenario == "roundtrip"]
+    assert job.argv[:2] == ("--rounds", "300")
+    assert QUICK.roundtrip_rounds < FULL.roundtrip_rounds
 
 
 def test_every_triorelay_side_echoes_and_gets_the_deep_buffer() -> None:

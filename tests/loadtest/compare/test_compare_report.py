@@ -134,8 +134,9 @@ def test_report_derives_commands_buffers_and_what_skips_redis() -> None:
     assert "`python -m loadtest.baseline`" in md
     buffers = f"{TRAFFIC_BUFFER_MESSAGES} msgs in pair/max/fanout"
     assert buffers in md
-    assert f"{default('consumer_buffer_messages')} msgs (the default) in slow" in md
-    assert "not run on Redis: `max`, `slow`, `connections`" in md  # QUICK has no Redis ladder
+    assert f"{default('consumer_buffer_messages')} msgs (the default) in roundtrip/slow" in md
+    # QUICK has no Redis ladder.
+    assert "not run on Redis: `roundtrip`, `max`, `slow`, `connections`" in md
     assert "`TRIORELAY_BROKER=redis://...`" in md
     assert "Charts:" not in md
     charted = render_report(

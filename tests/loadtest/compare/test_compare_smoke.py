@@ -15,6 +15,7 @@ from loadtest.compare.plan import (
     HISTORY_PAIR_RATE,
     RESUME_KEY,
     RESUME_MISSED,
+    ROUNDTRIP_KEY,
     SIDE_TABLE_VARIANT,
     TOKENS_PAIR_RATE,
     TRACING_PAIR_RATE,
@@ -129,13 +130,14 @@ def test_compare_writes_every_side_ratios_and_charts(tmp_path: Path) -> None:
 def test_compare_fans_out_against_the_broadcast_loop_and_says_what_limited_max(
     tmp_path: Path,
 ) -> None:
-    """fanout against asyncio-broadcast (deliveries against deliveries) and a two-step max:
-    the fan-out table, its summary lines, and each side's limited_by in the summary."""
+    """fanout against asyncio-broadcast (deliveries against deliveries), a two-step max and a
+    short roundtrip: the fan-out table, the summary's lines, each side's limited_by."""
     out = tmp_path / "cmp"
     code = main(
         [
             "compare",
-            "--scenarios", "fanout,max",
+            "--scenarios", "fanout,max,roundtrip",
+            "--roundtrip-rounds", "50",
             "--fanout", "5x100",
             "--max-steps", "100,200",
             "--max-step-seconds", "0.5",
@@ -153,7 +155,12 @@ def test_compare_fans_out_against_the_broadcast_loop_and_says_what_limited_max(
     assert {(r["job"], r["side"]) for r in report["runs"]} == {
         ("fanout 1→5", MEMORY), ("fanout 1→5", BROADCAST),
         ("max unbatched 1→1", MEMORY), ("max unbatched 1→1", BASELINE),
+        (ROUNDTRIP_KEY, MEMORY), (ROUNDTRIP_KEY, BASELINE),
     }  # fmt: skip
+    roundtrip = {r["metric"]: r for r in report["rows"] if r["job"] == ROUNDTRIP_KEY}
+    for side in (MEMORY, BASELINE):
+        assert 0 < roundtrip["p50_ms"][side]["median"] <= roundtrip["p99_ms"][side]["median"]
+        assert roundtrip["server_cpu_us_per_msg"][side]["median"] > 0
     fanout = {r["metric"]: r for r in report["fanout"]["rows"]}
     for side in (MEMORY, BROADCAST):
         assert fanout["delivered_ratio"][side]["median"] == 1.0  # every consumer, every message
@@ -165,7 +172,7 @@ def test_compare_fans_out_against_the_broadcast_loop_and_says_what_limited_max(
         assert limits[("max unbatched 1→1", side)]["none"] == 1
         assert limits[("max unbatched 1→1", side)]["found_own_limit"] is False
     whats = [line["what"] for line in report["summary"]["lines"]]
-    assert whats[0] == "unbatched 1→1"
+    assert whats[:4] == ["unbatched 1→1, one message in flight"] * 3 + ["unbatched 1→1"]
     assert "fan-out 1→5 at 100 msg/s, unbatched (asyncio: asyncio-broadcast)" in whats
     md = (out / "compare.md").read_text()
     assert "## Fan-out: triorelay vs the FastAPI broadcast loop" in md

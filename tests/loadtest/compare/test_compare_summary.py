@@ -9,6 +9,7 @@ from loadtest.compare.aggregate import BASELINE_TABLE, FANOUT_TABLE, Run, aggreg
 from loadtest.compare.plan import (
     BATCHED_1,
     FULL,
+    ROUNDTRIP_KEY,
     UNBATCHED_1,
     UNBATCHED_100,
     max_key,
@@ -69,6 +70,33 @@ def test_a_rate_that_did_not_run_is_a_dash() -> None:
     (first, *_) = summary_lines(PLAN, _rows(runs))
     assert first.triorelay == "150.0 / — µs"
     assert first.ratio == "1.25x / —"
+
+
+def test_the_serial_round_trip_follows_the_pair_lines() -> None:
+    """roundtrip: its p50, p99 and CPU per message against the baseline, after every pair
+    line and before max."""
+    plan = replace(PLAN, scenarios=("pair", "roundtrip", "max"))
+    runs = _pair_runs()
+    for metric, ours, theirs in (("p50_ms", 0.2, 0.25), ("p99_ms", 0.4, 0.5)):
+        runs += [
+            _run(ROUNDTRIP_KEY, MEMORY, metric, ours),
+            _run(ROUNDTRIP_KEY, BASELINE, metric, theirs),
+        ]
+    runs.append(_run(ROUNDTRIP_KEY, MEMORY, "server_cpu_us_per_msg", 90.0))
+    runs.append(_run(ROUNDTRIP_KEY, BASELINE, "server_cpu_us_per_msg", 100.0))
+    metrics = ["server_cpu_us_per_msg", "p50_ms", "p99_ms"]
+    keys = sorted({r.job_key for r in runs})
+    lines = summary_lines(plan, aggregate(runs, [(key, metrics) for key in keys]))
+    serial = [line for line in lines if line.what == "unbatched 1→1, one message in flight"]
+    assert [line.figure for line in serial] == [
+        "serial round trip p50 (producer → consumer)",
+        "serial round trip p99",
+        "server CPU per message",
+    ]
+    assert [line.ratio for line in serial] == ["0.80x", "0.80x", "0.90x"]
+    assert serial[0].triorelay == "0.20 ms"
+    after = lines[lines.index(serial[-1]) + 1 :]
+    assert not [line for line in after if line.figure.endswith("msg/s")]  # pair lines first
 
 
 def test_fanout_lines_compare_with_the_broadcast_loop() -> None:
