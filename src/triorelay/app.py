@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import trio
 from quart_trio import QuartTrio
 
 from triorelay.compat import hypercorn as hypercorn_compat
 from triorelay.errors import SettingsError
+from triorelay.lifecycle import pace_full_collections
 from triorelay.observability.logs import configure_relay_logging
 from triorelay.relay import Relay
 from triorelay.routes.asgi import Message, Receive, Scope, Send
@@ -57,9 +59,12 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
         relay,
     )
     run_scope = trio.CancelScope()
+    restore_collector: list[Callable[[], None]] = []
 
     @app.before_serving
     async def _start_relay() -> None:
+        restore_collector.append(pace_full_collections(settings.gc_full_collection_threshold))
+
         async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with run_scope:
                 await relay.run(task_status=task_status)
@@ -73,6 +78,8 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
         # (bounded) before the broker stops, so that it comes back now, counted.
         await relay.hub.broker.flush()
         run_scope.cancel()
+        while restore_collector:
+            restore_collector.pop()()
 
     return app
 

@@ -218,6 +218,11 @@ class Settings(BaseSettings):
     #: TCP_USER_TIMEOUT on every WebSocket: the kernel fails a send whose data stays
     #: unacknowledged this long, freeing sockets whose peer vanished or stopped reading.
     tcp_user_timeout_seconds: Annotated[float, Field(gt=0)] | None = 30.0
+    #: CPython's third garbage-collection threshold while the relay serves: the oldest
+    #: generation (every object of the process) is collected at most once per this many
+    #: collections of the middle one (Python's default: 10); ``None`` leaves the interpreter's
+    #: thresholds alone (:mod:`triorelay.lifecycle.collector`).
+    gc_full_collection_threshold: Annotated[int, Field(ge=1, le=1_000_000)] | None = 100
     #: WebSocket pings to every client; ``None`` disables them.
     ping_interval_seconds: Annotated[float, Field(gt=0)] | None = 20.0
     ping_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0

@@ -1,0 +1,63 @@
+"""How often CPython's cyclic garbage collector scans every object, with thousands of connections.
+
+CPython 3.11 collects its oldest generation (a *full* collection: every tracked object in the
+process) once the middle one has been collected ``threshold2`` times (10 by default) and the
+objects that reached the oldest since the last full collection are a quarter of those there.
+Each connection holds a few hundred tracked objects for its whole life, so while clients
+connect (a reconnect storm after a restart) full collections come one after another, each
+scanning every connection's objects and pausing the event loop meanwhile: measured here, 3,000
+connections set up on one core cost 0.65 ms of CPU each with five full collections of about
+160 ms each, against 0.34 ms with ``threshold2`` at 100 and none (issue #15's connection
+set-up; ``docs/topics/profile.md``). Young objects are still collected as often as before;
+cyclic garbage that lived long enough to reach the oldest generation waits longer.
+
+:func:`pace_full_collections` sets ``threshold2`` while the relay serves
+(``gc_full_collection_threshold``) and gives back a function that puts the thresholds it found
+back once the last relay of the process stops, so apps stopped in a process that goes on
+(tests, an embedding program) leave them as they found them.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+
+class _Pacing:
+    """The thresholds found when the first relay of the process started pacing, and the
+    paces of the relays serving now: the latest one applies, and when the last one stops the
+    thresholds found are put back, whatever order they stop in."""
+
+    def __init__(self) -> None:
+        self.found: tuple[int, int, int] = gc.get_threshold()
+        self.paces: list[list[int]] = []  # one box per serving relay, in start order
+
+    def start(self, threshold: int) -> Callable[[], None]:
+        if not self.paces:
+            self.found = gc.get_threshold()
+        pace = [threshold]
+        self.paces.append(pace)
+        self._apply()
+
+        def stop() -> None:
+            if any(p is pace for p in self.paces):
+                self.paces = [p for p in self.paces if p is not pace]
+                self._apply()
+
+        return stop
+
+    def _apply(self) -> None:
+        first, second, _ = self.found
+        gc.set_threshold(first, second, self.paces[-1][0] if self.paces else self.found[2])
+
+
+_pacing = _Pacing()
+
+
+def pace_full_collections(threshold: int | None) -> Callable[[], None]:
+    """Collect the oldest generation at most once per ``threshold`` collections of the middle
+    one (``None``: leave the interpreter's thresholds alone); return what restores them (once
+    every relay that paces them has called its own)."""
+    if threshold is None:
+        return lambda: None
+    return _pacing.start(threshold)
