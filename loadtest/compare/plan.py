@@ -581,6 +581,10 @@ def build_jobs(plan: Plan) -> list[Job]:
         jobs.append(job("slow", "slow", argv, side, {}, SIDES, rate=plan.slow_rate, connections=3))
     if "connections" in plan.scenarios:
         argv = ("--connections", str(plan.connections), "--hold-seconds", "1", "--no-progress")
+        # The lean client's handshake is cheap enough that the server, not the generator,
+        # limits the connect rate (trio-websocket's is not); producers, so that the probe's
+        # echo round trip is not also a fan-out to every held connection.
+        argv += ("--role", "producer", "--client", "lean")
         # The idle connections, and the probe that measures a round trip while they are held.
         held = plan.connections + 1
         jobs.append(

@@ -72,6 +72,8 @@ METRICS: Final[Mapping[str, Metric]] = {
     "delivered_per_s": Metric("delivered msg/s", "/s", 0),
     "max_sustained_per_s": Metric("max sustained 1→1", "msg/s", 0),
     "rss_per_connection_bytes": Metric("idle RSS per connection", "bytes", 0),
+    "connect_rate_per_s": Metric("connect rate while ramping", "/s", 0),
+    "server_cpu_ms_per_connect": Metric("server CPU per connection set up", "ms", 3),
     "rss_growth_mb": Metric("server RSS growth", "MiB", 1),
     "rss_max_mb": Metric("server RSS max", "MiB", 1),
     "generator_cpu_percent": Metric("generator CPU (in window)", "% core", 0),
@@ -89,7 +91,12 @@ def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
         "roundtrip": ["p50_ms", "p99_ms", "server_cpu_us_per_msg", "generator_cpu_percent"],
         "max": ["max_sustained_per_s", "generator_cpu_percent"],
         "slow": ["rss_growth_mb", "rss_max_mb", "p99_ms", "generator_cpu_percent"],
-        "connections": ["rss_per_connection_bytes"],
+        "connections": [
+            "rss_per_connection_bytes",
+            "server_cpu_ms_per_connect",
+            "connect_rate_per_s",
+            "generator_cpu_percent",
+        ],
     }
     return [(job.key, shown[job.scenario]) for job in jobs if job.scenario in shown]
 
@@ -336,6 +343,11 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
                 "one message in flight: the producer writes it (one write), the consumer's "
                 "receipt stops the clock, the producer reads its echo before the next; "
                 f"{last_value(job.argv, '--rounds')} rounds per run"
+            )
+        if job.scenario == "connections":
+            notes[(job.key, "server_cpu_ms_per_connect")] = (
+                f"{last_value(job.argv, '--connections')} idle producers opened by the lean "
+                "client, 64 at a time: the server's CPU over the ramp / connections"
             )
         if job.scenario == "slow":
             notes[(job.key, "rss_growth_mb")] = (

@@ -37,6 +37,12 @@ ROUNDTRIP_FIGURES: Final = (
     ("p99_ms", "serial round trip p99"),
     ("server_cpu_us_per_msg", "server CPU per message"),
 )
+#: The figures of the ``connections`` job (idle producers), in order.
+CONNECTIONS_FIGURES: Final = (
+    ("rss_per_connection_bytes", "idle RSS per connection"),
+    ("server_cpu_ms_per_connect", "server CPU per connection set up"),
+    ("connect_rate_per_s", "connect rate while ramping"),
+)
 #: The figures of each fan-out, in order.
 FANOUT_FIGURES: Final = (
     ("server_cpu_us_per_msg", "server CPU per delivery"),
@@ -115,7 +121,8 @@ def summary_lines(
     plan: Plan, rows: Sequence[Row], fanout_rows: Sequence[Row] = ()
 ) -> list[SummaryLine]:
     """The summary's lines: each ``pair`` variant at the pair rates (the headline first), the
-    serial round trip, each ``max`` variant, each fan-out against the broadcast loop."""
+    serial round trip, each ``max`` variant, the idle connections, each fan-out against the
+    broadcast loop."""
     by_key = {(row.job_key, row.metric): row for row in rows}
     lines: list[SummaryLine | None] = []
     rates = sorted(plan.pair_rates)
@@ -136,6 +143,11 @@ def summary_lines(
             found = [by_key.get((max_key(variant), "max_sustained_per_s"))]
             figure = "highest sustained rate"
             lines.append(_line(variant.label, figure, found, BASELINE_TABLE, "max_sustained_per_s"))
+    if "connections" in plan.scenarios:
+        what = f"{plan.connections:,} idle producers"
+        for metric, name in CONNECTIONS_FIGURES:
+            found = [by_key.get(("connections", metric))]
+            lines.append(_line(what, name, found, BASELINE_TABLE, metric))
     fanouts = {(row.job_key, row.metric): row for row in fanout_rows}
     if "fanout" in plan.scenarios:
         for consumers, rate in plan.fanouts:

@@ -128,3 +128,17 @@ def test_roundtrip_has_its_latency_and_cpu_per_message_and_always_counts() -> No
     assert (metrics["p50_ms"], metrics["p99_ms"]) == (1.0, 3.0)
     assert metrics["server_cpu_us_per_msg"] == pytest.approx(100.0)
     assert not is_generator_bound(result, generator_cores=1)
+
+
+def test_connections_have_rss_cpu_per_connection_and_connect_rate() -> None:
+    """The idle connections' three figures come from the scenario's own measurements."""
+    result = scenario_result("connections", cpu=[10.0])
+    result["extra"] = {
+        "server_rss_per_connection_bytes": 26000.0,
+        "connect_rate_per_s": 1400.0,
+        "server_cpu_ms_per_connect": 0.47,
+    }
+    metrics = extract_metrics(result, server_cpu_s=1.0)
+    assert metrics["rss_per_connection_bytes"] == 26000.0
+    assert metrics["connect_rate_per_s"] == 1400.0
+    assert metrics["server_cpu_ms_per_connect"] == 0.47

@@ -258,6 +258,14 @@ def test_roundtrip_runs_the_same_command_on_the_relay_and_the_baseline() -> None
     assert QUICK.roundtrip_rounds < FULL.roundtrip_rounds
 
 
+def test_connections_are_held_by_the_lean_client_on_both_sides() -> None:
+    """The cheap handshake, so that the server, not the generator, limits the connect rate."""
+    (job,) = [j for j in build_jobs(FULL) if j.scenario == "connections"]
+    assert job.sides == SIDES
+    assert job.argv_for(MEMORY) == job.argv_for(BASELINE)
+    assert job.argv[-4:] == ("--role", "producer", "--client", "lean")
+
+
 def test_every_triorelay_side_echoes_and_gets_the_deep_buffer() -> None:
     """Redis sides do the same work per message as the in-memory relay."""
     (job,) = [j for j in build_jobs(FULL) if j.key == "pair@1000 batched 1→1"]

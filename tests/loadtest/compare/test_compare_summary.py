@@ -99,6 +99,27 @@ def test_the_serial_round_trip_follows_the_pair_lines() -> None:
     assert not [line for line in after if line.figure.endswith("msg/s")]  # pair lines first
 
 
+def test_the_idle_connections_have_their_three_lines() -> None:
+    """connections: RSS and CPU per connection and the connect rate, against the baseline."""
+    plan = replace(PLAN, scenarios=("connections",), connections=10_000)
+    values = {
+        "rss_per_connection_bytes": (26_000.0, 31_000.0),
+        "server_cpu_ms_per_connect": (0.45, 0.5),
+        "connect_rate_per_s": (1500.0, 1200.0),
+    }
+    runs = [
+        _run("connections", side, metric, pair[i])
+        for metric, pair in values.items()
+        for i, side in enumerate((MEMORY, BASELINE))
+    ]
+    lines = summary_lines(plan, aggregate(runs, [("connections", list(values))]))
+    assert [(line.what, line.figure, line.ratio) for line in lines] == [
+        ("10,000 idle producers", "idle RSS per connection", "0.84x"),
+        ("10,000 idle producers", "server CPU per connection set up", "0.90x"),
+        ("10,000 idle producers", "connect rate while ramping", "1.25x"),
+    ]
+
+
 def test_fanout_lines_compare_with_the_broadcast_loop() -> None:
     """The fan-out lines take the fan-out table, whose asyncio side is the broadcast loop."""
     key = "fanout 1→100"
