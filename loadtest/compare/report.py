@@ -151,7 +151,6 @@ def redis_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
     traffic = ["server_cpu_us_per_msg", "redis_cpu_us_per_msg", "p50_ms", "p99_ms", "max_ms"]
     shown = {
         "pair": [*traffic, "delivered_ratio", "generator_cpu_percent"],
-        "roundtrip": ["p50_ms", "p99_ms", "server_cpu_us_per_msg", "generator_cpu_percent"],
         "max": ["max_sustained_per_s", "generator_cpu_percent"],
         "fanout": ["delivered_per_s", *traffic, "generator_cpu_percent"],
     }
@@ -347,7 +346,7 @@ def design_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
         if job.scenario == "connections":
             notes[(job.key, "server_cpu_ms_per_connect")] = (
                 f"{last_value(job.argv, '--connections')} idle producers opened by the lean "
-                "client, 64 at a time: the server's CPU over the ramp / connections"
+                "client: the server's CPU over the ramp / connections"
             )
         if job.scenario == "slow":
             notes[(job.key, "rss_growth_mb")] = (

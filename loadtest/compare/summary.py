@@ -134,7 +134,7 @@ def summary_lines(
                 figure = f"{name} at {at} msg/s"
                 lines.append(_line(variant.label, figure, found, BASELINE_TABLE, metric))
     if "roundtrip" in plan.scenarios:
-        what = f"{HEADLINE.label}, one message in flight"
+        what = "unbatched 1→1, one message in flight"  # its own sender, not the headline's
         for metric, name in ROUNDTRIP_FIGURES:
             found = [by_key.get((ROUNDTRIP_KEY, metric))]
             lines.append(_line(what, name, found, BASELINE_TABLE, metric))

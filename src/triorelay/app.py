@@ -63,23 +63,25 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
 
     @app.before_serving
     async def _start_relay() -> None:
-        restore_collector.append(pace_full_collections(settings.gc_full_collection_threshold))
-
         async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with run_scope:
                 await relay.run(task_status=task_status)
 
         await app.nursery.start(run)
+        # Once the relay runs: a start that failed leaves the thresholds as they were.
+        restore_collector.append(pace_full_collections(settings.gc_full_collection_threshold))
 
     @app.after_serving
     async def _stop_relay() -> None:
         relay.shutdown.begin("the app is stopping")
-        # Every connection has ended: what their consumers gave back is queued. Write it
-        # (bounded) before the broker stops, so that it comes back now, counted.
-        await relay.hub.broker.flush()
-        run_scope.cancel()
-        while restore_collector:
-            restore_collector.pop()()
+        try:
+            # Every connection has ended: what their consumers gave back is queued. Write it
+            # (bounded) before the broker stops, so that it comes back now, counted.
+            await relay.hub.broker.flush()
+        finally:
+            run_scope.cancel()
+            while restore_collector:
+                restore_collector.pop()()
 
     return app
 

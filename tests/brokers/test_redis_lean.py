@@ -77,7 +77,8 @@ def test_anything_else_is_not_a_notification(data: bytes) -> None:
 async def test_a_closed_connection_fails_every_read_and_write_alike() -> None:
     """Once closed, each read and each write raises RedisConnectionError: never a wait on the
     closed socket's descriptor -1, which trio would keep registered (the second would then
-    be a BusyResourceError, and so would any other wait on a closed socket in the process)."""
+    be a BusyResourceError, and so would any other wait on a closed socket in the process).
+    The reads are what the check changed; a write to a closed socket failed before it too."""
     ours, theirs = socket.socketpair()
     with theirs:
         ours.setblocking(False)

@@ -85,3 +85,13 @@ async def test_a_refused_handshake_fails_the_run_saying_so(keyed_relay: KeyedRel
     """No token for a relay that requires one: the run fails at once, naming the refusal."""
     with pytest.raises(RoundTripError, match=r"cannot connect to .*/ws/consumer.*401"):
         await run_roundtrip(url=keyed_relay.url, rounds=5)
+
+
+async def test_a_relay_that_stops_delivering_fails_the_run_at_that_round(
+    start_relay: StartRelay,
+) -> None:
+    """A producer past the relay's publish rate (1 message a second) is refused: the run fails
+    at the round where its message did not come, saying so."""
+    server = await start_relay(publish_rate_messages_per_second=1)
+    with pytest.raises(RoundTripError, match=r"round [1-9]"):
+        await run_roundtrip(url=server.ws_url, rounds=5, warmup=0, connect_timeout_s=2)

@@ -154,6 +154,7 @@ class RespStream:
                 try:
                     view = view[raw.send(view) :]
                 except BlockingIOError:
+                    # (_open: belt and braces; nothing closes raw between the send and here.)
                     await trio.lowlevel.wait_writable(_open(raw))
         except (trio.ClosedResourceError, OSError) as error:
             raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
