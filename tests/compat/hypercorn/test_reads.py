@@ -1,36 +1,21 @@
 """ReadLoop: a connection whose socket Hypercorn closed between two reads ends cleanly.
 
 Hypercorn closes the socket itself at the end of a close handshake, while the read loop hands
-the peer's close frame on: the loop's next wait is on a closed socket. trio 0.35 registers a
-wait on descriptor -1 and, when epoll refuses it with ValueError, leaves that registration
-behind (``_io_epoll.EpollIOManager._update_registrations`` catches only OSError), so every
-later wait on a closed socket in the process failed with BusyResourceError, which ended that
-connection through the server's error path instead of its close.
+the peer's close frame on: the loop's next wait would be on a closed socket, which trio leaves
+registered (:mod:`triorelay.compat.trio_waits`), so every later one failed with
+BusyResourceError and ended its connection through the server's error path.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
-import trio
 
 from tests.conftest import StartRelay
 from triorelay.compat.hypercorn import isolation
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def test_trio_keeps_a_wait_on_a_closed_socket_registered() -> None:
-    """The trio behaviour the read loop steps around (if this fails, trio changed: the loop's
-    check is then merely cheap)."""
-    closed = socket.socket()
-    closed.close()
-    with pytest.raises(ValueError, match="negative"):
-        await trio.lowlevel.wait_readable(closed)
-    with pytest.raises(trio.BusyResourceError):
-        await trio.lowlevel.wait_readable(closed)
 
 
 async def test_connections_the_client_closes_end_through_their_close(

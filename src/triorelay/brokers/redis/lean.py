@@ -36,6 +36,8 @@ import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import ResponseError
 
+from triorelay.compat.trio_waits import open_socket
+
 __all__ = [
     "Address",
     "Encoded",
@@ -154,8 +156,9 @@ class RespStream:
                 try:
                     view = view[raw.send(view) :]
                 except BlockingIOError:
-                    # (_open: belt and braces; nothing closes raw between the send and here.)
-                    await trio.lowlevel.wait_writable(_open(raw))
+                    # (open_socket: belt and braces; nothing closes raw between the send and
+                    # here, but no wait here is ever on a closed socket.)
+                    await trio.lowlevel.wait_writable(open_socket(raw))
         except (trio.ClosedResourceError, OSError) as error:
             raise RedisConnectionError(f"lost the connection to Redis: {error!r}") from None
 
@@ -194,7 +197,7 @@ class RespStream:
             else:
                 while True:
                     if self._drained:
-                        await trio.lowlevel.wait_readable(_open(raw))
+                        await trio.lowlevel.wait_readable(open_socket(raw))
                     try:
                         data = raw.recv(RECEIVE_BYTES)
                         break
@@ -220,15 +223,6 @@ class RespStream:
             trio.lowlevel.notify_closing(self._raw)
             self._raw.close()
         await trio.aclose_forcefully(self._stream)
-
-
-def _open(raw: socket.socket) -> socket.socket:
-    """``raw``, or :class:`trio.ClosedResourceError` once it is closed: trio would register a
-    wait on descriptor -1 and keep it after epoll refuses it, failing every later wait on a
-    closed socket in the process (``compat/hypercorn/reads.py`` says more)."""
-    if raw.fileno() < 0:
-        raise trio.ClosedResourceError("the socket is closed")
-    return raw
 
 
 async def open_stream(address: Address) -> RespStream:

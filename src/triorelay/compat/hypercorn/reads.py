@@ -44,6 +44,8 @@ from hypercorn.events import Closed, RawData
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask
 
+from triorelay.compat.trio_waits import open_socket
+
 
 class IdleTimer(TrioSingleTask):
     """``TCPServer.idle_task`` for the read loop: (re)starting sets the deadline of
@@ -91,25 +93,19 @@ class ReadLoop(TCPServer):
         sock = stream.socket._sock
         with idle.scope:  # its deadline is the keep-alive timer's, while the connection is idle
             while True:
-                if sock.fileno() < 0:
-                    # Closed by Hypercorn since the last read (the end of a close handshake,
-                    # its close reaper): trio 0.35 would register a wait on descriptor -1 and
-                    # keep it after epoll refuses it (ValueError, where it catches OSError),
-                    # failing every later wait on a closed socket in the process with
-                    # BusyResourceError (tests/compat/hypercorn/test_reads.py; trio's own
-                    # sockets check first, https://github.com/python-trio/trio/issues/1272).
-                    break
                 try:
                     # Waits (a checkpoint) even when bytes are there already: the next
-                    # epoll round sees them at once.
-                    await trio.lowlevel.wait_readable(sock)
+                    # epoll round sees them at once. Not on a socket Hypercorn closed since
+                    # the last read (the end of a close handshake): open_socket says so.
+                    await trio.lowlevel.wait_readable(open_socket(sock))
                     data: bytes = sock.recv(MAX_RECV)
                 except BlockingIOError:  # pragma: no cover - readable, then nothing to read
                     continue
                 except (trio.ClosedResourceError, OSError):
-                    # Closed while the loop waited (by the relay, by Hypercorn's close reaper or
-                    # shutdown: trio wakes the wait), or by the peer (reset): what Hypercorn's
-                    # loop does on ClosedResourceError and BrokenResourceError.
+                    # Closed by the relay or by Hypercorn (its close reaper, shutdown, the end
+                    # of the close handshake), before or while the loop waited, or by the peer
+                    # (reset): what Hypercorn's loop does on ClosedResourceError and
+                    # BrokenResourceError.
                     break
                 if idle.scope.cancel_called:  # the deadline passed as the bytes came
                     break
