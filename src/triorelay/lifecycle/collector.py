@@ -32,25 +32,26 @@ class _Pacing:
 
     def __init__(self) -> None:
         self.found: tuple[int, int, int] = gc.get_threshold()
-        self.paces: list[list[int]] = []  # one box per serving relay, in start order
+        #: Each serving relay's pace, by a token of its own, in start order.
+        self.paces: dict[object, int] = {}
 
     def start(self, threshold: int) -> Callable[[], None]:
         if not self.paces:
             self.found = gc.get_threshold()
-        pace = [threshold]
-        self.paces.append(pace)
+        token = object()
+        self.paces[token] = threshold
         self._apply()
 
         def stop() -> None:
-            if any(p is pace for p in self.paces):
-                self.paces = [p for p in self.paces if p is not pace]
+            if self.paces.pop(token, None) is not None:
                 self._apply()
 
         return stop
 
     def _apply(self) -> None:
         first, second, _ = gc.get_threshold()  # only the third is ours
-        gc.set_threshold(first, second, self.paces[-1][0] if self.paces else self.found[2])
+        latest = next(reversed(self.paces.values()), self.found[2])
+        gc.set_threshold(first, second, latest)
 
 
 _pacing = _Pacing()
