@@ -96,6 +96,27 @@ class ProcessSampler:
         return Sample(round(now - self._origin, 3), percent, rss)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """What a scenario run in one process samples: this process (the generator, ``"main"``)
+    and, given its PID, the server; ``samplers`` for :func:`loadtest.engine.sample_loop`, the
+    samples for :func:`loadtest.report.run_summary` (``server`` None without a PID)."""
+
+    samplers: list[tuple[ProcessSampler, list[Sample]]]
+    server: list[Sample] | None
+    generator: dict[str, list[Sample]]
+
+    @classmethod
+    def of(cls, server_pid: int | None) -> Sampling:
+        generator: dict[str, list[Sample]] = {"main": []}
+        samplers = [(ProcessSampler(os.getpid()), generator["main"])]
+        server: list[Sample] | None = None
+        if server_pid is not None:
+            server = []
+            samplers.append((ProcessSampler(server_pid), server))
+        return cls(samplers, server, generator)
+
+
 def summarize(samples: Sequence[Sample], *, keep_series: bool = True) -> dict[str, Any]:
     """Summarise samples as ``{"cpu_percent": {"mean", "max"}, "rss_bytes": {...}, "series"}``.
 

@@ -38,7 +38,7 @@ from loadtest.codec import encode, new_run_id, padding_for
 from loadtest.endpoints import endpoint_url
 from loadtest.engine import ProgressFn, sample_loop
 from loadtest.lean import LEAN_CONNECT_ERRORS, LeanClosedError, LeanWebSocket
-from loadtest.monitor import ProcessSampler, Sample
+from loadtest.monitor import Sampling
 from loadtest.replay import (
     SUBPROTOCOL,
     ReplayCheck,
@@ -202,17 +202,12 @@ async def run_resume(
     timings: list[ResumeTiming] = []
     warmups: list[ResumeTiming] = []
     total = warmup + repeats
-    server = ProcessSampler(server_pid) if server_pid is not None else None
-    server_samples: list[Sample] = []
-    generator_samples: dict[str, list[Sample]] = {"main": []}
-    samplers = [(ProcessSampler(os.getpid()), generator_samples["main"])]
-    if server is not None:
-        samplers.append((server, server_samples))
+    sampling = Sampling.of(server_pid)
     failure: ResumeError | None = None
     stop_sampling = trio.Event()
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
+        nursery.start_soon(sample_loop, sampling.samplers, sample_interval_s, stop_sampling)
         try:
             for n in range(total):
                 name = f"{prefix}.{run}.{n}"
@@ -250,8 +245,8 @@ async def run_resume(
         stats,
         expected=missed * total,
         duration_s=elapsed_s,
-        server_samples=server_samples if server is not None else None,
-        generator_samples=generator_samples,
+        server_samples=sampling.server,
+        generator_samples=sampling.generator,
     )
     total_ms = [t.total_ns / 1e6 for t in timings]
     return build_result(

@@ -34,7 +34,7 @@ from loadtest.codec import CodecError, decode, encode, new_run_id, padding_for
 from loadtest.endpoints import endpoint_url
 from loadtest.engine import ProgressFn, sample_loop
 from loadtest.lean import LEAN_CONNECT_ERRORS, LeanClosedError, LeanWebSocket
-from loadtest.monitor import ProcessSampler, Sample
+from loadtest.monitor import Sampling
 from loadtest.replay import timing_summary
 from loadtest.report import build_result, run_summary
 from loadtest.stats import RoleStats
@@ -139,12 +139,7 @@ async def run_roundtrip(
     padding = padding_for(payload_bytes)
     stats = RoleStats()
     samples_ns: list[int] = []
-    server = ProcessSampler(server_pid) if server_pid is not None else None
-    server_samples: list[Sample] = []
-    generator_samples: dict[str, list[Sample]] = {"main": []}
-    samplers = [(ProcessSampler(os.getpid()), generator_samples["main"])]
-    if server is not None:
-        samplers.append((server, server_samples))
+    sampling = Sampling.of(server_pid)
     total = warmup + rounds
     consumer = await _open(
         endpoint_url(url, "consumer", channel), token, token_in, connect_timeout_s
@@ -158,7 +153,7 @@ async def run_roundtrip(
         stats.counters.connected += CONNECTIONS
         stop_sampling = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sample_loop, samplers, sample_interval_s, stop_sampling)
+            nursery.start_soon(sample_loop, sampling.samplers, sample_interval_s, stop_sampling)
             try:
                 await _rounds(
                     producer, consumer, run=run, total=total, warmup=warmup, padding=padding,
@@ -182,8 +177,8 @@ async def run_roundtrip(
         stats,
         expected=total,
         duration_s=elapsed_s,
-        server_samples=server_samples if server is not None else None,
-        generator_samples=generator_samples,
+        server_samples=sampling.server,
+        generator_samples=sampling.generator,
     )
     ms = [ns / 1e6 for ns in samples_ns]
     return build_result(

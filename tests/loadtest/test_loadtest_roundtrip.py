@@ -57,6 +57,8 @@ async def test_every_round_delivers_its_message_from_a_relay(start_relay: StartR
     assert times["count"] == 50
     assert 0 < times["p50"] <= times["p99"] <= times["max"]
     assert result["summary"]["latency_ms"]["p50"] is not None
+    assert result["summary"]["server"] is None  # no --server-pid: nothing sampled there
+    assert result["summary"]["generator"]["series"]["main"]  # this process was
 
 
 async def test_a_channel_of_its_own_on_a_relay(start_relay: StartRelay) -> None:
