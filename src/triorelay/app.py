@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = True)
             "TRIORELAY_BROKER=redis://... to share them, or run one worker"
         )
     hypercorn_compat.isolate_connection_errors()
+    hypercorn_compat.use_app_queues()
     relay = Relay(settings, handle_signals=handle_signals, workers=workers)
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes

@@ -10,6 +10,7 @@ One module per job, each naming the Hypercorn code and upstream issue it works a
 - :mod:`.isolation`: one connection's failure kept from ending the server (hypercorn#225).
 - :mod:`.reads`: one connection's read loop without a cancel scope and a failed ``recv`` per
   read.
+- :mod:`.app_queue`: each app's ASGI events in one small object, not a memory channel pair.
 - :mod:`.upgrade`: the HTTP/1.1 handshake's state let go once the WebSocket is accepted.
 
 The frames themselves are the relay's own code, in :mod:`triorelay.wire`. Every helper returns
@@ -18,6 +19,7 @@ The frames themselves are the relay's own code, in :mod:`triorelay.wire`. Every 
 names re-exported here (``hypercorn_compat.open_direct(...)``), which tests may replace.
 """
 
+from triorelay.compat.hypercorn.app_queue import use_app_queues
 from triorelay.compat.hypercorn.direct import DirectWebSocket, open_direct
 from triorelay.compat.hypercorn.isolation import isolate_connection_errors
 from triorelay.compat.hypercorn.process import (
@@ -54,6 +56,7 @@ __all__ = [
     "set_user_timeout",
     "tap_inbound",
     "transport_of",
+    "use_app_queues",
     "wait_for_cli_shutdown",
     "watch_peer_close",
 ]

@@ -3,9 +3,9 @@
 The ``send`` callable is the bound method ``WSStream.app_send``; from it we walk ``WSStream.send``
 (``H11Protocol.stream_send``) and ``H11Protocol.send`` (``TCPServer.protocol_send``) to the
 ``TCPServer`` and its stream. ``receive`` is the bound ``receive`` of the app's
-``trio.MemoryReceiveChannel``. Each step gives None when the structure is not the expected one
-(another server, another Hypercorn), and ``tests/compat/hypercorn/test_structure.py`` checks it
-against the pinned version.
+``trio.MemoryReceiveChannel`` (of its :class:`~.app_queue.AppQueue` under the relay). Each step
+gives None when the structure is not the expected one (another server, another Hypercorn),
+and ``tests/compat/hypercorn/test_structure.py`` checks it against the pinned version.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from wsproto.events import BytesMessage, TextMessage
 
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
 from triorelay.compat.hypercorn._chain import tcp_server_of
+from triorelay.compat.hypercorn.app_queue import AppQueue
 from triorelay.wire.frames import LastFrame, Payload, serialize_message, serialize_ping
 
 _frames = LastFrame()
@@ -298,7 +299,7 @@ def open_direct(receive: Callable[..., Any], send: Callable[..., Any]) -> Direct
         or not isinstance(getattr(tcp_server, "send_lock", None), trio.Lock | SendLock)
         # Plain TCP only: the direct write goes to the socket (TLS keeps Hypercorn's sends).
         or not isinstance(getattr(tcp_server, "stream", None), trio.SocketStream)
-        or not isinstance(receive_channel, trio.MemoryReceiveChannel)
+        or not isinstance(receive_channel, trio.MemoryReceiveChannel | AppQueue)
     ):
         return None
     return DirectWebSocket(ws_stream, tcp_server, receive_channel)

@@ -22,6 +22,7 @@ from wsproto.connection import Connection as WSConnection
 
 from triorelay.compat.hypercorn._chain import CONNECTED as _CONNECTED
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
+from triorelay.compat.hypercorn.app_queue import AppQueue
 from triorelay.compat.hypercorn.reads import ReadLoop
 from triorelay.compat.message_limits import LimitedBuffer
 from triorelay.wire.frames import Fail, FrameParser, HandOff
@@ -60,7 +61,7 @@ class InboundTap:
     def __init__(
         self,
         ws_stream: Any,
-        receive_channel: trio.MemoryReceiveChannel[Any],
+        receive_channel: trio.MemoryReceiveChannel[Any] | AppQueue,
         on_messages: OnMessages,
         on_invalid: OnInvalid,
         max_message_bytes: int,
@@ -238,8 +239,10 @@ def tap_inbound(
     receive_channel = _bound_self(receive)
     if (
         not isinstance(connection, WSConnection)
-        or not isinstance(receive_channel, trio.MemoryReceiveChannel)
-        or not isinstance(_bound_self(getattr(ws_stream, "app_put", None)), trio.MemorySendChannel)
+        or not isinstance(receive_channel, trio.MemoryReceiveChannel | AppQueue)
+        or not isinstance(
+            _bound_self(getattr(ws_stream, "app_put", None)), trio.MemorySendChannel | AppQueue
+        )
         or not hasattr(ws_stream, "app_put")
         or getattr(ws_stream, "state", None) is not _CONNECTED
         or not hasattr(getattr(connection, "_proto", None), "_frame_decoder")
