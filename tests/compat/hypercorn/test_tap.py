@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypercorn.events import RawData
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.h11 import H11Protocol
@@ -204,3 +205,18 @@ async def test_an_accepted_websockets_reads_skip_the_http_layer(
         assert [await consumer.get_message() for _ in range(20)] == [f"m{i}" for i in range(20)]
         await producer.ping(b"still there")
         assert sum(isinstance(event, RawData) for event in seen) == before
+
+
+async def test_a_read_before_the_tap_starts_waits_for_it() -> None:
+    """A message read before start() (which delivers the backlog first) waits, then arrives;
+    the event it waited on is not kept afterwards."""
+    tapped = _Tapped()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tapped.read, client(Opcode.TEXT, b"late"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert tapped.delivered == []  # waiting for start()
+        await tapped.tap.start()
+    assert tapped.delivered == ["late"]
+    assert tapped.tap._start_wanted is None
+    await tapped.read(client(Opcode.TEXT, b"later"))  # once started, at once
+    assert tapped.delivered == ["late", "later"]

@@ -89,8 +89,11 @@ class InboundTap:
         if self._reader is not None:
             self._reader.on_data = self._on_data
         # Messages that reached the app's channel before the tap (during the accept) are
-        # delivered first, by start(); until then the reader waits, so the order holds.
-        self._started = trio.Event()
+        # delivered first, by start(); until then the reader waits, so the order holds. The
+        # event it waits on is made only if it has to (a read before start(), which is rare):
+        # one held for the connection's life would be 0.6 KB per idle connection.
+        self._started = False
+        self._start_wanted: trio.Event | None = None
         self._backlog: list[bytes | str] = []
         channel = _bound_self(self._app_put)
         held: list[dict[str, Any]] = []
@@ -115,13 +118,18 @@ class InboundTap:
                 backlog, self._backlog = self._backlog, []
                 await self._on_messages(backlog)
         finally:
-            self._started.set()
+            self._started = True
+            if self._start_wanted is not None:
+                self._start_wanted.set()
+                self._start_wanted = None
         if self._disconnected_early and self.on_disconnect is not None:
             self.on_disconnect()
 
     async def _deliver(self, messages: list[bytes | str]) -> None:
-        if not self._started.is_set():
-            await self._started.wait()
+        if not self._started:
+            if self._start_wanted is None:
+                self._start_wanted = trio.Event()
+            await self._start_wanted.wait()
         await self._on_messages(messages)
 
     def remove(self) -> None:
