@@ -4,8 +4,9 @@
 once with a do-nothing ASGI app (the floor), while a child process holds idle WebSocket connections
 to it; each in a fresh process (a second server in the same one reuses the first one's freed
 objects, which tracemalloc does not see as new). Issue #15 cut the relay's share from about
-11 KB to about 5 KB per connection (an ExitStack's callbacks, generator context managers,
-closures, a long-lived frame's locals); the bound below fails if that comes back.
+11 KB to about 2-2.5 KB per connection (an ExitStack's callbacks, generator context managers,
+closures, a long-lived frame's locals, Hypercorn's memory channel pair for the app's events);
+the bound below fails if one of them comes back.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import trio
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 200
-#: The relay's Python bytes per idle connection beyond bare Hypercorn's (measured: 4.6-4.9 KB
-#: for a producer or a consumer at 1,000, a little more at 200; before issue #15's cuts, 11 KB).
-MAX_RELAY_BYTES = 6_000
+#: The relay's Python bytes per idle connection beyond bare Hypercorn's (measured at 200: 2.0 KB
+#: for a producer, 2.5 KB for a consumer, since Hypercorn's app channel became an AppQueue,
+#: 1.7 KB less; before issue #15's cuts, 11 KB).
+MAX_RELAY_BYTES = 3_500
 
 
 async def measure(app: str, role: str) -> dict[str, Any]:
