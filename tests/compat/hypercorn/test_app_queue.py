@@ -21,7 +21,9 @@ from triorelay.compat.hypercorn.app_queue import AppQueue, AppTaskGroup
 SPAWN_APP_SHA256 = "487c35772c8bd89c440732d9b5a63403895fcbb7eb3c40b9d63815d4bb6d1187"
 
 
-def test_hypercorn_spawns_apps_as_the_app_task_group_expects() -> None:
+def test_hypercorn_spawns_apps_as_the_app_task_group_expects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """AppTaskGroup.spawn_app is Hypercorn's with the queue swapped in: pinned, so a change to
     Hypercorn's (another argument to the app's task, another channel use) fails here."""
     source = textwrap.dedent(inspect.getsource(TaskGroup.spawn_app))
@@ -30,6 +32,8 @@ def test_hypercorn_spawns_apps_as_the_app_task_group_expects() -> None:
     digest = hashlib.sha256(source.encode()).hexdigest()
     assert digest == SPAWN_APP_SHA256, "TaskGroup.spawn_app changed: review app_queue.py"
     assert "async with TaskGroup() as task_group:" in inspect.getsource(tcp_server_module)
+    # Put back afterwards, so that the raw-Hypercorn tests elsewhere keep trio's channel.
+    monkeypatch.setattr(tcp_server_module, "TaskGroup", TaskGroup)
     compat.use_app_queues()  # what create_app does
     assert tcp_server_module.TaskGroup is AppTaskGroup
     compat.use_app_queues()

@@ -211,6 +211,7 @@ async def test_a_read_before_the_tap_starts_waits_for_it() -> None:
     """A message read before start() (which delivers the backlog first) waits, then arrives;
     the event it waited on is not kept afterwards."""
     tapped = _Tapped()
+    assert tapped.tap._start_wanted is None  # not made unless a read has to wait
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tapped.read, client(Opcode.TEXT, b"late"))
         await trio.testing.wait_all_tasks_blocked()
