@@ -26,12 +26,6 @@ Query = dict[str, list[str]]
 """A request's query string, parsed (``urllib.parse.parse_qs``, blank values kept)."""
 
 
-async def wait_for_disconnect(receive: Receive) -> None:
-    """Discard events until the client disconnects (with a tap, only the disconnect comes)."""
-    while (await receive())["type"] != "websocket.disconnect":
-        pass
-
-
 class Socket:
     """An accepted WebSocket: its ASGI callables, plus Hypercorn's batch path when available."""
 

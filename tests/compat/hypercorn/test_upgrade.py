@@ -1,10 +1,12 @@
 """release_handshake: once the WebSocket is accepted, the h11 state Hypercorn keeps behind it is
-let go, and the WebSocket works as before (messages both ways, wsproto's ping, the close)."""
+let go, wsproto's event queue is a list, and the WebSocket works as before (messages both ways,
+wsproto's ping, the close)."""
 
 from __future__ import annotations
 
 import gc
 import inspect
+import re
 import weakref
 from typing import Any
 
@@ -12,6 +14,7 @@ import h11
 import pytest
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import WSStream
+from wsproto.connection import Connection as WSConnection
 
 from tests.conftest import StartRelay
 from triorelay.compat import hypercorn as compat
@@ -26,11 +29,13 @@ async def test_the_h11_connection_is_let_go_once_accepted(
     original = upgrade.release_handshake
 
     def recording(send: object) -> bool:
-        connection = upgrade.bound_self(upgrade.bound_self(send).send).connection
+        ws_stream = upgrade.bound_self(send)
+        connection = upgrade.bound_self(ws_stream.send).connection
         assert isinstance(connection, H11WSConnection)
         released.append(weakref.ref(connection.h11_connection))
         assert original(send) is True
         assert isinstance(connection.h11_connection, upgrade._Released)
+        assert type(ws_stream.connection._events) is upgrade.EventQueue
         return True
 
     monkeypatch.setattr(compat, "release_handshake", recording)
@@ -46,6 +51,30 @@ async def test_the_h11_connection_is_let_go_once_accepted(
         gc.collect()
         assert len(released) == 2
         assert all(ref() is None for ref in released), "the h11 connection is still held"
+
+
+def test_the_event_queue_is_first_in_first_out() -> None:
+    queue = upgrade.EventQueue(["a"])
+    queue.append("b")
+    queue.append("c")
+    taken = []
+    while queue:
+        taken.append(queue.popleft())
+    assert taken == ["a", "b", "c"]
+    with pytest.raises(IndexError):
+        queue.popleft()
+
+
+def test_wsproto_uses_its_event_queue_only_as_the_list_allows() -> None:
+    """The assumption: wsproto's Connection appends to ``_events``, pops it from the left and
+    tests it for emptiness, nothing else a list lacks (wsproto 1.3.2)."""
+    uses = re.findall(r"self\._events\b[^\n]*", inspect.getsource(WSConnection))
+    assert sorted(uses) == [
+        "self._events.append(CloseConnection(code=CloseReason.ABNORMAL_CLOSURE))",
+        "self._events.popleft()",
+        "self._events:",
+        "self._events: deque[Event] = deque()",
+    ]
 
 
 def test_nothing_is_sent_through_h11_once_released() -> None:

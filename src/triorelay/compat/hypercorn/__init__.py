@@ -11,7 +11,8 @@ One module per job, each naming the Hypercorn code and upstream issue it works a
 - :mod:`.reads`: one connection's read loop without a cancel scope and a failed ``recv`` per
   read.
 - :mod:`.app_queue`: each app's ASGI events in one small object, not a memory channel pair.
-- :mod:`.upgrade`: the HTTP/1.1 handshake's state let go once the WebSocket is accepted.
+- :mod:`.upgrade`: the HTTP/1.1 handshake's state let go once the WebSocket is accepted,
+  and wsproto's event queue made a list.
 
 The frames themselves are the relay's own code, in :mod:`triorelay.wire`. Every helper returns
 ``None`` / does nothing when Hypercorn's structure is not the expected one, and

@@ -1,0 +1,106 @@
+"""isolate_connection_errors: a connection's failure ends at its task group, nothing else does.
+
+The whole-server case (an upgrade request with a frame in the same write, hypercorn#225) is
+``tests/test_hostile_input.py``; these check the group itself and the structure it relies on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import pytest
+import trio
+from hypercorn.trio import run as run_module
+from hypercorn.trio import tcp_server as tcp_server_module
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import TCPServer
+
+from triorelay.compat import hypercorn as compat
+from triorelay.compat.hypercorn import isolation
+from triorelay.compat.hypercorn.app_queue import AppTaskGroup
+from triorelay.compat.hypercorn.isolation import IsolatedTaskGroup
+from triorelay.compat.hypercorn.reads import ReadLoop
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_a_connections_work_all_runs_in_its_task_group() -> None:
+    """The assumption: ``TCPServer.run`` reads (``_read_data``) inside ``async with
+    TaskGroup()``, the group its app's task runs in, and closes the connection after it."""
+    lines = inspect.getsource(TCPServer.run).splitlines()
+    block = next(i for i, line in enumerate(lines) if "async with TaskGroup() as" in line)
+    read = next(i for i, line in enumerate(lines) if "await self._read_data()" in line)
+
+    def indent(line: str) -> int:
+        return len(line) - len(line.lstrip())
+
+    assert read > block
+    assert all(indent(line) > indent(lines[block]) for line in lines[block + 1 : read + 1])
+    assert lines[-1].strip() == "await self._close()"
+
+
+def test_the_worker_is_given_the_read_loop_and_the_isolated_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(run_module, "TCPServer", TCPServer)
+    monkeypatch.setattr(tcp_server_module, "TaskGroup", TaskGroup)
+    compat.isolate_connection_errors()  # what create_app does, before use_app_queues
+    compat.use_app_queues()
+    assert run_module.TCPServer is ReadLoop
+    assert tcp_server_module.TaskGroup is IsolatedTaskGroup
+    compat.isolate_connection_errors()
+    assert tcp_server_module.TaskGroup is IsolatedTaskGroup
+    # The other order gives the same group: it is an AppTaskGroup too.
+    monkeypatch.setattr(tcp_server_module, "TaskGroup", TaskGroup)
+    compat.use_app_queues()
+    compat.isolate_connection_errors()
+    assert tcp_server_module.TaskGroup is IsolatedTaskGroup
+    assert issubclass(IsolatedTaskGroup, AppTaskGroup)
+
+
+async def _fail() -> None:
+    await trio.lowlevel.checkpoint()
+    raise ValueError("in a task")
+
+
+async def test_a_task_that_fails_ends_the_group_only(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=isolation.__name__)
+    async with IsolatedTaskGroup() as group:
+        group.spawn(_fail)
+        await trio.sleep_forever()  # cancelled by the failure
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropped a connection after an error in the server: ValueError('in a task')"
+    ]
+
+
+async def test_a_failure_in_the_block_ends_at_the_group(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=isolation.__name__)
+    async with IsolatedTaskGroup():
+        raise OSError("in the read loop")
+    assert "OSError('in the read loop')" in caplog.records[0].getMessage()
+
+
+async def test_cancellation_goes_through(caplog: pytest.LogCaptureFixture) -> None:
+    reached = False
+    with trio.CancelScope() as scope:
+        async with IsolatedTaskGroup() as group:
+            group.spawn(trio.sleep_forever)
+            scope.cancel()
+            await trio.sleep_forever()
+        reached = True  # pragma: no cover - the cancellation must not stop at the group
+    assert scope.cancelled_caught
+    assert not reached
+    assert not caplog.records
+
+
+async def test_without_a_failure_the_group_is_hypercorns() -> None:
+    done = []
+
+    async def work() -> None:
+        await trio.lowlevel.checkpoint()
+        done.append(True)
+
+    async with IsolatedTaskGroup() as group:
+        group.spawn(work)
+    assert done == [True]
