@@ -309,20 +309,62 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     order holds: nothing is written directly while anything is buffered or being written.
     """
     direct = socket.direct if consumer.buffer is not None else None
-    if direct is None:
-        await _write_batches(consumer, socket, notices)
-        return
-    consumer.write_directly(*_direct_writes(consumer, direct, notices))
+    if direct is not None:
+        consumer.write_directly(*_direct_writes(consumer, direct, notices))
+    # The loop is in this frame, not in a helper it awaits: an idle consumer holds its writer's
+    # frames for its whole life, about 0.2 KB each.
     try:
-        await _write_batches(consumer, socket, notices)
+        batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
+        while True:
+            try:
+                items: list[Item] = [await consumer.receive()]
+            except trio.EndOfChannel:
+                return
+            try:
+                while len(items) < batch_limit:
+                    items.append(consumer.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass  # send what we have; an ended stream shows on the next receive
+            # The rest of a direct write the socket took only part of comes first (its first
+            # bytes are out, and the send lock is taken for the rest).
+            head = items[0]
+            rest = items.pop(0).rest if type(head) is Unfinished else None  # type: ignore[union-attr]
+            traced = traces.take_traced(consumer, items)
+            if traced:
+                taken_ns = now_ns()
+                batch = traces.unwrap(items)
+            else:
+                # A raw consumer's inbox holds payloads only (but for the traced ones).
+                batch = cast(list[Payload], items)
+            if notices and consumer.pending_dropped:
+                batch.insert(0, dropped_notice(consumer.take_dropped_notice(), consumer.dropped))
+            sent = False
+            try:
+                if rest is not None:
+                    sent = await socket.finish_many(rest, batch)
+                else:
+                    sent = await socket.send_many(batch)
+            finally:
+                # Queue mode: a message taken but not sent goes back for another consumer.
+                if not sent and batch_limit == 1:
+                    consumer.requeue(batch[-1])
+            if not sent:
+                return  # the client is gone; the reader sees its disconnect
+            if traced:
+                told = traces.written(consumer, traced, taken_ns)
+                if told and not await socket.send_many(list[Payload](told)):
+                    return
+            if batch_limit == 1:
+                await consumer.acknowledge()  # queue mode: handed to the socket, so delivered
     finally:
-        consumer.write_directly(None)
-        unfinished = consumer.take_unfinished()
-        if unfinished is not None:
-            # Part of a frame is on the wire and the send lock is taken for the rest: it goes
-            # out whatever ended this writer (bounded: the reaper drops stuck sockets).
-            with trio.CancelScope(shield=True):
-                await socket.finish_many(unfinished.rest, [])
+        if direct is not None:
+            consumer.write_directly(None)
+            unfinished = consumer.take_unfinished()
+            if unfinished is not None:
+                # Part of a frame is on the wire and the send lock is taken for the rest: it
+                # goes out whatever ended this writer (bounded: the reaper drops stuck sockets).
+                with trio.CancelScope(shield=True):
+                    await socket.finish_many(unfinished.rest, [])
 
 
 def _direct_writes(
@@ -346,48 +388,3 @@ def _direct_writes(
         return send_many_nowait(payloads)
 
     return write, write_many
-
-
-async def _write_batches(consumer: Consumer, socket: Socket, notices: bool) -> None:
-    batch_limit = 1 if consumer.mode == "queue" else MAX_BATCH
-    while True:
-        try:
-            items: list[Item] = [await consumer.receive()]
-        except trio.EndOfChannel:
-            return
-        try:
-            while len(items) < batch_limit:
-                items.append(consumer.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            pass  # send what we have; an ended stream shows on the next receive
-        # The rest of a direct write the socket took only part of comes first (its first
-        # bytes are out, and the send lock is taken for the rest).
-        head = items[0]
-        rest = items.pop(0).rest if type(head) is Unfinished else None  # type: ignore[union-attr]
-        traced = traces.take_traced(consumer, items)
-        if traced:
-            taken_ns = now_ns()
-            batch = traces.unwrap(items)
-        else:
-            # A raw consumer's inbox holds payloads only (but for the traced ones).
-            batch = cast(list[Payload], items)
-        if notices and consumer.pending_dropped:
-            batch.insert(0, dropped_notice(consumer.take_dropped_notice(), consumer.dropped))
-        sent = False
-        try:
-            if rest is not None:
-                sent = await socket.finish_many(rest, batch)
-            else:
-                sent = await socket.send_many(batch)
-        finally:
-            # Queue mode: a message taken but not sent goes back for another consumer.
-            if not sent and batch_limit == 1:
-                consumer.requeue(batch[-1])
-        if not sent:
-            return  # the client is gone; the reader sees its disconnect
-        if traced:
-            told = traces.written(consumer, traced, taken_ns)
-            if told and not await socket.send_many(list[Payload](told)):
-                return
-        if batch_limit == 1:
-            await consumer.acknowledge()  # queue mode: handed to the socket, so delivered
