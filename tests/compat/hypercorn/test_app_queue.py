@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import textwrap
 import tracemalloc
 from typing import Any
@@ -122,6 +123,38 @@ async def test_a_queue_of_no_room_hands_each_put_to_a_receive() -> None:
         assert queue.receive_nowait() == "a"
     with pytest.raises(trio.WouldBlock):
         queue.receive_nowait()
+
+
+async def test_a_put_with_no_room_goes_to_a_waiting_receive() -> None:
+    queue = AppQueue(0)
+    got: list[str] = []
+
+    async def get() -> None:
+        got.append(await queue.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(get)
+        await trio.testing.wait_all_tasks_blocked()
+        queue.send_nowait("a")  # no room, but a receive waits: handed over
+    assert got == ["a"]
+
+
+async def test_a_cancelled_receive_takes_nothing_even_with_an_item_there() -> None:
+    queue = AppQueue(math.inf)  # unbounded, as a channel of size inf
+    for i in range(100):
+        queue.send_nowait(i)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with pytest.raises(trio.Cancelled):
+            await queue.receive()
+    assert queue.receive_nowait() == 0
+
+
+def test_a_negative_size_is_refused_as_by_trio() -> None:
+    with pytest.raises(ValueError, match="max_items"):
+        AppQueue(-1)
+    with pytest.raises(ValueError, match="max_buffer_size must be >= 0"):
+        trio.open_memory_channel[Any](-1)
 
 
 def test_a_queue_holds_far_less_than_a_channel_pair() -> None:

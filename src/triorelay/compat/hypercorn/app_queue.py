@@ -35,7 +35,9 @@ class AppQueue:
 
     __slots__ = ("_items", "_max", "_receivers", "_senders")
 
-    def __init__(self, max_items: int) -> None:
+    def __init__(self, max_items: int | float) -> None:
+        if max_items < 0:  # as trio.open_memory_channel refuses it
+            raise ValueError("max_items must be >= 0")
         self._max = max_items
         self._items: list[Any] = []
         #: Tasks waiting in :meth:`receive` (only while ``_items`` is empty), oldest first.
