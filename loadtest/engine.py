@@ -432,6 +432,9 @@ class RunOutcome:
     worker_pids: list[int] = field(default_factory=list)
     #: CPUs the generator's processes could run on (this process's affinity, inherited).
     generator_cores: int | None = None
+    #: The server's CPU seconds from the moment every connection was open to the run's end
+    #: (sending and draining, connection set-up left out); None without a server PID.
+    server_cpu_s_connected: float | None = None
 
 
 def split_spec(spec: RoleSpec, producer_procs: int, consumer_procs: int) -> list[RoleSpec]:
@@ -511,8 +514,12 @@ async def execute(
             await parts_nursery.start(local.run)
             connect_s = time.monotonic() - t0
             samplers: list[tuple[ProcessSampler, list[Sample]]] = []
+            server_sampler = None
+            cpu_connected = None
             if server_pid is not None:
-                samplers.append((ProcessSampler(server_pid, include_children=True), server_samples))
+                server_sampler = ProcessSampler(server_pid, include_children=True)
+                cpu_connected = server_sampler.cpu_seconds()
+                samplers.append((server_sampler, server_samples))
             samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
             for n, w in enumerate(workers):
                 assert w.pid is not None
@@ -546,6 +553,7 @@ async def execute(
                 local.expect(expected if only_local else None)
                 for w in workers:
                     await w.send({"expect": expected if holders == [w.spec] else None})
+        cpu_done = None if server_sampler is None else server_sampler.cpu_seconds()
         stop_sampling.set()
 
     stats = merge([local.stats, *(w.stats for w in workers if w.stats is not None)])
@@ -559,6 +567,11 @@ async def execute(
         generator_samples=generator_samples,
         worker_pids=[w.pid for w in workers if w.pid is not None],
         generator_cores=usable_cores(),
+        server_cpu_s_connected=(
+            None
+            if cpu_connected is None or cpu_done is None
+            else round(cpu_done - cpu_connected, 4)
+        ),
     )
 
 

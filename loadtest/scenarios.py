@@ -155,6 +155,7 @@ def _result(
         summary=_summary(outcome),
         extra={
             "connect_seconds": outcome.connect_s,
+            "server_cpu_seconds_connected": outcome.server_cpu_s_connected,
             "per_consumer_delivered": _consumer_spread(outcome.stats.per_consumer_delivered),
             **extra,
         },

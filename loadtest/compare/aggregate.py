@@ -143,7 +143,10 @@ def extract_metrics(
     ``server_cpu_s`` is the server side's CPU time over the whole generator run (connect, send,
     drain), measured by the runner: every relay process plus ``redis-server`` when the runner
     started it; ``redis_cpu_s`` is the ``redis-server`` part of it (``None``: no Redis, or not
-    measured). Per-message figures divide them by delivered messages.
+    measured). Per-message figures divide them by delivered messages. A fan-out also gets
+    ``server_cpu_us_per_msg_connected``: the server process's CPU from the moment every
+    consumer was connected to the run's end (the generator's own reading), per delivery, so
+    that a fan-out to 1,000 consumers is not mostly the cost of connecting them.
     """
     scenario = result["scenario"]
     summary = result["summary"]
@@ -163,6 +166,10 @@ def extract_metrics(
         out["max_ms"] = latency["max"]
         out["delivered_per_s"] = summary["throughput_per_s"]["delivered"]
         out["delivered_ratio"] = summary["delivered_ratio"]
+    if scenario == "fanout":
+        out["server_cpu_us_per_msg_connected"] = _per_us(
+            extra.get("server_cpu_seconds_connected"), counts["delivered"]
+        )
     if scenario == "max":
         out["max_sustained_per_s"] = extra.get("max_sustained_per_s")
     if scenario == "resume":

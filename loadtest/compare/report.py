@@ -64,6 +64,7 @@ class Metric:
 
 METRICS: Final[Mapping[str, Metric]] = {
     "server_cpu_us_per_msg": Metric("server CPU per delivered msg", "µs", 1),
+    "server_cpu_us_per_msg_connected": Metric("… once all are connected", "µs", 1),
     "redis_cpu_us_per_msg": Metric("… of which redis-server", "µs", 1),
     "p50_ms": Metric("latency p50", "ms", 2),
     "p99_ms": Metric("latency p99", "ms", 2),
@@ -103,7 +104,14 @@ def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
 
 def fanout_job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
     """Return which metrics the fan-out table shows for each (``fanout``) job."""
-    shown = ["delivered_per_s", "server_cpu_us_per_msg", "p50_ms", "p99_ms", "delivered_ratio"]
+    shown = [
+        "delivered_per_s",
+        "server_cpu_us_per_msg",
+        "server_cpu_us_per_msg_connected",
+        "p50_ms",
+        "p99_ms",
+        "delivered_ratio",
+    ]
     shown.append("generator_cpu_percent")
     return [(job.key, shown) for job in jobs if job.scenario == "fanout"]
 
@@ -142,6 +150,10 @@ def fanout_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
         )
         notes[(job.key, "server_cpu_us_per_msg")] = (
             f"per delivery; {describe_variant(UNBATCHED_1)}, echoed to it by both"
+        )
+        notes[(job.key, "server_cpu_us_per_msg_connected")] = (
+            "per delivery, the server's CPU from every consumer connected to the run's end: "
+            "connection set-up left out"
         )
     return notes
 

@@ -45,7 +45,8 @@ CONNECTIONS_FIGURES: Final = (
 )
 #: The figures of each fan-out, in order.
 FANOUT_FIGURES: Final = (
-    ("server_cpu_us_per_msg", "server CPU per delivery"),
+    ("server_cpu_us_per_msg", "server CPU per delivery (whole run)"),
+    ("server_cpu_us_per_msg_connected", "server CPU per delivery, once all are connected"),
     ("p99_ms", "latency p99"),
 )
 

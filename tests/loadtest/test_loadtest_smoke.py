@@ -110,6 +110,11 @@ async def test_fanout_on_the_broadcast_loop(broadcast_server: RunningServer) -> 
     counts = result["summary"]["counts"]
     assert counts["sent"] == counts["acks"] == 100
     assert counts["delivered"] == counts["expected"] == 5 * 100
+    # The server's CPU once every consumer was connected, read by the generator (the
+    # per-delivery figure compare shows beside the whole run's).
+    connected_cpu_s = result["extra"]["server_cpu_seconds_connected"]
+    assert isinstance(connected_cpu_s, float)
+    assert connected_cpu_s >= 0
     assert result["extra"]["per_consumer_delivered"] == {
         "consumers": 5, "min": 100, "max": 100, "mean": 100.0,
     }  # fmt: skip

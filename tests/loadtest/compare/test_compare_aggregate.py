@@ -77,6 +77,20 @@ def test_extract_metrics_divides_server_cpu_by_delivered_messages() -> None:
     assert metrics["rss_max_mb"] == 3.0
 
 
+def test_a_fanout_also_gets_its_cpu_per_delivery_once_connected() -> None:
+    """The generator's reading from every consumer connected to the end, per delivery."""
+    result = scenario_result("fanout", cpu=[10.0])
+    result["extra"]["server_cpu_seconds_connected"] = 0.003
+    metrics = extract_metrics(result, server_cpu_s=0.005)
+    assert metrics["server_cpu_us_per_msg"] == pytest.approx(5.0)
+    assert metrics["server_cpu_us_per_msg_connected"] == pytest.approx(3.0)
+    result["extra"]["server_cpu_seconds_connected"] = None  # no server PID given
+    assert extract_metrics(result, server_cpu_s=0.005)["server_cpu_us_per_msg_connected"] is None
+    assert "server_cpu_us_per_msg_connected" not in extract_metrics(
+        scenario_result("pair", cpu=[10.0]), server_cpu_s=0.005
+    )
+
+
 def test_extract_metrics_shows_redis_cpu_and_max_latency() -> None:
     """redis-server's CPU is counted in server CPU and shown on its own, per delivery."""
     metrics = extract_metrics(scenario_result(cpu=[10.0]), server_cpu_s=0.005, redis_cpu_s=0.001)

@@ -123,14 +123,21 @@ def test_the_idle_connections_have_their_three_lines() -> None:
 def test_fanout_lines_compare_with_the_broadcast_loop() -> None:
     """The fan-out lines take the fan-out table, whose asyncio side is the broadcast loop."""
     key = "fanout 1→100"
+    metrics = ["server_cpu_us_per_msg", "server_cpu_us_per_msg_connected"]
     runs = [
-        _run(key, MEMORY, "server_cpu_us_per_msg", 20.0),
-        _run(key, BROADCAST, "server_cpu_us_per_msg", 40.0),
+        _run(key, MEMORY, metrics[0], 20.0),
+        _run(key, BROADCAST, metrics[0], 40.0),
+        _run(key, MEMORY, metrics[1], 9.0),
+        _run(key, BROADCAST, metrics[1], 12.0),
     ]
-    rows = aggregate(runs, [(key, ["server_cpu_us_per_msg"])], table=FANOUT_TABLE)
-    (line,) = summary_lines(PLAN, [], rows)
-    assert line.what == f"fan-out 1→100 at 200 msg/s, unbatched (asyncio: {BROADCAST})"
-    assert (line.figure, line.ratio) == ("server CPU per delivery", "0.50x")
+    rows = aggregate(runs, [(key, metrics)], table=FANOUT_TABLE)
+    whole, connected = summary_lines(PLAN, [], rows)
+    assert whole.what == f"fan-out 1→100 at 200 msg/s, unbatched (asyncio: {BROADCAST})"
+    assert (whole.figure, whole.ratio) == ("server CPU per delivery (whole run)", "0.50x")
+    assert (connected.figure, connected.ratio) == (
+        "server CPU per delivery, once all are connected",
+        "0.75x",
+    )
 
 
 def test_max_limits_count_what_stopped_each_side() -> None:
