@@ -208,6 +208,9 @@ class LocalRun:
         self._start_ns = 0
         self._sending = len(spec.producers)
         self._sending_done_at: tuple[float, float] | None = None
+        #: Called once every delivery expected here has arrived (not when the deadline ends
+        #: the wait): the orchestrator reads the server's CPU then.
+        self.on_all_delivered: Callable[[], None] | None = None
 
     def begin(self, start_ns: int) -> None:
         """Fix the start instant and release the producers. Call once, after ``run`` started."""
@@ -311,6 +314,8 @@ class LocalRun:
             if spec.consumers or spec.stalled_consumers:
                 with self.stopper.scope():
                     await self.counter.reached.wait()
+                    if self.on_all_delivered is not None:
+                        self.on_all_delivered()
             # The CPU window is the busy one: until the last send when this process produces
             # (the ack drain would dilute it), else until every expected message arrived (or
             # the deadline). A process with no role here (the orchestrator) records nothing.
@@ -432,8 +437,10 @@ class RunOutcome:
     worker_pids: list[int] = field(default_factory=list)
     #: CPUs the generator's processes could run on (this process's affinity, inherited).
     generator_cores: int | None = None
-    #: The server's CPU seconds from the moment every connection was open to the run's end
-    #: (sending and draining, connection set-up left out); None without a server PID.
+    #: The server's CPU seconds from the moment every connection was open until the last
+    #: expected delivery arrived (connection set-up and the consumers' close left out), or
+    #: until the run's end when consumers run in worker processes or not everything arrived;
+    #: None without a server PID.
     server_cpu_s_connected: float | None = None
 
 
@@ -516,10 +523,17 @@ async def execute(
             samplers: list[tuple[ProcessSampler, list[Sample]]] = []
             server_sampler = None
             cpu_connected = None
+            cpu_delivered: list[float | None] = []
             if server_pid is not None:
                 server_sampler = ProcessSampler(server_pid, include_children=True)
                 cpu_connected = server_sampler.cpu_seconds()
                 samplers.append((server_sampler, server_samples))
+                if parts[0].consumers and not any(w.spec.consumers for w in workers):
+                    # Every consumer is here: the window ends as the last delivery arrives,
+                    # before the consumers close (their tear-down is not the traffic's cost).
+                    local.on_all_delivered = lambda: cpu_delivered.append(
+                        server_sampler.cpu_seconds() if server_sampler else None
+                    )
             samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
             for n, w in enumerate(workers):
                 assert w.pid is not None
@@ -553,7 +567,10 @@ async def execute(
                 local.expect(expected if only_local else None)
                 for w in workers:
                     await w.send({"expect": expected if holders == [w.spec] else None})
-        cpu_done = None if server_sampler is None else server_sampler.cpu_seconds()
+        if cpu_delivered:
+            cpu_done = cpu_delivered[0]
+        else:  # consumers in workers, or not everything arrived: the run's end
+            cpu_done = None if server_sampler is None else server_sampler.cpu_seconds()
         stop_sampling.set()
 
     stats = merge([local.stats, *(w.stats for w in workers if w.stats is not None)])

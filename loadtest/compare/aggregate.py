@@ -145,8 +145,9 @@ def extract_metrics(
     started it; ``redis_cpu_s`` is the ``redis-server`` part of it (``None``: no Redis, or not
     measured). Per-message figures divide them by delivered messages. A fan-out also gets
     ``server_cpu_us_per_msg_connected``: the server process's CPU from the moment every
-    consumer was connected to the run's end (the generator's own reading), per delivery, so
-    that a fan-out to 1,000 consumers is not mostly the cost of connecting them.
+    consumer was connected until the last delivery arrived (the generator's own reading of
+    the one server process it was given; the runner drops it for the Redis sides), per
+    delivery, so that a fan-out to 1,000 consumers is not mostly the cost of connecting them.
     """
     scenario = result["scenario"]
     summary = result["summary"]

@@ -152,8 +152,8 @@ def fanout_notes(jobs: Sequence[Job]) -> dict[tuple[str, str], str]:
             f"per delivery; {describe_variant(UNBATCHED_1)}, echoed to it by both"
         )
         notes[(job.key, "server_cpu_us_per_msg_connected")] = (
-            "per delivery, the server's CPU from every consumer connected to the run's end: "
-            "connection set-up left out"
+            "per delivery, the server's CPU from every consumer connected to the last "
+            "delivery: the consumers' connect and close left out"
         )
     return notes
 

@@ -177,6 +177,10 @@ def measure(
         servers.stop()
     redis_cpu_s = None if redis0 is None or redis1 is None else redis1 - redis0
     metrics = extract_metrics(result, server_cpu_s=cpu1 - cpu0, redis_cpu_s=redis_cpu_s)
+    if step.side in REDIS_SIDES:
+        # The generator reads one server process (the first relay), not every relay and
+        # redis-server as the whole run's figure does: not comparable, so not kept.
+        metrics.pop("server_cpu_us_per_msg_connected", None)
     metrics["generator_cpu_s"] = round(gen_cpu_s, 3)
     cores = None if generator_cpus is None else len(generator_cpus)
     run = Run(

@@ -150,11 +150,15 @@ async def test_a_cancelled_receive_takes_nothing_even_with_an_item_there() -> No
     assert queue.receive_nowait() == 0
 
 
-def test_a_negative_size_is_refused_as_by_trio() -> None:
+def test_a_negative_or_fractional_size_is_refused_as_by_trio() -> None:
     with pytest.raises(ValueError, match="max_items"):
         AppQueue(-1)
     with pytest.raises(ValueError, match="max_buffer_size must be >= 0"):
         trio.open_memory_channel[Any](-1)
+    with pytest.raises(TypeError, match="max_items must be an integer"):
+        AppQueue(2.5)
+    with pytest.raises(TypeError, match="max_buffer_size must be an integer"):
+        trio.open_memory_channel[Any](2.5)
 
 
 def test_a_queue_holds_far_less_than_a_channel_pair() -> None:

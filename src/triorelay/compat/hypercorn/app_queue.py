@@ -14,11 +14,15 @@ cancelled wait taking nothing. It is never closed, as Hypercorn never closes its
 :func:`use_app_queues` makes Hypercorn's ``TCPServer`` (looked up in
 ``hypercorn.trio.tcp_server`` when a connection starts) build a :class:`AppTaskGroup`, whose
 ``spawn_app`` is Hypercorn's with the queue in place of the channel pair.
-``tests/compat/hypercorn/test_app_queue.py`` pins the code it replaces.
+``tests/compat/hypercorn/test_app_queue.py`` pins the code it replaces. The relay's worker
+gets it through :mod:`.isolation`, whose ``IsolatedTaskGroup`` (installed there by
+``isolate_connection_errors``) is an AppTaskGroup too; ``use_app_queues`` then finds no
+Hypercorn ``TaskGroup`` to replace and does nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +40,10 @@ class AppQueue:
     __slots__ = ("_items", "_max", "_receivers", "_senders")
 
     def __init__(self, max_items: int | float) -> None:
-        if max_items < 0:  # as trio.open_memory_channel refuses it
+        # What trio.open_memory_channel refuses, refused alike.
+        if max_items != math.inf and not isinstance(max_items, int):
+            raise TypeError("max_items must be an integer or math.inf")
+        if max_items < 0:
             raise ValueError("max_items must be >= 0")
         self._max = max_items
         self._items: list[Any] = []

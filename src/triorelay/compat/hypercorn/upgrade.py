@@ -10,9 +10,9 @@ its state machine, header list and buffers (0.75-1.1 KB per connection) are kept
 
 It also swaps the queue of events wsproto's ``Connection`` keeps (``wsproto/connection.py``:
 ``self._events = deque()``) for a list: an empty ``deque`` allocates a block of 64 slots, 0.76 KB
-per connection, for a queue that is empty between reads and holds an event or two within one
-(wsproto only appends to it, pops from its left and tests it for emptiness). The structure both
-rely on is checked by ``tests/compat/hypercorn/test_upgrade.py``.
+per connection, for a queue that is empty but for the abnormal close (1006) it may hold when
+the peer goes (wsproto only appends to it, pops from its left and tests it for emptiness). The
+structure both rely on is checked by ``tests/compat/hypercorn/test_upgrade.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _RELEASED = _Released()
 
 class EventQueue(list[Any]):
     """wsproto's event queue as a list: what it does with its ``deque`` (``append``,
-    ``popleft``, truth), for the few events a read produces at a time."""
+    ``popleft``, truth), for the one event it may ever hold at a time."""
 
     __slots__ = ()
 
