@@ -157,6 +157,29 @@ async def test_the_access_record_has_its_fields_and_the_text_line_of_before(
     assert jwt not in record.getMessage()
 
 
+async def test_with_the_access_log_off_no_record_is_built(
+    start_relay: StartRelay, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the access logger's level, a connection's end builds no fields and no line."""
+    from triorelay.routes import session as session_module
+
+    built: list[dict[str, Any]] = []
+    monkeypatch.setattr(session_module, "access_fields", lambda **fields: built.append(fields))
+    relay = await start_relay()
+    ended = 'triorelay_connections_ended_total{close="client",role="producer"} 1.0'
+    with caplog.at_level(logging.WARNING, logger="triorelay.access"):
+        async with relay.websocket("/ws/producer/quiet?ack=id") as producer:
+            await producer.send_message("one")
+            await producer.get_message()
+
+        async def counted() -> bool:
+            return ended in (await relay.http.get("/metrics")).text
+
+        await wait_until(counted)
+    assert built == []
+    assert not [r for r in caplog.records if r.name == "triorelay.access"]
+
+
 async def test_an_event_streams_access_record_has_the_same_fields(
     start_relay: StartRelay, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -375,6 +375,8 @@ def _log_access(session: Session[C], seconds: float) -> None:
 
     The same figures go as fields (``extra=``), which a JSON log line has as keys.
     """
+    if not access_log.isEnabledFor(logging.INFO):  # access log off: nothing to build
+        return
     request, connection = session.request, session.connection
     if connection.disconnected or connection.close_code is None:
         ended = "client"
