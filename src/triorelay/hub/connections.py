@@ -237,6 +237,15 @@ class Consumer(Connection):
         self._took(payload)
         return payload
 
+    def take_buffered(self, items: list[Item], limit: int) -> None:
+        """Append what is buffered to ``items``, until it holds ``limit``: a writer's batch
+        after the message it waited for. An ended stream shows on the next :meth:`receive`."""
+        try:
+            while len(items) < limit:
+                items.append(self.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass
+
     def write_directly(
         self, write: WriteNow | None, write_many: WriteManyNow | None = None
     ) -> None:

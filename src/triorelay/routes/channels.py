@@ -320,11 +320,7 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
                 items: list[Item] = [await consumer.receive()]
             except trio.EndOfChannel:
                 return
-            try:
-                while len(items) < batch_limit:
-                    items.append(consumer.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                pass  # send what we have; an ended stream shows on the next receive
+            consumer.take_buffered(items, batch_limit)
             # The rest of a direct write the socket took only part of comes first (its first
             # bytes are out, and the send lock is taken for the rest).
             head = items[0]

@@ -190,11 +190,7 @@ async def write_positioned(
                     continue
         except trio.EndOfChannel:
             return
-        try:
-            while len(items) < MAX_BATCH:
-                items.append(consumer.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            pass  # send what we have; an ended stream shows on the next receive
+        consumer.take_buffered(items, MAX_BATCH)
         traced = traces.take_traced(consumer, items)
         taken_ns = now_ns() if traced else 0
         frames: list[Payload] = []
