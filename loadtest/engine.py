@@ -525,15 +525,13 @@ async def execute(
             cpu_connected = None
             cpu_delivered: list[float | None] = []
             if server_pid is not None:
-                server_sampler = ProcessSampler(server_pid, include_children=True)
-                cpu_connected = server_sampler.cpu_seconds()
-                samplers.append((server_sampler, server_samples))
+                server_sampler = sampler = ProcessSampler(server_pid, include_children=True)
+                cpu_connected = sampler.cpu_seconds()
+                samplers.append((sampler, server_samples))
                 if parts[0].consumers and not any(w.spec.consumers for w in workers):
                     # Every consumer is here: the window ends as the last delivery arrives,
                     # before the consumers close (their tear-down is not the traffic's cost).
-                    local.on_all_delivered = lambda: cpu_delivered.append(
-                        server_sampler.cpu_seconds() if server_sampler else None
-                    )
+                    local.on_all_delivered = lambda: cpu_delivered.append(sampler.cpu_seconds())
             samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
             for n, w in enumerate(workers):
                 assert w.pid is not None
