@@ -7,18 +7,21 @@ numbered it). Publishing runs one Lua script that takes the channel's next offse
 redis_stream_max_messages``) and renews both keys' expiry: one round trip for all the
 messages a producer sent in one TCP read. A channel without a position, or with one numbered
 by a Redis since restarted (a restored copy may be older: its offsets would be reused), starts
-a new epoch. The script ends with a ``PUBLISH`` of an empty notification on the channel's
-pub/sub channel, ``{prefix}n:{name}``. The publish scripts of every producer of this relay
+a new epoch. The script ends with a ``PUBLISH`` on the channel's pub/sub channel,
+``{prefix}n:{name}``, of a notification that carries the messages and their position (see
+``_notified_entries``). The publish scripts of every producer of this relay
 share one connection (:class:`~triorelay.brokers.redis.lean.Pipeline`): those queued while a
 round trip is under way go together in the next one.
 
 The reader subscribes to the notifications of every stream with local consumers (every
-*watched* channel), and reads (one non-blocking ``XREAD``) only the streams notified since its
-last read, from where it left each; so a channel nobody publishes to costs nothing per
-message. Notifications are not stored: whatever may have been published while the reader was
-not subscribed (at each (re)connection) is caught up by one ``XREAD`` of every watched
-stream. It hands the messages to ``deliver`` (the hub), which applies the channel's
-slow-consumer policy as for a local publish.
+*watched* channel). A notification whose messages follow what the reader has of its channel
+is delivered as it is, with no read of the stream; otherwise (a notification missed or cut, a
+new epoch, a channel whose deliveries are behind) the reader reads that stream (one
+non-blocking ``XREAD`` of the streams to read, each from where it was left). So a channel
+nobody publishes to costs nothing per message. Notifications are not stored: whatever may
+have been published while the reader was not subscribed (at each (re)connection) is caught
+up by one ``XREAD`` of every watched stream. It hands the messages to ``deliver`` (the hub),
+which applies the channel's slow-consumer policy as for a local publish.
 
 Each message's id is its position, so a relay that missed some (it fell further behind than
 the stream keeps) sees the jump in offsets, and one whose channel began a new epoch sees that:
