@@ -409,6 +409,23 @@ def test_an_idle_consumers_buffer_holds_almost_nothing() -> None:
     assert buffers[0].receive_nowait() == "now it has one"
 
 
+def test_a_drop_leaves_the_size_of_the_message_last_received() -> None:
+    """The writer counts a message's bytes from ``last_size`` after ``receive`` has yielded
+    once (``Consumer.receive``), and a ``drop_oldest`` can come in between (the buffer of a
+    slow consumer is full): the drop must not change it, or the consumer and its channel
+    count the dropped message's size as written instead of the one received."""
+    buffer = ConsumerBuffer(3, 1 << 20, Occupancy())
+    for payload in ["x" * 10, "y" * 20, "z" * 30]:
+        assert buffer.offer(payload, len(payload))
+    assert buffer.receive_nowait() == "x" * 10
+    assert buffer.last_size == 10
+    assert buffer.drop_oldest()  # the 20-byte one
+    assert buffer.last_size == 10
+    assert (buffer.messages, buffer.bytes) == (1, 30)
+    assert buffer.receive_nowait() == "z" * 30
+    assert buffer.last_size == 30
+
+
 @pytest.mark.parametrize("mode", ["take", "refuse", "partial"])
 @pytest.mark.timeout(HANG_GUARD_SECONDS)
 async def test_a_batch_is_written_in_one_direct_write_at_its_end(

@@ -389,6 +389,8 @@ class ConsumerBuffer:
             del items[1]
         else:
             payload = items.popleft()
+        # Not through last_size: that is the size of the item last received, which its
+        # writer reads after the checkpoint in receive (a drop may come in between).
         self._taken(payload)
         if type(payload) is Traced:
             self.traced -= 1
@@ -434,7 +436,7 @@ class ConsumerBuffer:
         if items:
             payload = items.popleft()
             self._handed = False
-            self._taken(payload)
+            self.last_size = self._taken(payload)
             return payload
         if self._closed:
             raise trio.EndOfChannel
@@ -475,17 +477,20 @@ class ConsumerBuffer:
             self._room.unpark_all()
         return left
 
-    def _taken(self, payload: Item) -> None:
+    def _taken(self, payload: Item) -> int:
+        """``payload`` left the buffer (received or dropped): its place and bytes are free;
+        returns its size."""
         kind = type(payload)
         if kind is Entry or kind is Traced:
-            size = self.last_size = payload.size  # type: ignore[union-attr]
+            size: int = payload.size  # type: ignore[union-attr]
         else:
-            size = self.last_size = size_of(payload)  # type: ignore[arg-type]
+            size = size_of(payload)  # type: ignore[arg-type]
         self.messages -= 1
         self.bytes -= size
         self._occupancy.messages -= 1
         if self._room:
             self._room.unpark_all()
+        return size
 
 
 class QueueBudget:

@@ -306,3 +306,27 @@ async def test_no_direct_write_with_compression_on() -> None:
     assert direct.send_nowait("x") is False
     assert direct.send_many_nowait(["x", "y"]) is False
     assert bytes(tcp_server.stream.wire) == b""
+
+
+@pytest.mark.parametrize(
+    "error", [trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError, OSError]
+)
+@pytest.mark.timeout(5)
+async def test_a_rest_the_stream_refuses_ends_the_write_as_a_failed_one(
+    error: type[Exception],
+) -> None:
+    """The rest of a cut frame goes through the stream's ``send_all``, which refuses it while
+    Hypercorn's ``TCPServer._close`` is in ``send_eof`` without the send lock (trio's
+    ``SocketStream`` then raises ``BusyResourceError``), or once the socket broke: the write
+    fails as a broken socket does (False, the lock free, Hypercorn told the connection
+    closed), and nothing escapes to the writer."""
+    direct, tcp_server = direct_socket(room=10)
+
+    async def refusing(data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        raise error("refused")
+
+    tcp_server.stream.send_all = refusing  # type: ignore[method-assign]
+    assert await direct.send_messages([b"x" * 100]) is False
+    assert not tcp_server.send_lock.locked()
+    assert [type(event).__name__ for event in tcp_server.protocol.events] == ["Closed"]

@@ -245,7 +245,14 @@ class DirectWebSocket:
                 # whatever is cancelled meanwhile (Hypercorn shields its sends the same way).
                 with trio.CancelScope(shield=True):
                     await tcp_server.stream.send_all(data[sent:])
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            # Hypercorn's TCPServer._close is in the stream's send_eof (which it calls
+            # without the send lock): the connection is closing, as for a broken socket.
+            trio.BusyResourceError,
+        ):
             failed = True
         else:
             failed = False
