@@ -1,5 +1,5 @@
-"""The lean Redis path's pure parts (command encoding, the notifications' format) and a closed
-connection's errors."""
+"""The lean Redis path's pure parts (command encoding, the notifications' format), a closed
+connection's errors, and the subscriber's wake-ups."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import socket
 import hiredis
 import pytest
 import trio
+import trio.testing
 
 from triorelay.brokers.redis.lean import (
     RedisConnectionError,
     RespStream,
+    Subscriber,
     encode_arguments,
     encode_command,
 )
@@ -89,3 +91,46 @@ async def test_a_closed_connection_fails_every_read_and_write_alike() -> None:
                 await resp.receive()
             with pytest.raises(RedisConnectionError, match="lost the connection"):
                 await resp.send(b"*1\r\n$4\r\nPING\r\n")
+
+
+@pytest.mark.timeout(10)
+async def test_a_wake_while_the_reader_sends_an_unsubscription_is_not_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader's wait sends pending unsubscriptions before it waits; a wake in that moment
+    (another channel's first consumer positioned, a drain with room again) must still end the
+    wait at once, not after ``idle_seconds`` (10 s, when the reader would PING). Redis is the
+    other end of a lockstep stream, so the UNSUBSCRIBE blocks until the test reads it."""
+    client, redis = trio.testing.lockstep_stream_pair()
+    subscriber = Subscriber(RespStream(client), timeout_seconds=5)
+    subscriber.unsubscribe_nowait(b"n:gone")
+    returned: list[float] = []
+    start = trio.current_time()
+
+    async def reader() -> None:
+        assert await subscriber.wait_messages(idle_seconds=10) == []
+        returned.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()  # the reader is sending the UNSUBSCRIBE
+        subscriber.wake()
+        assert parsed(await redis.receive_some()) == [b"UNSUBSCRIBE", b"n:gone"]
+    assert returned == [start]  # no time passed: it did not wait
+
+
+@pytest.mark.timeout(10)
+async def test_a_wake_before_the_wait_ends_the_next_wait_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A wake while nobody waits (the reader is busy delivering) is kept for the next wait."""
+    client, _redis = trio.testing.lockstep_stream_pair()
+    subscriber = Subscriber(RespStream(client), timeout_seconds=5)
+    start = trio.current_time()
+    subscriber.wake()
+    assert await subscriber.wait_messages(idle_seconds=10) == []
+    assert trio.current_time() == start
+    # Used once: the next wait waits (and, after idle_seconds, sends a PING).
+    with trio.move_on_after(1) as waited:
+        await subscriber.wait_messages(idle_seconds=10)
+    assert waited.cancelled_caught

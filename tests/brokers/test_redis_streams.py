@@ -13,7 +13,9 @@ from coredis.tokens import PureToken
 from tests.brokers.conftest import HANG_GUARD_SECONDS, Deliveries
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
+import triorelay.brokers.redis.streams as streams_module
 from triorelay.brokers import broker_factory
+from triorelay.brokers.base import Gap
 from triorelay.brokers.redis import RedisBroker
 from triorelay.brokers.redis.streams import _PUBLISH
 from triorelay.envelopes import Payload
@@ -257,3 +259,74 @@ async def test_a_channel_left_and_joined_again_at_once_stays_subscribed(
     assert payloads_of(deliveries, "c") == ["first", "second", "third", "fourth"]
     # At most the join's own read: "third" and "fourth" came in their notifications.
     assert broker.streams.reads <= reads + 1
+
+
+async def test_a_new_epoch_sorts_after_the_old_one_whatever_the_relays_clock(
+    nursery: trio.Nursery, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost a watched channel's keys (flushed, evicted, expired) and the relay that
+    publishes next runs an hour behind the one that numbered the old epoch: the new epoch
+    still sorts after the old one (Redis's clock numbers them), so the reader, still at the
+    old history's last id, reads on: a gap (the new epoch), then the message. Numbered by the
+    publisher's clock, the new ids sorted below what the reader had read, and it took every
+    new message for one read already: the channel went silent on that relay."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c")
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["one"], published)
+        await deliveries.wait_for(1)
+        old_epoch = deliveries.positions[0][1]
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.flushall()
+        an_hour_ago = str(time.time_ns() // 1_000_000 - 3_600_000)
+        monkeypatch.setattr(streams_module, "_now_ms", lambda: an_hour_ago)
+        await broker.publish("c", "broadcast", ["two"], published)
+        await broker.publish("c", "broadcast", ["three"], published)
+        items = await deliveries.wait_for(4)
+    assert published == [1, 1, 2]
+    gap = items[1][1]
+    assert isinstance(gap, Gap) and gap.reason == "the channel's history was lost: a new epoch began"
+    assert payloads_of(deliveries, "c")[2:] == ["two", "three"]
+    new_epoch = deliveries.positions[2][1]
+    assert int(new_epoch) > int(old_epoch)
+    assert [offset for offset, _ in deliveries.positions[2:]] == [1, 2]
+
+
+class FailingOnce(Deliveries):
+    """Deliveries whose delivery of ``fail_on`` raises once (a bug in the hub, say)."""
+
+    def __init__(self, fail_on: Payload) -> None:
+        super().__init__()
+        self.fail_on: Payload | None = fail_on
+
+    async def deliver(
+        self, name: str, item: Payload | Gap, offset: int, epoch: str, trace: object = None
+    ) -> None:
+        if item == self.fail_on:
+            self.fail_on = None
+            raise RuntimeError("a delivery failed")
+        await super().deliver(name, item, offset, epoch, trace)
+
+
+async def test_after_a_failed_delivery_one_gap_stands_for_what_was_dropped(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A delivery that raises drops the rest of its batch, reported as one gap; the next
+    message is delivered after it as it is, not behind a second gap (and a count of dropped
+    messages) as if the stream had been trimmed."""
+    deliveries = FailingOnce(fail_on="a")
+    broker = await started(nursery, redis_server, deliveries)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c")
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["a", "b", "c"], published)
+        await deliveries.wait_for(1)
+        await broker.publish("c", "broadcast", ["d"], published)
+        items = await deliveries.wait_for(2)
+    gap = items[0][1]
+    assert isinstance(gap, Gap)
+    assert (gap.count, gap.reason) == (None, "a delivery failed on this relay")
+    assert items[1:] == [("c", "d")]
+    assert broker.gaps == 1

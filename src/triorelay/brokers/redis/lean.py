@@ -469,9 +469,11 @@ class Subscriber:
         self._unsubscribe.discard(channel)
 
     def wake(self) -> None:
-        """Make the :meth:`wait_messages` under way return now (with what it has)."""
+        """Make the :meth:`wait_messages` under way return now (with what it has), or, if
+        none is waiting yet (the reading task is busy, or sending an unsubscription), the
+        next one: a wake is never lost."""
+        self._woken = True
         if self._waiting is not None:
-            self._woken = True
             self._waiting.cancel()
 
     async def wait_messages(self, idle_seconds: float) -> list[tuple[bytes, bytes]]:
@@ -486,16 +488,18 @@ class Subscriber:
             channels, self._unsubscribe = sorted(self._unsubscribe), set()
             await self._send([None] * len(channels), [b"UNSUBSCRIBE", *channels])
         wait_seconds = self._timeout_seconds if self._pinged else idle_seconds
-        self._woken = False
         with trio.CancelScope(deadline=trio.current_time() + wait_seconds) as waited:
             self._waiting = waited
+            if self._woken:  # woken since the last wait ended: return with what there is
+                waited.cancel()
             self._take()
             while not self._messages:
                 await self._stream.receive()
                 self._pinged = False
                 self._take()
         self._waiting = None
-        if waited.cancelled_caught and not self._woken:
+        woken, self._woken = self._woken, False
+        if waited.cancelled_caught and not woken:
             if self._pinged:
                 raise RedisConnectionError("Redis did not answer a PING in time")
             self._pinged = True

@@ -75,7 +75,13 @@ local function current_epoch(rid)
   return false
 end
 local function new_epoch(now, rid)
-  local epoch = tonumber(now)
+  -- Numbered by Redis's clock, not the caller's: relays' clocks differ, and a new epoch must
+  -- sort after the one it replaces (a reader still at the old history's last id reads on
+  -- from there), whichever relay makes it. Before any write (Redis 6: writes after TIME
+  -- need effects replication; the callers have written nothing yet).
+  redis.replicate_commands()
+  local t = redis.call('TIME')
+  local epoch = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
   if top then  -- the stream outlived its position: it belongs to a lost history
     local old = tonumber(string.match(top[1], '^(%d+)'))
@@ -653,6 +659,13 @@ class RedisStreams:
         """Called in an ``except`` block: drop what is pending for ``watch``, report a gap."""
         log.exception("channel %s: a delivery failed; what was pending is dropped", name)
         watch.pending.clear()
+        # The gap below stands for everything skipped: the next message delivered is taken
+        # without another one (its offset jumps from the last one delivered). And what was
+        # left in the stream while the channel was full is read now.
+        watch.last_seq = None
+        if watch.excluded:
+            watch.excluded = False
+            self._read_soon(name)
         try:
             await self._gap(name, None, "a delivery failed on this relay")
         except Exception:  # the other channels' deliveries go on, whatever happens here
@@ -774,5 +787,6 @@ def _notified_entries(data: bytes) -> list[_Entry]:
 
 
 def _now_ms() -> str:
-    """The wall clock in milliseconds: a new epoch's number, a publish's time."""
+    """This relay's wall clock in milliseconds: a publish's time (a history's idle time is
+    measured with it; a new epoch's number is Redis's clock)."""
     return str(time.time_ns() // 1_000_000)
