@@ -10,10 +10,10 @@ import pytest
 import trio
 from coredis.tokens import PureToken
 
+import triorelay.brokers.redis.streams as streams_module
 from tests.brokers.conftest import HANG_GUARD_SECONDS, Deliveries
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-import triorelay.brokers.redis.streams as streams_module
 from triorelay.brokers import broker_factory
 from triorelay.brokers.base import Gap
 from triorelay.brokers.redis import RedisBroker
@@ -287,7 +287,8 @@ async def test_a_new_epoch_sorts_after_the_old_one_whatever_the_relays_clock(
         items = await deliveries.wait_for(4)
     assert published == [1, 1, 2]
     gap = items[1][1]
-    assert isinstance(gap, Gap) and gap.reason == "the channel's history was lost: a new epoch began"
+    assert isinstance(gap, Gap)
+    assert gap.reason == "the channel's history was lost: a new epoch began"
     assert payloads_of(deliveries, "c")[2:] == ["two", "three"]
     new_epoch = deliveries.positions[2][1]
     assert int(new_epoch) > int(old_epoch)
