@@ -331,3 +331,80 @@ async def test_after_a_failed_delivery_one_gap_stands_for_what_was_dropped(
     assert (gap.count, gap.reason) == (None, "a delivery failed on this relay")
     assert items[1:] == [("c", "d")]
     assert broker.gaps == 1
+
+
+class HeldThenFailing(Deliveries):
+    """Deliveries whose delivery of ``"m1"`` waits for :attr:`release`, then raises, and
+    whose delivery of a gap waits for :attr:`gap_may_go` (as the hub's may, for a ``block``
+    consumer), while the reader goes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = trio.Event()
+        self.release = trio.Event()
+        self.gap_may_go = trio.Event()
+
+    async def deliver(
+        self, name: str, item: Payload | Gap, offset: int, epoch: str, trace: object = None
+    ) -> None:
+        if item == "m1":
+            self.holding.set()
+            await self.release.wait()
+            raise RuntimeError("a delivery failed")
+        if isinstance(item, Gap):
+            await self.gap_may_go.wait()
+        await super().deliver(name, item, offset, epoch, trace)
+
+
+async def test_a_channel_left_out_of_reads_is_read_again_after_a_failed_delivery(
+    nursery: trio.Nursery, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``block`` channel's deliveries wait (its drain holds "m1"), so the reader queues what
+    follows up to its bound (two batches of one) and leaves the rest in the stream. When the
+    held delivery fails, what was queued is dropped as one gap, and what was left in the
+    stream is read and delivered after it, without waiting for another publish, even when
+    the reader queues it while the gap's own delivery still waits (the drain goes on with
+    it: nothing else would)."""
+    deliveries = HeldThenFailing()
+    broker = await started(
+        nursery,
+        redis_server,
+        deliveries,
+        redis_read_batch_messages=1,
+        slow_consumer_policy="block",
+    )
+    streams = broker.streams
+    handled = trio.Event()
+    notifications: list[bytes] = []
+    notification = streams._notification
+
+    async def counted(key: bytes, data: bytes) -> None:
+        await notification(key, data)
+        notifications.append(data)
+        if len(notifications) == 4:
+            handled.set()
+
+    monkeypatch.setattr(streams, "_notification", counted)
+    accept = streams._accept
+
+    async def accepting(name: str, watch: Any, entries: Any) -> None:
+        await accept(name, watch, entries)
+        if deliveries.release.is_set():  # m4, read from the stream after the failure
+            deliveries.gap_may_go.set()
+
+    monkeypatch.setattr(streams, "_accept", accepting)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c")
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["m1"], published)
+        await deliveries.holding.wait()
+        for text in ("m2", "m3", "m4"):
+            await broker.publish("c", "broadcast", [text], published)
+        await handled.wait()  # m2 and m3 queued, m4 left in the stream
+        deliveries.release.set()
+        items = await deliveries.wait_for(2)
+    gap = items[0][1]
+    assert isinstance(gap, Gap)
+    assert (gap.count, gap.reason) == (None, "a delivery failed on this relay")
+    assert items[1:] == [("c", "m4")]
+    assert broker.gaps == 1

@@ -631,19 +631,22 @@ class RedisStreams:
         if it left the channel out of its read meanwhile.
 
         An unexpected failure drops what was pending for that channel, reported as a gap:
-        the other channels' deliveries, and the reader, go on.
+        the other channels' deliveries, and the reader, go on, and so does this drain with
+        whatever the reader queued for the channel meanwhile (while it is draining, nothing
+        else would deliver that).
         """
         pending = watch.pending
         try:
             while pending and self._watches.get(name) is watch:
-                # Taken off first: an entry is never delivered twice, even if a delivery is
-                # cut (the broker stopping).
-                await self._deliver(name, watch, (pending.popleft(),))
+                try:
+                    # Taken off first: an entry is never delivered twice, even if a delivery
+                    # is cut (the broker stopping).
+                    await self._deliver(name, watch, (pending.popleft(),))
+                except Exception:
+                    await self._delivery_failed(name, watch)
                 if watch.excluded and len(pending) < MAX_PENDING_BATCHES * self._batch:
                     watch.excluded = False
                     self._read_soon(name)
-        except Exception:
-            await self._delivery_failed(name, watch)
         finally:
             watch.draining = False
 
@@ -659,10 +662,10 @@ class RedisStreams:
         """Called in an ``except`` block: drop what is pending for ``watch``, report a gap."""
         log.exception("channel %s: a delivery failed; what was pending is dropped", name)
         watch.pending.clear()
-        # The gap below stands for everything skipped: the next message delivered is taken
-        # without another one (its offset jumps from the last one delivered). And what was
-        # left in the stream while the channel was full is read now.
-        watch.last_seq = None
+        # The gap below stands for everything read and skipped, up to the last entry read:
+        # the next one is taken as following it (a jump past it is a gap of its own, counted).
+        # What was left in the stream while the channel was full is read now.
+        watch.last_seq = watch.read_at[1]
         if watch.excluded:
             watch.excluded = False
             self._read_soon(name)
