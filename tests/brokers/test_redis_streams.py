@@ -10,6 +10,7 @@ import pytest
 import trio
 from coredis.tokens import PureToken
 
+import triorelay.brokers.redis.lean as lean
 import triorelay.brokers.redis.streams as streams_module
 from tests.brokers.conftest import HANG_GUARD_SECONDS, Deliveries
 from tests.conftest import make_settings
@@ -408,3 +409,39 @@ async def test_a_channel_left_out_of_reads_is_read_again_after_a_failed_delivery
     assert (gap.count, gap.reason) == (None, "a delivery failed on this relay")
     assert items[1:] == [("c", "m4")]
     assert broker.gaps == 1
+
+
+async def test_a_channel_left_while_the_reader_subscribes_again_is_unsubscribed(
+    nursery: trio.Nursery, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader reconnects and subscribes to every watched channel; one of them loses its
+    last consumer before Redis confirmed (there is no subscriber to unsubscribe through yet):
+    it is unsubscribed at the reader's first wait, not kept until the next reconnection with
+    every publish on it sent to this relay for nothing."""
+    deliveries = Deliveries()
+    broker = await started(nursery, redis_server, deliveries, broker_reconnect_max_seconds=0.1)
+    subscribe_reading = lean.Subscriber.subscribe_reading
+    reconnecting = False
+
+    async def leaving_meanwhile(self: lean.Subscriber, channels: Any) -> None:
+        if reconnecting:
+            broker.unwatch("gone")
+        await subscribe_reading(self, channels)
+
+    monkeypatch.setattr(lean.Subscriber, "subscribe_reading", leaving_meanwhile)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "gone", "kept")
+        published: list[int] = []
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            assert await client.pubsub_numsub("triorelay:n:gone") == {b"triorelay:n:gone": 1}
+            reconnecting = True
+            await client.client_kill(type_=PureToken.PUBSUB)
+            # The first is read from the stream by the reconnected reader (its full read),
+            # the second comes as a notification, in the wait that sends the unsubscription.
+            await broker.publish("kept", "broadcast", ["k1"], published)
+            await deliveries.wait_for(1)
+            await broker.publish("kept", "broadcast", ["k2"], published)
+            await deliveries.wait_for(2)
+            numsub = await client.pubsub_numsub("triorelay:n:gone", "triorelay:n:kept")
+    assert payloads_of(deliveries, "kept") == ["k1", "k2"]
+    assert numsub == {b"triorelay:n:gone": 0, b"triorelay:n:kept": 1}

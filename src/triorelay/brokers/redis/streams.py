@@ -512,9 +512,14 @@ class RedisStreams:
             stream = await lean.open_stream(self.pipeline.address)
         try:
             subscriber = lean.Subscriber(stream, connection.timeout_seconds)
+            keys = [self._notify_key(n) for n in self._watches]
             with connection.deadline():
-                await subscriber.subscribe_reading([self._notify_key(n) for n in self._watches])
+                await subscriber.subscribe_reading(keys)
             self._set_subscriber(subscriber)
+            # A channel left meanwhile (with no subscriber to unsubscribe through) would go
+            # on sending its notifications here: unsubscribed at the first wait.
+            for key in set(keys).difference(map(self._notify_key, self._watches)):
+                subscriber.unsubscribe_nowait(key)
             self._notified.update(self._watches)
             full = True
             while True:
