@@ -134,3 +134,41 @@ async def test_a_wake_before_the_wait_ends_the_next_wait_at_once(
     with trio.move_on_after(1) as waited:
         await subscriber.wait_messages(idle_seconds=10)
     assert waited.cancelled_caught
+
+
+@pytest.mark.timeout(10)
+async def test_wakes_do_not_put_off_noticing_a_silent_redis(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After ``idle_seconds`` of silence the subscriber sends a PING, which must be answered
+    within ``timeout_seconds``; the reader being woken every second meanwhile (joins, drains)
+    must not start that wait again each time, or a silent connection is never noticed."""
+    client, redis = trio.testing.lockstep_stream_pair()
+    subscriber = Subscriber(RespStream(client), timeout_seconds=5)
+    sent: list[object] = []
+
+    async def silent_redis() -> None:  # reads every command, never answers
+        while True:
+            sent.append(parsed(await redis.receive_some()))
+
+    async def waking() -> None:
+        while True:
+            await trio.sleep(1)
+            subscriber.wake()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(silent_redis)
+        start = trio.current_time()
+        assert await subscriber.wait_messages(idle_seconds=10) == []  # silent: the PING
+        assert sent == [[b"PING"]]
+        nursery.start_soon(waking)
+
+        async def wait_until_it_fails() -> None:
+            with trio.fail_after(60):  # woken each second: it would wait for ever
+                while True:
+                    await subscriber.wait_messages(idle_seconds=10)
+
+        with pytest.raises(RedisConnectionError, match="did not answer a PING"):
+            await wait_until_it_fails()
+        assert trio.current_time() - start <= 10 + 5 + 1
+        nursery.cancel_scope.cancel()

@@ -27,6 +27,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import inf
 from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
@@ -436,6 +437,8 @@ class Subscriber:
         self._unsubscribe: set[bytes] = set()
         self._messages: list[tuple[bytes, bytes]] = []
         self._pinged = False
+        # When the answer to the PING sent must have come (wakes do not move it).
+        self._ping_deadline = inf
         # The wait of wait_messages, and whether wake() cut it.
         self._waiting: trio.CancelScope | None = None
         self._woken = False
@@ -481,14 +484,14 @@ class Subscriber:
 
         After ``idle_seconds`` without a reply it sends ``PING`` (and returns nothing), and
         the next call raises :class:`RedisConnectionError` if nothing at all comes back within
-        ``timeout_seconds`` (a partition leaves a connection open and silent). Nothing read is
-        ever lost.
+        ``timeout_seconds`` of the PING, however often it is woken meanwhile (a partition
+        leaves a connection open and silent). Nothing read is ever lost.
         """
         if self._unsubscribe:
             channels, self._unsubscribe = sorted(self._unsubscribe), set()
             await self._send([None] * len(channels), [b"UNSUBSCRIBE", *channels])
-        wait_seconds = self._timeout_seconds if self._pinged else idle_seconds
-        with trio.CancelScope(deadline=trio.current_time() + wait_seconds) as waited:
+        deadline = self._ping_deadline if self._pinged else trio.current_time() + idle_seconds
+        with trio.CancelScope(deadline=deadline) as waited:
             self._waiting = waited
             if self._woken:  # woken since the last wait ended: return with what there is
                 waited.cancel()
@@ -504,6 +507,7 @@ class Subscriber:
                 raise RedisConnectionError("Redis did not answer a PING in time")
             self._pinged = True
             await self._send([None], [b"PING"])
+            self._ping_deadline = trio.current_time() + self._timeout_seconds
         messages, self._messages = self._messages, []
         return messages
 
