@@ -334,13 +334,13 @@ async def test_after_a_failed_delivery_one_gap_stands_for_what_was_dropped(
     assert broker.gaps == 1
 
 
-class HeldThenFailing(Deliveries):
-    """Deliveries whose delivery of ``"m1"`` waits for :attr:`release`, then raises, and
+class HeldThenFailing(FailingOnce):
+    """:class:`FailingOnce` on ``"m1"``, whose delivery first waits for :attr:`release`, and
     whose delivery of a gap waits for :attr:`gap_may_go` (as the hub's may, for a ``block``
     consumer), while the reader goes on."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(fail_on="m1")
         self.holding = trio.Event()
         self.release = trio.Event()
         self.gap_may_go = trio.Event()
@@ -348,11 +348,10 @@ class HeldThenFailing(Deliveries):
     async def deliver(
         self, name: str, item: Payload | Gap, offset: int, epoch: str, trace: object = None
     ) -> None:
-        if item == "m1":
+        if item == self.fail_on:
             self.holding.set()
             await self.release.wait()
-            raise RuntimeError("a delivery failed")
-        if isinstance(item, Gap):
+        elif isinstance(item, Gap):
             await self.gap_may_go.wait()
         await super().deliver(name, item, offset, epoch, trace)
 
