@@ -16,7 +16,6 @@ client with 1014; a client lost without one closes the upstream with 1001.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,9 +30,9 @@ from trio_websocket import (
     DisconnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
 )
 
+from triorelay.compat.trio_websocket import open_websocket_url
 from triorelay.envelopes import Payload
 from triorelay.errors import CloseCode, UnknownUpstream, UpstreamError
 from triorelay.settings import Settings
@@ -83,20 +82,16 @@ async def open_upstream(settings: Settings, name: str) -> AsyncIterator[WebSocke
     too_slow = UpstreamError(f"upstream {name!r} did not answer within {timeout:g} s")
     connected = False
     try:
-        # trio-websocket 0.12.2 raises ConnectionTimeout only once its reader task ends, which
-        # waits for the peer: a peer that accepts TCP and never answers hangs it for good.
-        # This deadline cancels that reader too; it is lifted once connected.
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as connecting:
-            async with open_websocket_url(
-                str(url),
-                message_queue_size=settings.flow_buffer_messages,
-                max_message_size=settings.max_message_bytes,
-                connect_timeout=timeout,
-                disconnect_timeout=settings.close_timeout_seconds,
-            ) as upstream:
-                connected = True
-                connecting.deadline = math.inf
-                yield upstream
+        # Bounded whatever the upstream does (see triorelay.compat.trio_websocket).
+        async with open_websocket_url(
+            str(url),
+            message_queue_size=settings.flow_buffer_messages,
+            max_message_size=settings.max_message_bytes,
+            connect_timeout=timeout,
+            disconnect_timeout=settings.close_timeout_seconds,
+        ) as upstream:
+            connected = True
+            yield upstream
     except ConnectionTimeout:
         raise too_slow from None
     except ConnectionRejected as rejected:
@@ -110,8 +105,6 @@ async def open_upstream(settings: Settings, name: str) -> AsyncIterator[WebSocke
             raise
         log.info("cannot reach upstream %r: %r", name, error.__cause__ or error)
         raise UpstreamError(f"cannot reach upstream {name!r}") from None
-    if connecting.cancelled_caught:
-        raise too_slow
 
 
 async def close_upstream(upstream: WebSocketConnection, close: Close, timeout: float) -> None:

@@ -260,6 +260,43 @@ async def test_moves_to_another_relay_after_a_reset(
     assert recorder.of(Subscribed)[-1].recovered
 
 
+async def test_a_balancer_that_accepts_and_never_answers_is_timed_out_and_retried(
+    relay: RunningRelay, nursery: trio.Nursery
+) -> None:
+    """Behind a proxy whose backend accepts TCP and never answers the handshake (a balancer
+    in front of a dead relay), each attempt ends at connect_timeout_seconds and the client
+    tries again; once the proxy sends it to a relay, it subscribes (trio-websocket alone
+    waited for good: triorelay.compat.trio_websocket)."""
+    async with trio.open_nursery() as silent:
+
+        async def never_answer(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()
+
+        listeners = await silent.start(trio.serve_tcp, never_answer, 0)
+        proxy = ForwardingProxy(listeners[0].socket.getsockname()[1])
+        await nursery.start(proxy.run)
+        recorder = Recorder()
+        with trio.fail_after(GUARD_SECONDS):
+            async with (
+                subscribe(
+                    f"ws://127.0.0.1:{proxy.port}",
+                    "balanced",
+                    on_event=recorder,
+                    backoff=FAST,
+                    connect_timeout_seconds=0.2,
+                ) as subscription,
+                reading(subscription, recorder),
+            ):
+                await recorder.wait_for(Reconnecting, 2)
+                proxy.target_port = relay.port
+                await recorder.wait_for(Subscribed)
+                await publish(relay.ws_url, "balanced", ["1"])
+                await recorder.wait_for(ReceivedMessage)
+        silent.cancel_scope.cancel()
+    assert all("ConnectionTimeout" in r.reason for r in recorder.of(Reconnecting))
+    assert [m.payload for m in recorder.messages] == ["1"]
+
+
 async def test_resumes_after_a_network_partition(
     relay: RunningRelay, nursery: trio.Nursery
 ) -> None:

@@ -15,10 +15,10 @@ from trio_websocket import (
     DisconnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
 )
 
 from triorelay.client.errors import Closed, ConnectionFailed, Rejected
+from triorelay.compat.trio_websocket import open_websocket_url
 from triorelay.framing import refresh
 
 TokenProvider = Callable[[], str | Awaitable[str]]
