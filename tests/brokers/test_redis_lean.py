@@ -172,3 +172,29 @@ async def test_wakes_do_not_put_off_noticing_a_silent_redis(
             await wait_until_it_fails()
         assert trio.current_time() - start <= 10 + 5 + 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(10)
+async def test_an_answer_no_wait_listened_for_is_still_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Redis answers the PING at once, but the reader is busy, and every wait it starts is
+    ended by a wake already there, until past ``timeout_seconds`` (a reconnect storm: each
+    join wakes it): the answer is in the socket, unread. The next wait must read it, not
+    take the connection for a silent one."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        stream = RespStream(trio.SocketStream(trio.socket.from_stdlib_socket(ours.dup())), ours)
+        subscriber = Subscriber(stream, timeout_seconds=5)
+        assert await subscriber.wait_messages(idle_seconds=10) == []  # silent: the PING
+        assert parsed(theirs.recv(1024)) == [b"PING"]
+        theirs.sendall(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+        for _ in range(7):
+            await trio.sleep(1)
+            subscriber.wake()
+            assert await subscriber.wait_messages(idle_seconds=10) == []
+        with trio.move_on_after(1) as waited:  # it reads the answer, then waits for messages
+            await subscriber.wait_messages(idle_seconds=10)
+        assert waited.cancelled_caught
+        await stream.aclose()
