@@ -21,16 +21,12 @@ from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from loadtest.codec import CodecError, decode, encode
 from loadtest.schedule import RateSchedule
 from loadtest.stats import RoleStats
+from triorelay.compat.trio_websocket import open_websocket_url
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +44,9 @@ def open_client(
     url: str, connect_timeout_s: float, headers: Headers = ()
 ) -> AbstractAsyncContextManager[WebSocketConnection]:
     """A trio-websocket client as every scenario opens it (bounded connect and close), sending
-    ``headers`` on the handshake."""
+    ``headers`` on the handshake. Through the relay's wrapper of trio-websocket's client
+    (``triorelay.compat.trio_websocket``): without it a silent server, or a reset meeting the
+    close of a consumer that stopped reading, would hang the run."""
     return open_websocket_url(
         url,
         extra_headers=list(headers),

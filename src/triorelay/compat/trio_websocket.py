@@ -14,9 +14,10 @@ own, and its exit waits for that task, which in two cases never ends:
   https://github.com/python-trio/trio-websocket/issues/74, fixed there for a close that goes
   through.
 
-:func:`open_websocket_url` here takes the same arguments and steps around both: a deadline of
-its own around the connection attempt, lifted once connected, and the unread messages discarded
-(as trio-websocket's ``aclose`` does on the path that works) before the close starts.
+:func:`open_websocket_url` here takes the arguments this project uses and steps around both:
+a deadline of its own around the connection attempt, lifted once connected, and the unread
+messages discarded (as trio-websocket's ``aclose`` does on the path that works) before the
+close starts.
 ``tests/compat/test_trio_websocket.py`` fails if trio-websocket's behaviour changes.
 """
 
@@ -38,7 +39,7 @@ async def open_websocket_url(
     subprotocols: list[str] | None = None,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     message_queue_size: int = trio_websocket._impl.MESSAGE_QUEUE_SIZE,
-    max_message_size: int,
+    max_message_size: int = trio_websocket._impl.MAX_MESSAGE_SIZE,
     connect_timeout: float,
     disconnect_timeout: float,
 ) -> AsyncIterator[WebSocketConnection]:
@@ -56,6 +57,8 @@ async def open_websocket_url(
             disconnect_timeout=disconnect_timeout,
         ) as ws:
             connecting.deadline = math.inf
+            if connecting.cancel_called:  # the deadline passed as the handshake ended
+                raise ConnectionTimeout
             try:
                 yield ws
             finally:

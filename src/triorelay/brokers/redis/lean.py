@@ -53,6 +53,9 @@ __all__ = [
 
 #: Bytes asked for per read.
 RECEIVE_BYTES: Final = 65536
+#: How long a subscriber's wait past its PING's deadline still reads the socket before it takes
+#: Redis for silent: long enough for a read of what is already there.
+LAST_LOOK_SECONDS: Final = 0.01
 #: The argument of a :class:`Pipeline` command replaced, when it is written, by the ``run_id``
 #: of the Redis the connection reached.
 RUN_ID: Final = object()
@@ -436,10 +439,8 @@ class Subscriber:
         self._unsubscribe: set[bytes] = set()
         self._messages: list[tuple[bytes, bytes]] = []
         self._pinged = False
-        # How much longer a wait may listen for the answer to the PING sent: the time spent
-        # listening counts, whether a wake ends the wait or not (a wake does not start it
-        # again), and a wait ended before it listened (a wake already there) does not.
-        self._ping_budget = 0.0
+        # When the answer to the PING sent is due (wakes do not move it).
+        self._ping_deadline = 0.0
         # The wait of wait_messages, and whether wake() cut it.
         self._waiting: trio.CancelScope | None = None
         self._woken = False
@@ -484,17 +485,21 @@ class Subscriber:
         """Wait for messages, or :meth:`wake`; return those of one read (maybe none).
 
         After ``idle_seconds`` without a reply it sends ``PING`` (and returns nothing), and
-        the next calls raise :class:`RedisConnectionError` if nothing at all comes back while
-        they listened for ``timeout_seconds`` in all, however often they are woken (a
-        partition leaves a connection open and silent); a wait a wake ends before it listened
-        does not count (the answer may be in the socket, unread). Nothing read is ever lost.
+        the next call raises :class:`RedisConnectionError` if nothing at all comes back within
+        ``timeout_seconds`` of the PING, however often it is woken meanwhile (a partition
+        leaves a connection open and silent); a wait past that time that no wake ends first
+        still reads the socket for ``LAST_LOOK_SECONDS`` (the answer may be there, unread,
+        if every wait since the PING was ended by a wake). Nothing read is ever lost.
         """
         if self._unsubscribe:
             channels, self._unsubscribe = sorted(self._unsubscribe), set()
             await self._send([None] * len(channels), [b"UNSUBSCRIBE", *channels])
-        started = trio.current_time()
-        listen = self._ping_budget if self._pinged else idle_seconds
-        with trio.CancelScope(deadline=started + listen) as waited:
+        now = trio.current_time()
+        if self._pinged:
+            deadline = max(self._ping_deadline, now + LAST_LOOK_SECONDS)
+        else:
+            deadline = now + idle_seconds
+        with trio.CancelScope(deadline=deadline) as waited:
             self._waiting = waited
             if self._woken:  # woken since the last wait ended: return with what there is
                 waited.cancel()
@@ -505,14 +510,12 @@ class Subscriber:
                 self._take()
         self._waiting = None
         woken, self._woken = self._woken, False
-        if self._pinged:
-            self._ping_budget -= trio.current_time() - started
         if waited.cancelled_caught and not woken:
             if self._pinged:
                 raise RedisConnectionError("Redis did not answer a PING in time")
             self._pinged = True
             await self._send([None], [b"PING"])
-            self._ping_budget = self._timeout_seconds
+            self._ping_deadline = trio.current_time() + self._timeout_seconds
         messages, self._messages = self._messages, []
         return messages
 
