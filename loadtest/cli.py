@@ -21,7 +21,7 @@ import trio
 from loadtest import connections, idle, resume, roundtrip, scenarios
 from loadtest.compare import runner as compare
 from loadtest.engine import CONSUMER_CLIENTS, SENDERS
-from loadtest.limits import raise_fd_limit
+from loadtest.limits import pace_full_collections, raise_fd_limit
 from loadtest.report import acked_line, one_line
 from loadtest.schedule import DEFAULT_MIN_DELIVERED_RATIO, DEFAULT_P99_BOUND_MS, DEFAULT_RATE_STEPS
 from loadtest.tokens import QUERY_PARAMETER, TOKEN_IN, redact_in_logs
@@ -380,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pace_full_collections()
     if args.scenario == "compare":
         return compare.main(args)
     if args.scenario == "idle":

@@ -22,7 +22,7 @@ from loadtest.clients import CONNECTION_ERRORS, Headers, Stopper, open_client
 from loadtest.endpoints import Role, endpoint_url
 from loadtest.engine import ProgressFn, sample_loop, start_many
 from loadtest.lean import CONSUMER_ERRORS, open_counted
-from loadtest.monitor import ProcessSampler, Sample
+from loadtest.monitor import GENERATOR_BOUND_PERCENT, ProcessSampler, Sample
 from loadtest.report import build_result, run_summary
 from loadtest.stats import RoleStats
 from loadtest.tokens import TokenIn, token_headers, token_param, token_url
@@ -143,6 +143,17 @@ async def probe_round_trip(
     }
 
 
+def connect_limit(server_percent: float | None, generator_bound: bool) -> str | None:
+    """What limited the connect rate: ``"server"`` when the server used at least
+    ``GENERATOR_BOUND_PERCENT`` of a core over the ramp (however busy the generator was, the
+    server could not have gone faster), else ``"generator"`` when the generator was
+    saturated, else None (neither: the rate is what ``connect_concurrency`` attempts in flight
+    give)."""
+    if server_percent is not None and server_percent >= GENERATOR_BOUND_PERCENT:
+        return "server"
+    return "generator" if generator_bound else None
+
+
 async def run_connections(
     *,
     url: str,
@@ -217,8 +228,10 @@ async def run_connections(
     rss_delta = None
     per_conn = None
     cpu_ms_per_connect = None
+    server_percent = None
     if cpu0 is not None and cpu1 is not None and connected:
         cpu_ms_per_connect = round((cpu1 - cpu0) * 1000 / connected, 3)
+        server_percent = round((cpu1 - cpu0) * 100 / connect_s, 1) if connect_s > 0 else None
     if before is not None and after is not None:
         rss_delta = after.rss_bytes - before.rss_bytes
         per_conn = round(rss_delta / connected, 1) if connected else None
@@ -229,6 +242,7 @@ async def run_connections(
         server_samples=server_samples if server is not None else None,
         generator_samples=generator_samples,
     )
+    limited_by = connect_limit(server_percent, summary["generator"]["generator_bound"])
     return build_result(
         scenario="connections",
         url=url,
@@ -254,6 +268,8 @@ async def run_connections(
             "server_rss_delta_bytes": rss_delta,
             "server_rss_per_connection_bytes": per_conn,
             "server_cpu_ms_per_connect": cpu_ms_per_connect,
+            "server_cpu_percent_connecting": server_percent,
+            "limited_by": limited_by,
             **probe,
         },
     )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import trio
 
 from loadtest.engine import LineChannel, LocalRun, RoleSpec
+from loadtest.limits import pace_full_collections
 from loadtest.tokens import redact_in_logs
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; takes no arguments. Returns 0 on success, 1 on failure."""
     del argv
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    pace_full_collections()
     try:
         trio.run(_amain)
     except Exception:

@@ -117,7 +117,8 @@ def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None
     :data:`~loadtest.monitor.GENERATOR_BOUND_PERCENT` of a core), when ``max`` says it was
     ``limited_by: generator``, or when the generator is pinned to ``generator_cores`` cores and
     its processes together used :data:`GENERATOR_CORE_PERCENT` of each of them. Never for
-    ``resume`` and ``roundtrip``, closed loops whose generator is busy by design.
+    ``resume`` and ``roundtrip``, closed loops whose generator is busy by design, nor for a
+    ``connections`` run whose server was saturated over the ramp (``limited_by: server``).
     """
     summary = result["summary"]
     if result["scenario"] in ("resume", "roundtrip"):
@@ -125,6 +126,8 @@ def is_generator_bound(result: Mapping[str, Any], *, generator_cores: int | None
         # a busy generator only makes each round slower, it cannot hide a slow server, so
         # their runs always count.
         return False
+    if result["scenario"] == "connections" and result["extra"].get("limited_by") == "server":
+        return False  # the server was saturated over the ramp: its rate, whatever the generator
     if summary["generator"]["generator_bound"]:
         return True
     if result["scenario"] == "max":

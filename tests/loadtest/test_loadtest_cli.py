@@ -61,3 +61,30 @@ def test_ack_explicit_is_for_a_lean_queue_run(
         main([*argv, "--url", "ws://127.0.0.1:9"])
     assert caught.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_the_generator_paces_its_full_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every generator process collects its oldest generation at most once per
+    FULL_COLLECTION_THRESHOLD collections of the middle one (the young ones' thresholds
+    untouched): the scenario's process, and each worker process."""
+    import gc
+
+    import trio
+
+    from loadtest import workers
+    from loadtest.limits import FULL_COLLECTION_THRESHOLD
+
+    def no_run(*_: object) -> None:
+        raise RuntimeError("not run here")
+
+    found = gc.get_threshold()
+    monkeypatch.setattr(trio, "run", no_run)  # the runs themselves are not wanted here
+    try:
+        gc.set_threshold(found[0], found[1], 10)
+        assert main(["pair", "--url", "ws://127.0.0.1:9"]) == 1  # (the run failed)
+        assert gc.get_threshold() == (found[0], found[1], FULL_COLLECTION_THRESHOLD)
+        gc.set_threshold(found[0], found[1], 10)
+        assert workers.main([]) == 1
+        assert gc.get_threshold() == (found[0], found[1], FULL_COLLECTION_THRESHOLD)
+    finally:
+        gc.set_threshold(*found)

@@ -7,6 +7,7 @@ The baseline has competing-consumer semantics, hence ``delivery="competing"`` wh
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from conftest import RunningServer
 
 from loadtest import scenarios
 from loadtest.cli import main
-from loadtest.connections import Client, run_connections
+from loadtest.connections import Client, connect_limit, run_connections
+from loadtest.endpoints import host_port
+from loadtest.lean import LEAN_CONNECT_ERRORS, LeanWebSocket, open_tcp
 from loadtest.report import check_result
 
 pytestmark = pytest.mark.timeout(45)
@@ -180,11 +183,49 @@ async def test_connections(baseline_server: RunningServer, client: Client) -> No
     assert extra["connected"] == 30
     assert result["summary"]["counts"]["errors"] == 0
     assert extra["server_cpu_ms_per_connect"] > 0
+    assert extra["server_cpu_percent_connecting"] > 0
+    assert extra["limited_by"] == connect_limit(
+        extra["server_cpu_percent_connecting"], result["summary"]["generator"]["generator_bound"]
+    )
     assert extra["connect_rate_per_s"] > 0
     assert extra["server_rss_per_connection_bytes"] is not None
     assert result["summary"]["latency_ms"]["count"] == 30
     assert 0 < extra["probe_rtt_ms_p50"] <= extra["probe_rtt_ms_max"]
     assert extra["probe_connect_ms"] > 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_the_lean_client_connects_by_address_or_by_name(
+    baseline_server: RunningServer, host: str
+) -> None:
+    """An IP address is dialled directly, a name through trio's resolution; either way the
+    handshake completes and a message goes through (the baseline echoes it)."""
+    port = host_port(baseline_server.url)[1]
+    lean = await LeanWebSocket.open(f"ws://{host}:{port}/ws/producer")
+    try:
+        await lean.send_texts(['{"probe": 1}'])
+        assert len(await lean.receive_messages()) == 1
+    finally:
+        await lean.aclose()
+
+
+async def test_the_lean_client_reports_a_refused_connection() -> None:
+    """Nothing listening: the direct dial raises OSError, one of LEAN_CONNECT_ERRORS."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(OSError):  # noqa: PT011 - ConnectionRefusedError, as trio's own dial
+        await open_tcp("127.0.0.1", port)
+    assert issubclass(ConnectionRefusedError, LEAN_CONNECT_ERRORS)
+
+
+def test_what_limited_a_ramp() -> None:
+    """The server saturated over the ramp is the limit, however busy the generator was; else
+    a saturated generator; else neither (the attempts in flight were)."""
+    assert connect_limit(95.0, generator_bound=True) == "server"
+    assert connect_limit(50.0, generator_bound=True) == "generator"
+    assert connect_limit(50.0, generator_bound=False) is None
+    assert connect_limit(None, generator_bound=False) is None
 
 
 def test_cli_writes_json(baseline_server: RunningServer, tmp_path: Path) -> None:

@@ -127,6 +127,16 @@ def test_max_is_generator_bound_when_the_generator_stopped_the_climb() -> None:
     assert not is_generator_bound(result, generator_cores=1)
 
 
+def test_connections_whose_server_was_saturated_are_not_generator_bound() -> None:
+    """A connections run says what limited its ramp: the server saturated counts, however
+    busy the generator was; otherwise the generator's flag decides."""
+    result = scenario_result("connections", cpu=[10.0], flagged=True)
+    result["extra"] = {"limited_by": "server"}
+    assert not is_generator_bound(result, generator_cores=1)
+    result["extra"] = {"limited_by": "generator"}
+    assert is_generator_bound(result, generator_cores=1)
+
+
 def test_generator_cpu_falls_back_to_the_sampled_series() -> None:
     """Without in-window figures (connections), the mean of each sampled series is summed."""
     result = scenario_result(cpu=[])
