@@ -148,7 +148,8 @@ def connect_limit(server_percent: float | None, generator_bound: bool) -> str | 
     ``GENERATOR_BOUND_PERCENT`` of a core over the ramp (however busy the generator was, the
     server could not have gone faster), else ``"generator"`` when the generator was
     saturated, else None (neither: the rate is what ``connect_concurrency`` attempts in flight
-    give)."""
+    give). One core is the whole server's: it is pinned to one, as ``compare`` runs it (a
+    server with more cores at hand may be below its limit at 90 % of one)."""
     if server_percent is not None and server_percent >= GENERATOR_BOUND_PERCENT:
         return "server"
     return "generator" if generator_bound else None

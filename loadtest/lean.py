@@ -155,7 +155,7 @@ class LeanWebSocket:
             try:
                 ws = WSConnection(ConnectionType.CLIENT)
                 request = Request(
-                    host=f"{host}:{port}",
+                    host=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                     target=resource(url),
                     extra_headers=list(headers),
                     subprotocols=list(subprotocols),

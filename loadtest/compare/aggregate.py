@@ -186,6 +186,7 @@ def extract_metrics(
         out["rss_per_connection_bytes"] = extra.get("server_rss_per_connection_bytes")
         out["connect_rate_per_s"] = extra.get("connect_rate_per_s")
         out["server_cpu_ms_per_connect"] = extra.get("server_cpu_ms_per_connect")
+        out["server_cpu_percent_connecting"] = extra.get("server_cpu_percent_connecting")
     if scenario == "slow":
         out["rss_start_mb"] = None if rss.get("start") is None else rss["start"] / 2**20
         out["rss_max_mb"] = None if rss.get("max") is None else rss["max"] / 2**20

@@ -75,6 +75,7 @@ METRICS: Final[Mapping[str, Metric]] = {
     "rss_per_connection_bytes": Metric("idle RSS per connection", "bytes", 0),
     "connect_rate_per_s": Metric("connect rate while ramping", "/s", 0),
     "server_cpu_ms_per_connect": Metric("server CPU per connection set up", "ms", 3),
+    "server_cpu_percent_connecting": Metric("server CPU while ramping", "% core", 0),
     "rss_growth_mb": Metric("server RSS growth", "MiB", 1),
     "rss_max_mb": Metric("server RSS max", "MiB", 1),
     "generator_cpu_percent": Metric("generator CPU (in window)", "% core", 0),
@@ -96,6 +97,7 @@ def job_metrics(jobs: Sequence[Job]) -> list[tuple[str, list[str]]]:
             "rss_per_connection_bytes",
             "server_cpu_ms_per_connect",
             "connect_rate_per_s",
+            "server_cpu_percent_connecting",
             "generator_cpu_percent",
         ],
     }

@@ -191,7 +191,11 @@ def measure(
         generator_bound=is_generator_bound(result, generator_cores=cores),
         generator_cpu_percent=generator_cpu_percent(result),
         flags=list(result["summary"]["flags"]),
-        limited_by=result["extra"].get("limited_by") if result["scenario"] == "max" else None,
+        limited_by=(
+            result["extra"].get("limited_by")
+            if result["scenario"] in ("max", "connections")
+            else None
+        ),
     )
     return run, result
 

@@ -71,7 +71,7 @@ def test_the_generator_paces_its_full_collections(monkeypatch: pytest.MonkeyPatc
 
     import trio
 
-    from loadtest import workers
+    from loadtest import cli, workers
     from loadtest.limits import FULL_COLLECTION_THRESHOLD
 
     def no_run(*_: object) -> None:
@@ -79,6 +79,7 @@ def test_the_generator_paces_its_full_collections(monkeypatch: pytest.MonkeyPatc
 
     found = gc.get_threshold()
     monkeypatch.setattr(trio, "run", no_run)  # the runs themselves are not wanted here
+    monkeypatch.setattr(cli, "raise_fd_limit", lambda wanted: wanted)  # nor this process's
     try:
         gc.set_threshold(found[0], found[1], 10)
         assert main(["pair", "--url", "ws://127.0.0.1:9"]) == 1  # (the run failed)

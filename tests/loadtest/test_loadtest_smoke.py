@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from conftest import RunningServer
 
 from loadtest import scenarios
@@ -196,11 +197,19 @@ async def test_connections(baseline_server: RunningServer, client: Client) -> No
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 async def test_the_lean_client_connects_by_address_or_by_name(
-    baseline_server: RunningServer, host: str
+    baseline_server: RunningServer, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An IP address is dialled directly, a name through trio's resolution; either way the
-    handshake completes and a message goes through (the baseline echoes it)."""
+    """An IP address is dialled directly (trio's resolving dial is not used for it), a name
+    through trio's; either way the handshake completes and a message goes through (the
+    baseline echoes it)."""
     port = host_port(baseline_server.url)[1]
+    resolving = trio.open_tcp_stream
+
+    async def only_names(name: str, port: int) -> trio.SocketStream:
+        assert name == "localhost", "an IP address went through trio's resolving dial"
+        return await resolving(name, port)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", only_names)
     lean = await LeanWebSocket.open(f"ws://{host}:{port}/ws/producer")
     try:
         await lean.send_texts(['{"probe": 1}'])
@@ -210,12 +219,12 @@ async def test_the_lean_client_connects_by_address_or_by_name(
 
 
 async def test_the_lean_client_reports_a_refused_connection() -> None:
-    """Nothing listening: the direct dial raises OSError, one of LEAN_CONNECT_ERRORS."""
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    with pytest.raises(OSError):  # noqa: PT011 - ConnectionRefusedError, as trio's own dial
-        await open_tcp("127.0.0.1", port)
+    """A port bound and not listening: the direct dial raises ConnectionRefusedError (as
+    trio's own dial does), one of LEAN_CONNECT_ERRORS."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))  # held, so nothing else listens there meanwhile
+        with pytest.raises(ConnectionRefusedError):
+            await open_tcp("127.0.0.1", bound.getsockname()[1])
     assert issubclass(ConnectionRefusedError, LEAN_CONNECT_ERRORS)
 
 
@@ -223,8 +232,10 @@ def test_what_limited_a_ramp() -> None:
     """The server saturated over the ramp is the limit, however busy the generator was; else
     a saturated generator; else neither (the attempts in flight were)."""
     assert connect_limit(95.0, generator_bound=True) == "server"
-    assert connect_limit(50.0, generator_bound=True) == "generator"
+    assert connect_limit(90.0, generator_bound=True) == "server"  # the bound itself counts
+    assert connect_limit(89.9, generator_bound=True) == "generator"
     assert connect_limit(50.0, generator_bound=False) is None
+    assert connect_limit(None, generator_bound=True) == "generator"
     assert connect_limit(None, generator_bound=False) is None
 
 

@@ -133,6 +133,11 @@ def test_connections_whose_server_was_saturated_are_not_generator_bound() -> Non
     result = scenario_result("connections", cpu=[10.0], flagged=True)
     result["extra"] = {"limited_by": "server"}
     assert not is_generator_bound(result, generator_cores=1)
+    busy = scenario_result("connections", cpu=[95.0])  # the pinned core's total, too
+    busy["extra"] = {"limited_by": "server"}
+    assert not is_generator_bound(busy, generator_cores=1)
+    busy["extra"] = {"limited_by": None}
+    assert is_generator_bound(busy, generator_cores=1)
     result["extra"] = {"limited_by": "generator"}
     assert is_generator_bound(result, generator_cores=1)
 
