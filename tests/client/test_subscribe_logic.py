@@ -6,6 +6,7 @@ The end-to-end behaviour against the real relay is in ``test_subscribe.py``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -42,7 +43,9 @@ from triorelay.client import (
     Subscribed,
     subscribe,
 )
+from triorelay.client import connector as connector_module
 from triorelay.client.connector import Disconnect, retry_forever
+from triorelay.client.subscribe import _Positions
 
 #: A hang guard: these tests take milliseconds.
 GUARD_SECONDS = 10
@@ -234,6 +237,55 @@ async def test_a_dropped_connection_and_a_refused_one_are_retried(start_fake: St
     assert [e.code for e in reconnecting] == [None, None]
     assert "503" in reconnecting[1].reason
     assert [e.attempt for e in reconnecting] == [1, 2]
+
+
+async def test_an_answer_that_is_not_a_handshake_is_retried(
+    nursery: trio.Nursery, start_fake: StartFake
+) -> None:
+    """Something else on the port (or a broken proxy) answers the upgrade with bytes that
+    are not HTTP: a failed attempt, retried like a refused one (trio-websocket's own error
+    there is h11's LocalProtocolError, which ended the subscription for good); once a
+    relay answers, the subscription goes on."""
+    answers = 0
+    fake = await start_fake(lambda request, number: _subscribed_then_one(request))
+    fake_port = int(fake.url.rsplit(":", 1)[1])
+
+    async def garbage_then_relay(stream: trio.SocketStream) -> None:
+        nonlocal answers
+        answers += 1
+        if answers <= 2:
+            await stream.receive_some(65536)
+            await stream.send_all(b"garbage\r\n\r\n")
+            return
+        async with await trio.open_tcp_stream("127.0.0.1", fake_port) as upstream:
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(_pump, stream, upstream)
+                pumps.start_soon(_pump, upstream, stream)
+
+    listeners = await nursery.start(trio.serve_tcp, garbage_then_relay, 0)
+    port = listeners[0].socket.getsockname()[1]
+    events: list[Event] = []
+    with trio.fail_after(GUARD_SECONDS):
+        async with subscribe(
+            f"ws://127.0.0.1:{port}", "chat", backoff=FAST, on_event=events.append
+        ) as subscription:
+            assert [m.position.offset for m in await take(subscription, 1)] == [1]
+    reconnecting = [e for e in events if isinstance(e, Reconnecting)]
+    assert len(reconnecting) == 2
+    assert all("not a WebSocket handshake" in e.reason for e in reconnecting)
+
+
+async def _subscribed_then_one(request: WebSocketRequest) -> None:
+    ws = await accept(request)
+    await send_subscribed(ws, "chat", "E1", 0)
+    await send_messages(ws, "chat", [1])
+    await trio.sleep_forever()
+
+
+async def _pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
 
 
 async def test_a_relay_that_is_down_is_retried_until_it_is_back(nursery: trio.Nursery) -> None:
@@ -490,6 +542,85 @@ async def test_the_buffer_holds_at_most_buffer_messages(start_fake: StartFake) -
             assert statistics.buffered == statistics.buffer_messages == 3
             got = await take(subscription, 20)
     assert [m.position.offset for m in got] == list(range(1, 21))
+
+
+async def test_a_reconnect_right_after_a_message_is_read_loses_nothing(
+    start_fake: StartFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reconnect() between the moment a message is read (and counted in the position) and
+    its hand-over to a full buffer: the hand-over still happens, then the reconnection, so
+    the next connection's since does not skip it. (The hand-over was cancelled with the
+    connection: message 2 was lost, and the resume after it went on from 3.)"""
+
+    async def handler(request: WebSocketRequest, number: int) -> None:
+        ws = await accept(request)
+        if number == 0:
+            await send_subscribed(ws, "chat", "E1", 0)
+        else:  # a resume: everything again (the client drops what it had)
+            await send_subscribed(ws, "chat", "E1", 5, replayed=5, recovering=True, recovered=True)
+        await send_messages(ws, "chat", range(1, 6))
+        await trio.sleep_forever()
+
+    fake = await start_fake(handler)
+    cut = trio.Event()
+    original = _Positions.receive
+
+    def receive_then_reconnect(self: _Positions, frame: Any) -> ReceivedMessage | Event | None:
+        item = original(self, frame)
+        if isinstance(item, ReceivedMessage) and item.position.offset == 2 and not cut.is_set():
+            subscription.reconnect()  # message 2 is counted, not handed over yet
+            cut.set()
+        return item
+
+    monkeypatch.setattr(_Positions, "receive", receive_then_reconnect)
+    with trio.fail_after(GUARD_SECONDS):
+        async with subscribe(fake.url, "chat", buffer_messages=2, backoff=FAST) as subscription:
+            # subscribed and message 1 fill the buffer: message 2's hand-over must wait.
+            await cut.wait()
+            got = await take(subscription, 4)
+            await trio.testing.wait_all_tasks_blocked()
+    assert [m.position.offset for m in got] == [1, 2, 3, 4]
+    assert len(fake.handshakes) == 2  # the reconnection did happen, after the hand-over
+    assert fake.handshakes[1].query["since"] == "E1:2"
+
+
+async def test_a_reconnect_asked_as_a_connection_ends_does_not_cut_the_next(
+    start_fake: StartFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reconnect() while a connection is ending on its own (its close read, its session not
+    yet over): the next connection is not cut for it at its first full buffer (the request
+    stayed pending, and the next blocking hand-over cancelled a healthy connection)."""
+
+    async def handler(request: WebSocketRequest, number: int) -> None:
+        ws = await accept(request)
+        if number == 0:
+            await send_subscribed(ws, "chat", "E1", 0)
+            await send_messages(ws, "chat", [1])
+            await ws.aclose(1001, "server shutting down")
+            return
+        await send_subscribed(ws, "chat", "E1", 1, replayed=0, recovering=True, recovered=True)
+        await send_messages(ws, "chat", range(2, 6))
+        await trio.sleep_forever()
+
+    fake = await start_fake(handler)
+    original = connector_module.closed_error
+
+    def closed_then_reconnect(closed: Any) -> Any:
+        subscription.reconnect()  # as the close is being read: the session is still on
+        return original(closed)
+
+    monkeypatch.setattr(connector_module, "closed_error", closed_then_reconnect)
+    with trio.fail_after(GUARD_SECONDS):
+        # subscribed, message 1 and the reconnecting event fill the buffer: the second
+        # connection's first frame waits for the reader.
+        async with subscribe(fake.url, "chat", buffer_messages=3, backoff=FAST) as subscription:
+            while len(fake.handshakes) < 2:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()
+            got = await take(subscription, 5)
+            await trio.testing.wait_all_tasks_blocked()
+    assert [m.position.offset for m in got] == [1, 2, 3, 4, 5]
+    assert len(fake.handshakes) == 2
 
 
 async def test_leaving_the_block_closes_with_1000(start_fake: StartFake) -> None:

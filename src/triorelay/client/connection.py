@@ -84,7 +84,8 @@ async def open_connection(
     translated: ConnectionFailed (refused, reset, timed out) or Rejected (an HTTP status).
 
     Closes with 1000 when the body ends (bounded by ``close_timeout_seconds``); a close
-    that times out is not an error (the socket is closed either way).
+    that times out is not an error (the socket is closed either way). Any other failure
+    before the handshake is done (a peer that does not answer in HTTP) is ConnectionFailed.
     """
     headers = [] if token is None else [(b"Authorization", b"Bearer " + token.encode())]
     entered = False
@@ -122,6 +123,15 @@ async def open_connection(
         if entered:
             raise
         raise _failed(url, error) from error
+    except Exception as error:
+        # Anything else before the handshake is done is a peer that does not speak HTTP or
+        # WebSocket as it should (a response that is not HTTP, a 101 without its headers:
+        # trio-websocket 0.12.2 then fails answering it, with h11's LocalProtocolError):
+        # worth another attempt, like a refused connection, not the end of the client.
+        if entered:
+            raise
+        said = f"its answer is not a WebSocket handshake ({type(error).__name__}: {error})"
+        raise ConnectionFailed(f"could not connect to {_safe(url)}: {said}") from error
 
 
 def closed_error(closed: ConnectionClosed) -> Closed:

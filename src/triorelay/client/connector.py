@@ -174,6 +174,8 @@ class Connector(Generic[ItemT, StampT]):
         self._reconnect_asked = False
         #: An item is being handed to the reader (cancelling now would lose it).
         self._delivering = False
+        #: The hand-over under way when the reader's buffer is full: only stop() cuts it.
+        self._handing: trio.CancelScope | None = None
 
     @contextlib.asynccontextmanager
     async def running(
@@ -211,6 +213,8 @@ class Connector(Generic[ItemT, StampT]):
         self._scope.deadline = min(
             self._scope.deadline, trio.current_time() + self.close_timeout_seconds
         )
+        if self._handing is not None:
+            self._handing.cancel()
         if self._reading is not None:
             self._reading.cancel()
         else:
@@ -288,8 +292,10 @@ class Connector(Generic[ItemT, StampT]):
         finally:
             self._reading = None
             self.ws = None
-        if ended is None and self._reconnect_asked:
-            self._reconnect_asked = False
+        # Taken whatever ended the connection: one asked for as it was ending (a close came
+        # meanwhile) must not cut the next one.
+        asked, self._reconnect_asked = self._reconnect_asked, False
+        if ended is None and asked:
             return Disconnect(CloseCode.NORMAL, "a reconnection was asked for", True)
         if ended is None:  # cut short: the relay went silent, or the consumer is closing
             timeout = self.liveness.timeout_seconds if self.liveness else 0
@@ -319,13 +325,22 @@ class Connector(Generic[ItemT, StampT]):
         except trio.WouldBlock:
             self._delivering = True
             try:
-                # reconnect() waits for this hand-over (see there); stop() does not.
-                if self.liveness is None:
-                    await self.send.send(entry)
-                else:
-                    with self.liveness.holding_back():
+                # The stream counted the item already (a subscription's position is past
+                # it), so nothing but stop() may cut this hand-over: not reconnect() (it
+                # waits for it, see there), not the keepalive, and not a reconnect() that
+                # came between the item's read and here (it cancelled the connection, and
+                # this wait would be cut with it: the item lost, the next connection
+                # resuming after it).
+                with trio.CancelScope(shield=True) as self._handing:
+                    if self._stopping:
+                        self._handing.cancel()
+                    if self.liveness is None:
                         await self.send.send(entry)
+                    else:
+                        with self.liveness.holding_back():
+                            await self.send.send(entry)
             finally:
+                self._handing = None
                 self._delivering = False
             if self._reconnect_asked and self._reading is not None:
                 self._reading.cancel()
