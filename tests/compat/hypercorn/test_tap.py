@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -11,11 +12,15 @@ from hypercorn.events import RawData
 from hypercorn.protocol.events import Data
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WebsocketBuffer
+from trio_websocket import ConnectionClosed
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 
 from tests.conftest import StartRelay
+from triorelay import framing
 from triorelay.compat import hypercorn as compat
+from triorelay.errors import BrokerUnavailable
+from triorelay.routes import positioned
 from triorelay.wire.frames import Opcode, serialize_frame
 
 
@@ -221,3 +226,71 @@ async def test_a_read_before_the_tap_starts_waits_for_it() -> None:
     assert tapped.tap._start_wanted is None
     await tapped.read(client(Opcode.TEXT, b"later"))  # once started, at once
     assert tapped.delivered == ["late", "later"]
+
+
+async def test_a_read_waiting_for_a_start_that_never_comes_ends_with_remove() -> None:
+    """The handler ended before it started the tap (a resume refused, the broker gone): the
+    read waiting for start() returns once the tap is removed, delivering nothing (Hypercorn's
+    reader task waited there for good, and the connection's objects with it)."""
+    tapped = _Tapped()
+    with trio.fail_after(5):  # the read's task ends, so the nursery does
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tapped.read, client(Opcode.TEXT, b"too late"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert tapped.tap._start_wanted is not None  # the read waits
+            tapped.tap.remove()
+    assert tapped.delivered == []
+    assert tapped.tap._start_wanted is None
+
+
+def _task_names() -> list[str]:
+    """The names of every task running now."""
+    names: list[str] = []
+    tasks = [trio.lowlevel.current_root_task()]
+    while tasks:
+        task = tasks.pop()
+        assert task is not None
+        names.append(task.name)
+        tasks.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return names
+
+
+async def test_a_consumer_refused_before_its_tap_started_leaves_no_reader_behind(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A triorelay.v1 consumer sends a frame while its resume is being read, and the resume
+    then fails (the broker gone: 1013): the connection's reader task ends with it (it waited
+    for the tap's start for good, until Hypercorn's graceful timeout)."""
+    relay = await start_relay()
+    gate = trio.Event()
+    reading = trio.Event()
+
+    async def slow_then_unavailable(*args: Any) -> Any:
+        reading.set()
+        await gate.wait()
+        raise BrokerUnavailable("the broker is unavailable: try again later")
+
+    monkeypatch.setattr(positioned, "subscribe", slow_then_unavailable)
+    before = _task_names().count(_READER)
+    with trio.fail_after(10):
+        async with relay.websocket(
+            "/ws/consumer/c?since=E1:1", subprotocols=[framing.SUBPROTOCOL]
+        ) as consumer:
+            await reading.wait()
+            await consumer.send_message("hello")  # reaches the tap before its start
+            while not any(
+                isinstance(tap, compat.InboundTap) and tap._start_wanted is not None
+                for tap in gc.get_objects()
+            ):
+                await trio.testing.wait_all_tasks_blocked()
+            assert _task_names().count(_READER) == before + 1
+            gate.set()
+            with pytest.raises(ConnectionClosed) as closed:
+                await consumer.get_message()
+        assert closed.value.reason.code == 1013
+        while _task_names().count(_READER) > before:
+            await trio.testing.wait_all_tasks_blocked()
+
+
+#: The task each connection is read in (Hypercorn's TCPServer, run by trio's serve_listeners).
+_READER = "trio._highlevel_serve_listeners._run_handler"

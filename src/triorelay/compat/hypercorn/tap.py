@@ -136,7 +136,10 @@ class InboundTap:
         """Give the connection back to Hypercorn's own reading.
 
         Called when the relay's handler ends, so the connection is closing: a partial frame
-        still held back is dropped with it.
+        still held back is dropped with it, and so are messages read and not delivered yet.
+        A read waiting for :meth:`start` (the handler ended before it started the tap: a
+        resume refused, the broker gone) goes on without delivering: Hypercorn's reader task
+        waited there for good, the connection's objects with it.
         """
         ws_stream = self._ws_stream
         if self._reader is not None:
@@ -144,6 +147,12 @@ class InboundTap:
         if ws_stream.handle == self._tapped_handle:
             ws_stream.handle = self._handle
             ws_stream.app_put = self._app_put
+        self._on_messages = _discard
+        self._backlog = []
+        self._started = True
+        if self._start_wanted is not None:
+            self._start_wanted.set()
+            self._start_wanted = None
 
     async def _tapped_app_put(self, message: dict[str, Any]) -> None:
         if message["type"] == "websocket.receive":
@@ -217,6 +226,10 @@ class InboundTap:
             # A fragmented or compressed message passed the limit: Hypercorn has closed with
             # 1009 (compat.message_limits). Read no further, and end the relay's handler.
             self._fail(1009, f"message over the limit of {self._max_message_bytes} bytes")
+
+
+async def _discard(messages: list[bytes | str]) -> None:
+    """What a removed tap does with messages its reader still held: nothing."""
 
 
 def _read_loop_of(ws_stream: Any) -> ReadLoop | None:
