@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
+import pytest
 import trio
 
 from tests.conftest import StartRelay
@@ -65,3 +67,29 @@ async def test_a_producer_the_relay_holds_back_is_not_taken_for_a_dead_peer(
             assert [await consumer.get_message() for _ in range(6)] == [f"job{i}" for i in range(6)]
             acks = [await producer.get_message() for _ in range(4)]
         assert acks == [f'{{"id": {i}}}' for i in range(3, 7)]
+
+
+async def test_a_producer_that_stops_reading_its_acks_is_a_dead_peer(
+    start_relay: StartRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer with acks on that publishes and never reads: once the relay's ack write is
+    stuck behind its full window, the relay is not holding it back, the peer is silent, and
+    liveness closes it (1011, the socket aborted by the reaper). TCP_USER_TIMEOUT is off: no
+    other bound applies. (The stuck ack write counted as the relay's own hold: the connection
+    stayed until shutdown.)"""
+    caplog.set_level(logging.INFO, logger="triorelay.lifecycle.liveness")
+    relay = await start_relay(
+        ping_interval_seconds=0.1, ping_timeout_seconds=0.1, tcp_user_timeout_seconds=None
+    )
+    producer = await RawWebSocket.connect(relay.port, "/ws/producer/unread?ack=echo", 4096)
+    message = "x" * 65536
+    try:
+        with trio.fail_after(10):
+            while True:  # each echoed back, never read: the acks fill both buffers
+                try:
+                    await producer.send_text(message)
+                except OSError:
+                    break  # the relay dropped the connection
+    finally:
+        producer.sock.close()
+    assert "closing a connection that did not answer a ping" in caplog.messages

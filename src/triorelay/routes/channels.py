@@ -254,6 +254,10 @@ class Publisher:
                 # Written at once where the socket takes them (no cancel scope, no wait).
                 written = self.socket.send_many_nowait(acks)
                 if written is not True:
+                    # Waiting for the producer to read its acks is not the relay holding its
+                    # reading back: a peer that never reads them is a silent one, for
+                    # liveness to close (and the reaper to drop).
+                    self.session.release()
                     with trio.CancelScope(shield=True):  # bounded: the reaper drops stuck sockets
                         if written is False:
                             written = await self.socket.send_many(acks)

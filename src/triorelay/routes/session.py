@@ -169,8 +169,13 @@ class Session(Generic[C]):
         try:
             await self._deliver(payloads)
         finally:
-            self.held = False
-            self._released = True  # the time is read at liveness's next look, not per read
+            self.release()
+
+    def release(self) -> None:
+        """The relay no longer holds the peer's reading back, from now (the rest of the
+        delivery, if any, waits for the peer itself: a producer's acks)."""
+        self.held = False
+        self._released = True  # the time is read at liveness's next look, not per read
 
     @property
     def last_received(self) -> float:
