@@ -99,6 +99,33 @@ async def test_retry_delays_grow_and_reset_after_a_subscribed_connection(
     assert [n.delay_seconds for n in notices] == gaps
 
 
+async def test_a_subscribed_connection_closed_with_1013_does_not_reset_the_delays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A consumer evicted as too slow (1013, try again later) right after its subscribed
+    frame keeps backing off, 1x, 2x, 4x: it does not come straight back to replay the
+    history, again and again; any other subscribed end starts the count again."""
+    outcomes = iter([(1013, True), (1013, True), (1013, True), (1001, True), (1013, True)])
+    started: list[float] = []
+
+    async def connect_once() -> Disconnect:
+        started.append(trio.current_time())
+        try:
+            code, subscribed = next(outcomes)
+        except StopIteration:
+            raise Closed(4403, "done") from None
+        return Disconnect(code, "consumer too slow", subscribed)
+
+    async def notify(event: Reconnecting) -> None:
+        pass
+
+    backoff = Backoff(initial_seconds=1.0, max_seconds=100.0, random=lambda: 1.0)
+    with trio.fail_after(GUARD_SECONDS * 100), pytest.raises(Closed):
+        await retry_forever(connect_once, backoff, notify)
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(started)]
+    assert gaps == [1.0, 2.0, 4.0, 1.0, 2.0]
+
+
 async def test_a_long_outage_waits_at_most_the_cap(autojump_clock: trio.testing.MockClock) -> None:
     """Once the ceiling reaches max_seconds, every wait is at most max_seconds."""
     count = 0

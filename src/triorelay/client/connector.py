@@ -71,12 +71,14 @@ async def retry_forever(
     """Call ``connect_once`` again and again, ``backoff`` apart; raises what it raises.
 
     The attempt count (and so the delay's ceiling) starts again from 0 after a connection
-    that was subscribed; ``notify`` hears of each wait before it starts.
+    that was subscribed, unless the relay closed it with 1013 (try again later: a slow
+    consumer evicted, the broker gone; coming straight back, and replaying the history each
+    time, is what it asked not to); ``notify`` hears of each wait before it starts.
     """
     attempt = 0
     while True:
         ended = await connect_once()
-        if ended.subscribed:
+        if ended.subscribed and ended.code != CloseCode.TRY_AGAIN_LATER:
             attempt = 0
         delay = backoff.delay_seconds(attempt)
         attempt += 1
