@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import json
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -300,6 +301,44 @@ async def test_an_answer_that_is_not_a_handshake_is_retried(
     reconnecting = [e for e in events if isinstance(e, Reconnecting)]
     assert len(reconnecting) == 2
     assert all("not a WebSocket handshake" in e.reason for e in reconnecting)
+
+
+async def test_a_connection_cut_during_the_handshake_is_retried_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """A relay going down with connections in its accept queue resets them before its 101:
+    the attempt fails then (not at connect_timeout_seconds, here far beyond the guard) and the
+    client tries again."""
+
+    async def reset(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    listeners = await nursery.start(trio.serve_tcp, reset, 0)
+    port = listeners[0].socket.getsockname()[1]
+    events: list[Event] = []
+    reconnected = trio.Event()
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        if sum(isinstance(e, Reconnecting) for e in events) == 2:
+            reconnected.set()
+
+    with trio.fail_after(GUARD_SECONDS):
+        async with subscribe(
+            f"ws://127.0.0.1:{port}",
+            "chat",
+            backoff=FAST,
+            on_event=on_event,
+            connect_timeout_seconds=GUARD_SECONDS * 10,
+        ) as subscription:
+            async with trio.open_nursery() as reading:
+                reading.start_soon(subscription.__anext__)
+                await reconnected.wait()
+                reading.cancel_scope.cancel()
+    reasons = [e.reason for e in events if isinstance(e, Reconnecting)]
+    assert all("ended during the WebSocket handshake" in reason for reason in reasons)
 
 
 async def _subscribed_then_one(request: WebSocketRequest) -> None:

@@ -1,4 +1,5 @@
-"""trio-websocket's two hangs that ``compat/trio_websocket.py`` steps around, and its wrapper.
+"""trio-websocket's two hangs and slow failure that ``compat/trio_websocket.py`` steps around,
+and its wrapper.
 
 Real loopback sockets; the autojump clock passes the timeouts (a hang is every task blocked
 until the guard's deadline).
@@ -15,8 +16,9 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from trio_websocket import ConnectionTimeout, WebSocketConnection, WebSocketRequest
+from trio_websocket import ConnectionTimeout, HandshakeError, WebSocketConnection, WebSocketRequest
 
+from triorelay.compat import trio_websocket as compat_module
 from triorelay.compat.trio_websocket import open_websocket_url
 
 pytestmark = pytest.mark.timeout(30)
@@ -156,3 +158,69 @@ async def test_a_close_that_goes_through_is_the_same_with_both(
                 await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert closed == [1000]
+
+
+@asynccontextmanager
+async def peer_that_ends_the_handshake(how: str) -> AsyncIterator[int]:
+    """A port whose peer reads the upgrade request, then resets the connection (``reset``) or
+    closes it (``close``) without answering: its number."""
+
+    async def end(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        if how == "reset":
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, end, 0)
+        yield listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+async def connect_to_a_peer_that_ends_the_handshake(
+    opener: Opener, how: str
+) -> tuple[BaseException | None, float]:
+    """What opening a connection raised (5 s connect timeout), and after how long."""
+    async with peer_that_ends_the_handshake(how) as port:
+        start = trio.current_time()
+        try:
+            async with opener(
+                f"ws://127.0.0.1:{port}/",
+                max_message_size=1024,
+                connect_timeout=5,
+                disconnect_timeout=5,
+            ):
+                pass
+        except Exception as error:
+            return error, trio.current_time() - start
+        return None, trio.current_time() - start
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_the_compat_connect_fails_at_once_when_the_handshake_is_cut(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A peer that resets or closes the connection instead of answering the upgrade: the
+    wrapper raises HandshakeError at once, not ConnectionTimeout at connect_timeout (through
+    the patched _abort_web_socket, which raw trio-websocket in this process now has too)."""
+    error, seconds = await connect_to_a_peer_that_ends_the_handshake(open_websocket_url, how)
+    assert isinstance(error, HandshakeError)
+    assert not isinstance(error, ConnectionTimeout)
+    assert "ended during the WebSocket handshake" in str(error)
+    assert seconds < 1
+
+
+async def test_trio_websocket_alone_notices_a_cut_handshake_only_at_its_timeout(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream behaviour, with trio-websocket's own _abort_web_socket put back: the
+    attempt ends with ConnectionTimeout once connect_timeout has passed (if this fails,
+    trio-websocket mended it: the patch can go)."""
+    monkeypatch.setattr(
+        trio_websocket.WebSocketConnection, "_abort_web_socket", compat_module._abort_web_socket
+    )
+    error, seconds = await connect_to_a_peer_that_ends_the_handshake(
+        trio_websocket.open_websocket_url, "reset"
+    )
+    assert isinstance(error, ConnectionTimeout)
+    assert seconds == pytest.approx(5)

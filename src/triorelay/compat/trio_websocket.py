@@ -1,4 +1,4 @@
-"""Two hangs of trio-websocket's client context manager (0.12.2, pinned in ``pyproject.toml``).
+"""Two hangs and a slow failure of trio-websocket's client (0.12.2, pinned in ``pyproject.toml``).
 
 ``trio_websocket.open_websocket_url`` runs the connection's reader task in a nursery of its
 own, and its exit waits for that task, which in two cases never ends:
@@ -14,10 +14,19 @@ own, and its exit waits for that task, which in two cases never ends:
   https://github.com/python-trio/trio-websocket/issues/74, fixed there for a close that goes
   through.
 
-:func:`open_websocket_url` here takes the arguments this project uses and steps around both:
-a deadline of its own around the connection attempt, lifted once connected, and the unread
-messages discarded (as trio-websocket's ``aclose`` does on the path that works) before the
-close starts.
+And a connection the peer resets or closes **during the handshake** (a relay going down
+with connections in its accept queue, a balancer cutting them) is noticed only at
+``connect_timeout`` (10 s by the client's default): the reader task sees the end and
+stops (``WebSocketConnection._abort_web_socket``), but it sets only the event a close waits
+for, not the one ``connect_websocket`` waits on for the handshake.
+
+:func:`open_websocket_url` here takes the arguments this project uses and steps around all
+three: a deadline of its own around the connection attempt, lifted once connected; the
+unread messages discarded (as trio-websocket's ``aclose`` does on the path that works)
+before the close starts; and, importing this module, ``_abort_web_socket`` of a client
+connection also ends the wait for its handshake, which this function then raises as
+``HandshakeError`` (the only change to trio-websocket itself, for every client in the
+process: a connect that would have waited out its timeout fails at once).
 ``tests/compat/test_trio_websocket.py`` fails if trio-websocket's behaviour changes.
 """
 
@@ -29,7 +38,8 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio_websocket
-from trio_websocket import ConnectionTimeout, WebSocketConnection
+from trio_websocket import ConnectionTimeout, HandshakeError, WebSocketConnection
+from wsproto.connection import ConnectionState
 
 
 @asynccontextmanager
@@ -59,6 +69,8 @@ async def open_websocket_url(
             connecting.deadline = math.inf
             if connecting.cancel_called:  # the deadline passed as the handshake ended
                 raise ConnectionTimeout
+            if ws._wsproto.state is ConnectionState.CONNECTING:  # ended before its 101
+                raise HandshakeError("the connection ended during the WebSocket handshake")
             try:
                 yield ws
             finally:
@@ -72,3 +84,17 @@ def discard_unread(ws: WebSocketConnection) -> None:
     over, drops it and goes on reading the socket (so it sees the close, or the reset), and
     ``get_message`` raises ``ConnectionClosed`` from now on."""
     ws._recv_channel.close()
+
+
+_abort_web_socket = WebSocketConnection._abort_web_socket
+
+
+async def _abort_ending_the_handshake(self: WebSocketConnection) -> None:
+    """``WebSocketConnection._abort_web_socket`` (the reader task saw the socket end), and,
+    on a client connection, the end of ``connect_websocket``'s wait for the handshake."""
+    await _abort_web_socket(self)
+    if self.is_client:
+        self._open_handshake.set()
+
+
+WebSocketConnection._abort_web_socket = _abort_ending_the_handshake  # type: ignore[method-assign]
