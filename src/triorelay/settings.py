@@ -309,7 +309,9 @@ class Settings(BaseSettings):
     auth_public_key_file: Path | None = None
     #: JWKS document, a file path or an ``https://`` URL; refetched on an unknown ``kid``.
     auth_jwks_url: str | None = None
-    #: Fetching the JWKS: time limit, keys kept, and how long a fetched set is trusted.
+    #: Fetching the JWKS: time limit, keys kept from a JWKS file (a URL's set is its
+    #: issuer's, kept whole), and how long a fetched set is trusted (a key removed from it is
+    #: refused once it is fetched again).
     auth_jwks_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     auth_jwks_max_keys: PositiveInt = 16
     auth_jwks_lifespan_seconds: Annotated[float, Field(gt=0)] = 300.0

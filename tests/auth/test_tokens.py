@@ -132,6 +132,63 @@ async def test_jwks_keys_by_kid_and_a_new_kid_is_fetched(
     assert (await verifier.verify(later)).sub == "alice"
 
 
+async def test_a_key_removed_from_a_jwks_url_is_refused_once_the_set_is_fetched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key rotated out of the identity provider's set (after a leak) stops being accepted
+    once the set's lifespan has passed and it is fetched again (PyJWT's per-kid cache, which
+    never expires, kept it for as long as it was used)."""
+    import http.server
+    import threading
+
+    import jwt.jwk_set_cache
+
+    leaked, fresh = rsa_key(), rsa_key()
+    bodies = [_jwks_body({"k1": leaked, "k2": fresh})]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = bodies[-1]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    now = [1000.0]
+    monkeypatch.setattr(jwt.jwk_set_cache.time, "monotonic", lambda: now[0])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_lifespan_seconds=60))
+        with_leaked = token(leaked, algorithm="RS256", headers={"kid": "k1"})
+        assert (await verifier.verify(with_leaked)).sub == "alice"
+        bodies.append(_jwks_body({"k2": fresh}))  # k1 rotated out
+        now[0] += 30
+        assert (await verifier.verify(with_leaked)).sub == "alice"  # the set is still trusted
+        now[0] += 31
+        assert "no key" in await refused(verifier, with_leaked)
+        assert (await verifier.verify(token(fresh, algorithm="RS256", headers={"kid": "k2"}))).sub
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def _jwks_body(keys: dict[str, Any]) -> bytes:
+    """A JWKS document of ``keys`` (by kid), as write_jwks writes it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "jwks.json"
+        write_jwks(path, keys)
+        return path.read_bytes()
+
+
 def test_mint_makes_a_token_the_relay_accepts() -> None:
     """triorelay token's minting function signs what the verifier accepts."""
     minted = mint(SECRET, "bob", {"rights": ["admin"]}, ttl_seconds=60)

@@ -435,6 +435,30 @@ async def test_a_consumer_refreshes_its_token_on_the_fast_path(secured: RunningR
         assert not ws.closed
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"x-forwarded-for", b"203.0.113.9"),
+        (b"forwarded", b"for=203.0.113.9"),
+        (b"x-real-ip", b"203.0.113.9"),
+        (b"via", b"1.1 proxy"),
+        (b"x-forwarded-host", b"relay.example.com"),
+    ],
+)
+async def test_without_a_key_a_forwarded_request_is_not_local(header: tuple[bytes, bytes]) -> None:
+    """Without a key, a request from 127.0.0.1 with a loopback Host that a proxy forwarded
+    (nginx sends Host: 127.0.0.1:8000 unless told otherwise) is refused with 403: the proxy's
+    clients are the internet's, not local ones. The same request without the header passes."""
+    settings = make_settings()
+    async with asgi_relay(settings) as (app, _relay):
+        async with asgi_websocket(app, "/ws/echo", headers=[header]) as ws:
+            answer = await ws.answer()
+            assert (answer["type"], answer["status"]) == ("websocket.http.response.start", 403)
+            assert b"TRIORELAY_ALLOW_ANONYMOUS" in (await ws.answer())["body"]
+        async with asgi_websocket(app, "/ws/echo") as ws:
+            assert (await ws.answer())["type"] == "websocket.accept"
+
+
 @pytest.mark.parametrize("host", [b"evil.example:8000", b"relay.example.com"])
 async def test_without_a_key_a_loopback_peer_with_a_foreign_host_is_not_local(host: bytes) -> None:
     """Without a key, a peer on 127.0.0.1 whose Host names another machine (a proxy in front,

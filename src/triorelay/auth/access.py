@@ -45,6 +45,17 @@ class Credentials:
     host: str | None
     #: The peer's address (None for a Unix socket: local).
     client: str | None
+    #: The request says it was forwarded (``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``,
+    #: ``Via``...): a proxy's, whatever its peer address and ``Host`` say.
+    forwarded: bool = False
+
+
+#: Headers a proxy adds (its clients' address, its own name): a request with one is not a
+#: local client's, even from 127.0.0.1 with a loopback ``Host`` (nginx sends
+#: ``Host: 127.0.0.1:8000`` unless told ``proxy_set_header Host $host``).
+FORWARDING_HEADERS = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "via"}
+)
 
 
 def credentials_from_headers(
@@ -56,8 +67,11 @@ def credentials_from_headers(
     """The :class:`Credentials` of a request with these (lower-case) headers and query."""
     token = origin = host = None
     cookie_header = ""
+    forwarded = False
     for name, value in headers:
-        if name == "authorization":
+        if name in FORWARDING_HEADERS:
+            forwarded = True
+        elif name == "authorization":
             scheme, _, credentials = value.partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 token = credentials.strip()
@@ -78,7 +92,7 @@ def credentials_from_headers(
             morsel = None
         if morsel is not None and morsel.value:
             token = morsel.value
-    return Credentials(token=token, origin=origin, host=host, client=client)
+    return Credentials(token=token, origin=origin, host=host, client=client, forwarded=forwarded)
 
 
 def is_loopback(client: str | None) -> bool:
@@ -139,10 +153,13 @@ class Access:
             not self.enabled
             and not self._allow_anonymous
             and not (
-                # The Host must be a loopback name too: a proxy on the same host (every client
-                # then comes from 127.0.0.1) or a DNS-rebinding page (Host: its own name, peer
-                # 127.0.0.1) is not a local client.
-                is_loopback(credentials.client) and is_loopback_host(credentials.host)
+                # The Host must be a loopback name too, and no proxy may have forwarded it: a
+                # proxy on the same host (every client then comes from 127.0.0.1) or a
+                # DNS-rebinding page (Host: its own name, peer 127.0.0.1) is not a local
+                # client.
+                is_loopback(credentials.client)
+                and is_loopback_host(credentials.host)
+                and not credentials.forwarded
             )
         ):
             raise Forbidden(

@@ -10,11 +10,12 @@ Keys, one source (the settings allow only one):
 - ``auth_hmac_secret``: HS256/384/512;
 - ``auth_public_key_file``: a PEM public key (RSA, EC or Ed25519), read at start;
 - ``auth_jwks_url``: a JWKS document. An ``https://`` URL is fetched in a worker thread by
-  PyJWT's ``PyJWKClient``, which keeps the set for ``auth_jwks_lifespan_seconds``, at most
-  ``auth_jwks_max_keys`` keys, and fetches again when a token names an unknown ``kid`` (no
-  more than once every 30 s); each fetch is bounded by ``auth_jwks_timeout_seconds``. A file
+  PyJWT's ``PyJWKClient``, which keeps the set for ``auth_jwks_lifespan_seconds`` (a key
+  removed from it is refused once it is fetched again), and fetches again when a token names
+  an unknown ``kid`` (no more than once every 30 s); each fetch is bounded by
+  ``auth_jwks_timeout_seconds``. A file
   path (PyJWT's client takes URLs only) is read again on an unknown ``kid``, at most once a
-  second, and keeps at most ``auth_jwks_max_keys`` keys too.
+  second, and keeps at most ``auth_jwks_max_keys`` keys.
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ class TokenVerifier:
         elif settings.auth_jwks_url is not None:
             self._jwks = jwt.PyJWKClient(
                 settings.auth_jwks_url,
-                cache_keys=True,
-                max_cached_keys=settings.auth_jwks_max_keys,
+                # Not PyJWT's per-kid cache: it never expires, so a key removed from the set
+                # (rotated out after a leak) would be accepted for as long as it is used.
+                # The set's own cache (lifespan) is the one: a removed key stops being
+                # accepted once the set is fetched again.
+                cache_keys=False,
                 lifespan=settings.auth_jwks_lifespan_seconds,
                 timeout=settings.auth_jwks_timeout_seconds,
             )
