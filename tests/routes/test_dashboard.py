@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import trio
 
 from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay
@@ -121,3 +122,17 @@ async def test_the_feed_ends_when_the_relay_shuts_down(secured: RunningRelay) ->
         assert stream.ended
     counters = secured.relay.counters
     await wait_until(lambda: counters.ended[("dashboard", "1001")] == 1)
+
+
+async def test_the_feed_ends_when_its_token_expires(start_relay: StartRelay) -> None:
+    """As an event stream: at the admin token's expiry (here within 2 s) the feed ends (the
+    page's next attempt needs a valid token); it went on for good before."""
+    relay = await start_relay(
+        auth_hmac_secret=SECRET, dashboard_interval_seconds=0.1, auth_leeway_seconds=0
+    )
+    short = token(sub="ops", grant={"rights": ["admin"]}, ttl=2)
+    async with open_events(relay, f"/dashboard/feed?token={short}") as stream:
+        await stream.next()
+        with trio.fail_after(5):
+            await stream.body()
+        assert stream.ended

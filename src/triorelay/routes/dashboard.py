@@ -147,6 +147,12 @@ class Dashboard:
             writer = StreamWriter(send)
             sent = sent_bytes = 0
             cancel_scope = trio.CancelScope()
+            # Ends at the token's expiry, as an event stream does (the page's EventSource then
+            # reconnects with whatever token it has: an admin token's exp is what cuts access).
+            verifier = relay.access.verifier
+            left = verifier.seconds_left(identity) if verifier is not None else None
+            if left is not None:
+                cancel_scope.deadline = trio.current_time() + left
             connection.bind(cancel_scope)
             with cancel_scope:
                 async with trio.open_nursery() as nursery:
