@@ -436,6 +436,36 @@ async def test_a_consumer_refreshes_its_token_on_the_fast_path(secured: RunningR
 
 
 @pytest.mark.parametrize(
+    "form",
+    [
+        '{{"token": "{token}", "triorelay": "refresh"}}',  # JSON.stringify's order, say
+        '{{ "triorelay" : "refresh", "token": "{token}" }}',
+        ' {{"triorelay":"refresh","token":"{token}"}}',
+    ],
+)
+async def test_a_refresh_in_any_key_order_is_taken_not_published(
+    secured: RunningRelay, form: str
+) -> None:
+    """A producer's refresh with its keys in another order, or spaced, is a refresh all the
+    same: its expiry moves and the message, which holds a token, is not published (it was,
+    to every subscriber, unless it began exactly with {"triorelay")."""
+    grant = {"channels": {"a.*": ["publish", "subscribe"]}}
+    async with (
+        secured.websocket("/ws/consumer/a.x", extra_headers=bearer(token(grant=grant))) as sub,
+        secured.websocket(
+            "/ws/producer/a.x?ack=none", extra_headers=bearer(token(grant=grant, ttl=5))
+        ) as producer,
+    ):
+        (connection,) = [c for c in secured.relay.hub._connections if c.role == "producer"]
+        assert connection.cancel_scope is not None
+        first = connection.cancel_scope.deadline
+        await producer.send_message(form.format(token=token(grant=grant)))
+        await producer.send_message("after the refresh")
+        assert await sub.get_message() == "after the refresh"
+        assert connection.cancel_scope.deadline > first + 3000
+
+
+@pytest.mark.parametrize(
     "header",
     [
         (b"x-forwarded-for", b"203.0.113.9"),

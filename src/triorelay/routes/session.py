@@ -55,8 +55,9 @@ C = TypeVar("C", bound=Connection)
 
 access_log = logging.getLogger("triorelay.access")
 
-REFRESH_PREFIX = '{"triorelay"'
-"""How a text message that may be a control message starts (``{"triorelay": "refresh", ...}``)."""
+REFRESH_KEY = '"triorelay"'
+"""What a text message that may be a control message (``{"triorelay": "refresh", ...}``, its
+keys in any order) contains; only those are parsed."""
 
 
 @dataclass(slots=True)
@@ -131,9 +132,7 @@ class Session(Generic[C]):
         same subject that still grants the connection's right moves its expiry; an invalid
         one closes it with 4401, one without the right with 4403.
         """
-        if not self.refreshable or not any(
-            type(p) is str and p.startswith(REFRESH_PREFIX) for p in payloads
-        ):
+        if not self.refreshable or not any(type(p) is str and REFRESH_KEY in p for p in payloads):
             return payloads
         kept: list[Payload] = []
         for payload in payloads:
@@ -417,7 +416,9 @@ def _log_access(session: Session[C], seconds: float) -> None:
 
 def _refresh_token(payload: Payload) -> str | None:
     """The token of a refresh message, or None if ``payload`` is not one."""
-    if type(payload) is not str or not payload.startswith(REFRESH_PREFIX):
+    if type(payload) is not str or REFRESH_KEY not in payload:
+        return None
+    if not payload.lstrip().startswith("{"):
         return None
     try:
         message = json.loads(payload)
