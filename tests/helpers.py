@@ -142,14 +142,23 @@ class RawWebSocket:
 
     @classmethod
     async def connect(
-        cls, port: int, path: str, receive_buffer_bytes: int = 4096, *, deflate: bool = False
+        cls,
+        port: int,
+        path: str,
+        receive_buffer_bytes: int = 4096,
+        *,
+        deflate: bool = False,
+        subprotocols: Sequence[str] = (),
     ) -> RawWebSocket:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
         await sock.connect(("127.0.0.1", port))
         raw = cls(sock)
         extensions = [PerMessageDeflate()] if deflate else []
-        await raw._send(ws_events.Request(host="127.0.0.1", target=path, extensions=extensions))
+        request = ws_events.Request(
+            host="127.0.0.1", target=path, extensions=extensions, subprotocols=list(subprotocols)
+        )
+        await raw._send(request)
         while True:
             for event in await raw._events():
                 if isinstance(event, ws_events.AcceptConnection):

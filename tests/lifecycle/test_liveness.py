@@ -10,6 +10,7 @@ import trio
 
 from tests.conftest import StartRelay
 from tests.helpers import RawWebSocket
+from triorelay import framing
 from triorelay.compat import hypercorn as compat
 
 
@@ -92,4 +93,39 @@ async def test_a_producer_that_stops_reading_its_acks_is_a_dead_peer(
                     break  # the relay dropped the connection
     finally:
         producer.sock.close()
+    assert "closing a connection that did not answer a ping" in caplog.messages
+
+
+async def test_a_job_consumer_that_stops_reading_is_a_dead_peer(
+    start_relay: StartRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An acked queue's consumer that never reads, its window full of jobs, and sends frames
+    the relay must refuse: once the refusals' write is stuck, liveness closes it (1011, then
+    the reaper drops it). TCP_USER_TIMEOUT is off. (The stuck write counted as the relay's own
+    hold: the consumer kept its connection for good.)"""
+    caplog.set_level(logging.INFO, logger="triorelay.lifecycle.liveness")
+    relay = await start_relay(
+        ping_interval_seconds=0.1,
+        ping_timeout_seconds=0.1,
+        tcp_user_timeout_seconds=None,
+        channels={
+            "*.dead": {"mode": "broadcast"},
+            "jobs*": {"mode": "queue", "ack": "explicit", "max_in_flight": 64},
+        },
+    )
+    consumer = await RawWebSocket.connect(
+        relay.port, "/ws/consumer/jobs", 4096, subprotocols=[framing.SUBPROTOCOL]
+    )
+    try:
+        async with relay.websocket("/ws/producer/jobs?ack=none") as producer:
+            for _ in range(64):
+                await producer.send_message("j" * 65536)
+            with trio.fail_after(10):
+                while True:  # malformed settles: each refused, never read
+                    try:
+                        await consumer.send_text("x" * 1024)
+                    except OSError:
+                        break  # the relay dropped the connection
+    finally:
+        consumer.sock.close()
     assert "closing a connection that did not answer a ping" in caplog.messages

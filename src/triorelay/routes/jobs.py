@@ -166,6 +166,9 @@ class JobConsumer:
                 # The broker gives them back after its claim time: delivered at least once.
                 log.warning("could not settle %d acked jobs: %s", len(acked), error)
         if refusals:
+            # Waiting for the consumer to read its refusals is not the relay holding its
+            # reading back: one that never reads is a silent peer, for liveness to close.
+            self.session.release()
             await self.session.socket.send_many(refusals)
 
     # -- timeouts, and jobs coming back --
