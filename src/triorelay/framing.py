@@ -190,31 +190,43 @@ def dead_letter(
     deliveries: int,
     reason: str,
     history: list[dict[str, Any]],
+    max_bytes: int | None = None,
 ) -> str:
     """What the dead-letter channel gets for a job that used up its deliveries: a JSON
     object with the job (``payload``, text as is, binary in base64 with ``"binary": true``),
     where it came from, why it died, and each delivery's end (``at`` Unix time, ``consumer``,
-    ``outcome``)."""
+    ``outcome``).
+
+    A letter longer than ``max_bytes`` (base64 and JSON's escapes make it larger than the
+    job) goes without the job: ``"payload": null`` and ``"payload_bytes"`` its size, so that
+    a consumer bounded by the relay's own message limit can still read it.
+    """
     binary = not isinstance(payload, str)
     body = base64.b64encode(payload).decode() if isinstance(payload, bytes) else payload
-    return json.dumps(
-        {
-            "channel": channel,
-            "seq": seq,
-            "payload": body,
-            "binary": binary,
-            "deliveries": deliveries,
-            "reason": reason,
-            "history": history,
-        },
-        separators=(",", ":"),
-    )
+    fields: dict[str, Any] = {
+        "channel": channel,
+        "seq": seq,
+        "payload": body,
+        "binary": binary,
+        "deliveries": deliveries,
+        "reason": reason,
+        "history": history,
+    }
+    letter = json.dumps(fields, separators=(",", ":"))
+    if max_bytes is not None and len(letter) > max_bytes:  # ASCII: one byte a character
+        size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
+        fields.update(payload=None, payload_bytes=size)
+        letter = json.dumps(fields, separators=(",", ":"))
+    return letter
 
 
-def read_dead_letter(message: str) -> tuple[Payload, dict[str, Any]]:
-    """A dead-letter message → the job's payload and the object's other members."""
+def read_dead_letter(message: str) -> tuple[Payload | None, dict[str, Any]]:
+    """A dead-letter message → the job's payload (None if it was left out) and the object's
+    other members."""
     fields = json.loads(message)
     body = fields.pop("payload")
+    if body is None:  # left out: the letter would have been over the message limit
+        return None, fields
     payload: Payload = base64.b64decode(body) if fields.get("binary") else body
     return payload, fields
 

@@ -5,6 +5,8 @@ The end-to-end behaviour against the real relay is in ``test_jobs.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from triorelay import framing
@@ -128,6 +130,20 @@ def test_a_dead_letter_is_read_back_with_its_history() -> None:
     assert read_dead_letter(letter.encode()) == expected
     received = ReceivedMessage("jobs.dead", Position("E", 1), letter)
     assert read_dead_letter(received) == expected
+
+
+def test_a_dead_letter_over_the_limit_goes_without_its_job() -> None:
+    """A letter that would be longer than max_bytes (base64, JSON's escapes) leaves the job
+    out: read back with payload None and payload_bytes its size; one within it keeps it."""
+    kwargs: dict[str, Any] = {"seq": 1, "deliveries": 1, "reason": "max_deliveries", "history": []}
+    letter = framing.dead_letter("jobs", b"\x00" * 300, max_bytes=300, **kwargs)
+    assert len(letter) <= 300
+    read = read_dead_letter(letter)
+    assert (read.payload, read.payload_bytes) == (None, 300)
+    text = framing.dead_letter("jobs", "\u00e9" * 100, max_bytes=300, **kwargs)  # 6 bytes each
+    assert (read_dead_letter(text).payload, read_dead_letter(text).payload_bytes) == (None, 200)
+    kept = framing.dead_letter("jobs", "small", max_bytes=300, **kwargs)
+    assert (read_dead_letter(kept).payload, read_dead_letter(kept).payload_bytes) == ("small", None)
 
 
 @pytest.mark.parametrize("message", ["hello", b"\xff", "[]", '{"payload":"x"}', "{"])

@@ -17,6 +17,7 @@ from tests.conftest import StartRelay
 from tests.helpers import RunningRelay, closed_with, refused_upgrade, wait_until
 from tests.redis_server import RedisServer
 from triorelay import framing
+from triorelay.client import read_dead_letter, subscribe
 from triorelay.framing import Control, Job
 
 pytestmark = [pytest.mark.both_paths, pytest.mark.timeout(30)]
@@ -240,6 +241,31 @@ async def test_a_job_that_fails_max_deliveries_times_lands_on_the_dead_letter_ch
     assert (fields["channel"], fields["seq"], fields["deliveries"]) == ("jobs", 1, 3)
     assert fields["reason"] == "max_deliveries"
     assert [entry["outcome"] for entry in fields["history"]] == ["nacked"] * 3
+
+
+async def test_a_dead_letter_stays_within_the_message_limit(acked_relay: AckedRelay) -> None:
+    """A binary job of 0.8 MiB is within max_message_bytes (1 MiB), its letter in base64 is
+    not: the letter goes without the job (payload null, payload_bytes its size), so that the
+    project's own client, bounded by the same limit, still reads it (it closed with 1009,
+    for good, on every resume)."""
+    server = await acked_relay(max_deliveries=1)
+    job_bytes = 800 * 1024
+    limit = server.relay.settings.max_message_bytes
+    async with (
+        subscribe(server.ws_url, "jobs.dead", ping_interval_seconds=None) as dead,
+        worker(server) as ws,
+    ):
+        await subscribed(ws)
+        await publish(server, "jobs", b"\x01" * job_bytes)
+        job = await next_job(ws)
+        await ws.send_message(framing.nack(job.delivery_id))
+        with trio.fail_after(10):
+            letter = await dead.__anext__()
+    assert isinstance(letter.payload, str)
+    assert len(letter.payload) <= limit
+    read = read_dead_letter(letter)
+    assert (read.payload, read.payload_bytes) == (None, job_bytes)
+    assert (read.channel, read.seq, read.deliveries) == ("jobs", 1, 1)
 
 
 async def test_a_worker_that_leaves_gives_back_everything_it_held_at_once(

@@ -467,14 +467,17 @@ class DeadLetter:
     """A job the relay gave up on, as its dead-letter channel (``<channel>.dead`` by
     default) publishes it: the job's ``channel``, its sequence number there (``seq``), its
     ``payload`` as published, its ``deliveries``, why it died (``reason``:
-    ``max_deliveries``) and each delivery's end (``history``)."""
+    ``max_deliveries``) and each delivery's end (``history``). ``payload`` is None, and
+    ``payload_bytes`` its size, for a job the letter could not hold within the relay's
+    ``max_message_bytes`` (base64 and JSON's escapes make a letter larger than its job)."""
 
     channel: str
     seq: int
-    payload: Payload
+    payload: Payload | None
     deliveries: int
     reason: str
     history: tuple[DeliveryEnd, ...]
+    payload_bytes: int | None = None
 
 
 def read_dead_letter(message: ReceivedMessage | Payload) -> DeadLetter:
@@ -498,6 +501,7 @@ def read_dead_letter(message: ReceivedMessage | Payload) -> DeadLetter:
             deliveries=int(fields["deliveries"]),
             reason=str(fields["reason"]),
             history=history,
+            payload_bytes=None if job is not None else int(fields["payload_bytes"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"not a dead letter: {error!r}") from None

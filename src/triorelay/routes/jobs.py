@@ -246,6 +246,7 @@ class JobConsumer:
             deliveries=job.deliveries,
             reason=DEAD_REASON,
             history=history,
+            max_bytes=self.session.relay.settings.max_message_bytes,
         )
         relay = self.session.relay
         published: list[int] = []
