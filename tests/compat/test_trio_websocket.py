@@ -16,7 +16,13 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-from trio_websocket import ConnectionTimeout, HandshakeError, WebSocketConnection, WebSocketRequest
+from trio_websocket import (
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+)
 
 from triorelay.compat import trio_websocket as compat_module
 from triorelay.compat.trio_websocket import open_websocket_url
@@ -224,3 +230,32 @@ async def test_trio_websocket_alone_notices_a_cut_handshake_only_at_its_timeout(
     )
     assert isinstance(error, ConnectionTimeout)
     assert seconds == pytest.approx(5)
+
+
+async def test_a_refusal_whose_body_is_cut_short_is_a_rejection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 503 whose body the peer cuts short (no Content-Length, then the connection ends):
+    ConnectionRejected with its status, at once, so that the client retries a 503 as it
+    should (it got a dead connection, taken for a relay without the framing: for good)."""
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\nshutting do")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, refuse, 0)
+        port = listeners[0].socket.getsockname()[1]
+        start = trio.current_time()
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket_url(
+                f"ws://127.0.0.1:{port}/",
+                max_message_size=1024,
+                connect_timeout=5,
+                disconnect_timeout=5,
+            ):
+                pass
+        assert trio.current_time() - start < 1
+        nursery.cancel_scope.cancel()
+    assert rejected.value.status_code == 503

@@ -25,8 +25,10 @@ three: a deadline of its own around the connection attempt, lifted once connecte
 unread messages discarded (as trio-websocket's ``aclose`` does on the path that works)
 before the close starts; and, importing this module, ``_abort_web_socket`` of a client
 connection also ends the wait for its handshake, which this function then raises as
-``HandshakeError`` (the only change to trio-websocket itself, for every client in the
-process: a connect that would have waited out its timeout fails at once).
+``HandshakeError`` (or ``ConnectionRejected``, for a refusal whose body was cut short). That
+is the only change to trio-websocket itself, for every client in the process: code that
+calls trio-websocket directly gets, instead of waiting out its timeout, a connection already
+closed (1006).
 ``tests/compat/test_trio_websocket.py`` fails if trio-websocket's behaviour changes.
 """
 
@@ -38,7 +40,12 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio_websocket
-from trio_websocket import ConnectionTimeout, HandshakeError, WebSocketConnection
+from trio_websocket import (
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+)
 from wsproto.connection import ConnectionState
 
 
@@ -69,7 +76,10 @@ async def open_websocket_url(
             connecting.deadline = math.inf
             if connecting.cancel_called:  # the deadline passed as the handshake ended
                 raise ConnectionTimeout
-            if ws._wsproto.state is ConnectionState.CONNECTING:  # ended before its 101
+            state = ws._wsproto.state
+            if state is ConnectionState.REJECTING:  # refused, the body cut short
+                raise ConnectionRejected(ws._reject_status, ws._reject_headers, ws._reject_body)
+            if state is ConnectionState.CONNECTING:  # ended before its 101
                 raise HandshakeError("the connection ended during the WebSocket handshake")
             try:
                 yield ws
