@@ -179,6 +179,56 @@ async def test_a_key_removed_from_a_jwks_url_is_refused_once_the_set_is_fetched_
         thread.join()
 
 
+async def test_through_an_outage_of_the_issuer_the_last_key_set_serves_one_more_lifespan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issuer's JWKS endpoint fails once the set's lifespan is over: tokens are still
+    verified with the last set, for one more lifespan; past it, refused as unavailable."""
+    import http.server
+    import threading
+
+    import jwt.jwk_set_cache
+
+    key = rsa_key()
+    body = _jwks_body({"k1": key})
+    failing = [False]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if failing[0]:
+                self.send_error(503)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    now = [1000.0]
+    monkeypatch.setattr(jwt.jwk_set_cache.time, "monotonic", lambda: now[0])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_lifespan_seconds=60))
+        signed = token(key, algorithm="RS256", headers={"kid": "k1"})
+        assert (await verifier.verify(signed)).sub == "alice"
+        failing[0] = True
+        now[0] += 61  # the set's lifespan is over: the fetch fails, the last set serves
+        assert (await verifier.verify(signed)).sub == "alice"
+        now[0] += 30
+        assert (await verifier.verify(signed)).sub == "alice"
+        now[0] += 40  # 131 s after the last fetch that worked: no more
+        assert "key set is unavailable" in await refused(verifier, signed)
+    finally:
+        server.shutdown()
+        thread.join()
+
+
 def _jwks_body(keys: dict[str, Any]) -> bytes:
     """A JWKS document of ``keys`` (by kid), as write_jwks writes it."""
     import tempfile

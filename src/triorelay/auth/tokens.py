@@ -11,7 +11,8 @@ Keys, one source (the settings allow only one):
 - ``auth_public_key_file``: a PEM public key (RSA, EC or Ed25519), read at start;
 - ``auth_jwks_url``: a JWKS document. An ``https://`` URL is fetched in a worker thread by
   PyJWT's ``PyJWKClient``, which keeps the set for ``auth_jwks_lifespan_seconds`` (a key
-  removed from it is refused once it is fetched again), and fetches again when a token names
+  removed from it is refused once it is fetched again; through an outage of the issuer the
+  last set serves for one more lifespan at most), and fetches again when a token names
   an unknown ``kid`` (no more than once every 30 s); each fetch is bounded by
   ``auth_jwks_timeout_seconds``. A file
   path (PyJWT's client takes URLs only) is read again on an unknown ``kid``, at most once a
@@ -20,6 +21,7 @@ Keys, one source (the settings allow only one):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ import trio
 from triorelay.auth.grants import Grant, InvalidGrant
 from triorelay.errors import Unauthorized
 from triorelay.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CLAIM = "triorelay"
 
@@ -86,7 +90,7 @@ class TokenVerifier:
         elif settings.auth_jwks_url is not None and "://" not in settings.auth_jwks_url:
             self._jwks = _KeyFile(Path(settings.auth_jwks_url), settings.auth_jwks_max_keys)
         elif settings.auth_jwks_url is not None:
-            self._jwks = jwt.PyJWKClient(
+            self._jwks = _JwksClient(
                 settings.auth_jwks_url,
                 # Not PyJWT's per-kid cache: it never expires, so a key removed from the set
                 # (rotated out after a leak) would be accepted for as long as it is used.
@@ -155,6 +159,31 @@ class TokenVerifier:
         if identity.expires_at is None:
             return None
         return identity.expires_at + self._leeway - self._clock()
+
+
+class _JwksClient(jwt.PyJWKClient):
+    """PyJWT's client, keeping the last key set it fetched through an outage of its issuer,
+    for one more ``lifespan`` at most: without its per-kid cache (see where it is made), a
+    fetch that fails once the set's lifespan is over would refuse every token, each waiting
+    for its own failed fetch in turn. A set that a fetch replaced is never served again."""
+
+    def __init__(self, uri: str, *, lifespan: float, **kwargs: Any) -> None:
+        super().__init__(uri, lifespan=lifespan, **kwargs)
+        # Served until two lifespans after it was fetched: its own, and one more.
+        self._stale_seconds = 2 * lifespan
+        self._last: Any = None
+        self._last_at = float("-inf")
+
+    def fetch_data(self) -> Any:
+        try:
+            data = super().fetch_data()
+        except jwt.PyJWKClientConnectionError as error:
+            if self._last is None or time.monotonic() - self._last_at > self._stale_seconds:
+                raise
+            log.warning("the key set could not be fetched (%s): the last one serves", error)
+            return self._last
+        self._last, self._last_at = data, time.monotonic()
+        return data
 
 
 class _KeyFile:
