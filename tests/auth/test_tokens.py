@@ -5,11 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.server
 import json
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jwt.jwk_set_cache
 import pytest
 import trio
 
@@ -138,33 +143,10 @@ async def test_a_key_removed_from_a_jwks_url_is_refused_once_the_set_is_fetched_
     """A key rotated out of the identity provider's set (after a leak) stops being accepted
     once the set's lifespan has passed and it is fetched again (PyJWT's per-kid cache, which
     never expires, kept it for as long as it was used)."""
-    import http.server
-    import threading
-
-    import jwt.jwk_set_cache
-
     leaked, fresh = rsa_key(), rsa_key()
     bodies = [_jwks_body({"k1": leaked, "k2": fresh})]
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = bodies[-1]
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    now = [1000.0]
-    monkeypatch.setattr(jwt.jwk_set_cache.time, "monotonic", lambda: now[0])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    now = frozen_monotonic(monkeypatch)
+    with jwks_endpoint(lambda: bodies[-1]) as url:
         verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_lifespan_seconds=60))
         with_leaked = token(leaked, algorithm="RS256", headers={"kid": "k1"})
         assert (await verifier.verify(with_leaked)).sub == "alice"
@@ -174,9 +156,6 @@ async def test_a_key_removed_from_a_jwks_url_is_refused_once_the_set_is_fetched_
         now[0] += 31
         assert "no key" in await refused(verifier, with_leaked)
         assert (await verifier.verify(token(fresh, algorithm="RS256", headers={"kid": "k2"}))).sub
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 async def test_through_an_outage_of_the_issuer_the_last_key_set_serves_one_more_lifespan(
@@ -184,18 +163,32 @@ async def test_through_an_outage_of_the_issuer_the_last_key_set_serves_one_more_
 ) -> None:
     """The issuer's JWKS endpoint fails once the set's lifespan is over: tokens are still
     verified with the last set, for one more lifespan; past it, refused as unavailable."""
-    import http.server
-    import threading
-
-    import jwt.jwk_set_cache
-
     key = rsa_key()
     body = _jwks_body({"k1": key})
     failing = [False]
+    now = frozen_monotonic(monkeypatch)
+    with jwks_endpoint(lambda: None if failing[0] else body) as url:
+        verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_lifespan_seconds=60))
+        signed = token(key, algorithm="RS256", headers={"kid": "k1"})
+        assert (await verifier.verify(signed)).sub == "alice"
+        failing[0] = True
+        now[0] += 61  # the set's lifespan is over: the fetch fails, the last set serves
+        assert (await verifier.verify(signed)).sub == "alice"
+        now[0] += 30
+        assert (await verifier.verify(signed)).sub == "alice"
+        now[0] += 40  # 131 s after the last fetch that worked: no more
+        assert "key set is unavailable" in await refused(verifier, signed)
+
+
+@contextmanager
+def jwks_endpoint(answer: Callable[[], bytes | None]) -> Iterator[str]:
+    """An HTTP JWKS endpoint on loopback, in a thread, answering each GET with what
+    ``answer()`` returns (None: a 503): its URL, served while the block runs."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if failing[0]:
+            body = answer()
+            if body is None:
                 self.send_error(503)
                 return
             self.send_response(200)
@@ -207,26 +200,22 @@ async def test_through_an_outage_of_the_issuer_the_last_key_set_serves_one_more_
         def log_message(self, *args: Any) -> None:
             pass
 
-    now = [1000.0]
-    monkeypatch.setattr(jwt.jwk_set_cache.time, "monotonic", lambda: now[0])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-        verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_lifespan_seconds=60))
-        signed = token(key, algorithm="RS256", headers={"kid": "k1"})
-        assert (await verifier.verify(signed)).sub == "alice"
-        failing[0] = True
-        now[0] += 61  # the set's lifespan is over: the fetch fails, the last set serves
-        assert (await verifier.verify(signed)).sub == "alice"
-        now[0] += 30
-        assert (await verifier.verify(signed)).sub == "alice"
-        now[0] += 40  # 131 s after the last fetch that worked: no more
-        assert "key set is unavailable" in await refused(verifier, signed)
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
     finally:
         server.shutdown()
+        server.server_close()
         thread.join()
+
+
+def frozen_monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``time.monotonic`` (which PyJWT's set cache reads) made a list the test moves on."""
+    now = [1000.0]
+    monkeypatch.setattr(jwt.jwk_set_cache.time, "monotonic", lambda: now[0])
+    return now
 
 
 def _jwks_body(keys: dict[str, Any]) -> bytes:
@@ -251,39 +240,15 @@ def _b64(value: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
 
-async def test_a_jwks_url_is_fetched_with_its_kid_and_a_bounded_timeout(tmp_path: Path) -> None:
+async def test_a_jwks_url_is_fetched_with_its_kid_and_a_bounded_timeout() -> None:
     """An http(s) JWKS is fetched by PyJWT's client in a worker thread: a token with a known
     kid passes; an unreachable key set is refused with 401, not a hang."""
-    import http.server
-    import threading
-
     key = rsa_key()
-    jwks = tmp_path / "jwks.json"
-    write_jwks(jwks, {"k1": key})
-    body = jwks.read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    body = _jwks_body({"k1": key})
+    with jwks_endpoint(lambda: body) as url:
         verifier = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_timeout_seconds=2))
         identity = await verifier.verify(token(key, algorithm="RS256", headers={"kid": "k1"}))
         assert identity.sub == "alice"
-    finally:
-        server.shutdown()
-        server.server_close()
     unreachable = TokenVerifier(load_settings(auth_jwks_url=url, auth_jwks_timeout_seconds=1))
     with trio.fail_after(10):
         reason = await refused(unreachable, token(key, algorithm="RS256", headers={"kid": "k1"}))
