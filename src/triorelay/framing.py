@@ -199,7 +199,9 @@ def dead_letter(
 
     A letter longer than ``max_bytes`` (base64 and JSON's escapes make it larger than the
     job) goes without the job: ``"payload": null`` and ``"payload_bytes"`` its size, so that
-    a consumer bounded by the relay's own message limit can still read it.
+    a consumer bounded by the relay's own message limit can still read it; and, if that is
+    not enough (a history of many deliveries), with its latest deliveries only, and
+    ``"history_omitted"`` the number left out.
     """
     binary = not isinstance(payload, str)
     body = base64.b64encode(payload).decode() if isinstance(payload, bytes) else payload
@@ -217,6 +219,13 @@ def dead_letter(
         size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
         fields.update(payload=None, payload_bytes=size)
         letter = json.dumps(fields, separators=(",", ":"))
+        kept = len(history)
+        while len(letter) > max_bytes and kept:
+            kept //= 2
+            fields.update(
+                history=history[len(history) - kept :], history_omitted=len(history) - kept
+            )
+            letter = json.dumps(fields, separators=(",", ":"))
     return letter
 
 

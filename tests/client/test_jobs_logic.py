@@ -142,6 +142,15 @@ def test_a_dead_letter_over_the_limit_goes_without_its_job() -> None:
     assert (read.payload, read.payload_bytes) == (None, 300)
     text = framing.dead_letter("jobs", "\u00e9" * 100, max_bytes=300, **kwargs)  # 6 bytes each
     assert (read_dead_letter(text).payload, read_dead_letter(text).payload_bytes) == (None, 200)
+    long_history = [{"at": 1.0, "consumer": f"c:{i}", "outcome": "nacked"} for i in range(50)]
+    trimmed = framing.dead_letter(
+        "jobs", "x", seq=1, deliveries=50, reason="max_deliveries", history=long_history,
+        max_bytes=600,
+    )  # fmt: skip
+    assert len(trimmed) <= 600
+    _, fields = framing.read_dead_letter(trimmed)
+    assert fields["history"] == long_history[-len(fields["history"]) :]  # the latest kept
+    assert fields["history_omitted"] == 50 - len(fields["history"]) > 0
     kept = framing.dead_letter("jobs", "small", max_bytes=300, **kwargs)
     assert (read_dead_letter(kept).payload, read_dead_letter(kept).payload_bytes) == ("small", None)
 
