@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import ipaddress
 import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyUrl,
@@ -433,6 +435,14 @@ class Settings(BaseSettings):
             )
         if self.auth_public_key_file is not None and not self.auth_public_key_file.is_file():
             raise ValueError(f"auth_public_key_file {self.auth_public_key_file} does not exist")
+        jwks = self.auth_jwks_url
+        if jwks is not None and "://" in jwks and not _trusted_key_set_url(jwks):
+            # Anyone on the path of a plain-HTTP fetch could serve keys of their own, and sign
+            # any token with them.
+            raise ValueError(
+                "auth_jwks_url must be an https:// URL (or a file path); http:// only on "
+                "a loopback address"
+            )
         Grant.parse(self.auth_anonymous)  # each raises a ValueError naming what is wrong
         parse_origin_patterns(self.allowed_origins)
 
@@ -524,3 +534,18 @@ def _describe(error: ValidationError) -> str:
         where = f"{name} ({env})" if env else name
         lines.append(f"  {where}: {problem['msg']}")
     return "\n".join(lines)
+
+
+def _trusted_key_set_url(url: str) -> bool:
+    """An ``https://`` URL, or ``http://`` to a loopback address (a sidecar, a test)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http" or parts.hostname is None:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False

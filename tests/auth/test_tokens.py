@@ -119,6 +119,28 @@ def test_settings_refuse_an_algorithm_that_does_not_go_with_the_key(tmp_path: Pa
         load_settings(auth_hmac_secret=SECRET, auth_public_key_file=pem)
 
 
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://idp.example.com/.well-known/jwks.json", True),
+        ("http://127.0.0.1:8080/jwks.json", True),
+        ("http://localhost/jwks.json", True),
+        ("http://[::1]/jwks.json", True),
+        ("http://idp.example.com/jwks.json", False),
+        ("http://10.0.0.5/jwks.json", False),
+        ("ftp://idp.example.com/jwks.json", False),
+    ],
+)
+def test_a_jwks_url_must_be_https_but_on_loopback(url: str, accepted: bool) -> None:
+    """A key set fetched over plain HTTP could be anyone's on the way (and every token
+    signed with it would pass): refused at start, but for a loopback address."""
+    if accepted:
+        assert load_settings(auth_jwks_url=url).auth_jwks_url == url
+    else:
+        with pytest.raises(SettingsError, match="must be an https:// URL"):
+            load_settings(auth_jwks_url=url)
+
+
 async def test_jwks_keys_by_kid_and_a_new_kid_is_fetched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
