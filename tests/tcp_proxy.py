@@ -41,7 +41,7 @@ class ForwardingProxy:
         try:
             upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
         except OSError:
-            _reset(client)
+            reset(client)
             return
         pair = (client, upstream)
         self._pairs.add(pair)
@@ -53,14 +53,14 @@ class ForwardingProxy:
         finally:
             self._pairs.discard(pair)
             for stream in pair:
-                _reset(stream)
+                reset(stream)
 
     def reset_all(self) -> int:
         """Cut every forwarded connection with a reset; return how many."""
         pairs = list(self._pairs)
         for pair in pairs:
             for stream in pair:
-                _reset(stream)
+                reset(stream)
         self.resets += len(pairs)
         return len(pairs)
 
@@ -82,7 +82,8 @@ async def _pump(source: trio.SocketStream, sink: trio.SocketStream, done: trio.C
     done.cancel()
 
 
-def _reset(stream: trio.SocketStream) -> None:
+def reset(stream: trio.SocketStream) -> None:
+    """Close ``stream``'s socket with a TCP reset (RST), not a FIN: a network failure."""
     sock = stream.socket
     if sock.fileno() == -1:
         return

@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -28,6 +27,7 @@ from tests.client.fake_relay import (
     start_fake_relay,
     start_mute_relay,
 )
+from tests.tcp_proxy import reset
 from triorelay import framing
 from triorelay.client import (
     Backoff,
@@ -310,12 +310,11 @@ async def test_a_connection_cut_during_the_handshake_is_retried_at_once(
     the attempt fails then (not at connect_timeout_seconds, here far beyond the guard) and the
     client tries again."""
 
-    async def reset(stream: trio.SocketStream) -> None:
+    async def read_then_reset(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        stream.socket.close()
+        reset(stream)
 
-    listeners = await nursery.start(trio.serve_tcp, reset, 0)
+    listeners = await nursery.start(trio.serve_tcp, read_then_reset, 0)
     port = listeners[0].socket.getsockname()[1]
     events: list[Event] = []
     reconnected = trio.Event()

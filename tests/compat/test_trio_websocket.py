@@ -7,8 +7,6 @@ until the guard's deadline).
 
 from __future__ import annotations
 
-import socket
-import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -24,6 +22,7 @@ from trio_websocket import (
     WebSocketRequest,
 )
 
+from tests.tcp_proxy import reset as tcp_reset
 from triorelay.compat import trio_websocket as compat_module
 from triorelay.compat.trio_websocket import open_websocket_url
 
@@ -34,6 +33,19 @@ GUARD_SECONDS = 600
 
 Opener = Callable[..., AbstractAsyncContextManager[WebSocketConnection]]
 OPENERS = {"trio-websocket": trio_websocket.open_websocket_url, "compat": open_websocket_url}
+
+
+def local(
+    opener: Opener, port: int, timeout: float = 5
+) -> AbstractAsyncContextManager[WebSocketConnection]:
+    """``opener``'s client connection to ``port`` on loopback, connect and close each bounded
+    by ``timeout``."""
+    return opener(
+        f"ws://127.0.0.1:{port}/",
+        max_message_size=1024,
+        connect_timeout=timeout,
+        disconnect_timeout=timeout,
+    )
 
 
 @asynccontextmanager
@@ -55,12 +67,7 @@ async def connect_to_silent_peer(opener: Opener) -> BaseException | None:
     async with silent_peer() as port:
         with trio.move_on_after(GUARD_SECONDS):
             try:
-                async with opener(
-                    f"ws://127.0.0.1:{port}/",
-                    max_message_size=1024,
-                    connect_timeout=0.5,
-                    disconnect_timeout=0.5,
-                ):
+                async with local(opener, port, timeout=0.5):
                     pass
             except Exception as error:
                 return error
@@ -96,21 +103,14 @@ async def close_after_a_reset_with_a_message_unread(opener: Opener) -> bool:
         for i in range(3):
             await ws.send_message(str(i))
         await trio.testing.wait_all_tasks_blocked()  # the client's reader is blocked handing over
-        sock = ws._stream.socket
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        tcp_reset(ws._stream)
         reset.set()
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
         with trio.move_on_after(GUARD_SECONDS) as guard:
-            async with opener(
-                f"ws://127.0.0.1:{server.port}/",
-                max_message_size=1024,
-                connect_timeout=5,
-                disconnect_timeout=5,
-            ) as ws:
+            async with local(opener, server.port) as ws:
                 assert await ws.get_message() == "0"
                 await reset.wait()
         nursery.cancel_scope.cancel()
@@ -154,12 +154,7 @@ async def test_a_close_that_goes_through_is_the_same_with_both(
     async with trio.open_nursery() as nursery:
         server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
         with trio.fail_after(GUARD_SECONDS):
-            async with OPENERS[name](
-                f"ws://127.0.0.1:{server.port}/",
-                max_message_size=1024,
-                connect_timeout=5,
-                disconnect_timeout=5,
-            ) as ws:
+            async with local(OPENERS[name], server.port) as ws:
                 assert await ws.get_message() == "0"
                 await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
@@ -174,8 +169,9 @@ async def peer_that_ends_the_handshake(how: str) -> AsyncIterator[int]:
     async def end(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
         if how == "reset":
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        stream.socket.close()
+            tcp_reset(stream)
+        else:
+            stream.socket.close()
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(trio.serve_tcp, end, 0)
@@ -190,12 +186,7 @@ async def connect_to_a_peer_that_ends_the_handshake(
     async with peer_that_ends_the_handshake(how) as port:
         start = trio.current_time()
         try:
-            async with opener(
-                f"ws://127.0.0.1:{port}/",
-                max_message_size=1024,
-                connect_timeout=5,
-                disconnect_timeout=5,
-            ):
+            async with local(opener, port):
                 pass
         except Exception as error:
             return error, trio.current_time() - start
@@ -249,12 +240,7 @@ async def test_a_refusal_whose_body_is_cut_short_is_a_rejection(
         port = listeners[0].socket.getsockname()[1]
         start = trio.current_time()
         with pytest.raises(ConnectionRejected) as rejected:
-            async with open_websocket_url(
-                f"ws://127.0.0.1:{port}/",
-                max_message_size=1024,
-                connect_timeout=5,
-                disconnect_timeout=5,
-            ):
+            async with local(open_websocket_url, port):
                 pass
         assert trio.current_time() - start < 1
         nursery.cancel_scope.cancel()
