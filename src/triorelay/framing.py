@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from triorelay.envelopes import Payload
+from triorelay.envelopes import Payload, size_of
 
 SUBPROTOCOL = "triorelay.v1"
 """The ``Sec-WebSocket-Protocol`` value that asks for this framing."""
@@ -216,8 +216,7 @@ def dead_letter(
     }
     letter = json.dumps(fields, separators=(",", ":"))
     if max_bytes is not None and len(letter) > max_bytes:  # ASCII: one byte a character
-        size = len(payload) if isinstance(payload, bytes) else len(payload.encode())
-        fields.update(payload=None, payload_bytes=size)
+        fields.update(payload=None, payload_bytes=size_of(payload))
         letter = json.dumps(fields, separators=(",", ":"))
         kept = len(history)
         while len(letter) > max_bytes and kept:

@@ -239,6 +239,7 @@ class JobConsumer:
             {"at": at, "consumer": consumer, "outcome": outcome}
             for at, consumer, outcome in job.history
         ]
+        relay = self.session.relay
         message = framing.dead_letter(
             self.channel,
             job.payload,
@@ -246,9 +247,8 @@ class JobConsumer:
             deliveries=job.deliveries,
             reason=DEAD_REASON,
             history=history,
-            max_bytes=self.session.relay.settings.max_message_bytes,
+            max_bytes=relay.settings.max_message_bytes,
         )
-        relay = self.session.relay
         published: list[int] = []
         try:
             with relay.hub.attach_producer(dead) as producer:

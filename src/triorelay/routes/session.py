@@ -172,7 +172,8 @@ class Session(Generic[C]):
 
     def release(self) -> None:
         """The relay no longer holds the peer's reading back, from now (the rest of the
-        delivery, if any, waits for the peer itself: a producer's acks)."""
+        delivery, if any, waits for the peer itself: a producer's acks, a job consumer's
+        refusals)."""
         self.held = False
         self._released = True  # the time is read at liveness's next look, not per read
 
