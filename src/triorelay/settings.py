@@ -263,7 +263,8 @@ class Settings(BaseSettings):
     #: Redis broker: messages kept per channel stream (approximate ``MAXLEN``). A relay that
     #: falls further behind than this, or reconnects after more were published, reports a gap.
     redis_stream_max_messages: PositiveInt = 10_000
-    #: Redis broker: a channel's stream expires after this long without a publish.
+    #: Redis broker: a channel's stream expires after this long without a publish (up to a
+    #: second more: publishes renew its expiry at most once a second).
     redis_stream_ttl_seconds: Annotated[float, Field(gt=0)] = 3600.0
     #: Redis broker: most messages read per stream in one round trip.
     redis_read_batch_messages: PositiveInt = 256

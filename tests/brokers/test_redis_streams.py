@@ -444,3 +444,56 @@ async def test_a_channel_left_while_the_reader_subscribes_again_is_unsubscribed(
             numsub = await client.pubsub_numsub("triorelay:n:gone", "triorelay:n:kept")
     assert payloads_of(deliveries, "kept") == ["k1", "k2"]
     assert numsub == {b"triorelay:n:gone": 0, b"triorelay:n:kept": 1}
+
+
+async def test_a_channels_keys_expiry_is_renewed_once_a_second_and_whenever_a_key_is_new(
+    nursery: trio.Nursery, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish script renews both keys' expiry (to their time to live plus a second) when
+    the last renewal is a second old by the publishing relay's clock, when that clock is
+    behind the last renewal's, and whenever the stream is new (made again after it
+    expired): not at every publish. A stream made again without an expiry would live
+    forever."""
+    broker = await started(nursery, redis_server, Deliveries(), redis_stream_ttl_seconds=60)
+    stream, meta = "triorelay:ch:c", "triorelay:meta:c"
+    slack = streams_module.EXPIRY_RENEWAL_MS
+    renewed = {stream: 60_000 + slack, meta: 86_400_000 + slack}  # the settings' + the slack
+    start = time.time_ns() // 1_000_000
+    clock = [start]
+    monkeypatch.setattr(streams_module, "_now_ms", lambda: str(clock[0]))
+    published: list[int] = []
+
+    async def publish_at(offset_ms: int) -> None:
+        clock[0] = start + offset_ms
+        await broker.publish("c", "broadcast", [f"at {offset_ms}"], published)
+
+    async with coredis.Redis.from_url(redis_server.url) as client:
+
+        async def expiries() -> dict[str, int]:
+            return {key: int(await client.pttl(key)) for key in (stream, meta)}
+
+        async def mark() -> None:  # an expiry no renewal gives: was it renewed since?
+            for key in (stream, meta):
+                await client.pexpire(key, 5_000)
+
+        def renewed_now(ttls: dict[str, int]) -> bool:
+            return all(renewed[key] - 5_000 < ttl <= renewed[key] for key, ttl in ttls.items())
+
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await publish_at(0)  # a new channel: both keys get their expiry
+            assert renewed_now(await expiries())
+            await mark()
+            await publish_at(10)
+            await publish_at(999)
+            assert all(0 < ttl <= 5_000 for ttl in (await expiries()).values())
+            await publish_at(1_000)
+            assert renewed_now(await expiries())
+            await mark()
+            await publish_at(-5_000)  # a relay whose clock is behind the last renewal's
+            assert renewed_now(await expiries())
+            await mark()
+            await client.delete([stream])  # the stream expired (or was evicted)
+            await publish_at(-4_990)
+            ttls = await expiries()
+            assert renewed_now(ttls), ttls
+    assert published == [1, 2, 3, 4, 5, 6]  # the offsets go on (the history expired)

@@ -2,16 +2,17 @@
 
 Each channel is a stream, ``{prefix}ch:{name}``, and a position hash, ``{prefix}meta:{name}``
 (its epoch, last offset, expiry mark, last publish time and the run id of the Redis that
-numbered it). Publishing runs one Lua script that takes the channel's next offsets
-(``HINCRBY``), appends the messages under the ids ``epoch-offset`` (``XADD ... MAXLEN ~
-redis_stream_max_messages``) and renews both keys' expiry: one round trip for all the
-messages a producer sent in one TCP read. A channel without a position, or with one numbered
-by a Redis since restarted (a restored copy may be older: its offsets would be reused), starts
-a new epoch. The script ends with a ``PUBLISH`` on the channel's pub/sub channel,
-``{prefix}n:{name}``, of a notification that carries the messages and their position (see
-``_notified_entries``). The publish scripts of every producer of this relay
-share one connection (:class:`~triorelay.brokers.redis.lean.Pipeline`): those queued while a
-round trip is under way go together in the next one.
+numbered it). Publishing runs one Lua script that takes the channel's next offsets,
+appends the messages under the ids ``epoch-offset`` (``XADD ... MAXLEN ~
+redis_stream_max_messages``) and renews both keys' expiry (at most once a second,
+``EXPIRY_RENEWAL_MS``): one round trip for all the messages a producer sent in one TCP
+read. A channel without a position, or with one numbered by a Redis since restarted (a
+restored copy may be older: its offsets would be reused), starts a new epoch. The script
+ends with a ``PUBLISH`` on the channel's pub/sub channel, ``{prefix}n:{name}``, of a
+notification that carries the messages and their position (see ``_notified_entries``). The
+publish scripts of every producer of this relay share one connection
+(:class:`~triorelay.brokers.redis.lean.Pipeline`): those queued while a round trip is under
+way go together in the next one.
 
 The reader subscribes to the notifications of every stream with local consumers (every
 *watched* channel). A notification whose messages follow what the reader has of its channel
@@ -58,11 +59,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A channel's position lives in a hash, ``{prefix}meta:{name}``: its epoch ``e``, last offset
-# ``o``, the offset through which its stream expired ``x``, and its last publish time ``t``
-# (milliseconds). Stream ids are ``epoch-offset``, so that a consumer's position is a stream id
-# (a resume is one XRANGE), and a new epoch sorts after the old one (the reader's XREAD, still
-# at the old history's last id, reads the new history from its first message).
+#: A publish renews its channel's keys' expiry only if the last renewal is this old (ms),
+#: and to their time to live plus this: two ``PEXPIRE`` calls at most once a second, not
+#: per publish, and a key still lives its whole time to live after the last publish.
+EXPIRY_RENEWAL_MS = 1000
+
+# A channel's position lives in a hash, ``{prefix}meta:{name}``: its epoch ``e`` and the run
+# id of the Redis that numbered it ``r``, its last offset ``o``, the offset through which its
+# stream expired ``x``, its last publish time ``t`` and the last renewal of its keys' expiry
+# ``k`` (milliseconds, by the publishing relays' clocks). Stream ids are ``epoch-offset``, so
+# that a consumer's position is a stream id (a resume is one XRANGE), and a new epoch sorts
+# after the old one (the reader's XREAD, still at the old history's last id, reads the new
+# history from its first message).
 _NEW_EPOCH = """
 -- The channel's epoch, or false when it has none, or when it is from before a restart of
 -- Redis (a restored snapshot may hold an older copy of it: its offsets would be reused).
@@ -99,23 +107,33 @@ _PUBLISH = (
     _NEW_EPOCH
     + """
 local n = tonumber(ARGV[5])
+local now = tonumber(ARGV[4])
 local accepted = ''
 if ARGV[7] == '1' then  -- traced messages: stamped with the time Redis stores them
   redis.replicate_commands()  -- Redis 6: writes after TIME need effects replication
   local t = redis.call('TIME')
   accepted = t[1] .. string.format('%06d', tonumber(t[2]))
 end
-local epoch = current_epoch(ARGV[8])
-if not epoch then
+-- The position in one read: its epoch and the run id that numbered it, the last publish's
+-- time, the last offset, and when a publish last renewed the keys' expiry (k).
+local m = redis.call('HMGET', KEYS[2], 'e', 'r', 't', 'o', 'k')
+local epoch, last = m[1], tonumber(m[4]) or 0
+-- The keys' expiry: renewed when the last renewal is RENEW_MS ms old or more by this relay's
+-- clock (a relay whose clock is skewed either way renews at once), to their time to live
+-- plus RENEW_MS, so that neither goes before its time to live after the last publish.
+local renew = not m[5] or math.abs(now - tonumber(m[5])) >= RENEW_MS
+if not (epoch and m[2] == ARGV[8]) then
   epoch = new_epoch(ARGV[4], ARGV[8])
+  last = 0
+  renew = true
 elseif redis.call('EXISTS', KEYS[1]) == 0
-    or tonumber(ARGV[4]) - tonumber(redis.call('HGET', KEYS[2], 't') or ARGV[4])
-       > tonumber(ARGV[6]) then
+    or now - tonumber(m[3] or ARGV[4]) > tonumber(ARGV[6]) then
   -- the history expired (the stream with it, or not yet): what it held is let go
-  redis.call('HSET', KEYS[2], 'x', redis.call('HGET', KEYS[2], 'o'))
+  redis.call('HSET', KEYS[2], 'x', m[4])
   redis.call('DEL', KEYS[1])
+  renew = true  -- the stream XADD makes again has no expiry yet
 end
-local first = redis.call('HINCRBY', KEYS[2], 'o', n) - n + 1
+local first = last + 1
 for i = 0, n - 1 do
   local id = epoch .. '-' .. string.format('%d', first + i)
   local trace = ARGV[12 + 3 * i]
@@ -127,9 +145,13 @@ for i = 0, n - 1 do
                'p', ARGV[10 + 3 * i], 't', ARGV[11 + 3 * i], 'r', trace, 'a', accepted)
   end
 end
-redis.call('HSET', KEYS[2], 't', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if renew then
+  redis.call('HSET', KEYS[2], 'o', string.format('%d', last + n), 't', ARGV[4], 'k', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', tonumber(ARGV[2]) + RENEW_MS))
+  redis.call('PEXPIRE', KEYS[2], string.format('%d', tonumber(ARGV[3]) + RENEW_MS))
+else
+  redis.call('HSET', KEYS[2], 'o', string.format('%d', last + n), 't', ARGV[4])
+end
 -- Last, once the messages are readable: the relays watching the channel get them at once
 -- (see _notified_entries for the format); any relay that missed some reads the stream.
 local note = {epoch, ' ', string.format('%d', first), ' ', accepted, ' ', ARGV[5], '\\n'}
@@ -141,7 +163,7 @@ for i = 0, n - 1 do
 end
 redis.call('PUBLISH', ARGV[9], table.concat(note))
 return {epoch, first, accepted}
-"""
+""".replace("RENEW_MS", str(EXPIRY_RENEWAL_MS))
 )
 _POSITION = (
     _NEW_EPOCH
