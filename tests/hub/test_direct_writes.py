@@ -315,13 +315,20 @@ async def test_a_pending_dropped_notice_keeps_messages_for_the_writer(
         assert socket.wire == []
 
 
+def stage_counts(consumer: Consumer) -> list[int]:
+    """How many observations each of the four stages' histograms of its channel holds."""
+    latency = consumer.channel_counters.latency
+    return [0] * 4 if latency is None else [sum(counts) for counts in latency.counts]
+
+
 @pytest.mark.timeout(HANG_GUARD_SECONDS)
-async def test_traced_and_positioned_messages_always_go_to_the_writer(
+async def test_a_sampled_message_is_written_directly_its_last_two_stages_timed(
     nursery: trio.Nursery,
 ) -> None:
-    """A traced message (its writer times its last stages) is buffered, not written
-    directly; positioned consumers never register a direct write (their writer frames
-    positions), so the hub's Entry items reach their writer as before."""
+    """A message sampled for the latency histograms (traced without a trace id) goes to a
+    waiting consumer's socket from the publishing task, as an untraced one does: its writer
+    is not woken, and its last two stages are observed all the same, once each. (Through
+    the writer, a fan-out woke every consumer's writer for one message in 64.)"""
     hub = make_hub()
     socket = FakeSocket()
     with hub.attach_consumer("news") as consumer:
@@ -331,6 +338,56 @@ async def test_traced_and_positioned_messages_always_go_to_the_writer(
         with hub.attach_producer("news") as producer:
             published: list[int] = []
             await producer.publish_many(["sampled"], published, {0: Trace(0)})
+        await trio.testing.wait_all_tasks_blocked()
+        assert socket.wire == ["sampled"]
+        assert writer.received == []
+        assert stage_counts(consumer) == [1, 1, 1, 1]
+        assert consumer.buffer is not None
+        assert consumer.buffer.traced == 0
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_sampled_message_the_socket_cannot_take_goes_to_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    """A full socket: the sampled message is buffered as a Traced item, counted as one, and
+    its writer (which times its stages) gets it."""
+    hub = make_hub()
+    socket = FakeSocket()
+    socket.mode = "refuse"
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        writer.go = trio.Event()  # holds what it takes
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            published: list[int] = []
+            await producer.publish_many(["sampled"], published, {0: Trace(0)})
+        await trio.testing.wait_all_tasks_blocked()
+        assert consumer.buffer is not None
+        assert consumer.buffer.traced == 1
+        writer.go.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [type(item) for item in writer.received] == [Traced]
+        assert stage_counts(consumer)[2:] == [0, 0]  # (the fake writer times nothing)
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_message_traced_for_its_producer_goes_to_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    """A message whose producer asked for traces (a trace id: its notices and the trace log
+    are the writer's work) is buffered, not written directly."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            published: list[int] = []
+            trace = Trace(0, "4bf92f3577b34da6a3ce929d0e0e4736")
+            await producer.publish_many(["asked"], published, {0: trace})
         await trio.testing.wait_all_tasks_blocked()
         assert socket.calls == 0
         assert [type(item) for item in writer.received] == [Traced]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import trio
 
@@ -26,7 +26,7 @@ from triorelay.brokers.base import QueueSource
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import QueueFull
 from triorelay.framing import encode_message
-from triorelay.tracing import Trace
+from triorelay.tracing import Trace, now_ns
 
 
 class Entry:
@@ -93,6 +93,10 @@ rest of it (see :class:`Unfinished`)."""
 DirectWriteMany = Callable[[list[Payload], int], bool | bytes]
 """``write_many(payloads, total_bytes)``: :data:`DirectWrite` for the messages of a batch,
 in one socket write."""
+
+TracedWritten = Callable[[Trace, int, int], None]
+"""``traced_written(trace, taken_ns, written_ns)``: a sampled message (traced for the latency
+histograms only) went out by a direct write: its last two stages, timed there."""
 
 
 class Occupancy:
@@ -193,10 +197,13 @@ class ConsumerBuffer:
     **Direct writes.** A writer that can write to its socket without waiting registers that
     write (:meth:`write_directly`). While it waits in :meth:`receive` with nothing buffered
     and nothing being written, a raw message offered goes to that write at once, in the
-    publishing task: no task is woken and nothing is buffered. Anything else (the write
-    cannot take it, or the message is an :class:`Entry`, or traced) is buffered and wakes the
-    writer, which then owns the order: until it waits again, every message is buffered behind
-    that one. So a consumer gets its messages in order and each once, whichever way each went.
+    publishing task: no task is woken and nothing is buffered. So does a message sampled for
+    the latency histograms (a :class:`Traced` item without a trace id, outside a batch),
+    its last two stages timed around the write (``traced_written``) as its writer would.
+    Anything else (the write cannot take it, an :class:`Entry`, a message traced for its
+    producer) is buffered and wakes the writer, which then owns the order: until it waits
+    again, every message is buffered behind that one. So a consumer gets its messages in
+    order and each once, whichever way each went.
     A direct write the socket took only part of leaves an :class:`Unfinished` rest, which
     :meth:`receive` returns before anything buffered after it. The messages of a batch (one
     producer read, :meth:`offer` with ``batch``) are held instead, the writer still waiting,
@@ -213,6 +220,7 @@ class ConsumerBuffer:
         "_items",
         "_occupancy",
         "_room",
+        "_traced_written",
         "_unfinished",
         "_waiter",
         "bytes",
@@ -240,6 +248,7 @@ class ConsumerBuffer:
         self._handed = False
         self._direct: DirectWrite | None = None
         self._direct_many: DirectWriteMany | None = None
+        self._traced_written: TracedWritten | None = None
         #: Messages are held for one write at the end of a batch (flush_batch).
         self._deferred = False
         self._unfinished: Unfinished | None = None
@@ -249,7 +258,7 @@ class ConsumerBuffer:
         self._closed = False
         #: The size of the message last received (so that it is measured once).
         self.last_size = 0
-        #: Traced messages buffered (their writer unwraps them; counted by the channel).
+        #: Traced messages buffered (their writer unwraps them).
         self.traced = 0
 
     @property
@@ -257,14 +266,18 @@ class ConsumerBuffer:
         return self._closed
 
     def write_directly(
-        self, write: DirectWrite | None, write_many: DirectWriteMany | None = None
+        self,
+        write: DirectWrite | None,
+        write_many: DirectWriteMany | None = None,
+        traced_written: TracedWritten | None = None,
     ) -> None:
         """Hand offered messages to ``write`` while the reader waits with nothing buffered (see
-        the class's docstring), and a batch's to ``write_many`` at its end; ``None`` stops
-        it. The reader's own task sets it, before it first waits, and clears it when it
-        stops reading."""
+        the class's docstring), and a batch's to ``write_many`` at its end; sampled messages
+        too if ``traced_written`` times them. ``None`` stops it. The reader's own task sets
+        it, before it first waits, and clears it when it stops reading."""
         self._direct = write
         self._direct_many = write_many
+        self._traced_written = traced_written
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -299,10 +312,24 @@ class ConsumerBuffer:
             self._wake(waiter)
             return appended
         # The reader waits, and nothing is buffered or being written: this message may go
-        # straight to its socket. An Entry or a traced item has the writer's work to do
-        # (positions, stage times), so it goes to the writer.
+        # straight to its socket, and so may a sample for the histograms (its two stages
+        # timed here). An Entry or a message traced for its producer has the writer's work to
+        # do (positions, notices, the trace log), so it goes to the writer.
         write = self._direct
-        if write is not None and raw:
+        if write is not None and kind is Traced and batch is None:
+            sampled = cast(Traced, payload)
+            trace = sampled.trace
+            traced_written = self._traced_written
+            if trace.trace_id is None and traced_written is not None:
+                taken_ns = now_ns()
+                written = write(sampled.payload, size)
+                if written is not False:
+                    traced_written(trace, taken_ns, now_ns())
+                    if written is not True:
+                        self._unfinished = Unfinished(written)
+                        self._wake(waiter)
+                    return True
+        elif write is not None and raw:
             if batch is not None:
                 if self._direct_many is not None:
                     self._append(payload, size)  # the buffer is empty: it fits
@@ -364,6 +391,8 @@ class ConsumerBuffer:
         if items is None:
             items = self._items = deque()
         items.append(payload)
+        if type(payload) is Traced:
+            self.traced += 1
         self.bytes += size
         self.messages += 1
         if self.messages > self.peak:

@@ -234,7 +234,7 @@ class Channel:
                 buffer = consumer.buffer
                 assert buffer is not None
                 if not buffer.offer(payload, size, batch):
-                    self._full(consumer, buffer, payload, size, policy, False)
+                    self._full(consumer, buffer, payload, size, policy)
             return
         # Positioned consumers get the Entry; raw ones the payload, unless it is traced.
         traced = type(entry) is Traced
@@ -243,11 +243,8 @@ class Channel:
             buffer = consumer.buffer
             assert buffer is not None
             item = entry if consumer.positioned else raw
-            if buffer.offer(item, size, batch):
-                if traced:
-                    buffer.traced += 1
-            else:
-                self._full(consumer, buffer, item, size, policy, traced)
+            if not buffer.offer(item, size, batch):
+                self._full(consumer, buffer, item, size, policy)
 
     def _full(
         self,
@@ -256,7 +253,6 @@ class Channel:
         item: Item,
         size: int,
         policy: str,
-        traced: bool,
     ) -> None:
         """``consumer``'s buffer had no room for ``item``: the channel's policy decides."""
         if policy == "drop_newest":
@@ -269,8 +265,6 @@ class Channel:
                     self._count_drop(consumer, 1, "drop_oldest")
                     return
                 self._count_drop(consumer, 1, "drop_oldest")
-            if traced:
-                buffer.traced += 1
         else:  # disconnect
             self._evict(consumer)
 
@@ -288,10 +282,7 @@ class Channel:
             assert buffer is not None
             item = entry if consumer.positioned else raw
             assert item is not None
-            if buffer.offer(item, size):
-                if traced:
-                    buffer.traced += 1
-            else:
+            if not buffer.offer(item, size):
                 full.append(consumer)
         if not full:
             return
@@ -306,8 +297,6 @@ class Channel:
                 # A consumer that leaves while we wait has its buffer closed: skip it.
                 while not buffer.closed and not buffer.offer(item, size):
                     await buffer.wait_for_room()
-                if traced and not buffer.closed:
-                    buffer.traced += 1
                 continue
             if not buffer.closed:
                 self._evict(consumer, f"consumer too slow: kept a publish waiting {timeout:g} s")

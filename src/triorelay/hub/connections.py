@@ -266,7 +266,7 @@ class Consumer(Connection):
             buffer.write_directly(None)
         else:
             many = None if write_many is None else self._written_many_now
-            buffer.write_directly(self._written_now, many)
+            buffer.write_directly(self._written_now, many, self.traced_written)
 
     def _written_now(self, payload: Payload, size: int) -> bool | bytes:
         write = self._write_now

@@ -309,7 +309,8 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     broadcast consumer also takes messages while this task waits (``Consumer.write_directly``):
     the publishing task writes each one to the socket itself, encoded once for every consumer,
     and this task wakes only for what the socket could not take at once (a full socket,
-    another write under way), a traced message, or a ``dropped`` notice to send first. The
+    another write under way), a message traced for its producer, or a ``dropped`` notice to
+    send first. The
     order holds: nothing is written directly while anything is buffered or being written.
     """
     direct = socket.direct if consumer.buffer is not None else None
