@@ -202,6 +202,62 @@ async def test_through_an_outage_of_the_issuer_the_last_key_set_serves_one_more_
         assert "key set is unavailable" in await refused(verifier, signed)
 
 
+@pytest.mark.parametrize("why", ["an unknown kid", "the set's lifespan is over"])
+async def test_a_known_kid_is_verified_while_a_fetch_of_the_key_set_hangs(
+    monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """A verification fetches the key set from an issuer that does not answer (for a token
+    with a kid the set lacks, or because the set's lifespan is over): a token whose kid the
+    last set had is verified meanwhile, at once. It waited for the fetch behind the one
+    verification at a time that fetches, up to auth_jwks_timeout_seconds: every handshake
+    stalled with the issuer. The fetching one gets its answer once the issuer does."""
+    known, new = rsa_key(), rsa_key()
+    answered = threading.Event()
+    bodies = [_jwks_body({"k1": known})]
+    asked, release = threading.Event(), threading.Event()
+
+    def answer() -> bytes:
+        if answered.is_set():
+            asked.set()
+            release.wait(10)
+        answered.set()
+        return bodies[-1]
+
+    now = frozen_monotonic(monkeypatch)
+    with jwks_endpoint(answer) as url:
+        settings = load_settings(
+            auth_jwks_url=url, auth_jwks_lifespan_seconds=60, auth_jwks_timeout_seconds=20
+        )
+        verifier = TokenVerifier(settings)
+        with_known = token(known, algorithm="RS256", headers={"kid": "k1"})
+        assert (await verifier.verify(with_known)).sub == "alice"  # the first fetch
+        bodies.append(_jwks_body({"k1": known, "k2": new}))
+        if why == "an unknown kid":
+            now[0] += 31  # past PyJWT's cooldown between two fetches for unknown kids
+            fetching = token(new, algorithm="RS256", headers={"kid": "k2"})
+        else:
+            now[0] += 61
+            fetching = with_known
+        results: list[str] = []
+        try:
+            with trio.fail_after(15):
+                async with trio.open_nursery() as nursery:
+
+                    async def verify_fetching() -> None:
+                        results.append((await verifier.verify(fetching)).sub)
+
+                    nursery.start_soon(verify_fetching)
+                    await trio.to_thread.run_sync(asked.wait, 10)
+                    assert asked.is_set()
+                    with trio.fail_after(2):
+                        assert (await verifier.verify(with_known)).sub == "alice"
+                    assert results == []  # the fetch is still under way
+                    release.set()
+        finally:
+            release.set()
+    assert results == ["alice"]
+
+
 @contextmanager
 def jwks_endpoint(answer: Callable[[], bytes | None]) -> Iterator[str]:
     """An HTTP JWKS endpoint on loopback, in a thread, answering each GET with what

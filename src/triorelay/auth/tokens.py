@@ -17,6 +17,11 @@ Keys, one source (the settings allow only one):
   ``auth_jwks_timeout_seconds``. A file
   path (PyJWT's client takes URLs only) is read again on an unknown ``kid``, at most once a
   second, and keeps at most ``auth_jwks_max_keys`` keys.
+
+A token whose ``kid`` the set in hand has is verified at once, in the relay's own thread; only
+a fetch (or a read of the file) goes to a worker thread, one at a time. While one is under
+way, a token whose ``kid`` the last set had (within its lifespan and the one more an outage
+is served) is verified with that set rather than kept waiting for the fetch.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class TokenVerifier:
         self._leeway = settings.auth_leeway_seconds
         self._clock = clock
         self._key: Any = None
-        self._jwks: jwt.PyJWKClient | _KeyFile | None = None
+        self._jwks: _JwksClient | _KeyFile | None = None
         if settings.auth_hmac_secret is not None:
             self._key = settings.auth_hmac_secret.get_secret_value()
         elif settings.auth_public_key_file is not None:
@@ -141,6 +146,14 @@ class TokenVerifier:
     async def _signing_key(self, token: str) -> Any:
         assert self._jwks is not None
         jwks = self._jwks
+        # A kid the set in hand has: its key at once, no worker thread, no waiting for a
+        # fetch. While another verification fetches (an unknown kid, or a set whose lifespan
+        # is over, from a slow issuer), a kid the last set had is verified with it rather than
+        # kept waiting up to auth_jwks_timeout_seconds.
+        fetching = self._jwks_limiter.borrowed_tokens > 0
+        known = jwks.key_in_hand(token, stale=fetching)
+        if known is not None:
+            return known.key
         try:
             async with self._jwks_limiter:  # one fetch at a time; others use its result
                 signing_key = await trio.to_thread.run_sync(jwks.get_signing_key_from_jwt, token)
@@ -169,10 +182,13 @@ class _JwksClient(jwt.PyJWKClient):
 
     def __init__(self, uri: str, *, lifespan: float, **kwargs: Any) -> None:
         super().__init__(uri, lifespan=lifespan, **kwargs)
+        self._lifespan = lifespan
         # Served until two lifespans after it was fetched: its own, and one more.
         self._stale_seconds = 2 * lifespan
         self._last: Any = None
         self._last_at = float("-inf")
+        # The signing keys of the last set fetched, by kid (replaced by each fetch).
+        self._keys: dict[str, jwt.PyJWK] = {}
 
     def fetch_data(self) -> Any:
         try:
@@ -182,8 +198,21 @@ class _JwksClient(jwt.PyJWKClient):
                 raise
             log.warning("the key set could not be fetched (%s): the last one serves", error)
             return self._last
-        self._last, self._last_at = data, time.monotonic()
+        try:
+            keys = _signing_keys(jwt.PyJWKSet.from_dict(data))
+        except jwt.PyJWTError:
+            keys = {}  # (PyJWT refuses the set itself, with its reason)
+        self._last, self._last_at, self._keys = data, time.monotonic(), keys
         return data
+
+    def key_in_hand(self, token: str, *, stale: bool) -> jwt.PyJWK | None:
+        """The key for ``token``'s kid from the last set fetched, with no I/O: while that set
+        is within its lifespan (PyJWT's client would not fetch either), or with ``stale``
+        within the one more lifespan an outage is served; None: ask the client."""
+        limit = self._stale_seconds if stale else self._lifespan
+        if time.monotonic() - self._last_at >= limit:
+            return None
+        return self._keys.get(_kid(token))
 
 
 class _KeyFile:
@@ -203,6 +232,11 @@ class _KeyFile:
         key_set = jwt.PyJWKSet.from_json(self._path.read_text())
         self._keys = {key.key_id: key for key in key_set.keys[: self._max_keys] if key.key_id}
 
+    def key_in_hand(self, token: str, *, stale: bool) -> jwt.PyJWK | None:
+        """The key for ``token``'s kid if the file read last has it (None: ask
+        :meth:`get_signing_key_from_jwt`, which reads the file again)."""
+        return self._keys.get(_kid(token))
+
     def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
         """The key the token's ``kid`` names (called in a worker thread)."""
         kid = jwt.get_unverified_header(token).get("kid")
@@ -215,6 +249,25 @@ class _KeyFile:
         if key is None:
             raise jwt.PyJWKClientError("no key for this kid")
         return key
+
+
+def _kid(token: str) -> str:
+    """The ``kid`` of ``token``'s header, unverified ("" if it has none or is malformed)."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return ""
+    return kid if isinstance(kid, str) else ""
+
+
+def _signing_keys(key_set: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
+    """The keys of ``key_set`` a token may be signed with, by kid, as PyJWT's client picks
+    them (``use`` ``sig`` or none, and a kid)."""
+    return {
+        key.key_id: key
+        for key in key_set.keys
+        if key.key_id and key.public_key_use in ("sig", None)
+    }
 
 
 def mint(
