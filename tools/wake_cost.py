@@ -1,12 +1,20 @@
 """CPU of one trio task step woken by a socket: the floor under any per-message wake-up.
 
-``python tools/wake_cost.py [RATE ...]`` pins itself to the first CPU and a child process to
-the last; the child writes one 100-byte message at a time into a socket pair at ``RATE``
-messages per second (busy-waiting for each one's time, so nothing batches), and a trio task
-waits for the socket to be readable and reads, once per message, as the relay's reader tasks
-do. It prints this process's CPU time per message at each rate. No Python work at all is done
-per message: it is what a design pays for each extra task that a message wakes. See
-``docs/performance/redis/profile.md``.
+``python tools/wake_cost.py [RATE ...]`` measures two kinds of step, at each ``RATE``
+(messages per second), and prints this process's CPU time per step:
+
+- **from idle**: a child process on the other CPU writes one 100-byte message at a time into
+  a socket pair (busy-waiting for each one's time, so nothing batches); a trio task waits
+  for the socket to be readable and reads, once per message, as the relay's reader tasks do.
+  This core sleeps between messages.
+- **a round trip on one core**: at each message's time a trio task sends a 100-byte request
+  to a child process on the same CPU and waits for its 100-byte answer, as a relay does with
+  a ``redis-server`` sharing its core: the step woken by the answer follows the child's run
+  on that core, not an idle core. The CPU counted is this process's over the send, the wait
+  and the read (the child's own is not).
+
+No Python work at all is done per message: it is what a design pays for each extra task
+that a message wakes. See ``docs/performance/redis/profile.md``.
 """
 
 from __future__ import annotations
@@ -63,11 +71,62 @@ def cost_at(rate: int) -> float:
     return cpu / count * 1e6
 
 
+def answer_all(sock: socket.socket) -> None:
+    """Answer every 100-byte request with one of its own, until the socket closes."""
+    while True:
+        request = sock.recv(len(MESSAGE))
+        if not request:
+            return
+        sock.send(MESSAGE)
+
+
+async def ask_at(sock: socket.socket, rate: int, count: int) -> float:
+    """One request and its answer per ``1 / rate`` seconds; this process's CPU seconds over
+    the sends, waits and reads (the sleeps between them cost nothing)."""
+    sock.setblocking(False)
+    period, spent = 1 / rate, 0.0
+    due = trio.current_time()
+    for _ in range(count):
+        due += period
+        await trio.sleep_until(due)
+        started = time.process_time()
+        sock.send(MESSAGE)
+        got = 0
+        while got < len(MESSAGE):
+            await trio.lowlevel.wait_readable(sock)
+            got += len(sock.recv(65536))
+        spent += time.process_time() - started
+    return spent
+
+
+def round_trip_cost_at(rate: int) -> float:
+    """CPU µs per request and answered wake-up, the other side on this CPU."""
+    count = rate * SECONDS
+    asker, answerer = socket.socketpair()
+    child = os.fork()
+    if child == 0:
+        asker.close()
+        answer_all(answerer)
+        os._exit(0)
+    answerer.close()
+    try:
+        cpu = trio.run(ask_at, asker, rate, count)
+    finally:
+        asker.close()
+        os.waitpid(child, 0)
+    return cpu / count * 1e6
+
+
 def main() -> None:
     rates = [int(arg) for arg in sys.argv[1:]] or [2000, 5000, 10000]
     os.sched_setaffinity(0, {0})
     for rate in rates:
-        print(f"{rate:>6} msg/s: {cost_at(rate):5.1f} µs of CPU per woken step (wait, one recv)")
+        idle = cost_at(rate)
+        chained = round_trip_cost_at(rate)
+        print(
+            f"{rate:>6} msg/s: {idle:5.1f} µs of CPU per step woken from idle (wait, one recv);"
+            f" {chained:5.1f} µs per round trip to a process on this core (send, wait, recv)"
+        )
 
 
 if __name__ == "__main__":

@@ -447,53 +447,49 @@ async def test_a_channel_left_while_the_reader_subscribes_again_is_unsubscribed(
 
 
 async def test_a_channels_keys_expiry_is_renewed_once_a_second_and_whenever_a_key_is_new(
-    nursery: trio.Nursery, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:
-    """The publish script renews both keys' expiry (to their time to live plus a second) when
-    the last renewal is a second old by the publishing relay's clock, when that clock is
-    behind the last renewal's, and whenever the stream is new (made again after it
-    expired): not at every publish. A stream made again without an expiry would live
-    forever."""
+    """The publish script renews both keys' expiry (to their time to live plus a second)
+    only once the stream has less than its time to live left, by Redis's clock: at most once
+    a second, not at every publish; and at once for a stream without an expiry or made
+    again after it expired (a stream left without an expiry would live forever)."""
     broker = await started(nursery, redis_server, Deliveries(), redis_stream_ttl_seconds=60)
     stream, meta = "triorelay:ch:c", "triorelay:meta:c"
     slack = streams_module.EXPIRY_RENEWAL_MS
     renewed = {stream: 60_000 + slack, meta: 86_400_000 + slack}  # the settings' + the slack
-    start = time.time_ns() // 1_000_000
-    clock = [start]
-    monkeypatch.setattr(streams_module, "_now_ms", lambda: str(clock[0]))
     published: list[int] = []
 
-    async def publish_at(offset_ms: int) -> None:
-        clock[0] = start + offset_ms
-        await broker.publish("c", "broadcast", [f"at {offset_ms}"], published)
+    async def publish() -> None:
+        await broker.publish("c", "broadcast", [f"m{len(published)}"], published)
 
     async with coredis.Redis.from_url(redis_server.url) as client:
 
         async def expiries() -> dict[str, int]:
             return {key: int(await client.pttl(key)) for key in (stream, meta)}
 
-        async def mark() -> None:  # an expiry no renewal gives: was it renewed since?
+        async def left(ms: int) -> None:  # both keys have ``ms`` to live
             for key in (stream, meta):
-                await client.pexpire(key, 5_000)
+                await client.pexpire(key, ms)
 
         def renewed_now(ttls: dict[str, int]) -> bool:
             return all(renewed[key] - 5_000 < ttl <= renewed[key] for key, ttl in ttls.items())
 
         with trio.fail_after(HANG_GUARD_SECONDS):
-            await publish_at(0)  # a new channel: both keys get their expiry
+            await publish()  # a new channel: both keys get their expiry
             assert renewed_now(await expiries())
-            await mark()
-            await publish_at(10)
-            await publish_at(999)
-            assert all(0 < ttl <= 5_000 for ttl in (await expiries()).values())
-            await publish_at(1_000)
+            await left(60_000 + slack // 2)  # renewed less than a second ago
+            await publish()
+            await publish()
+            assert all(0 < ttl <= 60_000 + slack // 2 for ttl in (await expiries()).values())
+            await left(59_999)  # renewed a second ago or more: less than its ttl left
+            await publish()
             assert renewed_now(await expiries())
-            await mark()
-            await publish_at(-5_000)  # a relay whose clock is behind the last renewal's
+            await client.persist(stream)  # a stream without an expiry
+            await publish()
             assert renewed_now(await expiries())
-            await mark()
+            await left(60_000 + slack // 2)
             await client.delete([stream])  # the stream expired (or was evicted)
-            await publish_at(-4_990)
+            await publish()
             ttls = await expiries()
             assert renewed_now(ttls), ttls
     assert published == [1, 2, 3, 4, 5, 6]  # the offsets go on (the history expired)

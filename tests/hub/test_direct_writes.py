@@ -373,6 +373,32 @@ async def test_a_sampled_message_the_socket_cannot_take_goes_to_the_writer(
 
 
 @pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_sampled_message_the_socket_takes_in_part_leaves_its_rest_to_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    """The socket takes part of a sampled message's frame: its stages are timed (it is on
+    its way), the rest goes to the writer first, and what follows is buffered behind it."""
+    hub = make_hub()
+    socket = FakeSocket()
+    socket.mode = "partial"
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            published: list[int] = []
+            await producer.publish_many(["sampled"], published, {0: Trace(0)})
+            await producer.publish_many(["next"], published)
+        await trio.testing.wait_all_tasks_blocked()
+        assert socket.wire == ["sampled", "next"]
+        rest, following = writer.received
+        assert isinstance(rest, Unfinished)
+        assert rest.rest == b"rest of sampled"
+        assert following == "next"
+        assert stage_counts(consumer) == [1, 1, 1, 1]
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
 async def test_a_message_traced_for_its_producer_goes_to_the_writer(
     nursery: trio.Nursery,
 ) -> None:

@@ -187,8 +187,9 @@ class _JwksClient(jwt.PyJWKClient):
         self._stale_seconds = 2 * lifespan
         self._last: Any = None
         self._last_at = float("-inf")
-        # The signing keys of the last set fetched, by kid (replaced by each fetch).
-        self._keys: dict[str, jwt.PyJWK] = {}
+        # The signing keys of the last set fetched, by kid, and when it was fetched: one
+        # tuple, replaced whole by each fetch (in a worker thread; read in trio's).
+        self._in_hand: tuple[dict[str, jwt.PyJWK], float] = ({}, float("-inf"))
 
     def fetch_data(self) -> Any:
         try:
@@ -198,21 +199,20 @@ class _JwksClient(jwt.PyJWKClient):
                 raise
             log.warning("the key set could not be fetched (%s): the last one serves", error)
             return self._last
-        try:
-            keys = _signing_keys(jwt.PyJWKSet.from_dict(data))
-        except jwt.PyJWTError:
-            keys = {}  # (PyJWT refuses the set itself, with its reason)
-        self._last, self._last_at, self._keys = data, time.monotonic(), keys
+        self._last, self._last_at = data, time.monotonic()
+        # (A set PyJWT could not parse raised above: its fetch_data checks it.)
+        self._in_hand = (_signing_keys(jwt.PyJWKSet.from_dict(data)), self._last_at)
         return data
 
     def key_in_hand(self, token: str, *, stale: bool) -> jwt.PyJWK | None:
         """The key for ``token``'s kid from the last set fetched, with no I/O: while that set
         is within its lifespan (PyJWT's client would not fetch either), or with ``stale``
         within the one more lifespan an outage is served; None: ask the client."""
+        keys, fetched_at = self._in_hand
         limit = self._stale_seconds if stale else self._lifespan
-        if time.monotonic() - self._last_at >= limit:
+        if time.monotonic() - fetched_at >= limit:
             return None
-        return self._keys.get(_kid(token))
+        return keys.get(_kid(token))
 
 
 class _KeyFile:
@@ -262,12 +262,12 @@ def _kid(token: str) -> str:
 
 def _signing_keys(key_set: jwt.PyJWKSet) -> dict[str, jwt.PyJWK]:
     """The keys of ``key_set`` a token may be signed with, by kid, as PyJWT's client picks
-    them (``use`` ``sig`` or none, and a kid)."""
-    return {
-        key.key_id: key
-        for key in key_set.keys
-        if key.key_id and key.public_key_use in ("sig", None)
-    }
+    them (``use`` ``sig`` or none, and a kid; of two with one kid, the first)."""
+    keys: dict[str, jwt.PyJWK] = {}
+    for key in key_set.keys:
+        if key.key_id and key.public_key_use in ("sig", None):
+            keys.setdefault(key.key_id, key)
+    return keys
 
 
 def mint(

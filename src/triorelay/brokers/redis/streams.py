@@ -59,18 +59,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A publish renews its channel's keys' expiry only if the last renewal is this old (ms),
-#: and to their time to live plus this: two ``PEXPIRE`` calls at most once a second, not
-#: per publish, and a key still lives its whole time to live after the last publish.
+#: A publish renews its channel's keys' expiry to their time to live plus this (ms), and only
+#: once the stream has less than its time to live left: two ``PEXPIRE`` calls at most once
+#: a second (by Redis's clock), not per publish, and a key still lives its whole time to
+#: live after the last publish.
 EXPIRY_RENEWAL_MS = 1000
 
 # A channel's position lives in a hash, ``{prefix}meta:{name}``: its epoch ``e`` and the run
 # id of the Redis that numbered it ``r``, its last offset ``o``, the offset through which its
-# stream expired ``x``, its last publish time ``t`` and the last renewal of its keys' expiry
-# ``k`` (milliseconds, by the publishing relays' clocks). Stream ids are ``epoch-offset``, so
-# that a consumer's position is a stream id (a resume is one XRANGE), and a new epoch sorts
-# after the old one (the reader's XREAD, still at the old history's last id, reads the new
-# history from its first message).
+# stream expired ``x``, and its last publish time ``t`` (milliseconds, by the publishing
+# relay's clock). Stream ids are ``epoch-offset``, so that a consumer's position is a stream
+# id (a resume is one XRANGE), and a new epoch sorts after the old one (the reader's XREAD,
+# still at the old history's last id, reads the new history from its first message).
 _NEW_EPOCH = """
 -- The channel's epoch, or false when it has none, or when it is from before a restart of
 -- Redis (a restored snapshot may hold an older copy of it: its offsets would be reused).
@@ -115,23 +115,27 @@ if ARGV[7] == '1' then  -- traced messages: stamped with the time Redis stores t
   accepted = t[1] .. string.format('%06d', tonumber(t[2]))
 end
 -- The position in one read: its epoch and the run id that numbered it, the last publish's
--- time, the last offset, and when a publish last renewed the keys' expiry (k).
-local m = redis.call('HMGET', KEYS[2], 'e', 'r', 't', 'o', 'k')
+-- time and the last offset.
+local m = redis.call('HMGET', KEYS[2], 'e', 'r', 't', 'o')
 local epoch, last = m[1], tonumber(m[4]) or 0
--- The keys' expiry: renewed when the last renewal is RENEW_MS ms old or more by this relay's
--- clock (a relay whose clock is skewed either way renews at once), to their time to live
--- plus RENEW_MS, so that neither goes before its time to live after the last publish.
-local renew = not m[5] or math.abs(now - tonumber(m[5])) >= RENEW_MS
+-- The keys' expiry is renewed to their time to live plus RENEW_MS once the stream has less
+-- than its time to live left, by Redis's clock (not the relays', which may differ): at most
+-- once every RENEW_MS, and neither key goes before its time to live after a publish. A
+-- stream made again, or one without an expiry, is renewed at once.
+local renew = true
 if not (epoch and m[2] == ARGV[8]) then
   epoch = new_epoch(ARGV[4], ARGV[8])
   last = 0
-  renew = true
-elseif redis.call('EXISTS', KEYS[1]) == 0
-    or now - tonumber(m[3] or ARGV[4]) > tonumber(ARGV[6]) then
-  -- the history expired (the stream with it, or not yet): what it held is let go
-  redis.call('HSET', KEYS[2], 'x', m[4])
-  redis.call('DEL', KEYS[1])
-  renew = true  -- the stream XADD makes again has no expiry yet
+else
+  redis.replicate_commands()  -- Redis 6: writes after PTTL (time-dependent) need it
+  local left = redis.call('PTTL', KEYS[1])  -- -2: no stream; -1: no expiry
+  if left == -2 or now - tonumber(m[3] or ARGV[4]) > tonumber(ARGV[6]) then
+    -- the history expired (the stream with it, or not yet): what it held is let go
+    redis.call('HSET', KEYS[2], 'x', m[4])
+    redis.call('DEL', KEYS[1])
+  else
+    renew = left < tonumber(ARGV[2])
+  end
 end
 local first = last + 1
 for i = 0, n - 1 do
@@ -145,12 +149,10 @@ for i = 0, n - 1 do
                'p', ARGV[10 + 3 * i], 't', ARGV[11 + 3 * i], 'r', trace, 'a', accepted)
   end
 end
+redis.call('HSET', KEYS[2], 'o', string.format('%d', last + n), 't', ARGV[4])
 if renew then
-  redis.call('HSET', KEYS[2], 'o', string.format('%d', last + n), 't', ARGV[4], 'k', ARGV[4])
   redis.call('PEXPIRE', KEYS[1], string.format('%d', tonumber(ARGV[2]) + RENEW_MS))
   redis.call('PEXPIRE', KEYS[2], string.format('%d', tonumber(ARGV[3]) + RENEW_MS))
-else
-  redis.call('HSET', KEYS[2], 'o', string.format('%d', last + n), 't', ARGV[4])
 end
 -- Last, once the messages are readable: the relays watching the channel get them at once
 -- (see _notified_entries for the format); any relay that missed some reads the stream.
