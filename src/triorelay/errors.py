@@ -192,7 +192,10 @@ class TooManyConnections(RequestError):
 
 
 class RateLimited(RequestError):
-    """A producer published past ``publish_rate_*_per_second``."""
+    """A producer published past ``publish_rate_*_per_second`` (a WebSocket producer is
+    closed with 1008; an HTTP publish gets 429)."""
+
+    status = 429
 
 
 class Unauthorized(RequestError):

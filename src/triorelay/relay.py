@@ -23,7 +23,7 @@ import os
 import trio
 
 from triorelay.auth.access import Access
-from triorelay.auth.limits import ConnectionLimits
+from triorelay.auth.limits import ClientRates, ConnectionLimits
 from triorelay.auth.redaction import redact_logs
 from triorelay.brokers import broker_factory
 from triorelay.compat import hypercorn as hypercorn_compat
@@ -67,6 +67,12 @@ class Relay:
         self.access = Access(settings)
         self.limits = ConnectionLimits(
             settings.max_connections, settings.max_connections_per_client
+        )
+        #: HTTP publishes' rate per client (a WebSocket producer's is its connection's).
+        self.http_publish_rates = ClientRates(
+            settings.publish_rate_messages_per_second,
+            settings.publish_rate_bytes_per_second,
+            settings.max_connections,
         )
         redact_logs(settings.auth_query_parameter)
         #: The one way to shut the relay down: ``relay.shutdown.begin()``.

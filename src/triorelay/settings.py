@@ -340,7 +340,8 @@ class Settings(BaseSettings):
     max_connections: PositiveInt = 50_000
     max_connections_per_client: PositiveInt = 5_000
     #: A producer connection's publish rate (a token bucket holding one second's worth); past
-    #: it the producer is closed with 1008.
+    #: it the producer is closed with 1008. HTTP publishes count per client (token ``sub``,
+    #: else address): past it 429.
     publish_rate_messages_per_second: Annotated[float, Field(gt=0)] = 100_000.0
     publish_rate_bytes_per_second: Annotated[float, Field(gt=0)] = 256.0 * 1024 * 1024
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay
 from tests.helpers import RunningRelay
 
@@ -188,3 +189,29 @@ async def test_a_channels_connections_are_listed_a_page_at_a_time(relay: Running
         assert len(ids) == 3
         assert ids == sorted(ids)
         assert (await relay.http.get("/channels/many?after=x")).status_code == 400
+
+
+async def test_http_publishes_past_a_clients_rate_get_429_and_publish_nothing(
+    start_relay: StartRelay,
+) -> None:
+    """HTTP publishes count against the client's publish rate (its token's subject), as a
+    producer connection's do: past it 429 with Retry-After, nothing published; another
+    client publishes all the same. (Without it, any client could publish over HTTP as
+    fast as the relay could take it, whatever the rate set for producers.)"""
+    relay = await start_relay(
+        auth_hmac_secret=SECRET, publish_rate_messages_per_second=1, auth_leeway_seconds=0
+    )
+    grant = {"channels": {"rated": ["publish", "subscribe"]}}
+    alice = {"authorization": f"Bearer {token(sub='alice', grant=grant)}"}
+    bob = {"authorization": f"Bearer {token(sub='bob', grant=grant)}"}
+    async with relay.websocket("/ws/consumer/rated", extra_headers=list(alice.items())) as consumer:
+        first = await relay.http.post("/channels/rated/messages", content=b"a1", headers=alice)
+        assert first.status_code == 202
+        refused = await relay.http.post("/channels/rated/messages", content=b"a2", headers=alice)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert "rate limit" in refused.json()["error"]
+        other = await relay.http.post("/channels/rated/messages", content=b"b1", headers=bob)
+        assert other.status_code == 202
+        # (a2, had it been published, would have come before b1)
+        assert [await consumer.get_message() for _ in range(2)] == [b"a1", b"b1"]

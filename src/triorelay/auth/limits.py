@@ -1,6 +1,8 @@
-"""Per-client limits: connections at once, and a producer's publish rate. Pure, no I/O."""
+"""Per-client limits: connections at once, and publish rates. Pure, no I/O."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from triorelay.errors import TooManyConnections
 
@@ -80,6 +82,10 @@ class TokenBucket:
         self._level = self.burst
         self._updated = now
 
+    def can_take(self, amount: float, now: float) -> bool:
+        """Whether :meth:`take` would succeed now (nothing is spent)."""
+        return amount <= min(self.burst, self._level + (now - self._updated) * self.rate)
+
     def take(self, amount: float, now: float) -> bool:
         level = min(self.burst, self._level + (now - self._updated) * self.rate)
         self._updated = now
@@ -88,3 +94,52 @@ class TokenBucket:
             return False
         self._level = level - amount
         return True
+
+
+class ClientRates:
+    """A publish rate per client, for publishes that have no connection of their own to count
+    them (HTTP): ``messages_per_second`` and ``bytes_per_second``, each a token bucket holding
+    one second's worth, as a producer connection's.
+
+    A client is what :meth:`~triorelay.auth.access.Access.client_key` says (its token's
+    ``sub``, else its address). The table is bounded: a client unseen for a second has full
+    buckets again, so it is dropped when the table is next pruned, and past ``max_clients``
+    the least recently seen goes first (it starts again with full buckets).
+    """
+
+    def __init__(self, messages_per_second: float, bytes_per_second: float, max_clients: int):
+        self.messages_per_second = messages_per_second
+        self.bytes_per_second = bytes_per_second
+        self.max_clients = max_clients
+        # client -> (its buckets, when it was last seen), least recently seen first.
+        self._clients: OrderedDict[str, tuple[TokenBucket, TokenBucket, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def take(self, client: str, size: int, now: float) -> bool:
+        """Count one message of ``size`` bytes from ``client`` at ``now`` (trio's clock);
+        False, and nothing counted, when it is over either rate."""
+        entry = self._clients.pop(client, None)
+        if entry is None:
+            self._prune(now)
+            messages = TokenBucket(self.messages_per_second, now)
+            data = TokenBucket(self.bytes_per_second, now)
+        else:
+            messages, data, _ = entry
+        self._clients[client] = (messages, data, now)
+        if not messages.can_take(1, now) or not data.can_take(size, now):
+            return False
+        messages.take(1, now)
+        data.take(size, now)
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Drop the clients whose buckets are full again, and the least recently seen past
+        ``max_clients - 1`` (room for one more)."""
+        clients = self._clients
+        while clients:
+            oldest = next(iter(clients))
+            if len(clients) < self.max_clients and now - clients[oldest][2] < 1.0:
+                return
+            del clients[oldest]

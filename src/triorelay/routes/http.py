@@ -1,7 +1,8 @@
 """The HTTP API: publish over HTTP, channel statistics, health.
 
-``POST /channels/{channel}/messages``  publish the body; 202 ``{"id": N}``, 413 if too big
-                                        (right: ``publish`` on the channel)
+``POST /channels/{channel}/messages``  publish the body; 202 ``{"id": N}``, 413 if too big,
+                                        429 past the client's publish rate (right:
+                                        ``publish`` on the channel)
 ``GET  /channels``                      every live channel's statistics (``admin``)
 ``GET  /channels/{channel}``            one channel, with its connections; 404 if not live
                                         (``admin``)
@@ -28,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response, current_app, jsonify, request, send_file
 from quart_trio.wrappers.response import TrioFileBody, TrioResponse
 
-from triorelay.auth.access import Access, credentials_from_headers
+from triorelay.auth.access import Access, Credentials, credentials_from_headers
 from triorelay.auth.tokens import Identity
 from triorelay.envelopes import Payload, size_of
 from triorelay.errors import (
@@ -36,6 +37,7 @@ from triorelay.errors import (
     InvalidText,
     MessageTooBig,
     PublishTimeout,
+    RateLimited,
     RequestError,
     UnsupportedCharset,
 )
@@ -59,17 +61,24 @@ def _is_text(content_type: str) -> bool:
 @blueprint.errorhandler(RequestError)
 async def _request_error(error: RequestError) -> tuple[Response, int]:
     _relay().counters.refusal(error.status, error.label)
-    return jsonify({"error": str(error)}), error.status
+    response = jsonify({"error": str(error)})
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = "1"  # the buckets hold one second's worth
+    return response, error.status
 
 
-async def _identify() -> Identity:
-    """Who sends the current request; raise Unauthorized or Forbidden."""
-    relay = _relay()
+def _credentials() -> Credentials:
+    """What the current request presents: its token, origin, address."""
     headers = [(name.lower(), value) for name, value in request.headers.items()]
-    credentials = credentials_from_headers(
-        headers, request.query_string.decode("latin-1"), request.remote_addr, relay.settings
+    return credentials_from_headers(
+        headers, request.query_string.decode("latin-1"), request.remote_addr, _relay().settings
     )
-    return await relay.access.identify(credentials, check_origin=request.method == "POST")
+
+
+async def _identify(credentials: Credentials | None = None) -> Identity:
+    """Who sends the current request; raise Unauthorized or Forbidden."""
+    credentials = credentials or _credentials()
+    return await _relay().access.identify(credentials, check_origin=request.method == "POST")
 
 
 @blueprint.post("/channels/<channel>/messages")
@@ -80,12 +89,19 @@ async def publish(channel: str) -> tuple[Response, int]:
     ``block`` channel): then 503, and nothing is published.
     """
     relay = _relay()
-    Access.require_channel(await _identify(), "publish", channel)
+    credentials = _credentials()
+    identity = await _identify(credentials)
+    Access.require_channel(identity, "publish", channel)
     limit = relay.settings.max_message_bytes
     body = await request.get_data(cache=False)
     assert isinstance(body, bytes)
     if len(body) > limit:
         raise MessageTooBig(f"message of {len(body)} bytes over the limit {limit}")
+    client = Access.client_key(identity, credentials)
+    if not relay.http_publish_rates.take(client, len(body), trio.current_time()):
+        raise RateLimited(
+            "publishing faster than this relay's rate limit for a client: try again later"
+        )
     payload: Payload = body
     if _is_text(request.headers.get("content-type", "")):
         payload = _text(body, request.mimetype_params.get("charset", "utf-8"))
