@@ -214,3 +214,24 @@ async def test_a_send_cancelled_mid_write_leaves_the_publisher_unusable(
             assert cancelled.cancelled_caught
             with pytest.raises(ClientError, match="cancelled"):
                 await publisher.send("next")
+
+
+async def test_a_publisher_finds_a_silent_relay_by_ping(nursery: trio.Nursery) -> None:
+    """The relay accepts, then goes silent (no pong, no close, no ack): after
+    ping_timeout_seconds the ack due fails with Closed saying so, and so does the next
+    send, instead of waiting for as long as TCP takes to give up."""
+    url = await start_mute_relay(nursery)
+    with trio.fail_after(GUARD_SECONDS):
+        async with open_publisher(
+            url,
+            "chat",
+            ping_interval_seconds=0.02,
+            ping_timeout_seconds=0.1,
+            close_timeout_seconds=0.1,
+        ) as publisher:
+            ack = await publisher.send("never acked")
+            with pytest.raises(Closed, match="no pong") as raised:
+                await ack.wait()
+            assert raised.value.code is None
+            with pytest.raises(Closed, match="no pong"):
+                await publisher.send("after")

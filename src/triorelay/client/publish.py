@@ -15,6 +15,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from triorelay.client.connection import (
     CLOSE_TIMEOUT_SECONDS,
     CONNECT_TIMEOUT_SECONDS,
+    Liveness,
     Token,
     closed_error,
     endpoint_url,
@@ -176,6 +177,16 @@ class Publisher:
         with contextlib.suppress(ConnectionClosed):
             await refresh_forever(self._ws, token, every_seconds, self._lock)
 
+    async def _watch(self, liveness: Liveness) -> None:
+        """End the publisher once the relay stops answering pings (run in the background by
+        :func:`open_publisher`): what is pending fails, later calls raise, and the
+        connection is dropped (a send stuck on a full socket fails too)."""
+        with contextlib.suppress(ConnectionClosed):
+            await liveness.watch(self._ws)
+            logger.info("channel %s: the relay went silent", self.channel)
+            self._end(Closed(None, f"no pong within {liveness.timeout_seconds:g} s"))
+            await trio.aclose_forcefully(self._ws)
+
     async def _drain(self) -> None:
         """Wait until every message sent so far is answered (or failed)."""
         while self._pending:
@@ -200,6 +211,8 @@ async def open_publisher(
     token_refresh_seconds: float | None = None,
     connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
     close_timeout_seconds: float = CLOSE_TIMEOUT_SECONDS,
+    ping_interval_seconds: float | None = 20.0,
+    ping_timeout_seconds: float = 20.0,
 ) -> AsyncIterator[Publisher]:
     """A :class:`Publisher` on ``channel`` of the relay at ``url`` (``ws://``, ``http://``...).
 
@@ -213,6 +226,10 @@ async def open_publisher(
     or Rejected (``status``, ``body``) when the relay cannot be reached or refuses. Leaving
     the block waits up to ``close_timeout_seconds`` for the acks still due (those still
     missing then fail with Closed), then closes with 1000.
+
+    It pings the relay every ``ping_interval_seconds`` (None: never); a ping unanswered
+    for ``ping_timeout_seconds`` (the relay or the network went silent, which TCP alone
+    takes many minutes to tell) ends it: the acks due fail with Closed (``code`` None).
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
@@ -234,6 +251,9 @@ async def open_publisher(
                 ws, channel, max_in_flight=max_in_flight, with_token=token is not None
             )
             nursery.start_soon(publisher._read_acks)
+            if ping_interval_seconds is not None:
+                liveness = Liveness(ping_interval_seconds, ping_timeout_seconds)
+                nursery.start_soon(publisher._watch, liveness)
             if token_refresh_seconds is not None and callable(token):
                 nursery.start_soon(publisher._refresh, token, token_refresh_seconds)
             try:
