@@ -14,6 +14,7 @@ import triorelay.brokers.redis.lean as lean
 import triorelay.brokers.redis.streams as streams_module
 from tests.brokers.conftest import HANG_GUARD_SECONDS, Deliveries
 from tests.conftest import make_settings
+from tests.helpers import wait_until
 from tests.redis_server import RedisServer
 from triorelay.brokers import broker_factory
 from triorelay.brokers.base import Gap
@@ -493,3 +494,63 @@ async def test_a_channels_keys_expiry_is_renewed_once_a_second_and_whenever_a_ke
             ttls = await expiries()
             assert renewed_now(ttls), ttls
     assert published == [1, 2, 3, 4, 5, 6]  # the offsets go on (the history expired)
+
+
+class HeldFirst(Deliveries):
+    """Deliveries whose first message waits for ``release`` (a ``block`` consumer that is
+    full): the channel's drain holds it, and what follows is pending behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = trio.Event()
+        self.release = trio.Event()
+
+    async def deliver(
+        self, name: str, item: Payload | Gap, offset: int, epoch: str, trace: object = None
+    ) -> None:
+        if not self.holding.is_set() and not isinstance(item, Gap):
+            self.holding.set()
+            await self.release.wait()
+        await super().deliver(name, item, offset, epoch, trace)
+
+
+async def test_a_restart_of_redis_behind_pending_deliveries_is_one_gap_after_them(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """A ``block`` channel's deliveries wait (the first is held) with more read and pending
+    when Redis restarts: the consumers get what was read before the restart, then one gap
+    for the restart, then the new history. The gap went out at once, ahead of the messages
+    read before it, and the first message of the new epoch then came behind a second gap
+    (a new epoch) for the same loss."""
+    deliveries = HeldFirst()
+    broker = await started(
+        nursery,
+        redis_server,
+        deliveries,
+        slow_consumer_policy="block",
+        broker_reconnect_max_seconds=0.1,
+        broker_timeout_seconds=2.0,
+    )
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await watching(broker, "c")
+        published: list[int] = []
+        await broker.publish("c", "broadcast", ["m1"], published)
+        await deliveries.holding.wait()
+        for text in ("m2", "m3"):
+            await broker.publish("c", "broadcast", [text], published)
+        watch = broker.streams._watches["c"]
+        await wait_until(lambda: len(watch.pending) == 2)  # m2, m3 behind the held m1
+        await redis_server.kill()
+        await broker.connection.wait_ready(False)
+        await redis_server.start()  # empty: what it held is gone
+        await broker.connection.wait_ready(True)
+        await broker.publish("c", "broadcast", ["after"], published)
+        deliveries.release.set()
+        items = await deliveries.wait_for(5)
+    payloads = [item for _, item in items]
+    assert payloads[:3] == ["m1", "m2", "m3"]
+    gap = payloads[3]
+    assert isinstance(gap, Gap)
+    assert gap.reason == "the broker restarted: messages may have been lost"
+    assert payloads[4:] == ["after"]
+    assert broker.gaps == 1

@@ -240,6 +240,9 @@ class _Watch:
         self.excluded = False
 
 
+#: Queued among a channel's pending entries when Redis restarted (see ``_restarted``).
+_RESTARTED = object()
+
 #: Read batches' worth of entries a channel may hold undelivered while its deliveries wait
 #: (a ``block`` consumer): past it the channel is not read again until there is room, so a
 #: channel holds at most one more batch than this (the read in flight), and a fast channel is
@@ -670,7 +673,11 @@ class RedisStreams:
                 try:
                     # Taken off first: an entry is never delivered twice, even if a delivery
                     # is cut (the broker stopping).
-                    await self._deliver(name, watch, (pending.popleft(),))
+                    entry = pending.popleft()
+                    if entry is _RESTARTED:
+                        await self._restart_gap(name, watch)
+                    else:
+                        await self._deliver(name, watch, (entry,))
                 except Exception:
                     await self._delivery_failed(name, watch)
                 if watch.excluded and len(pending) < MAX_PENDING_BATCHES * self._batch:
@@ -740,12 +747,20 @@ class RedisStreams:
             await self._deliver_to(name, payload, seq, watch.epoch_text, trace)
 
     async def _restarted(self) -> None:
-        """Redis lost what it held: every watched channel may have a gap."""
+        """Redis lost what it held: every watched channel may have a gap. A channel whose
+        deliveries are behind gets it after what was read before the restart (its drain
+        reports it there), not ahead of those messages."""
         for name, watch in list(self._watches.items()):
-            # Its next epoch is unknown: the one read next is taken without a second gap
-            # (positioned consumers' writers still tell their clients the new epoch).
-            watch.last_seq = watch.epoch = None
-            await self._gap(name, None, "the broker restarted: messages may have been lost")
+            if watch.pending or watch.draining:
+                watch.pending.append(_RESTARTED)
+                continue
+            await self._restart_gap(name, watch)
+
+    async def _restart_gap(self, name: str, watch: _Watch) -> None:
+        # Its next epoch is unknown: the one read next is taken without a second gap
+        # (positioned consumers' writers still tell their clients the new epoch).
+        watch.last_seq = watch.epoch = None
+        await self._gap(name, None, "the broker restarted: messages may have been lost")
 
     async def _gap(
         self, name: str, count: int | None, reason: str, epoch: str | None = None
