@@ -17,7 +17,7 @@ Exception tree::
     │   ├── QueueFull              HTTP 503 / close 1013: a queue stayed full too long
     │   ├── UnsupportedCharset     HTTP 415: HTTP text not in UTF-8
     │   ├── InvalidText            HTTP 400 / close 1007: text not valid in its charset
-    │   ├── RateLimited            close 1008: a producer publishing past its rate
+    │   ├── RateLimited            HTTP 429 / close 1008: publishing past the rate
     │   ├── Unauthorized           HTTP 401 / close 4401: no valid token (where one is needed)
     │   ├── Forbidden              HTTP 403 / close 4403: the token (or origin) lacks the right
     │   ├── UnsupportedData        close 1003: binary where the protocol wants text, or back

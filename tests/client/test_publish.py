@@ -22,6 +22,7 @@ from triorelay.client import (
     open_publisher,
     publish,
 )
+from triorelay.client.connection import Liveness
 
 GUARD_SECONDS = 10
 
@@ -235,3 +236,32 @@ async def test_a_publisher_finds_a_silent_relay_by_ping(nursery: trio.Nursery) -
             assert raised.value.code is None
             with pytest.raises(Closed, match="no pong"):
                 await publisher.send("after")
+
+
+class NoPong:
+    """A connection whose pings are never answered (the pong waits behind a backlog)."""
+
+    async def ping(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_keepalive_does_not_give_up_on_a_relay_it_hears_from(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A relay whose pong is late behind the acks it sends (a slow consumer's backlog
+    ahead of it) is not taken for silent: each ack heard restarts the wait. Heard from
+    no more, it is given up one interval and one timeout later."""
+    liveness = Liveness(1, 5)
+
+    async def hear_every_two_seconds() -> None:
+        for _ in range(10):
+            await trio.sleep(2)
+            liveness.heard()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hear_every_two_seconds)
+        with trio.move_on_after(20) as still_watching:
+            await liveness.watch(NoPong())  # type: ignore[arg-type]
+        assert still_watching.cancelled_caught
+    with trio.fail_after(1 + 5 + 1):
+        await liveness.watch(NoPong())  # type: ignore[arg-type]

@@ -176,6 +176,13 @@ class Liveness:
         self.timeout_seconds = timeout_seconds
         self.held_back = False
         self._holds = 0
+        # Messages heard from the relay (heard()): a relay that answers is not silent, even
+        # while its pong waits behind what it sends.
+        self._heard = 0
+
+    def heard(self) -> None:
+        """A message came from the relay."""
+        self._heard += 1
 
     @contextlib.contextmanager
     def holding_back(self) -> Iterator[None]:
@@ -195,10 +202,15 @@ class Liveness:
             await trio.sleep(self.interval_seconds)
             if self.held_back:
                 continue
-            holds = self._holds
+            holds, heard = self._holds, self._heard
             with trio.move_on_after(self.timeout_seconds) as waited:
                 await ws.ping()
-            if waited.cancelled_caught and not self.held_back and self._holds == holds:
+            if (
+                waited.cancelled_caught
+                and not self.held_back
+                and self._holds == holds
+                and self._heard == heard
+            ):
                 return
 
 

@@ -307,8 +307,12 @@ class Connector(Generic[ItemT, StampT]):
     async def _read(self, ws: WebSocketConnection) -> Disconnect:
         stream = self.stream
         try:
+            liveness = self.liveness
             while True:
-                item = stream.receive(await ws.get_message())
+                message = await ws.get_message()
+                if liveness is not None:
+                    liveness.heard()
+                item = stream.receive(message)
                 if item is not None:
                     await self._deliver(item)
         except ConnectionClosed as closed:

@@ -95,6 +95,8 @@ class Publisher:
         self._with_token = with_token
         self._ended: ClientError | None = None
         self._published = 0
+        #: The keepalive, if any (each ack tells it the relay is there).
+        self.liveness: Liveness | None = None
 
     async def publish(self, payload: Payload) -> int:
         """Publish ``payload`` (``str``: a text message, ``bytes``: binary) and return its
@@ -158,6 +160,8 @@ class Publisher:
         try:
             while True:
                 offset = _ack_offset(await self._ws.get_message())
+                if self.liveness is not None:
+                    self.liveness.heard()
                 if not self._pending:
                     if self._ended is not None:
                         continue  # the ack of a send cancelled mid-write
@@ -212,7 +216,7 @@ async def open_publisher(
     connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
     close_timeout_seconds: float = CLOSE_TIMEOUT_SECONDS,
     ping_interval_seconds: float | None = 20.0,
-    ping_timeout_seconds: float = 20.0,
+    ping_timeout_seconds: float = 60.0,
 ) -> AsyncIterator[Publisher]:
     """A :class:`Publisher` on ``channel`` of the relay at ``url`` (``ws://``, ``http://``...).
 
@@ -228,8 +232,13 @@ async def open_publisher(
     missing then fail with Closed), then closes with 1000.
 
     It pings the relay every ``ping_interval_seconds`` (None: never); a ping unanswered
-    for ``ping_timeout_seconds`` (the relay or the network went silent, which TCP alone
-    takes many minutes to tell) ends it: the acks due fail with Closed (``code`` None).
+    for ``ping_timeout_seconds`` with no ack meanwhile (the relay or the network went
+    silent, which TCP alone takes many minutes to tell) ends it: the acks due fail with
+    Closed (``code`` None). The timeout must outlast the relay's own waits: a relay whose
+    channel has no room (a full queue, a ``block`` consumer) reads nothing of the producer's,
+    pongs included, for up to its ``block_timeout_seconds`` (30 s by default) before it
+    closes the producer with 1013 itself, which says "not published" where a keepalive's
+    Closed cannot.
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
@@ -252,8 +261,8 @@ async def open_publisher(
             )
             nursery.start_soon(publisher._read_acks)
             if ping_interval_seconds is not None:
-                liveness = Liveness(ping_interval_seconds, ping_timeout_seconds)
-                nursery.start_soon(publisher._watch, liveness)
+                publisher.liveness = Liveness(ping_interval_seconds, ping_timeout_seconds)
+                nursery.start_soon(publisher._watch, publisher.liveness)
             if token_refresh_seconds is not None and callable(token):
                 nursery.start_soon(publisher._refresh, token, token_refresh_seconds)
             try:

@@ -697,6 +697,10 @@ class RedisStreams:
     async def _delivery_failed(self, name: str, watch: _Watch) -> None:
         """Called in an ``except`` block: drop what is pending for ``watch``, report a gap."""
         log.exception("channel %s: a delivery failed; what was pending is dropped", name)
+        if _RESTARTED in watch.pending:
+            # Redis restarted behind what is dropped: the next epoch is taken without a
+            # gap of its own (the one below stands for both losses).
+            watch.epoch = None
         watch.pending.clear()
         # The gap below stands for everything read and skipped, up to the last entry read:
         # the next one is taken as following it (a jump past it is a gap of its own, counted).
