@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import os
 import tracemalloc
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -321,6 +323,35 @@ def stage_counts(consumer: Consumer) -> list[int]:
     return [0] * 4 if latency is None else [sum(counts) for counts in latency.counts]
 
 
+@asynccontextmanager
+async def one_traced(
+    nursery: trio.Nursery,
+    trace: Trace,
+    *,
+    socket_mode: str = "take",
+    writer_waits: bool = False,
+    then: Sequence[Payload] = (),
+) -> AsyncIterator[tuple[Consumer, Writer, FakeSocket]]:
+    """One waiting consumer (its socket in ``socket_mode``; its writer holding what it takes
+    if ``writer_waits``), a message "traced" published with ``trace``, then ``then``."""
+    hub = make_hub()
+    socket = FakeSocket()
+    socket.mode = socket_mode
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        if writer_waits:
+            writer.go = trio.Event()
+        await nursery.start(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            published: list[int] = []
+            await producer.publish_many(["traced"], published, {0: trace})
+            for payload in then:
+                await producer.publish_many([payload], published)
+        await trio.testing.wait_all_tasks_blocked()
+        yield consumer, writer, socket
+
+
 @pytest.mark.timeout(HANG_GUARD_SECONDS)
 async def test_a_sampled_message_is_written_directly_its_last_two_stages_timed(
     nursery: trio.Nursery,
@@ -329,17 +360,8 @@ async def test_a_sampled_message_is_written_directly_its_last_two_stages_timed(
     waiting consumer's socket from the publishing task, as an untraced one does: its writer
     is not woken, and its last two stages are observed all the same, once each. (Through
     the writer, a fan-out woke every consumer's writer for one message in 64.)"""
-    hub = make_hub()
-    socket = FakeSocket()
-    with hub.attach_consumer("news") as consumer:
-        writer = Writer(consumer, socket)
-        await nursery.start(writer.run)
-        await trio.testing.wait_all_tasks_blocked()
-        with hub.attach_producer("news") as producer:
-            published: list[int] = []
-            await producer.publish_many(["sampled"], published, {0: Trace(0)})
-        await trio.testing.wait_all_tasks_blocked()
-        assert socket.wire == ["sampled"]
+    async with one_traced(nursery, Trace(0)) as (consumer, writer, socket):
+        assert socket.wire == ["traced"]
         assert writer.received == []
         assert stage_counts(consumer) == [1, 1, 1, 1]
         assert consumer.buffer is not None
@@ -352,18 +374,11 @@ async def test_a_sampled_message_the_socket_cannot_take_goes_to_the_writer(
 ) -> None:
     """A full socket: the sampled message is buffered as a Traced item, counted as one, and
     its writer (which times its stages) gets it."""
-    hub = make_hub()
-    socket = FakeSocket()
-    socket.mode = "refuse"
-    with hub.attach_consumer("news") as consumer:
-        writer = Writer(consumer, socket)
-        writer.go = trio.Event()  # holds what it takes
-        await nursery.start(writer.run)
-        await trio.testing.wait_all_tasks_blocked()
-        with hub.attach_producer("news") as producer:
-            published: list[int] = []
-            await producer.publish_many(["sampled"], published, {0: Trace(0)})
-        await trio.testing.wait_all_tasks_blocked()
+    async with one_traced(nursery, Trace(0), socket_mode="refuse", writer_waits=True) as (
+        consumer,
+        writer,
+        _,
+    ):
         assert consumer.buffer is not None
         assert consumer.buffer.traced == 1
         writer.go.set()
@@ -378,22 +393,15 @@ async def test_a_sampled_message_the_socket_takes_in_part_leaves_its_rest_to_the
 ) -> None:
     """The socket takes part of a sampled message's frame: its stages are timed (it is on
     its way), the rest goes to the writer first, and what follows is buffered behind it."""
-    hub = make_hub()
-    socket = FakeSocket()
-    socket.mode = "partial"
-    with hub.attach_consumer("news") as consumer:
-        writer = Writer(consumer, socket)
-        await nursery.start(writer.run)
-        await trio.testing.wait_all_tasks_blocked()
-        with hub.attach_producer("news") as producer:
-            published: list[int] = []
-            await producer.publish_many(["sampled"], published, {0: Trace(0)})
-            await producer.publish_many(["next"], published)
-        await trio.testing.wait_all_tasks_blocked()
-        assert socket.wire == ["sampled", "next"]
+    async with one_traced(nursery, Trace(0), socket_mode="partial", then=["next"]) as (
+        consumer,
+        writer,
+        socket,
+    ):
+        assert socket.wire == ["traced", "next"]
         rest, following = writer.received
         assert isinstance(rest, Unfinished)
-        assert rest.rest == b"rest of sampled"
+        assert rest.rest == b"rest of traced"
         assert following == "next"
         assert stage_counts(consumer) == [1, 1, 1, 1]
 
@@ -404,17 +412,8 @@ async def test_a_message_traced_for_its_producer_goes_to_the_writer(
 ) -> None:
     """A message whose producer asked for traces (a trace id: its notices and the trace log
     are the writer's work) is buffered, not written directly."""
-    hub = make_hub()
-    socket = FakeSocket()
-    with hub.attach_consumer("news") as consumer:
-        writer = Writer(consumer, socket)
-        await nursery.start(writer.run)
-        await trio.testing.wait_all_tasks_blocked()
-        with hub.attach_producer("news") as producer:
-            published: list[int] = []
-            trace = Trace(0, "4bf92f3577b34da6a3ce929d0e0e4736")
-            await producer.publish_many(["asked"], published, {0: trace})
-        await trio.testing.wait_all_tasks_blocked()
+    trace = Trace(0, "4bf92f3577b34da6a3ce929d0e0e4736")
+    async with one_traced(nursery, trace) as (_, writer, socket):
         assert socket.calls == 0
         assert [type(item) for item in writer.received] == [Traced]
 
