@@ -326,8 +326,7 @@ class ConsumerBuffer:
                 if written is not False:
                     traced_written(trace, taken_ns, now_ns())
                     if written is not True:
-                        self._unfinished = Unfinished(written)
-                        self._wake(waiter)
+                        self._leave_rest(written, waiter)
                     return True
         elif write is not None and raw:
             if batch is not None:
@@ -344,8 +343,7 @@ class ConsumerBuffer:
                 if written is True:
                     return True
                 if written is not False:
-                    self._unfinished = Unfinished(written)
-                    self._wake(waiter)
+                    self._leave_rest(written, waiter)
                     return True
         self._append(payload, size)  # the buffer is empty: it fits
         self._handed = True
@@ -377,8 +375,13 @@ class ConsumerBuffer:
         if self._room:
             self._room.unpark_all()
         if written is not True:
-            self._unfinished = Unfinished(written)
-            self._wake(waiter)
+            self._leave_rest(written, waiter)
+
+    def _leave_rest(self, rest: bytes, waiter: trio.lowlevel.Task) -> None:
+        """A direct write the socket took only part of: ``rest`` goes to the writer, which
+        is woken to write it before anything else."""
+        self._unfinished = Unfinished(rest)
+        self._wake(waiter)
 
     def _append(self, payload: Item, size: int) -> bool:
         """Buffer ``payload`` if there is room (the one message handed to a woken writer takes
