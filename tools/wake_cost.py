@@ -23,6 +23,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -55,19 +57,35 @@ async def read_woken(sock: socket.socket, count: int) -> float:
 def cost_at(rate: int) -> float:
     """CPU µs per woken step at ``rate`` messages per second."""
     count = rate * SECONDS
-    reader, writer = socket.socketpair()
+    last_cpu = (os.cpu_count() or 1) - 1
+    return cpu_per_message(
+        partial(write_at, rate=rate, count=count), partial(read_woken, count=count), count, last_cpu
+    )
+
+
+def cpu_per_message(
+    child_work: Callable[[socket.socket], None],
+    work: Callable[[socket.socket], Awaitable[float]],
+    count: int,
+    child_cpu: int | None,
+) -> float:
+    """``child_work`` on one end of a socket pair in a child process (pinned to
+    ``child_cpu``, else on this one), ``work`` on the other end under trio here: the CPU
+    µs per message ``work`` reports over ``count`` messages."""
+    mine, theirs = socket.socketpair()
     child = os.fork()
     if child == 0:
-        reader.close()
-        os.sched_setaffinity(0, {(os.cpu_count() or 1) - 1})
-        write_at(writer, rate, count)
+        mine.close()
+        if child_cpu is not None:
+            os.sched_setaffinity(0, {child_cpu})
+        child_work(theirs)
         os._exit(0)
-    writer.close()
+    theirs.close()
     try:
-        cpu = trio.run(read_woken, reader, count)
+        cpu = trio.run(work, mine)
     finally:
+        mine.close()  # (the answering child stops at its end of file)
         os.waitpid(child, 0)
-        reader.close()
     return cpu / count * 1e6
 
 
@@ -102,19 +120,7 @@ async def ask_at(sock: socket.socket, rate: int, count: int) -> float:
 def round_trip_cost_at(rate: int) -> float:
     """CPU µs per request and answered wake-up, the other side on this CPU."""
     count = rate * SECONDS
-    asker, answerer = socket.socketpair()
-    child = os.fork()
-    if child == 0:
-        asker.close()
-        answer_all(answerer)
-        os._exit(0)
-    answerer.close()
-    try:
-        cpu = trio.run(ask_at, asker, rate, count)
-    finally:
-        asker.close()
-        os.waitpid(child, 0)
-    return cpu / count * 1e6
+    return cpu_per_message(answer_all, partial(ask_at, rate=rate, count=count), count, None)
 
 
 def main() -> None:
