@@ -6,9 +6,9 @@ delivers by mode and slow-consumer policy into :mod:`~triorelay.hub.buffers`;
 :mod:`~triorelay.hub.statistics` holds the counters and their snapshots.
 """
 
-from triorelay.hub.buffers import Entry, Item, Traced, Unfinished
+from triorelay.hub.buffers import Entry, Item, Traced, Unfinished, WriteManyNow, WriteNow
 from triorelay.hub.channel import Channel
-from triorelay.hub.connections import Connection, Consumer, Producer, WriteManyNow, WriteNow
+from triorelay.hub.connections import Connection, Consumer, Producer
 from triorelay.hub.hub import MAX_CHANNEL_NAME_LENGTH, Attachment, Hub, validate_channel_name
 from triorelay.hub.statistics import ChannelStatistics, ConnectionStatistics, Traffic
 

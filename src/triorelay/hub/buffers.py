@@ -83,20 +83,41 @@ Item = Payload | Entry | Unfinished
 positioned consumer an :class:`Entry` (notices stay text); and, first, the rest of a message a
 direct write began (:class:`Unfinished`, raw broadcast consumers only)."""
 
-DirectWrite = Callable[[Payload, int], bool | bytes]
-"""``write(payload, size)``: a consumer's writer taking one message at once, in the publishing
-task, while it waits with nothing buffered (:meth:`ConsumerBuffer.write_directly`). Returns True
-once the message is on the consumer's socket; False, having written nothing, when it cannot
-(then the message is buffered as usual); or, when the socket took only part of its frame, the
-rest of it (see :class:`Unfinished`)."""
+WriteNow = Callable[[Payload], bool | bytes]
+"""``write(payload)``: a consumer's socket taking one message at once, in the publishing task,
+while its writer waits with nothing buffered (:meth:`ConsumerBuffer.write_directly`). Returns
+True once the message is on the socket; False, having written nothing, when it cannot (then
+the message is buffered as usual); or, when the socket took only part of its frame, the rest
+of it (see :class:`Unfinished`)."""
 
-DirectWriteMany = Callable[[list[Payload], int], bool | bytes]
-"""``write_many(payloads, total_bytes)``: :data:`DirectWrite` for the messages of a batch,
-in one socket write."""
+WriteManyNow = Callable[[list[Payload]], bool | bytes]
+"""``write_many(payloads)``: :data:`WriteNow` for the messages of a batch, in one socket
+write."""
+
+
+class Written(Protocol):
+    """What counts the messages a direct write puts on a socket: the consumer, and its
+    channel's counters (as its writer counts what it takes)."""
+
+    messages_out: int
+    bytes_out: int
+
 
 TracedWritten = Callable[[Trace, int, int], None]
 """``traced_written(trace, taken_ns, written_ns)``: a sampled message (traced for the latency
 histograms only) went out by a direct write: its last two stages, timed there."""
+
+
+class _Tally:
+    """A :class:`Written` nobody reads: where a buffer without direct writes points."""
+
+    __slots__ = ("bytes_out", "messages_out")
+
+    def __init__(self) -> None:
+        self.messages_out = self.bytes_out = 0
+
+
+_NOT_COUNTED = _Tally()
 
 
 class Occupancy:
@@ -212,7 +233,9 @@ class ConsumerBuffer:
     """
 
     __slots__ = (
+        "_channel_written",
         "_closed",
+        "_consumer_written",
         "_deferred",
         "_direct",
         "_direct_many",
@@ -246,9 +269,12 @@ class ConsumerBuffer:
         self._waiter: trio.lowlevel.Task | None = None
         #: The head of ``_items`` was handed to the waiter, which has not run yet.
         self._handed = False
-        self._direct: DirectWrite | None = None
-        self._direct_many: DirectWriteMany | None = None
+        self._direct: WriteNow | None = None
+        self._direct_many: WriteManyNow | None = None
         self._traced_written: TracedWritten | None = None
+        #: Where a direct write counts what it put on the socket (set with _direct).
+        self._consumer_written: Written = _NOT_COUNTED
+        self._channel_written: Written = _NOT_COUNTED
         #: Messages are held for one write at the end of a batch (flush_batch).
         self._deferred = False
         self._unfinished: Unfinished | None = None
@@ -267,17 +293,22 @@ class ConsumerBuffer:
 
     def write_directly(
         self,
-        write: DirectWrite | None,
-        write_many: DirectWriteMany | None = None,
+        write: WriteNow | None,
+        write_many: WriteManyNow | None = None,
         traced_written: TracedWritten | None = None,
+        counted: tuple[Written, Written] | None = None,
     ) -> None:
         """Hand offered messages to ``write`` while the reader waits with nothing buffered (see
         the class's docstring), and a batch's to ``write_many`` at its end; sampled messages
-        too if ``traced_written`` times them. ``None`` stops it. The reader's own task sets
-        it, before it first waits, and clears it when it stops reading."""
+        too if ``traced_written`` times them. Each message written so is counted, as it goes
+        out, in both of ``counted`` (the consumer, its channel's counters). ``None`` stops it.
+        The reader's own task sets it, before it first waits, and clears it when it stops
+        reading."""
         self._direct = write
         self._direct_many = write_many
         self._traced_written = traced_written
+        consumer, channel = counted if counted is not None else (_NOT_COUNTED, _NOT_COUNTED)
+        self._consumer_written, self._channel_written = consumer, channel
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -299,6 +330,26 @@ class ConsumerBuffer:
         if waiter is None:
             return self._append(payload, size)
         kind = type(payload)
+        if batch is None and (kind is str or kind is bytes) and not self._deferred:
+            # The common case, first: a raw message, the reader waiting and nothing buffered
+            # or being written: it goes straight to the socket (one call, counted here).
+            write = self._direct
+            if write is not None:
+                written = write(payload)  # type: ignore[arg-type]
+                if written is not False:  # on the socket, whole or begun: counted as it goes
+                    consumer = self._consumer_written
+                    consumer.messages_out += 1
+                    consumer.bytes_out += size
+                    channel = self._channel_written
+                    channel.messages_out += 1
+                    channel.bytes_out += size
+                    if written is not True:
+                        self._leave_rest(written, waiter)
+                    return True
+            self._append(payload, size)  # the buffer is empty: it fits
+            self._handed = True
+            self._wake(waiter)
+            return True
         raw = kind is str or kind is bytes
         if self._deferred:
             # Messages held for one write at the end of a batch.
@@ -311,10 +362,10 @@ class ConsumerBuffer:
             appended = self._append(payload, size)
             self._wake(waiter)
             return appended
-        # The reader waits, and nothing is buffered or being written: this message may go
-        # straight to its socket, and so may a sample for the histograms (its two stages
-        # timed here). An Entry or a message traced for its producer has the writer's work to
-        # do (positions, notices, the trace log), so it goes to the writer.
+        # A sample for the histograms may go straight to the socket too (its two stages
+        # timed here), and a batch's raw messages are held for one write at its end. An
+        # Entry or a message traced for its producer has the writer's work to do (positions,
+        # notices, the trace log), so it goes to the writer.
         write = self._direct
         if write is not None and kind is Traced and batch is None:
             sampled = cast(Traced, payload)
@@ -322,33 +373,34 @@ class ConsumerBuffer:
             traced_written = self._traced_written
             if trace.trace_id is None and traced_written is not None:
                 taken_ns = now_ns()
-                written = write(sampled.payload, size)
+                written = write(sampled.payload)
                 if written is not False:
                     traced_written(trace, taken_ns, now_ns())
+                    self._count_written(1, size)
                     if written is not True:
                         self._leave_rest(written, waiter)
                     return True
-        elif write is not None and raw:
-            if batch is not None:
-                if self._direct_many is not None:
-                    self._append(payload, size)  # the buffer is empty: it fits
-                    # The head of what is held is the waiting writer's, as when it is woken
-                    # with it: it takes none of the max_messages places, and no policy drops it.
-                    self._handed = True
-                    self._deferred = True
-                    batch.append(self)
-                    return True
-            else:
-                written = write(payload, size)  # type: ignore[arg-type]
-                if written is True:
-                    return True
-                if written is not False:
-                    self._leave_rest(written, waiter)
-                    return True
+        elif raw and batch is not None and write is not None and self._direct_many is not None:
+            self._append(payload, size)  # the buffer is empty: it fits
+            # The head of what is held is the waiting writer's, as when it is woken with it:
+            # it takes none of the max_messages places, and no policy drops it.
+            self._handed = True
+            self._deferred = True
+            batch.append(self)
+            return True
         self._append(payload, size)  # the buffer is empty: it fits
         self._handed = True
         self._wake(waiter)
         return True
+
+    def _count_written(self, count: int, size: int) -> None:
+        """``count`` messages of ``size`` bytes in all went out by a direct write."""
+        consumer = self._consumer_written
+        consumer.messages_out += count
+        consumer.bytes_out += size
+        channel = self._channel_written
+        channel.messages_out += count
+        channel.bytes_out += size
 
     def flush_batch(self) -> None:
         """The end of the batch this buffer joined in :meth:`offer`: write what it held for the
@@ -361,11 +413,12 @@ class ConsumerBuffer:
         if waiter is None or not items or write_many is None:  # pragma: no cover - defensive
             return  # the writer stopped waiting (cancelled): it finds them when it reads
         payloads = list(items)  # raw messages only (see offer)
-        written = write_many(payloads, self.bytes)  # type: ignore[arg-type]
+        written = write_many(payloads)  # type: ignore[arg-type]
         if written is False:
             self._handed = True
             self._wake(waiter)
             return
+        self._count_written(len(payloads), self.bytes)
         # On the socket, whole or begun: none of them is buffered any more.
         occupancy = self._occupancy
         occupancy.messages -= self.messages

@@ -14,18 +14,17 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from triorelay.envelopes import Payload, size_of
-from triorelay.hub.buffers import ConsumerBuffer, Inbox, Item, Unfinished
+from triorelay.hub.buffers import (
+    ConsumerBuffer,
+    Inbox,
+    Item,
+    Unfinished,
+    WriteManyNow,
+    WriteNow,
+)
 from triorelay.hub.statistics import ChannelCounters, ConnectionStatistics
 from triorelay.settings import Mode
 from triorelay.tracing import Trace
-
-WriteNow = Callable[[Payload], bool | bytes]
-"""``write(payload)``: write one message to the consumer's socket now, without waiting: True
-once written, False (nothing written) when it cannot, or the rest of its frame when the socket
-took only part of it (see :class:`~triorelay.hub.buffers.Unfinished`)."""
-
-WriteManyNow = Callable[[list[Payload]], bool | bytes]
-"""``write_many(payloads)``: :data:`WriteNow` for several messages, in one socket write."""
 
 Publish = Callable[[list[Payload], list[int], int, "dict[int, Trace] | None"], Awaitable[None]]
 """``await publish(payloads, published, total_bytes, traces)``: see
@@ -196,8 +195,6 @@ class Consumer(Connection):
         #: Its client asked for a trace notice after each message of a traced producer.
         self.traces = False
         self.pending_dropped = 0
-        self._write_now: WriteNow | None = None
-        self._write_many_now: WriteManyNow | None = None
 
     @property
     def detached(self) -> bool:
@@ -261,37 +258,10 @@ class Consumer(Connection):
         buffer = self.buffer
         if buffer is None:
             return
-        self._write_now, self._write_many_now = write, write_many
         if write is None:
             buffer.write_directly(None)
         else:
-            many = None if write_many is None else self._written_many_now
-            buffer.write_directly(self._written_now, many, self.traced_written)
-
-    def _written_now(self, payload: Payload, size: int) -> bool | bytes:
-        write = self._write_now
-        assert write is not None
-        written = write(payload)
-        if written is not False:  # on the socket, whole or begun: counted as it goes out
-            self.messages_out += 1
-            self.bytes_out += size
-            counters = self._counters
-            counters.messages_out += 1
-            counters.bytes_out += size
-        return written
-
-    def _written_many_now(self, payloads: list[Payload], total_bytes: int) -> bool | bytes:
-        write_many = self._write_many_now
-        assert write_many is not None
-        written = write_many(payloads)
-        if written is not False:
-            count = len(payloads)
-            self.messages_out += count
-            self.bytes_out += total_bytes
-            counters = self._counters
-            counters.messages_out += count
-            counters.bytes_out += total_bytes
-        return written
+            buffer.write_directly(write, write_many, self.traced_written, (self, self._counters))
 
     def take_unfinished(self) -> Unfinished | None:
         """The rest of a direct write not yet received (the stream was closed, or the writer

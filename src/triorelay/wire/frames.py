@@ -170,20 +170,22 @@ class LastFrame:
 
     A fan-out writes one message to each of its consumers in a row: this encodes it once. It
     holds the last payload and frame until the next call (one message, within
-    ``max_message_bytes``).
+    ``max_message_bytes``); a caller on a hot path may read :attr:`last` itself and call only
+    when its payload is not the one there.
     """
 
-    __slots__ = ("_last",)
+    __slots__ = ("last",)
 
     def __init__(self) -> None:
-        self._last: tuple[bytes | str, bytes] = ("", serialize_message(""))
+        #: ``(payload, frame)`` of the last call, replaced as one tuple (read it once).
+        self.last: tuple[bytes | str, bytes] = ("", serialize_message(""))
 
     def __call__(self, payload: bytes | str) -> bytes:
-        last = self._last  # one read: the pair stays whole whoever else calls
+        last = self.last  # one read: the pair stays whole whoever else calls
         if last[0] is payload:
             return last[1]
         frame = serialize_message(payload)
-        self._last = (payload, frame)
+        self.last = (payload, frame)
         return frame
 
 

@@ -12,6 +12,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from triorelay.compat.hypercorn import DirectWebSocket
 from triorelay.compat.hypercorn.direct import SendLock
@@ -65,18 +66,27 @@ class _TCPServer:
         self.protocol = _Protocol()
 
 
+class _Negotiated(PerMessageDeflate):
+    """permessage-deflate as a handshake that agreed on it leaves it."""
+
+    def enabled(self) -> bool:
+        return True
+
+
 class _WSStream:
     """What DirectWebSocket reads of a WSStream: closed or not, and its wsproto connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, compressed: bool = False) -> None:
         self.closed = False
-        self.connection = WSConnection(ConnectionType.SERVER)
+        extensions = [_Negotiated()] if compressed else []
+        self.connection = WSConnection(ConnectionType.SERVER, extensions=extensions)
 
 
-def direct_socket(room: int) -> tuple[DirectWebSocket, _TCPServer]:
+def direct_socket(room: int, compressed: bool = False) -> tuple[DirectWebSocket, _TCPServer]:
     tcp_server = _TCPServer(room)
     _, receive_channel = trio.open_memory_channel[Any](1)
-    return DirectWebSocket(_WSStream(), tcp_server, receive_channel), tcp_server
+    ws_stream = _WSStream(compressed)
+    return DirectWebSocket(ws_stream, tcp_server, receive_channel), tcp_server
 
 
 async def hypercorn_sends(tcp_server: _TCPServer, data: bytes) -> None:
@@ -301,8 +311,7 @@ async def test_the_send_lock_hands_over_in_order_and_survives_a_cancelled_waiter
 async def test_no_direct_write_with_compression_on() -> None:
     """With permessage-deflate on, nothing is encoded for a direct write: the compressor is
     stateful, so a batch encoded and then not written could not be encoded again."""
-    direct, tcp_server = direct_socket(room=100)
-    direct._plain = False  # what a negotiated extension makes it
+    direct, tcp_server = direct_socket(room=100, compressed=True)
     assert direct.send_nowait("x") is False
     assert direct.send_many_nowait(["x", "y"]) is False
     assert bytes(tcp_server.stream.wire) == b""

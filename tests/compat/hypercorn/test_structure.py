@@ -14,10 +14,14 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio import run as run_module
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 from trio_websocket import open_websocket_url
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import CloseConnection
 
 from triorelay.compat import hypercorn as compat
 from triorelay.compat.hypercorn._chain import tcp_server_of
@@ -163,3 +167,24 @@ def test_hypercorn_writes_under_its_send_lock_shielded() -> None:
     assert "async with self.send_lock:" in source
     assert "cancel_scope.shield = True" in source
     assert "self.stream.send_all(event.data)" in source
+
+
+def test_wsproto_state_is_the_attribute_direct_writes_read() -> None:
+    """``DirectWebSocket.send_nowait`` reads ``Connection._state``, what ``state`` returns,
+    and ``WSStream.connection`` is set once, at the handshake (it keeps the one it read)."""
+    connection = WSConnection(ConnectionType.SERVER)
+    for state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+        connection._state = state
+        assert connection.state is state
+    connection._state = ConnectionState.OPEN
+    client = WSConnection(ConnectionType.CLIENT)
+    connection.receive_data(client.send(CloseConnection(code=1000, reason="bye")))
+    assert list(connection.events())
+    assert connection._state is ConnectionState.REMOTE_CLOSING
+    assignments = [
+        line.strip()
+        for line in inspect.getsource(WSStream).splitlines()
+        if "self.connection =" in line
+    ]
+    assert len(assignments) == 1
+    assert "self.handshake.accept(" in assignments[0]

@@ -92,6 +92,12 @@ class SendLock:
         self.release()
 
 
+_NEVER_FREE = SendLock()
+"""Where :class:`DirectWebSocket` may not write from another task: a lock that is always
+taken (nobody acquires or releases it)."""
+_NEVER_FREE._held = True
+
+
 class DirectWebSocket:
     """Batch access to one accepted Hypercorn WebSocket, beside its ASGI callables.
 
@@ -121,10 +127,14 @@ class DirectWebSocket:
             # Nobody holds it or waits for it (waiters exist only while it is held), and
             # nothing checkpoints between this look and the swap.
             lock = tcp_server.send_lock = SendLock()
-        self._lock: SendLock | None = lock if isinstance(lock, SendLock) else None
-        connection = ws_stream.connection
+        #: Set once, at the handshake (``WSStream._accept``), for the connection's life.
+        self._connection = connection = ws_stream.connection
         #: No extension is on (compression): the relay's own frames go as they are.
         self._plain = not any(extension.enabled() for extension in connection._proto.extensions)
+        #: What :meth:`send_nowait` and :meth:`send_many_nowait` look at first: the send lock,
+        #: or, where nothing may be written from another task (Hypercorn kept its own lock,
+        #: or compression is on), a lock that is never free. One check instead of three.
+        self._direct_lock = lock if isinstance(lock, SendLock) and self._plain else _NEVER_FREE
 
     def receive_nowait(self) -> dict[str, Any]:
         """The next queued ASGI event, or raise :class:`trio.WouldBlock`."""
@@ -177,44 +187,56 @@ class DirectWebSocket:
         written on this connection (nothing else can: every other writer waits for the lock).
         Each message is encoded once however many connections it is written to.
         """
-        lock = self._lock
-        ws_stream = self._ws_stream
+        # Per delivery of a fan-out, so in one frame: the checks, the encoding, the write.
+        lock = self._direct_lock
         if (
-            lock is None
-            or lock._held
-            or not self._plain
-            or ws_stream.closed
-            or ws_stream.connection.state is not _OPEN
+            lock._held
+            or self._ws_stream.closed
+            # ``Connection.state`` returns ``_state``: read directly, a property call less
+            # per delivery (pinned wsproto 1.3.2; tests/compat/hypercorn/test_structure.py).
+            or self._connection._state is not _OPEN
         ):
             return False
-        return self._write_nowait(lock, _frames(payload))
+        last = _frames.last
+        frame = last[1] if last[0] is payload else _frames(payload)
+        # _write_nowait, inlined (a call less per delivery).
+        try:
+            sent: int = self._sock.send(frame)
+        except OSError:  # BlockingIOError (full), or failed: the writer's own write will tell
+            return False
+        if sent == len(frame):
+            return True
+        if not sent:
+            return False
+        lock._held = True  # for the rest, which the consumer's writer writes and releases
+        return frame[sent:]
 
     def send_many_nowait(self, payloads: list[Payload]) -> bool | bytes:
         """:meth:`send_nowait` for several messages, in one socket write (acks).
 
         Not with compression on either: encoding advances the compressor, so a batch encoded
         and then not written could not be encoded again for :meth:`send_messages`."""
-        lock = self._lock
-        if lock is None or lock._held or not self._plain or not self._is_open():
+        lock = self._direct_lock
+        if lock._held or not self._is_open():
             return False
         return self._write_nowait(lock, b"".join([serialize_message(p) for p in payloads]))
 
     def _write_nowait(self, lock: SendLock, data: bytes) -> bool | bytes:
-        """One non-blocking write of ``data`` under the free send ``lock`` (see
-        :meth:`send_nowait` for what it returns; a rest keeps the lock taken)."""
-        # The lock is free, so nobody waits for it, and nothing can start waiting before the
-        # write below returns (it does not yield): taken and released as two assignments.
-        lock._held = True
+        """One non-blocking write of ``data``, the send ``lock`` free (see :meth:`send_nowait`
+        for what it returns; a rest leaves the lock taken).
+
+        The lock is not taken for the write itself: the write does not yield, so no other
+        writer can run until it returns; only a rest takes it, for the writer that writes it.
+        """
         try:
             sent: int = self._sock.send(data)
         except OSError:  # BlockingIOError (full), or failed: the writer's own write will tell
-            sent = 0
+            return False
         if sent == len(data):
-            lock._held = False
             return True
         if not sent:
-            lock._held = False
             return False
+        lock._held = True
         return data[sent:]
 
     async def _write(self, data: bytes, *, skip_if_busy: bool = False, held: bool = False) -> bool:
