@@ -101,8 +101,9 @@ def _traffic_parser() -> argparse.ArgumentParser:
         "--consumer-client",
         choices=CONSUMER_CLIENTS,
         default=CONSUMER_CLIENTS[0],
-        help="what consumers read with: lean (the default: wsproto, one task per connection, "
-        "the cheaper per message) or trio-websocket",
+        help="what consumers read with: lean (the default: wsproto, one task per connection), "
+        "polled (the same handshake, then one reader for every consumer of a process, "
+        "parsing frames itself: the cheapest per message, for fan-outs) or trio-websocket",
     )
     g.add_argument(
         "--lean",

@@ -44,6 +44,7 @@ from loadtest.codec import new_run_id, padding_for
 from loadtest.endpoints import Ack, endpoint_url
 from loadtest.lean import consume_lean, hold_stalled, produce_lean
 from loadtest.monitor import ProcessSampler, Sample, cpu_percent_between, usable_cores
+from loadtest.polled import consume_polled
 from loadtest.schedule import NS_PER_S, RateSchedule, split_rate
 from loadtest.stats import DeliveryLedger, RoleStats, merge
 from loadtest.tokens import TokenIn, token_headers, token_url
@@ -61,12 +62,14 @@ Delivery = Literal["broadcast", "competing"]
 Sender = Literal["unbatched", "batched", "trio-websocket"]
 #: The senders, the default first.
 SENDERS: Final[tuple[Sender, ...]] = ("unbatched", "batched", "trio-websocket")
-#: What consumers read with (``--consumer-client``): ``lean``, the wsproto client
-#: (:func:`~loadtest.lean.consume_lean`; the default, the cheaper per message), or the
+#: What consumers read with (``--consumer-client``): ``lean``, the wsproto client, a task per
+#: connection (:func:`~loadtest.lean.consume_lean`; the default); ``polled``, the same
+#: handshake, then one reader for every consumer of the process, parsing frames itself
+#: (:func:`~loadtest.polled.consume_polled`; the cheapest per message, for fan-outs); or the
 #: trio-websocket library (:func:`~loadtest.clients.consume`).
-ConsumerClient = Literal["lean", "trio-websocket"]
+ConsumerClient = Literal["lean", "polled", "trio-websocket"]
 #: The consumer clients, the default first.
-CONSUMER_CLIENTS: Final[tuple[ConsumerClient, ...]] = ("lean", "trio-websocket")
+CONSUMER_CLIENTS: Final[tuple[ConsumerClient, ...]] = ("lean", "polled", "trio-websocket")
 #: How consumers settle what they get: ``auto``, done once delivered (every channel but an
 #: acked queue); ``explicit``, the acked consumer of an acked queue channel, acking each job
 #: (:func:`~loadtest.acked.consume_acked`, on the lean client).
@@ -74,6 +77,7 @@ ConsumerAck = Literal["auto", "explicit"]
 #: The consumer function of each consumer client.
 CONSUMERS: Final[Mapping[ConsumerClient, Callable[..., Awaitable[None]]]] = {
     "lean": consume_lean,
+    "polled": consume_polled,
     "trio-websocket": consume,
 }
 #: The producer client of each sender.

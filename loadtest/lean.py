@@ -275,6 +275,24 @@ class LeanWebSocket:
                 raise LeanClosedError(None, "the server ended the connection without a close")
             ws.receive_data(data)
 
+    def holds_nothing(self) -> bool:
+        """Whether every byte received so far was returned as whole messages: wsproto holds
+        no part of a frame or of a message, and neither does this object. Only then may
+        someone else (:meth:`handover`) parse the stream from the next byte on. Reads
+        wsproto 1.3.2's decoders (pinned; checked by tests/loadtest/test_loadtest_polled.py).
+        """
+        connection = self._ws.connection
+        assert connection is not None  # the handshake is done
+        proto = connection._proto
+        decoder = proto._frame_decoder
+        return (
+            decoder.header is None
+            and not len(decoder.buffer)
+            and proto._message_decoder.opcode is None
+            and not self._text
+            and not self._binary
+        )
+
     def handover(self) -> tuple[socket.socket, WSConnection]:
         """Hand the connection to a thread that does all its I/O from now on (the unbatched
         sender, :mod:`loadtest.unbatched`): return a socket on a duplicate of the descriptor

@@ -564,7 +564,9 @@ def build_jobs(plan: Plan) -> list[Job]:
             argv = ("--consumers", str(consumers), "--rate", str(rate))
             argv += ("--duration-seconds", str(plan.duration_s), "--sender", "unbatched")
             argv += ("--producer-procs", "1", "--consumer-procs", str(consumer_procs(cores)))
-            argv += run
+            # One reader for all of a process's consumers: the lean client's task per
+            # connection would fill the generator's core before the server's (loadtest/polled.py).
+            argv += ("--consumer-client", "polled", *run)
             on_redis = bool(redis) and (consumers, rate) in plan.redis_fanouts
             on = sides(BROADCAST, *(redis if on_redis else []))
             key = f"fanout 1→{consumers}"

@@ -597,7 +597,8 @@ def _generator(plan: Plan) -> str:
         f"({producer_procs(1, cores)} for 1 producer, {producer_procs(100, cores)} for 100), "
         "the pair/max consumer in the main one, a fan-out's consumers in "
         + (f"{fanout} worker process(es)" if fanout else "the main one")
-        + "; consumers read with the lean wsproto client"
+        + "; consumers read with the lean wsproto client, a fan-out's with the polled one "
+        "(one reader for every consumer of a process, `--consumer-client polled`)"
     )
 
 

@@ -168,6 +168,8 @@ def test_more_generator_cpus_give_producers_and_fan_out_consumers_more_processes
     assert many.producer_procs == 3
     fanout = parse(["fanout", "--url", "ws://x", *jobs["fanout 1→1000"].argv])
     assert (fanout.producer_procs, fanout.consumer_procs, fanout.sender) == (1, 3, "unbatched")
+    assert fanout.consumer_client == "polled"  # one reader per process: the cheapest
+    assert many.consumer_client == "lean"
 
 
 def test_a_bad_variant_is_refused() -> None:
