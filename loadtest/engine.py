@@ -529,13 +529,21 @@ async def execute(
             cpu_connected = None
             cpu_delivered: list[float | None] = []
             if server_pid is not None:
-                server_sampler = sampler = ProcessSampler(server_pid, include_children=True)
-                cpu_connected = sampler.cpu_seconds()
-                samplers.append((sampler, server_samples))
-                if parts[0].consumers and not any(w.spec.consumers for w in workers):
-                    # Every consumer is here: the window ends as the last delivery arrives,
-                    # before the consumers close (their tear-down is not the traffic's cost).
-                    local.on_all_delivered = lambda: cpu_delivered.append(sampler.cpu_seconds())
+                server_sampler = ProcessSampler(server_pid, include_children=True)
+                cpu_connected = server_sampler.cpu_seconds()
+                samplers.append((server_sampler, server_samples))
+            if parts[0].consumers and not any(w.spec.consumers for w in workers):
+                # Every consumer is here: the window ends as the last delivery arrives,
+                # before the consumers close (their tear-down is not the traffic's cost):
+                # the server's CPU is read then, and the sampling ends with one last sample
+                # (1,000 consumers closing took the generator's process 98 % of its core in
+                # the last half second, which flagged a run below 30 % as generator-bound).
+                def all_delivered(sampler: ProcessSampler | None = server_sampler) -> None:
+                    if sampler is not None:
+                        cpu_delivered.append(sampler.cpu_seconds())
+                    stop_sampling.set()
+
+                local.on_all_delivered = all_delivered
             samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
             for n, w in enumerate(workers):
                 assert w.pid is not None

@@ -269,3 +269,30 @@ async def test_leftovers_of_earlier_runs_are_ignored(baseline_server: RunningSer
     counts = second["summary"]["counts"]
     assert counts["foreign"] == 50
     assert counts["delivered"] == counts["sent"] == 50
+
+
+async def test_sampling_ends_with_the_last_delivery_not_the_consumers_leaving(
+    broadcast_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consumers that take 2 s to leave: no sample covers it (1,000 consumers closing took
+    the generator's process 98 % of its core in the last sample, flagging a run below 30 %
+    as generator-bound), and the run is not flagged."""
+    import loadtest.lean as lean
+
+    real_leave = lean.leave
+
+    async def slow_leave(*args: Any) -> None:
+        await trio.sleep(2.0)  # a slow tear-down, after the last delivery
+        await real_leave(*args)
+
+    monkeypatch.setattr(lean, "leave", slow_leave)
+    common = _common(broadcast_server, producer_procs=1, sample_interval_s=0.1)
+    result = await scenarios.run_fanout(common, consumers=3, rate_per_s=50)
+    _assert_delivered(result, "fanout")
+    assert result["summary"]["flags"] == []
+    for series in (
+        result["summary"]["generator"]["series"]["main"],
+        result["summary"]["server"]["series"],
+    ):
+        span_s = series[-1][0] - series[0][0]
+        assert span_s < common.duration_s + 1.0, span_s  # 1 s send window; 2 s to leave
