@@ -663,3 +663,63 @@ async def test_drop_oldest_counts_what_it_cannot_keep(nursery: trio.Nursery, bat
             await producer.publish_many(["a" * 60, "b" * 60], [])
             await trio.testing.wait_all_tasks_blocked()
         assert len(socket.wire) + consumer.dropped == 2, (socket.wire, consumer.dropped)
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_no_direct_write_once_the_waiting_reader_is_cancelled_or_the_buffer_closed(
+    nursery: trio.Nursery,
+) -> None:
+    """The direct write is offered only while a reader waits: a receive cancelled (its
+    writer still registered) leaves the next message buffered, not written; a closed buffer
+    takes nothing at all."""
+    hub = make_hub()
+    socket = FakeSocket()
+    with hub.attach_consumer("news") as consumer:
+        consumer.write_directly(socket.write)
+        waiting = trio.CancelScope()
+        nursery.start_soon(_receive_in, waiting, consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", ["direct"])
+        assert socket.wire == ["direct"]  # it waited: written directly, never woken
+        waiting.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        await publish_all(hub, "news", ["buffered"])
+        assert socket.wire == ["direct"]
+        assert consumer.buffered == 1
+        assert consumer.receive_nowait() == "buffered"
+        buffer = consumer.buffer
+        assert buffer is not None
+        buffer.close()
+        assert buffer.offer("late", 4) is False
+        assert socket.wire == ["direct"]
+
+
+async def _receive_in(scope: trio.CancelScope, consumer: Consumer) -> None:
+    with scope:
+        await consumer.receive()
+
+
+@pytest.mark.timeout(HANG_GUARD_SECONDS)
+async def test_a_full_held_batch_under_drop_oldest_keeps_its_order(nursery: trio.Nursery) -> None:
+    """A batch held for a waiting writer fills its buffer: ``drop_oldest`` makes room by
+    dropping held messages, and the newest is held behind the rest, never written directly
+    ahead of them (the policy offers outside the batch)."""
+    hub = make_hub(slow_consumer_policy="drop_oldest", consumer_buffer_messages=2)
+    socket = FakeSocket()
+
+    def write_many(payloads: list[Payload]) -> bool | bytes:
+        socket.wire.extend(payloads)
+        return True
+
+    with hub.attach_consumer("news") as consumer:
+        writer = Writer(consumer, socket)
+        await nursery.start(writer.run)
+        consumer.write_directly(socket.write, write_many)
+        await trio.testing.wait_all_tasks_blocked()
+        with hub.attach_producer("news") as producer:
+            await producer.publish_many(["m1", "m2", "m3", "m4", "m5"], [])
+            await trio.testing.wait_all_tasks_blocked()
+        assert socket.wire == sorted(socket.wire)  # in order, whatever was dropped
+        assert socket.wire[0] == "m1"  # the writer's: never dropped
+        assert socket.wire[-1] == "m5"
+        assert len(socket.wire) + consumer.dropped == 5

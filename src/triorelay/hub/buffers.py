@@ -247,6 +247,7 @@ class ConsumerBuffer:
         "_unfinished",
         "_waiter",
         "bytes",
+        "direct_now",
         "last_size",
         "max_bytes",
         "max_messages",
@@ -270,6 +271,11 @@ class ConsumerBuffer:
         #: The head of ``_items`` was handed to the waiter, which has not run yet.
         self._handed = False
         self._direct: WriteNow | None = None
+        #: The direct write while it may take a raw message now (the reader waits with nothing
+        #: buffered, held or being written, and the buffer is open), else None: one read for
+        #: the channel's loop (Channel._deliver_nowait) and for offer. Kept true to that state
+        #: at each change of it (_direct_if_waiting).
+        self.direct_now: WriteNow | None = None
         self._direct_many: WriteManyNow | None = None
         self._traced_written: TracedWritten | None = None
         #: Where a direct write counts what it put on the socket (set with _direct).
@@ -309,6 +315,12 @@ class ConsumerBuffer:
         self._traced_written = traced_written
         consumer, channel = counted if counted is not None else (_NOT_COUNTED, _NOT_COUNTED)
         self._consumer_written, self._channel_written = consumer, channel
+        self._direct_if_waiting()
+
+    def _direct_if_waiting(self) -> None:
+        """Set :attr:`direct_now` from the state (see its comment in ``__init__``)."""
+        waiting = self._waiter is not None and not self._deferred and not self._closed
+        self.direct_now = self._direct if waiting else None
 
     def has_room(self, size: int) -> bool:
         """Whether a message of ``size`` bytes would fit now."""
@@ -324,32 +336,24 @@ class ConsumerBuffer:
         :meth:`flush_batch`); a waiting writer's messages are then held for one write at the
         batch's end, and this buffer joins ``batch`` once.
         """
+        write = self.direct_now
+        if write is not None and batch is None:
+            kind = type(payload)
+            if kind is str or kind is bytes:
+                # The common case, first: a raw message, the reader waiting and nothing
+                # buffered or being written: it goes straight to the socket.
+                written = write(payload)  # type: ignore[arg-type]
+                if written is True:
+                    self._count_written(1, size)
+                else:
+                    self.settle_direct(payload, size, written)  # type: ignore[arg-type]
+                return True
         if self._closed:
             return False
         waiter = self._waiter
         if waiter is None:
             return self._append(payload, size)
         kind = type(payload)
-        if batch is None and (kind is str or kind is bytes) and not self._deferred:
-            # The common case, first: a raw message, the reader waiting and nothing buffered
-            # or being written: it goes straight to the socket (one call, counted here).
-            write = self._direct
-            if write is not None:
-                written = write(payload)  # type: ignore[arg-type]
-                if written is not False:  # on the socket, whole or begun: counted as it goes
-                    consumer = self._consumer_written
-                    consumer.messages_out += 1
-                    consumer.bytes_out += size
-                    channel = self._channel_written
-                    channel.messages_out += 1
-                    channel.bytes_out += size
-                    if written is not True:
-                        self._leave_rest(written, waiter)
-                    return True
-            self._append(payload, size)  # the buffer is empty: it fits
-            self._handed = True
-            self._wake(waiter)
-            return True
         raw = kind is str or kind is bytes
         if self._deferred:
             # Messages held for one write at the end of a batch.
@@ -386,12 +390,28 @@ class ConsumerBuffer:
             # it takes none of the max_messages places, and no policy drops it.
             self._handed = True
             self._deferred = True
+            self.direct_now = None
             batch.append(self)
             return True
         self._append(payload, size)  # the buffer is empty: it fits
         self._handed = True
         self._wake(waiter)
         return True
+
+    def settle_direct(self, payload: Payload, size: int, written: bool | bytes) -> None:
+        """What :attr:`direct_now` returned for ``payload`` (of ``size``) when not True: False,
+        nothing went out, so it is buffered and the writer woken (the buffer is empty: it
+        fits); a rest, the socket took part of it, so it is counted as written and the rest
+        goes to the writer (:class:`Unfinished`). A caller that gets True counts it itself."""
+        waiter = self._waiter
+        assert waiter is not None  # direct_now is None unless the reader waits
+        if written is False:
+            self._append(payload, size)
+            self._handed = True
+            self._wake(waiter)
+        else:
+            self._count_written(1, size)
+            self._leave_rest(written, waiter)  # type: ignore[arg-type]
 
     def _count_written(self, count: int, size: int) -> None:
         """``count`` messages of ``size`` bytes in all went out by a direct write."""
@@ -429,6 +449,8 @@ class ConsumerBuffer:
             self._room.unpark_all()
         if written is not True:
             self._leave_rest(written, waiter)
+        else:
+            self._direct_if_waiting()  # the writer still waits, with nothing held any more
 
     def _leave_rest(self, rest: bytes, waiter: trio.lowlevel.Task) -> None:
         """A direct write the socket took only part of: ``rest`` goes to the writer, which
@@ -461,6 +483,7 @@ class ConsumerBuffer:
 
     def _wake(self, waiter: trio.lowlevel.Task) -> None:
         self._waiter = None
+        self.direct_now = None
         trio.lowlevel.reschedule(waiter)
 
     def drop_oldest(self) -> bool:
@@ -498,10 +521,12 @@ class ConsumerBuffer:
             if self._waiter is not None:
                 raise trio.BusyResourceError("another task is receiving from this buffer")
             task = self._waiter = trio.lowlevel.current_task()
+            self._direct_if_waiting()
 
             def abort(_: object, task: trio.lowlevel.Task = task) -> trio.lowlevel.Abort:
                 if self._waiter is task:
                     self._waiter = None
+                    self.direct_now = None
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
@@ -551,7 +576,7 @@ class ConsumerBuffer:
         left = self.messages
         self._closed = True
         self._deferred = False
-        self._items = None
+        self._items = None  # (a waiting reader is woken below: no direct write after)
         self._handed = False
         self._occupancy.remove(left)
         self.messages = self.bytes = self.traced = 0

@@ -21,6 +21,8 @@ Delivery, per channel mode:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import trio
 
 from triorelay import framing
@@ -230,6 +232,10 @@ class Channel:
         consumers = snapshot if snapshot is not None else self.consumers
         batch = self._batched if self._batches else None
         if entry is None:  # the common case: every consumer raw, nothing traced
+            kind = type(payload)
+            if batch is None and (kind is str or kind is bytes):
+                self._write_or_offer(consumers, payload, size, policy)
+                return
             for consumer in consumers:
                 buffer = consumer.buffer
                 assert buffer is not None
@@ -245,6 +251,36 @@ class Channel:
             item = entry if consumer.positioned else raw
             if not buffer.offer(item, size, batch):
                 self._full(consumer, buffer, item, size, policy)
+
+    def _write_or_offer(
+        self, consumers: Iterable[Consumer], payload: Payload, size: int, policy: str
+    ) -> None:
+        """A raw message outside a batch: written at once to each consumer whose buffer has
+        a direct write free now (``ConsumerBuffer.direct_now``), offered to the others.
+
+        ``ConsumerBuffer.offer`` does the same for one consumer; this is that, inlined in the
+        loop, with the channel's counters added once for the message: per delivery, one
+        call (the write) instead of two, and two counters instead of four.
+        """
+        written_directly = 0
+        for consumer in consumers:
+            buffer = consumer.buffer
+            assert buffer is not None
+            write = buffer.direct_now
+            if write is not None:
+                written = write(payload)
+                if written is True:
+                    consumer.messages_out += 1
+                    consumer.bytes_out += size
+                    written_directly += 1
+                else:
+                    buffer.settle_direct(payload, size, written)
+            elif not buffer.offer(payload, size):
+                self._full(consumer, buffer, payload, size, policy)
+        if written_directly:
+            counters = self.counters
+            counters.messages_out += written_directly
+            counters.bytes_out += written_directly * size
 
     def _full(
         self,
