@@ -537,11 +537,15 @@ async def execute(
                 # before the consumers close (their tear-down is not the traffic's cost):
                 # the server's CPU is read then, and the sampling ends with one last sample
                 # (1,000 consumers closing took the generator's process 98 % of its core in
-                # the last half second, which flagged a run below 30 % as generator-bound).
+                # the last half second, which flagged a run below 30 % as generator-bound),
+                # but with stalled consumers: the slow scenario's memory series runs on.
+                stalled = parts[0].stalled_consumers
+
                 def all_delivered(sampler: ProcessSampler | None = server_sampler) -> None:
                     if sampler is not None:
                         cpu_delivered.append(sampler.cpu_seconds())
-                    stop_sampling.set()
+                    if not stalled:
+                        stop_sampling.set()
 
                 local.on_all_delivered = all_delivered
             samplers.append((ProcessSampler(os.getpid()), generator_samples["main"]))
@@ -607,10 +611,15 @@ async def sample_loop(
     interval_s: float,
     stop: trio.Event,
 ) -> None:
-    """Sample every process each ``interval_s`` until ``stop`` fires (one last sample then)."""
+    """Sample every process each ``interval_s`` until ``stop`` fires (one last sample then,
+    without a CPU figure if it comes less than half an interval after the one before)."""
+    last = -interval_s
     while True:
+        now = trio.current_time()
+        percent = not stop.is_set() or now - last >= interval_s / 2
+        last = now
         for sampler, out in samplers:
-            sample = sampler.sample()
+            sample = sampler.sample(percent=percent)
             if sample is not None:
                 out.append(sample)
         if stop.is_set():

@@ -78,8 +78,10 @@ class ProcessSampler:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
 
-    def sample(self) -> Sample | None:
-        """Return a new :class:`Sample`, or ``None`` if the process has exited."""
+    def sample(self, *, percent: bool = True) -> Sample | None:
+        """Return a new :class:`Sample`, or ``None`` if the process has exited; without
+        ``percent``, its ``cpu_percent`` is None (an interval too short to say: psutil's CPU
+        times move in 10 ms steps)."""
         if self.gone:
             return None
         try:
@@ -89,11 +91,11 @@ class ProcessSampler:
             logger.debug("process %d is gone; stopped sampling it", self.pid)
             return None
         now = time.monotonic()
-        percent = None
-        if self._last is not None:
-            percent = round(cpu_percent_between(self._last[0], self._last[1], now, cpu), 1)
+        cpu_percent = None
+        if self._last is not None and percent:
+            cpu_percent = round(cpu_percent_between(self._last[0], self._last[1], now, cpu), 1)
         self._last = (now, cpu)
-        return Sample(round(now - self._origin, 3), percent, rss)
+        return Sample(round(now - self._origin, 3), cpu_percent, rss)
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,13 @@ TEXT: Final = 0x1
 BINARY: Final = 0x2
 CLOSE: Final = 0x8
 PING: Final = 0x9
+PONG: Final = 0xA
 
 
 class FrameError(Exception):
-    """The server sent what no server may (a masked frame, a continuation with nothing to
-    continue, a fragmented control frame)."""
+    """The server sent what no server may (a masked frame, reserved bits or opcodes, a
+    continuation with nothing to continue, a new message inside a fragmented one, a
+    fragmented or oversized control frame)."""
 
 
 class ServerFrames:
@@ -70,6 +72,8 @@ class ServerFrames:
             first, second = buffer[at], buffer[at + 1]
             if second & 0x80:
                 raise FrameError("a masked frame from the server")
+            if first & 0x70:
+                raise FrameError("reserved bits set (no extension was agreed)")
             length = second & 0x7F
             head = 2
             if length == 126:
@@ -86,10 +90,18 @@ class ServerFrames:
             at += head + length
             opcode, fin = first & 0x0F, first & 0x80
             if opcode >= CLOSE:
+                if opcode > PONG:
+                    raise FrameError(f"reserved opcode {opcode:#x}")
                 if not fin:
                     raise FrameError("a fragmented control frame")
+                if length > 125:
+                    raise FrameError("a control frame over 125 bytes")
                 out.append((opcode, payload))
             elif opcode:  # a message's first frame
+                if opcode > BINARY:
+                    raise FrameError(f"reserved opcode {opcode:#x}")
+                if self._parts:
+                    raise FrameError("a new message inside a fragmented one")
                 if fin:
                     out.append((opcode, payload))
                 else:
@@ -127,16 +139,16 @@ class PolledConsumer:
         except BlockingIOError:
             return
         except OSError as exc:
-            self._end(exc)
+            self.end(exc)
             return
         now_ns = time.monotonic_ns()
         if not data:
-            self._end(LeanClosedError(None, "the server ended the connection without a close"))
+            self.end(LeanClosedError(None, "the server ended the connection without a close"))
             return
         try:
             frames = self._frames.feed(data)
         except FrameError as exc:
-            self._end(exc)
+            self.end(exc)
             return
         messages: list[str | bytes] = []
         for opcode, payload in frames:
@@ -147,7 +159,7 @@ class PolledConsumer:
             elif opcode == CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 self._reply(self._ws.send(CloseConnection(code=code)))
-                self._end(LeanClosedError(code, payload[2:].decode("utf-8", "replace")))
+                self.end(LeanClosedError(code, payload[2:].decode("utf-8", "replace")))
                 break
         if messages:
             self._recorder.record(messages, now_ns)
@@ -160,7 +172,8 @@ class PolledConsumer:
             pass
         self.dropped_replies += 1
 
-    def _end(self, error: Exception) -> None:
+    def end(self, error: Exception) -> None:
+        """The connection ended with ``error`` (the first call wins)."""
         if not self.done.is_set():
             self.error = error
             self.done.set()
@@ -175,8 +188,8 @@ class Poller:
 
     def add(self, consumer: PolledConsumer) -> None:
         fd = consumer.sock.fileno()
-        self._consumers[fd] = consumer
         self._epoll.register(fd, select.EPOLLIN)
+        self._consumers[fd] = consumer
 
     def remove(self, consumer: PolledConsumer) -> None:
         fd = consumer.sock.fileno()
@@ -192,10 +205,14 @@ class Poller:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 for fd, _ in epoll.poll(0):
                     consumer = consumers.get(fd)
-                    if consumer is not None:
+                    if consumer is None:
+                        continue
+                    try:
                         consumer.read_ready()
-                        if consumer.done.is_set():
-                            self.remove(consumer)
+                    except Exception as exc:  # that consumer's failure, not the whole run's
+                        consumer.end(exc)
+                    if consumer.done.is_set():
+                        self.remove(consumer)
         finally:
             epoll.close()
 
@@ -253,8 +270,8 @@ async def consume_polled(
             sock, ws = lean.handover()
             consumer = PolledConsumer(sock, ws, recorder)
             reader = poller()
-            reader.add(consumer)
             try:
+                reader.add(consumer)
                 await consumer.done.wait()
             finally:
                 reader.remove(consumer)

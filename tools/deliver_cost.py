@@ -91,6 +91,10 @@ async def _writer(
                 await direct.send_messages([getattr(i, "payload", i) for i in items])
     finally:
         consumer.write_directly(None)
+        unfinished = consumer.take_unfinished()
+        if unfinished is not None:  # the rest of a frame is owed before the socket closes
+            with trio.CancelScope(shield=True):
+                await direct.finish_messages(unfinished.rest, [])
 
 
 async def _relay_round(sockets: list[socket.socket], rate: int) -> float:
@@ -126,7 +130,10 @@ def _send_round(sockets: list[socket.socket], rate: int) -> float:
         if pause > 0:
             time.sleep(pause)
         for sock in sockets:
-            sock.send(frame)
+            try:
+                sock.send(frame)
+            except BlockingIOError:  # the reader fell behind: this figure would flatter
+                raise SystemExit("a socket was full: the readers fell behind") from None
     return (time.process_time() - started) / (count * len(sockets)) * 1e6
 
 

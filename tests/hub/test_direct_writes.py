@@ -8,6 +8,7 @@ frame), so they check the hub's side alone: order, counting, policies, tracing, 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tracemalloc
@@ -689,14 +690,18 @@ async def test_no_direct_write_once_the_waiting_reader_is_cancelled_or_the_buffe
         assert consumer.receive_nowait() == "buffered"
         buffer = consumer.buffer
         assert buffer is not None
-        buffer.close()
+        nursery.start_soon(_receive_in, trio.CancelScope(), consumer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert buffer.direct_now is not None  # a reader waits again
+        buffer.close()  # wakes it, but it has not run yet
         assert buffer.offer("late", 4) is False
         assert socket.wire == ["direct"]
 
 
 async def _receive_in(scope: trio.CancelScope, consumer: Consumer) -> None:
     with scope:
-        await consumer.receive()
+        with contextlib.suppress(trio.EndOfChannel):
+            await consumer.receive()
 
 
 @pytest.mark.timeout(HANG_GUARD_SECONDS)

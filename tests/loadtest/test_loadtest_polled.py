@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from conftest import RunningServer
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
@@ -24,9 +25,9 @@ from wsproto.events import (
 )
 
 from loadtest import scenarios
-from loadtest.clients import DeliveryCounter, Stopper
+from loadtest.clients import DeliveryCounter, DeliveryRecorder, Stopper
 from loadtest.codec import encode
-from loadtest.polled import FrameError, ServerFrames, consume_polled
+from loadtest.polled import FrameError, PolledConsumer, Poller, ServerFrames, consume_polled
 from loadtest.report import check_result
 from loadtest.stats import RoleStats
 
@@ -74,6 +75,11 @@ def test_frames_split_anywhere_parse_as_wsproto_wrote_them() -> None:
         (Connection(ConnectionType.CLIENT).send(TextMessage(data="x")), "masked"),
         (b"\x80\x01x", "continuation"),
         (b"\x09\x01p", "fragmented control"),
+        (b"\xc1\x01x", "reserved bits"),
+        (b"\x83\x01x", "reserved opcode"),
+        (b"\x8b\x00", "reserved opcode"),
+        (b"\x89\x7e\x00\x7e" + b"p" * 126, "over 125"),
+        (b"\x01\x01a\x81\x01b", "inside a fragmented"),
     ],
 )
 def test_what_no_server_sends_is_a_frame_error(wire: bytes, why: str) -> None:
@@ -82,7 +88,7 @@ def test_what_no_server_sends_is_a_frame_error(wire: bytes, why: str) -> None:
 
 
 async def test_a_polled_consumer_reads_what_came_with_the_101_then_pings_and_a_close(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A hand-made server answers the handshake with a message and half of another in the
     same write: the consumer records both (the first through wsproto, the rest of the second
@@ -104,8 +110,9 @@ async def test_a_polled_consumer_reads_what_came_with_the_101_then_pings_and_a_c
         frames = ws.send(Message(data=second))
         cut = len(frames) // 2
         await stream.send_all(accept + ws.send(Message(data=first)) + frames[:cut])
-        await stream.send_all(frames[cut:] + ws.send(Ping(payload=b"hi")))
-        await stream.send_all(ws.send(Message(data=third)))
+        await stream.send_all(frames[cut:])  # the lean read waits for it: no handover before
+        await handed.wait()  # the poller has the socket from here on
+        await stream.send_all(ws.send(Ping(payload=b"hi")) + ws.send(Message(data=third)))
         while not any(isinstance(event, Pong) for event in heard):
             ws.receive_data(await stream.receive_some(65536))
             heard.extend(ws.events())
@@ -116,11 +123,27 @@ async def test_a_polled_consumer_reads_what_came_with_the_101_then_pings_and_a_c
         await stream.aclose()
 
     nursery.start_soon(trio.serve_listeners, serve, listeners)
+    handed = trio.Event()
+    real_add, real_read = Poller.add, PolledConsumer.read_ready
+    polled: list[int] = []  # what the poller recorded, read by read
+
+    def add(self: Poller, consumer: PolledConsumer) -> None:
+        real_add(self, consumer)
+        handed.set()
+
+    def read_ready(self: PolledConsumer) -> None:
+        before = counter.delivered
+        real_read(self)
+        polled.append(counter.delivered - before)
+
+    monkeypatch.setattr(Poller, "add", add)
+    monkeypatch.setattr(PolledConsumer, "read_ready", read_ready)
     stats = RoleStats()
     counter = DeliveryCounter()
     stopper = Stopper()
     await consume_polled(f"ws://127.0.0.1:{port}/", run, stats, counter, stopper)
     assert counter.delivered == 3
+    assert sum(polled) == 1  # the third, read by the poller (the first two the lean way)
     assert stats.counters.bad_frames == 0
     assert stats.per_consumer_delivered == [3]
     pong = next(event for event in heard if isinstance(event, Pong))
@@ -149,3 +172,43 @@ async def test_fanout_read_polled_on_the_broadcast_loop(broadcast_server: Runnin
     assert counts["delivered"] == counts["expected"] == 20 * 100
     assert result["extra"]["per_consumer_delivered"]["consumers"] == 20
     assert result["params"]["consumer_client"] == "polled"
+
+
+async def test_a_failure_inside_the_poller_ends_that_consumer_only() -> None:
+    """Whatever one consumer's read raises becomes that consumer's error; the poller goes on
+    reading the others."""
+    import socket
+
+    poller = Poller()
+    pairs = [socket.socketpair() for _ in range(2)]
+    stats = RoleStats()
+    counter = DeliveryCounter()
+    consumers = [
+        PolledConsumer(
+            ours, WSConnection(ConnectionType.CLIENT), DeliveryRecorder("0123abcd", stats, counter)
+        )
+        for ours, _ in pairs
+    ]
+    broken, healthy = consumers
+
+    def explode() -> None:
+        raise RuntimeError("broken recorder")
+
+    broken.read_ready = explode  # type: ignore[method-assign]
+    for consumer in consumers:
+        poller.add(consumer)
+    message = server_frames(TextMessage(data=encode("0123abcd", 0, 0, 0, 0)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poller.run)
+        pairs[0][1].send(message)
+        await broken.done.wait()
+        pairs[1][1].send(message)
+        with trio.fail_after(5):
+            while counter.delivered < 1:  # the poller's task reads it: let it run
+                await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert isinstance(broken.error, RuntimeError)
+    assert not healthy.done.is_set()
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()

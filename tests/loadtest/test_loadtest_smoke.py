@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from conftest import RunningServer
 
 from loadtest import scenarios
@@ -296,3 +297,23 @@ async def test_sampling_ends_with_the_last_delivery_not_the_consumers_leaving(
     ):
         span_s = series[-1][0] - series[0][0]
         assert span_s < common.duration_s + 1.0, span_s  # 1 s send window; 2 s to leave
+
+
+async def test_a_last_sample_right_after_the_one_before_gives_no_cpu_figure() -> None:
+    """Sampling stopped a moment after a sample: the last one keeps its RSS but no CPU
+    percent (psutil's CPU times move in 10 ms steps: over a few ms it could read 100 %)."""
+    import os
+
+    from loadtest.engine import sample_loop
+    from loadtest.monitor import ProcessSampler, Sample
+
+    out: list[Sample] = []
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample_loop, [(ProcessSampler(os.getpid()), out)], 10.0, stop)
+        await trio.testing.wait_all_tasks_blocked()
+        stop.set()
+    assert len(out) == 2
+    assert out[0].cpu_percent is None  # the first has nothing before it
+    assert out[1].cpu_percent is None
+    assert out[1].rss_bytes > 0

@@ -314,6 +314,8 @@ async def write_loop(consumer: Consumer, socket: Socket, notices: bool) -> None:
     order holds: nothing is written directly while anything is buffered or being written.
     """
     direct = socket.direct if consumer.buffer is not None else None
+    if direct is not None and not direct.writes_directly:
+        direct = None  # (compression, or Hypercorn kept its lock: every write waits its turn)
     if direct is not None:
         consumer.write_directly(*_direct_writes(consumer, direct, notices))
     # The loop is in this frame, not in a helper it awaits: an idle consumer holds its writer's

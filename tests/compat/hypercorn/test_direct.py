@@ -312,6 +312,8 @@ async def test_no_direct_write_with_compression_on() -> None:
     """With permessage-deflate on, nothing is encoded for a direct write: the compressor is
     stateful, so a batch encoded and then not written could not be encoded again."""
     direct, tcp_server = direct_socket(room=100, compressed=True)
+    assert not direct.writes_directly  # so no writer offers it to the hub
+    assert direct_socket(room=100)[0].writes_directly
     assert direct.send_nowait("x") is False
     assert direct.send_many_nowait(["x", "y"]) is False
     assert bytes(tcp_server.stream.wire) == b""

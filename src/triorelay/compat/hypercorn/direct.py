@@ -92,10 +92,21 @@ class SendLock:
         self.release()
 
 
-_NEVER_FREE = SendLock()
-"""Where :class:`DirectWebSocket` may not write from another task: a lock that is always
-taken (nobody acquires or releases it)."""
-_NEVER_FREE._held = True
+class _NeverFree(SendLock):
+    """Where :class:`DirectWebSocket` may not write from another task: a lock that is always
+    taken, and that nothing may release."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held = True
+
+    def release(self) -> None:
+        raise RuntimeError("this lock is never released")
+
+
+_NEVER_FREE = _NeverFree()
 
 
 class DirectWebSocket:
@@ -107,9 +118,11 @@ class DirectWebSocket:
     socket write (:meth:`send_messages`) and reads what is already queued without a task switch
     (:meth:`receive_nowait`). It uses ``WSStream.connection`` (wsproto, for its state and when
     compression is on), ``TCPServer.send_lock`` and ``TCPServer.stream`` as
-    ``TCPServer.protocol_send`` does: every write holds the lock from its first byte to its
-    last, and a write that has started finishes shielded, so frames never interleave with
-    Hypercorn's own (pongs, close) and a cancellation never leaves half a frame on the wire.
+    ``TCPServer.protocol_send`` does: every write that may wait holds the lock from its first
+    byte to its last (a non-blocking one, :meth:`send_nowait`, takes it only for a rest the
+    socket did not take: it does not yield, so no other writer runs meanwhile), and a write
+    that has started finishes shielded, so frames never interleave with Hypercorn's own
+    (pongs, close) and a cancellation never leaves half a frame on the wire.
 
     :func:`open_direct` returns None when the structure is not the expected one; callers then
     use the ASGI callables. Made once the connection is accepted (the extensions are settled);
@@ -135,6 +148,12 @@ class DirectWebSocket:
         #: or, where nothing may be written from another task (Hypercorn kept its own lock,
         #: or compression is on), a lock that is never free. One check instead of three.
         self._direct_lock = lock if isinstance(lock, SendLock) and self._plain else _NEVER_FREE
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether :meth:`send_nowait` can ever write (plain frames, the relay's send lock):
+        where not, a writer need not offer it to the hub."""
+        return self._direct_lock is not _NEVER_FREE
 
     def receive_nowait(self) -> dict[str, Any]:
         """The next queued ASGI event, or raise :class:`trio.WouldBlock`."""
