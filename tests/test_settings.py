@@ -189,6 +189,11 @@ def test_config_file_applies_only_to_its_own_load(tmp_path: Path) -> None:
             {"close_timeout_seconds": 2.0, "graceful_timeout_seconds": 2.0},
             ["close_timeout_seconds", "graceful_timeout_seconds"],
         ),
+        (
+            {"publish_rate_bytes_per_second": 1000, "max_message_bytes": 2000},
+            ["publish_rate_bytes_per_second", "max_message_bytes"],
+        ),
+        ({"publish_rate_messages_per_second": 0.5}, ["publish_rate_messages_per_second"]),
         ({"broker": "redis"}, ["broker"]),
         ({"channels": {"jobs.*": {"mode": "queue", "colour": "red"}}}, ["channels", "colour"]),
         ({"channels": {"jobs.*": {"mode": "stack"}}}, ["channels", "mode"]),

@@ -342,7 +342,9 @@ class Settings(BaseSettings):
     #: A producer connection's publish rate (a token bucket holding one second's worth); past
     #: it the producer is closed with 1008. HTTP publishes count per client (token ``sub``,
     #: else address): past it 429.
-    publish_rate_messages_per_second: Annotated[float, Field(gt=0)] = 100_000.0
+    #: The bucket holds one second's worth, so at least one message (and one of
+    #: ``max_message_bytes``) must fit, or such a message could never be published.
+    publish_rate_messages_per_second: Annotated[float, Field(ge=1)] = 100_000.0
     publish_rate_bytes_per_second: Annotated[float, Field(gt=0)] = 256.0 * 1024 * 1024
 
     @functools.cached_property
@@ -373,6 +375,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queued_bytes ({self.max_queued_bytes}) must be at least max_message_bytes "
                 f"({self.max_message_bytes})"
+            )
+        if self.publish_rate_bytes_per_second < self.max_message_bytes:
+            raise ValueError(
+                f"publish_rate_bytes_per_second ({self.publish_rate_bytes_per_second:g}) must "
+                f"be at least max_message_bytes ({self.max_message_bytes}): the rate's bucket "
+                "holds one second's worth, so a largest message could never be published"
             )
         if self.close_timeout_seconds >= self.graceful_timeout_seconds:
             raise ValueError(
