@@ -32,7 +32,7 @@ from wsproto.connection import Connection, ConnectionType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from send_cost import read_all
+from send_cost import open_readers
 
 from triorelay.compat.hypercorn import DirectWebSocket
 from triorelay.hub import Consumer, Hub
@@ -142,21 +142,7 @@ def main() -> None:
     rate = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     os.sched_setaffinity(0, {0})
-    listener = socket.create_server(("127.0.0.1", 0), backlog=consumers)
-    port = listener.getsockname()[1]
-    child = os.fork()
-    if child == 0:
-        listener.close()
-        os.sched_setaffinity(0, {(os.cpu_count() or 1) - 1})
-        read_all(port, consumers)
-        os._exit(0)
-    sockets = []
-    for _ in range(consumers):
-        sock, _ = listener.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        sockets.append(sock)
-    listener.close()
+    sockets, child = open_readers(consumers)
     relay, send = [], []
     for n in range(rounds):
         relay.append(trio.run(_relay_round, sockets, rate))

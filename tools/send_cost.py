@@ -39,8 +39,10 @@ def read_all(port: int, consumers: int) -> None:
                 open_sockets -= 1
 
 
-def cost(consumers: int, rate: int) -> float:
-    """CPU µs per delivery of ``rate`` messages per second to ``consumers`` sockets."""
+def open_readers(consumers: int) -> tuple[list[socket.socket], int]:
+    """``consumers`` non-blocking loopback sockets (``TCP_NODELAY``), read by a child process
+    on the last CPU (:func:`read_all`); returns them and the child's PID. Close the sockets,
+    then wait for the child."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=consumers)
     port = listener.getsockname()[1]
     child = os.fork()
@@ -56,6 +58,12 @@ def cost(consumers: int, rate: int) -> float:
         sock.setblocking(False)
         sockets.append(sock)
     listener.close()
+    return sockets, child
+
+
+def cost(consumers: int, rate: int) -> float:
+    """CPU µs per delivery of ``rate`` messages per second to ``consumers`` sockets."""
+    sockets, child = open_readers(consumers)
     count = rate * SECONDS
     period = 1 / rate
     started = time.process_time()
