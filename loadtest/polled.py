@@ -84,30 +84,30 @@ class ServerFrames:
                 if end - at < 10:
                     break
                 length, head = int.from_bytes(buffer[at + 2 : at + 10], "big"), 10
+            opcode, fin = first & 0x0F, first & 0x80
+            control = opcode >= CLOSE
+            # Refused from the header alone, before waiting for a payload that may never end.
+            if opcode > PONG or BINARY < opcode < CLOSE:
+                raise FrameError(f"reserved opcode {opcode:#x}")
+            if control and not fin:
+                raise FrameError("a fragmented control frame")
+            if control and length > 125:
+                raise FrameError("a control frame over 125 bytes")
+            if opcode and not control and self._parts:
+                raise FrameError("a new message inside a fragmented one")
+            if not opcode and not self._parts:
+                raise FrameError("a continuation frame with no message to continue")
             if end - at < head + length:
                 break
             payload = bytes(buffer[at + head : at + head + length])
             at += head + length
-            opcode, fin = first & 0x0F, first & 0x80
-            if opcode >= CLOSE:
-                if opcode > PONG:
-                    raise FrameError(f"reserved opcode {opcode:#x}")
-                if not fin:
-                    raise FrameError("a fragmented control frame")
-                if length > 125:
-                    raise FrameError("a control frame over 125 bytes")
+            if control:
                 out.append((opcode, payload))
             elif opcode:  # a message's first frame
-                if opcode > BINARY:
-                    raise FrameError(f"reserved opcode {opcode:#x}")
-                if self._parts:
-                    raise FrameError("a new message inside a fragmented one")
                 if fin:
                     out.append((opcode, payload))
                 else:
                     self._opcode, self._parts = opcode, [payload]
-            elif not self._parts:
-                raise FrameError("a continuation frame with no message to continue")
             else:
                 self._parts.append(payload)
                 if fin:
@@ -280,8 +280,10 @@ async def consume_polled(
                     stats.note_error(
                         f"consumer: {consumer.dropped_replies} control replies dropped"
                     )
-            if consumer.error is not None:
-                raise consumer.error
+            if consumer.error is not None and not stopper.stopped:
+                # Whatever ended it (a close, a broken socket, a failure while reading it) is
+                # this consumer's error, as with the lean client's own; the run goes on.
+                stats.note_error(f"consumer: {consumer.error!r}")
     except _ERRORS as exc:
         if not stopper.stopped:
             stats.note_error(f"consumer: {exc!r}")

@@ -378,7 +378,7 @@ class Settings(BaseSettings):
             )
         if self.publish_rate_bytes_per_second < self.max_message_bytes:
             raise ValueError(
-                f"publish_rate_bytes_per_second ({self.publish_rate_bytes_per_second:g}) must "
+                f"publish_rate_bytes_per_second ({self.publish_rate_bytes_per_second:.0f}) must "
                 f"be at least max_message_bytes ({self.max_message_bytes}): the rate's bucket "
                 "holds one second's worth, so a largest message could never be published"
             )

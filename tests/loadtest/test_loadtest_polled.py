@@ -79,6 +79,7 @@ def test_frames_split_anywhere_parse_as_wsproto_wrote_them() -> None:
         (b"\x83\x01x", "reserved opcode"),
         (b"\x8b\x00", "reserved opcode"),
         (b"\x89\x7e\x00\x7e" + b"p" * 126, "over 125"),
+        (b"\x89\x7f" + (1 << 40).to_bytes(8, "big"), "over 125"),  # refused before its payload
         (b"\x01\x01a\x81\x01b", "inside a fragmented"),
     ],
 )
@@ -91,9 +92,9 @@ async def test_a_polled_consumer_reads_what_came_with_the_101_then_pings_and_a_c
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A hand-made server answers the handshake with a message and half of another in the
-    same write: the consumer records both (the first through wsproto, the rest of the second
-    once the poller has the socket), answers a ping with its pong, and answers the server's
-    close; each message is a delivery, none is lost."""
+    same write: the consumer reads both the lean way (wsproto holds part of a frame until the
+    rest comes), then hands its socket to the poller, which records a third message, answers
+    a ping with its pong, and answers the server's close; each message is one delivery."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     run = "0123abcd"

@@ -313,6 +313,8 @@ async def test_no_direct_write_with_compression_on() -> None:
     stateful, so a batch encoded and then not written could not be encoded again."""
     direct, tcp_server = direct_socket(room=100, compressed=True)
     assert not direct.writes_directly  # so no writer offers it to the hub
+    with pytest.raises(RuntimeError, match="never released"):
+        direct._direct_lock.release()
     assert direct_socket(room=100)[0].writes_directly
     assert direct.send_nowait("x") is False
     assert direct.send_many_nowait(["x", "y"]) is False
