@@ -317,3 +317,24 @@ async def test_a_last_sample_right_after_the_one_before_gives_no_cpu_figure() ->
     assert out[0].cpu_percent is None  # the first has nothing before it
     assert out[1].cpu_percent is None
     assert out[1].rss_bytes > 0
+
+
+async def test_with_stalled_consumers_the_series_runs_past_the_last_delivery(
+    broadcast_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slow scenario watches the server's memory while a stalled consumer stays: its
+    sampling does not stop at the normal consumers' last delivery, unlike a fan-out's."""
+    import loadtest.lean as lean
+
+    real_leave = lean.leave
+
+    async def slow_leave(*args: Any) -> None:
+        await trio.sleep(1.5)  # after the last delivery, before the run's end
+        await real_leave(*args)
+
+    monkeypatch.setattr(lean, "leave", slow_leave)
+    common = _common(broadcast_server, producer_procs=1, sample_interval_s=0.1)
+    result = await scenarios.run_slow(common, consumers=1, stalled=1, rate_per_s=50)
+    _assert_delivered(result, "slow")
+    series = result["summary"]["server"]["series"]
+    assert series[-1][0] - series[0][0] > common.duration_s + 1.0  # sampled while leaving
