@@ -82,12 +82,16 @@ class TokenBucket:
         self._level = self.burst
         self._updated = now
 
+    def _level_at(self, now: float) -> float:
+        """What the bucket holds at ``now``: refilled since the last take, up to ``burst``."""
+        return min(self.burst, self._level + (now - self._updated) * self.rate)
+
     def can_take(self, amount: float, now: float) -> bool:
         """Whether :meth:`take` would succeed now (nothing is spent)."""
-        return amount <= min(self.burst, self._level + (now - self._updated) * self.rate)
+        return amount <= self._level_at(now)
 
     def take(self, amount: float, now: float) -> bool:
-        level = min(self.burst, self._level + (now - self._updated) * self.rate)
+        level = self._level_at(now)
         self._updated = now
         if amount > level:
             self._level = level
