@@ -339,11 +339,10 @@ class Settings(BaseSettings):
     #: WebSocket connections at once, in all and per client (token ``sub``, else address).
     max_connections: PositiveInt = 50_000
     max_connections_per_client: PositiveInt = 5_000
-    #: A producer connection's publish rate (a token bucket holding one second's worth); past
-    #: it the producer is closed with 1008. HTTP publishes count per client (token ``sub``,
-    #: else address): past it 429.
-    #: The bucket holds one second's worth, so at least one message (and one of
-    #: ``max_message_bytes``) must fit, or such a message could never be published.
+    #: A producer connection's publish rate (a token bucket holding one second's worth, so at
+    #: least one message, and one of ``max_message_bytes``, must fit: such a message could
+    #: never be published otherwise); past it the producer is closed with 1008. HTTP
+    #: publishes count per client (token ``sub``, else address): past it 429.
     publish_rate_messages_per_second: Annotated[float, Field(ge=1)] = 100_000.0
     publish_rate_bytes_per_second: Annotated[float, Field(gt=0)] = 256.0 * 1024 * 1024
 
