@@ -24,7 +24,7 @@ from loadtest.jobframes import (
     read_frame,
     read_subscribed,
 )
-from loadtest.lean import CONSUMER_ERRORS, leave, open_counted
+from loadtest.lean import consuming, open_counted
 from loadtest.replay import SUBPROTOCOL
 from loadtest.stats import RoleStats
 
@@ -59,10 +59,10 @@ async def consume_acked(
         return
     counters = stats.counters
     subscribed = False
-    try:
-        if lean.subprotocol != SUBPROTOCOL:
-            raise JobFrameError(f"the server did not accept the {SUBPROTOCOL} framing")
-        with stopper.scope():
+    async with consuming(lean, recorder, stats, stopper, "acked consumer"):
+        try:
+            if lean.subprotocol != SUBPROTOCOL:
+                raise JobFrameError(f"the server did not accept the {SUBPROTOCOL} framing")
             while True:
                 frames = await lean.receive_messages()
                 read_ns = time.monotonic_ns()
@@ -84,10 +84,5 @@ async def consume_acked(
                     await lean.send_texts(acks)
                     counters.jobs_acked += len(acks)
                     recorder.record(payloads, read_ns, acked_ns=time.monotonic_ns())
-    except JobFrameError as exc:
-        stats.note_error(f"acked consumer: {exc}")
-    except CONSUMER_ERRORS as exc:
-        if not stopper.stopped:
-            stats.note_error(f"acked consumer: {exc!r}")
-    finally:
-        await leave(lean, recorder, stats)
+        except JobFrameError as exc:
+            stats.note_error(f"acked consumer: {exc}")

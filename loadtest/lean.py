@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -466,14 +466,30 @@ async def consume_lean(
     )
     if lean is None:
         return
+    async with consuming(lean, recorder, stats, stopper):
+        while True:
+            messages = await lean.receive_messages()
+            recorder.record(messages, time.monotonic_ns())
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    lean: LeanWebSocket,
+    recorder: DeliveryRecorder,
+    stats: RoleStats,
+    stopper: Stopper,
+    what: str = "consumer",
+    errors: tuple[type[Exception], ...] = CONSUMER_ERRORS,
+) -> AsyncIterator[None]:
+    """A connected consumer's reading, in its stopper's scope: ``errors`` ending it early are
+    noted as ``what``'s unless it was told to stop; whatever ended it, it leaves
+    (:func:`leave`)."""
     try:
         with stopper.scope():
-            while True:
-                messages = await lean.receive_messages()
-                recorder.record(messages, time.monotonic_ns())
-    except CONSUMER_ERRORS as exc:
+            yield
+    except errors as exc:
         if not stopper.stopped:
-            stats.note_error(f"consumer: {exc!r}")
+            stats.note_error(f"{what}: {exc!r}")
     finally:
         await leave(lean, recorder, stats)
 

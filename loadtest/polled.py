@@ -30,7 +30,13 @@ from wsproto import WSConnection
 from wsproto.events import CloseConnection, Pong
 
 from loadtest.clients import DeliveryCounter, DeliveryRecorder, Headers, Stopper
-from loadtest.lean import CONSUMER_ERRORS, RECEIVE_BYTES, LeanClosedError, leave, open_counted
+from loadtest.lean import (
+    CONSUMER_ERRORS,
+    RECEIVE_BYTES,
+    LeanClosedError,
+    consuming,
+    open_counted,
+)
 from loadtest.stats import RoleStats
 
 TEXT: Final = 0x1
@@ -263,29 +269,21 @@ async def consume_polled(
     )
     if lean is None:
         return
-    try:
-        with stopper.scope():
-            while not lean.holds_nothing():  # what came with the 101, read the lean way
-                recorder.record(await lean.receive_messages(), time.monotonic_ns())
-            sock, ws = lean.handover()
-            consumer = PolledConsumer(sock, ws, recorder)
-            reader = poller()
-            try:
-                reader.add(consumer)
-                await consumer.done.wait()
-            finally:
-                reader.remove(consumer)
-                sock.close()
-                if consumer.dropped_replies:
-                    stats.note_error(
-                        f"consumer: {consumer.dropped_replies} control replies dropped"
-                    )
-            if consumer.error is not None and not stopper.stopped:
-                # Whatever ended it (a close, a broken socket, a failure while reading it) is
-                # this consumer's error, as with the lean client's own; the run goes on.
-                stats.note_error(f"consumer: {consumer.error!r}")
-    except _ERRORS as exc:
-        if not stopper.stopped:
-            stats.note_error(f"consumer: {exc!r}")
-    finally:
-        await leave(lean, recorder, stats)
+    async with consuming(lean, recorder, stats, stopper, errors=_ERRORS):
+        while not lean.holds_nothing():  # what came with the 101, read the lean way
+            recorder.record(await lean.receive_messages(), time.monotonic_ns())
+        sock, ws = lean.handover()
+        consumer = PolledConsumer(sock, ws, recorder)
+        reader = poller()
+        try:
+            reader.add(consumer)
+            await consumer.done.wait()
+        finally:
+            reader.remove(consumer)
+            sock.close()
+            if consumer.dropped_replies:
+                stats.note_error(f"consumer: {consumer.dropped_replies} control replies dropped")
+        if consumer.error is not None and not stopper.stopped:
+            # Whatever ended it (a close, a broken socket, a failure while reading it) is
+            # this consumer's error, as with the lean client's own; the run goes on.
+            stats.note_error(f"consumer: {consumer.error!r}")
