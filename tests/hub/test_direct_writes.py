@@ -51,6 +51,11 @@ class FakeSocket:
         self.mode = "take"
         self.calls = 0
 
+    def write_many(self, payloads: list[Payload]) -> bool | bytes:
+        """A batch's direct write that takes every batch whole, whatever ``mode``."""
+        self.wire.extend(payloads)
+        return True
+
     def write(self, payload: Payload) -> bool | bytes:
         self.calls += 1
         if self.mode == "refuse":
@@ -591,14 +596,10 @@ async def test_under_block_a_batch_is_not_held_while_the_publish_waits(
     hub = make_hub(slow_consumer_policy="block", consumer_buffer_messages=1)
     fast = FakeSocket()
 
-    def write_many(payloads: list[Payload]) -> bool | bytes:  # pragma: no cover - not held
-        fast.wire.extend(payloads)
-        return True
-
     with hub.attach_consumer("news") as slow, hub.attach_consumer("news") as consumer:
         writer = Writer(consumer, fast)
         await nursery.start(writer.run)
-        consumer.write_directly(fast.write, write_many)
+        consumer.write_directly(fast.write, fast.write_many)
         await trio.testing.wait_all_tasks_blocked()
         with hub.attach_producer("news") as producer:
             async with trio.open_nursery() as publishing:
@@ -624,14 +625,10 @@ async def test_a_read_held_for_a_waiting_writer_has_its_whole_buffer(
     hub = make_hub(slow_consumer_policy=policy, consumer_buffer_messages=2)
     socket = FakeSocket()
 
-    def write_many(payloads: list[Payload]) -> bool | bytes:
-        socket.wire.extend(payloads)
-        return True
-
     with hub.attach_consumer("news") as consumer:
         writer = Writer(consumer, socket)
         await nursery.start(writer.run)
-        consumer.write_directly(socket.write, write_many)
+        consumer.write_directly(socket.write, socket.write_many)
         await trio.testing.wait_all_tasks_blocked()
         with hub.attach_producer("news") as producer:
             await producer.publish_many(["a", "b", "c"], [])
@@ -651,14 +648,10 @@ async def test_drop_oldest_counts_what_it_cannot_keep(nursery: trio.Nursery, bat
     )
     socket = FakeSocket()
 
-    def write_many(payloads: list[Payload]) -> bool | bytes:
-        socket.wire.extend(payloads)
-        return True
-
     with hub.attach_consumer("news") as consumer:
         writer = Writer(consumer, socket)
         await nursery.start(writer.run)
-        consumer.write_directly(socket.write, write_many if batched else None)
+        consumer.write_directly(socket.write, socket.write_many if batched else None)
         await trio.testing.wait_all_tasks_blocked()
         with hub.attach_producer("news") as producer:
             await producer.publish_many(["a" * 60, "b" * 60], [])
@@ -712,14 +705,10 @@ async def test_a_full_held_batch_under_drop_oldest_keeps_its_order(nursery: trio
     hub = make_hub(slow_consumer_policy="drop_oldest", consumer_buffer_messages=2)
     socket = FakeSocket()
 
-    def write_many(payloads: list[Payload]) -> bool | bytes:
-        socket.wire.extend(payloads)
-        return True
-
     with hub.attach_consumer("news") as consumer:
         writer = Writer(consumer, socket)
         await nursery.start(writer.run)
-        consumer.write_directly(socket.write, write_many)
+        consumer.write_directly(socket.write, socket.write_many)
         await trio.testing.wait_all_tasks_blocked()
         with hub.attach_producer("news") as producer:
             await producer.publish_many(["m1", "m2", "m3", "m4", "m5"], [])
