@@ -7,6 +7,8 @@ others feed one wsproto side's output into the other, synchronously.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -160,3 +162,42 @@ def test_limit_inbound_declines_outside_hypercorn() -> None:
         raise AssertionError(message)
 
     assert limit_inbound(send, 1024) is None
+
+
+@pytest.mark.parametrize("accepted", [False, True], ids=["refused", "accepted"])
+def test_limit_inbound_leaves_no_reference_cycle(accepted: bool) -> None:
+    """The handshake's bounded accept does not hold the handshake it is kept on: refused or
+    accepted, the stream and its handshake go by reference counting, with no cyclic garbage.
+    Once called, the handshake's own accept is back."""
+    stream = _FakeWSStream()
+    limit_inbound(stream.app_send, 1024)
+    if accepted:
+        stream.handshake.accept(None, [])
+        assert "accept" not in vars(stream.handshake)
+    gone = weakref.ref(stream.handshake)
+    gc.collect()
+    gc.disable()
+    try:
+        del stream
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
+def test_limit_inbound_calls_an_accept_already_wrapped() -> None:
+    """An accept another layer had replaced is the one the bounded accept calls."""
+    stream = _FakeWSStream()
+    calls: list[Any] = []
+    own = stream.handshake.accept
+
+    def wrapped(*args: Any) -> Any:
+        calls.append(args)
+        return own(*args)
+
+    stream.handshake.accept = wrapped  # type: ignore[method-assign]
+    buffer = limit_inbound(stream.app_send, 1024)
+    _, _, connection = stream.handshake.accept(None, [])
+    assert calls == [(None, [])]
+    (extension,) = connection._proto.extensions  # type: ignore[attr-defined]
+    assert isinstance(extension, BoundedDeflate)
+    assert extension._buffer is buffer

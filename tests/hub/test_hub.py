@@ -274,14 +274,14 @@ async def test_queue_requeue_into_a_full_queue_counts_a_drop() -> None:
 async def test_disconnect_policy_evicts_a_full_consumer_and_spares_the_others() -> None:
     """Policy disconnect: a full consumer is detached and cancelled with 1013; others get all."""
     hub = make_hub(slow_consumer_policy="disconnect", consumer_buffer_messages=2)
-    closed: list[int] = []
+    closed: list[object] = []
     with (
         hub.attach_consumer("news") as slow,
         hub.attach_consumer("news") as fast,
         hub.attach_producer("news") as producer,
     ):
         scope = trio.CancelScope()
-        slow.bind(scope, on_close=lambda: closed.append(1))
+        slow.bind(scope, on_close=closed.append)  # called with the connection
         got: list[Payload] = []
         with trio.testing.assert_no_checkpoints():  # the producer never waits
             for i in range(6):
@@ -293,7 +293,7 @@ async def test_disconnect_policy_evicts_a_full_consumer_and_spares_the_others() 
         assert slow.close_code.value == 1013
         assert "slow" in slow.close_reason
         assert scope.cancel_called
-        assert closed == [1]
+        assert closed == [slow]
         with pytest.raises(trio.EndOfChannel):
             slow.receive_nowait()
         stats = hub.channel_statistics("news")

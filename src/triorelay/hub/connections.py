@@ -53,7 +53,7 @@ class Connection:
         #: The channel this connection is attached to ("" for echo, flows, uploads, proxy).
         self.channel_name = channel_name
         self.cancel_scope: trio.CancelScope | None = None
-        self._on_close: Callable[[], object] | None = None
+        self._on_close: Callable[[Connection], object] | None = None
         #: Set by the route when the client went away first (nothing left to close).
         self.disconnected = False
         #: A :class:`CloseCode`, or a code relayed as it came (a proxied upstream's own code).
@@ -64,12 +64,15 @@ class Connection:
         self.dropped = 0
 
     def bind(
-        self, cancel_scope: trio.CancelScope, on_close: Callable[[], object] | None = None
+        self,
+        cancel_scope: trio.CancelScope,
+        on_close: Callable[[Connection], object] | None = None,
     ) -> None:
         """Register the scope the owning route runs in; :meth:`close` will cancel it.
 
-        ``on_close`` is called once when the hub closes the connection (the route uses it to
-        bound the time the close may take).
+        ``on_close`` is called once, with the connection, when the hub closes it (the route
+        uses it to bound the time the close may take). It is given the connection rather
+        than holding it: a callback kept on the object it refers to would be a reference cycle.
         """
         self.cancel_scope = cancel_scope
         self._on_close = on_close
@@ -88,7 +91,7 @@ class Connection:
             self.cancel_scope.cancel()
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None
-            on_close()
+            on_close(self)
 
     def count_in(self, payloads: list[Payload]) -> None:
         """The client sent ``payloads``."""

@@ -11,7 +11,9 @@ collections of about 160 ms each, against 0.31 ms with ``threshold2`` at 100 and
 ramp (issue #15's connection set-up; ``docs/topics/profile.md``). CPython 3.11 to 3.13: the
 incremental collector of 3.14 has no third threshold, and this setting does nothing there.
 Young objects are still collected as often as before; cyclic garbage that lived long enough
-to reach the oldest generation waits longer.
+to reach the oldest generation waits longer. A closed connection is not such garbage: its
+objects are freed by reference counting when it ends (the cycles among them are broken then;
+``tests/lifecycle/test_collector.py`` checks six ways a connection ends with the collector off).
 
 :func:`pace_full_collections` sets ``threshold2`` while the relay serves
 (``gc_full_collection_threshold``) and gives back a function that puts the thresholds it found

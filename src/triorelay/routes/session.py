@@ -235,8 +235,7 @@ class Session(Generic[C]):
 
     def bind(self, scope: trio.CancelScope) -> None:
         """Let the hub cancel ``scope`` to end the connection, with the close clock running."""
-        reaper, connection = self.relay.reaper, self.connection
-        connection.bind(scope, on_close=partial(reaper.arm, connection))
+        self.connection.bind(scope, on_close=self.relay.reaper.arm)
 
     @contextmanager
     def rebound(self) -> Iterator[None]:
@@ -348,6 +347,8 @@ async def open_session(
     finally:
         try:
             if session is not None:  # accepted
+                # Its reader (a closure over it, or a route's): no reference cycle left.
+                session._deliver = _discard
                 relay.liveness.forget(connection)
                 try:
                     if session.tap is not None:

@@ -343,3 +343,20 @@ async def test_a_rest_the_stream_refuses_ends_the_write_as_a_failed_one(
     assert await direct.send_messages([b"x" * 100]) is False
     assert not tcp_server.send_lock.locked()
     assert [type(event).__name__ for event in tcp_server.protocol.events] == ["Closed"]
+
+
+@pytest.mark.timeout(5)
+async def test_a_failed_rest_after_the_connection_ended_has_no_protocol_to_tell() -> None:
+    """A write from another connection's task (a fan-out) can fail after this connection's
+    ``ReadLoop.run`` ended and dropped its protocol: False, the lock free, and nothing
+    escapes to the writer."""
+    direct, tcp_server = direct_socket(room=10)
+
+    async def refusing(data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        del tcp_server.protocol  # the connection ended meanwhile
+        raise trio.ClosedResourceError("closed")
+
+    tcp_server.stream.send_all = refusing  # type: ignore[method-assign]
+    assert await direct.send_messages([b"x" * 100]) is False
+    assert not tcp_server.send_lock.locked()

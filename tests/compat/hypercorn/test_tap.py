@@ -243,6 +243,23 @@ async def test_a_read_waiting_for_a_start_that_never_comes_ends_with_remove() ->
     assert tapped.tap._start_wanted is None
 
 
+async def test_remove_gives_hypercorns_methods_back_with_no_reference_cycle() -> None:
+    """Once removed, the stream's own ``handle`` is its class's again (not a bound method kept
+    on the object it is bound to: a reference cycle), a callable it had of another's is put
+    back as it was, and the relay's disconnect callback is let go."""
+    tapped = _Tapped()
+    stream = tapped.ws_stream
+    tapped.tap.on_disconnect = lambda: None
+    await tapped.tap.start()
+    tapped.tap.remove()
+    assert "handle" not in vars(stream)
+    assert isinstance(stream.app_put.__self__, trio.MemorySendChannel)  # the app's channel's
+    assert tapped.tap.on_disconnect is None
+    await tapped.read(client(Opcode.TEXT, b"to wsproto"))
+    assert tapped.delivered == []
+    assert [type(event).__name__ for event in stream.wsproto_events] == ["TextMessage"]
+
+
 def _task_names() -> list[str]:
     """The names of every task running now."""
     names: list[str] = []

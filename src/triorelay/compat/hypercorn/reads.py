@@ -78,6 +78,15 @@ class ReadLoop(TCPServer):
         super().__init__(*args, **kwargs)
         self.idle_task = IdleTimer(self.config.keep_alive_timeout, self.context.terminated)
 
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            # The protocol refers back to this server (``protocol_send``, in it and in every
+            # stream's ``send``): once the connection has ended, the reference is dropped so
+            # its objects are freed by reference counting, not left to the cyclic collector.
+            self.__dict__.pop("protocol", None)
+
     async def _read_data(self) -> None:
         idle = self.idle_task
         assert isinstance(idle, IdleTimer)

@@ -17,6 +17,7 @@ Each helper returns ``None`` / ``False`` when the structure is not the expected 
 from __future__ import annotations
 
 import socket as socket_module
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -115,10 +116,15 @@ def watch_peer_close(send: Callable[..., Any]) -> PeerClose | None:
     if not isinstance(connection, WSConnection):
         return None
     watch = PeerClose()
-    events = connection.events
+    # Held by a weak reference: the override is kept on the connection it reads, and a
+    # closure over it would be a reference cycle, left to the cyclic collector.
+    owner = weakref.ref(connection)
 
     def watched_events() -> Any:
-        for event in events():
+        connection = owner()
+        if connection is None:  # pragma: no cover - called as its method: it is alive
+            return
+        for event in type(connection).events(connection):
             if isinstance(event, CloseConnection):
                 watch.code, watch.reason = event.code, event.reason or ""
             yield event
