@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,11 @@ import trio
 import wsproto.events as ws_events
 from hypercorn.protocol.ws_stream import WSStream
 
+from tests.auth.keys import SECRET, token
 from tests.conftest import StartRelay, start_server
-from tests.helpers import RawWebSocket, RunningRelay, receive_n
+from tests.helpers import RawWebSocket, RunningRelay, receive_n, wait_until
 from tests.upstream import echo, start_upstream
+from triorelay import framing
 from triorelay.compat.hypercorn.reads import ReadLoop
 from triorelay.lifecycle.collector import _Pacing, pace_full_collections
 from triorelay.routes.session import Session
@@ -83,15 +85,17 @@ async def test_a_serving_relay_paces_full_collections(
 _SERVER_MODULES = ("hypercorn", "triorelay")
 
 
-def _server_garbage() -> list[str]:
-    """The relay's and Hypercorn's objects only the cyclic collector would free, by type."""
+def _server_garbage(before: Container[int] = frozenset()) -> list[str]:
+    """The relay's and Hypercorn's objects only the cyclic collector would free, by type;
+    none of those whose ids are ``before`` (alive then: another test's, kept by its
+    traceback)."""
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
         found = {
             f"{type(item).__module__}.{type(item).__qualname__}"
             for item in gc.garbage
-            if type(item).__module__.split(".")[0] in _SERVER_MODULES
+            if type(item).__module__.split(".")[0] in _SERVER_MODULES and id(item) not in before
         }
     finally:
         gc.set_debug(0)
@@ -100,21 +104,27 @@ def _server_garbage() -> list[str]:
 
 
 class _Watched:
-    """Weak references to open connections' server objects (Hypercorn's reader and WebSocket
-    stream, the relay's session), and an event set once the last of them is freed."""
+    """Weak references to open connections' server objects (Hypercorn's reader, WebSocket
+    stream and its wsproto connection, the relay's session), and an event set once the last
+    of them is freed."""
 
     _KINDS = (ReadLoop, WSStream, Session)
 
     def __init__(self) -> None:
         self.refs: list[weakref.ref[Any]] = []
         self.freed = trio.Event()
+        self._before: weakref.WeakSet[Any] = weakref.WeakSet(self._alive())
+
+    def _alive(self) -> list[Any]:
+        found = [item for item in gc.get_objects() if isinstance(item, self._KINDS)]
+        return found + [item.connection for item in found if isinstance(item, WSStream)]
 
     def track(self) -> None:
-        """Watch every such object alive now."""
+        """Watch every such object alive now that was not when the test began, and each
+        stream's wsproto connection (a cycle there holds no object of the relay's or
+        Hypercorn's)."""
         self.refs += [
-            weakref.ref(item, self._one_freed)
-            for item in gc.get_objects()
-            if isinstance(item, self._KINDS)
+            weakref.ref(item, self._one_freed) for item in self._alive() if item not in self._before
         ]
 
     def _one_freed(self, _: weakref.ref[Any]) -> None:
@@ -193,6 +203,49 @@ async def _proxied(relay: RunningRelay, watched: _Watched) -> None:
         assert await ws.get_message() == "hi"
 
 
+async def _job_acked(relay: RunningRelay, watched: _Watched) -> None:
+    async with relay.websocket("/ws/consumer/jobs", subprotocols=[framing.SUBPROTOCOL]) as worker:
+        subscribed = framing.decode(await worker.get_message())
+        assert isinstance(subscribed, framing.Control)
+        async with relay.websocket("/ws/producer/jobs") as producer:
+            watched.track()
+            await producer.send_message("job")
+            job = framing.decode(await worker.get_message())
+            assert isinstance(job, framing.Job)
+            await worker.send_message(framing.ack(job.delivery_id))
+
+            async def acked() -> bool:
+                return bool((await relay.channel("jobs"))["jobs"]["acked"])
+
+            await wait_until(acked)  # the ack has no reply
+
+
+async def _with_a_token(relay: RunningRelay, watched: _Watched) -> None:
+    grant = {"channels": {"t": ["publish", "subscribe"]}}
+    headers = [("Authorization", f"Bearer {token(grant=grant)}")]
+    async with relay.websocket("/ws/consumer/t", extra_headers=headers) as consumer:
+        async with relay.websocket("/ws/producer/t", extra_headers=headers) as producer:
+            watched.track()
+            await producer.send_message("hi")
+            assert await consumer.get_message() == "hi"
+
+
+async def _resumed(relay: RunningRelay, watched: _Watched) -> None:
+    path, framed = "/ws/consumer/r", [framing.SUBPROTOCOL]
+    async with relay.websocket(path, subprotocols=framed) as consumer:
+        subscribed = framing.decode(await consumer.get_message())
+        assert isinstance(subscribed, framing.Control)
+        epoch = subscribed.fields["epoch"]
+    async with relay.websocket("/ws/producer/r") as producer:
+        await producer.send_message("missed")
+    async with relay.websocket(f"{path}?since={epoch}:0", subprotocols=framed) as consumer:
+        watched.track()
+        assert framing.decode(await consumer.get_message()).fields["replayed"] == 1  # type: ignore[union-attr]
+        missed = framing.decode(await consumer.get_message())
+        assert isinstance(missed, framing.Message)
+        assert missed.payload == "missed"
+
+
 Scenario = Callable[[RunningRelay, _Watched], Awaitable[None]]
 """Runs connections to their end, having them watched while they are open."""
 
@@ -214,6 +267,12 @@ _PATHS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     ),
     "compressed": (_compressed, {"compression": True}),
     "proxied": (_proxied, {}),
+    "a job consumed and acked": (
+        _job_acked,
+        {"channels": {"jobs": {"mode": "queue", "ack": "explicit"}}},
+    ),
+    "a consumer and a producer with a token": (_with_a_token, {"auth_hmac_secret": SECRET}),
+    "a consumer resumed from its position": (_resumed, {}),
 }
 
 
@@ -224,6 +283,7 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_collector(
     """With the collector off, every server object of a connection that ended goes by
     reference counting, and the relay's and Hypercorn's leave no cyclic garbage behind."""
     scenario, settings = _PATHS[path]
+    before = {id(item) for item in gc.get_objects()}
     upstream = await start_upstream(nursery, echo)
     relay = await start_relay(proxy_upstreams={"up": upstream.url}, **settings)
     _server_garbage()  # what starting the relay left is not this test's
@@ -233,4 +293,4 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_collector(
     with trio.move_on_after(10):  # the server ends its side of each in its own time
         await watched.freed.wait()
     assert watched.alive() == []
-    assert _server_garbage() == []
+    assert _server_garbage(before) == []

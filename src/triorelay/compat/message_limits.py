@@ -163,7 +163,8 @@ def limit_inbound(
     ws_stream.buffer = buffer
     # The override is kept on the handshake: it holds the handshake by a weak reference and
     # deletes itself once called, so there is no reference cycle, accepted or not (an
-    # override another layer installed first is called as it is).
+    # override another layer installed first is called as it is, and kept: a cycle if it
+    # refers to the handshake; no such layer exists).
     other = None if is_own_method(handshake.accept, handshake) else handshake.accept
     shake = weakref.ref(handshake)
 

@@ -16,6 +16,7 @@ from wsproto.extensions import PerMessageDeflate
 
 from triorelay.compat.hypercorn import DirectWebSocket
 from triorelay.compat.hypercorn.direct import SendLock
+from triorelay.compat.hypercorn.reads import ENDED
 from triorelay.wire.frames import serialize_close
 
 
@@ -346,15 +347,15 @@ async def test_a_rest_the_stream_refuses_ends_the_write_as_a_failed_one(
 
 
 @pytest.mark.timeout(5)
-async def test_a_failed_rest_after_the_connection_ended_has_no_protocol_to_tell() -> None:
-    """A write from another connection's task (a fan-out) can fail after this connection's
-    ``ReadLoop.run`` ended and dropped its protocol: False, the lock free, and nothing
-    escapes to the writer."""
+async def test_a_write_failing_after_the_connection_ended_tells_nothing() -> None:
+    """A late write (the liveness ping's, woken by the stream's close) can fail once the
+    connection has ended and ``ReadLoop`` has let its protocol go for the placeholder: False,
+    the lock free, and nothing escapes to the writer."""
     direct, tcp_server = direct_socket(room=10)
 
     async def refusing(data: bytes) -> None:
         await trio.lowlevel.checkpoint()
-        del tcp_server.protocol  # the connection ended meanwhile
+        tcp_server.protocol = ENDED  # type: ignore[assignment]  # the connection ended meanwhile
         raise trio.ClosedResourceError("closed")
 
     tcp_server.stream.send_all = refusing  # type: ignore[method-assign]

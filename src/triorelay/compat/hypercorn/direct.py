@@ -300,11 +300,7 @@ class DirectWebSocket:
         finally:
             lock.release()
         if failed:
-            # A write from another connection's task may fail after this connection has
-            # ended: ReadLoop.run has dropped its protocol then, with nothing left to tell.
-            protocol = getattr(tcp_server, "protocol", None)
-            if protocol is not None:
-                await protocol.handle(Closed())
+            await tcp_server.protocol.handle(Closed())
             return False
         return True
 

@@ -50,6 +50,10 @@ class IsolatedTaskGroup(AppTaskGroup):
     coroutine frame would be held by every connection for its life (0.3 KB).
     """
 
+    #: Set once the block has ended, every task of the connection done: ``TCPServer.run``
+    #: then only closes the stream (what ``ReadLoop._close`` waits for).
+    ended = False
+
     async def __aexit__(  # type: ignore[override]
         self,
         exc_type: type[BaseException] | None,
@@ -65,4 +69,6 @@ class IsolatedTaskGroup(AppTaskGroup):
                 "; ".join(repr(error) for error in failure.exceptions),
             )
             failed = True
+        finally:
+            self.ended = True  # every task of the connection is done (ReadLoop._close)
         return failed  # True: the failure ends here; anything else (Cancelled) went on

@@ -66,6 +66,18 @@ class IdleTimer(TrioSingleTask):
         self.scope.deadline = inf
 
 
+class _Ended:
+    """A connection's protocol once it has ended: takes any event, holds nothing."""
+
+    __slots__ = ()
+
+    async def handle(self, event: Any) -> None:
+        """Nothing is left to tell: the connection is closed."""
+
+
+ENDED = _Ended()
+
+
 class ReadLoop(TCPServer):
     """Hypercorn's TCPServer, reading a plain socket without a read timeout as
     ``wait_readable`` + ``recv``."""
@@ -78,14 +90,18 @@ class ReadLoop(TCPServer):
         super().__init__(*args, **kwargs)
         self.idle_task = IdleTimer(self.config.keep_alive_timeout, self.context.terminated)
 
-    async def run(self) -> None:
+    async def _close(self) -> None:
         try:
-            await super().run()
+            await super()._close()
         finally:
-            # The protocol refers back to this server (``protocol_send``, in it and in every
-            # stream's ``send``): once the connection has ended, the reference is dropped so
-            # its objects are freed by reference counting, not left to the cyclic collector.
-            self.__dict__.pop("protocol", None)
+            if getattr(getattr(self, "_task_group", None), "ended", False):
+                # ``run``'s last step, every task of the connection done (the order
+                # ``tests/compat/hypercorn/test_isolation.py`` pins). The protocol refers
+                # back to this server (``protocol_send``, in it and in every stream's
+                # ``send``): replaced so the connection's objects are freed by reference
+                # counting, not left to the cyclic collector. (Overridden here, not by
+                # wrapping ``run``: a wrapper's frame would be held for the connection's life.)
+                self.protocol = ENDED  # type: ignore[assignment]
 
     async def _read_data(self) -> None:
         idle = self.idle_task

@@ -27,6 +27,7 @@ from wsproto.events import CloseConnection
 
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
 from triorelay.compat.hypercorn._chain import tcp_server_of
+from triorelay.compat.message_limits import is_own_method
 
 
 def transport_of(send: Callable[..., Any]) -> trio.abc.Stream | None:
@@ -116,15 +117,20 @@ def watch_peer_close(send: Callable[..., Any]) -> PeerClose | None:
     if not isinstance(connection, WSConnection):
         return None
     watch = PeerClose()
-    # Held by a weak reference: the override is kept on the connection it reads, and a
-    # closure over it would be a reference cycle, left to the cyclic collector.
+    # The override is kept on the connection it reads: it holds the connection by a weak
+    # reference, as a closure over it would be a reference cycle, left to the cyclic
+    # collector (an override another layer installed first is called as it is).
+    other = None if is_own_method(connection.events, connection) else connection.events
     owner = weakref.ref(connection)
 
     def watched_events() -> Any:
-        connection = owner()
-        if connection is None:  # pragma: no cover - called as its method: it is alive
-            return
-        for event in type(connection).events(connection):
+        if other is not None:
+            events = other()
+        else:
+            connection = owner()
+            assert connection is not None  # called as its method: it is alive
+            events = type(connection).events(connection)
+        for event in events:
             if isinstance(event, CloseConnection):
                 watch.code, watch.reason = event.code, event.reason or ""
             yield event
