@@ -105,8 +105,8 @@ def _server_garbage(before: Container[int] = frozenset()) -> list[str]:
 
 class _Watched:
     """Weak references to open connections' server objects (Hypercorn's reader, WebSocket
-    stream and its wsproto connection, the relay's session), and an event set once the last
-    of them is freed."""
+    stream and its wsproto connection and frame protocol, the relay's session), and an event
+    set once the last of them is freed."""
 
     _KINDS = (ReadLoop, WSStream, Session)
 
@@ -117,12 +117,13 @@ class _Watched:
 
     def _alive(self) -> list[Any]:
         found = [item for item in gc.get_objects() if isinstance(item, self._KINDS)]
-        return found + [item.connection for item in found if isinstance(item, WSStream)]
+        connections = [item.connection for item in found if isinstance(item, WSStream)]
+        return found + connections + [connection._proto for connection in connections]
 
     def track(self) -> None:
         """Watch every such object alive now that was not when the test began, and each
-        stream's wsproto connection (a cycle there holds no object of the relay's or
-        Hypercorn's)."""
+        stream's wsproto connection and frame protocol (a cycle there holds no object of the
+        relay's or Hypercorn's)."""
         self.refs += [
             weakref.ref(item, self._one_freed) for item in self._alive() if item not in self._before
         ]

@@ -45,6 +45,7 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask
 
 from triorelay.compat.trio_waits import open_socket
+from triorelay.compat.wsproto_parser import release_parser
 
 
 class IdleTimer(TrioSingleTask):
@@ -85,6 +86,10 @@ class ReadLoop(TCPServer):
     #: Set by the inbound tap of an accepted WebSocket: each read (never the EOF) goes to it
     #: instead of through ``ProtocolWrapper.handle``, which would hand it to the same place.
     on_data: Callable[[bytes], Awaitable[None]] | None = None
+    #: The accepted WebSocket's wsproto connection, set by the same tap: its frame parser is
+    #: released once the connection has ended (``compat/wsproto_parser.py``), when Hypercorn
+    #: no longer holds the stream.
+    websocket: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -101,6 +106,8 @@ class ReadLoop(TCPServer):
                 # ``send``): replaced so the connection's objects are freed by reference
                 # counting, not left to the cyclic collector. (Overridden here, not by
                 # wrapping ``run``: a wrapper's frame would be held for the connection's life.)
+                release_parser(self.websocket)
+                self.websocket = None
                 self.protocol = ENDED  # type: ignore[assignment]
 
     async def _read_data(self) -> None:

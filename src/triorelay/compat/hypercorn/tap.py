@@ -88,6 +88,7 @@ class InboundTap:
         self._reader = _read_loop_of(ws_stream)
         if self._reader is not None:
             self._reader.on_data = self._on_data
+            self._reader.websocket = ws_stream.connection
         # Messages that reached the app's channel before the tap (during the accept) are
         # delivered first, by start(); until then the reader waits, so the order holds. The
         # event it waits on is made only if it has to (a read before start(), which is rare):
