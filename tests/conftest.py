@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,14 @@ async def redis_server() -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.kill()
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """No cyclic collection but the test's own, for its whole run."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -3,9 +3,7 @@ cycle) and the workaround (closing the parser's generator breaks it)."""
 
 from __future__ import annotations
 
-import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 import wsproto
@@ -15,16 +13,6 @@ from wsproto.events import TextMessage
 from triorelay.compat.wsproto_parser import release_parser
 
 pytestmark = pytest.mark.timeout(10)
-
-
-@pytest.fixture
-def collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _used_server() -> Connection:

@@ -136,17 +136,6 @@ class _Watched:
         return sorted({type(item).__name__ for ref in self.refs if (item := ref()) is not None})
 
 
-@pytest.fixture
-def collector_off() -> Iterator[None]:
-    """No cyclic collection but the test's own, for its whole run."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 async def _publish_and_consume(relay: RunningRelay, watched: _Watched) -> None:
     async with relay.websocket("/ws/consumer/c") as consumer:
         async with relay.websocket("/ws/producer/c") as producer:
