@@ -223,8 +223,8 @@ class Settings(BaseSettings):
     #: CPython's third garbage-collection threshold while the relay serves: the oldest
     #: generation (every object of the process) is collected at most once per this many
     #: collections of the middle one (Python's default: 10); ``None`` leaves the interpreter's
-    #: thresholds alone (:mod:`triorelay.lifecycle.collector`). A closed connection leaves no
-    #: cyclic garbage to wait for it.
+    #: thresholds alone (:mod:`triorelay.lifecycle.collector`). A closed WebSocket read by the
+    #: relay's own worker leaves no cyclic garbage to wait for it.
     gc_full_collection_threshold: Annotated[int, Field(ge=1, le=1_000_000)] | None = 1000
     #: WebSocket pings to every client; ``None`` disables them.
     ping_interval_seconds: Annotated[float, Field(gt=0)] | None = 20.0

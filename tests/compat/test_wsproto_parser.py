@@ -44,6 +44,18 @@ def test_a_released_parser_goes_with_its_connection(collector_off: None) -> None
     assert proto() is None
 
 
+def test_a_parser_that_never_ran_is_released_too(collector_off: None) -> None:
+    """A connection that never parsed a frame with wsproto (the tap parsed them all): its
+    frame protocol goes with it as well (closing alone would leave the generator's frame
+    from CPython 3.12 on)."""
+    server = Connection(ConnectionType.SERVER)
+    proto = weakref.ref(server._proto)  # type: ignore[attr-defined]
+    release_parser(server)
+    assert list(server._proto.received_frames()) == []  # type: ignore[attr-defined]
+    del server
+    assert proto() is None
+
+
 def test_anything_else_is_left_alone() -> None:
     """Not a wsproto connection (another server's stream, None): nothing happens."""
     release_parser(None)

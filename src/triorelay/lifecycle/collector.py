@@ -12,7 +12,8 @@ ramp (issue #15's connection set-up; ``docs/topics/profile.md``); at 1,000 (the 
 producers set up 0.46-0.50 ms each against 0.58-0.64 ms at 100. CPython 3.11 to 3.13: the
 incremental collector of 3.14 has no third threshold, and this setting does nothing there.
 Young objects are still collected as often as before; cyclic garbage that lived long enough
-to reach the oldest generation waits longer. A closed connection is not such garbage: its
+to reach the oldest generation waits longer. A closed WebSocket read through the inbound tap
+(as the relay's worker reads) is not such garbage: its
 objects are freed by reference counting when it ends (the cycles among them are broken then;
 ``tests/lifecycle/test_collector.py`` checks nine ways a connection ends with the collector off),
 so closed connections do not pile up between full collections: 2,000 connections opened and

@@ -104,8 +104,9 @@ class ReadLoop(TCPServer):
                 # ``tests/compat/hypercorn/test_isolation.py`` pins). The protocol refers
                 # back to this server (``protocol_send``, in it and in every stream's
                 # ``send``): replaced so the connection's objects are freed by reference
-                # counting, not left to the cyclic collector. (Overridden here, not by
-                # wrapping ``run``: a wrapper's frame would be held for the connection's life.)
+                # counting, not left to the cyclic collector; so is wsproto's frame parser,
+                # which keeps a cycle of its own. (Overridden here, not by wrapping ``run``:
+                # a wrapper's frame would be held for the connection's life.)
                 release_parser(self.websocket)
                 self.websocket = None
                 self.protocol = ENDED  # type: ignore[assignment]
