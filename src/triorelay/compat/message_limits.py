@@ -26,7 +26,6 @@ one connection before the accept, so nothing arrives before the bounds are in pl
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +40,8 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Message
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+from triorelay.compat.overrides import weak_original
 
 _EXTENSIONS_HEADER = b"sec-websocket-extensions"
 
@@ -161,21 +162,13 @@ def limit_inbound(
         return None
     buffer = LimitedBuffer(max_bytes, on_exceeded)
     ws_stream.buffer = buffer
-    # The override is kept on the handshake: it holds the handshake by a weak reference and
-    # deletes itself once called, so there is no reference cycle, accepted or not (an
-    # override another layer installed first is called as it is, and kept: a cycle if it
-    # refers to the handshake; no such layer exists).
-    other = None if is_own_method(handshake.accept, handshake) else handshake.accept
-    shake = weakref.ref(handshake)
+    # Kept on the handshake, the override holds it weakly and deletes itself once called: no
+    # reference cycle, accepted or not (an override another layer installed first is called
+    # as it is, and kept: a cycle if it refers to the handshake; no such layer exists).
+    accept = weak_original(handshake, "accept", once=True)
 
     def accept_bounded(*args: Any, **kwargs: Any) -> tuple[int, list[Any], Connection]:
-        if other is not None:
-            status, headers, connection = other(*args, **kwargs)
-        else:
-            handshake = shake()
-            assert handshake is not None  # called as its method: it is alive
-            del handshake.accept  # Handshake's own method again
-            status, headers, connection = handshake.accept(*args, **kwargs)
+        status, headers, connection = accept(*args, **kwargs)
         offered = [value for name, value in headers if name == _EXTENSIONS_HEADER]
         if offered and not _bound_inflation(connection, offered[0], buffer):
             # Never compression without the bound: accept without it instead.
@@ -185,14 +178,6 @@ def limit_inbound(
 
     handshake.accept = accept_bounded  # type: ignore[method-assign]  # this one connection's
     return buffer
-
-
-def is_own_method(method: Any, obj: Any) -> bool:
-    """Whether ``method`` is ``obj``'s own method (its class's, bound to it): one that, kept
-    on ``obj`` as an override, would be a reference cycle."""
-    return getattr(method, "__self__", None) is obj and getattr(
-        type(obj), getattr(method, "__name__", ""), None
-    ) is getattr(method, "__func__", None)
 
 
 def _bound_inflation(connection: Connection, accepted: bytes, buffer: LimitedBuffer) -> bool:

@@ -17,7 +17,6 @@ Each helper returns ``None`` / ``False`` when the structure is not the expected 
 from __future__ import annotations
 
 import socket as socket_module
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ from wsproto.events import CloseConnection
 
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
 from triorelay.compat.hypercorn._chain import tcp_server_of
-from triorelay.compat.message_limits import is_own_method
+from triorelay.compat.overrides import weak_original
 
 
 def transport_of(send: Callable[..., Any]) -> trio.abc.Stream | None:
@@ -117,20 +116,11 @@ def watch_peer_close(send: Callable[..., Any]) -> PeerClose | None:
     if not isinstance(connection, WSConnection):
         return None
     watch = PeerClose()
-    # The override is kept on the connection it reads: it holds the connection by a weak
-    # reference, as a closure over it would be a reference cycle, left to the cyclic
-    # collector (an override another layer installed first is called as it is).
-    other = None if is_own_method(connection.events, connection) else connection.events
-    owner = weakref.ref(connection)
+    # Kept on the connection it reads, the override holds it weakly: no reference cycle.
+    events = weak_original(connection, "events")
 
     def watched_events() -> Any:
-        if other is not None:
-            events = other()
-        else:
-            connection = owner()
-            assert connection is not None  # called as its method: it is alive
-            events = type(connection).events(connection)
-        for event in events:
+        for event in events():
             if isinstance(event, CloseConnection):
                 watch.code, watch.reason = event.code, event.reason or ""
             yield event

@@ -24,7 +24,8 @@ from triorelay.compat.hypercorn._chain import CONNECTED as _CONNECTED
 from triorelay.compat.hypercorn._chain import bound_self as _bound_self
 from triorelay.compat.hypercorn.app_queue import AppQueue
 from triorelay.compat.hypercorn.reads import ReadLoop
-from triorelay.compat.message_limits import LimitedBuffer, is_own_method
+from triorelay.compat.message_limits import LimitedBuffer
+from triorelay.compat.overrides import put_back
 from triorelay.wire.frames import Fail, FrameParser, HandOff
 
 OnMessages = Callable[[list[bytes | str]], Awaitable[None]]
@@ -146,8 +147,8 @@ class InboundTap:
         if self._reader is not None:
             self._reader.on_data = None
         if ws_stream.handle == self._tapped_handle:
-            _put_back(ws_stream, "handle", self._handle)
-            _put_back(ws_stream, "app_put", self._app_put)
+            put_back(ws_stream, "handle", self._handle)
+            put_back(ws_stream, "app_put", self._app_put)
         self._on_messages = _discard
         self.on_disconnect = None  # the relay's handler, and what it holds, can go
         self._backlog = []
@@ -232,16 +233,6 @@ class InboundTap:
 
 async def _discard(messages: list[bytes | str]) -> None:
     """What a removed tap does with messages its reader still held: nothing."""
-
-
-def _put_back(obj: Any, name: str, original: Any) -> None:
-    """Restore ``obj.name`` to ``original``: where that is ``obj``'s own method, by deleting
-    the override, as a bound method kept on the object it is bound to would be a reference
-    cycle (the closed connection then freed only by the cyclic collector)."""
-    if is_own_method(original, obj):
-        delattr(obj, name)
-    else:
-        setattr(obj, name, original)
 
 
 def _read_loop_of(ws_stream: Any) -> ReadLoop | None:
